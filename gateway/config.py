@@ -1,0 +1,129 @@
+"""Gateway configuration: defaults < TOML file < SKYRELAY_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    ws_port: int = 8080
+    http_port: int = 8081
+    # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
+    public_ip: str | None = None
+    # Local addresses to gather ICE host candidates on; empty means every non-loopback
+    # interface (loopback only when there is no other).
+    ice_addresses: tuple[str, ...] = ()
+    # No STUN by default: the gateway usually has a routable or configured public address.
+    stun_servers: tuple[str, ...] = ()
+    static_dir: Path = STATIC_DIR
+    max_frame_bytes: int = 1024 * 1024
+    ping_interval: float = 5.0
+    ping_probes: int = 10
+    max_media_sessions: int = 16
+    ice_timeout: float = 20.0
+    viewer_queue_frames: int = 90
+    keyframe_request_interval: float = 1.0
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **_coerce_all(values))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:  # noqa: ANN401 - values come from TOML/env/argv
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
+    default = getattr(Config(), name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if isinstance(default, Path):
+            return Path(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r}: {exc}") from exc
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _coerce(name, value) for name, value in values.items()}
+
+
+def from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = data.get("skyrelay", data)
+    return {k.replace("-", "_"): v for k, v in section.items()}
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    prefix = "SKYRELAY_"
+    found = {}
+    for key, value in environ.items():
+        if key.startswith(prefix) and key != "SKYRELAY_CONFIG":
+            found[key[len(prefix) :].lower()] = value
+    return found
+
+
+def load(
+    flags: Mapping[str, Any],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    environ = os.environ if environ is None else environ
+    config = Config()
+    path = config_file or (Path(environ["SKYRELAY_CONFIG"]) if "SKYRELAY_CONFIG" in environ else None)
+    if path is not None:
+        config = config.with_overrides(from_toml(path))
+    config = config.with_overrides(from_environment(environ))
+    config = config.with_overrides(flags)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    for name in ("ws_port", "http_port"):
+        port = getattr(config, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"setting {name!r}: port {port} out of range")
+    if config.max_frame_bytes < 1024:
+        raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
+    if config.ping_interval <= 0 or config.ping_probes < 1:
+        raise ConfigError("settings 'ping_interval'/'ping_probes': must be positive")
+    if config.log_format not in ("auto", "json", "console"):
+        raise ConfigError("setting 'log_format': one of auto, json, console")
+
+
+__all__ = ["Config", "ConfigError", "load"]

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real gateway process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class GatewayProcess:
+    """`skyrelay serve` started as a child process, bound to 127.0.0.1 only."""
+
+    extra_args: list[str] = field(default_factory=list)
+    ws_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, log_dir: Path, timeout: float = 30.0) -> None:
+        self.log_path = log_dir / f"gateway-{self.ws_port}.log"
+        cmd = [
+            sys.executable, "-m", "gateway", "serve",
+            "--host", "127.0.0.1",
+            "--ws-port", str(self.ws_port),
+            "--http-port", str(self.http_port),
+            "--ice-address", "127.0.0.1",
+            "--log-format", "json",
+            *self.extra_args,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gateway did not become healthy in time")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=2) as resp:
+            return json.loads(resp.read())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One gateway per test module (starting aiortc costs about a second)."""
+    gw = GatewayProcess()
+    gw.start(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield gw
+    finally:
+        gw.stop()
