@@ -1,0 +1,73 @@
+// Test harness around the unmodified Flashphoner WebSDK. Python drives it with
+// page.evaluate("e2e.connect(url)") etc. and polls window.e2e.state.
+"use strict";
+
+(function () {
+    const SESSION_STATUS = Flashphoner.constants.SESSION_STATUS;
+    const STREAM_STATUS = Flashphoner.constants.STREAM_STATUS;
+    const TERMINAL = [STREAM_STATUS.FAILED, STREAM_STATUS.STOPPED, STREAM_STATUS.UNPUBLISHED];
+    const state = { session: "NONE", sessionInfo: "", streams: {} };
+    const streams = {};
+    let session = null;
+
+    Flashphoner.init({});
+
+    function connect(urlServer) {
+        session = Flashphoner.createSession({ urlServer: urlServer });
+        for (const status of Object.values(SESSION_STATUS)) {
+            session.on(status, function (s, obj) {
+                state.session = status;
+                state.sessionInfo = s && s.getInfo ? String(s.getInfo() || "") : "";
+            });
+        }
+    }
+
+    function start(label, name, kind) {
+        if (!session || state.session !== SESSION_STATUS.ESTABLISHED) {
+            throw new Error("session not ESTABLISHED: " + state.session);
+        }
+        const display = document.createElement("div");
+        display.id = "display-" + label;
+        display.className = "display";
+        document.getElementById("displays").appendChild(display);
+        const record = { name: name, kind: kind, status: "NEW", info: "", statuses: [] };
+        state.streams[label] = record;
+        const stream = session.createStream({ name: name, display: display });
+        for (const status of Object.values(STREAM_STATUS)) {
+            stream.on(status, function (st) {
+                record.status = status;
+                record.info = String(st.getInfo() || "");
+                record.statuses.push(status + (record.info ? " (" + record.info + ")" : ""));
+            });
+        }
+        streams[label] = stream;
+        if (kind === "publish") {
+            stream.publish();
+        } else {
+            stream.play();
+        }
+        return stream.id();
+    }
+
+    function stop(label) {
+        streams[label].stop();
+    }
+
+    function video(label) {
+        const el = document.querySelector("#display-" + label + " video");
+        if (!el) {
+            return null;
+        }
+        return { width: el.videoWidth, height: el.videoHeight, time: el.currentTime };
+    }
+
+    window.e2e = {
+        state: state,
+        terminal: TERMINAL,
+        connect: connect,
+        publish: function (label, name) { return start(label, name, "publish"); },
+        play: function (label, name) { return start(label, name, "play"); },
+        stop: stop,
+        video: video,
+    };
+})();
