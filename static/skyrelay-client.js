@@ -1,0 +1,278 @@
+// skyrelay-client.js: a small client for the Flashphoner WCS raw WebSocket API,
+// as spoken by skyrelay. No dependencies, no build step (ES module).
+//
+//   const client = new SkyrelayClient("ws://127.0.0.1:8080");
+//   await client.connect();
+//   const pub = await client.publish("camera");          // MediaSession
+//   const view = await client.play("camera");             // view.mediaStream -> <video>
+//   view.addEventListener("status", e => console.log(e.detail.status, e.detail.info));
+//   view.addEventListener("metrics", e => console.log(e.detail.videoRate));
+//   view.stop();
+//
+// Every frame is JSON {"message": NAME, "data": [...]} in both directions.
+
+export const TERMINAL = new Set(["FAILED", "STOPPED", "UNPUBLISHED"]);
+
+// crypto.randomUUID() exists only in secure contexts; playing also works from plain http.
+export function uuid() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** One publish or play: a peer connection plus the server's view of its status. */
+export class MediaSession extends EventTarget {
+    constructor(client, name, published) {
+        super();
+        this.client = client;
+        this.id = uuid();
+        this.name = name;
+        this.published = published;
+        this.status = "NEW";
+        this.info = "";
+        this.metrics = null;
+        this.pc = new RTCPeerConnection({ iceServers: [] });
+        this.mediaStream = new MediaStream(); // local camera (publish) or remote tracks (play)
+        this.hasAudio = false;
+        this.hasVideo = false;
+    }
+
+    get terminal() {
+        return TERMINAL.has(this.status);
+    }
+
+    /** The stop/unpublish request; the server confirms with STOPPED/UNPUBLISHED. */
+    stop() {
+        if (this.terminal) {
+            return;
+        }
+        if (this.status !== "NEW") {
+            this.client.send(this.published ? "unPublishStream" : "stopStream", {
+                mediaSessionId: this.id,
+                name: this.name,
+                published: this.published,
+                hasVideo: true,
+                hasAudio: true,
+                status: this.status,
+                record: false,
+            });
+        }
+        this._release();
+        if (this.status === "NEW") {
+            this._setStatus("FAILED", "Stopped before start");
+        }
+    }
+
+    _release() {
+        if (this.pc.signalingState !== "closed") {
+            this.pc.close();
+        }
+        if (this.published) {
+            this.mediaStream.getTracks().forEach((t) => t.stop());
+        }
+    }
+
+    _setStatus(status, info) {
+        this.status = status;
+        this.info = info || "";
+        if (this.terminal) {
+            this._release();
+            this.client.sessions.delete(this.id);
+        }
+        this.dispatchEvent(new CustomEvent("status", { detail: { status, info: this.info } }));
+    }
+
+    _request(message, sdp) {
+        this.status = "PENDING";
+        this.client.sessions.set(this.id, this);
+        this.client.send(message, {
+            mediaSessionId: this.id,
+            name: this.name,
+            published: this.published,
+            hasVideo: this.hasVideo,
+            hasAudio: this.hasAudio,
+            status: "PENDING",
+            record: false,
+            mediaProvider: "WebRTC",
+            sdp: sdp,
+        });
+        this.dispatchEvent(new CustomEvent("status", { detail: { status: "PENDING", info: "" } }));
+    }
+}
+
+export class SkyrelayClient extends EventTarget {
+    constructor(url) {
+        super();
+        this.url = url;
+        this.ws = null;
+        this.userData = null;
+        this.sessions = new Map(); // mediaSessionId -> MediaSession
+    }
+
+    /** Opens the WebSocket, sends `connection`, resolves with getUserData's object. */
+    connect({ timeout = 10000 } = {}) {
+        return new Promise((resolve, reject) => {
+            const ws = new WebSocket(this.url);
+            this.ws = ws;
+            const timer = setTimeout(() => {
+                reject(new Error(`no getUserData from ${this.url} within ${timeout} ms`));
+                ws.close();
+            }, timeout);
+            ws.onopen = () => {
+                this.send("connection", {
+                    appKey: "defaultApp",
+                    mediaProviders: ["WebRTC"],
+                    keepAlive: false,
+                    clientVersion: "2.0",
+                    clientOSVersion: navigator.userAgent,
+                    clientBrowserVersion: navigator.userAgent,
+                    custom: { client: "skyrelay-client.js" },
+                    clientInfo: {},
+                });
+            };
+            ws.onmessage = (event) => {
+                const frame = this._parse(event.data);
+                if (frame && frame.message === "getUserData" && !this.userData) {
+                    clearTimeout(timer);
+                    this.userData = frame.data[0] || {};
+                    resolve(this.userData);
+                }
+                if (frame) {
+                    this._dispatch(frame.message, frame.data);
+                }
+            };
+            ws.onerror = () => {
+                clearTimeout(timer);
+                reject(new Error(`cannot connect to ${this.url}`));
+            };
+            ws.onclose = (event) => {
+                clearTimeout(timer);
+                for (const session of [...this.sessions.values()]) {
+                    session._setStatus("FAILED", "Connection closed");
+                }
+                this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code } }));
+            };
+        });
+    }
+
+    close() {
+        if (this.ws) {
+            this.ws.close();
+        }
+    }
+
+    send(message, obj) {
+        this.ws.send(JSON.stringify({ message, data: [obj] }));
+    }
+
+    /** Publishes the camera (and microphone if there is one) under `name`. */
+    async publish(name) {
+        if (!navigator.mediaDevices) {
+            throw new Error("publishing needs a secure context (https:// or http://localhost)");
+        }
+        let media;
+        try {
+            media = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        } catch (err) {
+            media = await navigator.mediaDevices.getUserMedia({ video: true });
+        }
+        const session = new MediaSession(this, name, true);
+        session.mediaStream = media;
+        for (const track of media.getTracks()) {
+            session.pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+        }
+        session.hasAudio = media.getAudioTracks().length > 0;
+        session.hasVideo = media.getVideoTracks().length > 0;
+        await this._offer(session, "publishStream");
+        return session;
+    }
+
+    /** Plays stream `name`; its tracks arrive in `session.mediaStream`. */
+    async play(name) {
+        const session = new MediaSession(this, name, false);
+        session.pc.addTransceiver("audio", { direction: "recvonly" });
+        session.pc.addTransceiver("video", { direction: "recvonly" });
+        session.hasAudio = true;
+        session.hasVideo = true;
+        session.pc.ontrack = (event) => {
+            session.mediaStream.addTrack(event.track);
+            session.dispatchEvent(new CustomEvent("track", { detail: event.track }));
+        };
+        await this._offer(session, "playStream");
+        return session;
+    }
+
+    async _offer(session, message) {
+        // No trickle ICE, like the WebSDK: the server learns our address from its STUN checks.
+        const offer = await session.pc.createOffer();
+        await session.pc.setLocalDescription(offer);
+        session._request(message, offer.sdp);
+    }
+
+    _parse(text) {
+        try {
+            const frame = JSON.parse(text);
+            if (frame && typeof frame.message === "string") {
+                frame.data = Array.isArray(frame.data) ? frame.data : [];
+                return frame;
+            }
+        } catch (err) {
+            // fall through
+        }
+        console.warn("skyrelay: ignoring malformed frame", text);
+        return null;
+    }
+
+    _dispatch(message, data) {
+        const obj = data[0] || {};
+        switch (message) {
+            case "ping":
+                this.send("pong", null);
+                break;
+            case "setRemoteSDP": {
+                const session = this.sessions.get(data[0]);
+                if (session && session.pc.signalingState === "have-local-offer") {
+                    session.pc
+                        .setRemoteDescription({ type: "answer", sdp: data[1] })
+                        .catch((err) => session._setStatus("FAILED", `Bad answer: ${err.message}`));
+                }
+                break;
+            }
+            case "notifyStreamStatusEvent": {
+                const session = this.sessions.get(obj.mediaSessionId);
+                if (session && obj.status) {
+                    session._setStatus(obj.status, obj.info);
+                }
+                break;
+            }
+            case "fail": {
+                const session = this.sessions.get(obj.id);
+                if (session && obj.status) {
+                    session._setStatus(obj.status, obj.info);
+                }
+                break;
+            }
+            case "inboundVideoRate":
+            case "outboundVideoRate": {
+                const session = this.sessions.get(obj.mediaSessionId);
+                if (session) {
+                    session.metrics = { direction: message, ...obj };
+                    session.dispatchEvent(new CustomEvent("metrics", { detail: session.metrics }));
+                }
+                break;
+            }
+            case "notifyStreamEvent": {
+                const session = this.sessions.get(obj.mediaSessionId);
+                if (session) {
+                    session.dispatchEvent(new CustomEvent("streamEvent", { detail: obj }));
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        this.dispatchEvent(new CustomEvent("message", { detail: { message, data } }));
+    }
+}
