@@ -104,7 +104,7 @@ class Harness:
         log_tail = "\n".join(log.splitlines()[-60:])[-8000:]
         try:
             health = json.dumps(self.gateway.health())
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             health = f"unreachable: {exc}"
         console = "\n".join(self.console[-80:])[-8000:]
         return (
