@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-async def _serve(gateway: Any) -> int:  # noqa: ANN401 - avoids importing aiortc for --help
+async def _serve(gateway: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

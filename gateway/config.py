@@ -48,7 +48,7 @@ class Config:
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _coerce(name: str, value: Any) -> Any:  # noqa: ANN401 - values come from TOML/env/argv
+def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         raise ConfigError(f"unknown setting {name!r}")
     default = getattr(Config(), name)

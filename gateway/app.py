@@ -1,0 +1,64 @@
+"""The composition root: builds the pieces from the configuration, starts and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+from gateway.config import Config
+from gateway.http.server import HttpServer
+from gateway.log import get_logger
+from gateway.media.registry import StreamRegistry
+from gateway.media.webrtc.ice import configure_host_addresses
+from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.wcs.server import WcsServer
+from gateway.wcs.session import SessionLimits
+
+log = get_logger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        configure_host_addresses(config.ice_addresses)
+        self.registry = StreamRegistry(keyframe_interval=config.keyframe_request_interval)
+        settings = RtcSettings(
+            stun_servers=config.stun_servers,
+            public_ip=config.public_ip,
+            ice_timeout=config.ice_timeout,
+            viewer_queue_frames=config.viewer_queue_frames,
+        )
+        self.wcs = WcsServer(
+            self.registry,
+            settings,
+            host=config.host,
+            port=config.ws_port,
+            max_frame_bytes=config.max_frame_bytes,
+            ping_interval=config.ping_interval,
+            limits=SessionLimits(config.max_media_sessions, config.ping_probes),
+        )
+        self.http = HttpServer(
+            host=config.host, port=config.http_port, static_dir=config.static_dir, health=self.health
+        )
+
+    async def start(self) -> None:
+        await self.wcs.start()
+        await self.http.start()
+        log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
+
+    async def stop(self) -> None:
+        await self.http.stop()
+        await self.wcs.stop()
+        log.info("gateway_stopped")
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "streams": len(self.registry),
+            "sessions": len(self.wcs.connections),
+            "peer_connections": Peer.open_count,
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+        }

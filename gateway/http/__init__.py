@@ -1,0 +1,1 @@
+"""The HTTP side: static demo page, health and (later) REST, WHIP/WHEP, HLS, metrics."""

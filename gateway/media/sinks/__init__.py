@@ -1,0 +1,1 @@
+"""Sinks: where encoded frames go (WebRTC viewers; HLS, RTSP, DVR later)."""

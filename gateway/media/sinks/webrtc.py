@@ -1,0 +1,109 @@
+"""A WebRTC viewer as a sink of a Stream.
+
+Each viewer gets aiortc senders fed with the Stream's encoded frames (``encoder.pack``, no
+encoding) from its own bounded queues. Its PLI/FIR become (rate-limited) keyframe requests
+to the Stream's source; its NACKs are answered by aiortc from the sender's history.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import av
+from aiortc import MediaStreamTrack, RTCRtpSender
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
+
+from gateway.media.rates import VideoRates
+from gateway.media.stream import FrameQueue, MediaKind, Stream, StreamListener
+from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.media.webrtc.sdp import capabilities, check_play_offer, parse_offer
+
+
+class ViewerListener(StreamListener, Protocol):
+    def on_started(self) -> None: ...
+
+    def on_failed(self, info: str) -> None: ...
+
+
+class RelayTrack(MediaStreamTrack):
+    """A track whose frames are already encoded: it hands the sender av.Packets."""
+
+    def __init__(self, kind: MediaKind, frames: FrameQueue) -> None:
+        super().__init__()
+        self.kind = kind
+        self._frames = frames
+
+    async def recv(self) -> av.Packet:
+        frame = await self._frames.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame.packet()
+
+
+class WebRtcViewer:
+    def __init__(self, stream: Stream, settings: RtcSettings, listener: ViewerListener) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.listener = listener
+        self.peer = Peer(settings, on_connected=listener.on_started, on_failed=listener.on_failed)
+        self.subscription = None
+        self._video_sender: RTCRtpSender | None = None
+        self.nack_received = 0
+        self.pli_received = 0
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Answer the player's offer. Raises OfferError if it cannot receive the stream."""
+        stream = self.stream
+        offered = parse_offer(offer_sdp)
+        check_play_offer(offered, stream.video_codec, stream.audio_codec)
+        sub = stream.subscribe(self.listener, self.settings.viewer_queue_frames)
+        self.subscription = sub
+        pc = self.peer.pc
+        for kind in dict.fromkeys(m.kind for m in offered if m.direction in ("recvonly", "sendrecv")):
+            codec = stream.video_codec if kind == "video" else stream.audio_codec
+            if codec is None:
+                continue
+            transceiver = pc.addTransceiver(RelayTrack(kind, sub.queue(kind)), direction="sendonly")
+            transceiver.setCodecPreferences(capabilities((f"{kind}/{codec.name}",), kind))
+            if kind == "video":
+                self._video_sender = transceiver.sender
+                self._hook_feedback(transceiver.sender)
+        return await self.peer.answer(offer_sdp)
+
+    def _hook_feedback(self, sender: RTCRtpSender) -> None:
+        """Count the viewer's NACK and PLI/FIR, and forward keyframe requests upstream:
+        aiortc's sender ignores them when it is not encoding."""
+        handle = sender._handle_rtcp_packet
+
+        async def counted(packet: Any) -> None:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                self.nack_received += 1
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.pli_received += 1
+                self.stream.request_keyframe()
+            await handle(packet)
+
+        sender._handle_rtcp_packet = counted  # type: ignore[method-assign]
+
+    async def rates(self) -> VideoRates:
+        bits = fps = lost = 0
+        if self.subscription is not None:
+            bits, fps = self.subscription.video.meter.sample()
+        if self._video_sender is not None:
+            report = await self._video_sender.getStats()
+            lost = sum(s.packetsLost for s in report.values() if s.type == "remote-inbound-rtp")
+        stream = self.stream
+        return VideoRates(bits, fps, self.nack_received, self.pli_received, lost, stream.width, stream.height)
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            self.stream.unsubscribe(self.subscription)
+        await self.peer.close()

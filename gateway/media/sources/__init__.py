@@ -1,0 +1,1 @@
+"""Sources: where encoded frames come from (WebRTC publishers; RTMP, RTSP, WHIP later)."""

@@ -1,0 +1,145 @@
+"""A WebRTC publisher (browser, mobile SDK) as the source of a Stream.
+
+Its receivers yield encoded frames through the passthrough tap; nothing is decoded. The
+Stream's keyframe requests become RTCP PLI toward the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from fractions import Fraction
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from gateway.log import get_logger
+from gateway.media import h264, vp8
+from gateway.media.rates import VideoRates
+from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.webrtc import passthrough
+from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.media.webrtc.sdp import (
+    PUBLISH_AUDIO,
+    PUBLISH_VIDEO,
+    capabilities,
+    check_publish_offer,
+    parse_offer,
+)
+
+log = get_logger(__name__)
+
+
+class WebRtcPublisher:
+    def __init__(
+        self,
+        stream: Stream,
+        settings: RtcSettings,
+        *,
+        on_started: Callable[[], None],
+        on_failed: Callable[[str], None],
+    ) -> None:
+        self.stream = stream
+        self.peer = Peer(settings, on_connected=lambda: None, on_failed=on_failed)
+        self._on_started = on_started
+        self._started = False
+        self._video_receiver: RTCRtpReceiver | None = None
+        self._parameter_sets = h264.ParameterSetCache()
+        self._pli_tasks: set[asyncio.Task[None]] = set()
+        self.nack_sent = 0
+        self.pli_sent = 0
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Answer the publisher's offer. Raises OfferError for an offer we cannot relay."""
+        offered = parse_offer(offer_sdp)
+        check_publish_offer(offered)
+        pc = self.peer.pc
+        for kind in dict.fromkeys(m.kind for m in offered if m.direction in ("sendonly", "sendrecv")):
+            transceiver = pc.addTransceiver(kind, direction="recvonly")
+            wanted = PUBLISH_VIDEO if kind == "video" else PUBLISH_AUDIO
+            transceiver.setCodecPreferences(capabilities(wanted, kind))
+            self._tap(transceiver.receiver, kind)
+        answer = await self.peer.answer(offer_sdp)
+        video = audio = None
+        for transceiver in pc.getTransceivers():
+            codecs = [c for c in transceiver._codecs if not c.mimeType.lower().endswith("/rtx")]
+            if not codecs or transceiver.receiver is None:
+                continue
+            chosen = codecs[0]
+            codec = Codec(chosen.mimeType.split("/", 1)[1], chosen.clockRate, dict(chosen.parameters))
+            if transceiver.kind == "video":
+                video = codec
+            else:
+                audio = codec
+        self.stream.source = self
+        self.stream.set_codecs(video, audio)
+        return answer
+
+    def _tap(self, receiver: RTCRtpReceiver, kind: str) -> None:
+        if kind == "video":
+            self._video_receiver = receiver
+            self._count_feedback(receiver)
+        passthrough.install(receiver, self._on_video_frame if kind == "video" else self._on_audio_frame)
+
+    def _count_feedback(self, receiver: RTCRtpReceiver) -> None:
+        send_nack, send_pli = receiver._send_rtcp_nack, receiver._send_rtcp_pli
+
+        async def counted_nack(media_ssrc: int, lost: list[int]) -> None:
+            self.nack_sent += 1
+            await send_nack(media_ssrc, lost)
+
+        async def counted_pli(media_ssrc: int) -> None:
+            self.pli_sent += 1
+            await send_pli(media_ssrc)
+
+        receiver._send_rtcp_nack = counted_nack  # type: ignore[method-assign]
+        receiver._send_rtcp_pli = counted_pli  # type: ignore[method-assign]
+
+    def _on_video_frame(self, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> None:
+        name = codec.mimeType.split("/", 1)[1]
+        dims: tuple[int, int] | None
+        if name == "H264":
+            data, keyframe, dims = self._parameter_sets.process(data)
+        else:
+            keyframe = vp8.is_keyframe(data)
+            dims = vp8.keyframe_dimensions(data) if keyframe else None
+        if dims is not None:
+            self.stream.set_dimensions(*dims)
+        frame = MediaFrame("video", name, data, timestamp, Fraction(1, codec.clockRate), keyframe)
+        self.stream.push(frame)
+        self._mark_started()
+
+    def _on_audio_frame(self, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> None:
+        name = codec.mimeType.split("/", 1)[1]
+        self.stream.push(MediaFrame("audio", name, data, timestamp, Fraction(1, codec.clockRate), True))
+        self._mark_started()
+
+    def _mark_started(self) -> None:
+        if not self._started:
+            self._started = True
+            self._on_started()
+
+    def request_keyframe(self) -> None:
+        receiver = self._video_receiver
+        if receiver is None:
+            return
+        sources = receiver.getSynchronizationSources()
+        if not sources:
+            return
+        task = asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+        self._pli_tasks.add(task)
+        task.add_done_callback(self._pli_tasks.discard)
+
+    async def rates(self) -> VideoRates:
+        bits, fps = self.stream.inbound.sample()
+        lost = 0
+        if self._video_receiver is not None:
+            report = await self._video_receiver.getStats()
+            lost = sum(s.packetsLost for s in report.values() if s.type == "inbound-rtp")
+        stream = self.stream
+        return VideoRates(bits, fps, self.nack_sent, self.pli_sent, lost, stream.width, stream.height)
+
+    async def close(self) -> None:
+        for task in list(self._pli_tasks):
+            task.cancel()
+        await self.peer.close()

@@ -1,0 +1,247 @@
+"""A Stream: a named pipe of encoded access units with a cached keyframe, fanned out to
+subscribers through bounded queues. Nothing here decodes or encodes.
+
+A source calls `Stream.push` for every access unit; each `Subscription` has one bounded
+queue per media kind. A video queue that overflows is emptied and then skips frames up to
+the next keyframe, so a slow viewer loses time but never sees a broken GOP. A new
+subscriber starts with the cached keyframe, then waits for the next live keyframe (which it
+asks the source for, rate-limited), so its picture is immediate and never corrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal, Protocol
+
+import av
+
+from gateway.media.rates import RateMeter
+
+MediaKind = Literal["audio", "video"]
+
+
+@dataclass(slots=True)
+class MediaFrame:
+    """One encoded access unit (H.264 Annex-B, VP8 frame, Opus packet)."""
+
+    kind: MediaKind
+    codec: str
+    data: bytes
+    pts: int
+    time_base: Fraction
+    keyframe: bool = False
+    _packet: av.Packet | None = None
+
+    def packet(self) -> av.Packet:
+        """The frame as an av.Packet for aiortc senders, built once and shared by all."""
+        if self._packet is None:
+            packet = av.Packet(self.data)
+            packet.pts = self.pts
+            packet.time_base = self.time_base
+            self._packet = packet
+        return self._packet
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """A negotiated codec, as aiortc names it (``H264``, ``VP8``, ``opus``, ...)."""
+
+    name: str
+    clock_rate: int
+    parameters: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+class StreamListener(Protocol):
+    """What a subscriber's owner hears about the stream besides frames."""
+
+    def on_video_format(self, width: int, height: int) -> None: ...
+
+    def on_stream_event(self, event_type: str, payload: Any) -> None: ...
+
+    def on_stream_end(self) -> None: ...
+
+
+class Source(Protocol):
+    def request_keyframe(self) -> None: ...
+
+
+class FrameQueue:
+    """A bounded single-consumer queue of frames for one subscriber and one media kind."""
+
+    def __init__(self, kind: MediaKind, max_frames: int, on_gap: Callable[[], None]) -> None:
+        self.kind = kind
+        self.max_frames = max_frames
+        self.dropped = 0
+        self.meter = RateMeter()
+        self._frames: deque[MediaFrame] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        # Video waits for a keyframe after a gap (start, overflow) so it never sends a
+        # frame whose reference it did not send.
+        self._need_keyframe = kind == "video"
+        self._on_gap = on_gap
+
+    def put(self, frame: MediaFrame) -> None:
+        if self._closed:
+            return
+        if self._need_keyframe:
+            if not frame.keyframe:
+                self.dropped += 1
+                return
+            self._need_keyframe = False
+        if len(self._frames) >= self.max_frames:
+            if self.kind == "video":
+                self.dropped += len(self._frames)
+                self._frames.clear()
+                if not frame.keyframe:
+                    self.dropped += 1
+                    self._need_keyframe = True
+                    self._on_gap()
+                    return
+            else:
+                self._frames.popleft()
+                self.dropped += 1
+        self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def start_with(self, keyframe: MediaFrame) -> None:
+        """Queue a cached keyframe, then skip to the next live keyframe: the deltas that
+        follow the cached one reference frames this subscriber never received."""
+        self.put(keyframe)
+        self._need_keyframe = True
+
+    async def get(self) -> MediaFrame | None:
+        """The next frame, or None once the queue is closed and drained."""
+        while not self._frames:
+            if self._closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frame = self._frames.popleft()
+        if frame.kind == "video":
+            self.meter.add(len(frame.data))
+        return frame
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def close(self) -> None:
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Subscription:
+    """One subscriber's view of a stream: its queues and its listener."""
+
+    def __init__(self, stream: Stream, listener: StreamListener, max_frames: int) -> None:
+        self.stream = stream
+        self.listener = listener
+        self.video = FrameQueue("video", max_frames, stream.request_keyframe)
+        self.audio = FrameQueue("audio", max(8, max_frames), lambda: None)
+
+    def queue(self, kind: MediaKind) -> FrameQueue:
+        return self.video if kind == "video" else self.audio
+
+    def close(self) -> None:
+        self.video.close()
+        self.audio.close()
+
+
+class Stream:
+    def __init__(
+        self,
+        name: str,
+        *,
+        keyframe_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.video_codec: Codec | None = None
+        self.audio_codec: Codec | None = None
+        self.width = 0
+        self.height = 0
+        self.source: Source | None = None
+        self.ready = False  # codecs negotiated: viewers may subscribe
+        self.ended = False
+        self.inbound = RateMeter()
+        self.keyframe: MediaFrame | None = None
+        self.subscriptions: list[Subscription] = []
+        self.keyframe_requests = 0  # forwarded to the source
+        self._keyframe_interval = keyframe_interval
+        self._last_keyframe_request = float("-inf")
+        self._clock = clock
+
+    # --- source side ---------------------------------------------------------------------
+
+    def set_codecs(self, video: Codec | None, audio: Codec | None) -> None:
+        self.video_codec, self.audio_codec = video, audio
+        self.ready = True
+
+    def push(self, frame: MediaFrame) -> None:
+        if self.ended:
+            return
+        if frame.kind == "video":
+            self.inbound.add(len(frame.data))
+            if frame.keyframe:
+                self.keyframe = frame
+        for sub in self.subscriptions:
+            sub.queue(frame.kind).put(frame)
+
+    def set_dimensions(self, width: int, height: int) -> None:
+        if (width, height) == (self.width, self.height):
+            return
+        self.width, self.height = width, height
+        for sub in list(self.subscriptions):
+            sub.listener.on_video_format(width, height)
+
+    def broadcast_event(self, event_type: str, payload: Any) -> None:
+        for sub in list(self.subscriptions):
+            sub.listener.on_stream_event(event_type, payload)
+
+    def end(self) -> None:
+        """The source is gone: close every queue and tell every subscriber."""
+        if self.ended:
+            return
+        self.ended = True
+        subs, self.subscriptions = self.subscriptions, []
+        for sub in subs:
+            sub.close()
+        for sub in subs:
+            sub.listener.on_stream_end()
+
+    # --- subscriber side -----------------------------------------------------------------
+
+    def subscribe(self, listener: StreamListener, max_frames: int = 90) -> Subscription:
+        sub = Subscription(self, listener, max_frames)
+        if self.keyframe is not None:
+            sub.video.start_with(self.keyframe)
+        self.subscriptions.append(sub)
+        self.request_keyframe()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        if sub in self.subscriptions:
+            self.subscriptions.remove(sub)
+
+    def request_keyframe(self) -> None:
+        """Ask the source for a keyframe, at most once per interval (viewers' PLI/FIR)."""
+        now = self._clock()
+        if now - self._last_keyframe_request < self._keyframe_interval:
+            return
+        self._last_keyframe_request = now
+        if self.source is not None and not self.ended:
+            self.keyframe_requests += 1
+            self.source.request_keyframe()

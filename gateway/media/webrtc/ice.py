@@ -1,0 +1,27 @@
+"""Which local addresses the gateway offers as ICE host candidates.
+
+aioice gathers on every non-loopback interface. The gateway makes that configurable: a
+browser on the same host reaches it on 127.0.0.1, a container announces only its own
+interface, and a machine with only loopback still offers a candidate. aioice has no option
+for it, so its module-level address lookup is replaced once, at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aioice.ice
+
+_original = aioice.ice.get_host_addresses
+
+
+def configure_host_addresses(addresses: Sequence[str]) -> None:
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if chosen:
+            return list(chosen)
+        found = _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        return found or ["127.0.0.1"]
+
+    aioice.ice.get_host_addresses = host_addresses

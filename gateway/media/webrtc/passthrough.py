@@ -1,0 +1,56 @@
+"""Encoded frames out of an aiortc receiver, without decoding.
+
+aiortc's RTCRtpReceiver hands every complete frame from its jitter buffer to a decoder
+thread through a queue, and offers no public way to get encoded frames. `EncodedFrameTap`
+stands in for that queue: frames go straight to a callback on the event loop, the decoder
+thread idles until the receiver stops. NACK, PLI and jitter-buffer logic stay aiortc's.
+This is the one place that touches the receiver's private queue (aiortc 1.16.x).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from gateway.log import get_logger
+
+log = get_logger(__name__)
+
+_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
+
+FrameCallback = Callable[[RTCRtpCodecParameters, bytes, int], None]
+
+
+class EncodedFrameTap:
+    def __init__(self, deliver: FrameCallback) -> None:
+        self._deliver = deliver
+        self._stop: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    # Called by the receiver on the event loop, with (codec, JitterFrame) or None at stop.
+    def put(self, item: tuple[RTCRtpCodecParameters, Any] | None) -> None:
+        if item is None:
+            self._stop.put(None)
+            return
+        codec, frame = item
+        try:
+            self._deliver(codec, frame.data, frame.timestamp)
+        except Exception:
+            log.exception("passthrough_frame_error", codec=codec.name)
+
+    # Called by the idle decoder thread: returns only when the receiver stops.
+    def get(self) -> None:
+        return self._stop.get()
+
+
+def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
+    """Make ``receiver`` hand encoded frames to ``deliver``. Call before it starts."""
+    if not hasattr(receiver, _QUEUE_ATTRIBUTE):
+        raise RuntimeError(
+            "aiortc's RTCRtpReceiver has no decoder queue attribute: this aiortc version is not "
+            "supported for passthrough (pin aiortc 1.16.x)"
+        )
+    setattr(receiver, _QUEUE_ATTRIBUTE, EncodedFrameTap(deliver))

@@ -1,0 +1,89 @@
+"""An aiortc peer connection with the gateway's ICE settings, a connect deadline and one
+place that turns connection state into "connected" / "failed" callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from gateway.media.webrtc.sdp import add_public_candidates
+
+
+@dataclass(frozen=True, slots=True)
+class RtcSettings:
+    stun_servers: tuple[str, ...] = ()
+    public_ip: str | None = None
+    ice_timeout: float = 20.0
+    viewer_queue_frames: int = 90
+
+    def configuration(self) -> RTCConfiguration:
+        servers = [RTCIceServer(urls=f"stun:{s}") for s in self.stun_servers]
+        return RTCConfiguration(iceServers=servers)
+
+
+class Peer:
+    """One RTCPeerConnection. on_connected fires at most once; on_failed fires at most once,
+    for a connection that never came up or one that was lost, never after close()."""
+
+    open_count = 0  # peer connections created and not yet closed (health, leak tests)
+
+    def __init__(
+        self,
+        settings: RtcSettings,
+        on_connected: Callable[[], None],
+        on_failed: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.pc = RTCPeerConnection(settings.configuration())
+        Peer.open_count += 1
+        self._closed = False
+        self.state = "pending"  # pending -> connected -> done, or pending -> done
+        self._on_connected = on_connected
+        self._on_failed = on_failed
+        self._deadline: asyncio.TimerHandle | None = None
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the offer, answer it with all local candidates included (the WebSDK does
+        no trickle ICE), and start the connect deadline."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        sdp = self.pc.localDescription.sdp
+        if self.settings.public_ip:
+            sdp = add_public_candidates(sdp, self.settings.public_ip)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.settings.ice_timeout, self._fail)
+        return sdp
+
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and self.state == "pending":
+            self.state = "connected"
+            self._cancel_deadline()
+            self._on_connected()
+        elif state in ("failed", "closed"):
+            self._fail()
+
+    def _fail(self) -> None:
+        self._deadline = None
+        if self.state == "done":
+            return
+        info = "Connection lost" if self.state == "connected" else "Failed by ICE timeout"
+        self.state = "done"
+        self._on_failed(info)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    async def close(self) -> None:
+        self._cancel_deadline()
+        self.state = "done"  # closing is our decision: no failure callback for it
+        if not self._closed:
+            self._closed = True
+            Peer.open_count -= 1
+        await self.pc.close()

@@ -1,0 +1,418 @@
+"""WCS raw WebSocket API messages: parsing and validation of client frames, builders of
+server frames. Pure functions over text and dicts; no I/O.
+
+Every frame is ``{"message": NAME, "data": [...]}``. The WebSDK reads ``data[0]`` of every
+server message, so every frame built here carries a ``data`` array.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.media.rates import VideoRates
+
+MAX_STREAM_NAME = 256
+MAX_ID = 128
+
+# Client messages that carry nothing the gateway acts on (debug, metrics, SIP): accepted
+# and ignored so an unmodified SDK never sees an error for them.
+IGNORED_MESSAGES = frozenset(
+    {
+        "pushLogs",
+        "submitBugReport",
+        "sessionDebug",
+        "webRTCMetricsClientDescription",
+        "webRTCMetricsBatch",
+        "call",
+        "answer",
+        "hangup",
+        "hold",
+        "unhold",
+        "sendDtmf",
+        "transfer",
+        "sendData",
+        "snapshot",
+        "changeAudioCodec",
+        "updateStream",
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be acted on. ``media_session_id`` is set when the frame
+    named a media session, so the error can be reported as that stream's FAILED status."""
+
+    def __init__(self, info: str, *, api_method: str = "", media_session_id: str | None = None):
+        super().__init__(info)
+        self.info = info
+        self.api_method = api_method
+        self.media_session_id = media_session_id
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStream:
+    media_session_id: str
+    name: str
+    sdp: str
+    has_audio: bool = True
+    has_video: bool = True
+    record: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlayStream:
+    media_session_id: str
+    name: str
+    sdp: str
+    has_audio: bool = True
+    has_video: bool = True
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UnpublishStream:
+    media_session_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopStream:
+    media_session_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableStream:
+    media_session_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendStreamEvent:
+    media_session_id: str
+    type: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    name: str
+
+
+ClientMessage = (
+    Connect
+    | Pong
+    | Ping
+    | PublishStream
+    | PlayStream
+    | UnpublishStream
+    | StopStream
+    | AvailableStream
+    | SendStreamEvent
+    | Ignored
+)
+
+
+def parse_frame(text: str | bytes) -> ClientMessage:
+    """Parse one client text frame. Raises ProtocolError with a readable ``info``."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"Frame is not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("Frame must be a JSON object with 'message' and 'data'")
+    name = frame.get("message")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("Frame has no 'message' name")
+    data = frame.get("data", [])
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise ProtocolError(f"'{name}': 'data' must be an array", api_method=name)
+    first = data[0] if data else None
+    parser = _PARSERS.get(name)
+    if parser is not None:
+        return parser(name, first)
+    if name in IGNORED_MESSAGES:
+        return Ignored(name)
+    raise ProtocolError(f"Unknown message '{name[:64]}'", api_method=name[:64])
+
+
+def _object(name: str, first: Any) -> dict[str, Any]:
+    if not isinstance(first, dict):
+        raise ProtocolError(f"'{name}': data[0] must be an object", api_method=name)
+    return first
+
+
+def _media_session_id(name: str, obj: dict[str, Any]) -> str:
+    value = obj.get("mediaSessionId")
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"'{name}': 'mediaSessionId' must be a non-empty string", api_method=name)
+    if len(value) > MAX_ID or not value.isprintable():
+        raise ProtocolError(f"'{name}': 'mediaSessionId' is malformed", api_method=name)
+    return value
+
+
+def validate_stream_name(name: Any) -> str:
+    """A stream name is 1..256 printable characters (no control characters)."""
+    if not isinstance(name, str):
+        raise ValueError("Stream name must be a string")
+    if not name:
+        raise ValueError("Stream name is empty")
+    if len(name) > MAX_STREAM_NAME:
+        raise ValueError(f"Stream name is longer than {MAX_STREAM_NAME} characters")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise ValueError("Stream name contains control characters")
+    return name
+
+
+def _stream_name(api: str, obj: dict[str, Any], media_session_id: str) -> str:
+    try:
+        return validate_stream_name(obj.get("name"))
+    except ValueError as exc:
+        raise ProtocolError(str(exc), api_method=api, media_session_id=media_session_id) from None
+
+
+def _flag(api: str, obj: dict[str, Any], key: str, default: bool, msid: str) -> bool:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ProtocolError(f"'{api}': '{key}' must be true or false", api_method=api, media_session_id=msid)
+    return value
+
+
+def _sdp(api: str, obj: dict[str, Any], msid: str) -> str:
+    sdp = obj.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ProtocolError(f"'{api}': 'sdp' must be a non-empty string", api_method=api, media_session_id=msid)
+    return sdp
+
+
+def _parse_connect(name: str, first: Any) -> Connect:
+    obj = _object(name, first)
+    for key in ("appKey", "clientVersion", "authToken"):
+        if key in obj and obj[key] is not None and not isinstance(obj[key], str):
+            raise ProtocolError(f"'connection': '{key}' must be a string", api_method=name)
+    return Connect(dict(obj))
+
+
+def _parse_media(name: str, first: Any) -> PublishStream | PlayStream:
+    obj = _object(name, first)
+    msid = _media_session_id(name, obj)
+    stream_name = _stream_name(name, obj, msid)
+    sdp = _sdp(name, obj, msid)
+    has_audio = _flag(name, obj, "hasAudio", True, msid)
+    has_video = _flag(name, obj, "hasVideo", True, msid)
+    if name == "publishStream":
+        record = _flag(name, obj, "record", False, msid)
+        return PublishStream(msid, stream_name, sdp, has_audio, has_video, record, dict(obj))
+    return PlayStream(msid, stream_name, sdp, has_audio, has_video, dict(obj))
+
+
+def _parse_stop(name: str, first: Any) -> UnpublishStream | StopStream:
+    obj = _object(name, first)
+    msid = _media_session_id(name, obj)
+    stream_name = obj.get("name")
+    stream_name = stream_name if isinstance(stream_name, str) else ""
+    if name == "unPublishStream":
+        return UnpublishStream(msid, stream_name[:MAX_STREAM_NAME])
+    return StopStream(msid, stream_name[:MAX_STREAM_NAME])
+
+
+def _parse_available(name: str, first: Any) -> AvailableStream:
+    obj = _object(name, first)
+    msid = _media_session_id(name, obj)
+    return AvailableStream(msid, _stream_name(name, obj, msid))
+
+
+def _parse_stream_event(name: str, first: Any) -> SendStreamEvent:
+    obj = _object(name, first)
+    msid = _media_session_id(name, obj)
+    event_type = obj.get("type")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 64:
+        raise ProtocolError(f"'{name}': 'type' must be a short string", api_method=name, media_session_id=msid)
+    return SendStreamEvent(msid, event_type, obj.get("payload"))
+
+
+_PARSERS = {
+    "connection": _parse_connect,
+    "pong": lambda name, first: Pong(),
+    "ping": lambda name, first: Ping(),
+    "publishStream": _parse_media,
+    "playStream": _parse_media,
+    "unPublishStream": _parse_stop,
+    "stopStream": _parse_stop,
+    "availableStream": _parse_available,
+    "sendStreamEvent": _parse_stream_event,
+}
+
+# --- server -> client -------------------------------------------------------------------
+
+
+def encode(message: str, *data: Any) -> str:
+    """Build a server frame. ``data`` always becomes a JSON array (possibly ``[null]``)."""
+    return orjson.dumps({"message": message, "data": list(data) if data else [None]}).decode()
+
+
+def get_user_data(echo: dict[str, Any], auth_token: str) -> str:
+    body = {
+        **{k: v for k, v in echo.items() if k not in ("authToken", "status")},
+        "useWsTunnel": False,
+        "useWsTunnelPacketization2": False,
+        "useBase64BinaryEncoding": False,
+        "authToken": auth_token,
+        "status": "ESTABLISHED",
+    }
+    # A metrics description would start the WebSDK's metrics collector: never echo it.
+    body.pop("webRTCMetricsServerDescription", None)
+    return encode("getUserData", body)
+
+
+def get_version(version: str) -> str:
+    return encode("getVersion", version)
+
+
+def ping() -> str:
+    return encode("ping", None)
+
+
+def pong() -> str:
+    return encode("pong", None)
+
+
+def set_remote_sdp(media_session_id: str, sdp: str) -> str:
+    return encode("setRemoteSDP", media_session_id, sdp, True)
+
+
+@dataclass(slots=True)
+class StreamDescription:
+    """What a notifyStreamStatusEvent tells about one media session."""
+
+    media_session_id: str
+    name: str
+    published: bool
+    status: str
+    info: str | None = None
+    has_audio: bool = True
+    has_video: bool = True
+    audio_codec: str | None = None
+    video_codec: str | None = None
+    width: int = 0
+    height: int = 0
+    record: bool = False
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "mediaSessionId": self.media_session_id,
+            "name": self.name,
+            "published": self.published,
+            "hasVideo": self.has_video,
+            "hasAudio": self.has_audio,
+            "status": self.status,
+            "audioCodec": self.audio_codec,
+            "videoCodec": self.video_codec,
+            "record": self.record,
+            "width": self.width,
+            "height": self.height,
+            "bitrate": 0,
+            "minBitrate": 0,
+            "maxBitrate": 0,
+            "quality": 0,
+            "createDate": self.created_ms,
+            "mediaProvider": "WebRTC",
+            "streamInfo": {
+                "nodeId": None,
+                "appKey": None,
+                "sessionId": None,
+                "mediaSessionId": self.media_session_id,
+                "name": self.name,
+                "samplingTime": None,
+                "recordTimestamp": None,
+                "recordStarted": False,
+            },
+        }
+        if self.info is not None:
+            body["info"] = self.info
+        return body
+
+
+def stream_status(stream: StreamDescription) -> str:
+    return encode("notifyStreamStatusEvent", stream.as_dict())
+
+
+def fail(api_method: str, info: str, media_session_id: str | None = None, status: str = "FAILED") -> str:
+    return encode(
+        "fail",
+        {"apiMethod": api_method or "StreamStatusEvent", "id": media_session_id, "status": status, "info": info},
+    )
+
+
+def available_stream(media_session_id: str, available: bool, info: str) -> str:
+    # The WebSDK compares the status with the *strings* "true"/"false".
+    return encode(
+        "availableStream",
+        {"id": media_session_id, "status": "true" if available else "false", "info": info},
+    )
+
+
+def stream_event(media_session_id: str, event_type: str, payload: Any) -> str:
+    return encode(
+        "notifyStreamEvent", {"mediaSessionId": media_session_id, "type": event_type, "payload": payload}
+    )
+
+
+def audio_codec(media_session_id: str, codec: str) -> str:
+    return encode("notifyAudioCodec", media_session_id, {"name": codec})
+
+
+def video_format(media_session_id: str, width: int, height: int) -> str:
+    return encode(
+        "notifyVideoFormat",
+        {
+            "mediaSessionId": media_session_id,
+            "status": "RESIZE",
+            "streamerVideoWidth": width,
+            "streamerVideoHeight": height,
+        },
+    )
+
+
+def video_rate(inbound: bool, media_session_id: str, rate: VideoRates) -> str:
+    return encode(
+        "inboundVideoRate" if inbound else "outboundVideoRate",
+        {
+            "mediaSessionId": media_session_id,
+            "videoRate": rate.bit_rate,
+            "fps": rate.fps,
+            "nack": rate.nack,
+            "pli": rate.pli,
+            "lostPackets": rate.lost_packets,
+            "width": rate.width,
+            "height": rate.height,
+        },
+    )

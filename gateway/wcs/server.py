@@ -1,0 +1,312 @@
+"""The WCS WebSocket server: a thin I/O layer around `Session`.
+
+Each connection feeds client frames to its Session and carries out the outputs: frames go
+to one ordered outbox, media actions become WebRTC publishers and viewers. Media callbacks
+come back through the same `_dispatch`, so everything a client sees is in causal order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from gateway import __version__
+from gateway.log import get_logger
+from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.sinks.webrtc import WebRtcViewer
+from gateway.media.sources.webrtc import WebRtcPublisher
+from gateway.media.stream import Stream
+from gateway.media.webrtc.peer import RtcSettings
+from gateway.media.webrtc.sdp import OfferError
+from gateway.wcs import messages as m
+from gateway.wcs.session import (
+    INFO_NAME_IN_USE,
+    INFO_NOT_FOUND,
+    Close,
+    Output,
+    QueryAvailable,
+    RelayStreamEvent,
+    Send,
+    Session,
+    SessionLimits,
+    StartPlay,
+    StartPublish,
+    StopMedia,
+)
+
+log = get_logger(__name__)
+
+OUTBOX_LIMIT = 1000
+MediaEndpoint = WebRtcPublisher | WebRtcViewer
+
+
+class WcsServer:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        settings: RtcSettings,
+        *,
+        host: str,
+        port: int,
+        max_frame_bytes: int,
+        ping_interval: float,
+        limits: SessionLimits,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.host, self.port = host, port
+        self.max_frame_bytes = max_frame_bytes
+        self.ping_interval = ping_interval
+        self.limits = limits
+        self.connections: set[Connection] = set()
+        self._server: Server | None = None
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            max_size=self.max_frame_bytes,
+            # The WCS protocol has its own ping/pong messages; no WebSocket-level pings.
+            ping_interval=None,
+            compression=None,
+        )
+        log.info("wcs_listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        connection = Connection(self, ws)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+
+
+class PlayerEvents:
+    """What a viewer's stream and peer tell the session of the player's connection."""
+
+    def __init__(self, connection: Connection, media_session_id: str, stream: Stream) -> None:
+        self._connection = connection
+        self._msid = media_session_id
+        self._stream = stream
+
+    def on_started(self) -> None:
+        c, s = self._connection, self._stream
+        out = c.session.media_started(
+            self._msid,
+            audio_codec=s.audio_codec.name if s.audio_codec else None,
+            video_codec=s.video_codec.name if s.video_codec else None,
+            width=s.width,
+            height=s.height,
+        )
+        if s.width and s.height:
+            out += c.session.video_format(self._msid, s.width, s.height)
+        c.dispatch(out)
+
+    def on_failed(self, info: str) -> None:
+        self._connection.dispatch(self._connection.session.media_failed(self._msid, info))
+
+    def on_video_format(self, width: int, height: int) -> None:
+        self._connection.dispatch(self._connection.session.video_format(self._msid, width, height))
+
+    def on_stream_event(self, event_type: str, payload: Any) -> None:
+        self._connection.dispatch(self._connection.session.stream_event(self._msid, event_type, payload))
+
+    def on_stream_end(self) -> None:
+        self._connection.dispatch(self._connection.session.publisher_stopped(self._msid))
+
+
+class Connection:
+    def __init__(self, server: WcsServer, ws: ServerConnection) -> None:
+        self.server = server
+        self.ws = ws
+        self.id = uuid.uuid4().hex[:12]
+        remote = ws.remote_address or ("?", 0)
+        local = ws.local_address or ("?", 0)
+        self.session = Session(
+            session_id=self.id,
+            auth_token=f"/{remote[0]}:{remote[1]}/{local[0]}:{local[1]}",
+            version=f"skyrelay-{__version__}",
+            limits=server.limits,
+        )
+        self.media: dict[str, MediaEndpoint] = {}
+        self.streams: dict[str, Stream] = {}  # published by this connection, by media session
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
+        self.log = log.bind(session=self.id)
+
+    async def run(self) -> None:
+        self.log.info("client_connected", remote=str(self.ws.remote_address))
+        writer = asyncio.create_task(self._write())
+        ticker = asyncio.create_task(self._tick())
+        try:
+            async for frame in self.ws:
+                if isinstance(frame, bytes):
+                    self.dispatch(self.session.receive_binary())
+                else:
+                    self.dispatch(self.session.receive_text(frame))
+        except ConnectionClosed:
+            pass
+        finally:
+            ticker.cancel()
+            self.dispatch(self.session.close())
+            await self._drain_tasks()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.log.info("client_disconnected", code=self.ws.close_code)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            match out:
+                case Send(text):
+                    self._send(text)
+                case StartPublish(request):
+                    self._start_publish(request)
+                case StartPlay(request):
+                    self._start_play(request)
+                case StopMedia(msid):
+                    self._stop_media(msid)
+                case RelayStreamEvent(name, event_type, payload):
+                    stream = self.server.registry.get(name)
+                    if stream is not None:
+                        stream.broadcast_event(event_type, payload)
+                case QueryAvailable(msid, name):
+                    found = self.server.registry.get(name) is not None
+                    self.dispatch(self.session.available(msid, found, "" if found else INFO_NOT_FOUND))
+                case Close(code, reason):
+                    self.log.info("client_dropped", reason=reason)
+                    self._spawn(self.ws.close(code, reason))
+
+    def _send(self, text: str) -> None:
+        try:
+            self.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            # A client that reads nothing must not grow the gateway's memory.
+            self.log.warning("client_too_slow", queued=self.outbox.qsize())
+            self._spawn(self.ws.close(1008, "client does not read its messages"))
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.outbox.get()
+            try:
+                await self.ws.send(text)
+            except ConnectionClosed:
+                return
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task_failed", exc_info=task.exception())
+
+    async def _drain_tasks(self) -> None:
+        for _ in range(10):  # closing media may start more tasks; bounded
+            if not self.tasks:
+                return
+            await asyncio.wait(list(self.tasks), timeout=10)
+
+    # --- media --------------------------------------------------------------------------------
+
+    def _start_publish(self, request: m.PublishStream) -> None:
+        msid = request.media_session_id
+        try:
+            stream = self.server.registry.claim(request.name)
+        except StreamNameInUse:
+            self.dispatch(self.session.media_failed(msid, INFO_NAME_IN_USE))
+            return
+        publisher = WebRtcPublisher(
+            stream,
+            self.server.settings,
+            on_started=lambda: self._publisher_started(msid, stream),
+            on_failed=lambda info: self.dispatch(self.session.media_failed(msid, info)),
+        )
+        self.media[msid] = publisher
+        self.streams[msid] = stream
+        self.log.info("publish_requested", stream=request.name, media_session=msid)
+        self._spawn(self._answer(msid, publisher, request.sdp))
+
+    def _publisher_started(self, msid: str, stream: Stream) -> None:
+        self.dispatch(
+            self.session.media_started(
+                msid,
+                audio_codec=stream.audio_codec.name if stream.audio_codec else None,
+                video_codec=stream.video_codec.name if stream.video_codec else None,
+                width=stream.width,
+                height=stream.height,
+            )
+        )
+        self.log.info("publishing", stream=stream.name, media_session=msid)
+
+    def _start_play(self, request: m.PlayStream) -> None:
+        msid = request.media_session_id
+        stream = self.server.registry.get(request.name)
+        if stream is None:
+            self.dispatch(self.session.media_failed(msid, INFO_NOT_FOUND))
+            return
+        viewer = WebRtcViewer(stream, self.server.settings, PlayerEvents(self, msid, stream))
+        self.media[msid] = viewer
+        self.log.info("play_requested", stream=request.name, media_session=msid)
+        audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
+        self._spawn(self._answer(msid, viewer, request.sdp, audio))
+
+    async def _answer(self, msid: str, media: MediaEndpoint, sdp: str, audio_codec: str | None = None) -> None:
+        try:
+            answer = await media.accept(sdp)
+        except OfferError as exc:
+            self.dispatch(self.session.media_failed(msid, str(exc)))
+            return
+        except Exception as exc:
+            if self.media.get(msid) is not media:
+                return  # stopped while negotiating
+            self.log.exception("negotiation_failed", media_session=msid)
+            self.dispatch(self.session.media_failed(msid, f"Negotiation failed: {exc}"[:300]))
+            return
+        self.dispatch(self.session.media_answer(msid, answer, audio_codec))
+
+    def _stop_media(self, msid: str) -> None:
+        media = self.media.pop(msid, None)
+        stream = self.streams.pop(msid, None)
+        if stream is not None:
+            self.server.registry.release(stream)  # players hear "Stopped by publisher stop"
+        if media is not None:
+            self._spawn(media.close())
+
+    # --- time ---------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Rate metrics once a second; a ping every ping interval."""
+        next_ping = time.monotonic() + self.server.ping_interval
+        while True:
+            await asyncio.sleep(min(1.0, self.server.ping_interval))
+            for msid, media in list(self.media.items()):
+                try:
+                    rates = await media.rates()
+                except Exception:
+                    self.log.exception("rates_failed", media_session=msid)
+                    continue
+                self.dispatch(self.session.video_rate(msid, rates))
+            if time.monotonic() >= next_ping:
+                next_ping += self.server.ping_interval
+                self.dispatch(self.session.ping_due())
+
