@@ -208,7 +208,9 @@ def _flag(api: str, obj: dict[str, Any], key: str, default: bool, msid: str) -> 
 def _sdp(api: str, obj: dict[str, Any], msid: str) -> str:
     sdp = obj.get("sdp")
     if not isinstance(sdp, str) or not sdp.strip():
-        raise ProtocolError(f"'{api}': 'sdp' must be a non-empty string", api_method=api, media_session_id=msid)
+        raise ProtocolError(
+            f"'{api}': 'sdp' must be a non-empty string", api_method=api, media_session_id=msid
+        )
     return sdp
 
 
@@ -254,7 +256,9 @@ def _parse_stream_event(name: str, first: Any) -> SendStreamEvent:
     msid = _media_session_id(name, obj)
     event_type = obj.get("type")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 64:
-        raise ProtocolError(f"'{name}': 'type' must be a short string", api_method=name, media_session_id=msid)
+        raise ProtocolError(
+            f"'{name}': 'type' must be a short string", api_method=name, media_session_id=msid
+        )
     return SendStreamEvent(msid, event_type, obj.get("payload"))
 
 
@@ -368,7 +372,12 @@ def stream_status(stream: StreamDescription) -> str:
 def fail(api_method: str, info: str, media_session_id: str | None = None, status: str = "FAILED") -> str:
     return encode(
         "fail",
-        {"apiMethod": api_method or "StreamStatusEvent", "id": media_session_id, "status": status, "info": info},
+        {
+            "apiMethod": api_method or "StreamStatusEvent",
+            "id": media_session_id,
+            "status": status,
+            "info": info,
+        },
     )
 
 

@@ -270,7 +270,9 @@ class Connection:
         audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
         self._spawn(self._answer(msid, viewer, request.sdp, audio))
 
-    async def _answer(self, msid: str, media: MediaEndpoint, sdp: str, audio_codec: str | None = None) -> None:
+    async def _answer(
+        self, msid: str, media: MediaEndpoint, sdp: str, audio_codec: str | None = None
+    ) -> None:
         try:
             answer = await media.accept(sdp)
         except OfferError as exc:
@@ -309,4 +311,3 @@ class Connection:
             if time.monotonic() >= next_ping:
                 next_ping += self.server.ping_interval
                 self.dispatch(self.session.ping_due())
-

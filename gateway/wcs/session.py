@@ -129,9 +129,14 @@ class Session:
 
     def _protocol_error(self, exc: m.ProtocolError) -> list[Output]:
         msid = exc.media_session_id
-        if msid is not None and msid not in self.media and exc.api_method in (
-            "publishStream",
-            "playStream",
+        if (
+            msid is not None
+            and msid not in self.media
+            and exc.api_method
+            in (
+                "publishStream",
+                "playStream",
+            )
         ):
             # Answer with the stream's own FAILED status so the SDK's stream settles.
             published = exc.api_method == "publishStream"
@@ -212,7 +217,11 @@ class Session:
         if media is None:
             return [Send(m.fail("sendStreamEvent", "Unknown mediaSessionId", msg.media_session_id))]
         if not media.published:
-            return [Send(m.fail("sendStreamEvent", "Only a publisher can send stream events", msg.media_session_id))]
+            return [
+                Send(
+                    m.fail("sendStreamEvent", "Only a publisher can send stream events", msg.media_session_id)
+                )
+            ]
         return [RelayStreamEvent(media.description.name, msg.type, msg.payload)]
 
     # --- media events (from the I/O layer) --------------------------------------------------

@@ -60,8 +60,13 @@ def capabilities(mime_types: tuple[str, ...], kind: str) -> list[RTCRtpCodecCapa
 
 def usable_codecs(offered: OfferedMedia, mime_types: tuple[str, ...]) -> list[RTCRtpCodecParameters]:
     local = [
-        RTCRtpCodecParameters(mimeType=c.mimeType, clockRate=c.clockRate, channels=c.channels,
-                              payloadType=0, parameters=dict(c.parameters))
+        RTCRtpCodecParameters(
+            mimeType=c.mimeType,
+            clockRate=c.clockRate,
+            channels=c.channels,
+            payloadType=0,
+            parameters=dict(c.parameters),
+        )
         for c in capabilities(mime_types, offered.kind)
         if not c.mimeType.lower().endswith("/rtx")
     ]

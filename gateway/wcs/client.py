@@ -1,0 +1,236 @@
+"""A raw-protocol WCS client on aiortc, speaking to skyrelay (or WCS) as the mobile SDKs do.
+
+Used by the integration tests, the benchmarks and the dock simulator. It answers the
+server's pings, routes every message that names a media session to that stream, and keeps
+a log of everything it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from websockets.asyncio.client import ClientConnection, connect
+
+TERMINAL = ("FAILED", "STOPPED", "UNPUBLISHED")
+
+
+class WcsError(Exception):
+    pass
+
+
+class ClientStream:
+    """One publish or play: its peer connection and everything the server said about it."""
+
+    def __init__(self, client: WcsClient, media_session_id: str, name: str, published: bool) -> None:
+        self.client = client
+        self.media_session_id = media_session_id
+        self.name = name
+        self.published = published
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.statuses: list[dict[str, Any]] = []
+        self.rates: list[dict[str, Any]] = []
+        self.events: list[tuple[str, Any]] = []  # (message name, data) of anything else
+        self.tracks: list[MediaStreamTrack] = []
+        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+        self.pc.on("track", self.tracks.append)
+
+    @property
+    def status(self) -> str | None:
+        return self.statuses[-1]["status"] if self.statuses else None
+
+    @property
+    def info(self) -> str | None:
+        return self.statuses[-1].get("info") if self.statuses else None
+
+    def _receive(self, message: str, data: list[Any]) -> None:
+        if message == "notifyStreamStatusEvent":
+            self.statuses.append(data[0])
+            if data[0].get("status") in TERMINAL and not self.answer.done():
+                self.answer.set_exception(WcsError(f"{data[0]['status']}: {data[0].get('info')}"))
+        elif message in ("inboundVideoRate", "outboundVideoRate"):
+            self.rates.append(data[0])
+        elif message == "setRemoteSDP":
+            if not self.answer.done():
+                self.answer.set_result(data[1])
+        else:
+            self.events.append((message, data))
+        self._changed.set()
+
+    async def wait_status(self, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until the latest status is one of ``statuses``; fail early on another
+        terminal status."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.statuses:
+                    last = self.statuses[-1]
+                    if last["status"] in statuses:
+                        return last
+                    if last["status"] in TERMINAL:
+                        raise WcsError(f"stream {self.name!r} is {last['status']}: {last.get('info')}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:  # noqa: ANN401
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def stop(self, wait: bool = True) -> dict[str, Any] | None:
+        """unPublishStream / stopStream, then wait for the terminal status."""
+        message = "unPublishStream" if self.published else "stopStream"
+        await self.client.send(
+            message,
+            {
+                "mediaSessionId": self.media_session_id,
+                "name": self.name,
+                "published": self.published,
+                "hasVideo": True,
+                "hasAudio": True,
+                "status": self.status or "PENDING",
+                "record": False,
+            },
+        )
+        try:
+            if wait:
+                return await self.wait_status(*TERMINAL, timeout=10)
+            return None
+        finally:
+            await self.pc.close()
+
+
+class WcsClient:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.user_data: dict[str, Any] | None = None
+        self.streams: dict[str, ClientStream] = {}
+        self.messages: list[tuple[str, list[Any]]] = []
+        self.pings = 0
+        self.answer_pings = True
+        self._established = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 10.0, **fields: Any) -> WcsClient:  # noqa: ANN401
+        ws = await connect(url, max_size=None, open_timeout=timeout, ping_interval=None)
+        client = cls(ws)
+        await client.send(
+            "connection",
+            {
+                "appKey": "defaultApp",
+                "mediaProviders": ["WebRTC"],
+                "clientVersion": "skyrelay-client",
+                "clientOSVersion": "python",
+                "clientBrowserVersion": "aiortc",
+                **fields,
+            },
+        )
+        async with asyncio.timeout(timeout):
+            client.user_data = await client._established
+        return client
+
+    async def send(self, message: str, *data: Any) -> None:  # noqa: ANN401
+        await self.ws.send(orjson.dumps({"message": message, "data": list(data)}).decode())
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send(frame)
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                msg = orjson.loads(frame)
+                name, data = msg["message"], msg.get("data") or [None]
+                self.messages.append((name, data))
+                if name == "getUserData" and not self._established.done():
+                    self._established.set_result(data[0])
+                elif name == "ping":
+                    self.pings += 1
+                    if self.answer_pings:
+                        await self.send("pong", None)
+                else:
+                    stream = self._stream_for(name, data)
+                    if stream is not None:
+                        stream._receive(name, data)
+        except Exception as exc:  # closed connection or garbage: wake waiters
+            if not self._established.done():
+                self._established.set_exception(WcsError(f"connection failed: {exc!r}"))
+
+    def _stream_for(self, name: str, data: list[Any]) -> ClientStream | None:
+        first = data[0] if data else None
+        if name in ("setRemoteSDP", "notifyAudioCodec") and isinstance(first, str):
+            return self.streams.get(first)
+        if isinstance(first, dict):
+            msid = first.get("mediaSessionId") or first.get("id")
+            if isinstance(msid, str):
+                return self.streams.get(msid)
+        return None
+
+    def received(self, name: str) -> list[list[Any]]:
+        return [data for message, data in self.messages if message == name]
+
+    async def publish(
+        self, name: str, tracks: Sequence[MediaStreamTrack], *, timeout: float = 20.0, **fields: Any
+    ) -> ClientStream:  # noqa: ANN401
+        """Offer ``tracks`` and apply the server's answer. Raises WcsError if refused."""
+        stream = self._new_stream(name, published=True)
+        for track in tracks:
+            stream.pc.addTransceiver(track, direction="sendonly")
+        kinds = {t.kind for t in tracks}
+        await self._negotiate(stream, "publishStream", timeout, {"record": False, **fields}, kinds)
+        return stream
+
+    async def play(
+        self, name: str, *, kinds: Sequence[str] = ("audio", "video"), timeout: float = 20.0
+    ) -> ClientStream:
+        """Ask to play ``name`` with recvonly transceivers. Raises WcsError if refused."""
+        stream = self._new_stream(name, published=False)
+        for kind in kinds:
+            stream.pc.addTransceiver(kind, direction="recvonly")
+        await self._negotiate(stream, "playStream", timeout, {"record": False}, set(kinds))
+        return stream
+
+    def _new_stream(self, name: str, published: bool) -> ClientStream:
+        stream = ClientStream(self, str(uuid.uuid1()), name, published)
+        self.streams[stream.media_session_id] = stream
+        return stream
+
+    async def _negotiate(
+        self, stream: ClientStream, message: str, timeout: float, fields: dict[str, Any], kinds: set[str]
+    ) -> None:
+        await stream.pc.setLocalDescription(await stream.pc.createOffer())
+        await self.send(
+            message,
+            {
+                "mediaSessionId": stream.media_session_id,
+                "name": stream.name,
+                "published": stream.published,
+                "hasVideo": "video" in kinds,
+                "hasAudio": "audio" in kinds,
+                "status": "PENDING",
+                "mediaProvider": "WebRTC",
+                "sdp": stream.pc.localDescription.sdp,
+                **fields,
+            },
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await stream.answer
+        except BaseException:
+            await stream.pc.close()
+            raise
+        await stream.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+    async def close(self) -> None:
+        for stream in list(self.streams.values()):
+            await stream.pc.close()
+        await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
