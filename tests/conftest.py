@@ -51,12 +51,20 @@ class GatewayProcess:
     def start(self, log_dir: Path, timeout: float = 30.0) -> None:
         self.log_path = log_dir / f"gateway-{self.ws_port}.log"
         cmd = [
-            sys.executable, "-m", "gateway", "serve",
-            "--host", "127.0.0.1",
-            "--ws-port", str(self.ws_port),
-            "--http-port", str(self.http_port),
-            "--ice-address", "127.0.0.1",
-            "--log-format", "json",
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--ws-port",
+            str(self.ws_port),
+            "--http-port",
+            str(self.http_port),
+            "--ice-address",
+            "127.0.0.1",
+            "--log-format",
+            "json",
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}

@@ -77,7 +77,7 @@ class ClientStream:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:  # noqa: ANN401
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate():
                 self._changed.clear()
@@ -118,7 +118,7 @@ class WcsClient:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0, **fields: Any) -> WcsClient:  # noqa: ANN401
+    async def connect(cls, url: str, *, timeout: float = 10.0, **fields: Any) -> WcsClient:
         ws = await connect(url, max_size=None, open_timeout=timeout, ping_interval=None)
         client = cls(ws)
         await client.send(
@@ -136,7 +136,7 @@ class WcsClient:
             client.user_data = await client._established
         return client
 
-    async def send(self, message: str, *data: Any) -> None:  # noqa: ANN401
+    async def send(self, message: str, *data: Any) -> None:
         await self.ws.send(orjson.dumps({"message": message, "data": list(data)}).decode())
 
     async def send_raw(self, frame: str | bytes) -> None:
@@ -177,7 +177,7 @@ class WcsClient:
 
     async def publish(
         self, name: str, tracks: Sequence[MediaStreamTrack], *, timeout: float = 20.0, **fields: Any
-    ) -> ClientStream:  # noqa: ANN401
+    ) -> ClientStream:
         """Offer ``tracks`` and apply the server's answer. Raises WcsError if refused."""
         stream = self._new_stream(name, published=True)
         for track in tracks:
