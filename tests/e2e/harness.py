@@ -48,9 +48,7 @@ class StaticServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="e2e-static", daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="e2e-static", daemon=True)
 
     @property
     def url(self) -> str:

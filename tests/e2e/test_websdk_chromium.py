@@ -72,7 +72,7 @@ async def test_play_unknown_name_fails(harness: Harness) -> None:
     await page.evaluate("([label, name]) => e2e.play(label, name)", ["nope", stream_name("nope")])
     stream = await harness.wait_status(page, "nope", "FAILED", timeout=10)
     if stream["info"] != "Stream not found":
-        pytest.fail(harness.report(f"FAILED with getInfo() {stream['info']!r}, statuses {stream}"))
+        pytest.fail(harness.report(f"FAILED with getInfo() {stream['info']!r}; stream {stream}"))
 
 
 async def test_player_stopped_by_publisher_stop(harness: Harness) -> None:
@@ -91,6 +91,4 @@ async def test_player_stopped_by_publisher_stop(harness: Harness) -> None:
         arg="play",
     )
     if stream["info"] != "Stopped by publisher stop":
-        pytest.fail(
-            harness.report(f"player ended with getInfo() {stream['info']!r}; statuses {stream}")
-        )
+        pytest.fail(harness.report(f"player ended with getInfo() {stream['info']!r}; stream {stream}"))

@@ -45,9 +45,7 @@ def _npm(*args: str, cwd: Path) -> str:
         )
     cmd = [npm, *args]
     try:
-        done = subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=NPM_TIMEOUT, check=False
-        )
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=NPM_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise WebSdkUnavailable(
             f"`{' '.join(cmd)}` timed out after {NPM_TIMEOUT:.0f} s: is the npm registry reachable?"

@@ -30,14 +30,16 @@
         display.id = "display-" + label;
         display.className = "display";
         document.getElementById("displays").appendChild(display);
-        const record = { name: name, kind: kind, status: "NEW", info: "", statuses: [] };
+        // `events` lists every callback fired; `status` is stream.status() after it (RESIZE,
+        // PLAYBACK_PROBLEM, ... are events with their own callbacks, not statuses).
+        const record = { name: name, kind: kind, status: "NEW", info: "", events: [] };
         state.streams[label] = record;
         const stream = session.createStream({ name: name, display: display });
-        for (const status of Object.values(STREAM_STATUS)) {
-            stream.on(status, function (st) {
-                record.status = status;
+        for (const event of Object.values(STREAM_STATUS)) {
+            stream.on(event, function (st) {
+                record.status = st.status();
                 record.info = String(st.getInfo() || "");
-                record.statuses.push(status + (record.info ? " (" + record.info + ")" : ""));
+                record.events.push(event + (record.info ? " (" + record.info + ")" : ""));
             });
         }
         streams[label] = stream;
