@@ -1,0 +1,79 @@
+"""Fixtures for integration tests: aiortc peers speaking the raw WCS protocol to a real
+gateway process, publishing a pre-encoded H.264 clip (no encoder in the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import pytest
+from aiortc.mediastreams import MediaStreamError
+
+from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
+from gateway.wcs.client import ClientStream
+
+CACHE = Path(os.environ.get("SKYRELAY_TEST_CACHE", Path.home() / ".cache" / "skyrelay-tests"))
+
+AccessUnits = list[tuple[bytes, bool]]
+
+
+@pytest.fixture(scope="session")
+def clip_units() -> AccessUnits:
+    """320x240, 30 fps, a keyframe every second."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+    return read_access_units(path)
+
+
+@pytest.fixture(scope="session")
+def long_gop_units() -> AccessUnits:
+    """320x240, 30 fps, one keyframe every 10 s: shows what a late viewer gets mid-GOP."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=10, bitrate=300_000, gop=300)
+    return read_access_units(path)
+
+
+@pytest.fixture
+def video_track(clip_units: AccessUnits) -> Callable[[], EncodedVideoTrack]:
+    return lambda: EncodedVideoTrack(clip_units, fps=30)
+
+
+class FrameCounter:
+    """Reads and decodes a played video track in the background, keeping what it saw."""
+
+    def __init__(self, stream: ClientStream) -> None:
+        self.stream = stream
+        self.frames: list[av.VideoFrame] = []
+        self.pts: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> FrameCounter:
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        await self.stream.wait_for(lambda: any(t.kind == "video" for t in self.stream.tracks))
+        track = next(t for t in self.stream.tracks if t.kind == "video")
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return  # the track ended: the player stopped
+            self.pts.append(frame.pts)
+            self.frames.append(frame)
+            del self.frames[:-5]  # keep memory flat
+
+    async def wait_frames(self, count: int, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.pts) < count:
+                if self.task is not None and self.task.done():
+                    self.task.result()
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)

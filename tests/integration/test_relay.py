@@ -1,0 +1,240 @@
+"""Publish and play through a real gateway with aiortc peers speaking the raw WCS protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import av
+from aiortc.codecs import depayload
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from gateway.media import h264
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import WcsClient
+from tests.conftest import GatewayProcess
+from tests.integration.conftest import AccessUnits, FrameCounter
+
+TrackFactory = Callable[[], EncodedVideoTrack]
+H264_CODEC = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+
+
+def count_plis(stream_pc: Any) -> list[int]:
+    """Count the PLIs a publisher's sender receives from the gateway."""
+    received: list[int] = []
+    sender = next(t.sender for t in stream_pc.getTransceivers() if t.kind == "video")
+    handle = sender._handle_rtcp_packet
+
+    async def counted(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+            received.append(1)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = counted
+    return received
+
+
+async def test_publish_then_three_players_decode(gateway: GatewayProcess, video_track: TrackFactory) -> None:
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    publisher = await pub_client.publish("relay-three", [video_track()])
+    published = await publisher.wait_status("PUBLISHING")
+    assert published["videoCodec"] == "H264"
+
+    clients, counters = [], []
+    for _ in range(3):
+        client = await WcsClient.connect(gateway.ws_url)
+        player = await client.play("relay-three")
+        playing = await player.wait_status("PLAYING")
+        assert playing["name"] == "relay-three"
+        clients.append(client)
+        counters.append(FrameCounter(player).start())
+    try:
+        for counter in counters:
+            await counter.wait_frames(30)
+            frame = counter.frames[-1]
+            assert (frame.width, frame.height) == (320, 240)
+        # Each player was told the real picture size.
+        for client in clients:
+            formats = client.received("notifyVideoFormat")
+            assert formats and formats[-1][0]["streamerVideoWidth"] == 320
+            assert formats[-1][0]["streamerVideoHeight"] == 240
+    finally:
+        for counter in counters:
+            await counter.stop()
+        for client in clients:
+            await client.close()
+        await pub_client.close()
+
+
+async def test_rate_metrics_once_a_second(gateway: GatewayProcess, video_track: TrackFactory) -> None:
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    play_client = await WcsClient.connect(gateway.ws_url)
+    try:
+        publisher = await pub_client.publish("relay-rates", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        player = await play_client.play("relay-rates")
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(10)
+        # Let a few seconds of metrics arrive; count them against the clock of messages.
+        start_in, start_out = len(publisher.rates), len(player.rates)
+        await asyncio.sleep(4.2)
+        inbound, outbound = publisher.rates[start_in:], player.rates[start_out:]
+        await counter.stop()
+        # ~1 Hz: four seconds give about four messages each.
+        assert 3 <= len(inbound) <= 6, inbound
+        assert 3 <= len(outbound) <= 6, outbound
+        for rate in inbound + outbound:
+            assert set(rate) == {
+                "mediaSessionId",
+                "videoRate",
+                "fps",
+                "nack",
+                "pli",
+                "lostPackets",
+                "width",
+                "height",
+            }
+            assert (rate["width"], rate["height"]) == (320, 240)
+            assert rate["lostPackets"] == 0  # loopback
+        # The clip is ~300 kbit/s at 30 fps; allow for pacing and a noisy machine.
+        in_last, out_last = inbound[-1], outbound[-1]
+        assert 100_000 < in_last["videoRate"] < 1_500_000, in_last
+        assert 100_000 < out_last["videoRate"] < 1_500_000, out_last
+        assert 15 <= in_last["fps"] <= 45 and 15 <= out_last["fps"] <= 45
+        assert in_last["mediaSessionId"] == publisher.media_session_id
+        assert out_last["mediaSessionId"] == player.media_session_id
+    finally:
+        await play_client.close()
+        await pub_client.close()
+
+
+async def test_player_pli_reaches_publisher_at_most_once_a_second(
+    gateway: GatewayProcess, video_track: TrackFactory
+) -> None:
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    play_client = await WcsClient.connect(gateway.ws_url)
+    try:
+        publisher = await pub_client.publish("relay-pli", [video_track()])
+        plis = count_plis(publisher.pc)
+        await publisher.wait_status("PUBLISHING")
+        player = await play_client.play("relay-pli")
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(5)
+        await asyncio.sleep(1.5)  # past the rate-limit window of the join-time request
+        before = len(plis)
+        receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        for _ in range(5):
+            await receiver._send_rtcp_pli(ssrc)
+        await asyncio.sleep(0.6)
+        assert len(plis) - before == 1, "five PLIs within 0.6 s must be forwarded once"
+        # The counts show up in the metrics: the player's PLIs, and the one sent upstream.
+        await player.wait_for(lambda: player.rates and player.rates[-1]["pli"] >= 5, timeout=5)
+        await publisher.wait_for(lambda: publisher.rates and publisher.rates[-1]["pli"] >= 1, timeout=5)
+        await counter.stop()
+    finally:
+        await play_client.close()
+        await pub_client.close()
+
+
+def capture_rtp(stream_pc: Any) -> list[tuple[int, bool, bytes]]:
+    """Record (timestamp, marker, payload) of every video RTP packet a player receives."""
+    packets: list[tuple[int, bool, bytes]] = []
+    receiver = next(t.receiver for t in stream_pc.getTransceivers() if t.kind == "video")
+    handle = receiver._handle_rtp_packet
+
+    async def recorded(packet: Any, arrival_time_ms: int) -> None:
+        packets.append((packet.timestamp, bool(packet.marker), packet.payload))
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = recorded
+    return packets
+
+
+def decode_h264_rtp(payloads: list[bytes]) -> list[av.VideoFrame]:
+    data = b"".join(depayload(H264_CODEC, payload) for payload in payloads)
+    context = av.CodecContext.create("h264", "r")
+    frames = list(context.decode(av.Packet(data)))
+    return frames + list(context.decode(None))
+
+
+async def test_late_player_starts_with_cached_keyframe_and_skips_to_next(
+    gateway: GatewayProcess, long_gop_units: AccessUnits
+) -> None:
+    # The clip has one IDR every 10 s and the synthetic source ignores PLI, like an RTMP
+    # camera: a player joining mid-GOP can only start from the cached keyframe.
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    play_client = await WcsClient.connect(gateway.ws_url)
+    try:
+        track = EncodedVideoTrack(long_gop_units, fps=30)
+        publisher = await pub_client.publish("relay-gop", [track])
+        await publisher.wait_status("PUBLISHING")
+        await asyncio.sleep(1.5)
+        player = await play_client.play("relay-gop")
+        packets = capture_rtp(player.pc)
+        await player.wait_status("PLAYING")
+        await player.wait_for(lambda: any(marker for _, marker, _ in packets), timeout=6)
+        await asyncio.sleep(1.0)
+        # Still inside the first GOP of the clip: the next live IDR is frame 300.
+        assert 45 < track.frames_sent < 300
+        # The player got exactly one picture, complete, and it decodes on its own ...
+        timestamps = {ts for ts, _, _ in packets}
+        assert len(timestamps) == 1, f"frames after the cached keyframe: {len(timestamps)}"
+        frames = decode_h264_rtp([payload for _, _, payload in packets])
+        assert [(f.width, f.height) for f in frames] == [(320, 240)]
+        # ... then, at the next live IDR (10 s into the clip), the live picture follows.
+    finally:
+        await play_client.close()
+        await pub_client.close()
+
+
+async def test_viewers_joining_leaving_and_dying_do_not_disturb_others(
+    gateway: GatewayProcess, video_track: TrackFactory
+) -> None:
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    steady_client = await WcsClient.connect(gateway.ws_url)
+    try:
+        publisher = await pub_client.publish("relay-churn", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        steady = await steady_client.play("relay-churn")
+        await steady.wait_status("PLAYING")
+        counter = FrameCounter(steady).start()
+        await counter.wait_frames(10)
+        first = len(counter.pts)
+
+        for round_ in range(4):
+            churn = await WcsClient.connect(gateway.ws_url)
+            player = await churn.play("relay-churn")
+            await player.wait_status("PLAYING")
+            if round_ % 2:
+                await player.stop()
+                await churn.close()
+            else:
+                # Vanish without a word: the socket drops, the peer stops answering.
+                await player.pc.close()
+                churn.ws.transport.abort()
+            await asyncio.sleep(0.3)
+
+        await counter.wait_frames(first + 30)
+        # No frame the steady viewer got was skipped: consecutive 90 kHz stamps, 1/30 s apart.
+        gaps = [b - a for a, b in zip(counter.pts[first:], counter.pts[first + 1 :], strict=False)]
+        assert gaps and all(gap == 3000 for gap in gaps), sorted(set(gaps))
+        # The publisher was not disturbed either.
+        assert publisher.status == "PUBLISHING"
+        await counter.stop()
+    finally:
+        await steady_client.close()
+        await pub_client.close()
+
+
+def test_keyframes_carry_parameter_sets(clip_units: AccessUnits) -> None:
+    """Sanity of the test source itself: SPS and PPS precede every IDR."""
+    for data, key in clip_units:
+        if key:
+            types = h264.nal_types(data)
+            assert types.index(h264.NAL_SPS) < types.index(h264.NAL_IDR)
+            assert types.index(h264.NAL_PPS) < types.index(h264.NAL_IDR)
