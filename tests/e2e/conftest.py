@@ -43,7 +43,9 @@ def websdk_bundle() -> Path:
     try:
         return websdk_js()
     except WebSdkUnavailable as exc:
-        pytest.fail(f"cannot get the Flashphoner WebSDK for browser tests: {exc}", pytrace=False)
+        problem = str(exc)
+    # Outside the except block: the message alone, without a chained traceback.
+    pytest.fail(f"cannot get the Flashphoner WebSDK for browser tests: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
