@@ -95,5 +95,18 @@ async def test_demo_page_publish_play_metrics(demo: Harness) -> None:
     await demo.wait_for(
         page, card_status, lambda s: s == "UNPUBLISHED", timeout=10, what="UNPUBLISHED", arg=pub
     )
+    unknown = CARD.format(kind="play", name=f"{name}-unknown")
+    await page.fill("#play-name", f"{name}-unknown")
+    await page.click("#play")
+    await demo.wait_for(
+        page,
+        "sel => [document.querySelector(sel)?.dataset.status,"
+        " document.querySelector(sel + ' .info')?.textContent]",
+        lambda s: s == ["FAILED", "Stream not found"],
+        timeout=10,
+        what="play of an unknown name shows FAILED / Stream not found",
+        arg=unknown,
+    )
+
     errors = [line for line in demo.console if "pageerror" in line]
     assert not errors, demo.report(f"page errors: {errors}")
