@@ -11,7 +11,7 @@ from gateway.config import Config
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.registry import StreamRegistry
-from gateway.media.webrtc.ice import configure_host_addresses
+from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.wcs.server import WcsServer
 from gateway.wcs.session import SessionLimits
@@ -23,6 +23,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         configure_host_addresses(config.ice_addresses)
+        guard_consent_task()
         self.registry = StreamRegistry(keyframe_interval=config.keyframe_request_interval)
         settings = RtcSettings(
             stun_servers=config.stun_servers,

@@ -25,3 +25,23 @@ def configure_host_addresses(addresses: Sequence[str]) -> None:
         return found or ["127.0.0.1"]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+_original_connect = aioice.ice.Connection.connect
+
+
+async def _connect_unless_closed(self: aioice.ice.Connection) -> None:
+    """aioice starts its consent-freshness task when connect() succeeds, even when close()
+    ran while the checks were finishing; that task then loops forever on a closed
+    connection (one leaked task per such peer). Stop it and report the connect as failed."""
+    await _original_connect(self)
+    if getattr(self, "_closing", False):
+        task = self._query_consent_task
+        if task is not None:
+            task.cancel()
+            self._query_consent_task = None
+        raise ConnectionError("ICE connection closed while connecting")
+
+
+def guard_consent_task() -> None:
+    aioice.ice.Connection.connect = _connect_unless_closed  # type: ignore[method-assign]

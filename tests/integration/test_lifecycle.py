@@ -1,0 +1,108 @@
+"""Connections that end badly release everything: peer connections, tasks, threads, file
+descriptors and stream names. Clients that stop answering pings are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import GatewayProcess
+
+TrackFactory = Callable[[], EncodedVideoTrack]
+CYCLES = 200
+
+
+async def settle(gateway: GatewayProcess, baseline: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Wait until the gateway's resource counts are back to ``baseline``."""
+    keys = ("streams", "sessions", "peer_connections", "tasks", "threads", "fds")
+    health: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                health = gateway.health()
+                if all(health[k] == baseline[k] for k in keys):
+                    return health
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        diff = {k: (baseline[k], health.get(k)) for k in keys if health.get(k) != baseline[k]}
+        raise AssertionError(f"resources left behind (baseline, now): {diff}") from None
+
+
+async def test_200_publish_play_close_cycles_leave_nothing_behind(
+    gateway: GatewayProcess, video_track: TrackFactory
+) -> None:
+    baseline = await settle(gateway, gateway.health())
+    assert baseline["peer_connections"] == 0 and baseline["streams"] == 0
+    completed = 0
+    for cycle in range(CYCLES):
+        name = f"cycle-{cycle}"
+        pub_client = await WcsClient.connect(gateway.ws_url)
+        play_client = await WcsClient.connect(gateway.ws_url)
+        publisher = await pub_client.publish(name, [video_track()])
+        player = await play_client.play(name)
+        if cycle % 10 == 0:
+            # Every tenth cycle goes all the way: media flowing both ways.
+            await publisher.wait_status("PUBLISHING")
+            await player.wait_status("PLAYING")
+            completed += 1
+        # End abruptly, in turns: socket reset, plain close, or orderly stop then close.
+        match cycle % 3:
+            case 0:
+                pub_client.ws.transport.abort()
+                play_client.ws.transport.abort()
+            case 1:
+                await play_client.ws.close()
+                await pub_client.ws.close()
+            case 2:
+                await player.stop(wait=False)
+                await publisher.stop(wait=False)
+        await pub_client.close()
+        await play_client.close()
+    assert completed == CYCLES // 10
+    await settle(gateway, baseline)
+
+
+@pytest.fixture
+def impatient_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway that pings every 0.2 s and drops a client after 3 unanswered pings."""
+    gw = GatewayProcess(extra_env={"SKYRELAY_PING_INTERVAL": "0.2", "SKYRELAY_PING_PROBES": "3"})
+    gw.start(tmp_path)
+    yield gw
+    gw.stop()
+
+
+async def test_client_missing_pings_is_dropped_and_its_streams_released(
+    impatient_gateway: GatewayProcess, video_track: TrackFactory
+) -> None:
+    gateway = impatient_gateway
+    polite = await WcsClient.connect(gateway.ws_url)
+    silent = await WcsClient.connect(gateway.ws_url)
+    silent.answer_pings = False
+    try:
+        publisher = await silent.publish("silent-cam", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        player = await polite.play("silent-cam")
+        await player.wait_status("PLAYING")
+        async with asyncio.timeout(10):
+            await silent.ws.wait_closed()
+        assert silent.ws.close_code == 1001
+        assert silent.pings >= 3
+        # Its stream went with it, and its player was told why.
+        status = await player.wait_status("STOPPED")
+        assert status["info"] == "Stopped by publisher stop"
+        async with asyncio.timeout(10):
+            while gateway.health()["streams"] != 0:
+                await asyncio.sleep(0.1)
+        # The client that answers pings is still connected and can still be served.
+        with pytest.raises(WcsError, match="Stream not found"):
+            await polite.play("silent-cam")
+        assert polite.pings >= silent.pings and polite.ws.close_code is None
+    finally:
+        await silent.close()
+        await polite.close()
