@@ -34,6 +34,11 @@ class RateMeter:
         self._bytes += size
         self._frames += 1
 
+    @property
+    def pending_frames(self) -> int:
+        """Frames counted since the last sample."""
+        return self._frames
+
     def sample(self) -> tuple[int, int]:
         now = time.monotonic()
         elapsed = max(now - self._since, 1e-3)

@@ -11,6 +11,7 @@ asks the source for, rate-limited), so its picture is immediate and never corrup
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -177,6 +178,7 @@ class Stream:
         self.ended = False
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
+        self.last_video_pts = 0
         self.subscriptions: list[Subscription] = []
         self.keyframe_requests = 0  # forwarded to the source
         self._keyframe_interval = keyframe_interval
@@ -194,6 +196,7 @@ class Stream:
             return
         if frame.kind == "video":
             self.inbound.add(len(frame.data))
+            self.last_video_pts = frame.pts
             if frame.keyframe:
                 self.keyframe = frame
         for sub in self.subscriptions:
@@ -226,7 +229,9 @@ class Stream:
     def subscribe(self, listener: StreamListener, max_frames: int = 90) -> Subscription:
         sub = Subscription(self, listener, max_frames)
         if self.keyframe is not None:
-            sub.video.start_with(self.keyframe)
+            # Stamp the cached keyframe with the live time: the viewer's timeline starts now,
+            # not at the keyframe's capture time, and never jumps back (A/V sync, jitter buffer).
+            sub.video.start_with(dataclasses.replace(self.keyframe, pts=self.last_video_pts, _packet=None))
         self.subscriptions.append(sub)
         self.request_keyframe()
         return sub

@@ -114,8 +114,12 @@ class PlayerEvents:
         if s.width and s.height:
             out += c.session.video_format(self._msid, s.width, s.height)
         c.dispatch(out)
+        c.log.info("playing", stream=s.name, media_session=self._msid, keyframe_cached=s.keyframe is not None)
 
     def on_failed(self, info: str) -> None:
+        self._connection.log.info(
+            "play_failed", stream=self._stream.name, media_session=self._msid, info=info
+        )
         self._connection.dispatch(self._connection.session.media_failed(self._msid, info))
 
     def on_video_format(self, width: int, height: int) -> None:
@@ -239,7 +243,7 @@ class Connection:
             stream,
             self.server.settings,
             on_started=lambda: self._publisher_started(msid, stream),
-            on_failed=lambda info: self.dispatch(self.session.media_failed(msid, info)),
+            on_failed=lambda info: self._publisher_failed(msid, stream, info),
         )
         self.media[msid] = publisher
         self.streams[msid] = stream
@@ -257,6 +261,10 @@ class Connection:
             )
         )
         self.log.info("publishing", stream=stream.name, media_session=msid)
+
+    def _publisher_failed(self, msid: str, stream: Stream, info: str) -> None:
+        self.log.info("publish_failed", stream=stream.name, media_session=msid, info=info)
+        self.dispatch(self.session.media_failed(msid, info))
 
     def _start_play(self, request: m.PlayStream) -> None:
         msid = request.media_session_id
@@ -292,6 +300,10 @@ class Connection:
         if stream is not None:
             self.server.registry.release(stream)  # players hear "Stopped by publisher stop"
         if media is not None:
+            kind = "publisher" if isinstance(media, WebRtcPublisher) else "viewer"
+            self.log.info(
+                "media_stopped", stream=media.stream.name, media_session=msid, kind=kind, **media.summary()
+            )
             self._spawn(media.close())
 
     # --- time ---------------------------------------------------------------------------------

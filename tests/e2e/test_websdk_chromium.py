@@ -42,7 +42,7 @@ async def assert_video_decodes(harness: Harness, page: Page, label: str) -> None
         page,
         "label => e2e.video(label)",
         lambda v: bool(v) and v["width"] > 0 and v["time"] > 0,
-        timeout=10,
+        timeout=30,
         what=f"{label}: <video> has decoded frames",
         arg=label,
     )

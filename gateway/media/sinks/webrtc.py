@@ -103,6 +103,20 @@ class WebRtcViewer:
         stream = self.stream
         return VideoRates(bits, fps, self.nack_received, self.pli_received, lost, stream.width, stream.height)
 
+    def summary(self) -> dict[str, int]:
+        """Counts for the log line that ends this viewer."""
+        sub = self.subscription
+        if sub is None:
+            return {}
+        video = sub.video
+        return {
+            "video_frames": video.meter.total_frames + video.meter.pending_frames,
+            "video_dropped": video.dropped,
+            "audio_dropped": sub.audio.dropped,
+            "nack": self.nack_received,
+            "pli": self.pli_received,
+        }
+
     async def close(self) -> None:
         if self.subscription is not None:
             self.stream.unsubscribe(self.subscription)

@@ -139,6 +139,16 @@ class WebRtcPublisher:
         stream = self.stream
         return VideoRates(bits, fps, self.nack_sent, self.pli_sent, lost, stream.width, stream.height)
 
+    def summary(self) -> dict[str, int]:
+        """Counts for the log line that ends this publisher."""
+        inbound = self.stream.inbound
+        return {
+            "video_frames": inbound.total_frames + inbound.pending_frames,
+            "keyframe_requests": self.stream.keyframe_requests,
+            "nack": self.nack_sent,
+            "pli": self.pli_sent,
+        }
+
     async def close(self) -> None:
         for task in list(self._pli_tasks):
             task.cancel()

@@ -1,0 +1,18 @@
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY static ./static
+RUN pip install --no-cache-dir .
+ENV SKYRELAY_STATIC_DIR=/app/static
+
+# WebSocket API, HTTP. WebRTC media uses UDP ports chosen per peer connection: run with
+# --network host, or announce the host's address with --public-ip.
+EXPOSE 8080 8081
+ENTRYPOINT ["skyrelay"]
+CMD ["serve"]
