@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
 TERMINAL = ("FAILED", "STOPPED", "UNPUBLISHED")
@@ -176,12 +182,23 @@ class WcsClient:
         return [data for message, data in self.messages if message == name]
 
     async def publish(
-        self, name: str, tracks: Sequence[MediaStreamTrack], *, timeout: float = 20.0, **fields: Any
+        self,
+        name: str,
+        tracks: Sequence[MediaStreamTrack],
+        *,
+        video_codec: str | None = None,
+        timeout: float = 20.0,
+        **fields: Any,
     ) -> ClientStream:
-        """Offer ``tracks`` and apply the server's answer. Raises WcsError if refused."""
+        """Offer ``tracks`` (video only in ``video_codec`` if given: "H264", "VP8") and apply
+        the server's answer. Raises WcsError if refused."""
         stream = self._new_stream(name, published=True)
         for track in tracks:
-            stream.pc.addTransceiver(track, direction="sendonly")
+            transceiver = stream.pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video" and video_codec:
+                wanted = (f"video/{video_codec}".lower(), "video/rtx")
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
         kinds = {t.kind for t in tracks}
         await self._negotiate(stream, "publishStream", timeout, {"record": False, **fields}, kinds)
         return stream

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import av
+import numpy
+from aiortc import AudioStreamTrack, VideoStreamTrack
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
@@ -238,3 +240,46 @@ def test_keyframes_carry_parameter_sets(clip_units: AccessUnits) -> None:
             types = h264.nal_types(data)
             assert types.index(h264.NAL_SPS) < types.index(h264.NAL_IDR)
             assert types.index(h264.NAL_PPS) < types.index(h264.NAL_IDR)
+
+
+class MovingPicture(VideoStreamTrack):
+    """Raw frames for publishers that encode (VP8): a bar moving across a grey picture."""
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        picture = numpy.full((240, 320, 3), 90, dtype=numpy.uint8)
+        x = (pts // 3000) % 300
+        picture[:, x : x + 20] = 230
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def test_vp8_video_and_opus_audio_are_relayed(gateway: GatewayProcess) -> None:
+    pub_client = await WcsClient.connect(gateway.ws_url)
+    play_client = await WcsClient.connect(gateway.ws_url)
+    try:
+        publisher = await pub_client.publish(
+            "relay-vp8", [MovingPicture(), AudioStreamTrack()], video_codec="VP8"
+        )
+        published = await publisher.wait_status("PUBLISHING")
+        assert (published["videoCodec"], published["audioCodec"]) == ("VP8", "opus")
+        player = await play_client.play("relay-vp8")
+        playing = await player.wait_status("PLAYING")
+        assert (playing["videoCodec"], playing["audioCodec"]) == ("VP8", "opus")
+        # The player was told the audio codec before it got the answer, as WCS does.
+        names = [name for name, _ in play_client.messages]
+        assert names.index("notifyAudioCodec") < names.index("setRemoteSDP")
+        assert play_client.received("notifyAudioCodec")[0] == [player.media_session_id, {"name": "opus"}]
+
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(20)
+        assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+        audio = next(t for t in player.tracks if t.kind == "audio")
+        samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
+        assert all(s.sample_rate == 48000 for s in samples)
+        await player.wait_for(lambda: bool(player.rates) and player.rates[-1]["width"] == 320, timeout=5)
+        await counter.stop()
+    finally:
+        await play_client.close()
+        await pub_client.close()
