@@ -1,0 +1,1 @@
+"""Helpers for `scripts/bench/fanout`: child roles, process control, measurement."""

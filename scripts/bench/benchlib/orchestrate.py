@@ -1,0 +1,444 @@
+"""The fan-out benchmark: gateway vs stock aiortc, same clip, same viewers, same run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from gateway.media.synthetic import make_h264_clip
+
+from .procs import Child, ChildError, CpuSample, Process, cpu_sample, fan_out, rss_kib
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+ROOT = BENCH_DIR.parent.parent
+SCRIPT = BENCH_DIR / "fanout"
+STREAM = "bench"
+CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
+
+
+@dataclass
+class Step:
+    viewers: int
+    window_s: float
+    cpu_ms: float  # server CPU over the window
+    rss_kib: int  # server RSS after attaching
+    viewer_cpu_pct: float  # all viewer workers together, % of one core
+    received: list[int]  # RTP packets per viewer over the window
+    lost: list[int]  # packets lost per viewer over the window
+
+    @property
+    def ms_per_viewer_s(self) -> float:
+        return self.cpu_ms / self.window_s / self.viewers
+
+    @property
+    def us_per_packet(self) -> float:
+        """Server CPU per RTP packet that reached a viewer."""
+        return 1000.0 * self.cpu_ms / max(1, sum(self.received))
+
+    def delivered(self, packets_per_s: float) -> float:
+        """Median share of the clip's RTP packets that reached a viewer."""
+        return statistics.median(self.received) / (packets_per_s * self.window_s)
+
+
+@dataclass
+class Phase:
+    label: str
+    rss0_kib: int = 0
+    idle_ms_per_s: float = 0.0
+    steps: list[Step] = field(default_factory=list)
+    error: str | None = None
+
+    def kib_per_viewer(self, step: Step) -> float:
+        return (step.rss_kib - self.rss0_kib) / step.viewers
+
+
+def rtp_packets_per_second(clip: Path, fps: float) -> float:
+    """RTP packets per second that aiortc's H.264 packetiser makes of `clip`."""
+    from aiortc.codecs.h264 import H264Encoder
+
+    from gateway.media.synthetic import read_access_units
+
+    units = read_access_units(clip)
+    encoder = H264Encoder()
+    packets = sum(len(encoder._packetize(encoder._split_bitstream(data))) for data, _ in units)
+    return packets * fps / len(units)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_dir = Path(tempfile.mkdtemp(prefix="skyrelay-bench-"))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p)
+        self.processes: list[Process] = []
+        self.workers: list[Child] = []
+        self.clip: Path | None = None
+        self.packets_per_s = 0.0
+
+    # --- processes ------------------------------------------------------------
+
+    def child(self, name: str, *role_args: str) -> Child:
+        cmd = [sys.executable, str(SCRIPT), "--role", *role_args]
+        child = Child(name, cmd, self.run_dir / f"{name}.log", cwd=ROOT, env=self.env)
+        self.processes.append(child)
+        return child
+
+    def stop(self, proc: Process) -> None:
+        proc.stop()
+        with contextlib.suppress(ValueError):
+            self.processes.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                proc.stop(grace=3.0)
+        self.processes.clear()
+
+    # --- viewers --------------------------------------------------------------
+
+    def viewer_stats(self) -> tuple[list[int], list[int]]:
+        replies = fan_out(self.workers, "stats", timeout=30.0)
+        received = [n for r in replies for n in r["received"]]
+        lost = [n for r in replies for n in r["lost"]]
+        return received, lost
+
+    def add_viewers(self, count: int, current: list[int], **target: Any) -> None:
+        shares = [0] * len(self.workers)
+        for _ in range(count):
+            i = min(range(len(self.workers)), key=lambda k: current[k] + shares[k])
+            shares[i] += 1
+        pending = []
+        timeout = 30.0 + 1.0 * max(shares)
+        for worker, share in zip(self.workers, shares, strict=True):
+            if share:
+                pending.append((worker, worker.send("add", count=share, timeout=timeout, **target)))
+        for worker, rid in pending:
+            worker.wait_reply(rid, timeout + 15.0)
+        for i, share in enumerate(shares):
+            current[i] += share
+
+    def wait_receiving(self, n: int) -> None:
+        deadline = time.monotonic() + 30.0 + 0.3 * n
+        before, _ = self.viewer_stats()
+        while True:
+            time.sleep(1.0)
+            now, _ = self.viewer_stats()
+            if len(now) == n and all(b < a for b, a in zip(before, now, strict=True)):
+                return
+            if time.monotonic() > deadline:
+                idle = sum(1 for b, a in zip(before, now, strict=False) if a <= b)
+                raise ChildError(f"{idle} of {n} viewers are not receiving")
+            before = now
+
+    # --- measurement ----------------------------------------------------------
+
+    def measure(self, phase: Phase, server_pid: int, **target: Any) -> None:
+        args = self.args
+        time.sleep(args.settle)
+        phase.rss0_kib = rss_kib(server_pid)
+        c0 = cpu_sample(server_pid)
+        time.sleep(min(5.0, args.seconds))
+        c1 = cpu_sample(server_pid)
+        phase.idle_ms_per_s = 1000.0 * (c1.cpu_s - c0.cpu_s) / (c1.at - c0.at)
+        log(f"{phase.label}: 0 viewers: {phase.idle_ms_per_s:.1f} ms/s, RSS {phase.rss0_kib} KiB")
+        current = [0] * len(self.workers)
+        try:
+            for n in args.viewers:
+                attached = sum(current)
+                if n > attached:
+                    log(f"{phase.label}: attaching {n - attached} viewers")
+                    t = time.monotonic()
+                    self.add_viewers(n - attached, current, **target)
+                    self.wait_receiving(n)
+                    log(f"{phase.label}: {n} viewers receiving after {time.monotonic() - t:.1f} s")
+                time.sleep(args.settle)
+                step = self.window(server_pid, n)
+                phase.steps.append(step)
+                log(
+                    f"{phase.label}: N={n}: {step.ms_per_viewer_s:.2f} ms/viewer-s, "
+                    f"{phase.kib_per_viewer(step):.0f} KiB/viewer, "
+                    f"median {statistics.median(step.received)} packets/viewer"
+                )
+        finally:
+            with contextlib.suppress(ChildError):
+                fan_out(self.workers, "close", timeout=60.0)
+
+    def window(self, server_pid: int, n: int) -> Step:
+        workers = [w.pid for w in self.workers]
+        v0 = [cpu_sample(pid) for pid in workers]
+        r0, l0 = self.viewer_stats()
+        c0 = cpu_sample(server_pid)
+        time.sleep(self.args.seconds)
+        c1: CpuSample = cpu_sample(server_pid)
+        r1, l1 = self.viewer_stats()
+        v1 = [cpu_sample(pid) for pid in workers]
+        window_s = c1.at - c0.at
+        viewer_cpu = sum(b.cpu_s - a.cpu_s for a, b in zip(v0, v1, strict=True))
+        viewer_span = max(b.at - a.at for a, b in zip(v0, v1, strict=True))
+        if len(r0) != n or len(r1) != n:
+            raise ChildError(f"expected {n} viewers, workers report {len(r0)} then {len(r1)}")
+        return Step(
+            viewers=n,
+            window_s=window_s,
+            cpu_ms=1000.0 * (c1.cpu_s - c0.cpu_s),
+            rss_kib=rss_kib(server_pid),
+            viewer_cpu_pct=100.0 * viewer_cpu / viewer_span,
+            received=[b - a for a, b in zip(r0, r1, strict=True)],
+            lost=[b - a for a, b in zip(l0, l1, strict=True)],
+        )
+
+    # --- phases ---------------------------------------------------------------
+
+    def run_gateway(self) -> Phase:
+        phase = Phase("gateway")
+        assert self.clip is not None
+        ws_port, http_port = free_port(), free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--ws-port",
+            str(ws_port),
+            "--http-port",
+            str(http_port),
+            "--ice-address",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ]
+        gateway = Process("gateway", cmd, self.run_dir / "gateway.log", cwd=ROOT, env=self.env)
+        self.processes.append(gateway)
+        publisher: Child | None = None
+        try:
+            self.wait_healthy(gateway, f"http://127.0.0.1:{http_port}/healthz")
+            url = f"ws://127.0.0.1:{ws_port}"
+            publisher = self.child("publisher", "publisher", "--wcs-client", self.args.wcs_client)
+            reply = publisher.request(
+                "publish", timeout=45.0, url=url, name=STREAM, clip=str(self.clip), fps=CLIP["fps"]
+            )
+            log(f"gateway: publishing ({reply.get('client')})")
+            self.measure(phase, gateway.pid, mode="wcs", url=url, name=STREAM)
+        except (ChildError, OSError) as exc:
+            phase.error = f"{exc}\n--- gateway log ---\n{gateway.log_tail()}"
+            log(f"gateway phase failed: {exc}")
+        finally:
+            if publisher is not None:
+                with contextlib.suppress(ChildError):
+                    publisher.request("stop", timeout=15.0)
+                self.stop(publisher)
+            self.stop(gateway)
+        return phase
+
+    def wait_healthy(self, gateway: Process, url: str) -> None:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if not gateway.alive():
+                raise ChildError(f"gateway exited early:\n{gateway.log_tail()}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.2)
+        raise ChildError("gateway /healthz did not answer 200 within 30 s")
+
+    def run_reference(self) -> Phase:
+        phase = Phase("reference")
+        ref = self.child("reference", "reference")
+        try:
+            port = ref.request("start", timeout=30.0, clip=str(self.clip), fps=CLIP["fps"])["port"]
+            self.measure(phase, ref.pid, mode="ref", url=f"ws://127.0.0.1:{port}")
+        except (ChildError, OSError) as exc:
+            phase.error = str(exc)
+            log(f"reference phase failed: {exc}")
+        finally:
+            self.stop(ref)
+        return phase
+
+    def run(self) -> list[Phase]:
+        args = self.args
+        log(f"logs in {self.run_dir}")
+        self.clip = make_h264_clip(args.clip_dir, **CLIP)
+        self.packets_per_s = rtp_packets_per_second(self.clip, CLIP["fps"])
+        log(f"clip {self.clip}: {self.packets_per_s:.1f} RTP packets/s")
+        viewer_args = ["--wcs-client", args.wcs_client]
+        if args.full_viewers:
+            viewer_args.append("--full-viewers")
+        self.workers = [self.child(f"viewers{i}", "viewers", *viewer_args) for i in range(args.viewer_procs)]
+        phases: list[Phase] = []
+        for which in args.order:
+            phases.append(self.run_gateway() if which == "gateway" else self.run_reference())
+        return phases
+
+
+# --- report ---------------------------------------------------------------------
+
+
+def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) -> str:
+    out: list[str] = []
+    by_label = {p.label: p for p in phases}
+    out.append(
+        f"fan-out of one 720p30 H.264 2 Mbit/s stream; window {args.seconds:.0f} s; "
+        f"{args.viewer_procs} {'full' if args.full_viewers else 'counting'} viewer processes; "
+        f"{os.cpu_count()} CPUs"
+    )
+    for phase in phases:
+        out.append("")
+        out.append(f"== {phase.label} ==")
+        if phase.error:
+            out.append(f"FAILED: {phase.error}")
+        out.append(f"0 viewers: {phase.idle_ms_per_s:.1f} ms CPU/s, RSS {phase.rss0_kib / 1024:.1f} MiB")
+        for step in phase.steps:
+            rec = step.received
+            out.append(
+                f"N={step.viewers:<4d} CPU {step.cpu_ms / step.window_s:7.1f} ms/s = "
+                f"{step.ms_per_viewer_s:.2f} ms per viewer-second | RSS "
+                f"{step.rss_kib / 1024:.1f} MiB, {phase.kib_per_viewer(step):.0f} KiB/viewer | "
+                f"viewers' CPU {step.viewer_cpu_pct:.0f}%"
+            )
+            out.append(
+                f"       {step.us_per_packet:.1f} us CPU per delivered RTP packet; median viewer "
+                f"got {100 * step.delivered(packets_per_s):.1f}% of the "
+                f"{packets_per_s * step.window_s:.0f} packets the clip makes in the window"
+            )
+            out.append(
+                f"       RTP packets/viewer in {step.window_s:.1f} s: min {min(rec)} / "
+                f"median {statistics.median(rec):.0f} / max {max(rec)}; "
+                f"lost (sum) {sum(step.lost)}"
+            )
+            out.append(f"       received: {' '.join(str(n) for n in rec)}")
+    gw, ref = by_label.get("gateway"), by_label.get("reference")
+    if gw and ref and gw.steps and ref.steps:
+        out.append("")
+        out.append("== gateway / reference ==")
+        out.append(
+            "   N | ms/viewer-s gw   ref  ratio | us/packet gw   ref  ratio |"
+            " KiB/viewer gw   ref  ratio | delivered gw    ref"
+        )
+        ref_steps = {s.viewers: s for s in ref.steps}
+        for g in gw.steps:
+            r = ref_steps.get(g.viewers)
+            if r is None:
+                continue
+            kg, kr = gw.kib_per_viewer(g), ref.kib_per_viewer(r)
+            kratio = kg / kr if kr > 0 else float("nan")
+            out.append(
+                f"{g.viewers:4d} | {g.ms_per_viewer_s:14.2f} {r.ms_per_viewer_s:5.2f} "
+                f"{g.ms_per_viewer_s / r.ms_per_viewer_s:6.2f} | "
+                f"{g.us_per_packet:12.1f} {r.us_per_packet:5.1f} "
+                f"{g.us_per_packet / r.us_per_packet:6.2f} | "
+                f"{kg:13.0f} {kr:5.0f} {kratio:6.2f} | "
+                f"{100 * g.delivered(packets_per_s):11.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
+            )
+        out.append("marginal CPU per added viewer (ms per viewer-second, between steps):")
+        for phase in (gw, ref):
+            parts = []
+            for a, b in zip(phase.steps, phase.steps[1:], strict=False):
+                ms = (b.cpu_ms / b.window_s - a.cpu_ms / a.window_s) / (b.viewers - a.viewers)
+                parts.append(f"{a.viewers}->{b.viewers}: {ms:.2f}")
+            out.append(f"  {phase.label:9s} " + ", ".join(parts))
+    return "\n".join(out)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench/fanout",
+        description="CPU and memory per WebRTC viewer: skyrelay vs stock aiortc fan-out.",
+    )
+    parser.add_argument(
+        "--viewers",
+        default="10,40,100",
+        type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+        help="viewer counts to measure, attached incrementally (default 10,40,100)",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window (15)")
+    parser.add_argument("--settle", type=float, default=3.0, help="pause before windows (3)")
+    parser.add_argument("--viewer-procs", type=int, default=2, help="viewer processes (2)")
+    parser.add_argument(
+        "--full-viewers",
+        action="store_true",
+        help="viewers run aiortc's whole receive path (NACK, REMB, jitter buffer), decoding "
+        "off; default: they only decrypt, parse and count (see docs/performance.md)",
+    )
+    parser.add_argument(
+        "--only", choices=["gateway", "reference"], help="measure one side only (default both)"
+    )
+    parser.add_argument(
+        "--reference-first", action="store_true", help="measure the reference before the gateway"
+    )
+    parser.add_argument(
+        "--wcs-client",
+        choices=["auto", "gateway", "builtin"],
+        default="auto",
+        help="WCS client: gateway.wcs.client, the benchmark's own, or auto (gateway if present)",
+    )
+    parser.add_argument(
+        "--clip-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "skyrelay-clips",
+        help="where the test clip is cached",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if not args.viewers or min(args.viewers) <= 0:
+        parser.error("--viewers needs positive counts")
+    if args.seconds <= 0 or args.viewer_procs <= 0:
+        parser.error("--seconds and --viewer-procs must be positive")
+    order = ["reference", "gateway"] if args.reference_first else ["gateway", "reference"]
+    args.order = [args.only] if args.only else order
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    bench = Bench(args)
+    started = time.monotonic()
+    phases: list[Phase] = []
+    try:
+        phases = bench.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        bench.stop_all()
+    print(report(phases, args, bench.packets_per_s))
+    log(f"total {time.monotonic() - started:.0f} s")
+    if args.json:
+        data = {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "rtp_packets_per_s": bench.packets_per_s,
+            "phases": [{**asdict(p), "steps": [asdict(s) for s in p.steps]} for p in phases],
+        }
+        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    return 1 if any(p.error for p in phases) else 0

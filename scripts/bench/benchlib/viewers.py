@@ -1,0 +1,173 @@
+"""Viewer worker role: hosts many receive-only aiortc peers that do not decode.
+
+Commands (see `common.serve_commands`):
+  add    {mode: "wcs"|"ref", url, name, count, timeout} -> {added, total}
+         "wcs": play `name` through the WCS API at `url` (the gateway);
+         "ref": send an offer to the reference sender's signalling socket at `url`.
+  stats  {} -> {received: [int], lost: [int]}  (inbound-rtp video, one entry per viewer)
+  close  {} -> {closed}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc.rtcsessiondescription import RTCSessionDescription
+from websockets.asyncio.client import ClientConnection, connect
+
+from .common import (
+    disable_decoding,
+    lighten_receivers,
+    restrict_ice_to_loopback,
+    serve_commands,
+    setup_child_logging,
+)
+from .wcs import load_client_class
+
+CONNECT_CONCURRENCY = 8
+
+
+class Viewer:
+    """One viewer: its peer connection and whatever keeps its signalling alive."""
+
+    def __init__(self, pc: RTCPeerConnection, closer: Any) -> None:
+        self.pc = pc
+        self._closer = closer
+
+    async def stats(self) -> tuple[int, int]:
+        received = lost = 0
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind != "video":
+                continue
+            report = await transceiver.receiver.getStats()
+            for stat in report.values():
+                if stat.type == "inbound-rtp":
+                    received += stat.packetsReceived
+                    lost += max(0, stat.packetsLost)
+        return received, lost
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._closer(), 10.0)
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
+async def _connect_wcs(client_cls: Any, url: str, name: str) -> Viewer:
+    client = await client_cls.connect(url)
+    try:
+        view = await client.play(name)
+        await view.wait_status("PLAYING", timeout=20.0)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise
+
+    async def closer() -> None:
+        with contextlib.suppress(Exception):
+            await view.stop()
+        await client.close()
+
+    return Viewer(view.pc, closer)
+
+
+async def _connect_ref(url: str) -> Viewer:
+    ws: ClientConnection = await connect(url, open_timeout=10)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "video/H264"])
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send(orjson.dumps({"sdp": pc.localDescription.sdp}).decode())
+        async with asyncio.timeout(20.0):
+            answer = orjson.loads(await ws.recv())
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            while pc.connectionState != "connected":
+                if pc.connectionState in ("failed", "closed"):
+                    raise RuntimeError(f"reference viewer: connection {pc.connectionState}")
+                await asyncio.sleep(0.05)
+    except BaseException:
+        await pc.close()
+        await ws.close()
+        raise
+
+    async def closer() -> None:
+        await ws.close()
+
+    return Viewer(pc, closer)
+
+
+class ViewerWorker:
+    def __init__(self, wcs_client: str) -> None:
+        self.viewers: list[Viewer] = []
+        self.wcs_client = wcs_client
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "add":
+            return await self.add(request)
+        if cmd == "stats":
+            results = await asyncio.gather(*(v.stats() for v in self.viewers))
+            return {"received": [r for r, _ in results], "lost": [lo for _, lo in results]}
+        if cmd == "close":
+            closed = len(self.viewers)
+            await self.close()
+            return {"closed": closed}
+        raise ValueError(f"unknown command {cmd!r}")
+
+    async def add(self, request: dict[str, Any]) -> dict[str, Any]:
+        mode = request["mode"]
+        url = str(request["url"])
+        name = str(request.get("name", ""))
+        count = int(request["count"])
+        timeout = float(request.get("timeout", 60.0))
+        client_cls = load_client_class(self.wcs_client) if mode == "wcs" else None
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def one() -> Viewer:
+            async with gate:
+                if mode == "wcs":
+                    return await _connect_wcs(client_cls, url, name)
+                return await _connect_ref(url)
+
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        try:
+            async with asyncio.timeout(timeout):
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            results = []
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is None:
+                    results.append(t.result())
+                else:
+                    t.cancel()
+                    results.append(TimeoutError(f"not PLAYING within {timeout} s"))
+        added = [r for r in results if isinstance(r, Viewer)]
+        self.viewers.extend(added)
+        errors = [f"{type(r).__name__}: {r}" for r in results if not isinstance(r, Viewer)]
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {count} viewers failed; first: {errors[0]}")
+        return {"added": len(added), "total": len(self.viewers)}
+
+    async def close(self) -> None:
+        viewers, self.viewers = self.viewers, []
+        await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
+
+
+async def _amain(wcs_client: str) -> None:
+    worker = ViewerWorker(wcs_client)
+    await serve_commands(worker.handle, worker.close)
+
+
+def run(wcs_client: str, light: bool) -> None:
+    setup_child_logging("viewers")
+    restrict_ice_to_loopback()
+    disable_decoding()
+    if light:
+        lighten_receivers()
+    asyncio.run(_amain(wcs_client))
