@@ -1,0 +1,115 @@
+"""gateway.media.registry: claim, get, release of named streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.stream import Codec, Stream
+
+H264 = Codec("H264", 90000)
+OPUS = Codec("opus", 48000)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_video_format(self, width: int, height: int) -> None:
+        pass
+
+    def on_stream_event(self, event_type: str, payload: object) -> None:
+        pass
+
+    def on_stream_end(self) -> None:
+        self.ended += 1
+
+
+def test_claim_returns_a_named_stream() -> None:
+    registry = StreamRegistry(keyframe_interval=2.5)
+    stream = registry.claim("cam")
+    assert isinstance(stream, Stream)
+    assert stream.name == "cam"
+    assert stream._keyframe_interval == 2.5
+    assert len(registry) == 1
+    assert registry.streams() == [stream]
+
+
+def test_name_in_use() -> None:
+    registry = StreamRegistry()
+    first = registry.claim("cam")
+    with pytest.raises(StreamNameInUse):
+        registry.claim("cam")
+    first.set_codecs(H264, OPUS)
+    with pytest.raises(StreamNameInUse):
+        registry.claim("cam")
+    assert registry.claim("cam2") is not first
+    assert len(registry) == 2
+
+
+def test_get_hides_a_stream_until_its_codecs_are_known() -> None:
+    registry = StreamRegistry()
+    stream = registry.claim("cam")
+    assert registry.get("cam") is None
+    stream.set_codecs(H264, None)
+    assert registry.get("cam") is stream
+
+
+def test_get_unknown_name() -> None:
+    assert StreamRegistry().get("nope") is None
+
+
+def test_release_ends_the_stream_and_frees_the_name() -> None:
+    registry = StreamRegistry()
+    stream = registry.claim("cam")
+    stream.set_codecs(H264, OPUS)
+    listener = Listener()
+    stream.subscribe(listener)
+    registry.release(stream)
+    assert stream.ended
+    assert listener.ended == 1
+    assert registry.get("cam") is None
+    assert len(registry) == 0
+    again = registry.claim("cam")
+    assert again is not stream
+
+
+def test_get_hides_an_ended_stream() -> None:
+    registry = StreamRegistry()
+    stream = registry.claim("cam")
+    stream.set_codecs(H264, OPUS)
+    stream.end()
+    assert registry.get("cam") is None
+
+
+def test_release_of_a_stale_stream_keeps_the_new_one() -> None:
+    registry = StreamRegistry()
+    old = registry.claim("cam")
+    registry.release(old)
+    new = registry.claim("cam")
+    new.set_codecs(H264, OPUS)
+    registry.release(old)  # a late second release of the old one
+    assert registry.get("cam") is new
+    assert not new.ended
+    assert len(registry) == 1
+
+
+def test_release_twice() -> None:
+    registry = StreamRegistry()
+    stream = registry.claim("cam")
+    listener = Listener()
+    stream.subscribe(listener)
+    registry.release(stream)
+    registry.release(stream)
+    assert listener.ended == 1
+    assert len(registry) == 0
+
+
+def test_names_are_exact() -> None:
+    registry = StreamRegistry()
+    registry.claim("Cam").set_codecs(H264, None)
+    registry.claim("камера/0").set_codecs(H264, None)
+    assert registry.get("cam") is None
+    assert registry.get("Cam") is not None
+    assert registry.get("камера/0") is not None
+    assert registry.get("Cam ") is None
