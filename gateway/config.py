@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -58,8 +59,12 @@ def _coerce(name: str, value: Any) -> Any:
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
         if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("not a whole number")
             return int(value)
         if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError("not a number")
             return float(value)
         if isinstance(default, tuple):
             if isinstance(value, str):
@@ -85,6 +90,8 @@ def from_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     section = data.get("skyrelay", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: 'skyrelay' must be a table of settings")
     return {k.replace("-", "_"): v for k, v in section.items()}
 
 
@@ -120,8 +127,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"setting {name!r}: port {port} out of range")
     if config.max_frame_bytes < 1024:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
-    if config.ping_interval <= 0 or config.ping_probes < 1:
-        raise ConfigError("settings 'ping_interval'/'ping_probes': must be positive")
+    for name in ("ping_interval", "ice_timeout", "keyframe_request_interval"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"setting {name!r}: must be a positive number of seconds, not {value}")
+    for name in ("ping_probes", "max_media_sessions", "viewer_queue_frames"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"setting {name!r}: must be at least 1")
     if config.log_format not in ("auto", "json", "console"):
         raise ConfigError("setting 'log_format': one of auto, json, console")
 

@@ -163,10 +163,23 @@ class ParameterSetCache:
             elif kind == NAL_IDR:
                 idr = True
         if idr and not (has_sps and has_pps) and self.sps and self.pps:
-            prefix = b""
-            if not has_sps:
-                prefix += START_CODE + self.sps
-            if not has_pps:
-                prefix += START_CODE + self.pps
-            access_unit = prefix + access_unit
+            access_unit = self._with_parameter_sets(access_unit, has_sps, has_pps)
         return access_unit, idr, dims
+
+    def _with_parameter_sets(self, access_unit: bytes, has_sps: bool, has_pps: bool) -> bytes:
+        """Insert the missing SPS before the first PPS or slice and the missing PPS before
+        the first slice: a PPS refers to its SPS, and an access unit delimiter or SEI stays
+        in front (H.264 7.4.1.2.3)."""
+        need_sps, need_pps = not has_sps, not has_pps
+        units: list[bytes] = []
+        for nal in iter_nal_units(access_unit):
+            kind = nal[0] & 0x1F
+            slice_ = 1 <= kind <= 5
+            if need_sps and self.sps and (slice_ or kind == NAL_PPS):
+                units.append(self.sps)
+                need_sps = False
+            if need_pps and self.pps and slice_:
+                units.append(self.pps)
+                need_pps = False
+            units.append(nal)
+        return b"".join(START_CODE + nal for nal in units)

@@ -136,6 +136,21 @@ ClientMessage = (
 )
 
 
+_API_NAMES: dict[type, str] = {
+    PublishStream: "publishStream",
+    PlayStream: "playStream",
+    UnpublishStream: "unPublishStream",
+    StopStream: "stopStream",
+    AvailableStream: "availableStream",
+    SendStreamEvent: "sendStreamEvent",
+}
+
+
+def api_name(msg: ClientMessage) -> str:
+    """The wire name of a parsed client message (for `fail` replies)."""
+    return _API_NAMES.get(type(msg), type(msg).__name__)
+
+
 def parse_frame(text: str | bytes) -> ClientMessage:
     """Parse one client text frame. Raises ProtocolError with a readable ``info``."""
     try:

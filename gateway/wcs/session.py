@@ -12,6 +12,7 @@ is sent at most once per media session.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,9 @@ class Session:
     state: State = State.CONNECTED
     missed_pings: int = 0
     media: dict[str, MediaSession] = field(default_factory=dict)
+    # Ids that got their terminal status, so a late stop for one gets a `fail`, not a second
+    # terminal status (bounded: only the most recent ones matter).
+    ended: deque[str] = field(default_factory=lambda: deque(maxlen=256))
     client: dict[str, Any] = field(default_factory=dict)
 
     # --- client input ---------------------------------------------------------------------
@@ -153,7 +157,8 @@ class Session:
             case m.Ping():
                 return [Send(m.pong())]
         if self.state is not State.ESTABLISHED:
-            return [Send(m.fail(type(msg).__name__, "Session is not established: send 'connection' first"))]
+            info = "Session is not established: send 'connection' first"
+            return [Send(m.fail(m.api_name(msg), info, getattr(msg, "media_session_id", None)))]
         match msg:
             case m.PublishStream() | m.PlayStream():
                 return self._start(msg)
@@ -185,8 +190,8 @@ class Session:
             record=getattr(msg, "record", False),
         )
         if msid in self.media:
-            desc.status, desc.info = "FAILED", "mediaSessionId is already in use on this connection"
-            return [Send(m.stream_status(desc))]
+            # The client will take this FAILED as final for the id: end ours too.
+            return self._finish(msid, "FAILED", "mediaSessionId is already in use on this connection")
         if len(self.media) >= self.limits.max_media_sessions:
             desc.status = "FAILED"
             desc.info = f"Too many streams on this connection (limit {self.limits.max_media_sessions})"
@@ -197,7 +202,15 @@ class Session:
     def _stop_request(self, msg: m.UnpublishStream | m.StopStream) -> list[Output]:
         published = isinstance(msg, m.UnpublishStream)
         media = self.media.get(msg.media_session_id)
-        if media is None or media.published != published:
+        if media is not None and media.published != published:
+            # The client will take this FAILED as final for the id: end the stream too.
+            wrong = (
+                "unPublishStream for a playing stream" if published else "stopStream for a publishing stream"
+            )
+            return self._finish(msg.media_session_id, "FAILED", f"{wrong}: stream ended")
+        if media is None and msg.media_session_id in self.ended:
+            return [Send(m.fail(m.api_name(msg), "Stream already ended", msg.media_session_id))]
+        if media is None:
             # A terminal status for the id settles a WebSDK stream that keeps retrying stop().
             what = "publishing" if published else "playing"
             desc = m.StreamDescription(
@@ -209,7 +222,7 @@ class Session:
             )
             return [Send(m.stream_status(desc))]
         if published:
-            return self._finish(msg.media_session_id, "UNPUBLISHED", None)
+            return self._finish(msg.media_session_id, "UNPUBLISHED", INFO_PUBLISHER_STOPPED)
         return self._finish(msg.media_session_id, "STOPPED", INFO_STOPPED_BY_USER)
 
     def _stream_event(self, msg: m.SendStreamEvent) -> list[Output]:
@@ -313,6 +326,7 @@ class Session:
         media = self.media.pop(media_session_id, None)
         if media is None:
             return []
+        self.ended.append(media_session_id)
         desc = media.description
         desc.status, desc.info = status, info
         return [StopMedia(media_session_id), Send(m.stream_status(desc))]

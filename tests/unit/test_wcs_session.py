@@ -165,10 +165,6 @@ def test_requests_before_connection_fail(message: str, body: dict[str, Any]) -> 
     assert session.state is State.CONNECTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fail for a publish/play before 'connection' has id=None and apiMethod 'PublishStream'",
-)
 @pytest.mark.parametrize(
     ("message", "body"),
     [
@@ -427,31 +423,27 @@ def test_stop_of_unknown_media_session_fails_that_id(request_fn: Any) -> None:
     assert status["published"] is (request_fn is unpublish)
 
 
-def test_unpublish_with_a_players_id_fails_and_keeps_the_player() -> None:
+def test_unpublish_with_a_players_id_fails_and_ends_the_player() -> None:
     session = established()
     playing(session)
     out = unpublish(session, PLAYER)
-    assert stops(out) == []
+    assert stops(out) == [PLAYER]
     status = only_status(out)
     assert status["mediaSessionId"] == PLAYER
     assert status["status"] == "FAILED"
-    assert "publishing" in status["info"]
+    assert "unPublishStream for a playing stream" in status["info"]
 
 
-def test_stop_with_a_publishers_id_fails() -> None:
+def test_stop_with_a_publishers_id_fails_and_ends_the_publisher() -> None:
     session = established()
     publishing(session)
     out = stop(session, PUB)
-    assert stops(out) == []
+    assert stops(out) == [PUB]
     status = only_status(out)
     assert status["status"] == "FAILED"
-    assert "playing" in status["info"]
+    assert "stopStream for a publishing stream" in status["info"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: unPublishStream with a player id sends FAILED but keeps the player; a 2nd terminal follows",
-)
 def test_unpublish_with_a_players_id_sends_one_terminal_status_only() -> None:
     session = established()
     play(session)
@@ -479,10 +471,6 @@ def test_duplicate_media_session_id_fails(request_fn: Any) -> None:
     assert "already in use" in status["info"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a duplicate mediaSessionId is FAILED while its live session goes on: a 2nd terminal follows",
-)
 def test_duplicate_media_session_id_sends_one_terminal_status_only() -> None:
     session = established()
     play(session, "same")
