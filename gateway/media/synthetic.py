@@ -36,6 +36,7 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 _NAL_IDR = 5
 _NAL_SPS = 7
 _NAL_PPS = 8
+_NAL_AUD = 9
 _CLIP_SUFFIXES = (".mp4", ".h264", ".264")
 _FFMPEG_TIMEOUT_S = 300.0
 # When the event loop falls this far behind the schedule, re-anchor the clock
@@ -275,9 +276,11 @@ def _annexb_units(data: bytes, sps: bytes | None, pps: bytes | None) -> list[tup
     use_pps = own_pps or pps
     if use_sps is None or use_pps is None:
         raise ValueError("IDR access unit without SPS/PPS, and none in the extradata")
-    rest = [n for n, t in zip(nals, types, strict=True) if t not in (_NAL_SPS, _NAL_PPS)]
+    # An access unit delimiter, if any, must stay first.
+    aud = [n for n, t in zip(nals, types, strict=True) if t == _NAL_AUD]
+    rest = [n for n, t in zip(nals, types, strict=True) if t not in (_NAL_SPS, _NAL_PPS, _NAL_AUD)]
     start = b"\x00\x00\x00\x01"
-    return [(b"".join(start + n for n in (use_sps, use_pps, *rest)), True)]
+    return [(b"".join(start + n for n in (*aud, use_sps, use_pps, *rest)), True)]
 
 
 class EncodedVideoTrack(MediaStreamTrack):
