@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__, log
-from gateway.config import ConfigError, load
+from gateway.config import ConfigError, load, unknown_environment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skyrelay: {exc}", file=sys.stderr)
             return 2
         log.configure(config.log_level, config.log_format)
+        ignored = unknown_environment(os.environ)
+        if ignored:
+            log.get_logger(__name__).warning("unknown_environment_variables", names=ignored)
         from gateway.app import Gateway
 
         return asyncio.run(_serve(Gateway(config)))

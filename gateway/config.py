@@ -95,13 +95,24 @@ def from_toml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in section.items()}
 
 
+ENV_PREFIX = "SKYRELAY_"
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    prefix = "SKYRELAY_"
+    """Settings from SKYRELAY_<NAME> variables. Other SKYRELAY_* variables are not settings
+    (tools share the prefix): see `unknown_environment`."""
     found = {}
     for key, value in environ.items():
-        if key.startswith(prefix) and key != "SKYRELAY_CONFIG":
-            found[key[len(prefix) :].lower()] = value
+        name = key[len(ENV_PREFIX) :].lower()
+        if key.startswith(ENV_PREFIX) and name in _FIELDS:
+            found[name] = value
     return found
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """SKYRELAY_* variables that name no setting (likely typos), for a warning."""
+    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | {"SKYRELAY_CONFIG"}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
 def load(
@@ -134,6 +145,8 @@ def validate(config: Config) -> None:
     for name in ("ping_probes", "max_media_sessions", "viewer_queue_frames"):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError("setting 'log_level': one of debug, info, warning, error, critical")
     if config.log_format not in ("auto", "json", "console"):
         raise ConfigError("setting 'log_format': one of auto, json, console")
 

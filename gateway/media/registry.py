@@ -27,9 +27,10 @@ class StreamRegistry:
         return stream
 
     def get(self, name: str) -> Stream | None:
-        """The stream of that name if it can be played (codecs negotiated)."""
+        """The stream of that name if it can be played: codecs negotiated, media arriving."""
         stream = self._streams.get(name)
-        return stream if stream is not None and stream.ready and not stream.ended else None
+        playable = stream is not None and stream.ready and stream.live and not stream.ended
+        return stream if playable else None
 
     def release(self, stream: Stream) -> None:
         """The source of ``stream`` is gone: end it and free its name."""

@@ -174,7 +174,8 @@ class Stream:
         self.width = 0
         self.height = 0
         self.source: Source | None = None
-        self.ready = False  # codecs negotiated: viewers may subscribe
+        self.ready = False  # codecs negotiated
+        self.live = False  # a frame has arrived: viewers may subscribe
         self.ended = False
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
@@ -194,6 +195,7 @@ class Stream:
     def push(self, frame: MediaFrame) -> None:
         if self.ended:
             return
+        self.live = True
         if frame.kind == "video":
             self.inbound.add(len(frame.data))
             self.last_video_pts = frame.pts

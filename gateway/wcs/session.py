@@ -144,8 +144,7 @@ class Session:
         ):
             # Answer with the stream's own FAILED status so the SDK's stream settles.
             published = exc.api_method == "publishStream"
-            desc = m.StreamDescription(msid, "", published, "FAILED", info=exc.info)
-            return [Send(m.stream_status(desc))]
+            return self._refuse(m.StreamDescription(msid, "", published, "FAILED", info=exc.info))
         return [Send(m.fail(exc.api_method, exc.info, msid))]
 
     def _dispatch(self, msg: m.ClientMessage) -> list[Output]:
@@ -195,7 +194,7 @@ class Session:
         if len(self.media) >= self.limits.max_media_sessions:
             desc.status = "FAILED"
             desc.info = f"Too many streams on this connection (limit {self.limits.max_media_sessions})"
-            return [Send(m.stream_status(desc))]
+            return self._refuse(desc)
         self.media[msid] = MediaSession(desc)
         return [StartPublish(msg) if published else StartPlay(msg)]
 
@@ -280,8 +279,8 @@ class Session:
         if media is None:
             return []
         media.description.width, media.description.height = width, height
-        if media.published:
-            return []
+        if media.published or not media.started:
+            return []  # a player not yet PLAYING learns the size with its PLAYING status
         payload = {"streamerVideoWidth": width, "streamerVideoHeight": height}
         return [
             Send(m.video_format(media_session_id, width, height)),
@@ -321,6 +320,11 @@ class Session:
         out: list[Output] = [StopMedia(msid) for msid in self.media]
         self.media.clear()
         return out
+
+    def _refuse(self, desc: m.StreamDescription) -> list[Output]:
+        """The terminal status of a request that never became a media session."""
+        self.ended.append(desc.media_session_id)
+        return [Send(m.stream_status(desc))]
 
     def _finish(self, media_session_id: str, status: str, info: str | None) -> list[Output]:
         media = self.media.pop(media_session_id, None)

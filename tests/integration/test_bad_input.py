@@ -226,6 +226,19 @@ async def test_offer_without_usable_codec_fails(
     await witness.assert_streaming(gateway)
 
 
+async def test_offer_with_two_video_tracks_fails(gateway: GatewayProcess, witness: Witness) -> None:
+    client = await connected(gateway)
+    try:
+        sdp = await offer_sdp(kinds=("video", "video"))
+        await client.send("publishStream", media_request("twovideo", "twovideo", sdp))
+        status = await status_of(client, "twovideo")
+        assert status["status"] == "FAILED"
+        assert "more than one video track" in status["info"]
+    finally:
+        await client.close()
+    await witness.assert_streaming(gateway)
+
+
 async def test_player_without_the_stream_codec_fails(gateway: GatewayProcess, witness: Witness) -> None:
     client = await connected(gateway)
     try:

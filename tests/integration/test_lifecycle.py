@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
+from aiortc import MediaStreamTrack
 
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import WcsClient, WcsError
@@ -45,10 +47,10 @@ async def test_200_publish_play_close_cycles_leave_nothing_behind(
         pub_client = await WcsClient.connect(gateway.ws_url)
         play_client = await WcsClient.connect(gateway.ws_url)
         publisher = await pub_client.publish(name, [video_track()])
+        await publisher.wait_status("PUBLISHING")  # a stream is playable once media arrives
         player = await play_client.play(name)
         if cycle % 10 == 0:
-            # Every tenth cycle goes all the way: media flowing both ways.
-            await publisher.wait_status("PUBLISHING")
+            # Every tenth cycle goes all the way: media flowing to the player too.
             await player.wait_status("PLAYING")
             completed += 1
         # End abruptly, in turns: socket reset, plain close, or orderly stop then close.
@@ -106,3 +108,43 @@ async def test_client_missing_pings_is_dropped_and_its_streams_released(
     finally:
         await silent.close()
         await polite.close()
+
+
+class SilentTrack(MediaStreamTrack):
+    """A video track that never yields a frame: connected, but no media."""
+
+    kind = "video"
+
+    async def recv(self) -> av.Packet:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def quick_timeout_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(extra_env={"SKYRELAY_ICE_TIMEOUT": "1.5"})
+    gw.start(tmp_path)
+    yield gw
+    gw.stop()
+
+
+async def test_publisher_that_sends_no_media_fails_and_frees_its_name(
+    quick_timeout_gateway: GatewayProcess, video_track: TrackFactory
+) -> None:
+    gateway = quick_timeout_gateway
+    client = await WcsClient.connect(gateway.ws_url)
+    try:
+        silent = await client.publish("mute-cam", [SilentTrack()])
+        async with asyncio.timeout(10):
+            while silent.pc.connectionState != "connected":
+                await asyncio.sleep(0.05)
+        # Not playable while nothing arrives.
+        with pytest.raises(WcsError, match="Stream not found"):
+            await client.play("mute-cam")
+        with pytest.raises(WcsError, match="No media received from the publisher"):
+            await silent.wait_status("PUBLISHING", timeout=10)
+        # The name is free again for a publisher that does send.
+        publisher = await client.publish("mute-cam", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+    finally:
+        await client.close()

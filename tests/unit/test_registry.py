@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from gateway.media.registry import StreamNameInUse, StreamRegistry
-from gateway.media.stream import Codec, Stream
+from gateway.media.stream import Codec, MediaFrame, Stream
 
 H264 = Codec("H264", 90000)
 OPUS = Codec("opus", 48000)
+
+
+def go_live(stream: Stream, video: Codec = H264, audio: Codec | None = OPUS) -> Stream:
+    """What a source does: negotiate codecs, then push media."""
+    stream.set_codecs(video, audio)
+    stream.push(MediaFrame("video", video.name, b"\x00\x00\x00\x01\x65", 0, Fraction(1, 90000), True))
+    return stream
 
 
 class Listener:
@@ -40,18 +49,20 @@ def test_name_in_use() -> None:
     first = registry.claim("cam")
     with pytest.raises(StreamNameInUse):
         registry.claim("cam")
-    first.set_codecs(H264, OPUS)
+    go_live(first, H264, OPUS)
     with pytest.raises(StreamNameInUse):
         registry.claim("cam")
     assert registry.claim("cam2") is not first
     assert len(registry) == 2
 
 
-def test_get_hides_a_stream_until_its_codecs_are_known() -> None:
+def test_get_hides_a_stream_until_its_codecs_are_known_and_media_arrives() -> None:
     registry = StreamRegistry()
     stream = registry.claim("cam")
     assert registry.get("cam") is None
     stream.set_codecs(H264, None)
+    assert registry.get("cam") is None  # negotiated but silent: not playable yet
+    go_live(stream, H264, None)
     assert registry.get("cam") is stream
 
 
@@ -62,7 +73,7 @@ def test_get_unknown_name() -> None:
 def test_release_ends_the_stream_and_frees_the_name() -> None:
     registry = StreamRegistry()
     stream = registry.claim("cam")
-    stream.set_codecs(H264, OPUS)
+    go_live(stream, H264, OPUS)
     listener = Listener()
     stream.subscribe(listener)
     registry.release(stream)
@@ -77,7 +88,7 @@ def test_release_ends_the_stream_and_frees_the_name() -> None:
 def test_get_hides_an_ended_stream() -> None:
     registry = StreamRegistry()
     stream = registry.claim("cam")
-    stream.set_codecs(H264, OPUS)
+    go_live(stream, H264, OPUS)
     stream.end()
     assert registry.get("cam") is None
 
@@ -87,7 +98,7 @@ def test_release_of_a_stale_stream_keeps_the_new_one() -> None:
     old = registry.claim("cam")
     registry.release(old)
     new = registry.claim("cam")
-    new.set_codecs(H264, OPUS)
+    go_live(new, H264, OPUS)
     registry.release(old)  # a late second release of the old one
     assert registry.get("cam") is new
     assert not new.ended
@@ -107,8 +118,8 @@ def test_release_twice() -> None:
 
 def test_names_are_exact() -> None:
     registry = StreamRegistry()
-    registry.claim("Cam").set_codecs(H264, None)
-    registry.claim("камера/0").set_codecs(H264, None)
+    go_live(registry.claim("Cam"), H264, None)
+    go_live(registry.claim("камера/0"), H264, None)
     assert registry.get("cam") is None
     assert registry.get("Cam") is not None
     assert registry.get("камера/0") is not None

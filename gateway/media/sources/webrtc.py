@@ -40,8 +40,10 @@ class WebRtcPublisher:
         on_failed: Callable[[str], None],
     ) -> None:
         self.stream = stream
-        self.peer = Peer(settings, on_connected=lambda: None, on_failed=on_failed)
+        self.peer = Peer(settings, on_connected=self._connected, on_failed=on_failed)
         self._on_started = on_started
+        self._on_failed = on_failed
+        self._media_deadline: asyncio.TimerHandle | None = None
         self._started = False
         self._video_receiver: RTCRtpReceiver | None = None
         self._parameter_sets = h264.ParameterSetCache()
@@ -114,9 +116,22 @@ class WebRtcPublisher:
         self.stream.push(MediaFrame("audio", name, data, timestamp, Fraction(1, codec.clockRate), True))
         self._mark_started()
 
+    def _connected(self) -> None:
+        # Connected but silent would hold the name and show players a black picture.
+        loop = asyncio.get_running_loop()
+        self._media_deadline = loop.call_later(self.peer.settings.ice_timeout, self._no_media)
+
+    def _no_media(self) -> None:
+        self._media_deadline = None
+        if not self._started and self.peer.state == "connected":
+            self._on_failed("No media received from the publisher")
+
     def _mark_started(self) -> None:
         if not self._started:
             self._started = True
+            if self._media_deadline is not None:
+                self._media_deadline.cancel()
+                self._media_deadline = None
             self._on_started()
 
     def request_keyframe(self) -> None:
@@ -132,10 +147,7 @@ class WebRtcPublisher:
 
     async def rates(self) -> VideoRates:
         bits, fps = self.stream.inbound.sample()
-        lost = 0
-        if self._video_receiver is not None:
-            report = await self._video_receiver.getStats()
-            lost = sum(s.packetsLost for s in report.values() if s.type == "inbound-rtp")
+        lost = passthrough.packets_lost(self._video_receiver) if self._video_receiver else 0
         stream = self.stream
         return VideoRates(bits, fps, self.nack_sent, self.pli_sent, lost, stream.width, stream.height)
 
@@ -150,6 +162,8 @@ class WebRtcPublisher:
         }
 
     async def close(self) -> None:
+        if self._media_deadline is not None:
+            self._media_deadline.cancel()
         for task in list(self._pli_tasks):
             task.cancel()
         await self.peer.close()

@@ -4,7 +4,7 @@ aiortc's RTCRtpReceiver hands every complete frame from its jitter buffer to a d
 thread through a queue, and offers no public way to get encoded frames. `EncodedFrameTap`
 stands in for that queue: frames go straight to a callback on the event loop, the decoder
 thread idles until the receiver stops. NACK, PLI and jitter-buffer logic stay aiortc's.
-This is the one place that touches the receiver's private queue (aiortc 1.16.x).
+This is the one place that touches the receiver's private state (aiortc 1.16.x).
 """
 
 from __future__ import annotations
@@ -54,3 +54,12 @@ def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
             "supported for passthrough (pin aiortc 1.16.x)"
         )
     setattr(receiver, _QUEUE_ATTRIBUTE, EncodedFrameTap(deliver))
+
+
+def packets_lost(receiver: RTCRtpReceiver) -> int:
+    """RTP packets lost on the receiver's media SSRCs (not RTX), from its RTCP statistics.
+    aiortc's getStats() files every SSRC under one key, so an RTX stream can hide the media
+    stream's figure; this reads the per-SSRC statistics instead."""
+    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+    rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    return sum(stats.packets_lost for ssrc, stats in streams.items() if ssrc not in rtx)

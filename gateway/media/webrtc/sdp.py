@@ -78,6 +78,9 @@ def check_publish_offer(media: list[OfferedMedia]) -> None:
     sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
     if not sending:
         raise OfferError("The offer sends no media (no sendonly/sendrecv audio or video section)")
+    for kind in ("audio", "video"):
+        if sum(1 for m in sending if m.kind == kind) > 1:
+            raise OfferError(f"The offer sends more than one {kind} track: a stream has one of each")
     for item in sending:
         wanted = PUBLISH_VIDEO if item.kind == "video" else PUBLISH_AUDIO
         if not usable_codecs(item, wanted):
