@@ -30,6 +30,7 @@ class Gateway:
             public_ip=config.public_ip,
             ice_timeout=config.ice_timeout,
             viewer_queue_frames=config.viewer_queue_frames,
+            fast_fanout=config.fast_fanout,
         )
         self.wcs = WcsServer(
             self.registry,

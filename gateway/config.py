@@ -38,6 +38,7 @@ class Config:
     ice_timeout: float = 20.0
     viewer_queue_frames: int = 90
     keyframe_request_interval: float = 1.0
+    fast_fanout: bool = True
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 

@@ -36,6 +36,10 @@ class MediaFrame:
     pts: int
     time_base: Fraction
     keyframe: bool = False
+    # A copy of the cached keyframe made for a joining subscriber (not a live frame).
+    replay: bool = False
+    # Forms of this frame derived by sinks (e.g. RTP payloads), made once, shared by all.
+    derived: dict[str, Any] = field(default_factory=dict)
     _packet: av.Packet | None = None
 
     def packet(self) -> av.Packet:
@@ -86,6 +90,7 @@ class FrameQueue:
         # frame whose reference it did not send.
         self._need_keyframe = kind == "video"
         self._on_gap = on_gap
+        self._deliver: Callable[[MediaFrame], bool] | None = None
 
     def put(self, frame: MediaFrame) -> None:
         if self._closed:
@@ -95,6 +100,9 @@ class FrameQueue:
                 self.dropped += 1
                 return
             self._need_keyframe = False
+        if self._deliver is not None:
+            self._hand(frame)
+            return
         if len(self._frames) >= self.max_frames:
             if self.kind == "video":
                 self.dropped += len(self._frames)
@@ -111,6 +119,29 @@ class FrameQueue:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def attach(self, deliver: Callable[[MediaFrame], bool]) -> None:
+        """From now on hand frames straight to ``deliver`` (those queued first) instead of
+        queueing them. ``deliver`` returns False when it could not take a frame (congested
+        or gone): the rest is skipped up to the next keyframe, as on overflow."""
+        self._deliver = deliver
+        pending, self._frames = self._frames, deque()
+        for index, frame in enumerate(pending):
+            if not self._hand(frame):
+                self.dropped += len(pending) - index - 1
+                break
+
+    def _hand(self, frame: MediaFrame) -> bool:
+        assert self._deliver is not None
+        if self._deliver(frame):
+            if frame.kind == "video":
+                self.meter.add(len(frame.data))
+            return True
+        self.dropped += 1
+        if frame.kind == "video":
+            self._need_keyframe = True
+            self._on_gap()
+        return False
 
     def start_with(self, keyframe: MediaFrame) -> None:
         """Queue a cached keyframe, then skip to the next live keyframe: the deltas that
@@ -181,6 +212,8 @@ class Stream:
         self.keyframe: MediaFrame | None = None
         self.last_video_pts = 0
         self.subscriptions: list[Subscription] = []
+        # State shared by all sinks of one type on this stream (e.g. one RTP packetizer).
+        self.shared: dict[str, Any] = {}
         self.keyframe_requests = 0  # forwarded to the source
         self._keyframe_interval = keyframe_interval
         self._last_keyframe_request = float("-inf")
@@ -233,7 +266,10 @@ class Stream:
         if self.keyframe is not None:
             # Stamp the cached keyframe with the live time: the viewer's timeline starts now,
             # not at the keyframe's capture time, and never jumps back (A/V sync, jitter buffer).
-            sub.video.start_with(dataclasses.replace(self.keyframe, pts=self.last_video_pts, _packet=None))
+            replay = dataclasses.replace(
+                self.keyframe, pts=self.last_video_pts, replay=True, derived={}, _packet=None
+            )
+            sub.video.start_with(replay)
         self.subscriptions.append(sub)
         self.request_keyframe()
         return sub

@@ -7,11 +7,13 @@ to the Stream's source; its NACKs are answered by aiortc from the sender's histo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -21,7 +23,8 @@ from aiortc.rtp import (
 )
 
 from gateway.media.rates import VideoRates
-from gateway.media.stream import FrameQueue, MediaKind, Stream, StreamListener
+from gateway.media.stream import FrameQueue, MediaKind, Stream, StreamListener, Subscription
+from gateway.media.webrtc.fanout import DirectRtpWriter
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import capabilities, check_play_offer, parse_offer
 
@@ -48,14 +51,34 @@ class RelayTrack(MediaStreamTrack):
         return frame.packet()
 
 
+class IdleTrack(MediaStreamTrack):
+    """The track an aiortc sender holds when the fast path writes its RTP: it never yields,
+    so aiortc's own send loop stays idle while its RTCP loop runs."""
+
+    def __init__(self, kind: MediaKind) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> av.Packet:
+        await self._never
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        if not self._never.done():
+            self._never.set_result(None)
+
+
 class WebRtcViewer:
     def __init__(self, stream: Stream, settings: RtcSettings, listener: ViewerListener) -> None:
         self.stream = stream
         self.settings = settings
         self.listener = listener
         self.peer = Peer(settings, on_connected=listener.on_started, on_failed=listener.on_failed)
-        self.subscription = None
+        self.subscription: Subscription | None = None
         self._video_sender: RTCRtpSender | None = None
+        self.writers: dict[MediaKind, DirectRtpWriter] = {}
         self.nack_received = 0
         self.pli_received = 0
 
@@ -71,12 +94,31 @@ class WebRtcViewer:
             codec = stream.video_codec if kind == "video" else stream.audio_codec
             if codec is None:
                 continue
-            transceiver = pc.addTransceiver(RelayTrack(kind, sub.queue(kind)), direction="sendonly")
+            track = IdleTrack(kind) if self.settings.fast_fanout else RelayTrack(kind, sub.queue(kind))
+            transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(capabilities((f"{kind}/{codec.name}",), kind))
+            if self.settings.fast_fanout:
+                self._write_directly_once_started(kind, transceiver.sender, sub.queue(kind))
             if kind == "video":
                 self._video_sender = transceiver.sender
                 self._hook_feedback(transceiver.sender)
         return await self.peer.answer(offer_sdp)
+
+    def _write_directly_once_started(self, kind: MediaKind, sender: RTCRtpSender, queue: FrameQueue) -> None:
+        """When aiortc starts the sender (DTLS up, parameters known), switch its queue to a
+        DirectRtpWriter; if the fast path is unavailable, give the sender the stock track."""
+        start = sender.send
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            await start(parameters)
+            writer = DirectRtpWriter.attach(self.stream, sender, parameters)
+            if writer is None:
+                sender.replaceTrack(RelayTrack(kind, queue))
+                return
+            self.writers[kind] = writer
+            queue.attach(writer.write)
+
+        sender.send = send  # type: ignore[method-assign]
 
     def _hook_feedback(self, sender: RTCRtpSender) -> None:
         """Count the viewer's NACK and PLI/FIR, and forward keyframe requests upstream:
@@ -86,6 +128,10 @@ class WebRtcViewer:
         async def counted(packet: Any) -> None:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 self.nack_received += 1
+                writer = self.writers.get("video")
+                if writer is not None:
+                    writer.retransmit(packet.lost)
+                    return  # aiortc's sender has no history of packets it did not send
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self.pli_received += 1
                 self.stream.request_keyframe()
@@ -118,6 +164,8 @@ class WebRtcViewer:
         }
 
     async def close(self) -> None:
+        for writer in self.writers.values():
+            writer.closed = True
         if self.subscription is not None:
             self.stream.unsubscribe(self.subscription)
         await self.peer.close()

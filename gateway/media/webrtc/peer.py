@@ -18,6 +18,9 @@ class RtcSettings:
     public_ip: str | None = None
     ice_timeout: float = 20.0
     viewer_queue_frames: int = 90
+    # Packetize once per stream and write each viewer's RTP directly (see fanout.py); off
+    # means aiortc's stock sender per viewer.
+    fast_fanout: bool = True
 
     def configuration(self) -> RTCConfiguration:
         servers = [RTCIceServer(urls=f"stun:{s}") for s in self.stun_servers]

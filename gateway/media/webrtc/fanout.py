@@ -1,0 +1,200 @@
+"""The fast fan-out path: packetize each access unit once per stream, then for every viewer
+only patch an RTP header, encrypt and send, synchronously, in one loop per access unit.
+
+Stock aiortc repeats for every viewer what is the same for all of them: packing the frame
+into RTP payloads, building and serialising packets, and one coroutine chain per packet.
+Measured on these machines (reference/aiortc-passthrough.md section 7) that is most of the
+cost of a viewer. Here the payloads are made once (`rtp_payloads`, cached on the frame), and
+a `DirectRtpWriter` per viewer and kind turns them into that viewer's packets.
+
+What is kept from aiortc's sender: its SSRC and RTCP (sender reports carry the counters
+written here; receiver reports, PLI and NACK arrive through it). NACKs are answered from
+this writer's own history. The writer relies on private attributes of aiortc 1.16 and
+aioice 0.13, all read in `DirectRtpWriter.attach`: if any is missing it returns None and the
+viewer keeps aiortc's stock sender path.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc import clock as rtc_clock
+from aiortc.codecs import get_encoder, is_rtx
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from gateway.log import get_logger
+from gateway.media.stream import MediaFrame, Stream
+
+log = get_logger(__name__)
+
+# Packets remembered per viewer for retransmission (about 2 s of 2.5 Mbit/s video).
+HISTORY = 512
+# A viewer whose socket has this much unsent data is congested: it skips to a keyframe.
+MAX_UNSENT_BYTES = 512 * 1024
+
+_SENDER_COUNTERS = (
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__packet_count",
+)
+
+
+def rtp_payloads(stream: Stream, frame: MediaFrame, codec: RTCRtpCodecParameters) -> tuple[list[bytes], int]:
+    """The RTP payloads and RTP timestamp (codec clock) of ``frame``, computed once for all
+    viewers. One packetizer per stream and kind keeps codec state such as VP8 picture ids
+    continuous for the live frames; replayed keyframes for joining viewers use another, so
+    they never put a gap in what the other viewers receive."""
+    cached = frame.derived.get("rtp")
+    if cached is None:
+        key = f"rtp-packetizer-{frame.kind}{'-replay' if frame.replay else ''}"
+        packetizer = stream.shared.get(key)
+        if packetizer is None:
+            packetizer = stream.shared[key] = get_encoder(codec)
+        cached = frame.derived["rtp"] = packetizer.pack(frame.packet())
+    return cached
+
+
+class DirectRtpWriter:
+    """One viewer's RTP for one media kind, written straight to its SRTP session and socket."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        sender: RTCRtpSender,
+        codec: RTCRtpCodecParameters,
+        header: bytes,
+        rtx: tuple[int, bytes] | None,
+        srtp: Any,
+        socket: Any,
+        address: tuple[str, int],
+    ) -> None:
+        self.stream = stream
+        self.sender = sender
+        self.codec = codec
+        self._header = header
+        self._protect = srtp.protect
+        self._socket = socket
+        self._address = address
+        # Retransmissions go as RTX (RFC 4588): a plain resend repeats an SRTP index, which
+        # the receiver's replay protection drops.
+        self._rtx = rtx
+        self._rtx_sequence = random.randint(0, 0xFFFF)
+        self._sequence = random.randint(0, 0xFFFF)
+        self._timestamp_origin = random.getrandbits(32)
+        self._history: list[tuple[int, int, bool, bytes] | None] = [None] * HISTORY
+        self.packets = 0
+        self.octets = 0
+        self.last_timestamp = 0
+        self.retransmitted = 0
+        self.closed = False
+
+    @classmethod
+    def attach(
+        cls, stream: Stream, sender: RTCRtpSender, parameters: RTCRtpSendParameters
+    ) -> DirectRtpWriter | None:
+        """A writer for a started sender, or None if this aiortc/aioice does not expose
+        what the fast path needs (the caller then keeps the stock path)."""
+        try:
+            codec = parameters.codecs[0]
+            extensions = HeaderExtensionsMap()
+            extensions.configure(parameters)
+            template = RtpPacket(payload_type=codec.payloadType, sequence_number=0, timestamp=0)
+            template.ssrc = sender._ssrc
+            template.extensions.mid = parameters.muxId
+            header = template.serialize(extensions)
+            rtx = None
+            rtx_codec = next(
+                (c for c in parameters.codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType),
+                None,
+            )
+            if rtx_codec is not None:
+                rtx_template = RtpPacket(payload_type=rtx_codec.payloadType, sequence_number=0, timestamp=0)
+                rtx_template.ssrc = sender._rtx_ssrc
+                rtx_template.extensions.mid = parameters.muxId
+                rtx = (rtx_codec.payloadType, rtx_template.serialize(extensions))
+            dtls = sender.transport
+            srtp = dtls._tx_srtp
+            pair = dtls.transport._connection._nominated[1]
+            socket, address = pair.protocol.transport, pair.remote_addr
+            for name in _SENDER_COUNTERS:
+                getattr(sender, name)
+            if srtp is None or socket is None:
+                raise AttributeError("SRTP session or socket not ready")
+        except (AttributeError, KeyError, IndexError, TypeError) as exc:
+            log.warning("fast_fanout_unavailable", stream=stream.name, reason=str(exc))
+            return None
+        return cls(stream, sender, codec, header, rtx, srtp, socket, address)
+
+    def write(self, frame: MediaFrame) -> bool:
+        """Send ``frame`` to this viewer. False when the viewer's socket is congested (the
+        frame was not sent) or gone."""
+        if self.closed:
+            return False
+        try:
+            if self._socket.get_write_buffer_size() > MAX_UNSENT_BYTES:
+                return False
+            payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
+            timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
+            last = len(payloads) - 1
+            for index, payload in enumerate(payloads):
+                self._send(self._sequence, timestamp, index == last, payload)
+                self.octets += len(payload)
+                self._sequence = (self._sequence + 1) & 0xFFFF
+            self.packets += len(payloads)
+        except (OSError, RuntimeError, AttributeError) as exc:
+            # The transport closed under us (peer gone): stop writing, the peer's own
+            # state change ends the viewer.
+            self.closed = True
+            log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
+            return False
+        self.last_timestamp = timestamp
+        self._update_sender_report()
+        return True
+
+    def _send(self, sequence: int, timestamp: int, marker: bool, payload: bytes) -> None:
+        self._history[sequence % HISTORY] = (sequence, timestamp, marker, payload)
+        packet = _patched(self._header, self.codec.payloadType, marker, sequence, timestamp)
+        packet += payload
+        self._socket.sendto(self._protect(bytes(packet)), self._address)
+
+    def retransmit(self, sequences: list[int]) -> None:
+        """Answer a NACK from this writer's history (packets too old are gone). Without a
+        negotiated RTX payload type there is no way to resend: the NACK goes unanswered."""
+        if self.closed or self._rtx is None:
+            return
+        payload_type, header = self._rtx
+        for sequence in sequences:
+            entry = self._history[sequence % HISTORY]
+            if entry is None or entry[0] != sequence:
+                continue
+            _, timestamp, marker, payload = entry
+            packet = _patched(header, payload_type, marker, self._rtx_sequence, timestamp)
+            packet += struct.pack("!H", sequence) + payload
+            self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
+            try:
+                self._socket.sendto(self._protect(bytes(packet)), self._address)
+            except (OSError, RuntimeError, AttributeError):
+                self.closed = True
+                return
+            self.retransmitted += 1
+
+    def _update_sender_report(self) -> None:
+        # aiortc's RTCP loop builds sender reports from these; keep them true.
+        sender = self.sender
+        sender._RTCRtpSender__ntp_timestamp = rtc_clock.current_ntp_time()
+        sender._RTCRtpSender__rtp_timestamp = self.last_timestamp
+        sender._RTCRtpSender__octet_count = self.octets
+        sender._RTCRtpSender__packet_count = self.packets
+
+
+def _patched(header: bytes, payload_type: int, marker: bool, sequence: int, timestamp: int) -> bytearray:
+    """A copy of a serialised header template with this packet's marker, payload type,
+    sequence number and timestamp (RFC 3550 section 5.1)."""
+    packet = bytearray(header)
+    struct.pack_into("!BHI", packet, 1, (0x80 if marker else 0) | payload_type, sequence, timestamp)
+    return packet

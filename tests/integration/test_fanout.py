@@ -1,0 +1,237 @@
+"""The fast fan-out path in a gateway running in this process, so its viewers can be looked
+at: packets written directly, sender reports kept true, NACKs answered from its history,
+and the stock path taken when aiortc lacks a private attribute it relies on. This file
+touches every private aiortc/aioice attribute `gateway.media.webrtc.fanout` uses."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiortc.rtp import RtpPacket
+
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.webrtc import fanout
+from gateway.wcs.client import ClientStream, WcsClient
+from tests.conftest import free_port
+from tests.integration.conftest import FrameCounter
+
+TrackFactory = Callable[[], EncodedVideoTrack]
+
+
+@pytest_asyncio.fixture
+async def local_gateway() -> AsyncIterator[Gateway]:
+    config = Config(
+        host="127.0.0.1", ws_port=free_port(), http_port=free_port(), ice_addresses=("127.0.0.1",)
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+
+
+def viewers(gateway: Gateway) -> list[WebRtcViewer]:
+    return [
+        media
+        for connection in gateway.wcs.connections
+        for media in connection.media.values()
+        if isinstance(media, WebRtcViewer)
+    ]
+
+
+def ws_url(gateway: Gateway) -> str:
+    return f"ws://127.0.0.1:{gateway.config.ws_port}"
+
+
+async def publish_and_play(
+    gateway: Gateway, track: EncodedVideoTrack, players: int
+) -> tuple[list[WcsClient], list[ClientStream]]:
+    clients = [await WcsClient.connect(ws_url(gateway)) for _ in range(players + 1)]
+    publisher = await clients[0].publish("fast", [track])
+    await publisher.wait_status("PUBLISHING")
+    streams = []
+    for client in clients[1:]:
+        player = await client.play("fast")
+        await player.wait_status("PLAYING")
+        streams.append(player)
+    return clients, streams
+
+
+def capture_rtp(stream: ClientStream) -> list[RtpPacket]:
+    packets: list[RtpPacket] = []
+    receiver = next(t.receiver for t in stream.pc.getTransceivers() if t.kind == "video")
+    handle = receiver._handle_rtp_packet
+
+    async def recorded(packet: RtpPacket, arrival_time_ms: int) -> None:
+        packets.append(packet)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = recorded
+    return packets
+
+
+async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    clients, players = await publish_and_play(local_gateway, video_track(), players=2)
+    try:
+        counters = [FrameCounter(p).start() for p in players]
+        for counter in counters:
+            await counter.wait_frames(40)
+            assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+        for viewer in viewers(local_gateway):
+            writer = viewer.writers["video"]
+            assert writer.packets > 40 and not writer.closed
+            assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
+            # aiortc's RTCP loop reports what the writer sent.
+            sender = viewer._video_sender
+            assert sender._RTCRtpSender__packet_count == writer.packets
+            assert sender._RTCRtpSender__octet_count == writer.octets
+            assert sender._RTCRtpSender__rtp_timestamp == writer.last_timestamp
+        # The players' receiver reports reach the gateway: they saw the sender reports.
+        for player in players:
+            await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)
+        for counter in counters:
+            await counter.stop()
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def fanout_idle_track_type() -> type:
+    from gateway.media.sinks.webrtc import IdleTrack
+
+    return IdleTrack
+
+
+async def test_nack_is_answered_from_the_writers_history(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    clients, (player,) = await publish_and_play(local_gateway, video_track(), players=1)
+    try:
+        packets = capture_rtp(player)
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(20)
+        (viewer,) = viewers(local_gateway)
+        writer = viewer.writers["video"]
+        lost = [packets[-5].sequence_number, packets[-3].sequence_number]
+        before = len(packets)
+        receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
+        await receiver._send_rtcp_nack(packets[-1].ssrc, lost)
+        async with asyncio.timeout(5):
+            while writer.retransmitted < 2:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        # They come back as RTX (RFC 4588): another SSRC, the original sequence number first.
+        media_ssrc = packets[-1].ssrc if packets[-1].ssrc == packets[0].ssrc else packets[0].ssrc
+        rtx = [p for p in packets[before:] if p.ssrc != media_ssrc]
+        again = [struct.unpack("!H", p.payload[:2])[0] for p in rtx]
+        assert sorted(again) == sorted(lost), "each lost packet arrives once more"
+        originals = {p.sequence_number: p.payload for p in packets[:before]}
+        assert all(p.payload[2:] == originals[seq] for p, seq in zip(rtx, again, strict=True))
+        assert viewer.nack_received == 1
+        await counter.stop()
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_stock_path_when_a_private_attribute_is_missing(
+    local_gateway: Gateway, video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "_SENDER_COUNTERS", (*fanout._SENDER_COUNTERS, "_RTCRtpSender__gone"))
+    clients, (player,) = await publish_and_play(local_gateway, video_track(), players=1)
+    try:
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(30)
+        (viewer,) = viewers(local_gateway)
+        assert viewer.writers == {}
+        assert isinstance(viewer._video_sender.track, RelayTrack)
+        await counter.stop()
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_written_packets_match_aiortc_serialisation_byte_for_byte() -> None:
+    """The header patch gives exactly what aiortc would serialise for the same packet."""
+    from aiortc.rtcrtpparameters import (
+        RTCRtcpParameters,
+        RTCRtpCodecParameters,
+        RTCRtpHeaderExtensionParameters,
+        RTCRtpSendParameters,
+    )
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from gateway.media.stream import Stream
+
+    codec = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
+    parameters = RTCRtpSendParameters(
+        codecs=[codec],
+        headerExtensions=[RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid")],
+        muxId="1",
+        rtcp=RTCRtcpParameters(cname="x"),
+    )
+    extensions = HeaderExtensionsMap()
+    extensions.configure(parameters)
+    template = RtpPacket(payload_type=102, sequence_number=0, timestamp=0)
+    template.ssrc = 0x11223344
+    template.extensions.mid = "1"
+
+    sent: list[bytes] = []
+
+    class Socket:
+        def sendto(self, data: bytes, address: Any) -> None:
+            sent.append(data)
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    class Srtp:
+        def protect(self, data: bytes) -> bytes:
+            return data
+
+    class Sender:
+        _RTCRtpSender__ntp_timestamp = 0
+        _RTCRtpSender__rtp_timestamp = 0
+        _RTCRtpSender__octet_count = 0
+        _RTCRtpSender__packet_count = 0
+
+    stream = Stream("s")
+    writer = fanout.DirectRtpWriter(
+        stream, Sender(), codec, template.serialize(extensions), None, Srtp(), Socket(), ("127.0.0.1", 9)
+    )
+    from fractions import Fraction
+
+    from gateway.media.stream import MediaFrame
+
+    nal = b"\x00\x00\x00\x01\x65" + bytes(range(256)) * 12  # large: several FU-A packets
+    frame = MediaFrame("video", "H264", nal, 9000, Fraction(1, 90000), True)
+    assert writer.write(frame)
+    payloads, timestamp = fanout.rtp_payloads(stream, frame, codec)
+    assert len(sent) == len(payloads) > 1
+    for index, (data, payload) in enumerate(zip(sent, payloads, strict=True)):
+        expected = RtpPacket(
+            payload_type=102,
+            sequence_number=(writer._sequence - len(payloads) + index) & 0xFFFF,
+            timestamp=(writer._timestamp_origin + timestamp) & 0xFFFFFFFF,
+            marker=int(index == len(payloads) - 1),
+            ssrc=0x11223344,
+            payload=payload,
+        )
+        expected.extensions.mid = "1"
+        assert data == expected.serialize(extensions)
+
+    class Congested(Socket):
+        def get_write_buffer_size(self) -> int:
+            return fanout.MAX_UNSENT_BYTES + 1
+
+    writer._socket = Congested()
+    assert not writer.write(frame), "a congested socket refuses the frame"
