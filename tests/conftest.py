@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,4 +110,20 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     try:
         yield gw
     finally:
+        gw.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], GatewayProcess]]:
+    """Starts gateways with extra SKYRELAY_* settings for one test; stops them after it."""
+    started: list[GatewayProcess] = []
+
+    def start(env: dict[str, str]) -> GatewayProcess:
+        gw = GatewayProcess(extra_env=env)
+        started.append(gw)
+        gw.start(tmp_path)
+        return gw
+
+    yield start
+    for gw in started:
         gw.stop()

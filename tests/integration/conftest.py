@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import av
 import pytest
+import pytest_asyncio
 from aiortc.mediastreams import MediaStreamError
 
 from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
-from gateway.wcs.client import ClientStream
+from gateway.wcs.client import ClientStream, WcsClient
+from tests.conftest import GatewayProcess
 
 CACHE = Path(os.environ.get("SKYRELAY_TEST_CACHE", Path.home() / ".cache" / "skyrelay-tests"))
 
@@ -34,6 +36,21 @@ def long_gop_units() -> AccessUnits:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=10, bitrate=300_000, gop=300)
     return read_access_units(path)
+
+
+@pytest_asyncio.fixture
+async def connect(gateway: GatewayProcess) -> AsyncIterator[Callable[[], Awaitable[WcsClient]]]:
+    """Opens WCS clients to the module's gateway; closes them all after the test."""
+    opened: list[WcsClient] = []
+
+    async def open_client() -> WcsClient:
+        client = await WcsClient.connect(gateway.ws_url)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        await client.close()
 
 
 @pytest.fixture

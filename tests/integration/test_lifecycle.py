@@ -4,8 +4,7 @@ descriptors and stream names. Clients that stop answering pings are dropped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -17,6 +16,7 @@ from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import GatewayProcess
 
 TrackFactory = Callable[[], EncodedVideoTrack]
+GatewayFactory = Callable[[dict[str, str]], GatewayProcess]
 CYCLES = 200
 
 
@@ -70,19 +70,11 @@ async def test_200_publish_play_close_cycles_leave_nothing_behind(
     await settle(gateway, baseline)
 
 
-@pytest.fixture
-def impatient_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    """A gateway that pings every 0.2 s and drops a client after 3 unanswered pings."""
-    gw = GatewayProcess(extra_env={"SKYRELAY_PING_INTERVAL": "0.2", "SKYRELAY_PING_PROBES": "3"})
-    gw.start(tmp_path)
-    yield gw
-    gw.stop()
-
-
 async def test_client_missing_pings_is_dropped_and_its_streams_released(
-    impatient_gateway: GatewayProcess, video_track: TrackFactory
+    make_gateway: GatewayFactory, video_track: TrackFactory
 ) -> None:
-    gateway = impatient_gateway
+    # Pings every 0.2 s; a client is dropped after 3 unanswered ones.
+    gateway = make_gateway({"SKYRELAY_PING_INTERVAL": "0.2", "SKYRELAY_PING_PROBES": "3"})
     polite = await WcsClient.connect(gateway.ws_url)
     silent = await WcsClient.connect(gateway.ws_url)
     silent.answer_pings = False
@@ -120,18 +112,10 @@ class SilentTrack(MediaStreamTrack):
         raise AssertionError("unreachable")
 
 
-@pytest.fixture
-def quick_timeout_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(extra_env={"SKYRELAY_ICE_TIMEOUT": "1.5"})
-    gw.start(tmp_path)
-    yield gw
-    gw.stop()
-
-
 async def test_publisher_that_sends_no_media_fails_and_frees_its_name(
-    quick_timeout_gateway: GatewayProcess, video_track: TrackFactory
+    make_gateway: GatewayFactory, video_track: TrackFactory
 ) -> None:
-    gateway = quick_timeout_gateway
+    gateway = make_gateway({"SKYRELAY_ICE_TIMEOUT": "1.5"})
     client = await WcsClient.connect(gateway.ws_url)
     try:
         silent = await client.publish("mute-cam", [SilentTrack()])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
@@ -16,10 +16,10 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from gateway.media import h264
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import WcsClient
-from tests.conftest import GatewayProcess
 from tests.integration.conftest import AccessUnits, FrameCounter
 
 TrackFactory = Callable[[], EncodedVideoTrack]
+Connect = Callable[[], Awaitable[WcsClient]]
 H264_CODEC = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
 
 
@@ -38,109 +38,96 @@ def count_plis(stream_pc: Any) -> list[int]:
     return received
 
 
-async def test_publish_then_three_players_decode(gateway: GatewayProcess, video_track: TrackFactory) -> None:
-    pub_client = await WcsClient.connect(gateway.ws_url)
+async def test_publish_then_three_players_decode(connect: Connect, video_track: TrackFactory) -> None:
+    pub_client = await connect()
     publisher = await pub_client.publish("relay-three", [video_track()])
     published = await publisher.wait_status("PUBLISHING")
     assert published["videoCodec"] == "H264"
 
     clients, counters = [], []
     for _ in range(3):
-        client = await WcsClient.connect(gateway.ws_url)
+        client = await connect()
         player = await client.play("relay-three")
         playing = await player.wait_status("PLAYING")
         assert playing["name"] == "relay-three"
         clients.append(client)
         counters.append(FrameCounter(player).start())
-    try:
-        for counter in counters:
-            await counter.wait_frames(30)
-            frame = counter.frames[-1]
-            assert (frame.width, frame.height) == (320, 240)
-        # Each player was told the real picture size.
-        for client in clients:
-            formats = client.received("notifyVideoFormat")
-            assert formats and formats[-1][0]["streamerVideoWidth"] == 320
-            assert formats[-1][0]["streamerVideoHeight"] == 240
-    finally:
-        for counter in counters:
-            await counter.stop()
-        for client in clients:
-            await client.close()
-        await pub_client.close()
-
-
-async def test_rate_metrics_once_a_second(gateway: GatewayProcess, video_track: TrackFactory) -> None:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    try:
-        publisher = await pub_client.publish("relay-rates", [video_track()])
-        await publisher.wait_status("PUBLISHING")
-        player = await play_client.play("relay-rates")
-        await player.wait_status("PLAYING")
-        counter = FrameCounter(player).start()
-        await counter.wait_frames(10)
-        # Let a few seconds of metrics arrive; count them against the clock of messages.
-        start_in, start_out = len(publisher.rates), len(player.rates)
-        await asyncio.sleep(4.2)
-        inbound, outbound = publisher.rates[start_in:], player.rates[start_out:]
+    for counter in counters:
+        await counter.wait_frames(30)
+        frame = counter.frames[-1]
+        assert (frame.width, frame.height) == (320, 240)
+    # Each player was told the real picture size.
+    for client in clients:
+        formats = client.received("notifyVideoFormat")
+        assert formats and formats[-1][0]["streamerVideoWidth"] == 320
+        assert formats[-1][0]["streamerVideoHeight"] == 240
+    for counter in counters:
         await counter.stop()
-        # ~1 Hz: four seconds give about four messages each.
-        assert 3 <= len(inbound) <= 6, inbound
-        assert 3 <= len(outbound) <= 6, outbound
-        for rate in inbound + outbound:
-            assert set(rate) == {
-                "mediaSessionId",
-                "videoRate",
-                "fps",
-                "nack",
-                "pli",
-                "lostPackets",
-                "width",
-                "height",
-            }
-            assert (rate["width"], rate["height"]) == (320, 240)
-            assert rate["lostPackets"] == 0  # loopback
-        # The clip is ~300 kbit/s at 30 fps; allow for pacing and a noisy machine.
-        in_last, out_last = inbound[-1], outbound[-1]
-        assert 100_000 < in_last["videoRate"] < 1_500_000, in_last
-        assert 100_000 < out_last["videoRate"] < 1_500_000, out_last
-        assert 15 <= in_last["fps"] <= 45 and 15 <= out_last["fps"] <= 45
-        assert in_last["mediaSessionId"] == publisher.media_session_id
-        assert out_last["mediaSessionId"] == player.media_session_id
-    finally:
-        await play_client.close()
-        await pub_client.close()
+
+
+async def test_rate_metrics_once_a_second(connect: Connect, video_track: TrackFactory) -> None:
+    pub_client = await connect()
+    play_client = await connect()
+    publisher = await pub_client.publish("relay-rates", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    player = await play_client.play("relay-rates")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(10)
+    # Let a few seconds of metrics arrive; count them against the clock of messages.
+    start_in, start_out = len(publisher.rates), len(player.rates)
+    await asyncio.sleep(4.2)
+    inbound, outbound = publisher.rates[start_in:], player.rates[start_out:]
+    await counter.stop()
+    # ~1 Hz: four seconds give about four messages each.
+    assert 3 <= len(inbound) <= 6, inbound
+    assert 3 <= len(outbound) <= 6, outbound
+    for rate in inbound + outbound:
+        assert set(rate) == {
+            "mediaSessionId",
+            "videoRate",
+            "fps",
+            "nack",
+            "pli",
+            "lostPackets",
+            "width",
+            "height",
+        }
+        assert (rate["width"], rate["height"]) == (320, 240)
+        assert rate["lostPackets"] == 0  # loopback
+    # The clip is ~300 kbit/s at 30 fps; allow for pacing and a noisy machine.
+    in_last, out_last = inbound[-1], outbound[-1]
+    assert 100_000 < in_last["videoRate"] < 1_500_000, in_last
+    assert 100_000 < out_last["videoRate"] < 1_500_000, out_last
+    assert 15 <= in_last["fps"] <= 45 and 15 <= out_last["fps"] <= 45
+    assert in_last["mediaSessionId"] == publisher.media_session_id
+    assert out_last["mediaSessionId"] == player.media_session_id
 
 
 async def test_player_pli_reaches_publisher_at_most_once_a_second(
-    gateway: GatewayProcess, video_track: TrackFactory
+    connect: Connect, video_track: TrackFactory
 ) -> None:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    try:
-        publisher = await pub_client.publish("relay-pli", [video_track()])
-        plis = count_plis(publisher.pc)
-        await publisher.wait_status("PUBLISHING")
-        player = await play_client.play("relay-pli")
-        await player.wait_status("PLAYING")
-        counter = FrameCounter(player).start()
-        await counter.wait_frames(5)
-        await asyncio.sleep(1.5)  # past the rate-limit window of the join-time request
-        before = len(plis)
-        receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
-        ssrc = receiver.getSynchronizationSources()[0].source
-        for _ in range(5):
-            await receiver._send_rtcp_pli(ssrc)
-        await asyncio.sleep(0.6)
-        assert len(plis) - before == 1, "five PLIs within 0.6 s must be forwarded once"
-        # The counts show up in the metrics: the player's PLIs, and the one sent upstream.
-        await player.wait_for(lambda: player.rates and player.rates[-1]["pli"] >= 5, timeout=5)
-        await publisher.wait_for(lambda: publisher.rates and publisher.rates[-1]["pli"] >= 1, timeout=5)
-        await counter.stop()
-    finally:
-        await play_client.close()
-        await pub_client.close()
+    pub_client = await connect()
+    play_client = await connect()
+    publisher = await pub_client.publish("relay-pli", [video_track()])
+    plis = count_plis(publisher.pc)
+    await publisher.wait_status("PUBLISHING")
+    player = await play_client.play("relay-pli")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(5)
+    await asyncio.sleep(1.5)  # past the rate-limit window of the join-time request
+    before = len(plis)
+    receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
+    ssrc = receiver.getSynchronizationSources()[0].source
+    for _ in range(5):
+        await receiver._send_rtcp_pli(ssrc)
+    await asyncio.sleep(0.6)
+    assert len(plis) - before == 1, "five PLIs within 0.6 s must be forwarded once"
+    # The counts show up in the metrics: the player's PLIs, and the one sent upstream.
+    await player.wait_for(lambda: player.rates and player.rates[-1]["pli"] >= 5, timeout=5)
+    await publisher.wait_for(lambda: publisher.rates and publisher.rates[-1]["pli"] >= 1, timeout=5)
+    await counter.stop()
 
 
 def capture_rtp(stream_pc: Any) -> list[tuple[int, bool, bytes]]:
@@ -165,72 +152,64 @@ def decode_h264_rtp(payloads: list[bytes]) -> list[av.VideoFrame]:
 
 
 async def test_late_player_starts_with_cached_keyframe_and_skips_to_next(
-    gateway: GatewayProcess, long_gop_units: AccessUnits
+    connect: Connect, long_gop_units: AccessUnits
 ) -> None:
     # The clip has one IDR every 10 s and the synthetic source ignores PLI, like an RTMP
     # camera: a player joining mid-GOP can only start from the cached keyframe.
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    try:
-        track = EncodedVideoTrack(long_gop_units, fps=30)
-        publisher = await pub_client.publish("relay-gop", [track])
-        await publisher.wait_status("PUBLISHING")
-        await asyncio.sleep(1.5)
-        player = await play_client.play("relay-gop")
-        packets = capture_rtp(player.pc)
-        await player.wait_status("PLAYING")
-        await player.wait_for(lambda: any(marker for _, marker, _ in packets), timeout=6)
-        await asyncio.sleep(1.0)
-        # Still inside the first GOP of the clip: the next live IDR is frame 300.
-        assert 45 < track.frames_sent < 300
-        # The player got exactly one picture, complete, and it decodes on its own ...
-        timestamps = {ts for ts, _, _ in packets}
-        assert len(timestamps) == 1, f"frames after the cached keyframe: {len(timestamps)}"
-        frames = decode_h264_rtp([payload for _, _, payload in packets])
-        assert [(f.width, f.height) for f in frames] == [(320, 240)]
-        # ... then, at the next live IDR (10 s into the clip), the live picture follows.
-    finally:
-        await play_client.close()
-        await pub_client.close()
+    pub_client = await connect()
+    play_client = await connect()
+    track = EncodedVideoTrack(long_gop_units, fps=30)
+    publisher = await pub_client.publish("relay-gop", [track])
+    await publisher.wait_status("PUBLISHING")
+    await asyncio.sleep(1.5)
+    player = await play_client.play("relay-gop")
+    packets = capture_rtp(player.pc)
+    await player.wait_status("PLAYING")
+    await player.wait_for(lambda: any(marker for _, marker, _ in packets), timeout=6)
+    await asyncio.sleep(1.0)
+    # Still inside the first GOP of the clip: the next live IDR is frame 300.
+    assert 45 < track.frames_sent < 300
+    # The player got exactly one picture, complete, and it decodes on its own ...
+    timestamps = {ts for ts, _, _ in packets}
+    assert len(timestamps) == 1, f"frames after the cached keyframe: {len(timestamps)}"
+    frames = decode_h264_rtp([payload for _, _, payload in packets])
+    assert [(f.width, f.height) for f in frames] == [(320, 240)]
+    # ... then, at the next live IDR (10 s into the clip), the live picture follows.
 
 
 async def test_viewers_joining_leaving_and_dying_do_not_disturb_others(
-    gateway: GatewayProcess, video_track: TrackFactory
+    connect: Connect, video_track: TrackFactory
 ) -> None:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    steady_client = await WcsClient.connect(gateway.ws_url)
-    try:
-        publisher = await pub_client.publish("relay-churn", [video_track()])
-        await publisher.wait_status("PUBLISHING")
-        steady = await steady_client.play("relay-churn")
-        await steady.wait_status("PLAYING")
-        counter = FrameCounter(steady).start()
-        await counter.wait_frames(10)
-        first = len(counter.pts)
+    pub_client = await connect()
+    steady_client = await connect()
+    publisher = await pub_client.publish("relay-churn", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    steady = await steady_client.play("relay-churn")
+    await steady.wait_status("PLAYING")
+    counter = FrameCounter(steady).start()
+    await counter.wait_frames(10)
+    first = len(counter.pts)
 
-        for round_ in range(4):
-            churn = await WcsClient.connect(gateway.ws_url)
-            player = await churn.play("relay-churn")
-            await player.wait_status("PLAYING")
-            if round_ % 2:
-                await player.stop()
-                await churn.close()
-            else:
-                # Vanish without a word: the socket drops, the peer stops answering.
-                await player.pc.close()
-                churn.ws.transport.abort()
-            await asyncio.sleep(0.3)
+    for round_ in range(4):
+        churn = await connect()
+        player = await churn.play("relay-churn")
+        await player.wait_status("PLAYING")
+        if round_ % 2:
+            await player.stop()
+            await churn.close()
+        else:
+            # Vanish without a word: the socket drops, the peer stops answering.
+            await player.pc.close()
+            churn.ws.transport.abort()
+        await asyncio.sleep(0.3)
 
-        await counter.wait_frames(first + 30)
-        # No frame the steady viewer got was skipped: consecutive 90 kHz stamps, 1/30 s apart.
-        gaps = [b - a for a, b in zip(counter.pts[first:], counter.pts[first + 1 :], strict=False)]
-        assert gaps and all(gap == 3000 for gap in gaps), sorted(set(gaps))
-        # The publisher was not disturbed either.
-        assert publisher.status == "PUBLISHING"
-        await counter.stop()
-    finally:
-        await steady_client.close()
-        await pub_client.close()
+    await counter.wait_frames(first + 30)
+    # No frame the steady viewer got was skipped: consecutive 90 kHz stamps, 1/30 s apart.
+    gaps = [b - a for a, b in zip(counter.pts[first:], counter.pts[first + 1 :], strict=False)]
+    assert gaps and all(gap == 3000 for gap in gaps), sorted(set(gaps))
+    # The publisher was not disturbed either.
+    assert publisher.status == "PUBLISHING"
+    await counter.stop()
 
 
 def test_keyframes_carry_parameter_sets(clip_units: AccessUnits) -> None:
@@ -255,31 +234,27 @@ class MovingPicture(VideoStreamTrack):
         return frame
 
 
-async def test_vp8_video_and_opus_audio_are_relayed(gateway: GatewayProcess) -> None:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    try:
-        publisher = await pub_client.publish(
-            "relay-vp8", [MovingPicture(), AudioStreamTrack()], video_codec="VP8"
-        )
-        published = await publisher.wait_status("PUBLISHING")
-        assert (published["videoCodec"], published["audioCodec"]) == ("VP8", "opus")
-        player = await play_client.play("relay-vp8")
-        playing = await player.wait_status("PLAYING")
-        assert (playing["videoCodec"], playing["audioCodec"]) == ("VP8", "opus")
-        # The player was told the audio codec before it got the answer, as WCS does.
-        names = [name for name, _ in play_client.messages]
-        assert names.index("notifyAudioCodec") < names.index("setRemoteSDP")
-        assert play_client.received("notifyAudioCodec")[0] == [player.media_session_id, {"name": "opus"}]
+async def test_vp8_video_and_opus_audio_are_relayed(connect: Connect) -> None:
+    pub_client = await connect()
+    play_client = await connect()
+    publisher = await pub_client.publish(
+        "relay-vp8", [MovingPicture(), AudioStreamTrack()], video_codec="VP8"
+    )
+    published = await publisher.wait_status("PUBLISHING")
+    assert (published["videoCodec"], published["audioCodec"]) == ("VP8", "opus")
+    player = await play_client.play("relay-vp8")
+    playing = await player.wait_status("PLAYING")
+    assert (playing["videoCodec"], playing["audioCodec"]) == ("VP8", "opus")
+    # The player was told the audio codec before it got the answer, as WCS does.
+    names = [name for name, _ in play_client.messages]
+    assert names.index("notifyAudioCodec") < names.index("setRemoteSDP")
+    assert play_client.received("notifyAudioCodec")[0] == [player.media_session_id, {"name": "opus"}]
 
-        counter = FrameCounter(player).start()
-        await counter.wait_frames(20)
-        assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
-        audio = next(t for t in player.tracks if t.kind == "audio")
-        samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
-        assert all(s.sample_rate == 48000 for s in samples)
-        await player.wait_for(lambda: bool(player.rates) and player.rates[-1]["width"] == 320, timeout=5)
-        await counter.stop()
-    finally:
-        await play_client.close()
-        await pub_client.close()
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(20)
+    assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+    audio = next(t for t in player.tracks if t.kind == "audio")
+    samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
+    assert all(s.sample_rate == 48000 for s in samples)
+    await player.wait_for(lambda: bool(player.rates) and player.rates[-1]["width"] == 320, timeout=5)
+    await counter.stop()
