@@ -21,22 +21,19 @@ from pathlib import Path
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, START_CODE, iter_nal_units
+
 __all__ = [
     "VIDEO_CLOCK_RATE",
     "VIDEO_TIME_BASE",
     "EncodedVideoTrack",
     "make_h264_clip",
-    "nal_types",
     "read_access_units",
 ]
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 
-_NAL_IDR = 5
-_NAL_SPS = 7
-_NAL_PPS = 8
-_NAL_AUD = 9
 _CLIP_SUFFIXES = (".mp4", ".h264", ".264")
 _FFMPEG_TIMEOUT_S = 300.0
 # When the event loop falls this far behind the schedule, re-anchor the clock
@@ -161,35 +158,6 @@ def make_h264_clip(
     return target
 
 
-def _split_nals(data: bytes) -> list[bytes]:
-    """Split an Annex-B buffer into NAL units (without start codes)."""
-    nals: list[bytes] = []
-    length = len(data)
-    start = -1
-    i = 0
-    while True:
-        j = data.find(b"\x00\x00\x01", i)
-        if j < 0:
-            break
-        if start >= 0:
-            end = j
-            # a 4-byte start code's leading zero belongs to the start code
-            while end > start and data[end - 1] == 0:
-                end -= 1
-            if end > start:
-                nals.append(data[start:end])
-        start = j + 3
-        i = start
-    if 0 <= start < length:
-        nals.append(data[start:])
-    return nals
-
-
-def nal_types(access_unit: bytes) -> list[int]:
-    """NAL unit types, in order, of an Annex-B access unit."""
-    return [nal[0] & 0x1F for nal in _split_nals(access_unit) if nal]
-
-
 def _parameter_sets_from_extradata(extradata: bytes | None) -> tuple[bytes | None, bytes | None]:
     """SPS and PPS (without start codes) from avcC or Annex-B extradata."""
     if not extradata:
@@ -197,30 +165,29 @@ def _parameter_sets_from_extradata(extradata: bytes | None) -> tuple[bytes | Non
     sps: bytes | None = None
     pps: bytes | None = None
     if extradata[0] == 1 and len(extradata) >= 7:  # avcC record
-        pos = 5
-        count = extradata[pos] & 0x1F
-        pos += 1
-        for _ in range(count):
-            size = int.from_bytes(extradata[pos : pos + 2], "big")
-            pos += 2
-            sps = sps or extradata[pos : pos + size]
-            pos += size
+        sps, pos = _avcc_first_set(extradata, 6, extradata[5] & 0x1F)
         if pos < len(extradata):
-            count = extradata[pos]
-            pos += 1
-            for _ in range(count):
-                size = int.from_bytes(extradata[pos : pos + 2], "big")
-                pos += 2
-                pps = pps or extradata[pos : pos + size]
-                pos += size
+            pps, _ = _avcc_first_set(extradata, pos + 1, extradata[pos])
         return sps, pps
-    for nal in _split_nals(extradata):
-        kind = nal[0] & 0x1F if nal else 0
-        if kind == _NAL_SPS and sps is None:
+    for nal in iter_nal_units(extradata):
+        kind = nal[0] & 0x1F
+        if kind == NAL_SPS and sps is None:
             sps = nal
-        elif kind == _NAL_PPS and pps is None:
+        elif kind == NAL_PPS and pps is None:
             pps = nal
     return sps, pps
+
+
+def _avcc_first_set(extradata: bytes, pos: int, count: int) -> tuple[bytes | None, int]:
+    """The first of `count` length-prefixed parameter sets of an avcC record starting at
+    `pos`, and the position after the last one."""
+    first: bytes | None = None
+    for _ in range(count):
+        size = int.from_bytes(extradata[pos : pos + 2], "big")
+        pos += 2
+        first = first or extradata[pos : pos + size]
+        pos += size
+    return first, pos
 
 
 def read_access_units(path: Path) -> list[tuple[bytes, bool]]:
@@ -260,27 +227,26 @@ def read_access_units(path: Path) -> list[tuple[bytes, bool]]:
 def _annexb_units(data: bytes, sps: bytes | None, pps: bytes | None) -> list[tuple[bytes, bool]]:
     if not data:
         return []
-    nals = [nal for nal in _split_nals(data) if nal]
+    nals = list(iter_nal_units(data))
     types = [nal[0] & 0x1F for nal in nals]
-    if _NAL_IDR not in types:
+    if NAL_IDR not in types:
         return [(data, False)]
-    first_idr = types.index(_NAL_IDR)
-    have_sps = _NAL_SPS in types[:first_idr]
-    have_pps = _NAL_PPS in types[:first_idr]
+    first_idr = types.index(NAL_IDR)
+    have_sps = NAL_SPS in types[:first_idr]
+    have_pps = NAL_PPS in types[:first_idr]
     if have_sps and have_pps:
         return [(data, True)]
     # Rebuild: parameter sets first (from this unit if present, else cached).
-    own_sps = next((n for n, t in zip(nals, types, strict=True) if t == _NAL_SPS), None)
-    own_pps = next((n for n, t in zip(nals, types, strict=True) if t == _NAL_PPS), None)
+    own_sps = next((n for n, t in zip(nals, types, strict=True) if t == NAL_SPS), None)
+    own_pps = next((n for n, t in zip(nals, types, strict=True) if t == NAL_PPS), None)
     use_sps = own_sps or sps
     use_pps = own_pps or pps
     if use_sps is None or use_pps is None:
         raise ValueError("IDR access unit without SPS/PPS, and none in the extradata")
     # An access unit delimiter, if any, must stay first.
-    aud = [n for n, t in zip(nals, types, strict=True) if t == _NAL_AUD]
-    rest = [n for n, t in zip(nals, types, strict=True) if t not in (_NAL_SPS, _NAL_PPS, _NAL_AUD)]
-    start = b"\x00\x00\x00\x01"
-    return [(b"".join(start + n for n in (*aud, use_sps, use_pps, *rest)), True)]
+    aud = [n for n, t in zip(nals, types, strict=True) if t == NAL_AUD]
+    rest = [n for n, t in zip(nals, types, strict=True) if t not in (NAL_SPS, NAL_PPS, NAL_AUD)]
+    return [(b"".join(START_CODE + n for n in (*aud, use_sps, use_pps, *rest)), True)]
 
 
 class EncodedVideoTrack(MediaStreamTrack):

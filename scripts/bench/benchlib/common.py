@@ -16,11 +16,18 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Role(Protocol):
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
 
 LOOPBACK = "127.0.0.1"
 
@@ -136,3 +143,16 @@ async def serve_commands(handler: Handler, on_exit: Callable[[], Awaitable[None]
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(on_exit(), 20.0)
+
+
+def run_role(name: str, make: Callable[[], Role]) -> None:
+    """Run a child role: its logging, ICE on loopback only, then the role made by `make`
+    (inside the event loop) serves commands until stdin closes."""
+    setup_child_logging(name)
+    restrict_ice_to_loopback()
+
+    async def main() -> None:
+        role = make()
+        await serve_commands(role.handle, role.close)
+
+    asyncio.run(main())

@@ -1,4 +1,5 @@
-"""The fan-out benchmark: gateway vs stock aiortc, same clip, same viewers, same run."""
+"""The fan-out benchmark: the gateway (fast and stock fan-out) vs stock aiortc, same clip,
+same viewers, same run."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 ROOT = BENCH_DIR.parent.parent
 SCRIPT = BENCH_DIR / "fanout"
 STREAM = "bench"
+PHASES = ("gateway", "gateway-stock", "reference")
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -61,6 +63,7 @@ class Phase:
     idle_ms_per_s: float = 0.0
     steps: list[Step] = field(default_factory=list)
     error: str | None = None
+    log_notes: str = ""  # gateway phases: what its log says about the fan-out path
 
     def kib_per_viewer(self, step: Step) -> float:
         return (step.rss_kib - self.rss0_kib) / step.viewers
@@ -76,6 +79,19 @@ def rtp_packets_per_second(clip: Path, fps: float) -> float:
     encoder = H264Encoder()
     packets = sum(len(encoder._packetize(encoder._split_bitstream(data))) for data, _ in units)
     return packets * fps / len(units)
+
+
+def log_notes(path: Path) -> str:
+    """What a gateway log says about the fan-out path: how often the fast path was
+    unavailable (a viewer fell back to the stock sender) and how many warning/error lines
+    it has in all."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"{path} unreadable"
+    unavailable = sum("fast_fanout_unavailable" in line for line in lines)
+    bad = sum(any(w in line.lower() for w in ("warning", "error", "traceback")) for line in lines)
+    return f"{unavailable} fast_fanout_unavailable, {bad} warning/error lines ({path.name})"
 
 
 def free_port() -> int:
@@ -213,8 +229,10 @@ class Bench:
 
     # --- phases ---------------------------------------------------------------
 
-    def run_gateway(self) -> Phase:
-        phase = Phase("gateway")
+    def run_gateway(self, label: str) -> Phase:
+        """``gateway``: skyrelay as configured by default (fast fan-out); ``gateway-stock``:
+        skyrelay with one stock aiortc sender per viewer (SKYRELAY_FAST_FANOUT=false)."""
+        phase = Phase(label)
         assert self.clip is not None
         ws_port, http_port = free_port(), free_port()
         cmd = [
@@ -233,27 +251,29 @@ class Bench:
             "--log-level",
             "warning",
         ]
-        gateway = Process("gateway", cmd, self.run_dir / "gateway.log", cwd=ROOT, env=self.env)
+        env = {**self.env, "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true"}
+        gateway = Process(label, cmd, self.run_dir / f"{label}.log", cwd=ROOT, env=env)
         self.processes.append(gateway)
         publisher: Child | None = None
         try:
             self.wait_healthy(gateway, f"http://127.0.0.1:{http_port}/healthz")
             url = f"ws://127.0.0.1:{ws_port}"
-            publisher = self.child("publisher", "publisher", "--wcs-client", self.args.wcs_client)
-            reply = publisher.request(
+            publisher = self.child("publisher", "publisher")
+            publisher.request(
                 "publish", timeout=45.0, url=url, name=STREAM, clip=str(self.clip), fps=CLIP["fps"]
             )
-            log(f"gateway: publishing ({reply.get('client')})")
+            log(f"{label}: publishing")
             self.measure(phase, gateway.pid, mode="wcs", url=url, name=STREAM)
         except (ChildError, OSError) as exc:
             phase.error = f"{exc}\n--- gateway log ---\n{gateway.log_tail()}"
-            log(f"gateway phase failed: {exc}")
+            log(f"{label} phase failed: {exc}")
         finally:
             if publisher is not None:
                 with contextlib.suppress(ChildError):
                     publisher.request("stop", timeout=15.0)
                 self.stop(publisher)
             self.stop(gateway)
+            phase.log_notes = log_notes(gateway.log_path)
         return phase
 
     def wait_healthy(self, gateway: Process, url: str) -> None:
@@ -287,13 +307,11 @@ class Bench:
         self.clip = make_h264_clip(args.clip_dir, **CLIP)
         self.packets_per_s = rtp_packets_per_second(self.clip, CLIP["fps"])
         log(f"clip {self.clip}: {self.packets_per_s:.1f} RTP packets/s")
-        viewer_args = ["--wcs-client", args.wcs_client]
-        if args.full_viewers:
-            viewer_args.append("--full-viewers")
+        viewer_args = ["--full-viewers"] if args.full_viewers else []
         self.workers = [self.child(f"viewers{i}", "viewers", *viewer_args) for i in range(args.viewer_procs)]
         phases: list[Phase] = []
         for which in args.order:
-            phases.append(self.run_gateway() if which == "gateway" else self.run_reference())
+            phases.append(self.run_reference() if which == "reference" else self.run_gateway(which))
         return phases
 
 
@@ -313,6 +331,8 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
         out.append(f"== {phase.label} ==")
         if phase.error:
             out.append(f"FAILED: {phase.error}")
+        if phase.log_notes:
+            out.append(f"log: {phase.log_notes}")
         out.append(f"0 viewers: {phase.idle_ms_per_s:.1f} ms CPU/s, RSS {phase.rss0_kib / 1024:.1f} MiB")
         for step in phase.steps:
             rec = step.received
@@ -333,10 +353,12 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"lost (sum) {sum(step.lost)}"
             )
             out.append(f"       received: {' '.join(str(n) for n in rec)}")
-    gw, ref = by_label.get("gateway"), by_label.get("reference")
-    if gw and ref and gw.steps and ref.steps:
+    ref = by_label.get("reference")
+    for gw in [p for p in phases if p.label != "reference"]:
+        if not (ref and gw.steps and ref.steps):
+            continue
         out.append("")
-        out.append("== gateway / reference ==")
+        out.append(f"== {gw.label} / reference ==")
         out.append(
             "   N | ms/viewer-s gw   ref  ratio | us/packet gw   ref  ratio |"
             " KiB/viewer gw   ref  ratio | delivered gw    ref"
@@ -356,13 +378,15 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"{kg:13.0f} {kr:5.0f} {kratio:6.2f} | "
                 f"{100 * g.delivered(packets_per_s):11.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
             )
+    if any(len(p.steps) > 1 for p in phases):
+        out.append("")
         out.append("marginal CPU per added viewer (ms per viewer-second, between steps):")
-        for phase in (gw, ref):
+        for phase in phases:
             parts = []
             for a, b in zip(phase.steps, phase.steps[1:], strict=False):
                 ms = (b.cpu_ms / b.window_s - a.cpu_ms / a.window_s) / (b.viewers - a.viewers)
                 parts.append(f"{a.viewers}->{b.viewers}: {ms:.2f}")
-            out.append(f"  {phase.label:9s} " + ", ".join(parts))
+            out.append(f"  {phase.label:13s} " + ", ".join(parts))
     return "\n".join(out)
 
 
@@ -391,16 +415,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "off; default: they only decrypt, parse and count (see docs/performance.md)",
     )
     parser.add_argument(
-        "--only", choices=["gateway", "reference"], help="measure one side only (default both)"
+        "--only",
+        choices=PHASES,
+        help="measure one configuration only (default: all of " + ", ".join(PHASES) + ")",
     )
     parser.add_argument(
-        "--reference-first", action="store_true", help="measure the reference before the gateway"
-    )
-    parser.add_argument(
-        "--wcs-client",
-        choices=["auto", "gateway", "builtin"],
-        default="auto",
-        help="WCS client: gateway.wcs.client, the benchmark's own, or auto (gateway if present)",
+        "--reference-first", action="store_true", help="measure the reference before the two gateway phases"
     )
     parser.add_argument(
         "--clip-dir",
@@ -414,7 +434,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--viewers needs positive counts")
     if args.seconds <= 0 or args.viewer_procs <= 0:
         parser.error("--seconds and --viewer-procs must be positive")
-    order = ["reference", "gateway"] if args.reference_first else ["gateway", "reference"]
+    order = ["reference", *PHASES[:2]] if args.reference_first else list(PHASES)
     args.order = [args.only] if args.only else order
     return args
 

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import ClientStream, WcsClient
 
-from .common import restrict_ice_to_loopback, serve_commands, setup_child_logging
-from .wcs import load_client_class
+from .common import run_role
 
 
 class Publisher:
-    def __init__(self, wcs_client: str) -> None:
-        self.wcs_client = wcs_client
-        self.client: Any = None
-        self.session: Any = None
+    def __init__(self) -> None:
+        self.client: WcsClient | None = None
+        self.session: ClientStream | None = None
         self.track: EncodedVideoTrack | None = None
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -29,11 +28,10 @@ class Publisher:
             if self.client is not None:
                 raise RuntimeError("already publishing")
             self.track = EncodedVideoTrack.from_clip(Path(request["clip"]), float(request["fps"]))
-            client_cls = load_client_class(self.wcs_client)
-            self.client = await client_cls.connect(str(request["url"]))
-            self.session = await self.client.publish(str(request["name"]), [self.track])
+            self.client = await WcsClient.connect(str(request["url"]))
+            self.session = await self.client.publish(str(request["name"]), [self.track], video_codec="H264")
             await self.session.wait_status("PUBLISHING", timeout=20.0)
-            return {"status": "PUBLISHING", "client": f"{client_cls.__module__}"}
+            return {"status": "PUBLISHING"}
         if cmd == "stop":
             await self.close()
             return {}
@@ -51,12 +49,5 @@ class Publisher:
         self.session = self.client = self.track = None
 
 
-async def _amain(wcs_client: str) -> None:
-    publisher = Publisher(wcs_client)
-    await serve_commands(publisher.handle, publisher.close)
-
-
-def run(wcs_client: str) -> None:
-    setup_child_logging("publisher")
-    restrict_ice_to_loopback()
-    asyncio.run(_amain(wcs_client))
+def run() -> None:
+    run_role("publisher", Publisher)

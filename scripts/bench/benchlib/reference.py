@@ -27,7 +27,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.media.synthetic import EncodedVideoTrack
 
-from .common import LOOPBACK, restrict_ice_to_loopback, serve_commands, setup_child_logging
+from .common import LOOPBACK, run_role
 
 QUEUE_FRAMES = 60
 
@@ -142,12 +142,5 @@ class ReferenceSender:
                 await self.hub
 
 
-async def _amain() -> None:
-    sender = ReferenceSender()
-    await serve_commands(sender.handle, sender.close)
-
-
 def run() -> None:
-    setup_child_logging("reference")
-    restrict_ice_to_loopback()
-    asyncio.run(_amain())
+    run_role("reference", ReferenceSender)

@@ -19,14 +19,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.rtcsessiondescription import RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
-from .common import (
-    disable_decoding,
-    lighten_receivers,
-    restrict_ice_to_loopback,
-    serve_commands,
-    setup_child_logging,
-)
-from .wcs import load_client_class
+from gateway.wcs.client import WcsClient
+
+from .common import disable_decoding, lighten_receivers, run_role
 
 CONNECT_CONCURRENCY = 8
 
@@ -57,8 +52,8 @@ class Viewer:
             await self.pc.close()
 
 
-async def _connect_wcs(client_cls: Any, url: str, name: str) -> Viewer:
-    client = await client_cls.connect(url)
+async def _connect_wcs(url: str, name: str) -> Viewer:
+    client = await WcsClient.connect(url)
     try:
         view = await client.play(name)
         await view.wait_status("PLAYING", timeout=20.0)
@@ -103,9 +98,8 @@ async def _connect_ref(url: str) -> Viewer:
 
 
 class ViewerWorker:
-    def __init__(self, wcs_client: str) -> None:
+    def __init__(self) -> None:
         self.viewers: list[Viewer] = []
-        self.wcs_client = wcs_client
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
@@ -126,13 +120,12 @@ class ViewerWorker:
         name = str(request.get("name", ""))
         count = int(request["count"])
         timeout = float(request.get("timeout", 60.0))
-        client_cls = load_client_class(self.wcs_client) if mode == "wcs" else None
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
         async def one() -> Viewer:
             async with gate:
                 if mode == "wcs":
-                    return await _connect_wcs(client_cls, url, name)
+                    return await _connect_wcs(url, name)
                 return await _connect_ref(url)
 
         tasks = [asyncio.create_task(one()) for _ in range(count)]
@@ -159,15 +152,8 @@ class ViewerWorker:
         await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
 
 
-async def _amain(wcs_client: str) -> None:
-    worker = ViewerWorker(wcs_client)
-    await serve_commands(worker.handle, worker.close)
-
-
-def run(wcs_client: str, light: bool) -> None:
-    setup_child_logging("viewers")
-    restrict_ice_to_loopback()
+def run(light: bool) -> None:
     disable_decoding()
     if light:
         lighten_receivers()
-    asyncio.run(_amain(wcs_client))
+    run_role("viewers", ViewerWorker)
