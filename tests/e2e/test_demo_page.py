@@ -75,6 +75,17 @@ async def test_demo_page_publish_play_metrics(demo: Harness) -> None:
         what="played <video> decodes (videoWidth > 0)",
         arg=play,
     )
+    # Live video, not a still picture: new frames keep being decoded.
+    decoded = "sel => document.querySelector(sel + ' video')?.getVideoPlaybackQuality().totalVideoFrames || 0"
+    first = await page.evaluate(decoded, play)
+    await demo.wait_for(
+        page,
+        decoded,
+        lambda frames: frames >= first + 20,
+        timeout=10,
+        what="played <video> keeps decoding new frames",
+        arg=play,
+    )
 
     video_rate = "sel => Number(document.querySelector(sel)?.dataset.value || 0)"
     for card in (play, pub):

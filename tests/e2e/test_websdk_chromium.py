@@ -37,7 +37,8 @@ async def play(harness: Harness, name: str) -> Page:
 
 
 async def assert_video_decodes(harness: Harness, page: Page, label: str) -> None:
-    """videoWidth > 0 and currentTime advancing over about 2 s."""
+    """videoWidth > 0, and over about 2 s currentTime advancing and new frames decoded: live
+    video, not a still picture (a frozen frame still has a width and a running clock)."""
     first: dict[str, Any] = await harness.wait_for(
         page,
         "label => e2e.video(label)",
@@ -49,13 +50,18 @@ async def assert_video_decodes(harness: Harness, page: Page, label: str) -> None
     await asyncio.sleep(2)
     second = await page.evaluate("label => e2e.video(label)", label)
     advanced = second["time"] - first["time"] if second else 0.0
-    if not second or second["width"] <= 0 or advanced < 1.0:
+    decoded = second["frames"] - first["frames"] if second else 0
+    # The fake camera runs at 20-30 fps: 2 s must decode far more than 10 new frames.
+    if not second or second["width"] <= 0 or advanced < 1.0 or decoded < 10:
         pytest.fail(harness.report(f"{label}: playback did not advance: {first} -> {second}"))
 
 
 async def test_publish_play_stop_unpublish(harness: Harness) -> None:
     name = stream_name("cam")
     publisher = await publish(harness, name)
+    # Join late: the cached keyframe is old, so live video needs the keyframe the gateway
+    # asks the browser for (PLI on the publisher's media SSRC, not its RTX one).
+    await asyncio.sleep(2)
     player = await play(harness, name)
     await assert_video_decodes(harness, player, "play")
 

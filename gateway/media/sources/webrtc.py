@@ -136,12 +136,10 @@ class WebRtcPublisher:
 
     def request_keyframe(self) -> None:
         receiver = self._video_receiver
-        if receiver is None:
+        ssrc = passthrough.media_ssrc(receiver) if receiver is not None else None
+        if receiver is None or ssrc is None:
             return
-        sources = receiver.getSynchronizationSources()
-        if not sources:
-            return
-        task = asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+        task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
         self._pli_tasks.add(task)
         task.add_done_callback(self._pli_tasks.discard)
 

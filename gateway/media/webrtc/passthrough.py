@@ -63,3 +63,14 @@ def packets_lost(receiver: RTCRtpReceiver) -> int:
     streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
     rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
     return sum(stats.packets_lost for ssrc, stats in streams.items() if ssrc not in rtx)
+
+
+def media_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC the publisher sends media on, for keyframe requests. Browsers also send RTX
+    (retransmissions and bandwidth-probing padding) on a second SSRC; a PLI naming that one
+    is ignored."""
+    rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    for source in receiver.getSynchronizationSources():
+        if source.source not in rtx:
+            return source.source
+    return next(iter(rtx.values()), None)

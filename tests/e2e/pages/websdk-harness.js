@@ -60,7 +60,13 @@
         if (!el) {
             return null;
         }
-        return { width: el.videoWidth, height: el.videoHeight, time: el.currentTime };
+        const quality = el.getVideoPlaybackQuality ? el.getVideoPlaybackQuality() : null;
+        return {
+            width: el.videoWidth,
+            height: el.videoHeight,
+            time: el.currentTime,
+            frames: quality ? quality.totalVideoFrames : 0,
+        };
     }
 
     window.e2e = {
