@@ -510,3 +510,105 @@ def test_subscription_queue_by_kind(kind: MediaKind) -> None:
     assert sub.queue(kind).kind == kind
     assert sub.video.max_frames == 3
     assert sub.audio.max_frames == 8, "audio queues hold at least 8 packets"
+
+
+# --- direct delivery (the fast fan-out path) ---------------------------------------------------
+
+
+class Receiver:
+    """A deliver callback: takes frames until told it is congested."""
+
+    def __init__(self) -> None:
+        self.frames: list[MediaFrame] = []
+        self.congested = False
+
+    def __call__(self, frame: MediaFrame) -> bool:
+        if self.congested:
+            return False
+        self.frames.append(frame)
+        return True
+
+
+def gap_counter() -> tuple[list[int], Any]:
+    gaps: list[int] = []
+    return gaps, lambda: gaps.append(1)
+
+
+def test_attach_hands_over_queued_frames_in_order_then_delivers_directly() -> None:
+    gaps, on_gap = gap_counter()
+    queue = FrameQueue("video", 30, on_gap)
+    for frame in gop_stream(5):
+        queue.put(frame)
+    receiver = Receiver()
+    queue.attach(receiver)
+    assert [f.pts for f in receiver.frames] == [0, 1, 2, 3, 4]
+    assert len(queue) == 0
+    for frame in gop_stream(3, start=5):
+        queue.put(frame)
+    assert [f.pts for f in receiver.frames] == list(range(8))
+    assert queue.meter.pending_frames == 8
+    assert gaps == []
+
+
+def test_congested_receiver_skips_to_the_next_keyframe_and_asks_for_one() -> None:
+    gaps, on_gap = gap_counter()
+    queue = FrameQueue("video", 30, on_gap)
+    receiver = Receiver()
+    queue.attach(receiver)
+    frames = gop_stream(30, gop=10)
+    for frame in frames[:4]:
+        queue.put(frame)
+    receiver.congested = True
+    queue.put(frames[4])  # refused: the GOP is broken for this viewer from here
+    receiver.congested = False
+    for frame in frames[5:]:
+        queue.put(frame)
+    # Frames 5-9 reference the lost frame 4: skipped up to the keyframe at 10.
+    assert [f.pts for f in receiver.frames] == [0, 1, 2, 3, *range(10, 30)]
+    assert gaps == [1]
+    assert queue.dropped == 1 + 5
+
+
+def test_congestion_while_handing_over_drops_the_rest_of_the_backlog() -> None:
+    gaps, on_gap = gap_counter()
+    queue = FrameQueue("video", 30, on_gap)
+    for frame in gop_stream(6):
+        queue.put(frame)
+    receiver = Receiver()
+    receiver.congested = True
+    queue.attach(receiver)
+    receiver.congested = False
+    assert receiver.frames == []
+    assert queue.dropped == 6 and gaps == [1]
+    for frame in gop_stream(12, start=6):
+        queue.put(frame)
+    assert [f.pts for f in receiver.frames] == list(range(10, 18))
+
+
+def test_congested_audio_just_loses_that_frame() -> None:
+    gaps, on_gap = gap_counter()
+    queue = FrameQueue("audio", 30, on_gap)
+    receiver = Receiver()
+    queue.attach(receiver)
+    queue.put(audio(0))
+    receiver.congested = True
+    queue.put(audio(960))
+    receiver.congested = False
+    queue.put(audio(1920))
+    assert [f.pts for f in receiver.frames] == [0, 1920]
+    assert queue.dropped == 1 and gaps == []
+
+
+def test_joining_subscriber_with_direct_delivery_gets_the_replayed_keyframe_then_live_gop() -> None:
+    stream = Stream("s")
+    stream.set_codecs(Codec("H264", 90000), None)
+    for frame in gop_stream(15, gop=10):
+        stream.push(frame)
+    sub = stream.subscribe(Listener())
+    receiver = Receiver()
+    sub.video.attach(receiver)
+    for frame in gop_stream(10, gop=10, start=15):
+        stream.push(frame)
+    first = receiver.frames[0]
+    assert first.keyframe and first.replay and first.pts == 14  # cached IDR 10, stamped live
+    assert [f.pts for f in receiver.frames[1:]] == list(range(20, 25))
