@@ -187,17 +187,20 @@ class WcsClient:
         tracks: Sequence[MediaStreamTrack],
         *,
         video_codec: str | None = None,
+        audio_codec: str | None = None,
         timeout: float = 20.0,
         **fields: Any,
     ) -> ClientStream:
-        """Offer ``tracks`` (video only in ``video_codec`` if given: "H264", "VP8") and apply
-        the server's answer. Raises WcsError if refused."""
+        """Offer ``tracks``, each kind only in the codec given ("H264", "VP8"; "opus",
+        "PCMU", "PCMA") if any, and apply the server's answer. Raises WcsError if refused."""
         stream = self._new_stream(name, published=True)
+        only = {"video": video_codec, "audio": audio_codec}
         for track in tracks:
             transceiver = stream.pc.addTransceiver(track, direction="sendonly")
-            if track.kind == "video" and video_codec:
-                wanted = (f"video/{video_codec}".lower(), "video/rtx")
-                codecs = RTCRtpSender.getCapabilities("video").codecs
+            codec = only.get(track.kind)
+            if codec:
+                wanted = (f"{track.kind}/{codec}".lower(), f"{track.kind}/rtx")
+                codecs = RTCRtpSender.getCapabilities(track.kind).codecs
                 transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
         kinds = {t.kind for t in tracks}
         await self._negotiate(stream, "publishStream", timeout, {"record": False, **fields}, kinds)

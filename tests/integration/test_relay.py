@@ -258,3 +258,20 @@ async def test_vp8_video_and_opus_audio_are_relayed(connect: Connect) -> None:
     assert all(s.sample_rate == 48000 for s in samples)
     await player.wait_for(lambda: bool(player.rates) and player.rates[-1]["width"] == 320, timeout=5)
     await counter.stop()
+
+
+async def test_g711_audio_is_relayed(connect: Connect, video_track: TrackFactory) -> None:
+    pub_client = await connect()
+    play_client = await connect()
+    publisher = await pub_client.publish(
+        "relay-pcma", [video_track(), AudioStreamTrack()], audio_codec="PCMA"
+    )
+    published = await publisher.wait_status("PUBLISHING")
+    assert (published["videoCodec"], published["audioCodec"]) == ("H264", "PCMA")
+    player = await play_client.play("relay-pcma")
+    await player.wait_status("PLAYING")
+    assert play_client.received("notifyAudioCodec")[0] == [player.media_session_id, {"name": "PCMA"}]
+    await player.wait_for(lambda: any(t.kind == "audio" for t in player.tracks))
+    audio = next(t for t in player.tracks if t.kind == "audio")
+    samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
+    assert all(s.sample_rate == 8000 for s in samples)
