@@ -1,6 +1,6 @@
 """A raw-protocol WCS client on aiortc, speaking to skyrelay (or WCS) as the mobile SDKs do.
 
-Used by the integration tests, the benchmarks and the dock simulator. It answers the
+Used by the integration tests and the fan-out benchmark. It answers the
 server's pings, routes every message that names a media session to that stream, and keeps
 a log of everything it received.
 """
