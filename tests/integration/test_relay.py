@@ -11,11 +11,12 @@ import numpy
 from aiortc import AudioStreamTrack, VideoStreamTrack
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, is_rtcp
 
 from gateway.media import h264
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import WcsClient
+from gateway.wcs.client import ClientStream, WcsClient
+from tests.conftest import GatewayProcess
 from tests.integration.conftest import AccessUnits, FrameCounter
 
 TrackFactory = Callable[[], EncodedVideoTrack]
@@ -38,11 +39,15 @@ def count_plis(stream_pc: Any) -> list[int]:
     return received
 
 
-async def test_publish_then_three_players_decode(connect: Connect, video_track: TrackFactory) -> None:
+async def test_publish_then_three_players_decode(
+    gateway: GatewayProcess, connect: Connect, video_track: TrackFactory
+) -> None:
+    threads = gateway.health()["threads"]
     pub_client = await connect()
     publisher = await pub_client.publish("relay-three", [video_track()])
     published = await publisher.wait_status("PUBLISHING")
     assert published["videoCodec"] == "H264"
+    assert gateway.health()["threads"] == threads, "no decoder thread for a relayed publisher"
 
     clients, counters = [], []
     for _ in range(3):
@@ -50,6 +55,11 @@ async def test_publish_then_three_players_decode(connect: Connect, video_track: 
         player = await client.play("relay-three")
         playing = await player.wait_status("PLAYING")
         assert playing["name"] == "relay-three"
+        # What the WebSDK needs of the answer: send-only, a=msid for ontrack's streams[0],
+        # and the server's candidates (it sends none and takes no trickle).
+        answer = player.answer.result()
+        assert "a=sendonly" in answer and "a=msid:" in answer
+        assert "a=candidate:" in answer and "a=end-of-candidates" in answer
         clients.append(client)
         counters.append(FrameCounter(player).start())
     for counter in counters:
@@ -275,3 +285,74 @@ async def test_g711_audio_is_relayed(connect: Connect, video_track: TrackFactory
     audio = next(t for t in player.tracks if t.kind == "audio")
     samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
     assert all(s.sample_rate == 8000 for s in samples)
+
+
+def drop_sent_video_packets(stream: ClientStream, count: int, after: int) -> list[int]:
+    """Make a publisher's transport skip ``count`` video RTP packets after ``after`` sent."""
+    dropped: list[int] = []
+    sender = next(t.sender for t in stream.pc.getTransceivers() if t.kind == "video")
+    transport = sender.transport
+    send = transport._send_rtp
+    seen = 0
+
+    async def lossy(data: bytes) -> None:
+        nonlocal seen
+        if not is_rtcp(data) and int.from_bytes(data[8:12], "big") == sender._ssrc:
+            seen += 1
+            if after < seen <= after + count:
+                dropped.append(int.from_bytes(data[2:4], "big"))
+                return
+        await send(data)
+
+    transport._send_rtp = lossy
+    return dropped
+
+
+def drop_received_video_packets(stream: ClientStream, count: int, after: int) -> list[int]:
+    """Make a player's video receiver ignore ``count`` media packets after ``after``."""
+    dropped: list[int] = []
+    receiver = next(t.receiver for t in stream.pc.getTransceivers() if t.kind == "video")
+    handle = receiver._handle_rtp_packet
+    seen = 0
+    media_ssrc: list[int] = []
+
+    async def lossy(packet: Any, arrival_time_ms: int) -> None:
+        nonlocal seen
+        media_ssrc[:] = media_ssrc or [packet.ssrc]
+        if packet.ssrc == media_ssrc[0]:
+            seen += 1
+            if after < seen <= after + count:
+                dropped.append(packet.sequence_number)
+                return
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = lossy
+    return dropped
+
+
+async def test_nack_and_lost_packets_come_from_rtcp(connect: Connect, video_track: TrackFactory) -> None:
+    """Lose packets on both legs: the gateway's NACKs and loss toward the publisher, the
+    player's NACKs and reported loss, all show in the 1 Hz metrics."""
+    pub_client = await connect()
+    play_client = await connect()
+    publisher = await pub_client.publish("relay-loss", [video_track()])
+    lost_upstream = drop_sent_video_packets(publisher, count=3, after=60)
+    await publisher.wait_status("PUBLISHING")
+    player = await play_client.play("relay-loss")
+    lost_downstream = drop_received_video_packets(player, count=4, after=60)
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(90)
+    assert len(lost_upstream) == 3 and len(lost_downstream) == 4
+
+    def latest(stream: ClientStream) -> dict[str, Any]:
+        return stream.rates[-1] if stream.rates else {}
+
+    await publisher.wait_for(lambda: latest(publisher).get("lostPackets", 0) >= 3, timeout=10)
+    await publisher.wait_for(lambda: latest(publisher).get("nack", 0) >= 1, timeout=10)
+    await player.wait_for(lambda: latest(player).get("lostPackets", 0) >= 4, timeout=10)
+    await player.wait_for(lambda: latest(player).get("nack", 0) >= 1, timeout=10)
+    # Losses were repaired: the gateway's NACK brought RTX from the publisher, the player's
+    # NACK brought RTX from the gateway, and video kept decoding.
+    await counter.wait_frames(len(counter.pts) + 30)
+    await counter.stop()

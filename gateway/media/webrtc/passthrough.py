@@ -2,9 +2,10 @@
 
 aiortc's RTCRtpReceiver hands every complete frame from its jitter buffer to a decoder
 thread through a queue, and offers no public way to get encoded frames. `EncodedFrameTap`
-stands in for that queue: frames go straight to a callback on the event loop, the decoder
-thread idles until the receiver stops. NACK, PLI and jitter-buffer logic stay aiortc's.
-This is the one place that touches the receiver's private state (aiortc 1.16.x).
+stands in for that queue: frames go straight to a callback on the event loop, and the
+decoder thread is let go as soon as the receiver has started it. NACK, PLI and jitter-buffer
+logic stay aiortc's. This is the one place that touches the receiver's private state
+(aiortc 1.16.x).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCRtpReceiver
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
 from gateway.log import get_logger
 
@@ -41,7 +42,7 @@ class EncodedFrameTap:
         except Exception:
             log.exception("passthrough_frame_error", codec=codec.name)
 
-    # Called by the idle decoder thread: returns only when the receiver stops.
+    # Called by aiortc's decoder thread, which ends when this returns None.
     def get(self) -> None:
         return self._stop.get()
 
@@ -53,7 +54,17 @@ def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
             "aiortc's RTCRtpReceiver has no decoder queue attribute: this aiortc version is not "
             "supported for passthrough (pin aiortc 1.16.x)"
         )
-    setattr(receiver, _QUEUE_ATTRIBUTE, EncodedFrameTap(deliver))
+    tap = EncodedFrameTap(deliver)
+    setattr(receiver, _QUEUE_ATTRIBUTE, tap)
+    start = receiver.receive
+
+    async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        await start(parameters)
+        # aiortc has just started its decoder thread; with nothing to decode, let it end
+        # now rather than idle for the life of the stream (frames keep coming to the tap).
+        tap.put(None)
+
+    receiver.receive = receive  # type: ignore[method-assign]
 
 
 def packets_lost(receiver: RTCRtpReceiver) -> int:
