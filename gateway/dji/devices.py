@@ -1,0 +1,157 @@
+"""The DJI device registry, sans I/O: feed it MQTT messages (topic, payload, time) and it
+keeps which gateways are online, which videos they offer and which are live, and returns
+the replies the protocol requires and the events the bridge acts on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.dji import protocol as p
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A message to send: a reply the device waits for."""
+
+    topic: str
+    envelope: p.Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOnline:
+    sn: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOffline:
+    sn: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VideosChanged:
+    """The videos a gateway offers changed (new ``live_capacity``, or it went offline)."""
+
+    sn: str
+    videos: tuple[p.Video, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatusChanged:
+    sn: str
+    statuses: tuple[p.LiveStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReplied:
+    gateway_sn: str
+    reply: p.ServiceReply
+
+
+Event = Publish | GatewayOnline | GatewayOffline | VideosChanged | LiveStatusChanged | ServiceReplied
+
+
+@dataclass
+class Gateway:
+    sn: str
+    last_seen: float
+    online: bool = True
+    topology: p.Topology | None = None
+    capacity: p.LiveCapacity = field(default_factory=p.LiveCapacity)
+    live_status: dict[p.VideoId, p.LiveStatus] = field(default_factory=dict)
+
+
+class DeviceRegistry:
+    def __init__(self, offline_after: float = 60.0) -> None:
+        self.offline_after = offline_after
+        self.gateways: dict[str, Gateway] = {}
+        self._gateway_of_device: dict[str, str] = {}  # aircraft sn -> gateway sn
+
+    def receive(self, topic: str, payload: bytes, now: float) -> list[Event]:
+        """One MQTT message. Raises DjiProtocolError for a malformed payload on a device
+        topic; other topics are ignored."""
+        where = p.parse_topic(topic)
+        if where is None:
+            return []
+        envelope = p.parse_envelope(payload)
+        events: list[Event] = []
+        gateway_sn = self._gateway_sn(where.sn, envelope)
+        events += self._seen(gateway_sn, now)
+        gateway = self.gateways[gateway_sn]
+        match where.kind:
+            case p.TopicKind.STATUS:
+                events += self._topology(gateway, where, envelope)
+            case p.TopicKind.STATE | p.TopicKind.OSD:
+                events += self._state(gateway, envelope)
+            case p.TopicKind.SERVICES_REPLY:
+                events.append(ServiceReplied(gateway_sn, p.parse_service_reply(envelope)))
+        if envelope.need_reply and where.kind in (p.TopicKind.STATE, p.TopicKind.EVENTS):
+            events.append(Publish(p.reply_topic(where), p.reply_to(envelope)))
+        return events
+
+    def tick(self, now: float) -> list[Event]:
+        """Gateways silent for longer than ``offline_after`` go offline."""
+        events: list[Event] = []
+        for gateway in self.gateways.values():
+            if gateway.online and now - gateway.last_seen > self.offline_after:
+                gateway.online = False
+                events.append(GatewayOffline(gateway.sn, f"no message for {self.offline_after:g} s"))
+                if gateway.capacity.videos:
+                    events.append(VideosChanged(gateway.sn, ()))
+        return events
+
+    def videos(self) -> list[tuple[str, p.Video]]:
+        """(gateway sn, video) of every video of every online gateway."""
+        return [(g.sn, video) for g in self.gateways.values() if g.online for video in g.capacity.videos]
+
+    def gateway_of(self, video_id: p.VideoId) -> Gateway | None:
+        for sn, video in self.videos():
+            if video.video_id == video_id:
+                return self.gateways[sn]
+        return None
+
+    # --- message kinds --------------------------------------------------------------------
+
+    def _gateway_sn(self, sn: str, envelope: p.Envelope) -> str:
+        # An aircraft's osd/state names its gateway, or we know it from update_topo.
+        return envelope.gateway or self._gateway_of_device.get(sn, sn)
+
+    def _seen(self, gateway_sn: str, now: float) -> list[Event]:
+        gateway = self.gateways.get(gateway_sn)
+        if gateway is None:
+            self.gateways[gateway_sn] = Gateway(gateway_sn, now)
+            return [GatewayOnline(gateway_sn)]
+        gateway.last_seen = now
+        if gateway.online:
+            return []
+        gateway.online = True
+        events: list[Event] = [GatewayOnline(gateway_sn)]
+        if gateway.capacity.videos:
+            events.append(VideosChanged(gateway_sn, gateway.capacity.videos))
+        return events
+
+    def _topology(self, gateway: Gateway, where: p.Topic, envelope: p.Envelope) -> list[Event]:
+        if envelope.method != "update_topo":
+            return []
+        topology = p.parse_update_topo(gateway.sn, envelope)
+        if gateway.topology is not None:
+            for sn in gateway.topology.sub_devices:
+                self._gateway_of_device.pop(sn, None)
+        gateway.topology = topology
+        for sn in topology.sub_devices:
+            self._gateway_of_device[sn] = gateway.sn
+        return [Publish(p.reply_topic(where), p.reply_to(envelope))]
+
+    def _state(self, gateway: Gateway, envelope: p.Envelope) -> list[Event]:
+        events: list[Event] = []
+        data = envelope.data
+        if "live_capacity" in data:
+            capacity = p.parse_live_capacity(data["live_capacity"])
+            if capacity != gateway.capacity:
+                gateway.capacity = capacity
+                events.append(VideosChanged(gateway.sn, capacity.videos))
+        if "live_status" in data:
+            statuses = p.parse_live_status(data["live_status"])
+            gateway.live_status = {s.video_id: s for s in statuses}
+            events.append(LiveStatusChanged(gateway.sn, tuple(statuses)))
+        return events
