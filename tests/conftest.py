@@ -127,3 +127,52 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], GatewayP
     yield start
     for gw in started:
         gw.stop()
+
+
+@dataclass
+class MosquittoProcess:
+    """A real Mosquitto broker on a free loopback port, with a private config."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()[-2000:]}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("mosquitto did not accept connections in time")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    broker = MosquittoProcess(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()

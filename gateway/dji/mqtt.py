@@ -1,0 +1,164 @@
+"""The MQTT side of the DJI bridge: a thin I/O layer around `DeviceRegistry`.
+
+It connects to the broker (reconnecting with capped exponential backoff and subscribing
+again), feeds every device message to the registry, publishes the replies the protocol
+requires, hands the other registry events to the bridge, and publishes commands. Bad
+device messages are logged and dropped; they never stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from gateway.dji import protocol as p
+from gateway.dji.devices import DeviceRegistry, Event, Publish
+from gateway.log import get_logger
+
+log = get_logger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, ca_file: str | None = None) -> BrokerAddress:
+        """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"not an MQTT URL (mqtt://host:port or mqtts://host:port): {url!r}")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ValueError(f"bad port in MQTT URL {url!r}") from None
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port, username, password, tls, ca_file)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+class DjiMqtt:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        registry: DeviceRegistry,
+        on_event: Callable[[Event], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.registry = registry
+        self.on_event = on_event
+        self.clock = clock
+        self.tick_interval = tick_interval
+        self.connected = asyncio.Event()
+        self.dropped_messages = 0
+        self._client: aiomqtt.Client | None = None
+        self._identifier = f"skyrelay-{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        backoff = 1.0
+        ticker = asyncio.create_task(self._tick())
+        try:
+            while True:
+                try:
+                    await self._session()
+                except aiomqtt.MqttError as exc:
+                    log.warning("mqtt_disconnected", broker=self.broker.host, error=str(exc))
+                finally:
+                    was_connected = self.connected.is_set()
+                    self._client = None
+                    self.connected.clear()
+                if was_connected:
+                    backoff = 1.0  # a link that worked is retried quickly
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _session(self) -> None:
+        async with aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            identifier=self._identifier,
+            tls_context=self.broker.tls_context(),
+            keepalive=10,
+            timeout=10,
+        ) as client:
+            for topic in p.SUBSCRIPTIONS:
+                await client.subscribe(topic, qos=1)
+            self._client = client
+            self.connected.set()
+            log.info("mqtt_connected", broker=self.broker.host, port=self.broker.port)
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                if not isinstance(payload, bytes | bytearray):
+                    continue
+                await self._receive(str(message.topic), bytes(payload))
+
+    async def _receive(self, topic: str, payload: bytes) -> None:
+        try:
+            events = self.registry.receive(topic, payload, self.clock())
+        except p.DjiProtocolError as exc:
+            self.dropped_messages += 1
+            log.warning("dji_message_dropped", topic=topic[:200], reason=str(exc)[:200])
+            return
+        await self._handle(events)
+
+    async def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Publish):
+                await self.publish(event.topic, event.envelope, qos=2)
+            else:
+                self.on_event(event)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            await self._handle(self.registry.tick(self.clock()))
+
+    async def publish(self, topic: str, envelope: p.Envelope, qos: int = 0) -> bool:
+        """Publish now; False if the broker link is down (the caller's timeouts decide)."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, p.encode(envelope), qos=qos)
+        except aiomqtt.MqttError as exc:
+            log.warning("mqtt_publish_failed", topic=topic, error=str(exc))
+            return False
+        return True
+
+    async def send_command(self, gateway_sn: str, envelope: p.Envelope) -> bool:
+        sent = await self.publish(p.services_topic(gateway_sn), envelope)
+        log.info("dji_command", gateway_sn=gateway_sn, method=envelope.method, tid=envelope.tid, sent=sent)
+        return sent
