@@ -1,0 +1,547 @@
+"""gateway.dji.devices: the device registry, fed MQTT messages as plain data with a clock."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from gateway.dji import protocol as p
+from gateway.dji.devices import (
+    DeviceRegistry,
+    Event,
+    GatewayOffline,
+    GatewayOnline,
+    LiveStatusChanged,
+    Publish,
+    ServiceReplied,
+    VideosChanged,
+)
+
+GW = "1ZMDGBW0000135"
+GW2 = "4TADKAQ000002J"
+AIRCRAFT = "1ZNDH1D0010054"
+AIRCRAFT2 = "1581F5BMD228Q00A82XX"
+
+STATUS = f"sys/product/{GW}/status"
+STATE = f"thing/product/{GW}/state"
+OSD = f"thing/product/{GW}/osd"
+EVENTS = f"thing/product/{GW}/events"
+SERVICES_REPLY = f"thing/product/{GW}/services_reply"
+
+# The official live_capacity example (reference §3): three videos of the aircraft.
+CAPACITY: dict[str, Any] = {
+    "available_video_number": 2,
+    "coexist_video_number_max": 1,
+    "device_list": [
+        {
+            "sn": AIRCRAFT,
+            "available_video_number": 2,
+            "coexist_video_number_max": 0,
+            "camera_list": [
+                {
+                    "camera_index": "42-0-0",
+                    "available_video_number": 1,
+                    "coexist_video_number_max": 1,
+                    "video_list": [
+                        {"video_index": "zoom-0", "video_type": "zoom"},
+                        {"video_index": "wide-0", "video_type": "wide"},
+                    ],
+                },
+                {
+                    "camera_index": "39-0-7",
+                    "available_video_number": 1,
+                    "coexist_video_number_max": 1,
+                    "video_list": [{"video_index": "normal-0", "video_type": "normal"}],
+                },
+            ],
+        }
+    ],
+}
+VIDEO_IDS = [
+    p.VideoId(AIRCRAFT, "42-0-0", "zoom-0"),
+    p.VideoId(AIRCRAFT, "42-0-0", "wide-0"),
+    p.VideoId(AIRCRAFT, "39-0-7", "normal-0"),
+]
+LIVE_STATUS = [
+    {
+        "video_id": str(VIDEO_IDS[2]),
+        "video_type": "normal",
+        "video_quality": 0,
+        "status": 1,
+        "error_status": 0,
+    }
+]
+
+_counter = iter(range(1_000_000))
+
+
+def payload(method: str = "", data: Any = None, **fields: Any) -> bytes:
+    """A device message with fresh tid and bid."""
+    n = next(_counter)
+    body = {"tid": f"tid-{n}", "bid": f"bid-{n}", "timestamp": 1654070968655, "method": method}
+    body["data"] = {} if data is None else data
+    return json.dumps({**body, **fields}).encode()
+
+
+def update_topo(*subs: str, **fields: Any) -> bytes:
+    data = {
+        "domain": "3",
+        "type": 98,
+        "sub_type": 0,
+        "device_secret": "secret",
+        "nonce": "nonce",
+        "thing_version": "1.1.2",
+        "sub_devices": [{"sn": sn, "domain": "0", "type": 116, "sub_type": 0, "index": "A"} for sn in subs],
+    }
+    return payload("update_topo", data, **fields)
+
+
+def state(gateway: str = GW, **data: Any) -> bytes:
+    return payload("", data, gateway=gateway)
+
+
+def online(registry: DeviceRegistry, now: float = 0.0, gateway: str = GW) -> list[Event]:
+    """update_topo (with the aircraft) then the official live_capacity."""
+    registry.receive(f"sys/product/{gateway}/status", update_topo(AIRCRAFT), now)
+    return registry.receive(f"thing/product/{gateway}/state", state(gateway, live_capacity=CAPACITY), now)
+
+
+def snapshot(registry: DeviceRegistry) -> Any:
+    return copy.deepcopy((registry.gateways, registry._gateway_of_device, registry.videos()))
+
+
+# --- presence and update_topo ----------------------------------------------------------------
+
+
+def test_update_topo_brings_the_gateway_online_and_is_answered() -> None:
+    registry = DeviceRegistry()
+    raw = update_topo(AIRCRAFT)
+    sent = json.loads(raw)
+    events = registry.receive(STATUS, raw, 5.0)
+    assert events[0] == GatewayOnline(GW)
+    assert len(events) == 2
+    reply = events[1]
+    assert isinstance(reply, Publish)
+    assert reply.topic == f"sys/product/{GW}/status_reply"
+    assert (reply.envelope.tid, reply.envelope.bid) == (sent["tid"], sent["bid"])
+    assert reply.envelope.data == {"result": 0}
+    on_wire = json.loads(p.encode(reply.envelope))
+    assert (
+        on_wire["tid"] == sent["tid"] and on_wire["bid"] == sent["bid"] and on_wire["data"] == {"result": 0}
+    )
+    gateway = registry.gateways[GW]
+    assert gateway.online and gateway.last_seen == 5.0
+    assert gateway.topology == p.Topology(GW, "3", 98, (AIRCRAFT,))
+
+
+def test_second_update_topo_is_answered_without_a_new_gateway_online() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    events = registry.receive(STATUS, update_topo(), 1.0)  # aircraft offline
+    assert [type(e) for e in events] == [Publish]
+    assert registry.gateways[GW].topology == p.Topology(GW, "3", 98, ())
+
+
+def test_status_message_other_than_update_topo_is_not_answered() -> None:
+    registry = DeviceRegistry()
+    events = registry.receive(STATUS, payload("something_else"), 0.0)
+    assert events == [GatewayOnline(GW)]
+
+
+def test_update_topo_with_need_reply_is_answered_once() -> None:
+    registry = DeviceRegistry()
+    events = registry.receive(STATUS, update_topo(AIRCRAFT, need_reply=1), 0.0)
+    assert sum(isinstance(e, Publish) for e in events) == 1
+
+
+# --- live_capacity and live_status -----------------------------------------------------------
+
+
+def test_live_capacity_lists_the_videos_with_the_gateway_sn() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    events = registry.receive(STATE, state(live_capacity=CAPACITY), 1.0)
+    assert len(events) == 1
+    (changed,) = events
+    assert isinstance(changed, VideosChanged) and changed.sn == GW
+    assert [v.video_id for v in changed.videos] == VIDEO_IDS
+    assert [(sn, v.video_id) for sn, v in registry.videos()] == [(GW, vid) for vid in VIDEO_IDS]
+    assert [v.video_type for _, v in registry.videos()] == ["zoom", "wide", "normal"]
+    assert registry.gateway_of(VIDEO_IDS[0]) is registry.gateways[GW]
+    assert registry.gateway_of(p.VideoId(AIRCRAFT, "42-0-0", "ir-0")) is None
+
+
+def test_live_capacity_on_a_first_message_brings_the_gateway_online() -> None:
+    registry = DeviceRegistry()
+    events = registry.receive(STATE, state(live_capacity=CAPACITY), 0.0)
+    assert events[0] == GatewayOnline(GW)
+    assert isinstance(events[1], VideosChanged) and len(events) == 2
+
+
+def test_same_capacity_again_is_no_change() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    assert registry.receive(STATE, state(live_capacity=copy.deepcopy(CAPACITY)), 1.0) == []
+    # a change that does not touch the videos list: still none
+    other = {**CAPACITY, "available_video_number": 1}
+    assert registry.receive(STATE, state(live_capacity=other), 2.0) == []
+
+
+def test_changed_capacity_is_announced() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    smaller = copy.deepcopy(CAPACITY)
+    smaller["device_list"][0]["camera_list"].pop(0)
+    (changed,) = registry.receive(STATE, state(live_capacity=smaller), 1.0)
+    assert changed == VideosChanged(GW, (p.Video(VIDEO_IDS[2], "normal"),))
+    assert [v.video_id for _, v in registry.videos()] == [VIDEO_IDS[2]]
+    (changed,) = registry.receive(STATE, state(live_capacity={"device_list": []}), 2.0)
+    assert changed == VideosChanged(GW, ())
+    assert registry.videos() == []
+
+
+def test_live_status_is_kept_and_announced() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    (changed,) = registry.receive(STATE, state(live_status=LIVE_STATUS), 1.0)
+    expected = p.LiveStatus(VIDEO_IDS[2], True, "normal", 0, 0)
+    assert changed == LiveStatusChanged(GW, (expected,))
+    assert registry.gateways[GW].live_status == {VIDEO_IDS[2]: expected}
+    # the next live_status replaces it
+    stopped = [{**LIVE_STATUS[0], "status": 0, "error_status": 513008}]
+    (changed,) = registry.receive(STATE, state(live_status=stopped), 2.0)
+    assert isinstance(changed, LiveStatusChanged) and changed.statuses[0].error == 513008
+    assert registry.gateways[GW].live_status[VIDEO_IDS[2]].streaming is False
+    (changed,) = registry.receive(STATE, state(live_status=[]), 3.0)
+    assert changed == LiveStatusChanged(GW, ()) and registry.gateways[GW].live_status == {}
+
+
+def test_live_status_in_osd_is_accepted_too() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    (changed,) = registry.receive(OSD, state(live_status=LIVE_STATUS), 1.0)
+    assert isinstance(changed, LiveStatusChanged)
+
+
+def test_capacity_and_status_in_one_message() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    events = registry.receive(STATE, state(live_capacity=CAPACITY, live_status=LIVE_STATUS), 1.0)
+    assert [type(e) for e in events] == [VideosChanged, LiveStatusChanged]
+
+
+# --- replies the device waits for ------------------------------------------------------------
+
+
+def test_state_with_need_reply_is_answered_on_state_reply() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    raw = payload("", {"live_status": LIVE_STATUS}, gateway=GW, need_reply=1)
+    sent = json.loads(raw)
+    events = registry.receive(STATE, raw, 1.0)
+    assert [type(e) for e in events] == [LiveStatusChanged, Publish]
+    reply = events[-1]
+    assert isinstance(reply, Publish)
+    assert reply.topic == f"thing/product/{GW}/state_reply"
+    assert (reply.envelope.tid, reply.envelope.bid, reply.envelope.data) == (
+        sent["tid"],
+        sent["bid"],
+        {"result": 0},
+    )
+
+
+def test_state_without_need_reply_is_not_answered() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    assert registry.receive(STATE, payload("", {}, gateway=GW, need_reply=0), 1.0) == []
+    assert registry.receive(STATE, payload("", {}, gateway=GW), 2.0) == []
+
+
+def test_events_with_need_reply_are_answered_on_events_reply() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    raw = payload("hms", {"list": []}, gateway=GW, need_reply=1)
+    sent = json.loads(raw)
+    (reply,) = registry.receive(EVENTS, raw, 1.0)
+    assert isinstance(reply, Publish)
+    assert reply.topic == f"thing/product/{GW}/events_reply"
+    assert (reply.envelope.tid, reply.envelope.bid, reply.envelope.method) == (
+        sent["tid"],
+        sent["bid"],
+        "hms",
+    )
+    assert reply.envelope.data == {"result": 0}
+
+
+def test_events_without_need_reply_are_not_answered() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    assert registry.receive(EVENTS, payload("hms", gateway=GW), 1.0) == []
+
+
+def test_osd_with_need_reply_is_not_answered() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    assert registry.receive(OSD, payload("", {"x": 1}, gateway=GW, need_reply=1), 1.0) == []
+
+
+# --- aircraft messages -----------------------------------------------------------------------
+
+
+def test_aircraft_osd_refreshes_its_gateway() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload("", {"height": 10}), 50.0)
+    assert events == []
+    assert set(registry.gateways) == {GW}
+    assert registry.gateways[GW].last_seen == 50.0
+    assert registry.tick(100.0) == []  # 50 s after the osd: still online
+    assert registry.gateways[GW].online
+
+
+def test_aircraft_osd_naming_its_gateway_refreshes_it() -> None:
+    registry = DeviceRegistry()
+    online(registry, 0.0)
+    assert registry.receive(f"thing/product/{AIRCRAFT2}/osd", payload("", {}, gateway=GW), 7.0) == []
+    assert set(registry.gateways) == {GW} and registry.gateways[GW].last_seen == 7.0
+
+
+def test_aircraft_no_longer_in_topo_is_its_own_device() -> None:
+    registry = DeviceRegistry()
+    online(registry, 0.0)
+    registry.receive(STATUS, update_topo(), 1.0)  # aircraft gone
+    events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload(), 2.0)
+    assert events == [GatewayOnline(AIRCRAFT)]
+    assert registry.gateways[GW].last_seen == 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: devices.py _topology pops every old sub-device from _gateway_of_device even "
+    "when another gateway has claimed it since",
+)
+def test_aircraft_moved_to_another_gateway_stays_there() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    registry.receive(f"sys/product/{GW2}/status", update_topo(AIRCRAFT), 1.0)  # now behind GW2
+    registry.receive(STATUS, update_topo(), 2.0)  # GW loses it
+    events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload(), 3.0)
+    assert events == []
+    assert registry.gateways[GW2].last_seen == 3.0
+    assert AIRCRAFT not in registry.gateways
+
+
+# --- services_reply --------------------------------------------------------------------------
+
+
+def test_services_reply_is_passed_on() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    request = p.live_start_push(p.UrlType.RTMP, "rtmp://h/live/x", VIDEO_IDS[2], p.VideoQuality.ADAPTIVE)
+    raw = json.dumps(
+        {
+            "tid": request.tid,
+            "bid": request.bid,
+            "timestamp": 1654070969001,
+            "gateway": GW,
+            "method": "live_start_push",
+            "data": {"result": 0, "output": {"status": "ok"}},
+        }
+    ).encode()
+    (replied,) = registry.receive(SERVICES_REPLY, raw, 1.0)
+    assert replied == ServiceReplied(
+        GW, p.ServiceReply(request.tid, request.bid, "live_start_push", 0, {"status": "ok"})
+    )
+
+
+def test_services_reply_with_error_and_old_info() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    raw = payload("live_start_push", {"result": 513013, "info": "rtsp://u:p@h/live/1"}, gateway=GW)
+    (replied,) = registry.receive(SERVICES_REPLY, raw, 1.0)
+    assert isinstance(replied, ServiceReplied)
+    assert replied.reply.result == 513013 and replied.reply.output == "rtsp://u:p@h/live/1"
+
+
+def test_services_reply_without_result_is_an_error() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(SERVICES_REPLY, payload("live_start_push", {}, gateway=GW), 1.0)
+
+
+# --- going offline and back ------------------------------------------------------------------
+
+
+def test_silent_gateway_goes_offline_and_loses_its_videos() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    assert registry.tick(60.0) == []  # not longer than offline_after yet
+    events = registry.tick(60.5)
+    assert len(events) == 2
+    offline, changed = events
+    assert isinstance(offline, GatewayOffline) and offline.sn == GW and offline.reason
+    assert changed == VideosChanged(GW, ())
+    assert registry.videos() == []
+    assert registry.gateway_of(VIDEO_IDS[0]) is None
+    assert registry.gateways[GW].online is False
+    assert registry.tick(1000.0) == []  # told once
+
+
+def test_offline_gateway_without_videos_only_goes_offline() -> None:
+    registry = DeviceRegistry(offline_after=10.0)
+    registry.receive(STATUS, update_topo(), 0.0)
+    (offline,) = registry.tick(11.0)
+    assert isinstance(offline, GatewayOffline)
+
+
+def test_gateway_comes_back_with_its_old_videos() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    registry.tick(100.0)
+    events = registry.receive(f"thing/product/{GW}/osd", payload("", {}, gateway=GW), 120.0)
+    assert events[0] == GatewayOnline(GW)
+    assert isinstance(events[1], VideosChanged) and events[1].sn == GW
+    assert [v.video_id for v in events[1].videos] == VIDEO_IDS
+    assert len(events) == 2
+    assert [v.video_id for _, v in registry.videos()] == VIDEO_IDS
+    assert registry.gateway_of(VIDEO_IDS[2]) is registry.gateways[GW]
+    assert registry.gateways[GW].last_seen == 120.0
+
+
+def test_gateway_comes_back_through_its_aircraft() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    registry.tick(61.0)
+    events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload(), 62.0)
+    assert events[0] == GatewayOnline(GW) and isinstance(events[1], VideosChanged)
+    assert set(registry.gateways) == {GW}
+
+
+def test_only_silent_gateways_go_offline() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    registry.receive(f"sys/product/{GW2}/status", update_topo(), 30.0)
+    events = registry.tick(70.0)
+    assert [type(e) for e in events] == [GatewayOffline, VideosChanged]
+    assert events[0].sn == GW  # type: ignore[union-attr]
+    assert registry.gateways[GW2].online
+
+
+# --- what is ignored or refused --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "unknown/topic",
+        f"thing/product/{GW}/services",
+        f"thing/product/{GW}/status",
+        f"sys/product/{GW}/state",
+        f"thing/product/{GW}/state_reply",
+        "thing/product/+/state",
+        "",
+    ],
+)
+def test_unknown_topic_is_ignored(topic: str) -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    before = snapshot(registry)
+    assert registry.receive(topic, b"not even json", 1.0) == []
+    assert registry.receive(topic, state(live_capacity=CAPACITY), 1.0) == []
+    assert snapshot(registry) == before
+
+
+def test_requests_topic_makes_no_events() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    assert registry.receive(f"thing/product/{GW}/requests", payload("config", gateway=GW), 1.0) == []
+
+
+@pytest.mark.parametrize(
+    ("topic", "raw"),
+    [
+        (STATE, b"not json"),
+        (STATE, b"[]"),
+        (STATUS, b'{"bid":"b"}'),
+        (OSD, b'{"tid":"t","bid":"b","data":[]}'),
+        (EVENTS, b'{"tid":"t","bid":"b","gateway":"bad/sn"}'),
+        (SERVICES_REPLY, b"\xff"),
+        (STATE, b"x" * (p.MAX_PAYLOAD_BYTES + 1)),
+    ],
+)
+def test_malformed_payload_raises_and_changes_nothing(topic: str, raw: bytes) -> None:
+    registry = DeviceRegistry()
+    online(registry, 0.0, GW2)
+    registry.receive(STATUS, update_topo(AIRCRAFT2), 0.0)
+    before = snapshot(registry)
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(topic, raw, 5.0)
+    assert snapshot(registry) == before
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"live_capacity": []}, {"live_capacity": None}, {"live_status": {}}, {"live_status": "x"}],
+)
+def test_malformed_state_raises_and_other_gateways_are_unchanged(data: dict[str, Any]) -> None:
+    registry = DeviceRegistry()
+    online(registry, 0.0, GW2)
+    before = copy.deepcopy(registry.gateways[GW2])
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(STATE, state(**data), 5.0)
+    assert registry.gateways[GW2] == before
+    assert [sn for sn, _ in registry.videos()] == [GW2] * 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: devices.py receive marks the gateway seen/online (_seen) before the content is "
+    "parsed; if parsing then raises, GatewayOnline is lost and never sent again",
+)
+@pytest.mark.parametrize(
+    ("topic", "data"),
+    [
+        (STATE, {"live_capacity": []}),
+        (STATE, {"live_status": {}}),
+        (SERVICES_REPLY, {"output": {}}),
+    ],
+)
+def test_malformed_first_message_does_not_swallow_gateway_online(topic: str, data: dict[str, Any]) -> None:
+    registry = DeviceRegistry()
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(topic, state(**data), 0.0)
+    # The bridge never heard of GW: its next good message must announce it.
+    assert registry.receive(OSD, state(), 1.0) == [GatewayOnline(GW)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: devices.py receive sets online=True before parsing; a malformed message from an "
+    "offline gateway loses GatewayOnline and VideosChanged(old videos) for good",
+)
+def test_malformed_message_from_an_offline_gateway_does_not_swallow_its_return() -> None:
+    registry = DeviceRegistry(offline_after=60.0)
+    online(registry, 0.0)
+    registry.tick(61.0)
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(STATE, state(live_status="bad"), 62.0)
+    events = registry.receive(OSD, state(), 63.0)
+    assert events[:1] == [GatewayOnline(GW)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: devices.py _state stores a new live_capacity before parsing live_status; when that "
+    "raises, VideosChanged is lost and the same capacity later is no change",
+)
+def test_bad_live_status_does_not_swallow_a_capacity_change() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    with pytest.raises(p.DjiProtocolError):
+        registry.receive(STATE, state(live_capacity=CAPACITY, live_status="bad"), 1.0)
+    events = registry.receive(STATE, state(live_capacity=CAPACITY), 2.0)
+    assert [type(e) for e in events] == [VideosChanged]
