@@ -10,7 +10,9 @@ from typing import Any
 from gateway.config import Config
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
+from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import StreamRegistry
+from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.wcs.server import WcsServer
@@ -41,6 +43,12 @@ class Gateway:
             ping_interval=config.ping_interval,
             limits=SessionLimits(config.max_media_sessions, config.ping_probes),
         )
+        self.ingest_keys = IngestKeys()
+        self.rtmp = (
+            RtmpIngestServer(self.registry, self.ingest_keys, host=config.host, port=config.rtmp_port)
+            if config.rtmp_port
+            else None
+        )
         self.http = HttpServer(
             host=config.host, port=config.http_port, static_dir=config.static_dir, health=self.health
         )
@@ -48,9 +56,13 @@ class Gateway:
     async def start(self) -> None:
         await self.wcs.start()
         await self.http.start()
+        if self.rtmp is not None:
+            await self.rtmp.start()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
 
     async def stop(self) -> None:
+        if self.rtmp is not None:
+            await self.rtmp.stop()
         await self.http.stop()
         await self.wcs.stop()
         log.info("gateway_stopped")

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--ws-port", type=int, help="WCS WebSocket API port (default 8080)")
     serve.add_argument("--http-port", type=int, help="HTTP port: static files, /healthz (default 8081)")
+    serve.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935; 0: off)")
     serve.add_argument("--public-ip", help="address to announce in ICE candidates (1:1 NAT)")
     serve.add_argument(
         "--ice-address",

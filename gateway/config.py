@@ -23,6 +23,7 @@ class Config:
     host: str = "0.0.0.0"
     ws_port: int = 8080
     http_port: int = 8081
+    rtmp_port: int = 1935  # RTMP ingest; 0 turns it off
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
     # Local addresses to gather ICE host candidates on; empty means every non-loopback
@@ -133,7 +134,7 @@ def load(
 
 
 def validate(config: Config) -> None:
-    for name in ("ws_port", "http_port"):
+    for name in ("ws_port", "http_port", "rtmp_port"):
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name!r}: port {port} out of range")

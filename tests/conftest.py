@@ -33,6 +33,7 @@ class GatewayProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     ws_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    rtmp_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -62,6 +63,8 @@ class GatewayProcess:
             str(self.ws_port),
             "--http-port",
             str(self.http_port),
+            "--rtmp-port",
+            str(self.rtmp_port),
             "--ice-address",
             "127.0.0.1",
             "--log-format",

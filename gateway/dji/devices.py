@@ -69,22 +69,27 @@ class DeviceRegistry:
 
     def receive(self, topic: str, payload: bytes, now: float) -> list[Event]:
         """One MQTT message. Raises DjiProtocolError for a malformed payload on a device
-        topic; other topics are ignored."""
+        topic, and then changes nothing; other topics are ignored."""
         where = p.parse_topic(topic)
         if where is None:
             return []
         envelope = p.parse_envelope(payload)
-        events: list[Event] = []
-        gateway_sn = self._gateway_sn(where.sn, envelope)
-        events += self._seen(gateway_sn, now)
+        # Parse everything first: a bad message must not leave half its effects behind.
+        content = _Content.parse(where, envelope)
+        gateway_sn = where.sn if where.kind is p.TopicKind.STATUS else self._gateway_sn(where.sn, envelope)
+        events: list[Event] = self._seen(gateway_sn, now)
         gateway = self.gateways[gateway_sn]
-        match where.kind:
-            case p.TopicKind.STATUS:
-                events += self._topology(gateway, where, envelope)
-            case p.TopicKind.STATE | p.TopicKind.OSD:
-                events += self._state(gateway, envelope)
-            case p.TopicKind.SERVICES_REPLY:
-                events.append(ServiceReplied(gateway_sn, p.parse_service_reply(envelope)))
+        if content.topology is not None:
+            self._set_topology(gateway, content.topology)
+            events.append(Publish(p.reply_topic(where), p.reply_to(envelope)))
+        if content.capacity is not None and content.capacity != gateway.capacity:
+            gateway.capacity = content.capacity
+            events.append(VideosChanged(gateway.sn, content.capacity.videos))
+        if content.statuses is not None:
+            gateway.live_status = {s.video_id: s for s in content.statuses}
+            events.append(LiveStatusChanged(gateway.sn, content.statuses))
+        if content.reply is not None:
+            events.append(ServiceReplied(gateway_sn, content.reply))
         if envelope.need_reply and where.kind in (p.TopicKind.STATE, p.TopicKind.EVENTS):
             events.append(Publish(p.reply_topic(where), p.reply_to(envelope)))
         return events
@@ -130,28 +135,35 @@ class DeviceRegistry:
             events.append(VideosChanged(gateway_sn, gateway.capacity.videos))
         return events
 
-    def _topology(self, gateway: Gateway, where: p.Topic, envelope: p.Envelope) -> list[Event]:
-        if envelope.method != "update_topo":
-            return []
-        topology = p.parse_update_topo(gateway.sn, envelope)
+    def _set_topology(self, gateway: Gateway, topology: p.Topology) -> None:
         if gateway.topology is not None:
             for sn in gateway.topology.sub_devices:
-                self._gateway_of_device.pop(sn, None)
+                if self._gateway_of_device.get(sn) == gateway.sn:  # not if it moved since
+                    del self._gateway_of_device[sn]
         gateway.topology = topology
         for sn in topology.sub_devices:
             self._gateway_of_device[sn] = gateway.sn
-        return [Publish(p.reply_topic(where), p.reply_to(envelope))]
 
-    def _state(self, gateway: Gateway, envelope: p.Envelope) -> list[Event]:
-        events: list[Event] = []
+
+@dataclass(frozen=True, slots=True)
+class _Content:
+    """What one device message says, parsed before anything is changed."""
+
+    topology: p.Topology | None = None
+    capacity: p.LiveCapacity | None = None
+    statuses: tuple[p.LiveStatus, ...] | None = None
+    reply: p.ServiceReply | None = None
+
+    @classmethod
+    def parse(cls, where: p.Topic, envelope: p.Envelope) -> _Content:
         data = envelope.data
-        if "live_capacity" in data:
-            capacity = p.parse_live_capacity(data["live_capacity"])
-            if capacity != gateway.capacity:
-                gateway.capacity = capacity
-                events.append(VideosChanged(gateway.sn, capacity.videos))
-        if "live_status" in data:
-            statuses = p.parse_live_status(data["live_status"])
-            gateway.live_status = {s.video_id: s for s in statuses}
-            events.append(LiveStatusChanged(gateway.sn, tuple(statuses)))
-        return events
+        match where.kind:
+            case p.TopicKind.STATUS if envelope.method == "update_topo":
+                return cls(topology=p.parse_update_topo(where.sn, envelope))
+            case p.TopicKind.STATE | p.TopicKind.OSD:
+                capacity = p.parse_live_capacity(data["live_capacity"]) if "live_capacity" in data else None
+                statuses = tuple(p.parse_live_status(data["live_status"])) if "live_status" in data else None
+                return cls(capacity=capacity, statuses=statuses)
+            case p.TopicKind.SERVICES_REPLY:
+                return cls(reply=p.parse_service_reply(envelope))
+        return cls()

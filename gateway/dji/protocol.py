@@ -83,7 +83,7 @@ def reply_topic(topic: Topic) -> str:
 
 
 def valid_sn(sn: str) -> bool:
-    return 0 < len(sn) <= MAX_SN and all(c.isalnum() or c in "-_" for c in sn)
+    return 0 < len(sn) <= MAX_SN and all(c.isascii() and (c.isalnum() or c in "-_") for c in sn)
 
 
 # --- envelopes --------------------------------------------------------------------------------
@@ -102,8 +102,9 @@ class Envelope:
 
 def parse_envelope(payload: bytes | str) -> Envelope:
     """Parse and check one device message. Raises DjiProtocolError."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise DjiProtocolError(f"message of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
+    size = len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
+    if size > MAX_PAYLOAD_BYTES:
+        raise DjiProtocolError(f"message of {size} bytes is over {MAX_PAYLOAD_BYTES}")
     try:
         message = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -130,7 +131,7 @@ def parse_envelope(payload: bytes | str) -> Envelope:
     if gateway is not None and not (isinstance(gateway, str) and valid_sn(gateway)):
         raise DjiProtocolError("'gateway' is not a serial number")
     need_reply = message.get("need_reply", 0)
-    if need_reply not in (0, 1, True, False):
+    if type(need_reply) not in (int, bool) or need_reply not in (0, 1):
         raise DjiProtocolError("'need_reply' is not 0 or 1")
     return Envelope(tid, bid, method, data, timestamp, gateway, bool(need_reply))
 
@@ -197,7 +198,7 @@ class VideoId:
 
 
 def _valid_index(text: str) -> bool:
-    return 0 < len(text) <= 32 and all(c.isalnum() or c in "-_" for c in text)
+    return 0 < len(text) <= 32 and all(c.isascii() and (c.isalnum() or c in "-_") for c in text)
 
 
 def live_start_push(url_type: UrlType, url: str, video_id: VideoId, quality: VideoQuality) -> Envelope:
@@ -314,10 +315,12 @@ def parse_live_capacity(value: Any) -> LiveCapacity:
                 index, kind = video.get("video_index"), video.get("video_type", "")
                 if not isinstance(index, str) or not _valid_index(index) or not isinstance(kind, str):
                     continue
-                switchable = tuple(t for t in video.get("switchable_video_types") or () if isinstance(t, str))
+                raw = video.get("switchable_video_types")
+                switchable = tuple(t for t in raw if isinstance(t, str)) if isinstance(raw, list) else ()
                 videos.append(Video(VideoId(sn, camera_index, index), kind, switchable))
     coexist = value.get("coexist_video_number_max", 0)
-    return LiveCapacity(tuple(videos), coexist if isinstance(coexist, int) and coexist >= 0 else 0)
+    usable = isinstance(coexist, int) and not isinstance(coexist, bool) and coexist >= 0
+    return LiveCapacity(tuple(videos), coexist if usable else 0)
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -348,8 +351,8 @@ def parse_live_status(value: Any) -> list[LiveStatus]:
                 video_id,
                 item.get("status") in (1, True),
                 str(item.get("video_type", "")),
-                quality if isinstance(quality, int) else 0,
-                error if isinstance(error, int) else 0,
+                quality if isinstance(quality, int) and not isinstance(quality, bool) else 0,
+                error if isinstance(error, int) and not isinstance(error, bool) else 0,
             )
         )
     return found

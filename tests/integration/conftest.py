@@ -13,9 +13,11 @@ import pytest
 import pytest_asyncio
 from aiortc.mediastreams import MediaStreamError
 
+from gateway.app import Gateway
+from gateway.config import Config
 from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
 from gateway.wcs.client import ClientStream, WcsClient
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, free_port
 
 CACHE = Path(os.environ.get("SKYRELAY_TEST_CACHE", Path.home() / ".cache" / "skyrelay-tests"))
 
@@ -94,3 +96,18 @@ class FrameCounter:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest_asyncio.fixture
+async def local_gateway() -> AsyncIterator[Gateway]:
+    config = Config(
+        host="127.0.0.1",
+        ws_port=free_port(),
+        http_port=free_port(),
+        rtmp_port=free_port(),
+        ice_addresses=("127.0.0.1",),
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    yield gateway
+    await gateway.stop()

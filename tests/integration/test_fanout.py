@@ -7,34 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiortc.rtp import RtpPacket
 
 from gateway.app import Gateway
-from gateway.config import Config
 from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.webrtc import fanout
 from gateway.wcs.client import ClientStream, WcsClient
-from tests.conftest import free_port
 from tests.integration.conftest import FrameCounter
 
 TrackFactory = Callable[[], EncodedVideoTrack]
-
-
-@pytest_asyncio.fixture
-async def local_gateway() -> AsyncIterator[Gateway]:
-    config = Config(
-        host="127.0.0.1", ws_port=free_port(), http_port=free_port(), ice_addresses=("127.0.0.1",)
-    )
-    gateway = Gateway(config)
-    await gateway.start()
-    yield gateway
-    await gateway.stop()
 
 
 def viewers(gateway: Gateway) -> list[WebRtcViewer]:

@@ -318,11 +318,6 @@ def test_aircraft_no_longer_in_topo_is_its_own_device() -> None:
     assert registry.gateways[GW].last_seen == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: devices.py _topology pops every old sub-device from _gateway_of_device even "
-    "when another gateway has claimed it since",
-)
 def test_aircraft_moved_to_another_gateway_stays_there() -> None:
     registry = DeviceRegistry()
     registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
@@ -497,11 +492,6 @@ def test_malformed_state_raises_and_other_gateways_are_unchanged(data: dict[str,
     assert [sn for sn, _ in registry.videos()] == [GW2] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: devices.py receive marks the gateway seen/online (_seen) before the content is "
-    "parsed; if parsing then raises, GatewayOnline is lost and never sent again",
-)
 @pytest.mark.parametrize(
     ("topic", "data"),
     [
@@ -518,11 +508,6 @@ def test_malformed_first_message_does_not_swallow_gateway_online(topic: str, dat
     assert registry.receive(OSD, state(), 1.0) == [GatewayOnline(GW)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: devices.py receive sets online=True before parsing; a malformed message from an "
-    "offline gateway loses GatewayOnline and VideosChanged(old videos) for good",
-)
 def test_malformed_message_from_an_offline_gateway_does_not_swallow_its_return() -> None:
     registry = DeviceRegistry(offline_after=60.0)
     online(registry, 0.0)
@@ -533,11 +518,6 @@ def test_malformed_message_from_an_offline_gateway_does_not_swallow_its_return()
     assert events[:1] == [GatewayOnline(GW)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: devices.py _state stores a new live_capacity before parsing live_status; when that "
-    "raises, VideosChanged is lost and the same capacity later is no change",
-)
 def test_bad_live_status_does_not_swallow_a_capacity_change() -> None:
     registry = DeviceRegistry()
     registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)

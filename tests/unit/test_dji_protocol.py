@@ -358,11 +358,6 @@ def test_parse_envelope_refuses_need_reply_other_than_0_or_1(value: Any) -> None
     assert "need_reply" in str(envelope_error(message(need_reply=value)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: need_reply 1.0/0.0 (floats) pass `need_reply not in (0, 1, True, False)` "
-    "because 1.0 == 1, although a float timestamp is refused",
-)
 @pytest.mark.parametrize("value", [1.0, 0.0])
 def test_parse_envelope_refuses_float_need_reply(value: float) -> None:
     envelope_error(message(need_reply=value))
@@ -386,11 +381,6 @@ def test_parse_envelope_refuses_an_oversized_ascii_string() -> None:
     envelope_error(message(data={"pad": "x" * p.MAX_PAYLOAD_BYTES}).decode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_envelope compares len(payload) with MAX_PAYLOAD_BYTES, which for a str "
-    "counts characters, not UTF-8 bytes, so a 2-4x larger str message is parsed",
-)
 def test_parse_envelope_limit_counts_bytes_of_a_str_payload() -> None:
     text = message(data={"pad": "é" * (p.MAX_PAYLOAD_BYTES // 2)}).decode().replace("\\u00e9", "é")
     assert len(text) < p.MAX_PAYLOAD_BYTES < len(text.encode())
@@ -754,11 +744,6 @@ def test_parse_live_capacity_coexist_max(coexist: Any, expected: int) -> None:
     assert cap.coexist_max == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol.py parse_live_capacity iterates `video.get('switchable_video_types') or ()` "
-    "without a list check: a number raises TypeError (not DjiProtocolError) and loses every video",
-)
 @pytest.mark.parametrize("switchable", [1, True, 2.5])
 def test_parse_live_capacity_survives_a_non_list_switchable_types(switchable: Any) -> None:
     value = capacity()
@@ -770,11 +755,6 @@ def test_parse_live_capacity_survives_a_non_list_switchable_types(switchable: An
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol.py parse_live_capacity turns a string switchable_video_types into its "
-    "characters (('z','o','o','m')) and a dict into its keys",
-)
 @pytest.mark.parametrize("switchable", ["zoom", {"wide": 1}])
 def test_parse_live_capacity_ignores_non_list_switchable_types(switchable: Any) -> None:
     value = capacity()

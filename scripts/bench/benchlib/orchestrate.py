@@ -246,6 +246,8 @@ class Bench:
             str(ws_port),
             "--http-port",
             str(http_port),
+            "--rtmp-port",
+            "0",
             "--ice-address",
             "127.0.0.1",
             "--log-level",

@@ -1,0 +1,312 @@
+"""The server side of an RTMP publishing connection, sans I/O (in the style of h11).
+
+Feed it bytes with `receive_data`; it returns `Event`s (a publish request with its app and
+stream key, media messages, the end of a publish) and queues its own bytes (handshake,
+control messages, command replies) for `data_to_send`. It handles the simple handshake,
+chunk streams of any chunk size, extended timestamps, AMF0 commands and acknowledgements.
+Whether a publish is allowed is the caller's decision: `accept_publish` / `reject_publish`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.media.rtmp import amf0
+
+HANDSHAKE_SIZE = 1536
+MAX_CHUNK_SIZE = 0xFFFFFF
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # a single video frame larger than this is an attack
+OUT_CHUNK_SIZE = 4096
+WINDOW_ACK_SIZE = 2_500_000
+
+# message types
+SET_CHUNK_SIZE, ABORT, ACK, USER_CONTROL, WINDOW_ACK, PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
+AUDIO, VIDEO, DATA_AMF3, COMMAND_AMF3, DATA_AMF0, COMMAND_AMF0 = 8, 9, 15, 17, 18, 20
+
+
+class RtmpError(Exception):
+    """The peer broke the protocol; the connection should be closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequested:
+    app: str
+    key: str
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MediaMessage:
+    kind: int  # AUDIO or VIDEO
+    timestamp: int  # milliseconds
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MetaData:
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEnded:
+    reason: str
+
+
+Event = PublishRequested | MediaMessage | MetaData | PublishEnded
+
+
+class _Phase(enum.Enum):
+    C0C1 = 1
+    C2 = 2
+    CHUNKS = 3
+    CLOSED = 4
+
+
+@dataclass
+class _ChunkStream:
+    timestamp: int = 0
+    delta: int = 0
+    length: int = 0
+    type_id: int = 0
+    stream_id: int = 0
+    extended: bool = False
+    body: bytearray = field(default_factory=bytearray)
+
+
+class RtmpServerConnection:
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._out = bytearray()
+        self._phase = _Phase.C0C1
+        self._chunk_size = 128
+        self._streams: dict[int, _ChunkStream] = {}
+        self._received = 0
+        self._acked = 0
+        self._window = WINDOW_ACK_SIZE
+        self.app = ""
+        self.publishing: PublishRequested | None = None
+
+    def data_to_send(self) -> bytes:
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Bytes from the peer (b"" at end of stream). Raises RtmpError on a violation."""
+        if self._phase is _Phase.CLOSED:
+            return []
+        if not data:
+            self._phase = _Phase.CLOSED
+            return [PublishEnded("connection closed")] if self.publishing else []
+        self._buffer += data
+        self._received += len(data)
+        events: list[Event] = []
+        while True:
+            before = len(self._buffer)
+            if self._phase is _Phase.C0C1:
+                self._handshake_c0c1()
+            elif self._phase is _Phase.C2:
+                if len(self._buffer) >= HANDSHAKE_SIZE:
+                    del self._buffer[:HANDSHAKE_SIZE]
+                    self._phase = _Phase.CHUNKS
+            elif self._phase is _Phase.CHUNKS:
+                events += self._chunk()
+            if len(self._buffer) == before or self._phase is _Phase.CLOSED:
+                break
+        self._acknowledge()
+        return events
+
+    # --- handshake --------------------------------------------------------------------------
+
+    def _handshake_c0c1(self) -> None:
+        if len(self._buffer) < 1 + HANDSHAKE_SIZE:
+            return
+        if self._buffer[0] != 3:
+            raise RtmpError(f"unsupported RTMP version {self._buffer[0]} (RTMPE/RTMPT are not served)")
+        c1 = bytes(self._buffer[1 : 1 + HANDSHAKE_SIZE])
+        del self._buffer[: 1 + HANDSHAKE_SIZE]
+        # Simple handshake: S1 = time, zero, random; S2 echoes C1.
+        s1 = b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + os.urandom(HANDSHAKE_SIZE - 8)
+        self._out += b"\x03" + s1 + c1
+        self._phase = _Phase.C2
+
+    # --- chunks -----------------------------------------------------------------------------
+
+    def _chunk(self) -> list[Event]:
+        """Consume one complete chunk if buffered; return the events of a completed message."""
+        buf = self._buffer
+        if not buf:
+            return []
+        fmt, csid, pos = buf[0] >> 6, buf[0] & 0x3F, 1
+        if csid == 0:
+            if len(buf) < 2:
+                return []
+            csid, pos = 64 + buf[1], 2
+        elif csid == 1:
+            if len(buf) < 3:
+                return []
+            csid, pos = 64 + buf[1] + buf[2] * 256, 3
+        header_size = (11, 7, 3, 0)[fmt]
+        if len(buf) < pos + header_size:
+            return []
+        stream = self._streams.get(csid)
+        if stream is None:
+            if fmt != 0:
+                raise RtmpError(f"chunk stream {csid} starts without a full header")
+            stream = self._streams[csid] = _ChunkStream()
+        header = buf[pos : pos + header_size]
+        pos += header_size
+        new_message = not stream.body
+        timestamp_field = None
+        if fmt <= 2:
+            timestamp_field = int.from_bytes(header[0:3], "big")
+        extended = stream.extended if fmt == 3 else timestamp_field == 0xFFFFFF
+        if extended:
+            if len(buf) < pos + 4:
+                return []
+            timestamp_field = int.from_bytes(buf[pos : pos + 4], "big")
+            pos += 4
+        length, type_id, stream_id = stream.length, stream.type_id, stream.stream_id
+        if fmt <= 1:
+            length = int.from_bytes(header[3:6], "big")
+            type_id = header[6]
+            if length > MAX_MESSAGE_SIZE:
+                raise RtmpError(f"message of {length} bytes is over the limit")
+        if fmt == 0:
+            stream_id = int.from_bytes(header[7:11], "little")
+        need = min(self._chunk_size, length - len(stream.body))
+        if len(buf) < pos + need:
+            return []
+        # The whole chunk is here: commit the header, then take the payload.
+        stream.extended = extended
+        stream.length, stream.type_id, stream.stream_id = length, type_id, stream_id
+        if new_message and timestamp_field is not None:
+            if fmt == 0:
+                stream.timestamp = timestamp_field
+            else:
+                stream.delta = timestamp_field
+                stream.timestamp = (stream.timestamp + stream.delta) & 0xFFFFFFFF
+        elif new_message:  # fmt 3 starting a new message: repeat the last delta
+            stream.timestamp = (stream.timestamp + stream.delta) & 0xFFFFFFFF
+        stream.body += buf[pos : pos + need]
+        del buf[: pos + need]
+        if len(stream.body) < stream.length:
+            return []
+        body, stream.body = bytes(stream.body), bytearray()
+        return self._message(stream.type_id, stream.stream_id, stream.timestamp, body)
+
+    # --- messages ---------------------------------------------------------------------------
+
+    def _message(self, type_id: int, stream_id: int, timestamp: int, body: bytes) -> list[Event]:
+        if type_id == SET_CHUNK_SIZE:
+            if len(body) < 4:
+                raise RtmpError("short Set Chunk Size")
+            size = int.from_bytes(body[:4], "big") & 0x7FFFFFFF
+            if not 1 <= size <= MAX_CHUNK_SIZE:
+                raise RtmpError(f"bad chunk size {size}")
+            self._chunk_size = size
+        elif type_id == WINDOW_ACK and len(body) >= 4:
+            self._window = max(1, int.from_bytes(body[:4], "big"))
+        elif type_id in (VIDEO, AUDIO):
+            if self.publishing is not None:
+                return [MediaMessage(type_id, timestamp, body)]
+        elif type_id in (DATA_AMF0, DATA_AMF3):
+            return self._data(body[1:] if type_id == DATA_AMF3 else body)
+        elif type_id in (COMMAND_AMF0, COMMAND_AMF3):
+            return self._command(stream_id, body[1:] if type_id == COMMAND_AMF3 else body)
+        return []  # ACK, ABORT, USER_CONTROL, PEER_BANDWIDTH: nothing to do for a publisher
+
+    def _data(self, body: bytes) -> list[Event]:
+        try:
+            values = amf0.decode_all(body)
+        except amf0.Amf0Error:
+            return []  # metadata is informational: a bad one is not worth a disconnect
+        if values and values[0] == "@setDataFrame":
+            values = values[1:]
+        if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
+            return [MetaData(values[1])]
+        return []
+
+    def _command(self, stream_id: int, body: bytes) -> list[Event]:
+        try:
+            values = amf0.decode_all(body)
+        except amf0.Amf0Error as exc:
+            raise RtmpError(f"bad command: {exc}") from None
+        if len(values) < 2 or not isinstance(values[0], str):
+            raise RtmpError("command without a name and transaction id")
+        name, txid = values[0], values[1] if isinstance(values[1], int | float) else 0
+        args = values[2:]
+        if name == "connect":
+            command = args[0] if args and isinstance(args[0], dict) else {}
+            self.app = str(command.get("app", "")).strip("/")
+            self._send(WINDOW_ACK, 2, 0, struct.pack(">I", WINDOW_ACK_SIZE))
+            self._send(PEER_BANDWIDTH, 2, 0, struct.pack(">IB", WINDOW_ACK_SIZE, 2))
+            self._send(SET_CHUNK_SIZE, 2, 0, struct.pack(">I", OUT_CHUNK_SIZE))
+            self._result(
+                txid,
+                {"fmsVer": "FMS/3,0,1,123", "capabilities": 31},
+                {
+                    "level": "status",
+                    "code": "NetConnection.Connect.Success",
+                    "description": "Connection succeeded.",
+                    "objectEncoding": 0,
+                },
+            )
+        elif name == "createStream":
+            self._result(txid, None, 1)
+        elif name in ("releaseStream", "FCPublish", "FCUnpublish"):
+            if name == "FCUnpublish" and self.publishing is not None:
+                return self._end("unpublished")
+            self._result(txid, None, None)
+        elif name == "publish":
+            key = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+            if self.publishing is not None:
+                raise RtmpError("a second publish on one connection")
+            return [PublishRequested(self.app, key.split("?", 1)[0], stream_id or 1)]
+        elif name in ("deleteStream", "closeStream") and self.publishing is not None:
+            return self._end("unpublished")
+        return []
+
+    def accept_publish(self, request: PublishRequested) -> None:
+        self.publishing = request
+        self._on_status(
+            request.stream_id, "status", "NetStream.Publish.Start", f"{request.key} is now published"
+        )
+
+    def reject_publish(self, request: PublishRequested, description: str) -> None:
+        self._on_status(request.stream_id, "error", "NetStream.Publish.BadName", description)
+        self._phase = _Phase.CLOSED
+
+    def _end(self, reason: str) -> list[Event]:
+        self.publishing = None
+        return [PublishEnded(reason)]
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _result(self, txid: float, properties: Any, information: Any) -> None:
+        self._send(COMMAND_AMF0, 3, 0, amf0.encode("_result", txid, properties, information))
+
+    def _on_status(self, stream_id: int, level: str, code: str, description: str) -> None:
+        info = {"level": level, "code": code, "description": description}
+        self._send(COMMAND_AMF0, 5, stream_id, amf0.encode("onStatus", 0, None, info))
+
+    def _acknowledge(self) -> None:
+        if self._received - self._acked >= self._window:
+            self._acked = self._received
+            self._send(ACK, 2, 0, struct.pack(">I", self._received & 0xFFFFFFFF))
+
+    def _send(self, type_id: int, csid: int, stream_id: int, body: bytes) -> None:
+        """One message in chunks of OUT_CHUNK_SIZE (timestamp 0: control and commands)."""
+        header = bytes([csid]) + b"\x00\x00\x00" + len(body).to_bytes(3, "big") + bytes([type_id])
+        self._out += header + stream_id.to_bytes(4, "little")
+        for offset in range(0, len(body), OUT_CHUNK_SIZE):
+            if offset:
+                self._out.append(0xC0 | csid)
+            self._out += body[offset : offset + OUT_CHUNK_SIZE]

@@ -1,0 +1,129 @@
+"""The RTMP ingest server: one TCP port for every concurrent push, each keyed by a one-time
+ingest key (``rtmp://host:port/{app}/{key}``). A thin I/O layer around the sans-I/O
+`RtmpServerConnection`; video becomes Annex-B access units pushed into a Stream. Audio
+(AAC from drones) is not relayable to WebRTC without transcoding and is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from fractions import Fraction
+
+from gateway.log import get_logger
+from gateway.media.ingest_keys import IngestKeys
+from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.rtmp.flv import AvcTagReader, FlvError
+from gateway.media.rtmp.protocol import (
+    VIDEO,
+    MediaMessage,
+    PublishEnded,
+    PublishRequested,
+    RtmpError,
+    RtmpServerConnection,
+)
+from gateway.media.stream import Codec, MediaFrame, Stream
+
+log = get_logger(__name__)
+
+H264 = Codec("H264", 90000, {"packetization-mode": "1"})
+MS_TO_90K = 90
+
+
+class RtmpPush:
+    """One publishing RTMP connection as the source of a Stream."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.video = AvcTagReader()
+        self.bad_tags = 0
+
+    def request_keyframe(self) -> None:
+        """RTMP has no way to ask for one: new viewers start from the cached keyframe."""
+
+    def video_tag(self, message: MediaMessage) -> None:
+        try:
+            unit = self.video.read(message.payload)
+        except FlvError as exc:
+            self.bad_tags += 1
+            if self.bad_tags == 1:
+                log.warning("rtmp_video_unusable", stream=self.stream.name, reason=str(exc))
+            return
+        if self.video.dimensions is not None:
+            self.stream.set_dimensions(*self.video.dimensions)
+        if unit is None:
+            return
+        pts = (message.timestamp + unit.composition_offset) * MS_TO_90K
+        self.stream.push(MediaFrame("video", "H264", unit.data, pts, Fraction(1, 90000), unit.keyframe))
+
+
+class RtmpIngestServer:
+    def __init__(self, registry: StreamRegistry, keys: IngestKeys, *, host: str, port: int) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.host, self.port = host, port
+        self.pushes: set[RtmpPush] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        log.info("rtmp_listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername"))
+        rtmp = RtmpServerConnection()
+        push: RtmpPush | None = None
+        try:
+            while not rtmp.closed:
+                data = await reader.read(65536)
+                for event in rtmp.receive_data(data):
+                    if isinstance(event, PublishRequested):
+                        push = self._publish(rtmp, event, peer)
+                    elif isinstance(event, MediaMessage) and push is not None and event.kind == VIDEO:
+                        push.video_tag(event)
+                    elif isinstance(event, PublishEnded) and push is not None:
+                        self._end(push, event.reason)
+                        push = None
+                out = rtmp.data_to_send()
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+                if not data:
+                    break
+        except (RtmpError, ConnectionError) as exc:
+            log.info("rtmp_connection_error", peer=peer, error=str(exc)[:200])
+        finally:
+            if push is not None:
+                self._end(push, "connection closed")
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    def _publish(self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str) -> RtmpPush | None:
+        grant = self.keys.claim(request.key)
+        if grant is None:
+            log.warning("rtmp_publish_refused", peer=peer, app=request.app, reason="unknown or used key")
+            rtmp.reject_publish(request, "unknown, used or expired stream key")
+            return None
+        try:
+            stream = self.registry.claim(grant.stream_name)
+        except StreamNameInUse:
+            rtmp.reject_publish(request, "stream already has a source")
+            return None
+        push = RtmpPush(stream)
+        stream.source = push
+        stream.set_codecs(H264, None)
+        self.pushes.add(push)
+        rtmp.accept_publish(request)
+        log.info("rtmp_publishing", stream=stream.name, peer=peer)
+        return push
+
+    def _end(self, push: RtmpPush, reason: str) -> None:
+        if push in self.pushes:
+            self.pushes.discard(push)
+            self.registry.release(push.stream)
+            log.info("rtmp_push_ended", stream=push.stream.name, reason=reason)

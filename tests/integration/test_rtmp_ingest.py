@@ -1,0 +1,129 @@
+"""RTMP ingest with real ffmpeg pushes: one port for every push, one-time keys, H.264 from
+FLV (AVCC) to WebRTC players without transcoding; an AAC track does not disturb the video."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.media.synthetic import make_h264_clip
+from gateway.wcs.client import WcsClient, WcsError
+from tests.integration.conftest import CACHE, FrameCounter
+
+
+@pytest.fixture(scope="module")
+def clip() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+
+
+class Pushes:
+    """ffmpeg RTMP pushes started by a test, all stopped after it."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, clip: Path, url: str, *, audio: bool = False) -> subprocess.Popen[bytes]:
+        inputs = ["-re", "-stream_loop", "-1", "-i", str(clip)]
+        codecs = ["-map", "0:v", "-c:v", "copy"]
+        if audio:
+            inputs += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
+            codecs += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k"]
+        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", *inputs, *codecs, "-f", "flv", url]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+
+
+@pytest.fixture
+def pushes() -> Iterator[Pushes]:
+    started = Pushes()
+    yield started
+    started.stop_all()
+
+
+def rtmp_url(gateway: Gateway, key: str) -> str:
+    return f"rtmp://127.0.0.1:{gateway.config.rtmp_port}/live/{key}"
+
+
+async def wait_stream(gateway: Gateway, name: str, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while gateway.registry.get(name) is None:
+            await asyncio.sleep(0.05)
+
+
+async def play_and_decode(gateway: Gateway, name: str, frames: int = 30) -> FrameCounter:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    player = await client.play(name)
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(frames)
+    await counter.stop()
+    await client.close()
+    return counter
+
+
+async def test_pushes_reach_webrtc_players_on_one_port(
+    local_gateway: Gateway, clip: Path, pushes: Pushes
+) -> None:
+    keys = [local_gateway.ingest_keys.issue(f"drone-{i}") for i in range(2)]
+    for key in keys:
+        pushes.start(clip, rtmp_url(local_gateway, key.key))
+    for key in keys:
+        await wait_stream(local_gateway, key.stream_name)
+        counter = await play_and_decode(local_gateway, key.stream_name)
+        assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+        stream = local_gateway.registry.get(key.stream_name)
+        assert stream is not None and (stream.width, stream.height) == (320, 240)
+        assert stream.video_codec is not None and stream.video_codec.name == "H264"
+
+
+async def test_aac_audio_in_the_push_does_not_break_the_video(
+    local_gateway: Gateway, clip: Path, pushes: Pushes
+) -> None:
+    key = local_gateway.ingest_keys.issue("with-audio")
+    pushes.start(clip, rtmp_url(local_gateway, key.key), audio=True)
+    await wait_stream(local_gateway, "with-audio")
+    counter = await play_and_decode(local_gateway, "with-audio")
+    assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+
+
+async def test_unknown_key_is_refused(local_gateway: Gateway, clip: Path, pushes: Pushes) -> None:
+    proc = pushes.start(clip, rtmp_url(local_gateway, "not-a-key"))
+    exit_code = await asyncio.wait_for(asyncio.to_thread(proc.wait), 15)
+    assert exit_code != 0
+    assert len(local_gateway.registry) == 0
+
+
+async def test_key_works_once(local_gateway: Gateway, clip: Path, pushes: Pushes) -> None:
+    key = local_gateway.ingest_keys.issue("once")
+    first = pushes.start(clip, rtmp_url(local_gateway, key.key))
+    await wait_stream(local_gateway, "once")
+    first.terminate()
+    await asyncio.wait_for(asyncio.to_thread(first.wait), 10)
+    async with asyncio.timeout(10):
+        while len(local_gateway.registry):
+            await asyncio.sleep(0.05)
+    again = pushes.start(clip, rtmp_url(local_gateway, key.key))
+    assert await asyncio.wait_for(asyncio.to_thread(again.wait), 15) != 0
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    with pytest.raises(WcsError, match="Stream not found"):
+        await client.play("once")
+    await client.close()
