@@ -8,6 +8,9 @@ import threading
 from typing import Any
 
 from gateway.config import Config
+from gateway.dji.bridge import DjiBridge
+from gateway.dji.live import LiveSettings
+from gateway.dji.mqtt import BrokerAddress
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
@@ -49,6 +52,22 @@ class Gateway:
             if config.rtmp_port
             else None
         )
+        self.dji = (
+            DjiBridge(
+                self.registry,
+                self.ingest_keys,
+                BrokerAddress.parse(config.mqtt, config.mqtt_ca_file),
+                rtmp_base_url=config.rtmp_push_url or default_push_url(config),
+                settings=LiveSettings(
+                    reply_timeout=config.live_reply_timeout,
+                    push_timeout=config.live_push_timeout,
+                    linger=config.live_linger,
+                ),
+                offline_after=config.device_offline_after,
+            )
+            if config.mqtt
+            else None
+        )
         self.http = HttpServer(
             host=config.host, port=config.http_port, static_dir=config.static_dir, health=self.health
         )
@@ -58,9 +77,13 @@ class Gateway:
         await self.http.start()
         if self.rtmp is not None:
             await self.rtmp.start()
+        if self.dji is not None:
+            await self.dji.start()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
 
     async def stop(self) -> None:
+        if self.dji is not None:
+            await self.dji.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.http.stop()
@@ -76,3 +99,14 @@ class Gateway:
             "threads": threading.active_count(),
             "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
         }
+
+
+def default_push_url(config: Config) -> str:
+    """The RTMP URL prefix devices push to: the public address, else the first ICE
+    address, else this host's first non-loopback address."""
+    host = config.public_ip or next(iter(config.ice_addresses), None)
+    if host is None:
+        import aioice.ice
+
+        host = next(iter(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)), "127.0.0.1")
+    return f"rtmp://{host}:{config.rtmp_port}/live"

@@ -24,6 +24,15 @@ class Config:
     ws_port: int = 8080
     http_port: int = 8081
     rtmp_port: int = 1935  # RTMP ingest; 0 turns it off
+    # DJI Cloud API bridge: the MQTT broker docks and remote controllers use (off if unset).
+    mqtt: str | None = None
+    mqtt_ca_file: str | None = None
+    # Where devices push RTMP (default rtmp://{public_ip or a local address}:{rtmp_port}/live).
+    rtmp_push_url: str | None = None
+    live_linger: float = 30.0
+    live_reply_timeout: float = 20.0
+    live_push_timeout: float = 20.0
+    device_offline_after: float = 60.0
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
     # Local addresses to gather ICE host candidates on; empty means every non-loopback
@@ -140,7 +149,17 @@ def validate(config: Config) -> None:
             raise ConfigError(f"setting {name!r}: port {port} out of range")
     if config.max_frame_bytes < 1024:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
-    for name in ("ping_interval", "ice_timeout", "keyframe_request_interval"):
+    if config.mqtt is not None and not config.mqtt.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError("setting 'mqtt': an mqtt:// or mqtts:// URL")
+    for name in (
+        "ping_interval",
+        "ice_timeout",
+        "keyframe_request_interval",
+        "live_linger",
+        "live_reply_timeout",
+        "live_push_timeout",
+        "device_offline_after",
+    ):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"setting {name!r}: must be a positive number of seconds, not {value}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Protocol
+
 from gateway.log import get_logger
 from gateway.media.stream import Stream
 
@@ -12,16 +15,87 @@ class StreamNameInUse(Exception):
     pass
 
 
+class StreamUnavailable(Exception):
+    """An on-demand stream could not be started; ``info`` says why, for the viewer."""
+
+    def __init__(self, info: str) -> None:
+        super().__init__(info)
+        self.info = info
+
+
+class OnDemandSource(Protocol):
+    """A source started when someone wants one of its names (a drone camera), and stopped
+    when nobody does any more. The registry counts the wanting; the source decides."""
+
+    def serves(self, name: str) -> bool: ...
+
+    def wanted(self, name: str) -> None: ...
+
+    def unwanted(self, name: str) -> None: ...
+
+
 class StreamRegistry:
     def __init__(self, *, keyframe_interval: float = 1.0) -> None:
         self._streams: dict[str, Stream] = {}
         self._keyframe_interval = keyframe_interval
+        self._on_demand: list[OnDemandSource] = []
+        self._waiting: dict[str, list[asyncio.Future[Stream]]] = {}
+
+    # --- on-demand sources ----------------------------------------------------------------
+
+    def add_on_demand(self, source: OnDemandSource) -> None:
+        self._on_demand.append(source)
+
+    def on_demand_for(self, name: str) -> OnDemandSource | None:
+        return next((s for s in self._on_demand if s.serves(name)), None)
+
+    async def want(self, name: str) -> Stream:
+        """Tell the on-demand source of ``name`` that a viewer wants it and wait until it
+        plays. Raises StreamUnavailable if the source fails (it counts as unwanted then).
+        Every successful `want` is paired with an `unwant` when the viewer leaves."""
+        source = self.on_demand_for(name)
+        if source is None:
+            raise StreamUnavailable("Stream not found")
+        source.wanted(name)
+        stream = self.get(name)
+        if stream is not None:
+            return stream
+        waiter: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(name, []).append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            source.unwanted(name)
+            raise
+        finally:
+            waiters = self._waiting.get(name, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def unwant(self, name: str) -> None:
+        source = self.on_demand_for(name)
+        if source is not None:
+            source.unwanted(name)
+
+    def fail_waiting(self, name: str, info: str) -> None:
+        """The on-demand source of ``name`` gave up: every viewer waiting for it fails."""
+        for waiter in self._waiting.pop(name, []):
+            if not waiter.done():
+                waiter.set_exception(StreamUnavailable(info))
+
+    def _stream_live(self, stream: Stream) -> None:
+        for waiter in self._waiting.pop(stream.name, []):
+            if not waiter.done():
+                waiter.set_result(stream)
+
+    # --- sources and sinks ----------------------------------------------------------------
 
     def claim(self, name: str) -> Stream:
         """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken."""
         if name in self._streams:
             raise StreamNameInUse(name)
         stream = Stream(name, keyframe_interval=self._keyframe_interval)
+        stream.on_live = self._stream_live
         self._streams[name] = stream
         log.info("stream_claimed", stream=name)
         return stream

@@ -207,6 +207,7 @@ class Stream:
         self.source: Source | None = None
         self.ready = False  # codecs negotiated
         self.live = False  # a frame has arrived: viewers may subscribe
+        self.on_live: Callable[[Stream], None] | None = None  # the registry's, once
         self.ended = False
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
@@ -228,7 +229,10 @@ class Stream:
     def push(self, frame: MediaFrame) -> None:
         if self.ended:
             return
-        self.live = True
+        if not self.live:
+            self.live = True
+            if self.on_live is not None:
+                self.on_live(self)
         if frame.kind == "video":
             self.inbound.add(len(frame.data))
             self.last_video_pts = frame.pts

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway import __version__
 from gateway.log import get_logger
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
@@ -147,6 +147,8 @@ class Connection:
         )
         self.media: dict[str, MediaEndpoint] = {}
         self.streams: dict[str, Stream] = {}  # published by this connection, by media session
+        self.starting: dict[str, asyncio.Future[None]] = {}  # players waiting for on-demand streams
+        self.wanted: dict[str, str] = {}  # players of on-demand streams: media session -> name
         self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.log = log.bind(session=self.id)
@@ -214,10 +216,11 @@ class Connection:
             except ConnectionClosed:
                 return
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -268,10 +271,32 @@ class Connection:
 
     def _start_play(self, request: m.PlayStream) -> None:
         msid = request.media_session_id
-        stream = self.server.registry.get(request.name)
+        registry = self.server.registry
+        stream = registry.get(request.name)
+        if stream is None and registry.on_demand_for(request.name) is not None:
+            # A drone camera: its source starts now; the player waits (PENDING) meanwhile.
+            task = self._spawn(self._play_on_demand(request))
+            self.starting[msid] = task
+            task.add_done_callback(lambda _: self.starting.pop(msid, None))
+            return
         if stream is None:
             self.dispatch(self.session.media_failed(msid, INFO_NOT_FOUND))
             return
+        self._play(request, stream)
+
+    async def _play_on_demand(self, request: m.PlayStream) -> None:
+        msid, registry = request.media_session_id, self.server.registry
+        self.log.info("play_on_demand", stream=request.name, media_session=msid)
+        try:
+            stream = await registry.want(request.name)
+        except StreamUnavailable as exc:
+            self.dispatch(self.session.media_failed(msid, exc.info))
+            return
+        self.wanted[msid] = request.name  # unwanted again when this player stops
+        self._play(request, stream)
+
+    def _play(self, request: m.PlayStream, stream: Stream) -> None:
+        msid = request.media_session_id
         viewer = WebRtcViewer(stream, self.server.settings, PlayerEvents(self, msid, stream))
         self.media[msid] = viewer
         self.log.info("play_requested", stream=request.name, media_session=msid)
@@ -295,6 +320,12 @@ class Connection:
         self.dispatch(self.session.media_answer(msid, answer, audio_codec))
 
     def _stop_media(self, msid: str) -> None:
+        starting = self.starting.pop(msid, None)
+        if starting is not None:
+            starting.cancel()  # its `want` tells the on-demand source
+        name = self.wanted.pop(msid, None)
+        if name is not None:
+            self.server.registry.unwant(name)
         media = self.media.pop(msid, None)
         stream = self.streams.pop(msid, None)
         if stream is not None:

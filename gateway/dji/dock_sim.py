@@ -1,0 +1,169 @@
+"""A DJI dock simulator for development and tests (`skyrelay dock-sim`).
+
+It speaks the DJI Cloud API over MQTT like a dock with one aircraft: ``update_topo`` on
+start, ``live_capacity`` state, periodic ``osd``, and answers ``live_start_push`` /
+``live_stop_push`` on ``services_reply`` with the same tid and bid. On a successful start it
+pushes an H.264 test pattern over RTMP with the ffmpeg command (1 s GOP, no B-frames),
+like a dock pushing its camera. It can fail the first N starts with a given code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomqtt
+import orjson
+
+from gateway.dji import protocol as p
+from gateway.dji.mqtt import BrokerAddress
+from gateway.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DockBehaviour:
+    fail_first: int = 0  # answer this many live_start_push with `fail_code`
+    fail_code: int = 613006
+    reply_delay: float = 0.0
+    osd_interval: float = 2.0
+
+
+@dataclass
+class DockSimulator:
+    broker: BrokerAddress
+    clip: Path  # an H.264 clip ffmpeg can stream-copy into FLV
+    gateway_sn: str = "SIMDOCK0000001"
+    aircraft_sn: str = "SIMAIRCRAFT0001"
+    behaviour: DockBehaviour = field(default_factory=DockBehaviour)
+    starts: list[dict[str, object]] = field(default_factory=list)
+    stops: list[dict[str, object]] = field(default_factory=list)
+    _push: subprocess.Popen[bytes] | None = None
+
+    @property
+    def videos(self) -> list[p.VideoId]:
+        return [
+            p.VideoId(self.aircraft_sn, "53-0-0", "normal-0"),
+            p.VideoId(self.gateway_sn, "165-0-7", "normal-0"),
+        ]
+
+    async def run(self) -> None:
+        """Until cancelled: stay connected, announce the dock, answer commands."""
+        try:
+            async with aiomqtt.Client(
+                self.broker.host,
+                self.broker.port,
+                username=self.broker.username,
+                password=self.broker.password,
+                tls_context=self.broker.tls_context(),
+                identifier=f"dock-sim-{self.gateway_sn}",
+            ) as client:
+                await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
+                await self._announce(client)
+                osd = asyncio.create_task(self._osd(client))
+                try:
+                    async for message in client.messages:
+                        await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
+                finally:
+                    osd.cancel()
+        finally:
+            self._stop_push()
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        topo = {
+            "domain": "3",
+            "type": 2,
+            "sub_type": 0,
+            "sub_devices": [{"sn": self.aircraft_sn, "domain": "0", "type": 91, "sub_type": 0, "index": "A"}],
+        }
+        await client.publish(
+            f"sys/product/{self.gateway_sn}/status", self._message("update_topo", topo), qos=1
+        )
+        cameras: dict[str, list[dict[str, object]]] = {}
+        for video in self.videos:
+            cameras.setdefault(video.sn, []).append(
+                {
+                    "camera_index": video.camera_index,
+                    "available_video_number": 1,
+                    "coexist_video_number_max": 1,
+                    "video_list": [{"video_index": video.video_index, "video_type": "normal"}],
+                }
+            )
+        capacity = {
+            "available_video_number": len(self.videos),
+            "coexist_video_number_max": 1,
+            "device_list": [{"sn": sn, "camera_list": cams} for sn, cams in cameras.items()],
+        }
+        state = self._message("", {"live_capacity": capacity})
+        await client.publish(f"thing/product/{self.gateway_sn}/state", state, qos=1)
+
+    async def _osd(self, client: aiomqtt.Client) -> None:
+        while True:
+            await client.publish(f"thing/product/{self.gateway_sn}/osd", self._message("", {"mode_code": 0}))
+            await asyncio.sleep(self.behaviour.osd_interval)
+
+    async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
+        try:
+            request = p.parse_envelope(payload)
+        except p.DjiProtocolError as exc:
+            log.warning("dock_sim_bad_command", reason=str(exc))
+            return
+        result = 0
+        if request.method == "live_start_push":
+            self.starts.append(request.data)
+            if len(self.starts) <= self.behaviour.fail_first:
+                result = self.behaviour.fail_code
+            else:
+                self._start_push(str(request.data.get("url", "")))
+        elif request.method == "live_stop_push":
+            self.stops.append(request.data)
+            self._stop_push()
+        if self.behaviour.reply_delay:
+            await asyncio.sleep(self.behaviour.reply_delay)
+        reply = p.Envelope(
+            request.tid, request.bid, request.method, {"result": result}, gateway=self.gateway_sn
+        )
+        await client.publish(f"thing/product/{self.gateway_sn}/services_reply", p.encode(reply), qos=1)
+
+    def _start_push(self, url: str) -> None:
+        self._stop_push()
+        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1"]
+        cmd += ["-i", str(self.clip), "-map", "0:v", "-c:v", "copy", "-f", "flv", url]
+        self._push = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        log.info("dock_sim_pushing", url=url)
+
+    def _stop_push(self) -> None:
+        push, self._push = self._push, None
+        if push is not None and push.poll() is None:
+            push.terminate()
+            try:
+                push.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                push.kill()
+                push.wait(timeout=5)
+
+    def _message(self, method: str, data: dict[str, object]) -> bytes:
+        envelope = p.new_request(method, data)
+        return orjson.dumps(
+            {
+                "tid": envelope.tid,
+                "bid": envelope.bid,
+                "timestamp": int(time.time() * 1000),
+                "gateway": self.gateway_sn,
+                "method": method,
+                "data": data,
+            }
+        )
+
+
+async def run_forever(simulator: DockSimulator) -> None:
+    """Run the simulator, reconnecting after broker errors (for the CLI)."""
+    while True:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await simulator.run()
+        await asyncio.sleep(2)

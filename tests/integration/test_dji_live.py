@@ -1,0 +1,136 @@
+"""A play request for a drone camera starts the dock's push over MQTT (real Mosquitto), the
+dock simulator pushes RTMP (real ffmpeg) with the one-time key, and WebRTC players get the
+video; the last player leaving stops the push after the linger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.dji.dock_sim import DockBehaviour, DockSimulator
+from gateway.dji.mqtt import BrokerAddress
+from gateway.media.synthetic import make_h264_clip
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import MosquittoProcess, free_port
+from tests.integration.conftest import CACHE, FrameCounter
+
+AIRCRAFT_VIDEO = "SIMAIRCRAFT0001/53-0-0/normal-0"
+
+
+@pytest.fixture(scope="module")
+def clip() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+
+
+@pytest_asyncio.fixture
+async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
+    config = Config(
+        host="127.0.0.1",
+        ws_port=free_port(),
+        http_port=free_port(),
+        rtmp_port=free_port(),
+        ice_addresses=("127.0.0.1",),
+        mqtt=mosquitto.url,
+        live_linger=1.0,
+        live_reply_timeout=5.0,
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+
+
+@contextlib.asynccontextmanager
+async def dock(
+    gateway: Gateway, broker: MosquittoProcess, clip: Path, behaviour: DockBehaviour | None = None
+) -> AsyncIterator[DockSimulator]:
+    sim = DockSimulator(BrokerAddress.parse(broker.url), clip, behaviour=behaviour or DockBehaviour())
+    task = asyncio.create_task(sim.run())
+    try:
+        assert gateway.dji is not None
+        async with asyncio.timeout(10):
+            while not gateway.dji.serves(AIRCRAFT_VIDEO):
+                await asyncio.sleep(0.05)
+        yield sim
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def play(gateway: Gateway, name: str = AIRCRAFT_VIDEO) -> tuple[WcsClient, FrameCounter]:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    player = await client.play(name, timeout=30)
+    await player.wait_status("PLAYING", timeout=30)
+    return client, FrameCounter(player).start()
+
+
+async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        first, frames = await play(drone_gateway)
+        await frames.wait_frames(20)
+        assert (frames.frames[-1].width, frames.frames[-1].height) == (320, 240)
+        (start,) = sim.starts
+        port = drone_gateway.config.rtmp_port
+        assert start["video_id"] == AIRCRAFT_VIDEO and start["url_type"] == 1
+        assert str(start["url"]).startswith(f"rtmp://127.0.0.1:{port}/live/")
+        assert len(str(start["url"]).rsplit("/", 1)[1]) >= 24  # an unguessable key
+
+        second, more_frames = await play(drone_gateway)
+        await more_frames.wait_frames(20)
+        assert len(sim.starts) == 1, "the second viewer joins the running stream"
+
+        for counter in (frames, more_frames):
+            await counter.stop()
+        await first.close()
+        assert sim.stops == []  # one viewer is still there
+        await second.close()
+        async with asyncio.timeout(10):  # linger 1 s, then live_stop_push
+            while not sim.stops:
+                await asyncio.sleep(0.05)
+        assert sim.stops == [{"video_id": AIRCRAFT_VIDEO}]
+
+
+async def test_a_transient_error_is_retried(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    behaviour = DockBehaviour(fail_first=1, fail_code=613006)
+    async with dock(drone_gateway, mosquitto, clip, behaviour) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        assert len(sim.starts) == 2
+        await frames.stop()
+        await client.close()
+
+
+async def test_a_device_error_fails_the_play_with_its_code(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    behaviour = DockBehaviour(fail_first=5, fail_code=513013)
+    async with dock(drone_gateway, mosquitto, clip, behaviour) as sim:
+        client = await WcsClient.connect(f"ws://127.0.0.1:{drone_gateway.config.ws_port}")
+        with pytest.raises(WcsError, match="513013") as failure:
+            await client.play(AIRCRAFT_VIDEO, timeout=30)
+        assert "not supported" in str(failure.value)
+        assert len(sim.starts) == 1, "a non-transient error is not retried"
+        await client.close()
+
+
+async def test_unknown_drone_video_is_not_found(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip):
+        client = await WcsClient.connect(f"ws://127.0.0.1:{drone_gateway.config.ws_port}")
+        with pytest.raises(WcsError, match="Stream not found"):
+            await client.play("SIMAIRCRAFT0001/99-0-0/normal-0")
+        await client.close()
