@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -43,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-frame-bytes", type=int, help="largest WebSocket frame accepted")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
+
+    sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
+    sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
+    sim.add_argument("--gateway-sn", default="SIMDOCK0000001", help="the dock's serial number")
+    sim.add_argument("--aircraft-sn", default="SIMAIRCRAFT0001", help="the aircraft's serial number")
+    sim.add_argument("--fail-first", type=int, default=0, help="fail this many live_start_push")
+    sim.add_argument("--fail-code", type=int, default=613006, help="DJI code for those failures")
+    sim.add_argument("--reply-delay", type=float, default=0.0, help="seconds before each reply")
     return parser
 
 
@@ -64,7 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.app import Gateway
 
         return asyncio.run(_serve(Gateway(config)))
+    if args.command == "dock-sim":
+        return _dock_sim(args)
     return 2
+
+
+def _dock_sim(args: argparse.Namespace) -> int:
+    from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
+    from gateway.dji.mqtt import BrokerAddress
+    from gateway.media.synthetic import make_h264_clip
+
+    log.configure("info", "auto")
+    try:
+        broker = BrokerAddress.parse(args.mqtt)
+    except ValueError as exc:
+        print(f"skyrelay: {exc}", file=sys.stderr)
+        return 2
+    cache = Path.home() / ".cache" / "skyrelay"
+    cache.mkdir(parents=True, exist_ok=True)
+    clip = make_h264_clip(cache, width=1280, height=720, fps=30, seconds=10, bitrate=2_000_000, gop=30)
+    behaviour = DockBehaviour(args.fail_first, args.fail_code, args.reply_delay)
+    simulator = DockSimulator(broker, clip, args.gateway_sn, args.aircraft_sn, behaviour)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_forever(simulator))
+    return 0
 
 
 async def _serve(gateway: Any) -> int:

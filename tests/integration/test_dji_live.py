@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -134,3 +137,32 @@ async def test_unknown_drone_video_is_not_found(
         with pytest.raises(WcsError, match="Stream not found"):
             await client.play("SIMAIRCRAFT0001/99-0-0/normal-0")
         await client.close()
+
+
+async def test_the_commands_together(make_gateway: Any, mosquitto: MosquittoProcess) -> None:
+    """`skyrelay serve --mqtt` and `skyrelay dock-sim` as separate processes, as a user runs them."""
+    gateway = make_gateway({"SKYRELAY_MQTT": mosquitto.url, "SKYRELAY_LIVE_LINGER": "1"})
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dock-sim", "--mqtt", mosquitto.url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = await WcsClient.connect(gateway.ws_url)
+        async with asyncio.timeout(90):  # the first run encodes the simulator's 720p clip
+            while True:
+                try:
+                    player = await client.play(AIRCRAFT_VIDEO, timeout=30)
+                    break
+                except WcsError as exc:
+                    assert "Stream not found" in str(exc)  # the dock is not announced yet
+                    await asyncio.sleep(0.5)
+        await player.wait_status("PLAYING", timeout=30)
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(10)
+        assert (counter.frames[-1].width, counter.frames[-1].height) == (1280, 720)
+        await counter.stop()
+        await client.close()
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
