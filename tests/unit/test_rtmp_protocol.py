@@ -440,11 +440,6 @@ def test_second_publish_is_an_error() -> None:
         client.send(command("publish", 6, None, "OTHER", "live", stream_id=1, csid=8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: two publish commands in one receive_data both yield PublishRequested "
-    "(protocol.py _command only refuses a publish once accept_publish has run)",
-)
 def test_second_publish_before_the_first_is_decided_is_an_error() -> None:
     client = connected()
     both = publish_commands("A") + command("publish", 6, None, "B", "live", stream_id=1, csid=8)
@@ -523,11 +518,6 @@ def test_timestamps_through_every_header_format() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a fmt 0 chunk, a fmt 3 chunk starting a new message must use the fmt 0 "
-    "timestamp as its delta (RTMP 5.3.1.2.4; ffmpeg's writer does this); protocol.py keeps the old delta",
-)
 def test_fmt3_right_after_fmt0_uses_the_absolute_timestamp_as_delta() -> None:
     # ffmpeg (rtmppkt.c ff_rtmp_packet_write) writes fmt 3 whenever the new ts_field equals the
     # previous one, including the previous fmt 0's absolute timestamp: fixed-size audio frames
@@ -819,11 +809,6 @@ def test_bad_set_chunk_size() -> None:
         client.send(set_chunk_size(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Set Chunk Size above 0xFFFFFF is refused (protocol.py _message) though RTMP 5.4.1 "
-    "makes 1..0x7FFFFFFF valid (all sizes over 0xFFFFFF are equivalent); clamp instead",
-)
 @pytest.mark.parametrize("size", [0x1000000, 0x7FFFFFFF])
 def test_set_chunk_size_above_the_largest_message(size: int) -> None:
     client = publishing()
@@ -844,11 +829,6 @@ def test_set_chunk_size_ignores_the_top_bit() -> None:
     assert media(client.send(data)) == [(VIDEO, 0, video(1, 5000))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Abort Message (type 2) is ignored (protocol.py _message); the partial message "
-    "on the aborted chunk stream is not discarded and corrupts the next one",
-)
 def test_abort_discards_the_partial_message() -> None:
     client = publishing()
     partial = chunks(6, 0, video(1, 1000))[:3]

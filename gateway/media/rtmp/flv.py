@@ -65,7 +65,7 @@ class AvcTagReader:
         """AVCDecoderConfigurationRecord (ISO 14496-15 5.2.4.1)."""
         if len(record) < 7 or record[0] != 1:
             raise FlvError("bad AVC decoder configuration record")
-        self.nal_length_size = (record[4] & 0x03) + 1
+        nal_length_size = (record[4] & 0x03) + 1
         pos, sets = 5, []
         for count_mask in (0x1F, 0xFF):
             if pos >= len(record):
@@ -80,6 +80,7 @@ class AvcTagReader:
                     raise FlvError("AVC decoder configuration record truncated")
                 sets.append(nal)
                 pos += 2 + size
+        self.nal_length_size = nal_length_size  # only once the whole record is valid
         # Let the cache learn SPS/PPS (and the picture size) as from an access unit.
         _, _, dims = self.parameter_sets.process(b"".join(h264.START_CODE + nal for nal in sets))
         if dims is not None:

@@ -89,6 +89,7 @@ class RtmpServerConnection:
         self._window = WINDOW_ACK_SIZE
         self.app = ""
         self.publishing: PublishRequested | None = None
+        self._requested: PublishRequested | None = None  # awaiting accept/reject
 
     def data_to_send(self) -> bytes:
         out, self._out = bytes(self._out), bytearray()
@@ -189,7 +190,8 @@ class RtmpServerConnection:
         stream.length, stream.type_id, stream.stream_id = length, type_id, stream_id
         if new_message and timestamp_field is not None:
             if fmt == 0:
-                stream.timestamp = timestamp_field
+                # A fmt 3 chunk that follows repeats this as its delta (RTMP 5.3.1.2.4).
+                stream.timestamp = stream.delta = timestamp_field
             else:
                 stream.delta = timestamp_field
                 stream.timestamp = (stream.timestamp + stream.delta) & 0xFFFFFFFF
@@ -209,9 +211,14 @@ class RtmpServerConnection:
             if len(body) < 4:
                 raise RtmpError("short Set Chunk Size")
             size = int.from_bytes(body[:4], "big") & 0x7FFFFFFF
-            if not 1 <= size <= MAX_CHUNK_SIZE:
-                raise RtmpError(f"bad chunk size {size}")
-            self._chunk_size = size
+            if size == 0:
+                raise RtmpError("chunk size 0")
+            # Any size above the largest message length behaves the same (RTMP 5.4.1).
+            self._chunk_size = min(size, MAX_CHUNK_SIZE)
+        elif type_id == ABORT and len(body) >= 4:
+            aborted = self._streams.get(int.from_bytes(body[:4], "big"))
+            if aborted is not None:
+                aborted.body = bytearray()
         elif type_id == WINDOW_ACK and len(body) >= 4:
             self._window = max(1, int.from_bytes(body[:4], "big"))
         elif type_id in (VIDEO, AUDIO):
@@ -267,9 +274,10 @@ class RtmpServerConnection:
             self._result(txid, None, None)
         elif name == "publish":
             key = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
-            if self.publishing is not None:
+            if self.publishing is not None or self._requested is not None:
                 raise RtmpError("a second publish on one connection")
-            return [PublishRequested(self.app, key.split("?", 1)[0], stream_id or 1)]
+            self._requested = PublishRequested(self.app, key.split("?", 1)[0], stream_id or 1)
+            return [self._requested]
         elif name in ("deleteStream", "closeStream") and self.publishing is not None:
             return self._end("unpublished")
         return []
@@ -281,6 +289,7 @@ class RtmpServerConnection:
         )
 
     def reject_publish(self, request: PublishRequested, description: str) -> None:
+        self._requested = None
         self._on_status(request.stream_id, "error", "NetStream.Publish.BadName", description)
         self._phase = _Phase.CLOSED
 
