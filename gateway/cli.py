@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fail-first", type=int, default=0, help="fail this many live_start_push")
     sim.add_argument("--fail-code", type=int, default=613006, help="DJI code for those failures")
     sim.add_argument("--reply-delay", type=float, default=0.0, help="seconds before each reply")
+    sim.add_argument("--drop-after", type=float, default=0.0, help="drop each push after this long")
+    sim.add_argument("--drop-for", type=float, default=0.0, help="... for this many seconds")
     return parser
 
 
@@ -92,7 +94,9 @@ def _dock_sim(args: argparse.Namespace) -> int:
     cache = Path.home() / ".cache" / "skyrelay"
     cache.mkdir(parents=True, exist_ok=True)
     clip = make_h264_clip(cache, width=1280, height=720, fps=30, seconds=10, bitrate=2_000_000, gop=30)
-    behaviour = DockBehaviour(args.fail_first, args.fail_code, args.reply_delay)
+    behaviour = DockBehaviour(
+        args.fail_first, args.fail_code, args.reply_delay, drop_after=args.drop_after, drop_for=args.drop_for
+    )
     simulator = DockSimulator(broker, clip, args.gateway_sn, args.aircraft_sn, behaviour)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_forever(simulator))

@@ -111,7 +111,8 @@ class DjiBridge:
             await asyncio.sleep(TICK)
             now = self.clock()
             for name, controller in list(self.controllers.items()):
-                playing = self.registry.get(name) is not None
+                stream = self.registry.find(name)
+                playing = stream is not None and stream.live and stream.source is not None
                 if playing and controller.phase in (live.Phase.WAITING, live.Phase.LINGERING):
                     self._apply(controller, controller.media_started(now))
                 elif not playing and controller.phase is live.Phase.LIVE:
@@ -125,7 +126,7 @@ class DjiBridge:
         for output in outputs:
             match output:
                 case live.OpenIngest():
-                    key = self.ingest_keys.issue(name)
+                    key = self.ingest_keys.issue(name, keep_stream=True)
                     self._keys[name] = key.key
                     url = f"{self.rtmp_base_url}/{key.key}"
                     self._apply(controller, controller.ingest_ready(url, self.clock()))
@@ -135,12 +136,15 @@ class DjiBridge:
                     key = self._keys.pop(name, None)
                     if key is not None:
                         self.ingest_keys.revoke(key)
-                    stream = self.registry.get(name)
+                    stream = self.registry.find(name)
                     if stream is not None:
                         self.registry.release(stream)
                 case live.Failed(info=info):
                     log.info("dji_live_failed", stream=name, info=info)
                     self.registry.fail_waiting(name, info)
+                    stream = self.registry.find(name)
+                    if stream is not None:
+                        self.registry.release(stream, info)  # its viewers fail with the reason
 
     def _send(self, gateway_sn: str, envelope: p.Envelope) -> None:
         task = asyncio.ensure_future(self.mqtt.send_command(gateway_sn, envelope))

@@ -32,6 +32,11 @@ class DockBehaviour:
     fail_code: int = 613006
     reply_delay: float = 0.0
     osd_interval: float = 2.0
+    # Docks send live_capacity only when it changes; a bridge that (re)connected later
+    # would never hear it. The simulator repeats its announcement now and then.
+    announce_interval: float = 10.0
+    drop_after: float = 0.0  # seconds into each push, drop it (like a network glitch) ...
+    drop_for: float = 0.0  # ... for this long, then push again to the same URL
 
 
 @dataclass
@@ -44,6 +49,8 @@ class DockSimulator:
     starts: list[dict[str, object]] = field(default_factory=list)
     stops: list[dict[str, object]] = field(default_factory=list)
     _push: subprocess.Popen[bytes] | None = None
+    _url: str | None = None
+    _glitch: asyncio.Task[None] | None = None
 
     @property
     def videos(self) -> list[p.VideoId]:
@@ -72,6 +79,8 @@ class DockSimulator:
                 finally:
                     osd.cancel()
         finally:
+            if self._glitch is not None:
+                self._glitch.cancel()
             self._stop_push()
 
     async def _announce(self, client: aiomqtt.Client) -> None:
@@ -103,9 +112,13 @@ class DockSimulator:
         await client.publish(f"thing/product/{self.gateway_sn}/state", state, qos=1)
 
     async def _osd(self, client: aiomqtt.Client) -> None:
+        last_announce = time.monotonic()
         while True:
             await client.publish(f"thing/product/{self.gateway_sn}/osd", self._message("", {"mode_code": 0}))
             await asyncio.sleep(self.behaviour.osd_interval)
+            if time.monotonic() - last_announce >= self.behaviour.announce_interval:
+                last_announce = time.monotonic()
+                await self._announce(client)
 
     async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
@@ -130,14 +143,30 @@ class DockSimulator:
         )
         await client.publish(f"thing/product/{self.gateway_sn}/services_reply", p.encode(reply), qos=1)
 
+    async def drop_push(self, seconds: float) -> None:
+        """Stop pushing for ``seconds``, then push again to the same URL."""
+        url = self._url
+        self._stop_push()
+        await asyncio.sleep(seconds)
+        if url is not None and self._url is None:
+            self._start_push(url)
+
     def _start_push(self, url: str) -> None:
         self._stop_push()
+        self._url = url
+        if self.behaviour.drop_for > 0 and self._glitch is None:
+            self._glitch = asyncio.ensure_future(self._drop_later())
         cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1"]
         cmd += ["-i", str(self.clip), "-map", "0:v", "-c:v", "copy", "-f", "flv", url]
         self._push = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         log.info("dock_sim_pushing", url=url)
 
+    async def _drop_later(self) -> None:
+        await asyncio.sleep(self.behaviour.drop_after)
+        await self.drop_push(self.behaviour.drop_for)
+
     def _stop_push(self) -> None:
+        self._url = None
         push, self._push = self._push, None
         if push is not None and push.poll() is None:
             push.terminate()

@@ -1,8 +1,11 @@
-"""One-time ingest keys: an unguessable key lets exactly one push publish one stream name.
+"""Ingest keys: an unguessable key lets one push at a time publish one stream name, until
+the issuer revokes it.
 
 The DJI bridge issues a key for each ``live_start_push`` and puts it in the push URL; the
-RTMP (and later WHIP) ingest claims it when the device connects. A key works once: it is
-refused for anyone else, after it was used, and after it was revoked.
+RTMP (and later WHIP) ingest claims it when the device connects and releases it when that
+push ends, so the device can reconnect with the same URL after a network glitch. A key is
+refused for a second concurrent push, for any other key, and once revoked (the stream
+ended).
 """
 
 from __future__ import annotations
@@ -15,23 +18,35 @@ from dataclasses import dataclass
 class IngestKey:
     key: str
     stream_name: str
+    # The stream outlives a push that drops (viewers stay attached for the next push).
+    keep_stream: bool = False
 
 
 class IngestKeys:
     def __init__(self) -> None:
         self._open: dict[str, IngestKey] = {}
+        self._in_use: set[str] = set()
 
-    def issue(self, stream_name: str) -> IngestKey:
-        issued = IngestKey(secrets.token_urlsafe(24), stream_name)
+    def issue(self, stream_name: str, *, keep_stream: bool = False) -> IngestKey:
+        issued = IngestKey(secrets.token_urlsafe(24), stream_name, keep_stream)
         self._open[issued.key] = issued
         return issued
 
     def claim(self, key: str) -> IngestKey | None:
-        """The key's grant if it is open; it is used up by this call."""
-        return self._open.pop(key, None)
+        """The key's grant if it is open and no push is using it; in use from now on."""
+        grant = self._open.get(key)
+        if grant is None or key in self._in_use:
+            return None
+        self._in_use.add(key)
+        return grant
+
+    def release(self, key: str) -> None:
+        """The push using ``key`` ended; the key may push again until it is revoked."""
+        self._in_use.discard(key)
 
     def revoke(self, key: str) -> None:
         self._open.pop(key, None)
+        self._in_use.discard(key)
 
     def __len__(self) -> int:
         return len(self._open)

@@ -90,9 +90,14 @@ class StreamRegistry:
 
     # --- sources and sinks ----------------------------------------------------------------
 
-    def claim(self, name: str) -> Stream:
-        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken."""
-        if name in self._streams:
+    def claim(self, name: str, *, resume: bool = False) -> Stream:
+        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken. With
+        ``resume``, a stream of that name whose source went away (and that has not ended)
+        is handed back instead, with its viewers."""
+        existing = self._streams.get(name)
+        if existing is not None and resume and existing.source is None and not existing.ended:
+            return existing
+        if existing is not None:
             raise StreamNameInUse(name)
         stream = Stream(name, keyframe_interval=self._keyframe_interval)
         stream.on_live = self._stream_live
@@ -106,12 +111,17 @@ class StreamRegistry:
         playable = stream is not None and stream.ready and stream.live and not stream.ended
         return stream if playable else None
 
-    def release(self, stream: Stream) -> None:
-        """The source of ``stream`` is gone: end it and free its name."""
+    def release(self, stream: Stream, info: str | None = None) -> None:
+        """``stream`` is over: end it (its viewers fail with ``info`` if given) and free its
+        name."""
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
-            log.info("stream_released", stream=stream.name, viewers=len(stream.subscriptions))
-        stream.end()
+            log.info("stream_released", stream=stream.name, viewers=len(stream.subscriptions), info=info)
+        stream.end(info)
+
+    def find(self, name: str) -> Stream | None:
+        """The stream of that name, playable or not (a source may be away)."""
+        return self._streams.get(name)
 
     def __len__(self) -> int:
         return len(self._streams)

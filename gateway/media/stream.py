@@ -68,7 +68,7 @@ class StreamListener(Protocol):
 
     def on_stream_event(self, event_type: str, payload: Any) -> None: ...
 
-    def on_stream_end(self) -> None: ...
+    def on_stream_end(self, info: str | None) -> None: ...
 
 
 class Source(Protocol):
@@ -143,6 +143,13 @@ class FrameQueue:
             self._on_gap()
         return False
 
+    def resync(self) -> None:
+        """The source changed: what is queued belongs to the old one; wait for a keyframe."""
+        if self.kind == "video":
+            self.dropped += len(self._frames)
+            self._frames.clear()
+            self._need_keyframe = True
+
     def start_with(self, keyframe: MediaFrame) -> None:
         """Queue a cached keyframe, then skip to the next live keyframe: the deltas that
         follow the cached one reference frames this subscriber never received."""
@@ -212,6 +219,12 @@ class Stream:
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
         self.last_video_pts = 0
+        # A source that takes over a live stream (a push that reconnected) continues its
+        # timestamps: per kind, the offset from the new source's clock to the stream's.
+        self._resuming = False
+        self._offsets: dict[str, int] = {}
+        self._last_pts: dict[str, int] = {}
+        self._last_push = clock()
         self.subscriptions: list[Subscription] = []
         # State shared by all sinks of one type on this stream (e.g. one RTP packetizer).
         self.shared: dict[str, Any] = {}
@@ -226,9 +239,34 @@ class Stream:
         self.video_codec, self.audio_codec = video, audio
         self.ready = True
 
+    def attach_source(self, source: Source) -> None:
+        """``source`` feeds this stream from now on. Taking over a stream that already had
+        media (a push that came back) keeps its viewers: timestamps go on from where they
+        were, and video waits for the new source's first keyframe."""
+        self.source = source
+        if self.live:
+            self._resuming, self._offsets = True, {}
+            for sub in self.subscriptions:
+                sub.video.resync()
+
+    def detach_source(self, source: Source) -> None:
+        """``source`` stopped; the stream stays, waiting for another (or for `end`)."""
+        if self.source is source:
+            self.source = None
+
     def push(self, frame: MediaFrame) -> None:
         if self.ended:
             return
+        now = self._clock()
+        if self._resuming:
+            offset = self._offsets.get(frame.kind)
+            if offset is None:
+                # Continue at the stream's last timestamp plus the time the source was away.
+                gap = round((now - self._last_push) / frame.time_base)
+                offset = self._offsets[frame.kind] = self._last_pts.get(frame.kind, 0) + gap - frame.pts
+            frame.pts += offset
+        self._last_push = now
+        self._last_pts[frame.kind] = frame.pts
         if not self.live:
             self.live = True
             if self.on_live is not None:
@@ -252,8 +290,9 @@ class Stream:
         for sub in list(self.subscriptions):
             sub.listener.on_stream_event(event_type, payload)
 
-    def end(self) -> None:
-        """The source is gone: close every queue and tell every subscriber."""
+    def end(self, info: str | None = None) -> None:
+        """The stream is over: close every queue and tell every subscriber (``info`` says
+        why when it failed; None for a publisher that stopped)."""
         if self.ended:
             return
         self.ended = True
@@ -261,7 +300,7 @@ class Stream:
         for sub in subs:
             sub.close()
         for sub in subs:
-            sub.listener.on_stream_end()
+            sub.listener.on_stream_end(info)
 
     # --- subscriber side -----------------------------------------------------------------
 

@@ -128,8 +128,12 @@ class PlayerEvents:
     def on_stream_event(self, event_type: str, payload: Any) -> None:
         self._connection.dispatch(self._connection.session.stream_event(self._msid, event_type, payload))
 
-    def on_stream_end(self) -> None:
-        self._connection.dispatch(self._connection.session.publisher_stopped(self._msid))
+    def on_stream_end(self, info: str | None) -> None:
+        session = self._connection.session
+        if info is None:
+            self._connection.dispatch(session.publisher_stopped(self._msid))
+        else:
+            self._connection.dispatch(session.media_failed(self._msid, info))
 
 
 class Connection:

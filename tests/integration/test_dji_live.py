@@ -44,9 +44,13 @@ async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
         mqtt=mosquitto.url,
         live_linger=1.0,
         live_reply_timeout=5.0,
+        live_push_timeout=4.0,
     )
     gateway = Gateway(config)
     await gateway.start()
+    assert gateway.dji is not None
+    async with asyncio.timeout(10):  # subscribed before the dock announces itself
+        await gateway.dji.mqtt.connected.wait()
     yield gateway
     await gateway.stop()
 
@@ -126,6 +130,41 @@ async def test_a_device_error_fails_the_play_with_its_code(
             await client.play(AIRCRAFT_VIDEO, timeout=30)
         assert "not supported" in str(failure.value)
         assert len(sim.starts) == 1, "a non-transient error is not retried"
+        await client.close()
+
+
+async def test_viewers_stay_attached_while_the_push_drops_and_returns(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(20)
+        player = next(iter(client.streams.values()))
+        answers = len(client.received("setRemoteSDP"))
+        await sim.drop_push(2.0)  # shorter than live_push_timeout (4 s)
+        before = len(frames.pts)
+        await frames.wait_frames(before + 30, timeout=20)
+        # Same WebRTC session, no renegotiation, timestamps still going forward.
+        assert len(client.received("setRemoteSDP")) == answers and player.status == "PLAYING"
+        resumed = frames.pts[before - 1 :]
+        assert all(b > a for a, b in zip(resumed, resumed[1:], strict=False))
+        assert len(sim.starts) == 1
+        await frames.stop()
+        await client.close()
+
+
+async def test_a_push_gone_longer_than_the_timeout_fails_the_viewers(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        player = next(iter(client.streams.values()))
+        drop = asyncio.create_task(sim.drop_push(30.0))
+        status = await player.wait_status("FAILED", timeout=20)
+        assert status["info"] == "no video from the device within 4 s"
+        drop.cancel()
+        await frames.stop()
         await client.close()
 
 

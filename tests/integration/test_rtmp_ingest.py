@@ -1,4 +1,4 @@
-"""RTMP ingest with real ffmpeg pushes: one port for every push, one-time keys, H.264 from
+"""RTMP ingest with real ffmpeg pushes: one port for every push, unguessable keys, H.264 from
 FLV (AVCC) to WebRTC players without transcoding; an AAC track does not disturb the video."""
 
 from __future__ import annotations
@@ -112,18 +112,29 @@ async def test_unknown_key_is_refused(local_gateway: Gateway, clip: Path, pushes
     assert len(local_gateway.registry) == 0
 
 
-async def test_key_works_once(local_gateway: Gateway, clip: Path, pushes: Pushes) -> None:
+async def test_key_serves_one_push_at_a_time_until_revoked(
+    local_gateway: Gateway, clip: Path, pushes: Pushes
+) -> None:
     key = local_gateway.ingest_keys.issue("once")
     first = pushes.start(clip, rtmp_url(local_gateway, key.key))
     await wait_stream(local_gateway, "once")
+    # A second push with the same key while the first is on: refused.
+    concurrent = pushes.start(clip, rtmp_url(local_gateway, key.key))
+    assert await asyncio.wait_for(asyncio.to_thread(concurrent.wait), 15) != 0
+    assert first.poll() is None
     first.terminate()
     await asyncio.wait_for(asyncio.to_thread(first.wait), 10)
     async with asyncio.timeout(10):
         while len(local_gateway.registry):
             await asyncio.sleep(0.05)
-    again = pushes.start(clip, rtmp_url(local_gateway, key.key))
-    assert await asyncio.wait_for(asyncio.to_thread(again.wait), 15) != 0
+    # The device reconnects with the same URL after a glitch: accepted.
+    pushes.start(clip, rtmp_url(local_gateway, key.key))
+    await wait_stream(local_gateway, "once")
+    # Revoked (the stream is over): refused.
+    local_gateway.ingest_keys.revoke(key.key)
+    late = pushes.start(clip, rtmp_url(local_gateway, key.key))
+    assert await asyncio.wait_for(asyncio.to_thread(late.wait), 15) != 0
     client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
     with pytest.raises(WcsError, match="Stream not found"):
-        await client.play("once")
+        await client.play("never-issued")
     await client.close()

@@ -1,4 +1,4 @@
-"""gateway.media.ingest_keys: one-time keys, unguessable, claimed at most once."""
+"""gateway.media.ingest_keys: unguessable keys, one push at a time, until revoked."""
 
 from __future__ import annotations
 
@@ -31,19 +31,29 @@ def test_keys_of_different_streams_differ() -> None:
     assert keys.claim(a.key) == a
 
 
-def test_claim_works_once() -> None:
+def test_one_push_at_a_time_until_revoked() -> None:
     keys = IngestKeys()
     grant = keys.issue("cam")
     assert keys.claim(grant.key) == IngestKey(grant.key, "cam")
-    assert len(keys) == 0
+    assert keys.claim(grant.key) is None  # a second, concurrent push
+    keys.release(grant.key)
+    assert keys.claim(grant.key) == grant  # the device reconnects after a glitch
+    keys.revoke(grant.key)
     assert keys.claim(grant.key) is None
+    assert len(keys) == 0
+
+
+def test_keep_stream_is_part_of_the_grant() -> None:
+    keys = IngestKeys()
+    assert keys.issue("cam", keep_stream=True).keep_stream
+    assert not keys.issue("cam").keep_stream
 
 
 def test_claim_leaves_other_keys_open() -> None:
     keys = IngestKeys()
     first, second = keys.issue("one"), keys.issue("two")
     assert keys.claim(first.key) == first
-    assert len(keys) == 1
+    assert len(keys) == 2  # issued keys stay until revoked
     assert keys.claim(second.key) == second
 
 

@@ -30,7 +30,7 @@ class Listener:
     def on_stream_event(self, event_type: str, payload: object) -> None:
         pass
 
-    def on_stream_end(self) -> None:
+    def on_stream_end(self, info: str | None = None) -> None:
         self.ended += 1
 
 

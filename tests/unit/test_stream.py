@@ -44,7 +44,7 @@ class Listener:
     def on_stream_event(self, event_type: str, payload: Any) -> None:
         self.events.append((event_type, payload))
 
-    def on_stream_end(self) -> None:
+    def on_stream_end(self, info: str | None = None) -> None:
         self.ended += 1
 
 
@@ -419,7 +419,7 @@ def test_end_with_a_listener_that_unsubscribes_others() -> None:
     sub_b = stream.subscribe(b)
 
     class Unsubscriber(Listener):
-        def on_stream_end(self) -> None:
+        def on_stream_end(self, info: str | None = None) -> None:
             super().on_stream_end()
             stream.unsubscribe(sub_b)
 

@@ -10,7 +10,7 @@ import contextlib
 from fractions import Fraction
 
 from gateway.log import get_logger
-from gateway.media.ingest_keys import IngestKeys
+from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import StreamNameInUse, StreamRegistry
 from gateway.media.rtmp.flv import AvcTagReader, FlvError
 from gateway.media.rtmp.protocol import (
@@ -32,8 +32,9 @@ MS_TO_90K = 90
 class RtmpPush:
     """One publishing RTMP connection as the source of a Stream."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, grant: IngestKey) -> None:
         self.stream = stream
+        self.grant = grant
         self.video = AvcTagReader()
         self.bad_tags = 0
 
@@ -110,20 +111,26 @@ class RtmpIngestServer:
             rtmp.reject_publish(request, "unknown, used or expired stream key")
             return None
         try:
-            stream = self.registry.claim(grant.stream_name)
+            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
         except StreamNameInUse:
+            self.keys.release(grant.key)
             rtmp.reject_publish(request, "stream already has a source")
             return None
-        push = RtmpPush(stream)
-        stream.source = push
+        push = RtmpPush(stream, grant)
         stream.set_codecs(H264, None)
+        stream.attach_source(push)
         self.pushes.add(push)
         rtmp.accept_publish(request)
         log.info("rtmp_publishing", stream=stream.name, peer=peer)
         return push
 
     def _end(self, push: RtmpPush, reason: str) -> None:
-        if push in self.pushes:
-            self.pushes.discard(push)
+        if push not in self.pushes:
+            return
+        self.pushes.discard(push)
+        self.keys.release(push.grant.key)
+        if push.grant.keep_stream:
+            push.stream.detach_source(push)  # the issuer decides when the stream ends
+        else:
             self.registry.release(push.stream)
-            log.info("rtmp_push_ended", stream=push.stream.name, reason=reason)
+        log.info("rtmp_push_ended", stream=push.stream.name, reason=reason)
