@@ -69,7 +69,11 @@ class Gateway:
             else None
         )
         self.http = HttpServer(
-            host=config.host, port=config.http_port, static_dir=config.static_dir, health=self.health
+            host=config.host,
+            port=config.http_port,
+            static_dir=config.static_dir,
+            health=self.health,
+            devices=self.dji.describe if self.dji is not None else None,
         )
 
     async def start(self) -> None:

@@ -64,6 +64,40 @@ class DjiBridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def describe(self) -> dict[str, object]:
+        """Gateways, their aircraft and videos with stream names, online and live state
+        (for GET /api/devices)."""
+        now = self.clock()
+        gateways = []
+        for gateway in self.devices.gateways.values():
+            videos = []
+            for video in gateway.capacity.videos:
+                name = str(video.video_id)
+                status = gateway.live_status.get(video.video_id)
+                controller = self.controllers.get(name)
+                videos.append(
+                    {
+                        "stream": name,
+                        "video_type": video.video_type,
+                        "switchable_video_types": list(video.switchable_types),
+                        "device_streaming": bool(status and status.streaming),
+                        "device_error": status.error if status else 0,
+                        "live": controller.phase.value if controller else live.Phase.IDLE.value,
+                        "viewers": controller.viewers if controller else 0,
+                    }
+                )
+            topology = gateway.topology
+            gateways.append(
+                {
+                    "sn": gateway.sn,
+                    "online": gateway.online,
+                    "last_seen_s": round(now - gateway.last_seen, 1),
+                    "aircraft": list(topology.sub_devices) if topology else [],
+                    "videos": videos,
+                }
+            )
+        return {"mqtt_connected": self.mqtt.connected.is_set(), "gateways": gateways}
+
     # --- OnDemandSource ---------------------------------------------------------------------
 
     def serves(self, name: str) -> bool:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,17 @@ async def dock(
             await task
 
 
+async def http_json(gateway: Gateway, path: str) -> Any:
+    """GET from the gateway's HTTP port (in a thread: the gateway runs on this loop)."""
+    url = f"http://127.0.0.1:{gateway.config.http_port}{path}"
+
+    def get() -> Any:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return json.loads(reply.read())
+
+    return await asyncio.to_thread(get)
+
+
 async def play(gateway: Gateway, name: str = AIRCRAFT_VIDEO) -> tuple[WcsClient, FrameCounter]:
     client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
     player = await client.play(name, timeout=30)
@@ -92,6 +105,15 @@ async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
         assert start["video_id"] == AIRCRAFT_VIDEO and start["url_type"] == 1
         assert str(start["url"]).startswith(f"rtmp://127.0.0.1:{port}/live/")
         assert len(str(start["url"]).rsplit("/", 1)[1]) >= 24  # an unguessable key
+
+        devices = await http_json(drone_gateway, "/api/devices")
+        assert devices["mqtt_connected"] is True
+        (gateway,) = devices["gateways"]
+        assert gateway["sn"] == sim.gateway_sn and gateway["online"] is True
+        assert gateway["aircraft"] == [sim.aircraft_sn]
+        by_stream = {v["stream"]: v for v in gateway["videos"]}
+        assert sorted(by_stream) == sorted(str(v) for v in sim.videos)
+        assert (by_stream[AIRCRAFT_VIDEO]["live"], by_stream[AIRCRAFT_VIDEO]["viewers"]) == ("live", 1)
 
         second, more_frames = await play(drone_gateway)
         await more_frames.wait_frames(20)
