@@ -105,12 +105,18 @@ class DjiBridge:
 
     def wanted(self, name: str) -> None:
         controller = self._controller(name)
-        if controller is not None:
-            self._apply(controller, controller.viewer_joined(self.clock()))
+        if controller is None:
+            return
+        gateway = self.devices.gateways.get(controller.gateway_sn)
+        if gateway is None or not gateway.online:
+            # Known camera, silent device: say so now rather than after a start timeout.
+            self.registry.fail_waiting(name, f"DJI device offline: {controller.gateway_sn}")
+            return
+        self._apply(controller, controller.viewer_joined(self.clock()))
 
     def unwanted(self, name: str) -> None:
         controller = self.controllers.get(name)
-        if controller is not None:
+        if controller is not None and controller.viewers:
             self._apply(controller, controller.viewer_left(self.clock()))
 
     def _controller(self, name: str) -> live.LiveController | None:
@@ -124,13 +130,18 @@ class DjiBridge:
 
     def _device_event(self, event: Event) -> None:
         match event:
-            case VideosChanged():
-                self.sources = {
-                    str(video.video_id): (sn, video.video_id) for sn, video in self.devices.videos()
-                }
-                for name, controller in list(self.controllers.items()):
-                    if name not in self.sources:
-                        self._apply(controller, controller.device_offline())
+            case VideosChanged(sn=sn, videos=videos):
+                gateway = self.devices.gateways.get(sn)
+                if gateway is not None and not gateway.online:
+                    return  # keep an offline device's videos: a play gets "device offline"
+                offered = {str(video.video_id): (sn, video.video_id) for video in videos}
+                for name, (owner, _) in list(self.sources.items()):
+                    if owner == sn and name not in offered:  # no longer offered
+                        del self.sources[name]
+                        controller = self.controllers.get(name)
+                        if controller is not None:
+                            self._apply(controller, controller.device_offline())
+                self.sources.update(offered)
             case GatewayOffline(sn=sn):
                 log.info("dji_gateway_offline", gateway_sn=sn)
                 for controller in list(self.controllers.values()):

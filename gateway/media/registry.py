@@ -56,12 +56,14 @@ class StreamRegistry:
         source = self.on_demand_for(name)
         if source is None:
             raise StreamUnavailable("Stream not found")
-        source.wanted(name)
         stream = self.get(name)
-        if stream is not None:
-            return stream
         waiter: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(name, []).append(waiter)
+        if stream is not None:
+            waiter.set_result(stream)
+        else:
+            # Wait before telling the source: it may fail at once (device offline).
+            self._waiting.setdefault(name, []).append(waiter)
+        source.wanted(name)
         try:
             return await waiter
         except BaseException:

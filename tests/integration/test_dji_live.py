@@ -190,6 +190,39 @@ async def test_a_push_gone_longer_than_the_timeout_fails_the_viewers(
         await client.close()
 
 
+async def test_a_silent_device_fails_plays_at_once_with_device_offline(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    config = Config(
+        host="127.0.0.1",
+        ws_port=free_port(),
+        http_port=free_port(),
+        rtmp_port=free_port(),
+        ice_addresses=("127.0.0.1",),
+        mqtt=mosquitto.url,
+        device_offline_after=1.0,
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert gateway.dji is not None
+        async with asyncio.timeout(10):
+            await gateway.dji.mqtt.connected.wait()
+        async with dock(gateway, mosquitto, clip):
+            pass  # announced, then gone: the simulator stops and says nothing more
+        async with asyncio.timeout(10):
+            while any(g["online"] for g in (await http_json(gateway, "/api/devices"))["gateways"]):
+                await asyncio.sleep(0.1)
+        client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
+        with pytest.raises(WcsError, match="DJI device offline"):
+            await client.play(AIRCRAFT_VIDEO)
+        # Failed at once: no live_start_push was sent, so no reply timeout was waited for.
+        assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
+        await client.close()
+    finally:
+        await gateway.stop()
+
+
 async def test_unknown_drone_video_is_not_found(
     drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
 ) -> None:
