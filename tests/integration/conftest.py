@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -98,16 +99,21 @@ class FrameCounter:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-@pytest_asyncio.fixture
-async def local_gateway() -> AsyncIterator[Gateway]:
-    config = Config(
+def local_config(**settings: Any) -> Config:
+    """A configuration for a gateway in this process: loopback only, free ports."""
+    return Config(
         host="127.0.0.1",
         ws_port=free_port(),
         http_port=free_port(),
         rtmp_port=free_port(),
         ice_addresses=("127.0.0.1",),
+        **settings,
     )
-    gateway = Gateway(config)
+
+
+@pytest_asyncio.fixture
+async def local_gateway() -> AsyncIterator[Gateway]:
+    gateway = Gateway(local_config())
     await gateway.start()
     yield gateway
     await gateway.stop()

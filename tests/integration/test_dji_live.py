@@ -18,13 +18,12 @@ import pytest
 import pytest_asyncio
 
 from gateway.app import Gateway
-from gateway.config import Config
 from gateway.dji.dock_sim import DockBehaviour, DockSimulator
 from gateway.dji.mqtt import BrokerAddress
 from gateway.media.synthetic import make_h264_clip
 from gateway.wcs.client import WcsClient, WcsError
-from tests.conftest import MosquittoProcess, free_port
-from tests.integration.conftest import CACHE, FrameCounter
+from tests.conftest import MosquittoProcess
+from tests.integration.conftest import CACHE, FrameCounter, local_config
 
 AIRCRAFT_VIDEO = "SIMAIRCRAFT0001/53-0-0/normal-0"
 
@@ -37,12 +36,7 @@ def clip() -> Path:
 
 @pytest_asyncio.fixture
 async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
-    config = Config(
-        host="127.0.0.1",
-        ws_port=free_port(),
-        http_port=free_port(),
-        rtmp_port=free_port(),
-        ice_addresses=("127.0.0.1",),
+    config = local_config(
         mqtt=mosquitto.url,
         live_linger=1.0,
         live_reply_timeout=5.0,
@@ -193,12 +187,7 @@ async def test_a_push_gone_longer_than_the_timeout_fails_the_viewers(
 async def test_a_silent_device_fails_plays_at_once_with_device_offline(
     mosquitto: MosquittoProcess, clip: Path
 ) -> None:
-    config = Config(
-        host="127.0.0.1",
-        ws_port=free_port(),
-        http_port=free_port(),
-        rtmp_port=free_port(),
-        ice_addresses=("127.0.0.1",),
+    config = local_config(
         mqtt=mosquitto.url,
         device_offline_after=1.0,
     )

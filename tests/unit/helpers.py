@@ -67,3 +67,35 @@ def seed_sdps() -> tuple[str, str]:
     assert len(found) == 2, "seed 002 should hold exactly a publish and a play offer"
     publish, play = (json.loads(item) for item in found)
     return publish, play
+
+
+# The official live_capacity example of the DJI Cloud API (shared reference §3): three
+# videos of aircraft 1ZNDH1D0010054.
+DJI_LIVE_CAPACITY: dict[str, Any] = {
+    "available_video_number": 2,
+    "coexist_video_number_max": 1,
+    "device_list": [
+        {
+            "sn": "1ZNDH1D0010054",
+            "available_video_number": 2,
+            "coexist_video_number_max": 0,
+            "camera_list": [
+                {
+                    "camera_index": "42-0-0",
+                    "available_video_number": 1,
+                    "coexist_video_number_max": 1,
+                    "video_list": [
+                        {"video_index": "zoom-0", "video_type": "zoom"},
+                        {"video_index": "wide-0", "video_type": "wide"},
+                    ],
+                },
+                {
+                    "camera_index": "39-0-7",
+                    "available_video_number": 1,
+                    "coexist_video_number_max": 1,
+                    "video_list": [{"video_index": "normal-0", "video_type": "normal"}],
+                },
+            ],
+        }
+    ],
+}

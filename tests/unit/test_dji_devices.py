@@ -19,6 +19,7 @@ from gateway.dji.devices import (
     ServiceReplied,
     VideosChanged,
 )
+from tests.unit.helpers import DJI_LIVE_CAPACITY
 
 GW = "1ZMDGBW0000135"
 GW2 = "4TADKAQ000002J"
@@ -32,34 +33,7 @@ EVENTS = f"thing/product/{GW}/events"
 SERVICES_REPLY = f"thing/product/{GW}/services_reply"
 
 # The official live_capacity example (reference §3): three videos of the aircraft.
-CAPACITY: dict[str, Any] = {
-    "available_video_number": 2,
-    "coexist_video_number_max": 1,
-    "device_list": [
-        {
-            "sn": AIRCRAFT,
-            "available_video_number": 2,
-            "coexist_video_number_max": 0,
-            "camera_list": [
-                {
-                    "camera_index": "42-0-0",
-                    "available_video_number": 1,
-                    "coexist_video_number_max": 1,
-                    "video_list": [
-                        {"video_index": "zoom-0", "video_type": "zoom"},
-                        {"video_index": "wide-0", "video_type": "wide"},
-                    ],
-                },
-                {
-                    "camera_index": "39-0-7",
-                    "available_video_number": 1,
-                    "coexist_video_number_max": 1,
-                    "video_list": [{"video_index": "normal-0", "video_type": "normal"}],
-                },
-            ],
-        }
-    ],
-}
+CAPACITY: dict[str, Any] = DJI_LIVE_CAPACITY
 VIDEO_IDS = [
     p.VideoId(AIRCRAFT, "42-0-0", "zoom-0"),
     p.VideoId(AIRCRAFT, "42-0-0", "wide-0"),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.dji import protocol as p
+from tests.unit.helpers import DJI_LIVE_CAPACITY
 
 GW = "1ZMDGBW0000135"
 AIRCRAFT = "1ZNDH1D0010054"
@@ -22,36 +23,7 @@ LIVE_CAPACITY_MESSAGE: dict[str, Any] = {
     "timestamp": 1654070968655,
     "method": "",
     "gateway": GW,
-    "data": {
-        "live_capacity": {
-            "available_video_number": 2,
-            "coexist_video_number_max": 1,
-            "device_list": [
-                {
-                    "sn": AIRCRAFT,
-                    "available_video_number": 2,
-                    "coexist_video_number_max": 0,
-                    "camera_list": [
-                        {
-                            "camera_index": "42-0-0",
-                            "available_video_number": 1,
-                            "coexist_video_number_max": 1,
-                            "video_list": [
-                                {"video_index": "zoom-0", "video_type": "zoom"},
-                                {"video_index": "wide-0", "video_type": "wide"},
-                            ],
-                        },
-                        {
-                            "camera_index": "39-0-7",
-                            "available_video_number": 1,
-                            "coexist_video_number_max": 1,
-                            "video_list": [{"video_index": "normal-0", "video_type": "normal"}],
-                        },
-                    ],
-                }
-            ],
-        }
-    },
+    "data": {"live_capacity": DJI_LIVE_CAPACITY},
 }
 
 # live_start_push request and reply (reference §2 and §4).
