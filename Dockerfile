@@ -11,8 +11,8 @@ COPY static ./static
 RUN pip install --no-cache-dir .
 ENV SKYRELAY_STATIC_DIR=/app/static
 
-# WebSocket API, HTTP. WebRTC media uses UDP ports chosen per peer connection: run with
+# WebSocket API, HTTP, RTMP ingest. WebRTC media uses UDP ports chosen per peer connection: run with
 # --network host, or announce the host's address with --public-ip.
-EXPOSE 8080 8081
+EXPOSE 8080 8081 1935
 ENTRYPOINT ["skyrelay"]
 CMD ["serve"]
