@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any
 
+from gateway.broker.server import Broker
 from gateway.config import Config
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
@@ -52,11 +53,13 @@ class Gateway:
             if config.rtmp_port
             else None
         )
+        self.broker = embedded_broker(config)
+        mqtt_url = config.mqtt or (f"mqtt://{config.mqtt_broker}" if self.broker else None)
         self.dji = (
             DjiBridge(
                 self.registry,
                 self.ingest_keys,
-                BrokerAddress.parse(config.mqtt, config.mqtt_ca_file),
+                BrokerAddress.parse(mqtt_url, config.mqtt_ca_file),
                 rtmp_base_url=config.rtmp_push_url or default_push_url(config),
                 settings=LiveSettings(
                     reply_timeout=config.live_reply_timeout,
@@ -65,7 +68,7 @@ class Gateway:
                 ),
                 offline_after=config.device_offline_after,
             )
-            if config.mqtt
+            if mqtt_url
             else None
         )
         self.http = HttpServer(
@@ -81,6 +84,14 @@ class Gateway:
         await self.http.start()
         if self.rtmp is not None:
             await self.rtmp.start()
+        if self.broker is not None:
+            try:
+                await self.broker.start()
+            except OSError as exc:
+                # Often another broker (a system Mosquitto) holds the port: the bridge
+                # simply uses that one.
+                log.warning("mqtt_broker_not_started", bind=self.config.mqtt_broker, error=str(exc))
+                self.broker = None
         if self.dji is not None:
             await self.dji.start()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
@@ -88,6 +99,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.dji is not None:
             await self.dji.stop()
+        if self.broker is not None:
+            await self.broker.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.http.stop()
@@ -114,3 +127,11 @@ def default_push_url(config: Config) -> str:
 
         host = next(iter(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)), "127.0.0.1")
     return f"rtmp://{host}:{config.rtmp_port}/live"
+
+
+def embedded_broker(config: Config) -> Broker | None:
+    """The embedded MQTT broker, unless an external one is configured or it is off."""
+    if config.mqtt or config.mqtt_broker == "off":
+        return None
+    host, _, port = config.mqtt_broker.rpartition(":")
+    return Broker(host, int(port))

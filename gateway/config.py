@@ -27,6 +27,8 @@ class Config:
     # DJI Cloud API bridge: the MQTT broker docks and remote controllers use (off if unset).
     mqtt: str | None = None
     mqtt_ca_file: str | None = None
+    # Without `mqtt`, an embedded broker listens here for docks and the bridge ("off": none).
+    mqtt_broker: str = "127.0.0.1:1883"
     # Where devices push RTMP (default rtmp://{public_ip or a local address}:{rtmp_port}/live).
     rtmp_push_url: str | None = None
     live_linger: float = 30.0
@@ -151,6 +153,10 @@ def validate(config: Config) -> None:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
     if config.mqtt is not None and not config.mqtt.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("setting 'mqtt': an mqtt:// or mqtts:// URL")
+    if config.mqtt_broker != "off":
+        host, _, port = config.mqtt_broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError("setting 'mqtt_broker': HOST:PORT (for example 127.0.0.1:1883) or off")
     for name in (
         "ping_interval",
         "ice_timeout",

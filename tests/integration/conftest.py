@@ -107,7 +107,7 @@ def local_config(**settings: Any) -> Config:
         http_port=free_port(),
         rtmp_port=free_port(),
         ice_addresses=("127.0.0.1",),
-        **settings,
+        **{"mqtt_broker": "off", **settings},
     )
 
 

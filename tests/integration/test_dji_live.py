@@ -22,7 +22,7 @@ from gateway.dji.dock_sim import DockBehaviour, DockSimulator
 from gateway.dji.mqtt import BrokerAddress
 from gateway.media.synthetic import make_h264_clip
 from gateway.wcs.client import WcsClient, WcsError
-from tests.conftest import MosquittoProcess
+from tests.conftest import MosquittoProcess, free_port
 from tests.integration.conftest import CACHE, FrameCounter, local_config
 
 AIRCRAFT_VIDEO = "SIMAIRCRAFT0001/53-0-0/normal-0"
@@ -209,6 +209,31 @@ async def test_a_silent_device_fails_plays_at_once_with_device_offline(
         assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
         await client.close()
     finally:
+        await gateway.stop()
+
+
+async def test_docks_can_use_the_embedded_broker(clip: Path) -> None:
+    """With no --mqtt, the gateway runs its own MQTT broker; the dock connects to it."""
+    port = free_port()
+    gateway = Gateway(local_config(mqtt_broker=f"127.0.0.1:{port}", live_linger=1.0))
+    await gateway.start()
+    sim = DockSimulator(BrokerAddress("127.0.0.1", port), clip)
+    task = asyncio.create_task(sim.run())
+    try:
+        assert gateway.broker is not None and gateway.dji is not None
+        async with asyncio.timeout(10):
+            await gateway.dji.mqtt.connected.wait()
+            while not gateway.dji.serves(AIRCRAFT_VIDEO):
+                await asyncio.sleep(0.05)
+        client, frames = await play(gateway)
+        await frames.wait_frames(10)
+        assert len(sim.starts) == 1
+        await frames.stop()
+        await client.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await gateway.stop()
 
 
