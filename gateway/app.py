@@ -120,8 +120,10 @@ class Gateway:
 
 def default_push_url(config: Config) -> str:
     """The RTMP URL prefix devices push to: the public address, else the first ICE
-    address, else this host's first non-loopback address."""
-    host = config.public_ip or next(iter(config.ice_addresses), None)
+    address, else the listening address if it is one, else this host's first non-loopback
+    address."""
+    listening = config.host if config.host not in ("0.0.0.0", "::", "") else None
+    host = config.public_ip or next(iter(config.ice_addresses), None) or listening
     if host is None:
         import aioice.ice
 

@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
 
+    demo = sub.add_parser(
+        "demo", help="the gateway, its embedded MQTT broker and a simulated DJI dock, ready to watch"
+    )
+    demo.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    demo.add_argument("--ws-port", type=int, help="WCS WebSocket API port (default 8080)")
+    demo.add_argument("--http-port", type=int, help="HTTP port (default 8081)")
+    demo.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935)")
+    demo.add_argument("--mqtt-broker", help="embedded MQTT broker HOST:PORT (default 127.0.0.1:1883)")
+    demo.add_argument(
+        "--ice-address", action="append", dest="ice_addresses", help="local address for ICE candidates"
+    )
+
     sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
     sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
     sim.add_argument("--gateway-sn", default="SIMDOCK0000001", help="the dock's serial number")
@@ -80,13 +92,53 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_serve(Gateway(config)))
     if args.command == "dock-sim":
         return _dock_sim(args)
+    if args.command == "demo":
+        return _demo(args)
     return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.dji.dock_sim import DockSimulator, run_forever
+    from gateway.dji.mqtt import BrokerAddress
+
+    flags = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        config = load({"live_linger": 5.0, **flags}, environ={})
+    except ConfigError as exc:
+        print(f"skyrelay: {exc}", file=sys.stderr)
+        return 2
+    log.configure("warning", "auto")
+    host, _, port = config.mqtt_broker.rpartition(":")
+    simulator = DockSimulator(BrokerAddress(host, int(port)), _simulator_clip())
+    page = f"http://localhost:{config.http_port}/"
+    if config.ws_port != 8080:
+        page += f"?ws=ws://localhost:{config.ws_port}"
+    print(f"skyrelay demo: open {page} and click a drone camera ({simulator.videos[0]}).", flush=True)
+
+    async def run() -> int:
+        sim = asyncio.ensure_future(run_forever(simulator))
+        try:
+            return await _serve(Gateway(config))
+        finally:
+            sim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sim
+
+    return asyncio.run(run())
+
+
+def _simulator_clip() -> Path:
+    from gateway.media.synthetic import make_h264_clip
+
+    cache = Path.home() / ".cache" / "skyrelay"
+    cache.mkdir(parents=True, exist_ok=True)
+    return make_h264_clip(cache, width=1280, height=720, fps=30, seconds=10, bitrate=2_000_000, gop=30)
 
 
 def _dock_sim(args: argparse.Namespace) -> int:
     from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
     from gateway.dji.mqtt import BrokerAddress
-    from gateway.media.synthetic import make_h264_clip
 
     log.configure("info", "auto")
     try:
@@ -94,9 +146,7 @@ def _dock_sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 2
-    cache = Path.home() / ".cache" / "skyrelay"
-    cache.mkdir(parents=True, exist_ok=True)
-    clip = make_h264_clip(cache, width=1280, height=720, fps=30, seconds=10, bitrate=2_000_000, gop=30)
+    clip = _simulator_clip()
     behaviour = DockBehaviour(
         args.fail_first, args.fail_code, args.reply_delay, drop_after=args.drop_after, drop_for=args.drop_for
     )
