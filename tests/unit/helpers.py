@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gateway.media import h264
+
 SEED_WCS = Path("/work/shared/seeds/002_1d5a986da1e53157.txt")
 
 # A minimal SDP for message-level tests (parse_frame does not parse SDP).
@@ -99,3 +101,32 @@ DJI_LIVE_CAPACITY: dict[str, Any] = {
         }
     ],
 }
+
+
+# --- H.264 elementary streams ---------------------------------------------------------
+
+VCL = (1, h264.NAL_IDR)
+
+
+def nal_type(nal: bytes) -> int:
+    return nal[0] & 0x1F
+
+
+def access_units(data: bytes) -> list[list[bytes]]:
+    """Group an elementary stream (one slice per picture) into access units of NAL units."""
+    units: list[list[bytes]] = []
+    pending: list[bytes] = []
+    for nal in h264.iter_nal_units(data):
+        if nal_type(nal) == h264.NAL_AUD and pending:
+            units.append(pending)
+            pending = []
+        pending.append(nal)
+        if nal_type(nal) in VCL:
+            units.append(pending)
+            pending = []
+    assert not pending or all(nal_type(n) == h264.NAL_AUD for n in pending)
+    return units
+
+
+def annexb(nals: list[bytes]) -> bytes:
+    return b"".join(h264.START_CODE + nal for nal in nals)

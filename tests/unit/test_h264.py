@@ -7,14 +7,10 @@ import pytest
 
 from gateway.media import h264
 from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SPS, START_CODE, ParameterSetCache
+from tests.unit.helpers import VCL, access_units, annexb, nal_type
 
 SC3 = b"\x00\x00\x01"
 SC4 = b"\x00\x00\x00\x01"
-VCL = (1, NAL_IDR)
-
-
-def nal_type(nal: bytes) -> int:
-    return nal[0] & 0x1F
 
 
 def first_nal(data: bytes, kind: int) -> bytes:
@@ -22,26 +18,6 @@ def first_nal(data: bytes, kind: int) -> bytes:
         if nal_type(nal) == kind:
             return nal
     raise AssertionError(f"no NAL unit of type {kind}")
-
-
-def access_units(data: bytes) -> list[list[bytes]]:
-    """Group an elementary stream (one slice per picture) into access units of NAL units."""
-    units: list[list[bytes]] = []
-    pending: list[bytes] = []
-    for nal in h264.iter_nal_units(data):
-        if nal_type(nal) == NAL_AUD and pending:
-            units.append(pending)
-            pending = []
-        pending.append(nal)
-        if nal_type(nal) in VCL:
-            units.append(pending)
-            pending = []
-    assert not pending or all(nal_type(n) == NAL_AUD for n in pending)
-    return units
-
-
-def annexb(nals: list[bytes]) -> bytes:
-    return b"".join(START_CODE + nal for nal in nals)
 
 
 # --- iter_nal_units / nal_types / is_keyframe -------------------------------------------------

@@ -7,30 +7,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.media import h264
-from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SPS, START_CODE
+from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SPS
 from gateway.media.rtmp.flv import AccessUnit, AvcTagReader, FlvError
-
-VCL = (1, NAL_IDR)
-
-
-def nal_type(nal: bytes) -> int:
-    return nal[0] & 0x1F
-
-
-def access_units(data: bytes) -> list[list[bytes]]:
-    """An x264 elementary stream (one slice per picture) as access units of NAL units."""
-    units: list[list[bytes]] = []
-    pending: list[bytes] = []
-    for nal in h264.iter_nal_units(data):
-        if nal_type(nal) == NAL_AUD and pending:
-            units.append(pending)
-            pending = []
-        pending.append(nal)
-        if nal_type(nal) in VCL:
-            units.append(pending)
-            pending = []
-    assert not pending
-    return units
+from tests.unit.helpers import VCL, access_units, annexb, nal_type
 
 
 def parameter_sets(data: bytes) -> tuple[bytes, bytes]:
@@ -69,10 +48,6 @@ def sequence_header(sps: bytes, pps: bytes, length_size: int = 4) -> bytes:
 def nalu_tag(nals: list[bytes], *, length_size: int = 4, cts: int = 0) -> bytes:
     keyframe = any(nal_type(n) == NAL_IDR for n in nals)
     return tag(1, avcc(nals, length_size), keyframe=keyframe, cts=cts)
-
-
-def annexb(nals: list[bytes]) -> bytes:
-    return b"".join(START_CODE + nal for nal in nals)
 
 
 def without_parameter_sets(unit: list[bytes]) -> list[bytes]:
