@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port: static files, /healthz (default 8081)")
     serve.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935; 0: off)")
     serve.add_argument("--mqtt", help="MQTT broker of the DJI docks: mqtt[s]://user:pass@host:port")
+    serve.add_argument("--mqtt-ca-file", help="CA certificates to check an mqtts:// broker with")
     serve.add_argument(
         "--mqtt-broker", help="without --mqtt: embedded MQTT broker HOST:PORT (default 127.0.0.1:1883) or off"
     )

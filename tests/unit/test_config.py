@@ -314,3 +314,22 @@ def test_toml_booleans_and_floats_are_not_ports(tmp_path: Path, text: str) -> No
 def test_skyrelay_key_that_is_not_a_table(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="skyrelay"):
         load({}, config_file=write(tmp_path, text + "\n"), environ={})
+
+
+def test_serve_flags_for_the_dji_bridge_reach_the_configuration() -> None:
+    from gateway.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--mqtt", "mqtts://u:p@broker:8883", "--mqtt-ca-file", "/etc/ca.pem", "--live-linger", "5",
+         "--mqtt-broker", "off", "--rtmp-port", "0"]
+    )  # fmt: skip
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None}
+    config = load(flags, environ={})
+    assert (config.mqtt, config.mqtt_ca_file, config.live_linger) == (
+        "mqtts://u:p@broker:8883",
+        "/etc/ca.pem",
+        5.0,
+    )
+    assert (config.mqtt_broker, config.rtmp_port) == ("off", 0)
+    with pytest.raises(ConfigError, match="mqtt_broker"):
+        load({"mqtt_broker": "nonsense"}, environ={})
