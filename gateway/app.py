@@ -8,15 +8,17 @@ import threading
 from typing import Any
 
 from gateway.broker.server import Broker
-from gateway.config import Config
+from gateway.config import Config, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
 from gateway.dji.mqtt import BrokerAddress
+from gateway.dji.protocol import UrlType
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import StreamRegistry
 from gateway.media.sources.rtmp import RtmpIngestServer
+from gateway.media.sources.whip import WhipIngest
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.wcs.server import WcsServer
@@ -30,7 +32,9 @@ class Gateway:
         self.config = config
         configure_host_addresses(config.ice_addresses)
         guard_consent_task()
-        self.registry = StreamRegistry(keyframe_interval=config.keyframe_request_interval)
+        self.registry = StreamRegistry(
+            keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
+        )
         settings = RtcSettings(
             stun_servers=config.stun_servers,
             public_ip=config.public_ip,
@@ -53,6 +57,7 @@ class Gateway:
             if config.rtmp_port
             else None
         )
+        self.whip = WhipIngest(self.registry, self.ingest_keys, settings)
         self.broker = embedded_broker(config)
         mqtt_url = config.mqtt or (f"mqtt://{config.mqtt_broker}" if self.broker else None)
         self.dji = (
@@ -60,12 +65,20 @@ class Gateway:
                 self.registry,
                 self.ingest_keys,
                 BrokerAddress.parse(mqtt_url, config.mqtt_ca_file),
-                rtmp_base_url=config.rtmp_push_url or default_push_url(config),
+                push_urls={
+                    UrlType.RTMP: config.rtmp_push_url or default_push_url(config, "rtmp"),
+                    UrlType.WHIP: config.whip_push_url or default_push_url(config, "whip"),
+                },
                 settings=LiveSettings(
+                    url_type=UrlType[config.live_url_type.upper()],
                     reply_timeout=config.live_reply_timeout,
+                    max_attempts=config.live_max_attempts,
+                    retry_backoff=config.live_retry_backoff,
                     push_timeout=config.live_push_timeout,
                     linger=config.live_linger,
                 ),
+                url_types={sn: UrlType[kind.upper()] for sn, kind in pairs(config.live_url_types).items()},
+                rtsp_port=config.live_rtsp_port,
                 offline_after=config.device_offline_after,
             )
             if mqtt_url
@@ -76,7 +89,9 @@ class Gateway:
             port=config.http_port,
             static_dir=config.static_dir,
             health=self.health,
+            registry=self.registry,
             devices=self.dji.describe if self.dji is not None else None,
+            whip=self.whip,
         )
 
     async def start(self) -> None:
@@ -103,6 +118,7 @@ class Gateway:
             await self.broker.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
+        await self.whip.stop()
         await self.http.stop()
         await self.wcs.stop()
         log.info("gateway_stopped")
@@ -118,16 +134,18 @@ class Gateway:
         }
 
 
-def default_push_url(config: Config) -> str:
-    """The RTMP URL prefix devices push to: the public address, else the first ICE
-    address, else the listening address if it is one, else this host's first non-loopback
-    address."""
+def default_push_url(config: Config, kind: str) -> str:
+    """The RTMP or WHIP URL prefix devices push to, at the public address, else the first
+    ICE address, else the listening address if it is one, else this host's first
+    non-loopback address."""
     listening = config.host if config.host not in ("0.0.0.0", "::", "") else None
     host = config.public_ip or next(iter(config.ice_addresses), None) or listening
     if host is None:
         import aioice.ice
 
         host = next(iter(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)), "127.0.0.1")
+    if kind == "whip":
+        return f"http://{host}:{config.http_port}/whip"
     return f"rtmp://{host}:{config.rtmp_port}/live"
 
 

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-broker", help="without --mqtt: embedded MQTT broker HOST:PORT (default 127.0.0.1:1883) or off"
     )
     serve.add_argument("--live-linger", type=float, help="seconds a drone push outlives its last viewer")
+    serve.add_argument(
+        "--live-url-type", choices=["rtmp", "whip", "rtsp"], help="how drones push (default rtmp)"
+    )
+    serve.add_argument(
+        "--live-url-types", help="per dock or remote controller: SN=rtmp|whip|rtsp, comma-separated"
+    )
+    serve.add_argument("--alias", action="append", dest="aliases", help="ALIAS=STREAM_NAME (repeatable)")
     serve.add_argument("--public-ip", help="address to announce in ICE candidates (1:1 NAT)")
     serve.add_argument(
         "--ice-address",

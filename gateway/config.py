@@ -14,6 +14,9 @@ from typing import Any
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
+URL_TYPES = ("rtmp", "whip", "rtsp")
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
@@ -31,9 +34,20 @@ class Config:
     mqtt_broker: str = "127.0.0.1:1883"
     # Where devices push RTMP (default rtmp://{public_ip or a local address}:{rtmp_port}/live).
     rtmp_push_url: str | None = None
+    # Where devices push WHIP (url_type 4; default http://{same host as RTMP}:{http_port}/whip).
+    whip_push_url: str | None = None
+    # How devices push: rtmp, whip or rtsp (the device serves RTSP and the gateway pulls it),
+    # and per gateway SN ("SN=whip" entries, or a TOML table).
+    live_url_type: str = "rtmp"
+    live_url_types: tuple[str, ...] = ()
+    live_rtsp_port: int = 8554  # the port an RTSP-serving device is asked to listen on
     live_linger: float = 30.0
     live_reply_timeout: float = 20.0
+    live_max_attempts: int = 4
+    live_retry_backoff: float = 2.0
     live_push_timeout: float = 20.0
+    # Other names for streams ("alias=stream name" entries, or a TOML table).
+    aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
@@ -82,6 +96,8 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, tuple):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, Mapping):  # a TOML table of name = value pairs
+                return tuple(f"{k}={v}" for k, v in value.items())
             return tuple(str(v) for v in value)
         if isinstance(default, Path):
             return Path(value)
@@ -145,7 +161,7 @@ def load(
 
 
 def validate(config: Config) -> None:
-    for name in ("ws_port", "http_port", "rtmp_port"):
+    for name in ("ws_port", "http_port", "rtmp_port", "live_rtsp_port"):
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name!r}: port {port} out of range")
@@ -163,13 +179,22 @@ def validate(config: Config) -> None:
         "keyframe_request_interval",
         "live_linger",
         "live_reply_timeout",
+        "live_retry_backoff",
         "live_push_timeout",
         "device_offline_after",
     ):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"setting {name!r}: must be a positive number of seconds, not {value}")
-    for name in ("ping_probes", "max_media_sessions", "viewer_queue_frames"):
+    for name in ("live_url_types", "aliases"):
+        for entry in getattr(config, name):
+            key, sep, value = entry.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ConfigError(f"setting {name!r}: entries are NAME=VALUE, not {entry!r}")
+    for url_type in (config.live_url_type, *pairs(config.live_url_types).values()):
+        if url_type not in URL_TYPES:
+            raise ConfigError(f"setting 'live_url_type(s)': one of {', '.join(URL_TYPES)}, not {url_type!r}")
+    for name in ("ping_probes", "max_media_sessions", "viewer_queue_frames", "live_max_attempts"):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
     if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
@@ -178,4 +203,9 @@ def validate(config: Config) -> None:
         raise ConfigError("setting 'log_format': one of auto, json, console")
 
 
-__all__ = ["Config", "ConfigError", "load"]
+def pairs(entries: tuple[str, ...]) -> dict[str, str]:
+    """``("a=b", ...)`` as ``{"a": "b", ...}`` (for validated NAME=VALUE settings)."""
+    return {k.strip(): v.strip() for k, _, v in (e.partition("=") for e in entries)}
+
+
+__all__ = ["Config", "ConfigError", "load", "pairs"]

@@ -1,7 +1,9 @@
 """The DJI bridge: every video of every online dock or remote controller is an on-demand
 stream named by its ``video_id``. The first viewer makes the bridge issue a one-time ingest
-key and send ``live_start_push`` with the push URL; the device's RTMP push becomes the
-stream; the last viewer leaving stops the push after a linger.
+key and send ``live_start_push`` with the push URL; the device's RTMP or WHIP push (or the
+RTSP stream it serves, which the bridge pulls) becomes the stream; the last viewer leaving
+stops the push after a linger. Quality and lens controls are sent as commands and their
+replies awaited.
 
 The decisions are `LiveController`'s and `DeviceRegistry`'s (sans I/O); this module only
 connects them to MQTT, the ingest keys and the stream registry.
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from gateway.dji import live
 from gateway.dji import protocol as p
@@ -20,7 +24,10 @@ from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceRe
 from gateway.dji.mqtt import BrokerAddress, DjiMqtt
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
-from gateway.media.registry import StreamRegistry
+from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
+
+if TYPE_CHECKING:
+    from gateway.media.sources.rtsp import RtspPull
 
 log = get_logger(__name__)
 
@@ -34,21 +41,28 @@ class DjiBridge:
         ingest_keys: IngestKeys,
         broker: BrokerAddress,
         *,
-        rtmp_base_url: str,
+        push_urls: Mapping[p.UrlType, str],
         settings: live.LiveSettings | None = None,
+        url_types: Mapping[str, p.UrlType] | None = None,
+        rtsp_port: int = 8554,
         offline_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.ingest_keys = ingest_keys
-        self.rtmp_base_url = rtmp_base_url.rstrip("/")
+        # Ingest URL prefixes by url_type (RTMP, WHIP); a key is appended.
+        self.push_urls = {kind: url.rstrip("/") for kind, url in push_urls.items()}
         self.settings = settings or live.LiveSettings()
+        self.url_types = dict(url_types or {})  # gateway SN -> how it pushes
+        self.rtsp_port = rtsp_port
         self.clock = clock
         self.devices = DeviceRegistry(offline_after)
         self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock)
         self.sources: dict[str, tuple[str, p.VideoId]] = {}  # stream name -> gateway, video
         self.controllers: dict[str, live.LiveController] = {}
         self._keys: dict[str, str] = {}  # stream name -> its open ingest key
+        self.pulls: dict[str, RtspPull] = {}  # stream name -> RTSP pull from the device
+        self._replies: dict[tuple[str, str], asyncio.Future[p.ServiceReply]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         registry.add_on_demand(self)
 
@@ -63,6 +77,9 @@ class DjiBridge:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        pulls, self.pulls = list(self.pulls.values()), {}
+        for pull in pulls:
+            await pull.stop()
 
     def describe(self) -> dict[str, object]:
         """Gateways, their aircraft and videos with stream names, online and live state
@@ -84,6 +101,8 @@ class DjiBridge:
                         "device_error": status.error if status else 0,
                         "live": controller.phase.value if controller else live.Phase.IDLE.value,
                         "viewers": controller.viewers if controller else 0,
+                        "url_type": self._url_type(gateway.sn).name.lower(),
+                        "video_quality": int(controller.quality if controller else self.settings.quality),
                     }
                 )
             topology = gateway.topology
@@ -119,12 +138,70 @@ class DjiBridge:
         if controller is not None and controller.viewers:
             self._apply(controller, controller.viewer_left(self.clock()))
 
+    async def control(self, name: str, action: str, value: object) -> None:
+        controller = self._controller(name)
+        if controller is None:
+            raise StreamControlError(ControlRefusal.UNKNOWN_STREAM, f"Not a DJI camera: {name!r}")
+        try:
+            if action == "quality":
+                outputs = controller.set_quality(p.parse_video_quality(value))
+            elif action == "lens":
+                self._check_lens(controller, value)
+                outputs = controller.change_lens(str(value))
+            else:
+                raise StreamControlError(ControlRefusal.BAD_VALUE, f"Unknown control {action!r}")
+        except p.DjiProtocolError as exc:
+            raise StreamControlError(ControlRefusal.BAD_VALUE, str(exc)) from None
+        except live.NotLive as exc:
+            raise StreamControlError(ControlRefusal.NOT_LIVE, str(exc)) from None
+        log.info("dji_control", stream=name, action=action, value=value)
+        for output in outputs:
+            match output:
+                case live.SendCommand(gateway_sn=sn, envelope=envelope):
+                    await self._command(name, sn, envelope)
+                case _:
+                    self._apply(controller, [output])
+
+    def _check_lens(self, controller: live.LiveController, value: object) -> None:
+        gateway = self.devices.gateways.get(controller.gateway_sn)
+        video = next(
+            (v for v in (gateway.capacity.videos if gateway else ()) if v.video_id == controller.video_id),
+            None,
+        )
+        if video is not None and video.switchable_types and value not in video.switchable_types:
+            lenses = ", ".join(video.switchable_types)
+            raise StreamControlError(ControlRefusal.BAD_VALUE, f"Lens {value!r} not offered here: {lenses}")
+
+    async def _command(self, name: str, gateway_sn: str, envelope: p.Envelope) -> None:
+        """Send a command and wait for the device's reply; raise unless it agreed."""
+        reply_to = (envelope.tid, envelope.bid)
+        waiter = self._replies[reply_to] = asyncio.get_running_loop().create_future()
+        try:
+            if not await self.mqtt.send_command(gateway_sn, envelope):
+                raise StreamControlError(ControlRefusal.NO_REPLY, "MQTT link to the device is down")
+            reply = await asyncio.wait_for(waiter, self.settings.reply_timeout)
+        except TimeoutError:
+            timeout = self.settings.reply_timeout
+            raise StreamControlError(
+                ControlRefusal.NO_REPLY, f"no reply to {envelope.method} within {timeout:g} s"
+            ) from None
+        finally:
+            self._replies.pop(reply_to, None)
+        log.info("dji_command_replied", stream=name, method=envelope.method, result=reply.result)
+        if reply.result != 0:
+            info = f"DJI {envelope.method} failed: {p.describe_result(reply.result)}"
+            raise StreamControlError(ControlRefusal.DEVICE_REFUSED, info)
+
     def _controller(self, name: str) -> live.LiveController | None:
         controller = self.controllers.get(name)
         if controller is None and name in self.sources:
             gateway_sn, video_id = self.sources[name]
-            controller = self.controllers[name] = live.LiveController(gateway_sn, video_id, self.settings)
+            settings = dataclasses.replace(self.settings, url_type=self._url_type(gateway_sn))
+            controller = self.controllers[name] = live.LiveController(gateway_sn, video_id, settings)
         return controller
+
+    def _url_type(self, gateway_sn: str) -> p.UrlType:
+        return self.url_types.get(gateway_sn, self.settings.url_type)
 
     # --- device events ----------------------------------------------------------------------
 
@@ -148,6 +225,10 @@ class DjiBridge:
                     if controller.gateway_sn == sn:
                         self._apply(controller, controller.device_offline())
             case ServiceReplied(reply=reply):
+                waiter = self._replies.get((reply.tid, reply.bid))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+                    return
                 for controller in list(self.controllers.values()):
                     self._apply(controller, controller.reply(reply, self.clock()))
 
@@ -170,14 +251,29 @@ class DjiBridge:
         name = str(controller.video_id)
         for output in outputs:
             match output:
-                case live.OpenIngest():
+                case live.OpenIngest(url_type=url_type):
                     key = self.ingest_keys.issue(name, keep_stream=True)
                     self._keys[name] = key.key
-                    url = f"{self.rtmp_base_url}/{key.key}"
+                    if url_type is p.UrlType.RTSP:
+                        # The device serves RTSP with these credentials; the key is the password.
+                        url = f"userName=skyrelay&password={key.key}&port={self.rtsp_port}"
+                    else:
+                        url = f"{self.push_urls[url_type]}/{key.key}"
                     self._apply(controller, controller.ingest_ready(url, self.clock()))
+                case live.PullFrom(url=url):
+                    pull = self.pulls.pop(name, None)
+                    if pull is not None:
+                        self._spawn(pull.stop())
+                    from gateway.media.sources.rtsp import RtspPull  # only RTSP devices need it
+
+                    pull = self.pulls[name] = RtspPull(self.registry, name, url)
+                    self._spawn(pull.start())
                 case live.SendCommand(gateway_sn=sn, envelope=envelope):
                     self._send(sn, envelope)
                 case live.CloseIngest():
+                    pull = self.pulls.pop(name, None)
+                    if pull is not None:
+                        self._spawn(pull.stop())
                     key = self._keys.pop(name, None)
                     if key is not None:
                         self.ingest_keys.revoke(key)
@@ -192,6 +288,9 @@ class DjiBridge:
                         self.registry.release(stream, info)  # its viewers fail with the reason
 
     def _send(self, gateway_sn: str, envelope: p.Envelope) -> None:
-        task = asyncio.ensure_future(self.mqtt.send_command(gateway_sn, envelope))
+        self._spawn(self.mqtt.send_command(gateway_sn, envelope))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -12,6 +12,11 @@ MQTT, sockets or asyncio, so it is tested with plain data and an explicit clock.
     LIVE/WAITING --last viewer leaves--> LINGERING --linger expires--> stop push, IDLE
     LINGERING --a viewer joins--> back where it was
     any error, timeout, device offline --> FAILED to every viewer, stop push, IDLE
+
+With RTSP (url_type 2) the device serves the video itself: the start reply carries its
+RTSP URL and the controller asks the bridge to pull it (`PullFrom`) before WAITING.
+Quality and lens changes are commands of their own (`set_quality`, `change_lens`); a
+device that restarts its push for them looks like a push that drops and returns.
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ class OpenIngest:
 
 
 @dataclass(frozen=True, slots=True)
+class PullFrom:
+    """The device serves the video at ``url`` (RTSP): pull it into the stream."""
+
+    video_id: p.VideoId
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseIngest:
     video_id: p.VideoId
 
@@ -69,7 +82,14 @@ class Failed:
     info: str
 
 
-Output = OpenIngest | CloseIngest | SendCommand | Failed
+Output = OpenIngest | PullFrom | CloseIngest | SendCommand | Failed
+
+
+class NotLive(Exception):
+    """A command that needs the device to be pushing this video, which it is not."""
+
+
+STARTED = frozenset({Phase.WAITING, Phase.LIVE, Phase.LINGERING})
 
 
 class LiveController:
@@ -81,6 +101,8 @@ class LiveController:
         self.viewers = 0
         self.attempts = 0
         self.url: str | None = None
+        self.quality = self.settings.quality  # of the next start; changed by set_quality
+        self._start_quality = self.quality  # asked for by the start in flight
         self._pending: p.Envelope | None = None  # the live_start_push awaiting its reply
         self._deadline: float | None = None  # of the current phase (reply, push, linger, retry)
         self._lingering_from: Phase | None = None
@@ -122,8 +144,16 @@ class LiveController:
             return []  # not ours, or a late answer to an attempt we gave up
         self._pending = None
         if reply.result == 0 or reply.result in p.ALREADY_STREAMING:
+            out: list[Output] = []
+            if self.settings.url_type is p.UrlType.RTSP:
+                url = reply.output
+                if not isinstance(url, str) or not url.startswith(("rtsp://", "rtsps://")):
+                    return self._stop("DJI device replied to live_start_push without an RTSP URL")
+                out.append(PullFrom(self.video_id, url))
             self.phase, self._deadline = Phase.WAITING, now + self.settings.push_timeout
-            return []
+            if self.quality != self._start_quality:  # changed while the start was in flight
+                out.append(SendCommand(self.gateway_sn, p.live_set_quality(self.video_id, self.quality)))
+            return out
         if reply.result in p.TRANSIENT:
             return self._retry_or_fail(now, p.describe_result(reply.result))
         return self._stop(f"DJI live_start_push failed: {p.describe_result(reply.result)}")
@@ -147,6 +177,23 @@ class LiveController:
         if self.phase is Phase.IDLE:
             return []
         return self._stop("DJI device offline", send_stop=False)
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def set_quality(self, quality: p.VideoQuality) -> list[Output]:
+        """Ask a pushing device for ``quality``; otherwise the next start asks for it."""
+        self.quality = quality
+        if self.phase not in STARTED:
+            return []
+        return [SendCommand(self.gateway_sn, p.live_set_quality(self.video_id, quality))]
+
+    def change_lens(self, video_type: str) -> list[Output]:
+        """Switch the lens of a pushing device. Raises NotLive when it is not pushing and
+        DjiProtocolError for an unknown lens."""
+        envelope = p.live_lens_change(self.video_id, video_type)
+        if self.phase not in STARTED:
+            raise NotLive(f"{self.video_id} is not live: play it first")
+        return [SendCommand(self.gateway_sn, envelope)]
 
     def tick(self, now: float) -> list[Output]:
         if self._deadline is None or now < self._deadline:
@@ -176,9 +223,8 @@ class LiveController:
         assert self.url is not None
         self.attempts += 1
         self.phase = Phase.STARTING
-        self._pending = p.live_start_push(
-            self.settings.url_type, self.url, self.video_id, self.settings.quality
-        )
+        self._start_quality = self.quality
+        self._pending = p.live_start_push(self.settings.url_type, self.url, self.video_id, self.quality)
         self._deadline = now + self.settings.reply_timeout
         return [SendCommand(self.gateway_sn, self._pending)]
 

@@ -9,6 +9,7 @@ the same ``tid`` and ``bid``; see shared/reference/dji-cloud-api-live.md.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 import uuid
@@ -176,6 +177,20 @@ class VideoQuality(enum.IntEnum):
     SD = 2  # 720p, 1 Mbit/s
     HD = 3  # 720p, 1.5 Mbit/s
     UHD = 4  # 1080p, 3 Mbit/s
+
+
+def parse_video_quality(value: object) -> VideoQuality:
+    """A quality given as its number (0-4) or its name ("hd"), as users write it."""
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return VideoQuality[value.strip().upper()]
+        except KeyError:
+            pass
+    elif isinstance(value, int | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            return VideoQuality(int(value))
+    names = ", ".join(f"{q.value} {q.name.lower()}" for q in VideoQuality)
+    raise DjiProtocolError(f"unknown video quality {value!r}: one of {names}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""HTTP server: the demo page from static/, /healthz and /api/devices. It holds no state of
-its own: what those report comes from callables the composition root gives it."""
+"""HTTP server: the demo page from static/, /healthz, /api/devices, /api/streams (ingest
+figures, quality and lens controls) and WHIP ingest at /whip/{key}. It holds no state of
+its own: it reads the stream registry and hands WHIP offers to the WHIP ingest."""
 
 from __future__ import annotations
 
@@ -10,8 +11,22 @@ from typing import Any
 from aiohttp import web
 
 from gateway.log import get_logger
+from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
+from gateway.media.sources.whip import WhipIngest, WhipRefused
 
 log = get_logger(__name__)
+
+CONTROL_STATUS = {
+    ControlRefusal.UNKNOWN_STREAM: 404,
+    ControlRefusal.BAD_VALUE: 400,
+    ControlRefusal.NOT_LIVE: 409,
+    ControlRefusal.DEVICE_REFUSED: 502,
+    ControlRefusal.NO_REPLY: 504,
+}
+# The body field of each control, with the names people also use for it.
+CONTROL_FIELDS = {"quality": ("video_quality", "quality"), "lens": ("video_type", "lens")}
+SDP = "application/sdp"
+CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Location"}
 
 
 class HttpServer:
@@ -22,18 +37,29 @@ class HttpServer:
         port: int,
         static_dir: Path,
         health: Callable[[], dict[str, Any]],
+        registry: StreamRegistry,
         devices: Callable[[], dict[str, Any]] | None = None,
+        whip: WhipIngest | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.static_dir = static_dir
         self.health = health
+        self.registry = registry
         self.devices = devices
+        self.whip = whip
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/devices", self._devices)
+        app.router.add_get("/api/streams", self._streams)
+        app.router.add_post("/api/streams/{name:.+}/{action:quality|lens}", self._control)
+        app.router.add_get("/api/streams/{name:.+}", self._stream)
+        app.router.add_post("/whip/{key}", self._whip_offer)
+        app.router.add_route("OPTIONS", "/whip/{key}", self._whip_options)
+        app.router.add_delete("/whip/{key}/{resource}", self._whip_delete)
+        app.router.add_patch("/whip/{key}/{resource}", self._whip_patch)
         app.router.add_get("/", self._index)
         if self.static_dir.is_dir():
             app.router.add_static("/", self.static_dir, show_index=False, follow_symlinks=False)
@@ -63,3 +89,73 @@ class HttpServer:
         if not index.is_file():
             return web.Response(text="skyrelay: no demo page installed\n")
         return web.FileResponse(index)
+
+    # --- streams --------------------------------------------------------------------------
+
+    async def _streams(self, request: web.Request) -> web.Response:
+        streams = sorted(self.registry.streams(), key=lambda stream: stream.name)
+        return web.json_response({"streams": [stream.figures() for stream in streams]})
+
+    async def _stream(self, request: web.Request) -> web.Response:
+        name = self.registry.resolve(request.match_info["name"])
+        stream = self.registry.find(name)
+        if stream is None:
+            return error(404, f"no stream {name!r}")
+        return web.json_response(stream.figures())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the body must be a JSON object")
+        fields = CONTROL_FIELDS[action]
+        value = next((body[f] for f in fields if f in body), None) if isinstance(body, dict) else None
+        if value is None:
+            return error(400, f"the body must be a JSON object with {fields[0]!r}")
+        try:
+            await self.registry.control(name, action, value)
+        except StreamControlError as exc:
+            return error(CONTROL_STATUS[exc.refusal], exc.info)
+        return web.json_response({"stream": name, fields[0]: value, "status": "ok"})
+
+    # --- WHIP -----------------------------------------------------------------------------
+
+    async def _whip_offer(self, request: web.Request) -> web.Response:
+        if self.whip is None:
+            return error(404, "WHIP ingest is off")
+        if request.content_type != SDP:
+            return error(415, f"a WHIP offer is {SDP}, not {request.content_type or 'nothing'}")
+        key = request.match_info["key"]
+        try:
+            offer = await request.text()
+            resource, answer = await self.whip.publish(key, offer)
+        except UnicodeDecodeError:
+            return error(400, "the SDP offer is not text")
+        except WhipRefused as exc:
+            return error(exc.status, exc.info, CORS)
+        headers = {**CORS, "Location": f"/whip/{key}/{resource}"}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def _whip_options(self, request: web.Request) -> web.Response:
+        headers = {
+            **CORS,
+            "Accept-Post": SDP,
+            "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Authorization",
+        }
+        return web.Response(status=204, headers=headers)
+
+    async def _whip_delete(self, request: web.Request) -> web.Response:
+        key, resource = request.match_info["key"], request.match_info["resource"]
+        if self.whip is None or not await self.whip.delete(key, resource):
+            return error(404, "no such WHIP session", CORS)
+        return web.Response(status=200, headers=CORS)
+
+    async def _whip_patch(self, request: web.Request) -> web.Response:
+        # The answer carries every candidate; trickle ICE and ICE restarts are not offered.
+        return error(405, "trickle ICE is not supported: the answer has all candidates", CORS)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)

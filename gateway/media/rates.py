@@ -4,6 +4,8 @@ that publishers' and viewers' owners turn into their protocol's metrics messages
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -19,32 +21,35 @@ class VideoRates:
 
 
 class RateMeter:
-    """Counts bytes and frames; `sample()` gives bit/s and frames/s since the last sample."""
+    """Counts bytes and frames; `sample()` gives bit/s and frames/s over the last second.
 
-    __slots__ = ("_bytes", "_frames", "_since", "total_bytes", "total_frames")
+    Reading does not reset anything, so the 1 Hz metrics of a WebSocket publisher and an
+    HTTP API poll can look at the same meter."""
 
-    def __init__(self) -> None:
-        self._bytes = 0
-        self._frames = 0
-        self._since = time.monotonic()
+    __slots__ = ("_clock", "_recent", "_window_bytes", "total_bytes", "total_frames")
+
+    WINDOW = 1.0  # seconds
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._recent: deque[tuple[float, int]] = deque()  # (when, bytes) inside the window
+        self._window_bytes = 0
         self.total_bytes = 0
         self.total_frames = 0
 
     def add(self, size: int) -> None:
-        self._bytes += size
-        self._frames += 1
-
-    @property
-    def pending_frames(self) -> int:
-        """Frames counted since the last sample."""
-        return self._frames
+        now = self._clock()
+        self._recent.append((now, size))
+        self._window_bytes += size
+        self.total_bytes += size
+        self.total_frames += 1
+        self._trim(now)
 
     def sample(self) -> tuple[int, int]:
-        now = time.monotonic()
-        elapsed = max(now - self._since, 1e-3)
-        bits, frames = self._bytes * 8, self._frames
-        self.total_bytes += self._bytes
-        self.total_frames += frames
-        self._bytes = self._frames = 0
-        self._since = now
-        return int(bits / elapsed), round(frames / elapsed)
+        self._trim(self._clock())
+        return int(self._window_bytes * 8 / self.WINDOW), round(len(self._recent) / self.WINDOW)
+
+    def _trim(self, now: float) -> None:
+        recent, oldest = self._recent, now - self.WINDOW
+        while recent and recent[0][0] <= oldest:
+            self._window_bytes -= recent.popleft()[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.log import get_logger
@@ -23,6 +25,23 @@ class StreamUnavailable(Exception):
         self.info = info
 
 
+class ControlRefusal(enum.Enum):
+    UNKNOWN_STREAM = "unknown stream"
+    BAD_VALUE = "bad value"
+    NOT_LIVE = "not live"
+    DEVICE_REFUSED = "device refused"
+    NO_REPLY = "no reply"
+
+
+class StreamControlError(Exception):
+    """A control (quality, lens) the source could not carry out; ``info`` is for people."""
+
+    def __init__(self, refusal: ControlRefusal, info: str) -> None:
+        super().__init__(info)
+        self.refusal = refusal
+        self.info = info
+
+
 class OnDemandSource(Protocol):
     """A source started when someone wants one of its names (a drone camera), and stopped
     when nobody does any more. The registry counts the wanting; the source decides."""
@@ -33,10 +52,17 @@ class OnDemandSource(Protocol):
 
     def unwanted(self, name: str) -> None: ...
 
+    async def control(self, name: str, action: str, value: object) -> None:
+        """Ask the device behind ``name`` to change ``action`` ("quality", "lens") to
+        ``value``; returns when it agreed, raises StreamControlError otherwise."""
+        ...
+
 
 class StreamRegistry:
-    def __init__(self, *, keyframe_interval: float = 1.0) -> None:
+    def __init__(self, *, keyframe_interval: float = 1.0, aliases: Mapping[str, str] | None = None) -> None:
         self._streams: dict[str, Stream] = {}
+        # Other names viewers may use (a friendly name for a drone camera's video_id).
+        self.aliases = dict(aliases or {})
         self._keyframe_interval = keyframe_interval
         self._on_demand: list[OnDemandSource] = []
         self._waiting: dict[str, list[asyncio.Future[Stream]]] = {}
@@ -46,13 +72,19 @@ class StreamRegistry:
     def add_on_demand(self, source: OnDemandSource) -> None:
         self._on_demand.append(source)
 
+    def resolve(self, name: str) -> str:
+        """The stream name behind a viewer-facing name (an alias or the name itself)."""
+        return self.aliases.get(name, name)
+
     def on_demand_for(self, name: str) -> OnDemandSource | None:
+        name = self.resolve(name)
         return next((s for s in self._on_demand if s.serves(name)), None)
 
     async def want(self, name: str) -> Stream:
         """Tell the on-demand source of ``name`` that a viewer wants it and wait until it
         plays. Raises StreamUnavailable if the source fails (it counts as unwanted then).
         Every successful `want` is paired with an `unwant` when the viewer leaves."""
+        name = self.resolve(name)
         source = self.on_demand_for(name)
         if source is None:
             raise StreamUnavailable("Stream not found")
@@ -75,9 +107,17 @@ class StreamRegistry:
                 waiters.remove(waiter)
 
     def unwant(self, name: str) -> None:
+        name = self.resolve(name)
         source = self.on_demand_for(name)
         if source is not None:
             source.unwanted(name)
+
+    async def control(self, name: str, action: str, value: object) -> None:
+        """Pass a viewer's or an operator's control to the on-demand source of ``name``."""
+        source = self.on_demand_for(name)
+        if source is None:
+            raise StreamControlError(ControlRefusal.UNKNOWN_STREAM, f"No device behind stream {name!r}")
+        await source.control(self.resolve(name), action, value)
 
     def fail_waiting(self, name: str, info: str) -> None:
         """The on-demand source of ``name`` gave up: every viewer waiting for it fails."""
@@ -96,6 +136,8 @@ class StreamRegistry:
         """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken. With
         ``resume``, a stream of that name whose source went away (and that has not ended)
         is handed back instead, with its viewers."""
+        if name in self.aliases:
+            raise StreamNameInUse(name)  # a publisher there could never be played
         existing = self._streams.get(name)
         if existing is not None and resume and existing.source is None and not existing.ended:
             return existing
@@ -108,8 +150,9 @@ class StreamRegistry:
         return stream
 
     def get(self, name: str) -> Stream | None:
-        """The stream of that name if it can be played: codecs negotiated, media arriving."""
-        stream = self._streams.get(name)
+        """The stream of that name (or alias) if it can be played: codecs negotiated, media
+        arriving."""
+        stream = self._streams.get(self.resolve(name))
         playable = stream is not None and stream.ready and stream.live and not stream.ended
         return stream if playable else None
 

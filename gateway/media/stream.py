@@ -212,6 +212,7 @@ class Stream:
         self.width = 0
         self.height = 0
         self.source: Source | None = None
+        self.ingest = ""  # how the current or last source delivers: webrtc, rtmp, whip, rtsp
         self.ready = False  # codecs negotiated
         self.live = False  # a frame has arrived: viewers may subscribe
         self.on_live: Callable[[Stream], None] | None = None  # the registry's, once
@@ -239,11 +240,12 @@ class Stream:
         self.video_codec, self.audio_codec = video, audio
         self.ready = True
 
-    def attach_source(self, source: Source) -> None:
-        """``source`` feeds this stream from now on. Taking over a stream that already had
-        media (a push that came back) keeps its viewers: timestamps go on from where they
-        were, and video waits for the new source's first keyframe."""
-        self.source = source
+    def attach_source(self, source: Source, ingest: str) -> None:
+        """``source`` feeds this stream from now on (``ingest`` names how, for people).
+        Taking over a stream that already had media (a push that came back) keeps its
+        viewers: timestamps go on from where they were, and video waits for the new
+        source's first keyframe."""
+        self.source, self.ingest = source, ingest
         if self.live:
             self._resuming, self._offsets = True, {}
             for sub in self.subscriptions:
@@ -278,6 +280,25 @@ class Stream:
                 self.keyframe = frame
         for sub in self.subscriptions:
             sub.queue(frame.kind).put(frame)
+
+    def figures(self) -> dict[str, Any]:
+        """What the stream receives, like WCS's inboundVideoRate (for the HTTP API)."""
+        bit_rate, fps = self.inbound.sample()
+        return {
+            "name": self.name,
+            "ingest": self.ingest,
+            "source_connected": self.source is not None,
+            "live": self.live and not self.ended,
+            "video_codec": self.video_codec.name if self.video_codec else None,
+            "audio_codec": self.audio_codec.name if self.audio_codec else None,
+            "bit_rate": bit_rate,
+            "fps": fps,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.inbound.total_frames,
+            "keyframe_requests": self.keyframe_requests,
+            "viewers": len(self.subscriptions),
+        }
 
     def set_dimensions(self, width: int, height: int) -> None:
         if (width, height) == (self.width, self.height):

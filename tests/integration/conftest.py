@@ -117,3 +117,22 @@ async def local_gateway() -> AsyncIterator[Gateway]:
     await gateway.start()
     yield gateway
     await gateway.stop()
+
+
+async def wait_stream(gateway: Gateway, name: str, timeout: float = 15.0) -> None:
+    """Until ``name`` is playable on the in-process gateway."""
+    async with asyncio.timeout(timeout):
+        while gateway.registry.get(name) is None:
+            await asyncio.sleep(0.05)
+
+
+async def play_and_decode(gateway: Gateway, name: str, frames: int = 30) -> FrameCounter:
+    """Play ``name`` from a new WCS client until ``frames`` frames were decoded."""
+    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    player = await client.play(name)
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(frames)
+    await counter.stop()
+    await client.close()
+    return counter

@@ -13,7 +13,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.media.synthetic import make_h264_clip
 from gateway.wcs.client import WcsClient, WcsError
-from tests.integration.conftest import CACHE, FrameCounter
+from tests.integration.conftest import CACHE, play_and_decode, wait_stream
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +61,6 @@ def pushes() -> Iterator[Pushes]:
 
 def rtmp_url(gateway: Gateway, key: str) -> str:
     return f"rtmp://127.0.0.1:{gateway.config.rtmp_port}/live/{key}"
-
-
-async def wait_stream(gateway: Gateway, name: str, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while gateway.registry.get(name) is None:
-            await asyncio.sleep(0.05)
-
-
-async def play_and_decode(gateway: Gateway, name: str, frames: int = 30) -> FrameCounter:
-    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
-    player = await client.play(name)
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(frames)
-    await counter.stop()
-    await client.close()
-    return counter
 
 
 async def test_pushes_reach_webrtc_players_on_one_port(

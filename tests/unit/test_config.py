@@ -333,3 +333,41 @@ def test_serve_flags_for_the_dji_bridge_reach_the_configuration() -> None:
     assert (config.mqtt_broker, config.rtmp_port) == ("off", 0)
     with pytest.raises(ConfigError, match="mqtt_broker"):
         load({"mqtt_broker": "nonsense"}, environ={})
+
+
+def test_url_types_and_aliases_from_flags_and_toml(tmp_path: Path) -> None:
+    from gateway.cli import build_parser
+    from gateway.config import pairs
+
+    args = build_parser().parse_args(
+        ["serve", "--live-url-type", "whip", "--live-url-types", "RC1=rtsp,DOCK2=rtmp",
+         "--alias", "roof=DOCK1/165-0-7/normal-0", "--alias", "nose=AC1/53-0-0/normal-0"]
+    )  # fmt: skip
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None}
+    config = load(flags, environ={})
+    assert config.live_url_type == "whip"
+    assert pairs(config.live_url_types) == {"RC1": "rtsp", "DOCK2": "rtmp"}
+    assert pairs(config.aliases) == {"roof": "DOCK1/165-0-7/normal-0", "nose": "AC1/53-0-0/normal-0"}
+    toml = write(
+        tmp_path,
+        '[skyrelay.aliases]\nroof = "DOCK1/165-0-7/normal-0"\n[skyrelay.live_url_types]\nRC1 = "rtsp"\n',
+    )
+    config = load({}, config_file=toml, environ={})
+    assert pairs(config.aliases) == {"roof": "DOCK1/165-0-7/normal-0"}
+    assert pairs(config.live_url_types) == {"RC1": "rtsp"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ({"live_url_type": "agora"}, "one of rtmp, whip, rtsp"),
+        ({"live_url_types": "RC1=gb28181"}, "one of rtmp, whip, rtsp"),
+        ({"live_url_types": "RC1"}, "NAME=VALUE"),
+        ({"aliases": "=x"}, "NAME=VALUE"),
+        ({"live_max_attempts": 0}, "at least 1"),
+        ({"live_retry_backoff": -1}, "positive"),
+    ],
+)
+def test_bad_live_settings(flags: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load(flags, environ={})

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.dji import protocol as p
 from gateway.dji.live import (
     CloseIngest,
     Failed,
     LiveController,
     LiveSettings,
+    NotLive,
     OpenIngest,
     Output,
     Phase,
+    PullFrom,
     SendCommand,
 )
 
@@ -223,3 +227,55 @@ def test_whip_and_quality_come_from_the_settings() -> None:
     assert live.viewer_joined(0.0) == [OpenIngest(VIDEO, p.UrlType.WHIP)]
     (request,) = commands(live.ingest_ready("http://10.0.0.5:8081/whip/k3y", 0.0))
     assert request.data["url_type"] == 4 and request.data["video_quality"] == 3
+
+
+def test_rtsp_device_reply_url_is_pulled() -> None:
+    live = controller(url_type=p.UrlType.RTSP)
+    assert live.viewer_joined(0.0) == [OpenIngest(VIDEO, p.UrlType.RTSP)]
+    (request,) = commands(live.ingest_ready("userName=skyrelay&password=k3y&port=8554", 0.0))
+    assert request.data["url_type"] == 2
+    served = "rtsp://skyrelay:k3y@192.168.1.100:8554/live/1"
+    reply = p.ServiceReply(request.tid, request.bid, request.method, 0, served)
+    assert live.reply(reply, 1.0) == [PullFrom(VIDEO, served)]
+    assert live.phase is Phase.WAITING
+
+
+@pytest.mark.parametrize("output", [None, "", 42, "http://not-rtsp/"])
+def test_rtsp_reply_without_a_url_fails_clearly(output: object) -> None:
+    live = controller(url_type=p.UrlType.RTSP)
+    live.viewer_joined(0.0)
+    (request,) = commands(live.ingest_ready("userName=a&password=b&port=8554", 0.0))
+    out = live.reply(p.ServiceReply(request.tid, request.bid, request.method, 0, output), 1.0)
+    assert Failed(VIDEO, "DJI device replied to live_start_push without an RTSP URL") in out
+    assert live.phase is Phase.IDLE
+
+
+def test_quality_is_sent_to_a_pushing_device_and_kept_for_the_next_start() -> None:
+    live = controller()
+    assert live.set_quality(p.VideoQuality.SMOOTH) == []  # idle: nothing to tell
+    request = started(live)
+    assert request.data["video_quality"] == int(p.VideoQuality.SMOOTH)
+    live.reply(answer(request), 0.0)
+    (command,) = commands(live.set_quality(p.VideoQuality.UHD))
+    assert command.method == "live_set_quality"
+    assert command.data == {"video_id": str(VIDEO), "video_quality": 4}
+
+
+def test_quality_changed_while_starting_is_sent_after_the_start_succeeds() -> None:
+    live = controller()
+    request = started(live)
+    assert live.set_quality(p.VideoQuality.HD) == []
+    (command,) = commands(live.reply(answer(request), 0.0))
+    assert (command.method, command.data["video_quality"]) == ("live_set_quality", 3)
+
+
+def test_lens_change_needs_a_pushing_device_and_a_known_lens() -> None:
+    live = controller()
+    with pytest.raises(NotLive):
+        live.change_lens("zoom")
+    live_now(live)
+    (command,) = commands(live.change_lens("zoom"))
+    assert command.method == "live_lens_change"
+    assert command.data == {"video_id": str(VIDEO), "video_type": "zoom"}
+    with pytest.raises(p.DjiProtocolError, match="unknown lens"):
+        live.change_lens("fisheye")

@@ -834,3 +834,22 @@ def test_parse_update_topo_minimal_and_malformed() -> None:
     assert topo.type == 0 and topo.sub_devices == ("GOOD1", "GOOD2")
     topo = p.parse_update_topo(GW, p.Envelope("t", "b", "update_topo", {"type": "98", "sub_devices": {}}))
     assert topo.type == 0 and topo.sub_devices == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "quality"),
+    [
+        (0, p.VideoQuality.ADAPTIVE),
+        ("3", p.VideoQuality.HD),
+        ("hd", p.VideoQuality.HD),
+        ("UHD", p.VideoQuality.UHD),
+    ],
+)
+def test_video_quality_by_number_or_name(value: object, quality: p.VideoQuality) -> None:
+    assert p.parse_video_quality(value) is quality
+
+
+@pytest.mark.parametrize("value", [5, -1, "ultra", True, None, 2.5, "", [1]])
+def test_unknown_video_quality_is_refused(value: object) -> None:
+    with pytest.raises(p.DjiProtocolError, match="unknown video quality"):
+        p.parse_video_quality(value)

@@ -124,3 +124,13 @@ def test_names_are_exact() -> None:
     assert registry.get("Cam") is not None
     assert registry.get("камера/0") is not None
     assert registry.get("Cam ") is None
+
+
+def test_aliases_resolve_for_viewers_and_cannot_be_published() -> None:
+    registry = StreamRegistry(aliases={"roof": "DOCK1/165-0-7/normal-0"})
+    stream = go_live(registry.claim("DOCK1/165-0-7/normal-0"))
+    assert registry.get("roof") is stream
+    assert registry.resolve("roof") == "DOCK1/165-0-7/normal-0"
+    assert registry.resolve("other") == "other"
+    with pytest.raises(StreamNameInUse):
+        registry.claim("roof")

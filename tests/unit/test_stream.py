@@ -224,8 +224,8 @@ async def test_video_meter_counts_delivered_frames() -> None:
     for frame in gop_stream(3):
         queue.put(frame)
     await drain(queue)
-    assert queue.meter._frames == 3
-    assert queue.meter._bytes == sum(len(f.data) for f in gop_stream(3))
+    assert queue.meter.total_frames == 3
+    assert queue.meter.total_bytes == sum(len(f.data) for f in gop_stream(3))
 
 
 # --- Stream: fan-out ------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ async def test_keyframe_cache_and_inbound_meter() -> None:
     stream.push(video(1))
     stream.push(audio(0))
     assert stream.keyframe is key
-    assert stream.inbound._frames == 2
+    assert stream.inbound.total_frames == 2
 
 
 async def test_new_subscriber_starts_with_the_cached_keyframe_then_waits_for_a_live_one() -> None:
@@ -546,7 +546,7 @@ def test_attach_hands_over_queued_frames_in_order_then_delivers_directly() -> No
     for frame in gop_stream(3, start=5):
         queue.put(frame)
     assert [f.pts for f in receiver.frames] == list(range(8))
-    assert queue.meter.pending_frames == 8
+    assert queue.meter.total_frames == 8
     assert gaps == []
 
 

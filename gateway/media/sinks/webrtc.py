@@ -156,7 +156,7 @@ class WebRtcViewer:
             return {}
         video = sub.video
         return {
-            "video_frames": video.meter.total_frames + video.meter.pending_frames,
+            "video_frames": video.meter.total_frames,
             "video_dropped": video.dropped,
             "audio_dropped": sub.audio.dropped,
             "nack": self.nack_received,

@@ -118,7 +118,7 @@ class RtmpIngestServer:
             return None
         push = RtmpPush(stream, grant)
         stream.set_codecs(H264, None)
-        stream.attach_source(push)
+        stream.attach_source(push, "rtmp")
         self.pushes.add(push)
         rtmp.accept_publish(request)
         log.info("rtmp_publishing", stream=stream.name, peer=peer)

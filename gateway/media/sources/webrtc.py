@@ -38,8 +38,10 @@ class WebRtcPublisher:
         *,
         on_started: Callable[[], None],
         on_failed: Callable[[str], None],
+        ingest: str = "webrtc",
     ) -> None:
         self.stream = stream
+        self.ingest = ingest
         self.peer = Peer(settings, on_connected=self._connected, on_failed=on_failed)
         self._on_started = on_started
         self._on_failed = on_failed
@@ -73,7 +75,7 @@ class WebRtcPublisher:
                 video = codec
             else:
                 audio = codec
-        self.stream.source = self
+        self.stream.attach_source(self, self.ingest)  # a stream taken over keeps its viewers
         self.stream.set_codecs(video, audio)
         return answer
 
@@ -153,7 +155,7 @@ class WebRtcPublisher:
         """Counts for the log line that ends this publisher."""
         inbound = self.stream.inbound
         return {
-            "video_frames": inbound.total_frames + inbound.pending_frames,
+            "video_frames": inbound.total_frames,
             "keyframe_requests": self.stream.keyframe_requests,
             "nack": self.nack_sent,
             "pli": self.pli_sent,

@@ -1,0 +1,124 @@
+"""WHIP ingest (RFC 9725): a device or encoder POSTs an SDP offer to ``/whip/{key}`` and
+publishes over WebRTC; the gateway answers with all its candidates (no trickle ICE) and
+relays the media like any WebRTC publisher, without decoding.
+
+The key is a one-time ingest key (see ingest_keys.py): the DJI bridge issues one per
+``live_start_push`` with url_type 4. Each accepted offer is a resource the client DELETEs
+when it stops; a publisher that fails or goes silent is ended by the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.log import get_logger
+from gateway.media.ingest_keys import IngestKey, IngestKeys
+from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.sources.webrtc import WebRtcPublisher
+from gateway.media.stream import Stream
+from gateway.media.webrtc.peer import RtcSettings
+from gateway.media.webrtc.sdp import OfferError
+
+log = get_logger(__name__)
+
+MAX_OFFER_BYTES = 64 * 1024
+
+
+class WhipRefused(Exception):
+    """An offer the gateway will not accept; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, info: str) -> None:
+        super().__init__(info)
+        self.status = status
+        self.info = info
+
+
+@dataclass(eq=False)
+class WhipPush:
+    """One accepted WHIP session: a resource, the key it holds and its publisher."""
+
+    resource: str
+    grant: IngestKey
+    stream: Stream
+    publisher: WebRtcPublisher
+    started: bool = field(default=False)
+
+
+class WhipIngest:
+    def __init__(self, registry: StreamRegistry, keys: IngestKeys, settings: RtcSettings) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.settings = settings
+        self.pushes: dict[str, WhipPush] = {}  # by resource id
+        self._endings: set[asyncio.Task[None]] = set()
+
+    async def publish(self, key: str, offer_sdp: str) -> tuple[str, str]:
+        """Accept an offer for ``key``: returns the new resource id and the SDP answer."""
+        if len(offer_sdp) > MAX_OFFER_BYTES:
+            raise WhipRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        grant = self.keys.claim(key)
+        if grant is None:
+            log.warning("whip_publish_refused", reason="unknown or used key")
+            raise WhipRefused(403, "unknown, used or expired stream key")
+        try:
+            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
+        except StreamNameInUse:
+            self.keys.release(grant.key)
+            raise WhipRefused(409, "stream already has a source") from None
+        resource = secrets.token_urlsafe(12)
+        publisher = WebRtcPublisher(
+            stream,
+            self.settings,
+            on_started=lambda: self._started(resource),
+            on_failed=lambda info: self._failed(resource, info),
+            ingest="whip",
+        )
+        push = self.pushes[resource] = WhipPush(resource, grant, stream, publisher)
+        try:
+            answer = await publisher.accept(offer_sdp)
+        except OfferError as exc:
+            await self._end(push, f"bad offer: {exc}")
+            raise WhipRefused(400, str(exc)) from None
+        except Exception as exc:  # aiortc rejects some offers with its own errors
+            await self._end(push, f"offer not usable: {exc}")
+            raise WhipRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        log.info("whip_offer_accepted", stream=stream.name, resource=resource)
+        return resource, answer
+
+    async def delete(self, key: str, resource: str) -> bool:
+        """The client stopped publishing. False when no such session (already ended)."""
+        push = self.pushes.get(resource)
+        if push is None or push.grant.key != key:
+            return False
+        await self._end(push, "deleted by the client")
+        return True
+
+    async def stop(self) -> None:
+        for push in list(self.pushes.values()):
+            await self._end(push, "gateway stopping")
+
+    def _started(self, resource: str) -> None:
+        push = self.pushes.get(resource)
+        if push is not None:
+            push.started = True
+            log.info("whip_publishing", stream=push.stream.name, resource=resource)
+
+    def _failed(self, resource: str, info: str) -> None:
+        push = self.pushes.get(resource)
+        if push is not None:
+            task = asyncio.ensure_future(self._end(push, info))
+            self._endings.add(task)
+            task.add_done_callback(self._endings.discard)
+
+    async def _end(self, push: WhipPush, reason: str) -> None:
+        if self.pushes.pop(push.resource, None) is None:
+            return
+        self.keys.release(push.grant.key)
+        if push.grant.keep_stream:
+            push.stream.detach_source(push.publisher)  # the issuer decides when the stream ends
+        else:
+            self.registry.release(push.stream)
+        await push.publisher.close()
+        log.info("whip_push_ended", stream=push.stream.name, resource=push.resource, reason=reason)
