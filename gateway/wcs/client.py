@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -180,6 +180,17 @@ class WcsClient:
 
     def received(self, name: str) -> list[list[Any]]:
         return [data for message, data in self.messages if message == name]
+
+    async def wait_message(
+        self, name: str, matches: Callable[[list[Any]], bool] = lambda _: True, timeout: float = 10.0
+    ) -> list[Any]:
+        """The data of the first ``name`` message (received so far or later) that matches."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((data for data in self.received(name) if matches(data)), None)
+                if found is not None:
+                    return found
+                await asyncio.sleep(0.05)
 
     async def publish(
         self,

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway import __version__
 from gateway.log import get_logger
-from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
+from gateway.media.registry import StreamControlError, StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
@@ -27,9 +27,11 @@ from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
 from gateway.wcs import messages as m
 from gateway.wcs.session import (
+    CONTROL_EVENTS,
     INFO_NAME_IN_USE,
     INFO_NOT_FOUND,
     Close,
+    ControlStream,
     Output,
     QueryAvailable,
     RelayStreamEvent,
@@ -197,12 +199,29 @@ class Connection:
                     stream = self.server.registry.get(name)
                     if stream is not None:
                         stream.broadcast_event(event_type, payload)
+                case ControlStream():
+                    self._spawn(self._control(out))
                 case QueryAvailable(msid, name):
                     found = self.server.registry.get(name) is not None
                     self.dispatch(self.session.available(msid, found, "" if found else INFO_NOT_FOUND))
                 case Close(code, reason):
                     self.log.info("client_dropped", reason=reason)
                     self._spawn(self.ws.close(code, reason))
+
+    async def _control(self, request: ControlStream) -> None:
+        """Carry out a player's camera control; every viewer of the stream hears of a
+        change, only the asker of a refusal."""
+        registry = self.server.registry
+        try:
+            await registry.control(request.stream_name, request.action, request.value)
+        except StreamControlError as exc:
+            self.log.info("stream_control_refused", stream=request.stream_name, info=exc.info)
+            self._send(m.fail("sendStreamEvent", exc.info, request.media_session_id))
+            return
+        stream = registry.find(registry.resolve(request.stream_name))
+        if stream is not None:
+            field = CONTROL_EVENTS[request.event_type][1][0]
+            stream.broadcast_event(request.event_type, {field: request.value, "status": "OK"})
 
     def _send(self, text: str) -> None:
         try:

@@ -75,6 +75,18 @@ class RelayStreamEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlStream:
+    """A player asks the device behind ``stream_name`` to change ``action`` (quality,
+    lens) to ``value``; the answer goes back as `control_done` or `control_failed`."""
+
+    media_session_id: str
+    stream_name: str
+    event_type: str
+    action: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
 class QueryAvailable:
     media_session_id: str
     name: str
@@ -86,7 +98,16 @@ class Close:
     reason: str
 
 
-Output = Send | StartPublish | StartPlay | StopMedia | RelayStreamEvent | QueryAvailable | Close
+Output = (
+    Send | StartPublish | StartPlay | StopMedia | RelayStreamEvent | ControlStream | QueryAvailable | Close
+)
+
+# Stream events a player may send: controls of the camera behind the stream (a drone's), by
+# event type, with the payload fields that carry the value.
+CONTROL_EVENTS = {
+    "setQuality": ("quality", ("video_quality", "quality")),
+    "changeLens": ("lens", ("video_type", "lens")),
+}
 
 
 @dataclass(slots=True)
@@ -228,12 +249,19 @@ class Session:
         media = self.media.get(msg.media_session_id)
         if media is None:
             return [Send(m.fail("sendStreamEvent", "Unknown mediaSessionId", msg.media_session_id))]
+        if not media.published and msg.type in CONTROL_EVENTS:
+            action, fields = CONTROL_EVENTS[msg.type]
+            payload = msg.payload
+            value = payload
+            if isinstance(payload, dict):
+                value = next((payload[f] for f in fields if f in payload), None)
+            if value is None:
+                info = f"{msg.type} needs a payload with {fields[0]!r}"
+                return [Send(m.fail("sendStreamEvent", info, msg.media_session_id))]
+            return [ControlStream(msg.media_session_id, media.description.name, msg.type, action, value)]
         if not media.published:
-            return [
-                Send(
-                    m.fail("sendStreamEvent", "Only a publisher can send stream events", msg.media_session_id)
-                )
-            ]
+            info = "Only a publisher can send stream events (players: " + ", ".join(CONTROL_EVENTS) + ")"
+            return [Send(m.fail("sendStreamEvent", info, msg.media_session_id))]
         return [RelayStreamEvent(media.description.name, msg.type, msg.payload)]
 
     # --- media events (from the I/O layer) --------------------------------------------------

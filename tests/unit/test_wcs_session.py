@@ -12,6 +12,7 @@ from gateway.wcs.session import (
     INFO_PUBLISHER_STOPPED,
     TERMINAL,
     Close,
+    ControlStream,
     Output,
     QueryAvailable,
     RelayStreamEvent,
@@ -639,6 +640,35 @@ def test_send_stream_event_from_a_player_fails() -> None:
     assert failed["apiMethod"] == "sendStreamEvent"
     assert "publisher" in failed["info"]
     assert not any(isinstance(o, RelayStreamEvent) for o in out)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "action", "value"),
+    [
+        ("setQuality", {"video_quality": 3}, "quality", 3),
+        ("setQuality", {"quality": "hd"}, "quality", "hd"),
+        ("setQuality", 1, "quality", 1),
+        ("changeLens", {"video_type": "zoom"}, "lens", "zoom"),
+        ("changeLens", "wide", "lens", "wide"),
+    ],
+)
+def test_a_player_controls_the_camera_with_stream_events(
+    event_type: str, payload: Any, action: str, value: Any
+) -> None:
+    session = established()
+    playing(session, PLAYER, "DOCK1/165-0-7/normal-0")
+    body = {"mediaSessionId": PLAYER, "type": event_type, "payload": payload}
+    out = session.receive_text(client_frame("sendStreamEvent", body))
+    assert out == [ControlStream(PLAYER, "DOCK1/165-0-7/normal-0", event_type, action, value)]
+
+
+@pytest.mark.parametrize("payload", [None, {}, {"other": 1}])
+def test_a_camera_control_without_a_value_fails(payload: Any) -> None:
+    session = established()
+    playing(session)
+    body = {"mediaSessionId": PLAYER, "type": "changeLens", "payload": payload}
+    out = session.receive_text(client_frame("sendStreamEvent", body))
+    assert names(out) == ["fail"] and "video_type" in fails(out)[0]["info"]
 
 
 def test_send_stream_event_from_unknown_id_fails() -> None:
