@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.dji import live
 from gateway.dji import protocol as p
@@ -25,9 +25,7 @@ from gateway.dji.mqtt import BrokerAddress, DjiMqtt
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
-
-if TYPE_CHECKING:
-    from gateway.media.sources.rtsp import RtspPull
+from gateway.media.sources.rtsp import RtspPull
 
 log = get_logger(__name__)
 
@@ -264,8 +262,6 @@ class DjiBridge:
                     pull = self.pulls.pop(name, None)
                     if pull is not None:
                         self._spawn(pull.stop())
-                    from gateway.media.sources.rtsp import RtspPull  # only RTSP devices need it
-
                     pull = self.pulls[name] = RtspPull(self.registry, name, url)
                     self._spawn(pull.start())
                 case live.SendCommand(gateway_sn=sn, envelope=envelope):

@@ -1,0 +1,3 @@
+"""RTSP/1.0 (RFC 2326) with RTP over the RTSP connection (interleaved), sans I/O: the message
+codec, Basic/Digest authentication, SDP, RTP H.264 (RFC 6184) depacketizing, and the client
+and server state machines. Nothing here opens a socket or touches asyncio."""

@@ -1,0 +1,219 @@
+"""RTP (RFC 3550 5.1) packets, and H.264 depacketizing (RFC 6184) into Annex-B access units.
+
+`H264Depacketizer` reassembles single NAL unit packets, STAP-A aggregates and FU-A
+fragments. An access unit ends at the marker bit or when the timestamp changes. A gap in
+sequence numbers breaks the unit being built: it is dropped, and so is everything up to the
+next IDR, so what comes out always decodes. SPS/PPS (from the SDP or seen in band) are put
+before any IDR unit that lacks them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from gateway.media.h264 import START_CODE, ParameterSetCache
+
+NAL_STAP_A = 24
+NAL_FU_A = 28
+# An access unit bigger than this is an attack or a broken stream, not video.
+MAX_ACCESS_UNIT_BYTES = 8 * 1024 * 1024
+
+
+class RtpError(ValueError):
+    """A packet that is not valid RTP (dropped; the connection goes on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    payload_type: int
+    marker: bool
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+    csrc: tuple[int, ...] = ()
+
+
+def parse_rtp(data: bytes) -> RtpPacket:
+    if len(data) < 12:
+        raise RtpError("RTP packet shorter than its header")
+    first, second, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", data)
+    if first >> 6 != 2:
+        raise RtpError(f"RTP version {first >> 6}")
+    csrc_count = first & 0x0F
+    pos = 12 + 4 * csrc_count
+    if len(data) < pos:
+        raise RtpError("RTP packet shorter than its CSRC list")
+    csrc = struct.unpack_from(f"!{csrc_count}I", data, 12)
+    if first & 0x10:  # header extension: 16-bit profile, 16-bit length in 32-bit words
+        if len(data) < pos + 4:
+            raise RtpError("RTP packet shorter than its header extension")
+        (words,) = struct.unpack_from("!H", data, pos + 2)
+        pos += 4 + 4 * words
+        if len(data) < pos:
+            raise RtpError("RTP packet shorter than its header extension")
+    end = len(data)
+    if first & 0x20:  # padding: the last octet counts the padding octets, itself included
+        padding = data[-1]
+        if padding == 0 or end - padding < pos:
+            raise RtpError("bad RTP padding")
+        end -= padding
+    return RtpPacket(second & 0x7F, bool(second & 0x80), sequence, timestamp, ssrc, data[pos:end], csrc)
+
+
+def rtp_header(*, payload_type: int, marker: bool, sequence: int, timestamp: int, ssrc: int) -> bytes:
+    return struct.pack(
+        "!BBHII",
+        0x80,
+        (0x80 if marker else 0) | payload_type,
+        sequence & 0xFFFF,
+        timestamp & 0xFFFFFFFF,
+        ssrc,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccessUnit:
+    """One H.264 access unit in Annex-B. ``timestamp`` is the RTP timestamp extended past
+    32-bit wrap-around and counted from the first packet (so it starts at 0)."""
+
+    data: bytes
+    timestamp: int
+    keyframe: bool
+    dimensions: tuple[int, int] | None = None  # when the unit carries an SPS
+
+
+class H264Depacketizer:
+    def __init__(self, *, sps: bytes | None = None, pps: bytes | None = None) -> None:
+        self.parameter_sets = ParameterSetCache()
+        # The SDP's parameter sets serve until the stream sends its own.
+        self.parameter_sets.sps, self.parameter_sets.pps = sps, pps
+        self.packets = 0
+        self.lost_packets = 0
+        self.dropped_units = 0  # broken, or waiting for an IDR
+        self.bad_packets = 0  # malformed or unsupported payloads
+        self._expected_sequence: int | None = None
+        self._first_timestamp: int | None = None
+        self._last_timestamp = 0
+        self._extended = 0
+        self._nals: list[bytes] = []
+        self._size = 0
+        self._unit_timestamp: int | None = None
+        self._fragment: bytearray | None = None
+        self._broken = False
+        self._need_idr = True  # the stream may start mid-GOP
+
+    def receive(self, packet: RtpPacket) -> list[AccessUnit]:
+        self.packets += 1
+        units: list[AccessUnit] = []
+        expected = self._expected_sequence
+        gap = False
+        if expected is not None and packet.sequence != expected:
+            ahead = (packet.sequence - expected) & 0xFFFF
+            if ahead >= 0x8000:
+                return units  # late or duplicated: its unit has been handled
+            self.lost_packets += ahead
+            gap = True
+        self._expected_sequence = (packet.sequence + 1) & 0xFFFF
+        timestamp = self._extend(packet.timestamp)
+        # Lost packets may be the tail of the unit being built or the head of this one:
+        # both are broken.
+        self._broken |= gap
+        if self._unit_timestamp is not None and timestamp != self._unit_timestamp:
+            # A new timestamp starts a new access unit even without a marker on the last.
+            units += self._finish()
+        self._broken |= gap
+        self._unit_timestamp = timestamp
+        self._payload(packet.payload)
+        if packet.marker:
+            units += self._finish()
+        return units
+
+    def _extend(self, timestamp: int) -> int:
+        if self._first_timestamp is None:
+            self._first_timestamp = self._last_timestamp = timestamp
+            return 0
+        delta = (timestamp - self._last_timestamp) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        self._last_timestamp = timestamp
+        self._extended += delta
+        return self._extended
+
+    def _payload(self, payload: bytes) -> None:
+        if not payload:
+            self._malformed()
+            return
+        kind = payload[0] & 0x1F
+        if 1 <= kind <= 23:
+            self._add(payload)
+        elif kind == NAL_STAP_A:
+            pos = 1
+            while pos + 2 <= len(payload):
+                (size,) = struct.unpack_from("!H", payload, pos)
+                pos += 2
+                if size == 0 or pos + size > len(payload):
+                    self._malformed()
+                    return
+                self._add(payload[pos : pos + size])
+                pos += size
+            if pos != len(payload):
+                self._malformed()
+        elif kind == NAL_FU_A:
+            self._fragment_unit(payload)
+        else:  # STAP-B, MTAP, FU-B: only for interleaved mode (2), which is never negotiated
+            self._malformed()
+
+    def _fragment_unit(self, payload: bytes) -> None:
+        if len(payload) < 3:
+            self._malformed()
+            return
+        indicator, header = payload[0], payload[1]
+        start, end = header & 0x80, header & 0x40
+        if start:
+            if self._fragment is not None:
+                self._broken = True  # the previous fragment lost its end
+            self._fragment = bytearray([(indicator & 0xE0) | (header & 0x1F)])
+        elif self._fragment is None:
+            self._broken = True  # lost its start
+            return
+        self._fragment += payload[2:]
+        if len(self._fragment) + self._size > MAX_ACCESS_UNIT_BYTES:
+            self._fragment = None
+            self._broken = True
+            return
+        if end:
+            nal, self._fragment = bytes(self._fragment), None
+            self._add(nal)
+
+    def _add(self, nal: bytes) -> None:
+        if self._size + len(nal) > MAX_ACCESS_UNIT_BYTES:
+            self._broken = True
+            return
+        self._nals.append(nal)
+        self._size += len(nal) + 4
+
+    def _malformed(self) -> None:
+        self.bad_packets += 1
+        self._broken = True
+
+    def _finish(self) -> list[AccessUnit]:
+        nals, broken, timestamp = self._nals, self._broken, self._unit_timestamp
+        if self._fragment is not None:
+            broken = True  # a fragment without its end: the unit is incomplete
+        self._nals, self._size, self._fragment, self._broken = [], 0, None, False
+        self._unit_timestamp = None
+        if not nals and not broken:
+            return []
+        if broken:
+            self.dropped_units += 1
+            self._need_idr = True
+            return []
+        data, keyframe, dimensions = self.parameter_sets.process(b"".join(START_CODE + nal for nal in nals))
+        if self._need_idr and not keyframe:
+            self.dropped_units += 1
+            return []
+        self._need_idr = False
+        assert timestamp is not None
+        return [AccessUnit(data, timestamp, keyframe, dimensions)]
