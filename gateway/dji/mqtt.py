@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 import uuid
@@ -24,6 +25,10 @@ from gateway.dji.devices import DeviceRegistry, Event, Publish
 from gateway.log import get_logger
 
 log = get_logger(__name__)
+
+# paho leaves Nagle on: a command waited ~40 ms for the ACK of the previous small write
+# (measured by scripts/bench/dji_latency). Commands are small and latency matters.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 MAX_BACKOFF = 30.0
 
@@ -111,6 +116,7 @@ class DjiMqtt:
             tls_context=self.broker.tls_context(),
             keepalive=10,
             timeout=10,
+            socket_options=NO_DELAY,
         ) as client:
             for topic in p.SUBSCRIPTIONS:
                 await client.subscribe(topic, qos=1)

@@ -75,6 +75,11 @@ class Source(Protocol):
     def request_keyframe(self) -> None: ...
 
 
+# A viewer joining this soon after a keyframe gets the frames since it as well.
+JOIN_WITH_GOP_S = 0.5
+GOP_CACHE_FRAMES = 60
+
+
 class FrameQueue:
     """A bounded single-consumer queue of frames for one subscriber and one media kind."""
 
@@ -219,6 +224,7 @@ class Stream:
         self.ended = False
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
+        self._gop: list[MediaFrame] = []  # the last keyframe and the video since, while short
         self.last_video_pts = 0
         # A source that takes over a live stream (a push that reconnected) continues its
         # timestamps: per kind, the offset from the new source's clock to the stream's.
@@ -246,6 +252,7 @@ class Stream:
         viewers: timestamps go on from where they were, and video waits for the new
         source's first keyframe."""
         self.source, self.ingest = source, ingest
+        self._gop = []
         if self.live:
             self._resuming, self._offsets = True, {}
             for sub in self.subscriptions:
@@ -277,7 +284,11 @@ class Stream:
             self.inbound.add(len(frame.data))
             self.last_video_pts = frame.pts
             if frame.keyframe:
-                self.keyframe = frame
+                self.keyframe, self._gop = frame, [frame]
+            elif 0 < len(self._gop) < GOP_CACHE_FRAMES:
+                self._gop.append(frame)
+            else:
+                self._gop = []
         for sub in self.subscriptions:
             sub.queue(frame.kind).put(frame)
 
@@ -327,7 +338,14 @@ class Stream:
 
     def subscribe(self, listener: StreamListener, max_frames: int = 90) -> Subscription:
         sub = Subscription(self, listener, max_frames)
-        if self.keyframe is not None:
+        gop = self._gop
+        if gop and (self.last_video_pts - gop[0].pts) * gop[0].time_base <= JOIN_WITH_GOP_S:
+            # A young GOP (a viewer that waited for the stream to start): the keyframe and
+            # every frame since, so the picture moves at once instead of freezing on the
+            # keyframe until the next one. At most JOIN_WITH_GOP_S behind live.
+            for frame in gop:
+                sub.video.put(frame)
+        elif self.keyframe is not None:
             # Stamp the cached keyframe with the live time: the viewer's timeline starts now,
             # not at the keyframe's capture time, and never jumps back (A/V sync, jitter buffer).
             replay = dataclasses.replace(

@@ -258,40 +258,66 @@ async def test_keyframe_cache_and_inbound_meter() -> None:
     assert stream.inbound.total_frames == 2
 
 
-async def test_new_subscriber_starts_with_the_cached_keyframe_then_waits_for_a_live_one() -> None:
+STEP = 3000  # 30 fps at 90 kHz
+
+
+def timed_gops(count: int, start: int = 0) -> list[MediaFrame]:
+    """Frames ``start``.. at 30 fps, a keyframe every second (every 30th)."""
+    return [video(i * STEP, keyframe=i % 30 == 0) for i in range(start, start + count)]
+
+
+def frame_numbers(frames: list[MediaFrame]) -> list[int]:
+    return [f.pts // STEP for f in frames]
+
+
+async def test_a_late_subscriber_starts_with_the_cached_keyframe_then_waits_for_a_live_one() -> None:
     stream, source, clock = new_stream()
     early = stream.subscribe(Listener())
-    frames = gop_stream(15, gop=10)  # keyframes 0 and 10; last pushed 14
+    frames = timed_gops(50)  # keyframes 0 and 30; 19 deltas (0.63 s) since the last
     for frame in frames:
         stream.push(frame)
     late = stream.subscribe(Listener())
-    for frame in gop_stream(15, gop=10, start=15):  # 15..29, keyframe 20
+    for frame in timed_gops(30, start=50):  # 50..79, keyframe 60
         stream.push(frame)
     delivered = await drain(late.video)
     first = delivered[0]
     assert first.keyframe
-    assert first.data == frames[10].data, "the cached keyframe comes first"
-    assert pts(delivered[1:]) == [20, *range(21, 30)], "then the next live keyframe and its deltas"
-    assert pts(await drain(early.video)) == list(range(30))
+    assert first.data == frames[30].data, "the cached keyframe comes first"
+    assert frame_numbers(delivered[1:]) == list(range(60, 80)), "then the next live keyframe and its deltas"
+    assert frame_numbers(await drain(early.video)) == list(range(80))
+
+
+async def test_a_subscriber_soon_after_a_keyframe_gets_the_frames_since_it() -> None:
+    """A viewer waiting for a stream to start joins just after its first keyframe: it gets
+    every frame since, so its picture moves at once (not frozen until the next keyframe)."""
+    stream, _, _ = new_stream()
+    frames = timed_gops(45)  # keyframe 30, then 14 deltas: 0.47 s
+    for frame in frames:
+        stream.push(frame)
+    sub = stream.subscribe(Listener())
+    stream.push(video(45 * STEP))
+    delivered = await drain(sub.video)
+    assert frame_numbers(delivered) == list(range(30, 46))
+    assert not any(f.replay for f in delivered), "the live frames themselves, timestamps unchanged"
 
 
 async def test_cached_keyframe_is_restamped_to_live_time() -> None:
     stream, _, _ = new_stream()
-    frames = gop_stream(15, gop=10)
+    frames = timed_gops(50)
     for frame in frames:
         stream.push(frame)
     stream.push(audio(0))  # audio does not move the video clock
     sub = stream.subscribe(Listener())
     first = await sub.video.get()
     assert first is not None
-    assert first.data == frames[10].data
-    assert first.pts == 14, "the viewer's timeline starts at the live time"
-    assert first.packet().pts == 14
-    assert frames[10].pts == 10 and stream.keyframe is frames[10], "the cache itself is untouched"
-    stream.push(video(15))
-    stream.push(video(20, keyframe=True))
+    assert first.data == frames[30].data
+    assert first.pts == 49 * STEP, "the viewer's timeline starts at the live time"
+    assert first.packet().pts == 49 * STEP
+    assert frames[30].pts == 30 * STEP and stream.keyframe is frames[30], "the cache itself is untouched"
+    stream.push(video(50 * STEP))
+    stream.push(video(60 * STEP, keyframe=True))
     later = await drain(sub.video)
-    assert pts(later) == [20]
+    assert frame_numbers(later) == [60]
     assert all(b.pts > a.pts for a, b in zip([first, *later], later, strict=False))
 
 
@@ -602,13 +628,13 @@ def test_congested_audio_just_loses_that_frame() -> None:
 def test_joining_subscriber_with_direct_delivery_gets_the_replayed_keyframe_then_live_gop() -> None:
     stream = Stream("s")
     stream.set_codecs(Codec("H264", 90000), None)
-    for frame in gop_stream(15, gop=10):
+    for frame in timed_gops(50):
         stream.push(frame)
     sub = stream.subscribe(Listener())
     receiver = Receiver()
     sub.video.attach(receiver)
-    for frame in gop_stream(10, gop=10, start=15):
+    for frame in timed_gops(15, start=50):
         stream.push(frame)
     first = receiver.frames[0]
-    assert first.keyframe and first.replay and first.pts == 14  # cached IDR 10, stamped live
-    assert [f.pts for f in receiver.frames[1:]] == list(range(20, 25))
+    assert first.keyframe and first.replay and first.pts == 49 * STEP  # cached IDR 30, stamped live
+    assert frame_numbers(receiver.frames[1:]) == list(range(60, 65))
