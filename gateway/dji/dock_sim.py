@@ -3,7 +3,7 @@
 It speaks the DJI Cloud API over MQTT like a dock with one aircraft: ``update_topo`` on
 start, ``live_capacity`` state, periodic ``osd``, and answers ``live_start_push`` /
 ``live_stop_push`` on ``services_reply`` with the same tid and bid. On a successful start it
-pushes an H.264 test pattern over RTMP with the ffmpeg command (1 s GOP, no B-frames),
+pushes an H.264 test pattern over RTMP from PyAV (`camera_sim`; 1 s GOP, no B-frames),
 like a dock pushing its camera. It can fail the first N starts with a given code.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,13 @@ import aiomqtt
 import orjson
 
 from gateway.dji import protocol as p
-from gateway.dji.mqtt import BrokerAddress
+from gateway.dji.camera_sim import RtmpCameraPush, clip_access_units
+from gateway.dji.mqtt import NO_DELAY, BrokerAddress
 from gateway.log import get_logger
 
 log = get_logger(__name__)
+
+LENSES = ("normal", "wide", "zoom", "ir")  # what the simulated camera can switch to
 
 
 @dataclass
@@ -37,6 +39,8 @@ class DockBehaviour:
     announce_interval: float = 10.0
     drop_after: float = 0.0  # seconds into each push, drop it (like a network glitch) ...
     drop_for: float = 0.0  # ... for this long, then push again to the same URL
+    lens_switch_gap: float = 1.0  # seconds without video while the lens changes
+    unresponsive: bool = False  # take commands but neither act nor answer (a hung dock)
 
 
 @dataclass
@@ -48,7 +52,9 @@ class DockSimulator:
     behaviour: DockBehaviour = field(default_factory=DockBehaviour)
     starts: list[dict[str, object]] = field(default_factory=list)
     stops: list[dict[str, object]] = field(default_factory=list)
-    _push: subprocess.Popen[bytes] | None = None
+    controls: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # quality, lens
+    _lens_switch: asyncio.Task[None] | None = None
+    _push: RtmpCameraPush | None = None
     _url: str | None = None
     _glitch: asyncio.Task[None] | None = None
 
@@ -60,28 +66,33 @@ class DockSimulator:
         ]
 
     async def run(self) -> None:
-        """Until cancelled: stay connected, announce the dock, answer commands."""
-        try:
-            async with aiomqtt.Client(
-                self.broker.host,
-                self.broker.port,
-                username=self.broker.username,
-                password=self.broker.password,
-                tls_context=self.broker.tls_context(),
-                identifier=f"dock-sim-{self.gateway_sn}",
-            ) as client:
-                await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
-                await self._announce(client)
-                osd = asyncio.create_task(self._osd(client))
-                try:
-                    async for message in client.messages:
-                        await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
-                finally:
-                    osd.cancel()
-        finally:
-            if self._glitch is not None:
-                self._glitch.cancel()
-            self._stop_push()
+        """One MQTT session: announce the dock and answer commands until cancelled or the
+        broker is lost (aiomqtt.MqttError). A push outlives a lost broker, as a real dock's
+        does; `close` ends it."""
+        async with aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            tls_context=self.broker.tls_context(),
+            identifier=f"dock-sim-{self.gateway_sn}",
+            socket_options=NO_DELAY,
+        ) as client:
+            await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
+            await self._announce(client)
+            osd = asyncio.create_task(self._osd(client))
+            try:
+                async for message in client.messages:
+                    await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
+            finally:
+                osd.cancel()
+
+    def close(self) -> None:
+        """Stop pushing and every timer: the dock is switched off."""
+        for task in (self._glitch, self._lens_switch):
+            if task is not None:
+                task.cancel()
+        self._stop_push()
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         topo = {
@@ -100,7 +111,13 @@ class DockSimulator:
                     "camera_index": video.camera_index,
                     "available_video_number": 1,
                     "coexist_video_number_max": 1,
-                    "video_list": [{"video_index": video.video_index, "video_type": "normal"}],
+                    "video_list": [
+                        {
+                            "video_index": video.video_index,
+                            "video_type": "normal",
+                            "switchable_video_types": list(LENSES),
+                        }
+                    ],
                 }
             )
         capacity = {
@@ -129,6 +146,8 @@ class DockSimulator:
         result = 0
         if request.method == "live_start_push":
             self.starts.append(request.data)
+            if self.behaviour.unresponsive:
+                return
             if len(self.starts) <= self.behaviour.fail_first:
                 result = self.behaviour.fail_code
             else:
@@ -136,12 +155,17 @@ class DockSimulator:
         elif request.method == "live_stop_push":
             self.stops.append(request.data)
             self._stop_push()
+        elif request.method in ("live_set_quality", "live_lens_change"):
+            self.controls.append((request.method, request.data))
         if self.behaviour.reply_delay:
             await asyncio.sleep(self.behaviour.reply_delay)
         reply = p.Envelope(
             request.tid, request.bid, request.method, {"result": result}, gateway=self.gateway_sn
         )
         await client.publish(f"thing/product/{self.gateway_sn}/services_reply", p.encode(reply), qos=1)
+        if request.method == "live_lens_change" and self._url is not None:
+            # A dock restarts its push with the new lens: a short gap, then the same URL.
+            self._lens_switch = asyncio.ensure_future(self.drop_push(self.behaviour.lens_switch_gap))
 
     async def drop_push(self, seconds: float) -> None:
         """Stop pushing for ``seconds``, then push again to the same URL."""
@@ -156,9 +180,8 @@ class DockSimulator:
         self._url = url
         if self.behaviour.drop_for > 0 and self._glitch is None:
             self._glitch = asyncio.ensure_future(self._drop_later())
-        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1"]
-        cmd += ["-i", str(self.clip), "-map", "0:v", "-c:v", "copy", "-f", "flv", url]
-        self._push = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._push = RtmpCameraPush(url, clip_access_units(self.clip))
+        self._push.start()
         log.info("dock_sim_pushing", url=url)
 
     async def _drop_later(self) -> None:
@@ -168,13 +191,8 @@ class DockSimulator:
     def _stop_push(self) -> None:
         self._url = None
         push, self._push = self._push, None
-        if push is not None and push.poll() is None:
-            push.terminate()
-            try:
-                push.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                push.kill()
-                push.wait(timeout=5)
+        if push is not None:
+            push.stop()
 
     def _message(self, method: str, data: dict[str, object]) -> bytes:
         envelope = p.new_request(method, data)
@@ -190,9 +208,12 @@ class DockSimulator:
         )
 
 
-async def run_forever(simulator: DockSimulator) -> None:
-    """Run the simulator, reconnecting after broker errors (for the CLI)."""
-    while True:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await simulator.run()
-        await asyncio.sleep(2)
+async def run_forever(simulator: DockSimulator, retry: float = 2.0) -> None:
+    """Run the simulator until cancelled, reconnecting after broker errors; then close it."""
+    try:
+        while True:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await simulator.run()
+            await asyncio.sleep(retry)
+    finally:
+        simulator.close()

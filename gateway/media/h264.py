@@ -183,3 +183,95 @@ class ParameterSetCache:
                 need_pps = False
             units.append(nal)
         return b"".join(START_CODE + nal for nal in units)
+
+
+# --- SEI timestamps (user_data_unregistered) ------------------------------------------------
+# The dock simulator stamps every access unit with the wall clock at the moment it hands the
+# unit to its muxer, so a viewer on the same machine can measure glass-to-glass latency.
+
+SEI_USER_DATA_UNREGISTERED = 5
+# Marks our timestamp among other user_data_unregistered payloads (x264 writes one, too).
+SEI_TIMESTAMP_UUID = bytes.fromhex("02fb8f5db5674db79b54168ae3029d6c")
+_SEI_TIMESTAMP_SIZE = len(SEI_TIMESTAMP_UUID) + 8
+
+
+def _add_emulation_prevention(rbsp: bytes) -> bytes:
+    """Insert 0x03 after every two zero bytes that precede a byte <= 3 (H.264 7.4.1), so
+    the payload can never look like a start code."""
+    out = bytearray()
+    zeros = 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def sei_timestamp_nal(ns: int) -> bytes:
+    """An SEI NAL unit (header included, no start code) holding one user_data_unregistered
+    message: `SEI_TIMESTAMP_UUID`, then ``ns`` as 8 bytes big-endian."""
+    if not 0 <= ns < 1 << 64:
+        raise ValueError(f"timestamp {ns} does not fit in 8 unsigned bytes")
+    payload = SEI_TIMESTAMP_UUID + ns.to_bytes(8, "big")
+    rbsp = bytes([SEI_USER_DATA_UNREGISTERED, len(payload)]) + payload + b"\x80"  # + trailing bits
+    return bytes([NAL_SEI]) + _add_emulation_prevention(rbsp)
+
+
+def _sei_field(rbsp: bytes, pos: int) -> tuple[int, int]:
+    """An SEI payload type or size (a run of 0xFF bytes adds 255 each) and the position after it."""
+    value = 0
+    while rbsp[pos] == 0xFF:
+        value += 255
+        pos += 1
+    return value + rbsp[pos], pos + 1
+
+
+def _sei_timestamp(nal: bytes) -> int | None:
+    rbsp = _unescape(nal[1:])
+    pos = 0
+    try:
+        # Stop at the rbsp_trailing_bits: 0x80, then nothing but zero bytes.
+        while pos < len(rbsp) and not (rbsp[pos] == 0x80 and not any(rbsp[pos + 1 :])):
+            kind, pos = _sei_field(rbsp, pos)
+            size, pos = _sei_field(rbsp, pos)
+            payload = rbsp[pos : pos + size]
+            if len(payload) < size:
+                return None  # truncated message
+            pos += size
+            if (
+                kind == SEI_USER_DATA_UNREGISTERED
+                and size == _SEI_TIMESTAMP_SIZE
+                and payload.startswith(SEI_TIMESTAMP_UUID)
+            ):
+                return int.from_bytes(payload[len(SEI_TIMESTAMP_UUID) :], "big")
+    except IndexError:
+        return None  # a type or size running past the end
+    return None
+
+
+def read_sei_timestamp(access_unit: bytes) -> int | None:
+    """The timestamp of `sei_timestamp_nal` in an Annex-B access unit, or None if it has none.
+    Other SEI messages, and malformed SEI, are skipped."""
+    for nal in iter_nal_units(access_unit):
+        if nal[0] & 0x1F == NAL_SEI:
+            found = _sei_timestamp(nal)
+            if found is not None:
+                return found
+    return None
+
+
+def insert_sei(access_unit: bytes, sei: bytes) -> bytes:
+    """The Annex-B access unit with the SEI NAL unit ``sei`` just before its first slice: after
+    any access unit delimiter, parameter sets and other SEI (H.264 7.4.1.2.3)."""
+    units: list[bytes] = []
+    inserted = False
+    for nal in iter_nal_units(access_unit):
+        if not inserted and 1 <= nal[0] & 0x1F <= NAL_IDR:
+            units.append(sei)
+            inserted = True
+        units.append(nal)
+    if not inserted:
+        units.append(sei)  # no slice: nothing to come before
+    return b"".join(START_CODE + nal for nal in units)

@@ -66,3 +66,15 @@ async def test_one_click_plays_a_drone_camera(chromium: Browser, demo: tuple[int
         " document.querySelector('#streams video').videoHeight]"
     )
     assert size == [1280, 720]
+
+    # The lens control on the card: the dock restarts its push with the new lens and the
+    # video goes on in the same player.
+    await page.select_option("#streams .controls .lens", "zoom")
+    await page.wait_for_selector("#streams .controls[data-result=ok]", timeout=30_000)
+    after_switch = await page.evaluate(decoded)
+    await page.wait_for_function(f"({decoded})() > {after_switch + 30}", timeout=30_000)
+    await page.select_option("#streams .controls .quality", "1")
+    await page.wait_for_function(
+        "() => document.querySelector('#streams .controls .result').textContent === 'quality ok'",
+        timeout=30_000,
+    )

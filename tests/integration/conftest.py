@@ -18,7 +18,7 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
 from gateway.wcs.client import ClientStream, WcsClient
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, MosquittoProcess, free_port
 
 CACHE = Path(os.environ.get("SKYRELAY_TEST_CACHE", Path.home() / ".cache" / "skyrelay-tests"))
 
@@ -39,6 +39,30 @@ def long_gop_units() -> AccessUnits:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=10, bitrate=300_000, gop=300)
     return read_access_units(path)
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    """The clip pushes are made of: 320x240, 30 fps, a keyframe every second."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+
+
+@pytest_asyncio.fixture
+async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
+    config = local_config(
+        mqtt=mosquitto.url,
+        live_linger=1.0,
+        live_reply_timeout=5.0,
+        live_push_timeout=4.0,
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    assert gateway.dji is not None
+    async with asyncio.timeout(10):  # subscribed before the dock announces itself
+        await gateway.dji.mqtt.connected.wait()
+    yield gateway
+    await gateway.stop()
 
 
 @pytest_asyncio.fixture

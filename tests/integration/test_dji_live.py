@@ -5,86 +5,19 @@ video; the last player leaving stops the push after the linger."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import subprocess
 import sys
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from gateway.app import Gateway
-from gateway.dji.dock_sim import DockBehaviour, DockSimulator
-from gateway.dji.mqtt import BrokerAddress
-from gateway.media.synthetic import make_h264_clip
+from gateway.dji.dock_sim import DockBehaviour
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port
-from tests.integration.conftest import CACHE, FrameCounter, local_config
-
-AIRCRAFT_VIDEO = "SIMAIRCRAFT0001/53-0-0/normal-0"
-
-
-@pytest.fixture(scope="module")
-def clip() -> Path:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
-
-
-@pytest_asyncio.fixture
-async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
-    config = local_config(
-        mqtt=mosquitto.url,
-        live_linger=1.0,
-        live_reply_timeout=5.0,
-        live_push_timeout=4.0,
-    )
-    gateway = Gateway(config)
-    await gateway.start()
-    assert gateway.dji is not None
-    async with asyncio.timeout(10):  # subscribed before the dock announces itself
-        await gateway.dji.mqtt.connected.wait()
-    yield gateway
-    await gateway.stop()
-
-
-@contextlib.asynccontextmanager
-async def dock(
-    gateway: Gateway, broker: MosquittoProcess, clip: Path, behaviour: DockBehaviour | None = None
-) -> AsyncIterator[DockSimulator]:
-    sim = DockSimulator(BrokerAddress.parse(broker.url), clip, behaviour=behaviour or DockBehaviour())
-    task = asyncio.create_task(sim.run())
-    try:
-        assert gateway.dji is not None
-        async with asyncio.timeout(10):
-            while not gateway.dji.serves(AIRCRAFT_VIDEO):
-                await asyncio.sleep(0.05)
-        yield sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def http_json(gateway: Gateway, path: str) -> Any:
-    """GET from the gateway's HTTP port (in a thread: the gateway runs on this loop)."""
-    url = f"http://127.0.0.1:{gateway.config.http_port}{path}"
-
-    def get() -> Any:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return json.loads(reply.read())
-
-    return await asyncio.to_thread(get)
-
-
-async def play(gateway: Gateway, name: str = AIRCRAFT_VIDEO) -> tuple[WcsClient, FrameCounter]:
-    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
-    player = await client.play(name, timeout=30)
-    await player.wait_status("PLAYING", timeout=30)
-    return client, FrameCounter(player).start()
+from tests.integration.conftest import FrameCounter, local_config
+from tests.integration.drone import AIRCRAFT_VIDEO, dock, http_json, play
 
 
 async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
@@ -217,24 +150,74 @@ async def test_docks_can_use_the_embedded_broker(clip: Path) -> None:
     port = free_port()
     gateway = Gateway(local_config(mqtt_broker=f"127.0.0.1:{port}", live_linger=1.0))
     await gateway.start()
-    sim = DockSimulator(BrokerAddress("127.0.0.1", port), clip)
-    task = asyncio.create_task(sim.run())
     try:
         assert gateway.broker is not None and gateway.dji is not None
         async with asyncio.timeout(10):
             await gateway.dji.mqtt.connected.wait()
-            while not gateway.dji.serves(AIRCRAFT_VIDEO):
-                await asyncio.sleep(0.05)
-        client, frames = await play(gateway)
+        async with dock(gateway, f"mqtt://127.0.0.1:{port}", clip) as sim:
+            client, frames = await play(gateway)
+            await frames.wait_frames(10)
+            assert len(sim.starts) == 1
+            await frames.stop()
+            await client.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_no_reply_is_retried_then_fails_after_the_timeout(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    config = local_config(
+        mqtt=mosquitto.url, live_reply_timeout=1.0, live_max_attempts=2, live_retry_backoff=0.5
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert gateway.dji is not None
+        async with asyncio.timeout(10):
+            await gateway.dji.mqtt.connected.wait()
+        async with dock(gateway, mosquitto, clip, DockBehaviour(unresponsive=True)) as sim:
+            client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
+            with pytest.raises(WcsError) as failed:
+                await client.play(AIRCRAFT_VIDEO, timeout=30)
+            assert str(failed.value).endswith(
+                "DJI live_start_push failed after 2 attempts: no reply from the device within 1 s"
+            )
+            assert len(sim.starts) == 2  # retried once with a new tid
+            await client.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_broker_restart_keeps_the_video_flowing_and_new_plays_work(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    assert drone_gateway.dji is not None
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
         await frames.wait_frames(10)
-        assert len(sim.starts) == 1
+        await asyncio.to_thread(mosquitto.stop)
+        async with asyncio.timeout(10):
+            while drone_gateway.dji.mqtt.connected.is_set():
+                await asyncio.sleep(0.05)
+        before = len(frames.pts)
+        await frames.wait_frames(before + 30)  # media does not go through the broker
+        await asyncio.to_thread(mosquitto.start)
+        async with asyncio.timeout(30):
+            await drone_gateway.dji.mqtt.connected.wait()
+        await frames.wait_frames(len(frames.pts) + 10)  # the stream never stopped
+        assert next(iter(client.streams.values())).status == "PLAYING"
+        # Over the new connection: the linger's live_stop_push, then a new play's start.
         await frames.stop()
         await client.close()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await gateway.stop()
+        async with asyncio.timeout(15):
+            while not sim.stops:
+                await asyncio.sleep(0.05)
+        again, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        assert len(sim.starts) == 2
+        await frames.stop()
+        await again.close()
 
 
 async def test_unknown_drone_video_is_not_found(

@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.media.synthetic import make_h264_clip
 from gateway.wcs.client import WcsClient, WcsError
-from tests.integration.conftest import CACHE, play_and_decode, wait_stream
-
-
-@pytest.fixture(scope="module")
-def clip() -> Path:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+from tests.integration.conftest import play_and_decode, wait_stream
 
 
 class Pushes:

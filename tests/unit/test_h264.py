@@ -300,3 +300,122 @@ def test_parameter_sets_go_after_the_access_unit_delimiter(encoded: dict[str, by
     out, _, _ = cache.process(annexb(idr))
     # H.264 7.4.1.2.3: an access unit delimiter, when present, is the first NAL unit.
     assert h264.nal_types(out) == [NAL_AUD, NAL_SPS, NAL_PPS, NAL_IDR]
+
+
+# --- SEI timestamps -----------------------------------------------------------------------------
+
+
+def escaped_correctly(nal: bytes) -> bool:
+    """No start-code prefix (00 00 0x, x <= 2) and every 00 00 03 followed by a byte <= 3."""
+    for i in range(len(nal) - 2):
+        if nal[i] == 0 and nal[i + 1] == 0:
+            if nal[i + 2] <= 2:
+                return False
+            if nal[i + 2] == 3 and i + 3 < len(nal) and nal[i + 3] > 3:
+                return False
+    return True
+
+
+def sei_message(kind: int, payload: bytes) -> bytes:
+    """One SEI message (unescaped): type and size as runs of 0xFF plus a last byte."""
+
+    def field(value: int) -> bytes:
+        return b"\xff" * (value // 255) + bytes([value % 255])
+
+    return field(kind) + field(len(payload)) + payload
+
+
+def sei_nal(*messages: bytes) -> bytes:
+    return bytes([NAL_SEI]) + h264._add_emulation_prevention(b"".join(messages) + b"\x80")
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        0,  # eight zero bytes: emulation prevention twice over
+        1,
+        0x0000_0100_0000_0200,
+        0x0000_0300_0000_0003,
+        1_795_332_453_001_389_925,
+        (1 << 64) - 1,
+    ],
+)
+def test_sei_timestamp_round_trip(ns: int) -> None:
+    nal = h264.sei_timestamp_nal(ns)
+    assert nal_type(nal) == NAL_SEI
+    assert escaped_correctly(nal[1:])
+    assert list(h264.iter_nal_units(START_CODE + nal)) == [nal]
+    assert h264.read_sei_timestamp(START_CODE + nal) == ns
+
+
+def test_sei_timestamp_escapes_zero_runs() -> None:
+    nal = h264.sei_timestamp_nal(0)
+    assert b"\x00\x00\x03" in nal
+    assert len(nal) > 1 + 2 + 16 + 8 + 1  # header, type, size, UUID, timestamp, trailing bits
+
+
+def test_sei_timestamp_out_of_range() -> None:
+    for ns in (-1, 1 << 64):
+        with pytest.raises(ValueError):
+            h264.sei_timestamp_nal(ns)
+
+
+def test_sei_goes_after_delimiter_and_parameter_sets_before_the_slice(encoded: dict[str, bytes]) -> None:
+    units = access_units(encoded["gop-aud"])
+    key = annexb(units[0])
+    types = h264.nal_types(key)
+    assert types[0] == NAL_AUD and types[-1] == NAL_IDR
+    stamped = h264.insert_sei(key, h264.sei_timestamp_nal(42))
+    assert h264.nal_types(stamped) == [*types[:-1], NAL_SEI, NAL_IDR]
+    assert h264.read_sei_timestamp(stamped) == 42
+    delta = annexb(units[1])
+    stamped = h264.insert_sei(delta, h264.sei_timestamp_nal(43))
+    assert h264.nal_types(stamped) == [NAL_AUD, NAL_SEI, 1]
+    assert h264.read_sei_timestamp(stamped) == 43
+
+
+def test_no_sei_timestamp() -> None:
+    assert h264.read_sei_timestamp(b"") is None
+    assert h264.read_sei_timestamp(SC4 + b"\x67\xaa" + SC4 + b"\x68\xbb" + SC4 + b"\x65\x01") is None
+
+
+def test_x264_user_data_is_not_a_timestamp(encoded: dict[str, bytes]) -> None:
+    first = annexb(access_units(encoded["320x240-baseline"])[0])
+    assert NAL_SEI in h264.nal_types(first)  # x264 writes its settings as user data
+    assert h264.read_sei_timestamp(first) is None
+
+
+def test_other_sei_messages_are_skipped() -> None:
+    ours = h264.SEI_TIMESTAMP_UUID + (7).to_bytes(8, "big")
+    other_uuid = bytes(range(16)) + (8).to_bytes(8, "big")
+    recovery_point = b"\x84"  # payload type 6
+    big = b"\x00" * 300  # payload type 300, size 300: both need a 0xFF run
+    nal = sei_nal(
+        sei_message(6, recovery_point),
+        sei_message(5, other_uuid),
+        sei_message(300, big),
+        sei_message(5, ours),
+    )
+    assert h264.read_sei_timestamp(SC4 + nal + SC4 + b"\x65\x01") == 7
+    # Our UUID with another length, or under another payload type, is not ours.
+    assert h264.read_sei_timestamp(SC4 + sei_nal(sei_message(5, ours + b"\x00"))) is None
+    assert h264.read_sei_timestamp(SC4 + sei_nal(sei_message(4, ours))) is None
+
+
+def test_a_later_sei_nal_unit_is_found() -> None:
+    other = sei_nal(sei_message(6, b"\x84"))
+    data = SC4 + b"\x09\x10" + SC4 + other + SC4 + h264.sei_timestamp_nal(9) + SC4 + b"\x41\x9a"
+    assert h264.read_sei_timestamp(data) == 9
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no message at all
+        b"\x05",  # a type and no size
+        b"\x05\x18" + h264.SEI_TIMESTAMP_UUID,  # payload cut short
+        b"\xff\xff",  # a type running off the end
+    ],
+)
+def test_malformed_sei_is_ignored(body: bytes) -> None:
+    assert h264.read_sei_timestamp(SC4 + bytes([NAL_SEI]) + body + SC4 + b"\x65\x01") is None

@@ -1,0 +1,134 @@
+"""Quality and lens controls of a drone camera, from the HTTP API and from a viewer's
+sendStreamEvent, carried to the dock simulator over MQTT (real Mosquitto). A lens change
+restarts the dock's push: viewers stay attached with no renegotiation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.app import Gateway
+from tests.conftest import MosquittoProcess
+from tests.integration.drone import AIRCRAFT_VIDEO, dock, play
+
+
+async def post(gateway: Gateway, path: str, body: Any) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{gateway.config.http_port}{path}"
+    async with aiohttp.ClientSession() as http:
+        data = body if isinstance(body, bytes) else None
+        async with http.post(url, json=None if data is not None else body, data=data) as reply:
+            return reply.status, await reply.json()
+
+
+CONTROL = f"/api/streams/{AIRCRAFT_VIDEO}"
+
+
+async def test_http_quality_and_lens_reach_the_dock_and_viewers_ride_through_the_lens_switch(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        # Not live yet: the quality is kept for the start, a lens change is refused.
+        assert await post(drone_gateway, f"{CONTROL}/quality", {"video_quality": "hd"}) == (
+            200,
+            {"stream": AIRCRAFT_VIDEO, "video_quality": "hd", "status": "ok"},
+        )
+        status, body = await post(drone_gateway, f"{CONTROL}/lens", {"video_type": "zoom"})
+        assert status == 409 and "not live" in body["error"]
+        assert sim.controls == []
+
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(20)
+        assert sim.starts[0]["video_quality"] == 3
+        status, _ = await post(drone_gateway, f"{CONTROL}/quality", {"video_quality": 1})
+        assert status == 200 and sim.controls[-1] == (
+            "live_set_quality",
+            {"video_id": AIRCRAFT_VIDEO, "video_quality": 1},
+        )
+
+        player = next(iter(client.streams.values()))
+        answers = len(client.received("setRemoteSDP"))
+        status, _ = await post(drone_gateway, f"{CONTROL}/lens", {"video_type": "zoom"})
+        assert status == 200
+        assert sim.controls[-1] == ("live_lens_change", {"video_id": AIRCRAFT_VIDEO, "video_type": "zoom"})
+        before = len(frames.pts)
+        await frames.wait_frames(before + 60, timeout=20)  # across the dock's 1 s push restart
+        assert len(client.received("setRemoteSDP")) == answers and player.status == "PLAYING"
+        assert frames.pts == sorted(frames.pts)
+        assert len(sim.starts) == 1
+        await frames.stop()
+        await client.close()
+
+
+async def test_bad_controls_get_clear_http_errors(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        cases: list[tuple[str, Any, int, str]] = [
+            (f"{CONTROL}/quality", {"video_quality": 9}, 400, "unknown video quality"),
+            (f"{CONTROL}/quality", {"video_quality": True}, 400, "unknown video quality"),
+            (f"{CONTROL}/quality", {}, 400, "video_quality"),
+            (f"{CONTROL}/quality", [3], 400, "video_quality"),
+            (f"{CONTROL}/quality", b"not json", 400, "JSON"),
+            (f"{CONTROL}/lens", {"video_type": "fisheye"}, 400, "not offered here"),
+            (f"{CONTROL}/lens", {"video_type": 7}, 400, "not offered here"),
+            ("/api/streams/NOSUCHSN0000001/53-0-0/normal-0/lens", {"video_type": "zoom"}, 404, "No device"),
+            ("/api/streams/plain-stream/quality", {"video_quality": 1}, 404, "No device"),
+        ]
+        for path, body, want_status, words in cases:
+            status, reply = await post(drone_gateway, path, body)
+            assert (status, words in reply["error"]) == (want_status, True), (path, body, reply)
+        assert sim.controls == []
+        frames_before = len(frames.pts)
+        await frames.wait_frames(frames_before + 10)  # the stream never noticed
+        await frames.stop()
+        await client.close()
+
+
+async def test_a_viewer_changes_the_lens_with_a_stream_event_and_every_viewer_hears_of_it(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        asker, frames = await play(drone_gateway)
+        watcher, more_frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        player = next(iter(asker.streams.values()))
+        await asker.send(
+            "sendStreamEvent",
+            {
+                "mediaSessionId": player.media_session_id,
+                "type": "changeLens",
+                "payload": {"video_type": "wide"},
+            },
+        )
+        for client in (asker, watcher):
+            await client.wait_message(
+                "notifyStreamEvent",
+                lambda data: (
+                    data[0]["type"] == "changeLens"
+                    and data[0]["payload"] == {"video_type": "wide", "status": "OK"}
+                ),
+            )
+        assert sim.controls == [("live_lens_change", {"video_id": AIRCRAFT_VIDEO, "video_type": "wide"})]
+
+        await asker.send(
+            "sendStreamEvent",
+            {
+                "mediaSessionId": player.media_session_id,
+                "type": "setQuality",
+                "payload": {"video_quality": 7},
+            },
+        )
+        await asker.wait_message(
+            "fail",
+            lambda data: (
+                "unknown video quality" in data[0]["info"] and data[0]["id"] == player.media_session_id
+            ),
+        )
+        for counter in (frames, more_frames):
+            await counter.stop()
+        for client in (asker, watcher):
+            await client.close()
