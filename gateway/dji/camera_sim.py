@@ -17,6 +17,7 @@ dies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fractions
 import functools
@@ -182,6 +183,106 @@ def _read_units(path: Path) -> tuple[dict[str, Any], list[tuple[bytes, bool]]]:
         units.append((raw[pos + 5 : pos + 5 + size], bool(raw[pos + 4])))
         pos += 5 + size
     return settings, units
+
+
+class WhipCameraPush:
+    """Pushes ``access_units`` over WebRTC to a WHIP endpoint (url_type 4), paced in real
+    time by an `EncodedVideoTrack` (aiortc packetizes; nothing is encoded). `start` and
+    `stop` return at once; `closed` waits until the session is deleted and closed."""
+
+    def __init__(self, url: str, access_units: AccessUnits, fps: float = 30) -> None:
+        self.url = url
+        self.access_units = access_units
+        self.fps = fps
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def closed(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        from gateway.media.synthetic import EncodedVideoTrack
+        from gateway.media.whip_client import WhipClient, WhipError
+
+        client = WhipClient(self.url, EncodedVideoTrack(self.access_units, fps=self.fps))
+        try:
+            await client.start()
+            self.connected.set()
+            await asyncio.Event().wait()  # until stopped
+        except WhipError as exc:
+            log.warning("camera_push_ended", url=_redacted(self.url), reason=str(exc)[:300])
+        finally:
+            await client.stop()
+
+
+class RtspCameraServer:
+    """The camera served over RTSP by the device itself (url_type 2, remote controllers):
+    an RTSP server with the credentials the gateway chose, at ``rtsp://user:pass@host:port/
+    live/1``, fed in real time from ``access_units``."""
+
+    PATH = "live/1"
+
+    def __init__(
+        self, host: str, port: int, credentials: tuple[str, str], access_units: AccessUnits, fps: float = 30
+    ) -> None:
+        from gateway.media.registry import StreamRegistry
+        from gateway.media.sinks.rtsp import RtspServer
+
+        self.registry = StreamRegistry()
+        self.server = RtspServer(self.registry, host, port, credentials=credentials)
+        self.credentials = credentials
+        self.access_units = access_units
+        self.fps = fps
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        user, password = self.credentials
+        return f"rtsp://{user}:{password}@{self.server.host}:{self.server.port}/{self.PATH}"
+
+    async def start(self) -> None:
+        """Listen (raises OSError if the port is taken), then feed the stream."""
+        await self.server.start()
+        self._task = asyncio.ensure_future(self._feed())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def closed(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def request_keyframe(self) -> None:
+        """A keyframe comes every second anyway."""
+
+    async def _feed(self) -> None:
+        from gateway.media.stream import Codec, MediaFrame
+        from gateway.media.synthetic import EncodedVideoTrack
+
+        stream = self.registry.claim(self.PATH)
+        stream.set_codecs(Codec("H264", 90000, {"packetization-mode": "1"}), None)
+        stream.attach_source(self, "camera")
+        track = EncodedVideoTrack(self.access_units, fps=self.fps)
+        try:
+            while True:
+                packet = await track.recv()
+                data = bytes(packet)
+                stream.push(
+                    MediaFrame("video", "H264", data, int(packet.pts or 0), _TIME_BASE, packet.is_keyframe)
+                )
+        finally:
+            track.stop()
+            self.registry.release(stream)
+            await self.server.stop()
 
 
 # --- the child process ----------------------------------------------------------------------

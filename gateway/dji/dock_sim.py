@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import aiomqtt
 import orjson
 
 from gateway.dji import protocol as p
-from gateway.dji.camera_sim import RtmpCameraPush, clip_access_units
+from gateway.dji.camera_sim import RtmpCameraPush, RtspCameraServer, WhipCameraPush, clip_access_units
 from gateway.dji.mqtt import NO_DELAY, BrokerAddress
 from gateway.log import get_logger
 
@@ -54,8 +55,10 @@ class DockSimulator:
     stops: list[dict[str, object]] = field(default_factory=list)
     controls: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # quality, lens
     _lens_switch: asyncio.Task[None] | None = None
-    _push: RtmpCameraPush | None = None
-    _url: str | None = None
+    host: str = "127.0.0.1"  # where it serves RTSP (url_type 2), like a remote controller
+    _push: RtmpCameraPush | WhipCameraPush | RtspCameraServer | None = None
+    _pushing: dict[str, object] | None = None  # the live_start_push being served
+    _closing: set[asyncio.Future[None]] = field(default_factory=set)
     _glitch: asyncio.Task[None] | None = None
 
     @property
@@ -87,12 +90,13 @@ class DockSimulator:
             finally:
                 osd.cancel()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop pushing and every timer: the dock is switched off."""
         for task in (self._glitch, self._lens_switch):
             if task is not None:
                 task.cancel()
         self._stop_push()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         topo = {
@@ -143,7 +147,7 @@ class DockSimulator:
         except p.DjiProtocolError as exc:
             log.warning("dock_sim_bad_command", reason=str(exc))
             return
-        result = 0
+        result, output = 0, None
         if request.method == "live_start_push":
             self.starts.append(request.data)
             if self.behaviour.unresponsive:
@@ -151,7 +155,11 @@ class DockSimulator:
             if len(self.starts) <= self.behaviour.fail_first:
                 result = self.behaviour.fail_code
             else:
-                self._start_push(str(request.data.get("url", "")))
+                try:
+                    output = await self._start_push(request.data)
+                except (ValueError, OSError) as exc:
+                    log.warning("dock_sim_push_refused", reason=str(exc))
+                    result = 513014  # bad or incomplete parameters
         elif request.method == "live_stop_push":
             self.stops.append(request.data)
             self._stop_push()
@@ -159,40 +167,64 @@ class DockSimulator:
             self.controls.append((request.method, request.data))
         if self.behaviour.reply_delay:
             await asyncio.sleep(self.behaviour.reply_delay)
-        reply = p.Envelope(
-            request.tid, request.bid, request.method, {"result": result}, gateway=self.gateway_sn
-        )
+        data: dict[str, object] = {"result": result}
+        if output is not None:
+            data["output"] = output  # the RTSP URL the remote controller serves
+        reply = p.Envelope(request.tid, request.bid, request.method, data, gateway=self.gateway_sn)
         await client.publish(f"thing/product/{self.gateway_sn}/services_reply", p.encode(reply), qos=1)
-        if request.method == "live_lens_change" and self._url is not None:
+        if request.method == "live_lens_change" and self._pushing is not None:
             # A dock restarts its push with the new lens: a short gap, then the same URL.
             self._lens_switch = asyncio.ensure_future(self.drop_push(self.behaviour.lens_switch_gap))
 
     async def drop_push(self, seconds: float) -> None:
         """Stop pushing for ``seconds``, then push again to the same URL."""
-        url = self._url
+        pushing = self._pushing
         self._stop_push()
         await asyncio.sleep(seconds)
-        if url is not None and self._url is None:
-            self._start_push(url)
+        if pushing is not None and self._pushing is None:
+            await self._start_push(pushing)
 
-    def _start_push(self, url: str) -> None:
+    async def _start_push(self, request: dict[str, object]) -> str | None:
+        """Push (or serve) as ``live_start_push`` asks; the RTSP URL when serving it."""
         self._stop_push()
-        self._url = url
+        units = clip_access_units(self.clip)
+        url, url_type = str(request.get("url", "")), request.get("url_type")
+        served = None
+        if url_type == p.UrlType.RTSP:
+            settings = urllib.parse.parse_qs(url)
+            try:
+                user, password = settings["userName"][0], settings["password"][0]
+                port = int(settings["port"][0])
+            except (KeyError, ValueError):
+                raise ValueError(f"RTSP parameters unusable: {url[:100]!r}") from None
+            server = RtspCameraServer(self.host, port, (user, password), units)
+            await server.start()
+            self._push, served = server, server.url
+        elif url_type == p.UrlType.WHIP:
+            self._push = WhipCameraPush(url, units)
+            self._push.start()
+        else:
+            self._push = RtmpCameraPush(url, units)
+            self._push.start()
+        self._pushing = request
         if self.behaviour.drop_for > 0 and self._glitch is None:
             self._glitch = asyncio.ensure_future(self._drop_later())
-        self._push = RtmpCameraPush(url, clip_access_units(self.clip))
-        self._push.start()
-        log.info("dock_sim_pushing", url=url)
+        log.info("dock_sim_pushing", url_type=url_type, url=served or url)
+        return served
 
     async def _drop_later(self) -> None:
         await asyncio.sleep(self.behaviour.drop_after)
         await self.drop_push(self.behaviour.drop_for)
 
     def _stop_push(self) -> None:
-        self._url = None
+        self._pushing = None
         push, self._push = self._push, None
         if push is not None:
             push.stop()
+            if not isinstance(push, RtmpCameraPush):  # their sessions close in the background
+                closing = asyncio.ensure_future(push.closed())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     def _message(self, method: str, data: dict[str, object]) -> bytes:
         envelope = p.new_request(method, data)
@@ -216,4 +248,4 @@ async def run_forever(simulator: DockSimulator, retry: float = 2.0) -> None:
                 await simulator.run()
             await asyncio.sleep(retry)
     finally:
-        simulator.close()
+        await simulator.close()

@@ -4,6 +4,7 @@ gateway process, publishing a pre-encoded H.264 clip (no encoder in the loop).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -48,21 +49,26 @@ def clip() -> Path:
     return make_h264_clip(CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
 
 
+@contextlib.asynccontextmanager
+async def bridged_gateway(mosquitto: MosquittoProcess, **settings: Any) -> AsyncIterator[Gateway]:
+    """An in-process gateway whose DJI bridge is connected to ``mosquitto``; short live_*
+    timings unless ``settings`` say otherwise."""
+    defaults = {"live_linger": 1.0, "live_reply_timeout": 5.0, "live_push_timeout": 4.0}
+    gateway = Gateway(local_config(mqtt=mosquitto.url, **{**defaults, **settings}))
+    await gateway.start()
+    try:
+        assert gateway.dji is not None
+        async with asyncio.timeout(10):  # subscribed before the dock announces itself
+            await gateway.dji.mqtt.connected.wait()
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
 @pytest_asyncio.fixture
 async def drone_gateway(mosquitto: MosquittoProcess) -> AsyncIterator[Gateway]:
-    config = local_config(
-        mqtt=mosquitto.url,
-        live_linger=1.0,
-        live_reply_timeout=5.0,
-        live_push_timeout=4.0,
-    )
-    gateway = Gateway(config)
-    await gateway.start()
-    assert gateway.dji is not None
-    async with asyncio.timeout(10):  # subscribed before the dock announces itself
-        await gateway.dji.mqtt.connected.wait()
-    yield gateway
-    await gateway.stop()
+    async with bridged_gateway(mosquitto) as gateway:
+        yield gateway
 
 
 @pytest_asyncio.fixture

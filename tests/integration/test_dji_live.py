@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port
-from tests.integration.conftest import FrameCounter, local_config
+from tests.integration.conftest import FrameCounter, bridged_gateway, local_config
 from tests.integration.drone import AIRCRAFT_VIDEO, dock, http_json, play
 
 
@@ -167,26 +167,19 @@ async def test_docks_can_use_the_embedded_broker(clip: Path) -> None:
 async def test_no_reply_is_retried_then_fails_after_the_timeout(
     mosquitto: MosquittoProcess, clip: Path
 ) -> None:
-    config = local_config(
-        mqtt=mosquitto.url, live_reply_timeout=1.0, live_max_attempts=2, live_retry_backoff=0.5
-    )
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
-        assert gateway.dji is not None
-        async with asyncio.timeout(10):
-            await gateway.dji.mqtt.connected.wait()
-        async with dock(gateway, mosquitto, clip, DockBehaviour(unresponsive=True)) as sim:
-            client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
-            with pytest.raises(WcsError) as failed:
-                await client.play(AIRCRAFT_VIDEO, timeout=30)
-            assert str(failed.value).endswith(
-                "DJI live_start_push failed after 2 attempts: no reply from the device within 1 s"
-            )
-            assert len(sim.starts) == 2  # retried once with a new tid
-            await client.close()
-    finally:
-        await gateway.stop()
+    settings = {"live_reply_timeout": 1.0, "live_max_attempts": 2, "live_retry_backoff": 0.5}
+    async with (
+        bridged_gateway(mosquitto, **settings) as gateway,
+        dock(gateway, mosquitto, clip, DockBehaviour(unresponsive=True)) as sim,
+    ):
+        client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+        with pytest.raises(WcsError) as failed:
+            await client.play(AIRCRAFT_VIDEO, timeout=30)
+        assert str(failed.value).endswith(
+            "DJI live_start_push failed after 2 attempts: no reply from the device within 1 s"
+        )
+        assert len(sim.starts) == 2  # retried once with a new tid
+        await client.close()
 
 
 async def test_a_broker_restart_keeps_the_video_flowing_and_new_plays_work(

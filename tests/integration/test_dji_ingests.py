@@ -1,0 +1,79 @@
+"""The other ways a drone delivers video: a WHIP push (url_type 4) and, for remote
+controllers that serve RTSP themselves (url_type 2), an RTSP stream that the gateway pulls
+from the URL in the device's reply. Also aliases for drone streams."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from gateway.app import Gateway
+from tests.conftest import MosquittoProcess, free_port
+from tests.integration.conftest import bridged_gateway
+from tests.integration.drone import AIRCRAFT_VIDEO, dock, play
+
+
+async def stream_figures(gateway: Gateway, name: str) -> dict[str, object]:
+    url = f"http://127.0.0.1:{gateway.config.http_port}/api/streams/{name}"
+    async with aiohttp.ClientSession() as http, http.get(url) as reply:
+        assert reply.status == 200
+        return await reply.json()
+
+
+async def test_a_dock_pushing_whip_plays_and_an_alias_names_it(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with (
+        bridged_gateway(mosquitto, live_url_type="whip", aliases=(f"nose={AIRCRAFT_VIDEO}",)) as gateway,
+        dock(gateway, mosquitto, clip) as sim,
+    ):
+        client, frames = await play(gateway, "nose")
+        await frames.wait_frames(20)
+        assert (frames.frames[-1].width, frames.frames[-1].height) == (320, 240)
+        (start,) = sim.starts
+        assert start["url_type"] == 4 and start["video_id"] == AIRCRAFT_VIDEO
+        assert str(start["url"]).startswith(f"http://127.0.0.1:{gateway.config.http_port}/whip/")
+        figures = await stream_figures(gateway, "nose")
+        assert figures["name"] == AIRCRAFT_VIDEO and figures["ingest"] == "whip"
+        await frames.stop()
+        await client.close()
+        async with asyncio.timeout(15):  # the linger's live_stop_push ends the WHIP session
+            while sim.stops == [] or gateway.whip.pushes:
+                await asyncio.sleep(0.05)
+
+
+async def test_a_remote_controller_serving_rtsp_is_pulled_and_its_drops_ridden_through(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    rtsp_port = free_port()
+    settings = {"live_url_types": ("SIMDOCK0000001=rtsp",), "live_rtsp_port": rtsp_port}
+    async with bridged_gateway(mosquitto, **settings) as gateway, dock(gateway, mosquitto, clip) as sim:
+        assert gateway.dji is not None
+        client, frames = await play(gateway)
+        await frames.wait_frames(20)
+        (start,) = sim.starts
+        assert start["url_type"] == 2
+        assert str(start["url"]).startswith("userName=skyrelay&password=")
+        assert str(start["url"]).endswith(f"&port={rtsp_port}")
+        assert (await stream_figures(gateway, AIRCRAFT_VIDEO))["ingest"] == "rtsp"
+        pull = gateway.dji.pulls[AIRCRAFT_VIDEO]
+        assert pull.url.startswith("rtsp://skyrelay:") and pull.url.endswith(f"@127.0.0.1:{rtsp_port}/live/1")
+
+        # The controller's RTSP server goes away for 2 s: the pull reconnects, the viewer
+        # stays on its WebRTC session and the video goes on.
+        player = next(iter(client.streams.values()))
+        answers = len(client.received("setRemoteSDP"))
+        await sim.drop_push(2.0)
+        before = len(frames.pts)
+        await frames.wait_frames(before + 30, timeout=30)
+        assert pull.connections >= 2
+        assert len(client.received("setRemoteSDP")) == answers and player.status == "PLAYING"
+        assert frames.pts == sorted(frames.pts)
+
+        await frames.stop()
+        await client.close()
+        async with asyncio.timeout(15):  # the linger's live_stop_push ends the pull
+            while sim.stops == [] or gateway.dji.pulls:
+                await asyncio.sleep(0.05)
