@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--reply-delay", type=float, default=0.0, help="seconds before each reply")
     sim.add_argument("--drop-after", type=float, default=0.0, help="drop each push after this long")
     sim.add_argument("--drop-for", type=float, default=0.0, help="... for this many seconds")
+    sim.add_argument("--offline-after", type=float, default=0.0, help="go offline after this long")
+    sim.add_argument("--offline-for", type=float, default=0.0, help="... for this long (0: for good)")
     return parser
 
 
@@ -156,7 +158,13 @@ def _dock_sim(args: argparse.Namespace) -> int:
         return 2
     clip = _simulator_clip()
     behaviour = DockBehaviour(
-        args.fail_first, args.fail_code, args.reply_delay, drop_after=args.drop_after, drop_for=args.drop_for
+        args.fail_first,
+        args.fail_code,
+        args.reply_delay,
+        drop_after=args.drop_after,
+        drop_for=args.drop_for,
+        offline_after=args.offline_after,
+        offline_for=args.offline_for,
     )
     simulator = DockSimulator(broker, clip, args.gateway_sn, args.aircraft_sn, behaviour)
     with contextlib.suppress(KeyboardInterrupt):

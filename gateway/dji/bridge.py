@@ -21,7 +21,7 @@ from typing import Any
 from gateway.dji import live
 from gateway.dji import protocol as p
 from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceReplied, VideosChanged
-from gateway.dji.mqtt import BrokerAddress, DjiMqtt
+from gateway.dji.mqtt import BrokerAddress, DjiMqtt, LinkLost
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
@@ -203,8 +203,15 @@ class DjiBridge:
 
     # --- device events ----------------------------------------------------------------------
 
-    def _device_event(self, event: Event) -> None:
+    def _device_event(self, event: Event | LinkLost) -> None:
         match event:
+            case LinkLost(error=error):
+                # Commands waiting for a reply fail now rather than at their timeout. A
+                # live_start_push in flight is retried by its controller's reply timeout.
+                for waiter in self._replies.values():
+                    if not waiter.done():
+                        info = f"MQTT link lost before the device replied: {error}"
+                        waiter.set_exception(StreamControlError(ControlRefusal.NO_REPLY, info))
             case VideosChanged(sn=sn, videos=videos):
                 gateway = self.devices.gateways.get(sn)
                 if gateway is not None and not gateway.online:

@@ -42,6 +42,8 @@ class DockBehaviour:
     drop_for: float = 0.0  # ... for this long, then push again to the same URL
     lens_switch_gap: float = 1.0  # seconds without video while the lens changes
     unresponsive: bool = False  # take commands but neither act nor answer (a hung dock)
+    offline_after: float = 0.0  # seconds after starting, lose the network (MQTT and push) ...
+    offline_for: float = 0.0  # ... for this long (0: for good)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class DockSimulator:
     _pushing: dict[str, object] | None = None  # the live_start_push being served
     _closing: set[asyncio.Future[None]] = field(default_factory=set)
     _glitch: asyncio.Task[None] | None = None
+    _offline_timer: asyncio.Task[None] | None = None
+    _offline: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def videos(self) -> list[p.VideoId]:
@@ -71,7 +75,11 @@ class DockSimulator:
     async def run(self) -> None:
         """One MQTT session: announce the dock and answer commands until cancelled or the
         broker is lost (aiomqtt.MqttError). A push outlives a lost broker, as a real dock's
-        does; `close` ends it."""
+        does; `close` ends it. While the dock is offline (`go_offline`), it waits."""
+        if self.behaviour.offline_after > 0 and self._offline_timer is None:
+            self._offline_timer = asyncio.ensure_future(self._go_offline_later())
+        while self._offline.is_set():
+            await asyncio.sleep(0.1)
         async with aiomqtt.Client(
             self.broker.host,
             self.broker.port,
@@ -84,15 +92,36 @@ class DockSimulator:
             await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
             await self._announce(client)
             osd = asyncio.create_task(self._osd(client))
+            commands = asyncio.create_task(self._commands(client))
+            offline = asyncio.create_task(self._offline.wait())
             try:
-                async for message in client.messages:
-                    await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
+                await asyncio.wait((commands, offline), return_when=asyncio.FIRST_COMPLETED)
+                if commands.done():
+                    commands.result()  # the broker was lost: aiomqtt.MqttError
             finally:
-                osd.cancel()
+                for task in (osd, commands, offline):
+                    task.cancel()
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
+
+    async def go_offline(self, seconds: float = 0.0) -> None:
+        """Lose the network: MQTT and the push stop, for ``seconds`` (0: for good)."""
+        log.info("dock_sim_offline", gateway_sn=self.gateway_sn, seconds=seconds)
+        self._offline.set()
+        self._stop_push()
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+            self._offline.clear()
+
+    async def _go_offline_later(self) -> None:
+        await asyncio.sleep(self.behaviour.offline_after)
+        await self.go_offline(self.behaviour.offline_for)
 
     async def close(self) -> None:
         """Stop pushing and every timer: the dock is switched off."""
-        for task in (self._glitch, self._lens_switch):
+        for task in (self._glitch, self._lens_switch, self._offline_timer):
             if task is not None:
                 task.cancel()
         self._stop_push()

@@ -63,12 +63,19 @@ class BrokerAddress:
         return ssl.create_default_context(cafile=self.ca_file)
 
 
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    """The broker connection dropped: replies to commands sent before will not come."""
+
+    error: str
+
+
 class DjiMqtt:
     def __init__(
         self,
         broker: BrokerAddress,
         registry: DeviceRegistry,
-        on_event: Callable[[Event], None],
+        on_event: Callable[[Event | LinkLost], None],
         *,
         clock: Callable[[], float] = time.monotonic,
         tick_interval: float = 1.0,
@@ -89,15 +96,18 @@ class DjiMqtt:
         ticker = asyncio.create_task(self._tick())
         try:
             while True:
+                error = "session ended"
                 try:
                     await self._session()
                 except aiomqtt.MqttError as exc:
-                    log.warning("mqtt_disconnected", broker=self.broker.host, error=str(exc))
+                    error = str(exc)
+                    log.warning("mqtt_disconnected", broker=self.broker.host, error=error)
                 finally:
                     was_connected = self.connected.is_set()
                     self._client = None
                     self.connected.clear()
                 if was_connected:
+                    self.on_event(LinkLost(error))
                     backoff = 1.0  # a link that worked is retried quickly
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

@@ -4,6 +4,7 @@ restarts the dock's push: viewers stay attached with no renegotiation."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,23 @@ async def test_a_viewer_changes_the_lens_with_a_stream_event_and_every_viewer_he
             await counter.stop()
         for client in (asker, watcher):
             await client.close()
+
+
+async def test_a_control_in_flight_when_the_broker_goes_fails_at_once(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        sim.behaviour.reply_delay = 60  # the dock takes the command, its answer never comes
+        asked = asyncio.create_task(post(drone_gateway, f"{CONTROL}/lens", {"video_type": "wide"}))
+        async with asyncio.timeout(10):
+            while not sim.controls:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(mosquitto.stop)
+        status, body = await asked
+        # Not the reply timeout's "no reply within 5 s": the lost link is the reason given.
+        assert status == 504 and body["error"].startswith("MQTT link lost before the device replied")
+        await frames.wait_frames(len(frames.pts) + 10)  # the video does not go through MQTT
+        await frames.stop()
+        await client.close()

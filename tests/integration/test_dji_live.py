@@ -82,15 +82,18 @@ async def test_a_device_error_fails_the_play_with_its_code(
         await client.close()
 
 
-async def test_viewers_stay_attached_while_the_push_drops_and_returns(
-    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+async def test_viewers_stay_attached_while_the_push_drops_for_5_s_and_returns(
+    mosquitto: MosquittoProcess, clip: Path
 ) -> None:
-    async with dock(drone_gateway, mosquitto, clip) as sim:
-        client, frames = await play(drone_gateway)
+    async with (
+        bridged_gateway(mosquitto, live_push_timeout=8.0) as gateway,
+        dock(gateway, mosquitto, clip) as sim,
+    ):
+        client, frames = await play(gateway)
         await frames.wait_frames(20)
         player = next(iter(client.streams.values()))
         answers = len(client.received("setRemoteSDP"))
-        await sim.drop_push(2.0)  # shorter than live_push_timeout (4 s)
+        await sim.drop_push(5.0)  # shorter than live_push_timeout (8 s)
         before = len(frames.pts)
         await frames.wait_frames(before + 30, timeout=20)
         # Same WebRTC session, no renegotiation, timestamps still going forward.
@@ -130,17 +133,18 @@ async def test_a_silent_device_fails_plays_at_once_with_device_offline(
         assert gateway.dji is not None
         async with asyncio.timeout(10):
             await gateway.dji.mqtt.connected.wait()
-        async with dock(gateway, mosquitto, clip):
-            pass  # announced, then gone: the simulator stops and says nothing more
-        async with asyncio.timeout(10):
-            while any(g["online"] for g in (await http_json(gateway, "/api/devices"))["gateways"]):
-                await asyncio.sleep(0.1)
-        client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
-        with pytest.raises(WcsError, match="DJI device offline"):
-            await client.play(AIRCRAFT_VIDEO)
-        # Failed at once: no live_start_push was sent, so no reply timeout was waited for.
-        assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
-        await client.close()
+        # Announced, then the dock loses its network and says nothing more.
+        async with dock(gateway, mosquitto, clip, DockBehaviour(offline_after=0.5)) as sim:
+            async with asyncio.timeout(10):
+                while any(g["online"] for g in (await http_json(gateway, "/api/devices"))["gateways"]):
+                    await asyncio.sleep(0.1)
+            client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
+            with pytest.raises(WcsError, match="DJI device offline"):
+                await client.play(AIRCRAFT_VIDEO)
+            # Failed at once: no live_start_push was sent, so no reply timeout was waited for.
+            assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
+            assert sim.starts == []
+            await client.close()
     finally:
         await gateway.stop()
 
