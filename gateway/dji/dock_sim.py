@@ -1,10 +1,12 @@
 """A DJI dock simulator for development and tests (`skyrelay dock-sim`).
 
 It speaks the DJI Cloud API over MQTT like a dock with one aircraft: ``update_topo`` on
-start, ``live_capacity`` state, periodic ``osd``, and answers ``live_start_push`` /
-``live_stop_push`` on ``services_reply`` with the same tid and bid. On a successful start it
-pushes an H.264 test pattern over RTMP from PyAV (`camera_sim`; 1 s GOP, no B-frames),
-like a dock pushing its camera. It can fail the first N starts with a given code.
+start, ``live_capacity`` and ``live_status`` state, periodic ``osd``, and answers the live
+commands on ``services_reply`` with the same tid and bid. On a successful
+``live_start_push`` it pushes an H.264 test pattern (1 s GOP, no B-frames) over RTMP from
+PyAV or over WHIP, or serves it over RTSP like a remote controller (`camera_sim`). It can
+fail the first N starts with a given code, delay its replies, hang, drop its push, and go
+offline.
 """
 
 from __future__ import annotations
@@ -161,6 +163,25 @@ class DockSimulator:
         state = self._message("", {"live_capacity": capacity})
         await client.publish(f"thing/product/{self.gateway_sn}/state", state, qos=1)
 
+    async def _report_live_status(self, client: aiomqtt.Client) -> None:
+        """``live_status`` in the state topic, as a dock reports it after each change."""
+        pushing = self._pushing or {}
+        latest = {method: data for method, data in self.controls}  # the last of each command
+        lens = latest.get("live_lens_change", {}).get("video_type", "normal")
+        quality = latest.get("live_set_quality", pushing).get("video_quality", 0)
+        statuses = [
+            {
+                "video_id": str(video),
+                "video_type": lens if pushing.get("video_id") == str(video) else "normal",
+                "video_quality": quality if pushing.get("video_id") == str(video) else 0,
+                "status": 1 if pushing.get("video_id") == str(video) else 0,
+                "error_status": 0,
+            }
+            for video in self.videos
+        ]
+        state = self._message("", {"live_status": statuses})
+        await client.publish(f"thing/product/{self.gateway_sn}/state", state, qos=1)
+
     async def _osd(self, client: aiomqtt.Client) -> None:
         last_announce = time.monotonic()
         while True:
@@ -201,6 +222,8 @@ class DockSimulator:
             data["output"] = output  # the RTSP URL the remote controller serves
         reply = p.Envelope(request.tid, request.bid, request.method, data, gateway=self.gateway_sn)
         await client.publish(f"thing/product/{self.gateway_sn}/services_reply", p.encode(reply), qos=1)
+        if request.method in ("live_start_push", "live_stop_push", "live_set_quality", "live_lens_change"):
+            await self._report_live_status(client)
         if request.method == "live_lens_change" and self._pushing is not None:
             # A dock restarts its push with the new lens: a short gap, then the same URL.
             self._lens_switch = asyncio.ensure_future(self.drop_push(self.behaviour.lens_switch_gap))

@@ -41,6 +41,8 @@ async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
         by_stream = {v["stream"]: v for v in gateway["videos"]}
         assert sorted(by_stream) == sorted(str(v) for v in sim.videos)
         assert (by_stream[AIRCRAFT_VIDEO]["live"], by_stream[AIRCRAFT_VIDEO]["viewers"]) == ("live", 1)
+        assert by_stream[AIRCRAFT_VIDEO]["device_streaming"] is True  # the dock's live_status
+        assert by_stream[str(sim.videos[1])]["device_streaming"] is False
 
         second, more_frames = await play(drone_gateway)
         await more_frames.wait_frames(20)
