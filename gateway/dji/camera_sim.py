@@ -185,7 +185,22 @@ def _read_units(path: Path) -> tuple[dict[str, Any], list[tuple[bytes, bool]]]:
     return settings, units
 
 
-class WhipCameraPush:
+class BackgroundCamera:
+    """A simulated camera running as an asyncio task: `stop` returns at once, `closed`
+    waits until its connections are closed."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def closed(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class WhipCameraPush(BackgroundCamera):
     """Pushes ``access_units`` over WebRTC to a WHIP endpoint (url_type 4), paced in real
     time by an `EncodedVideoTrack` (aiortc packetizes; nothing is encoded). `start` and
     `stop` return at once; `closed` waits until the session is deleted and closed."""
@@ -195,18 +210,9 @@ class WhipCameraPush:
         self.access_units = access_units
         self.fps = fps
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def closed(self) -> None:
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         from gateway.media.synthetic import EncodedVideoTrack
@@ -223,7 +229,7 @@ class WhipCameraPush:
             await client.stop()
 
 
-class RtspCameraServer:
+class RtspCameraServer(BackgroundCamera):
     """The camera served over RTSP by the device itself (url_type 2, remote controllers):
     an RTSP server with the credentials the gateway chose, at ``rtsp://user:pass@host:port/
     live/1``, fed in real time from ``access_units``."""
@@ -241,7 +247,6 @@ class RtspCameraServer:
         self.credentials = credentials
         self.access_units = access_units
         self.fps = fps
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -252,14 +257,6 @@ class RtspCameraServer:
         """Listen (raises OSError if the port is taken), then feed the stream."""
         await self.server.start()
         self._task = asyncio.ensure_future(self._feed())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def closed(self) -> None:
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
     def request_keyframe(self) -> None:
         """A keyframe comes every second anyway."""

@@ -22,7 +22,13 @@ import aiomqtt
 import orjson
 
 from gateway.dji import protocol as p
-from gateway.dji.camera_sim import RtmpCameraPush, RtspCameraServer, WhipCameraPush, clip_access_units
+from gateway.dji.camera_sim import (
+    BackgroundCamera,
+    RtmpCameraPush,
+    RtspCameraServer,
+    WhipCameraPush,
+    clip_access_units,
+)
 from gateway.dji.mqtt import NO_DELAY, BrokerAddress
 from gateway.log import get_logger
 
@@ -273,7 +279,7 @@ class DockSimulator:
         push, self._push = self._push, None
         if push is not None:
             push.stop()
-            if not isinstance(push, RtmpCameraPush):  # their sessions close in the background
+            if isinstance(push, BackgroundCamera):  # its connections close in the background
                 closing = asyncio.ensure_future(push.closed())
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)

@@ -195,7 +195,7 @@ SEI_TIMESTAMP_UUID = bytes.fromhex("02fb8f5db5674db79b54168ae3029d6c")
 _SEI_TIMESTAMP_SIZE = len(SEI_TIMESTAMP_UUID) + 8
 
 
-def _add_emulation_prevention(rbsp: bytes) -> bytes:
+def add_emulation_prevention(rbsp: bytes) -> bytes:
     """Insert 0x03 after every two zero bytes that precede a byte <= 3 (H.264 7.4.1), so
     the payload can never look like a start code."""
     out = bytearray()
@@ -216,7 +216,7 @@ def sei_timestamp_nal(ns: int) -> bytes:
         raise ValueError(f"timestamp {ns} does not fit in 8 unsigned bytes")
     payload = SEI_TIMESTAMP_UUID + ns.to_bytes(8, "big")
     rbsp = bytes([SEI_USER_DATA_UNREGISTERED, len(payload)]) + payload + b"\x80"  # + trailing bits
-    return bytes([NAL_SEI]) + _add_emulation_prevention(rbsp)
+    return bytes([NAL_SEI]) + add_emulation_prevention(rbsp)
 
 
 def _sei_field(rbsp: bytes, pos: int) -> tuple[int, int]:

@@ -137,19 +137,6 @@ def rbsp(bits: str) -> bytes:
     return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
 
-def escape(payload: bytes) -> bytes:
-    """Insert emulation-prevention bytes as an encoder does (00 00 0x, x <= 3)."""
-    out = bytearray()
-    zeros = 0
-    for byte in payload:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
-
-
 def handmade_sps() -> bytes:
     """A baseline SPS for 1920x1080 with poc_type 1 and a huge offset_for_non_ref_pic, whose
     long run of zero bits needs emulation prevention."""
@@ -165,7 +152,7 @@ def handmade_sps() -> bytes:
 
 def test_sps_with_emulation_prevention_bytes() -> None:
     raw = handmade_sps()
-    escaped = escape(raw)
+    escaped = h264.add_emulation_prevention(raw)
     assert b"\x00\x00\x03" in escaped and escaped != raw, "the test SPS must need escaping"
     assert h264._unescape(escaped) == raw
     assert h264.sps_dimensions(escaped) == (1920, 1080)
@@ -178,6 +165,13 @@ def test_sps_poc_type_0_and_2() -> None:
         bits = format(77, "08b") + "01000000" + format(31, "08b") + ue(0) + ue(0) + poc
         bits += ue(3) + "0" + ue(79) + ue(44) + "1" + "1" + "0" + "0"
         assert h264.sps_dimensions(b"\x67" + rbsp(bits)) == (1280, 720)
+
+
+def test_emulation_prevention_is_added() -> None:
+    assert h264.add_emulation_prevention(b"\x00\x00\x01\x00\x00\x00\x00") == (
+        b"\x00\x00\x03\x01\x00\x00\x03\x00\x00"
+    )
+    assert h264.add_emulation_prevention(b"\x00\x00\x04\x00\x05") == b"\x00\x00\x04\x00\x05"
 
 
 def test_emulation_prevention_is_removed() -> None:
@@ -326,7 +320,7 @@ def sei_message(kind: int, payload: bytes) -> bytes:
 
 
 def sei_nal(*messages: bytes) -> bytes:
-    return bytes([NAL_SEI]) + h264._add_emulation_prevention(b"".join(messages) + b"\x80")
+    return bytes([NAL_SEI]) + h264.add_emulation_prevention(b"".join(messages) + b"\x80")
 
 
 @pytest.mark.parametrize(
