@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway import __version__
 from gateway.log import get_logger
+from gateway.media.rates import VideoRates
 from gateway.media.registry import StreamControlError, StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.sources.webrtc import WebRtcPublisher
@@ -86,6 +87,30 @@ class WcsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def media_sessions(self) -> list[tuple[str, m.StreamDescription]]:
+        """Every open media session: its connection's id and its description."""
+        return [
+            (connection.id, media.description)
+            for connection in self.connections
+            for media in connection.session.media.values()
+        ]
+
+    async def rates(self, media_session_id: str) -> VideoRates | None:
+        """The figures of a media session's video (as in its 1 Hz rate messages)."""
+        for connection in self.connections:
+            endpoint = connection.media.get(media_session_id)
+            if endpoint is not None:
+                return await endpoint.rates()
+        return None
+
+    def terminate(self, media_session_id: str) -> bool:
+        """End a media session as if its client had stopped it; False if there is none."""
+        for connection in self.connections:
+            if media_session_id in connection.session.media:
+                connection.dispatch(connection.session.terminate(media_session_id))
+                return True
+        return False
 
     async def _handle(self, ws: ServerConnection) -> None:
         connection = Connection(self, ws)
@@ -158,6 +183,16 @@ class Connection:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.log = log.bind(session=self.id)
+
+    def describe(self) -> dict[str, Any]:
+        """This connection as the REST API lists it."""
+        return {
+            "sessionId": self.id,
+            "appKey": "defaultApp",
+            "remoteAddress": str(self.ws.remote_address),
+            "state": self.session.state.name,
+            "mediaSessions": sorted(self.session.media),
+        }
 
     async def run(self) -> None:
         self.log.info("client_connected", remote=str(self.ws.remote_address))
@@ -296,8 +331,9 @@ class Connection:
         msid = request.media_session_id
         registry = self.server.registry
         stream = registry.get(request.name)
-        if stream is None and registry.on_demand_for(request.name) is not None:
-            # A drone camera: its source starts now; the player waits (PENDING) meanwhile.
+        if registry.on_demand_for(request.name) is not None:
+            # A drone camera: its source starts now (the player waits, PENDING) or runs
+            # already; either way it counts this viewer, to stop only after the last one.
             task = self._spawn(self._play_on_demand(request))
             self.starting[msid] = task
             task.add_done_callback(lambda _: self.starting.pop(msid, None))
