@@ -13,11 +13,14 @@ from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
 from gateway.dji.mqtt import BrokerAddress
 from gateway.dji.protocol import UrlType
+from gateway.http import metrics
+from gateway.http.rest_api import WcsRestApi
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import StreamRegistry
 from gateway.media.sources.rtmp import RtmpIngestServer
+from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.peer import Peer, RtcSettings
@@ -58,6 +61,7 @@ class Gateway:
             else None
         )
         self.whip = WhipIngest(self.registry, self.ingest_keys, settings)
+        self.rtsp_pulls = RtspPulls(self.registry)
         self.broker = embedded_broker(config)
         mqtt_url = config.mqtt or (f"mqtt://{config.mqtt_broker}" if self.broker else None)
         self.dji = (
@@ -92,6 +96,12 @@ class Gateway:
             registry=self.registry,
             devices=self.dji.describe if self.dji is not None else None,
             whip=self.whip,
+            routes=[
+                *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls).routes(),
+                *metrics.metrics_routes(
+                    lambda: metrics.render(self.registry, self.wcs, self.dji, self.rtsp_pulls)
+                ),
+            ],
         )
 
     async def start(self) -> None:
@@ -119,6 +129,7 @@ class Gateway:
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.whip.stop()
+        await self.rtsp_pulls.stop()
         await self.http.stop()
         await self.wcs.stop()
         log.info("gateway_stopped")

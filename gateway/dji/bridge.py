@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ class DjiBridge:
         self._keys: dict[str, str] = {}  # stream name -> its open ingest key
         self.pulls: dict[str, RtspPull] = {}  # stream name -> RTSP pull from the device
         self._replies: dict[tuple[str, str], asyncio.Future[p.ServiceReply]] = {}
+        self.replies: Counter[tuple[str, int]] = Counter()  # (method, result) for /metrics
         self._tasks: set[asyncio.Future[None]] = set()
         registry.add_on_demand(self)
 
@@ -230,6 +232,7 @@ class DjiBridge:
                     if controller.gateway_sn == sn:
                         self._apply(controller, controller.device_offline())
             case ServiceReplied(reply=reply):
+                self.replies[(reply.method, reply.result)] += 1
                 waiter = self._replies.get((reply.tid, reply.bid))
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -87,6 +88,7 @@ class DjiMqtt:
         self.tick_interval = tick_interval
         self.connected = asyncio.Event()
         self.dropped_messages = 0
+        self.commands: Counter[tuple[str, bool]] = Counter()  # (method, sent) for /metrics
         self._client: aiomqtt.Client | None = None
         self._identifier = f"skyrelay-{uuid.uuid4().hex[:8]}"
 
@@ -176,5 +178,6 @@ class DjiMqtt:
 
     async def send_command(self, gateway_sn: str, envelope: p.Envelope) -> bool:
         sent = await self.publish(p.services_topic(gateway_sn), envelope)
+        self.commands[(envelope.method, sent)] += 1
         log.info("dji_command", gateway_sn=gateway_sn, method=envelope.method, tid=envelope.tid, sent=sent)
         return sent

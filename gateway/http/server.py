@@ -4,7 +4,7 @@ its own: it reads the stream registry and hands WHIP offers to the WHIP ingest."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class HttpServer:
         registry: StreamRegistry,
         devices: Callable[[], dict[str, Any]] | None = None,
         whip: WhipIngest | None = None,
+        routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.host, self.port = host, port
         self.static_dir = static_dir
@@ -47,10 +48,13 @@ class HttpServer:
         self.registry = registry
         self.devices = devices
         self.whip = whip
+        # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
+        self.routes = list(routes)
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_routes(self.routes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/devices", self._devices)
         app.router.add_get("/api/streams", self._streams)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,6 +213,7 @@ class Stream:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.id = uuid.uuid4().hex  # names this publication where no media session does (REST)
         self.video_codec: Codec | None = None
         self.audio_codec: Codec | None = None
         self.width = 0

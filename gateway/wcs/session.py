@@ -26,6 +26,7 @@ INFO_NAME_IN_USE = "Stream name is already in use"
 INFO_PUBLISHER_STOPPED = "Stopped by publisher stop"
 INFO_STOPPED_BY_USER = "Stopped by user"
 INFO_ICE_TIMEOUT = "Failed by ICE timeout"
+INFO_TERMINATED = "Terminated by the REST API"
 
 
 class State(enum.Enum):
@@ -297,6 +298,14 @@ class Session:
 
     def media_failed(self, media_session_id: str, info: str) -> list[Output]:
         return self._finish(media_session_id, "FAILED", info)
+
+    def terminate(self, media_session_id: str) -> list[Output]:
+        """The operator ended this media session (REST ``stream/terminate``)."""
+        media = self.media.get(media_session_id)
+        if media is None:
+            return []
+        status = "UNPUBLISHED" if media.published else "STOPPED"
+        return self._finish(media_session_id, status, INFO_TERMINATED)
 
     def publisher_stopped(self, media_session_id: str) -> list[Output]:
         """The stream this player plays has lost its publisher."""

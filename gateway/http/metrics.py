@@ -1,0 +1,123 @@
+"""``GET /metrics`` in the Prometheus text format (version 0.0.4): streams, viewers, bit
+rates, ingest state, WebSocket sessions, MQTT link state and DJI command outcomes. Read
+from the live objects at scrape time; nothing is kept here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.dji.bridge import DjiBridge
+from gateway.media.registry import StreamRegistry
+from gateway.media.sources.rtsp_pulls import RtspPulls, redacted
+from gateway.wcs.server import WcsServer
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Family:
+    """One metric: its help, type and samples (labels, value)."""
+
+    name: str
+    kind: str  # gauge | counter
+    help: str
+    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
+
+    def add(self, value: float, **labels: str) -> None:
+        self.samples.append((labels, value))
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, value in self.samples:
+            text = ",".join(f'{key}="{_escape(val)}"' for key, val in labels.items())
+            yield f"{self.name}{{{text}}} {value:g}" if text else f"{self.name} {value:g}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(registry: StreamRegistry, wcs: WcsServer, dji: DjiBridge | None, rtsp: RtspPulls | None) -> str:
+    families = [
+        *_streams(registry),
+        *_sessions(wcs),
+        *(_dji(dji) if dji is not None else []),
+        *(_rtsp(rtsp) if rtsp is not None else []),
+    ]
+    return "\n".join(line for family in families for line in family.lines()) + "\n"
+
+
+def _streams(registry: StreamRegistry) -> list[Family]:
+    count = Family("skyrelay_streams", "gauge", "Streams in the registry.")
+    viewers = Family("skyrelay_stream_viewers", "gauge", "Subscribers (viewers, outputs) of a stream.")
+    bitrate = Family("skyrelay_stream_video_bitrate_bits", "gauge", "Video bit/s, last second.")
+    fps = Family("skyrelay_stream_video_fps", "gauge", "Video frames received over the last second.")
+    source = Family("skyrelay_stream_source_connected", "gauge", "1 while the stream's source delivers.")
+    frames = Family("skyrelay_stream_video_frames_total", "counter", "Video frames received.")
+    requests = Family("skyrelay_stream_keyframe_requests_total", "counter", "Keyframes asked upstream.")
+    streams = registry.streams()
+    count.add(len(streams))
+    for stream in streams:
+        figures = stream.figures()
+        labels = {"stream": redacted(stream.name), "ingest": stream.ingest}
+        viewers.add(figures["viewers"], **labels)
+        bitrate.add(figures["bit_rate"], **labels)
+        fps.add(figures["fps"], **labels)
+        source.add(1 if figures["source_connected"] else 0, **labels)
+        frames.add(figures["frames"], **labels)
+        requests.add(figures["keyframe_requests"], **labels)
+    return [count, viewers, bitrate, fps, source, frames, requests]
+
+
+def _sessions(wcs: WcsServer) -> list[Family]:
+    connections = Family("skyrelay_websocket_connections", "gauge", "Open WCS WebSocket connections.")
+    connections.add(len(wcs.connections))
+    media = Family("skyrelay_media_sessions", "gauge", "Open WCS media sessions by kind.")
+    sessions = wcs.media_sessions()
+    for kind, published in (("publish", True), ("play", False)):
+        media.add(sum(1 for _, desc in sessions if desc.published == published), kind=kind)
+    return [connections, media]
+
+
+def _dji(dji: DjiBridge) -> list[Family]:
+    link = Family("skyrelay_mqtt_connected", "gauge", "1 while the DJI bridge is connected to its broker.")
+    link.add(1 if dji.mqtt.connected.is_set() else 0)
+    gateways = Family("skyrelay_dji_gateways", "gauge", "Known DJI docks and remote controllers.")
+    for online in (True, False):
+        known = sum(1 for g in dji.devices.gateways.values() if g.online == online)
+        gateways.add(known, state="online" if online else "offline")
+    commands = Family("skyrelay_dji_commands_total", "counter", "DJI commands sent (sent=false: link down).")
+    for (method, sent), number in sorted(dji.mqtt.commands.items()):
+        commands.add(number, method=method, sent="true" if sent else "false")
+    replies = Family("skyrelay_dji_replies_total", "counter", "DJI services_reply by method and result code.")
+    for (method, result), number in sorted(dji.replies.items()):
+        replies.add(number, method=method, result=str(result))
+    live = Family("skyrelay_dji_live_videos", "gauge", "DJI videos by on-demand phase.")
+    phases: dict[str, int] = {}
+    for controller in dji.controllers.values():
+        phases[controller.phase.value] = phases.get(controller.phase.value, 0) + 1
+    for phase, number in sorted(phases.items()):
+        live.add(number, phase=phase)
+    return [link, gateways, commands, replies, live]
+
+
+def _rtsp(rtsp: RtspPulls) -> list[Family]:
+    pulls = Family("skyrelay_rtsp_pulls", "gauge", "RTSP pulls by status.")
+    statuses: dict[str, int] = {}
+    for entry in rtsp.find_all():
+        status = str(entry["status"])
+        statuses[status] = statuses.get(status, 0) + 1
+    for status, number in sorted(statuses.items()):
+        pulls.add(number, status=status)
+    return [pulls]
+
+
+def metrics_routes(scrape: Callable[[], str]) -> list[web.RouteDef]:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=scrape().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    return [web.get("/metrics", metrics)]

@@ -1,0 +1,205 @@
+"""The WCS-compatible REST API under ``/rest-api`` (what the WebSDK's rest-module and WCS
+backends call): streams, connections and RTSP pulls. Requests are POSTs with a JSON body;
+a body-less GET is accepted for the ``find_all`` calls, as the WebSDK sends them. Answers
+are JSON; a search that finds nothing is 404, a bad body 400, errors carry
+``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.media.registry import StreamRegistry
+from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
+from gateway.media.stream import Stream
+from gateway.wcs.server import WcsServer
+
+PREFIX = "/rest-api"
+APP_KEY = "defaultApp"
+# How WCS names the way a stream arrives, by skyrelay's ingest.
+MEDIA_PROVIDERS = {"webrtc": "WebRTC", "whip": "WebRTC", "rtmp": "Flash", "rtsp": "RTSP", "camera": "RTSP"}
+
+Handler = Callable[[dict[str, Any]], Awaitable[web.Response]]
+
+
+class RestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class WcsRestApi:
+    def __init__(self, registry: StreamRegistry, wcs: WcsServer, rtsp: RtspPulls | None) -> None:
+        self.registry = registry
+        self.wcs = wcs
+        self.rtsp = rtsp
+
+    def routes(self) -> list[web.RouteDef]:
+        calls: dict[str, Handler] = {
+            "stream/find_all": self._stream_find_all,
+            "stream/find": self._stream_find,
+            "stream/terminate": self._stream_terminate,
+            "connection/find_all": self._connection_find_all,
+            "rtsp/startup": self._rtsp_startup,
+            "rtsp/find_all": self._rtsp_find_all,
+            "rtsp/terminate": self._rtsp_terminate,
+        }
+        routes = []
+        for path, handler in calls.items():
+            endpoint = self._endpoint(handler)
+            routes.append(web.post(f"{PREFIX}/{path}", endpoint))
+            if path.endswith("find_all"):
+                routes.append(web.get(f"{PREFIX}/{path}", endpoint))
+        return routes
+
+    def _endpoint(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def endpoint(request: web.Request) -> web.Response:
+            try:
+                return await handler(await _body(request))
+            except RestError as exc:
+                return web.json_response({"error": exc.message}, status=exc.status)
+
+        return endpoint
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def _stream_find_all(self, body: dict[str, Any]) -> web.Response:
+        return web.json_response(await self._streams(metrics=False))
+
+    async def _stream_find(self, body: dict[str, Any]) -> web.Response:
+        display = body.get("display") or []
+        if not isinstance(display, list):
+            raise RestError(400, "'display' must be a list, e.g. [\"metrics\"]")
+        keys = ("mediaSessionId", "name", "published", "status")
+        wanted = {key: body[key] for key in keys if body.get(key) is not None}
+        found = [
+            entry
+            for entry in await self._streams(metrics="metrics" in display)
+            if all(entry.get(key) == value for key, value in wanted.items())
+        ]
+        if not found:
+            raise RestError(404, "not found")
+        return web.json_response(found)
+
+    async def _stream_terminate(self, body: dict[str, Any]) -> web.Response:
+        media_session_id = _text(body, "mediaSessionId")
+        if not self.wcs.terminate(media_session_id):
+            raise RestError(404, f"no media session {media_session_id!r}")
+        return web.json_response({"mediaSessionId": media_session_id, "status": "terminated"})
+
+    async def _streams(self, *, metrics: bool) -> list[dict[str, Any]]:
+        """WebSocket media sessions (publishers and players), then every stream that came
+        in another way (RTMP, WHIP, RTSP, drones), as WCS lists them."""
+        entries = []
+        for session_id, desc in self.wcs.media_sessions():
+            entry = {"appKey": APP_KEY, "sessionId": session_id, "mediaProvider": "WebRTC", **desc.as_dict()}
+            if metrics:
+                stream = self.registry.find(self.registry.resolve(desc.name))
+                entry["metrics"] = _metrics(stream, 0, 0, 0)
+                rates = await self.wcs.rates(desc.media_session_id)
+                if rates is not None:  # this session's own figures (a player's outbound side)
+                    entry["metrics"].update(
+                        VIDEO_RATE=rates.bit_rate,
+                        VIDEO_FPS=rates.fps,
+                        VIDEO_NACK=rates.nack,
+                        VIDEO_PLI=rates.pli,
+                        VIDEO_LOST=rates.lost_packets,
+                    )
+            entries.append(entry)
+        for stream in self.registry.streams():
+            if stream.ingest == "webrtc":
+                continue  # listed above as its publisher's media session
+            entry = {
+                "appKey": APP_KEY,
+                "sessionId": stream.ingest,
+                "mediaSessionId": stream.id,
+                "name": stream.name,
+                "published": True,
+                "status": "PUBLISHING" if stream.live and stream.source is not None else "PENDING",
+                "mediaProvider": MEDIA_PROVIDERS.get(stream.ingest, stream.ingest),
+                "hasVideo": stream.video_codec is not None,
+                "hasAudio": stream.audio_codec is not None,
+                "videoCodec": stream.video_codec.name if stream.video_codec else None,
+                "audioCodec": stream.audio_codec.name if stream.audio_codec else None,
+                "width": stream.width,
+                "height": stream.height,
+            }
+            if metrics:
+                entry["metrics"] = _metrics(stream, 0, 0, 0)
+            entries.append(entry)
+        return entries
+
+    # --- connections -------------------------------------------------------------------------
+
+    async def _connection_find_all(self, body: dict[str, Any]) -> web.Response:
+        return web.json_response([connection.describe() for connection in self.wcs.connections])
+
+    # --- RTSP pulls --------------------------------------------------------------------------
+
+    def _pulls(self) -> RtspPulls:
+        if self.rtsp is None:
+            raise RestError(404, "RTSP pulls are off")
+        return self.rtsp
+
+    async def _rtsp_startup(self, body: dict[str, Any]) -> web.Response:
+        uri = _text(body, "uri")
+        name = body.get("name", body.get("localStreamName"))
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 512):
+            raise RestError(400, "'name' must be a non-empty string of at most 512 characters")
+        try:
+            source = await self._pulls().startup(uri, name)
+        except PullRefused as exc:
+            raise RestError(409 if "already" in str(exc) else 400, str(exc)) from None
+        return web.json_response(source.describe(self.registry))
+
+    async def _rtsp_find_all(self, body: dict[str, Any]) -> web.Response:
+        return web.json_response(self._pulls().find_all())
+
+    async def _rtsp_terminate(self, body: dict[str, Any]) -> web.Response:
+        key = body.get("name") or body.get("uri")
+        if not isinstance(key, str) or not key:
+            raise RestError(400, "the body must name the pull: 'uri' or 'name'")
+        if not await self._pulls().terminate(key):
+            raise RestError(404, "no such RTSP pull")
+        return web.json_response({"terminated": True})
+
+
+def _metrics(stream: Stream | None, nack: int, pli: int, lost: int) -> dict[str, Any]:
+    figures = stream.figures() if stream is not None else {}
+    return {
+        "VIDEO_RATE": figures.get("bit_rate", 0),
+        "VIDEO_FPS": figures.get("fps", 0),
+        "VIDEO_WIDTH": figures.get("width", 0),
+        "VIDEO_HEIGHT": figures.get("height", 0),
+        "VIDEO_CODEC": figures.get("video_codec"),
+        "AUDIO_CODEC": figures.get("audio_codec"),
+        "VIDEO_NACK": nack,
+        "VIDEO_PLI": pli,
+        "VIDEO_LOST": lost,
+        "VIEWERS": figures.get("viewers", 0),
+    }
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET" or not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise RestError(400, "the body must be JSON") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise RestError(400, "the body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise RestError(400, f"the body must have {key!r} (a string)")
+    return value

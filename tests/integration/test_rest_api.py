@@ -1,0 +1,152 @@
+"""The WCS-compatible REST API (/rest-api) and /metrics against a gateway with real aiortc
+publishers and players, and RTSP pulls from a real RTSP server (the simulated camera's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from gateway.app import Gateway
+from gateway.dji.camera_sim import RtspCameraServer
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import free_port
+from tests.integration.conftest import AccessUnits, FrameCounter, wait_stream
+
+
+async def rest(gateway: Gateway, path: str, body: Any = None, *, method: str = "POST") -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{gateway.config.http_port}/rest-api/{path}"
+    async with aiohttp.ClientSession() as http:
+        kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+        async with http.request(method, url, **kwargs) as reply:
+            return reply.status, await reply.json()
+
+
+@pytest_asyncio.fixture
+async def camera(clip_units: AccessUnits) -> AsyncIterator[RtspCameraServer]:
+    """An RTSP camera with a password, serving the test clip at /live/1."""
+    server = RtspCameraServer("127.0.0.1", free_port(), ("cam", "s3cret"), clip_units)
+    await server.start()
+    yield server
+    server.stop()
+    await server.closed()
+
+
+async def test_streams_are_found_with_metrics_and_terminated(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    ws = f"ws://127.0.0.1:{local_gateway.config.ws_port}"
+    publisher_client, player_client = await WcsClient.connect(ws), await WcsClient.connect(ws)
+    published = await publisher_client.publish("cam", [video_track()])
+    await published.wait_status("PUBLISHING")
+    player = await player_client.play("cam")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(30)
+
+    status, streams = await rest(local_gateway, "stream/find_all", method="GET")
+    assert status == 200
+    by_id = {s["mediaSessionId"]: s for s in streams}
+    assert by_id[published.media_session_id]["published"] is True
+    assert by_id[published.media_session_id]["status"] == "PUBLISHING"
+    assert by_id[player.media_session_id]["published"] is False
+    assert by_id[player.media_session_id]["status"] == "PLAYING"
+
+    status, found = await rest(
+        local_gateway, "stream/find", {"name": "cam", "published": True, "display": ["metrics"]}
+    )
+    assert status == 200 and [s["mediaSessionId"] for s in found] == [published.media_session_id]
+    metrics = found[0]["metrics"]
+    assert (metrics["VIDEO_WIDTH"], metrics["VIDEO_HEIGHT"], metrics["VIDEO_CODEC"]) == (320, 240, "H264")
+    assert metrics["VIDEO_RATE"] > 0 and metrics["VIEWERS"] == 1
+
+    status, connections = await rest(local_gateway, "connection/find_all", method="GET")
+    assert status == 200 and len(connections) == 2
+
+    scrape = f"http://127.0.0.1:{local_gateway.config.http_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(scrape) as reply:
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await reply.text()
+    assert "skyrelay_streams 1\n" in text
+    assert 'skyrelay_stream_viewers{stream="cam",ingest="webrtc"} 1\n' in text
+    assert 'skyrelay_media_sessions{kind="play"} 1\n' in text
+
+    # Bad requests, each with a clear error; nothing else is disturbed.
+    bad: list[tuple[str, Any, int, str]] = [
+        ("stream/find", {"name": "nope"}, 404, "not found"),
+        ("stream/find", {"display": "metrics"}, 400, "display"),
+        ("stream/find", b"not json", 400, "JSON"),
+        ("stream/find", [1, 2], 400, "JSON object"),
+        ("stream/terminate", {}, 400, "mediaSessionId"),
+        ("stream/terminate", {"mediaSessionId": "ghost"}, 404, "ghost"),
+    ]
+    for path, body, want, words in bad:
+        status, reply = await rest(local_gateway, path, body)
+        assert status == want and words in reply["error"], (path, body, reply)
+
+    status, _ = await rest(local_gateway, "stream/terminate", {"mediaSessionId": published.media_session_id})
+    assert status == 200
+    ended = await published.wait_status("UNPUBLISHED")
+    assert ended["info"] == "Terminated by the REST API"
+    assert (await player.wait_status("STOPPED"))["info"] == "Stopped by publisher stop"
+    await counter.stop()
+    for client in (publisher_client, player_client):
+        await client.close()
+
+
+async def test_rtsp_pulls_over_rest_and_on_demand(local_gateway: Gateway, camera: RtspCameraServer) -> None:
+    uri = camera.url
+    status, source = await rest(local_gateway, "rtsp/startup", {"uri": uri, "name": "yard"})
+    assert status == 200 and source["name"] == "yard" and "s3cret" not in source["uri"]
+    await wait_stream(local_gateway, "yard")
+    status, pulls = await rest(local_gateway, "rtsp/find_all", method="GET")
+    assert status == 200 and [(p["name"], p["status"]) for p in pulls] == [("yard", "PLAYING")]
+
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    player = await client.play("yard")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(20)
+
+    # A play of the rtsp:// URL itself starts a pull for as long as someone watches.
+    direct = await client.play(uri)
+    await direct.wait_status("PLAYING", timeout=30)
+    direct_frames = FrameCounter(direct).start()
+    await direct_frames.wait_frames(20)
+    assert (direct_frames.frames[-1].width, direct_frames.frames[-1].height) == (320, 240)
+    await direct_frames.stop()
+
+    for path, body, want in [
+        ("rtsp/startup", {"uri": "http://example/x"}, 400),
+        ("rtsp/startup", {}, 400),
+        ("rtsp/startup", {"uri": uri, "name": ""}, 400),
+        ("rtsp/terminate", {"name": "nope"}, 404),
+        ("rtsp/terminate", {}, 400),
+    ]:
+        status, reply = await rest(local_gateway, path, body)
+        assert status == want and reply["error"], (path, body, reply)
+
+    status, _ = await rest(local_gateway, "rtsp/terminate", {"name": "yard"})
+    assert status == 200
+    assert (await player.wait_status("FAILED"))["info"] == "Stopped by the REST API"
+    await counter.stop()
+    await client.close()
+
+
+async def test_an_rtsp_url_that_does_not_play_fails_the_viewer(local_gateway: Gateway) -> None:
+    local_gateway.rtsp_pulls.start_timeout = 2.0
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    try:
+        await client.play(f"rtsp://127.0.0.1:{free_port()}/nothing-here", timeout=20)
+        raise AssertionError("the play should fail")
+    except WcsError as exc:
+        assert "RTSP source rtsp://127.0.0.1:" in str(exc) and "failed" in str(exc)
+    async with asyncio.timeout(20):  # the failed pull is stopped after its linger
+        local_gateway.rtsp_pulls.linger = 0.1
+        while local_gateway.rtsp_pulls.sources:
+            await asyncio.sleep(0.1)
+    await client.close()
