@@ -19,6 +19,7 @@ from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
@@ -62,6 +63,7 @@ class Gateway:
         )
         self.whip = WhipIngest(self.registry, self.ingest_keys, settings)
         self.rtsp_pulls = RtspPulls(self.registry)
+        self.whep = WhepEgress(self.registry, settings)
         self.broker = embedded_broker(config)
         mqtt_url = config.mqtt or (f"mqtt://{config.mqtt_broker}" if self.broker else None)
         self.dji = (
@@ -96,6 +98,7 @@ class Gateway:
             registry=self.registry,
             devices=self.dji.describe if self.dji is not None else None,
             whip=self.whip,
+            whep=self.whep,
             routes=[
                 *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls).routes(),
                 *metrics.metrics_routes(
@@ -129,6 +132,7 @@ class Gateway:
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.whip.stop()
+        await self.whep.stop()
         await self.rtsp_pulls.stop()
         await self.http.stop()
         await self.wcs.stop()

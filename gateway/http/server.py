@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.log import get_logger
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
+from gateway.media.sinks.whep import WhepEgress, WhepRefused
 from gateway.media.sources.whip import WhipIngest, WhipRefused
 
 log = get_logger(__name__)
@@ -40,6 +41,7 @@ class HttpServer:
         registry: StreamRegistry,
         devices: Callable[[], dict[str, Any]] | None = None,
         whip: WhipIngest | None = None,
+        whep: WhepEgress | None = None,
         routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.host, self.port = host, port
@@ -48,6 +50,7 @@ class HttpServer:
         self.registry = registry
         self.devices = devices
         self.whip = whip
+        self.whep = whep
         # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
         self.routes = list(routes)
         self._runner: web.AppRunner | None = None
@@ -64,6 +67,10 @@ class HttpServer:
         app.router.add_route("OPTIONS", "/whip/{key}", self._whip_options)
         app.router.add_delete("/whip/{key}/{resource}", self._whip_delete)
         app.router.add_patch("/whip/{key}/{resource}", self._whip_patch)
+        app.router.add_delete("/whep/sessions/{resource}", self._whep_delete)
+        app.router.add_patch("/whep/sessions/{resource}", self._whip_patch)
+        app.router.add_post("/whep/{name:.+}", self._whep_offer)
+        app.router.add_route("OPTIONS", "/whep/{name:.+}", self._whip_options)
         app.router.add_get("/", self._index)
         if self.static_dir.is_dir():
             app.router.add_static("/", self.static_dir, show_index=False, follow_symlinks=False)
@@ -154,6 +161,28 @@ class HttpServer:
         key, resource = request.match_info["key"], request.match_info["resource"]
         if self.whip is None or not await self.whip.delete(key, resource):
             return error(404, "no such WHIP session", CORS)
+        return web.Response(status=200, headers=CORS)
+
+    # --- WHEP -----------------------------------------------------------------------------
+
+    async def _whep_offer(self, request: web.Request) -> web.Response:
+        if self.whep is None:
+            return error(404, "WHEP is off")
+        if request.content_type != SDP:
+            return error(415, f"a WHEP offer is {SDP}, not {request.content_type or 'nothing'}", CORS)
+        try:
+            offer = await request.text()
+            resource, answer = await self.whep.play(request.match_info["name"], offer)
+        except UnicodeDecodeError:
+            return error(400, "the SDP offer is not text", CORS)
+        except WhepRefused as exc:
+            return error(exc.status, exc.info, CORS)
+        headers = {**CORS, "Location": f"/whep/sessions/{resource}"}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def _whep_delete(self, request: web.Request) -> web.Response:
+        if self.whep is None or not await self.whep.delete(request.match_info["resource"]):
+            return error(404, "no such WHEP session", CORS)
         return web.Response(status=200, headers=CORS)
 
     async def _whip_patch(self, request: web.Request) -> web.Response:

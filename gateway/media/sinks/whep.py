@@ -1,0 +1,124 @@
+"""WHEP egress: a player POSTs an SDP offer to ``/whep/{name}`` and receives the stream
+over WebRTC, relayed like a WCS player's (no decoding). A drone camera or an ``rtsp://``
+name starts on demand, as for a WebSocket play. The player DELETEs its session resource
+to stop; a session whose peer fails or whose stream ends is closed by the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.log import get_logger
+from gateway.media.registry import StreamRegistry, StreamUnavailable
+from gateway.media.sinks.webrtc import WebRtcViewer
+from gateway.media.webrtc.peer import RtcSettings
+from gateway.media.webrtc.sdp import OfferError
+
+log = get_logger(__name__)
+
+MAX_OFFER_BYTES = 64 * 1024
+
+
+class WhepRefused(Exception):
+    """An offer the gateway will not answer; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, info: str) -> None:
+        super().__init__(info)
+        self.status = status
+        self.info = info
+
+
+@dataclass(eq=False)
+class WhepSession:
+    resource: str
+    name: str
+    viewer: WebRtcViewer
+    on_demand: bool  # counted by the stream's on-demand source: tell it when this ends
+
+
+class WhepViewerEvents:
+    """A WHEP player has no signalling channel: its session only needs to end on failure."""
+
+    def __init__(self, egress: WhepEgress, resource: str) -> None:
+        self._egress, self._resource = egress, resource
+
+    def on_started(self) -> None:
+        log.info("whep_playing", resource=self._resource)
+
+    def on_failed(self, info: str) -> None:
+        self._egress.end_later(self._resource, info)
+
+    def on_video_format(self, width: int, height: int) -> None:
+        """The player sees the new size in the video itself."""
+
+    def on_stream_event(self, event_type: str, payload: Any) -> None:
+        """No channel to deliver stream events on."""
+
+    def on_stream_end(self, info: str | None) -> None:
+        self._egress.end_later(self._resource, info or "the stream ended")
+
+
+class WhepEgress:
+    def __init__(self, registry: StreamRegistry, settings: RtcSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.sessions: dict[str, WhepSession] = {}
+        self._endings: set[asyncio.Task[None]] = set()
+
+    async def play(self, name: str, offer_sdp: str) -> tuple[str, str]:
+        """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
+        if len(offer_sdp) > MAX_OFFER_BYTES:
+            raise WhepRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        on_demand = self.registry.on_demand_for(name) is not None
+        if on_demand:
+            try:
+                stream = await self.registry.want(name)
+            except StreamUnavailable as exc:
+                raise WhepRefused(404, exc.info) from None
+        else:
+            found = self.registry.get(name)
+            if found is None:
+                raise WhepRefused(404, "Stream not found")
+            stream = found
+        resource = secrets.token_urlsafe(12)
+        viewer = WebRtcViewer(stream, self.settings, WhepViewerEvents(self, resource))
+        session = self.sessions[resource] = WhepSession(resource, name, viewer, on_demand)
+        try:
+            answer = await viewer.accept(offer_sdp)
+        except OfferError as exc:
+            await self._end(session, f"bad offer: {exc}")
+            raise WhepRefused(400, str(exc)) from None
+        except Exception as exc:  # aiortc rejects some offers with its own errors
+            await self._end(session, f"offer not usable: {exc}")
+            raise WhepRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        log.info("whep_offer_accepted", stream=name, resource=resource)
+        return resource, answer
+
+    async def delete(self, resource: str) -> bool:
+        session = self.sessions.get(resource)
+        if session is None:
+            return False
+        await self._end(session, "deleted by the client")
+        return True
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await self._end(session, "gateway stopping")
+
+    def end_later(self, resource: str, reason: str) -> None:
+        session = self.sessions.get(resource)
+        if session is not None:
+            task = asyncio.ensure_future(self._end(session, reason))
+            self._endings.add(task)
+            task.add_done_callback(self._endings.discard)
+
+    async def _end(self, session: WhepSession, reason: str) -> None:
+        if self.sessions.pop(session.resource, None) is None:
+            return
+        await session.viewer.close()
+        if session.on_demand:
+            self.registry.unwant(session.name)
+        log.info("whep_session_ended", stream=session.name, resource=session.resource, reason=reason)
