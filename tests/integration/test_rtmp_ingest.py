@@ -12,7 +12,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.wcs.client import WcsClient, WcsError
-from tests.integration.conftest import play_and_decode, wait_stream
+from tests.integration.conftest import FrameCounter, play_and_decode, wait_stream
 
 
 class Pushes:
@@ -71,14 +71,27 @@ async def test_pushes_reach_webrtc_players_on_one_port(
         assert stream.video_codec is not None and stream.video_codec.name == "H264"
 
 
-async def test_aac_audio_in_the_push_does_not_break_the_video(
+async def test_aac_audio_reaches_webrtc_players_as_opus_and_the_video_is_untouched(
     local_gateway: Gateway, clip: Path, pushes: Pushes
 ) -> None:
     key = local_gateway.ingest_keys.issue("with-audio")
     pushes.start(clip, rtmp_url(local_gateway, key.key), audio=True)
     await wait_stream(local_gateway, "with-audio")
-    counter = await play_and_decode(local_gateway, "with-audio")
+    stream = local_gateway.registry.get("with-audio")
+    assert stream is not None and stream.audio_codec is not None and stream.audio_codec.name == "opus"
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    player = await client.play("with-audio")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(30)
     assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+    audio = next(t for t in player.tracks if t.kind == "audio")
+    async with asyncio.timeout(20):  # aiortc decodes the Opus: 440 Hz sine, 48 kHz
+        decoded = [await audio.recv() for _ in range(50)]
+    assert {frame.sample_rate for frame in decoded} == {48000}
+    assert max(abs(int(v)) for frame in decoded[-10:] for v in frame.to_ndarray().ravel()) > 1000
+    await counter.stop()
+    await client.close()
 
 
 async def test_unknown_key_is_refused(local_gateway: Gateway, clip: Path, pushes: Pushes) -> None:

@@ -270,3 +270,17 @@ def test_nal_length_beyond_the_tag(gop: tuple[list[list[bytes]], bytes, bytes]) 
         reader.read(tag(1, frame + b"\x00\x00"))  # a length field cut short
     with pytest.raises(FlvError):
         reader.read(tag(1, b"\x00\x00\x00\x00" + frame))  # a zero length
+
+
+def test_aac_tags_give_the_config_then_raw_frames() -> None:
+    from gateway.media.rtmp.flv import AacConfig, AacFrame, read_aac_tag
+
+    assert read_aac_tag(b"\xaf\x00\x12\x10") == AacConfig(b"\x12\x10")
+    assert read_aac_tag(b"\xaf\x01\x21\x00\x49") == AacFrame(b"\x21\x00\x49")
+    for bad, words in [
+        (b"\xaf", "shorter"),
+        (b"\x2f\x01\xff", "not AAC"),
+        (b"\xaf\x00\x12", "AudioSpecificConfig"),
+    ]:
+        with pytest.raises(FlvError, match=words):
+            read_aac_tag(bad)

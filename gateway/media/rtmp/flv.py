@@ -98,3 +98,32 @@ class AvcTagReader:
             units.append(body[pos : pos + length])
             pos += length
         return units
+
+
+AAC_SOUND_FORMAT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AacConfig:
+    """The AudioSpecificConfig (ISO 14496-3) an AAC stream starts with."""
+
+    audio_specific_config: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AacFrame:
+    data: bytes  # one raw AAC frame (no ADTS header)
+
+
+def read_aac_tag(tag: bytes) -> AacConfig | AacFrame:
+    """What an FLV audio tag body carries. Raises FlvError for another codec or a short tag."""
+    if len(tag) < 2:
+        raise FlvError("audio tag shorter than its header")
+    sound_format = tag[0] >> 4
+    if sound_format != AAC_SOUND_FORMAT:
+        raise FlvError(f"audio format {sound_format} is not AAC (10)")
+    if tag[1] == SEQUENCE_HEADER:
+        if len(tag) < 4:
+            raise FlvError("AAC sequence header without an AudioSpecificConfig")
+        return AacConfig(tag[2:])
+    return AacFrame(tag[2:])

@@ -1,7 +1,8 @@
 """The RTMP ingest server: one TCP port for every concurrent push, each keyed by a one-time
 ingest key (``rtmp://host:port/{app}/{key}``). A thin I/O layer around the sans-I/O
-`RtmpServerConnection`; video becomes Annex-B access units pushed into a Stream. Audio
-(AAC from drones) is not relayable to WebRTC without transcoding and is dropped."""
+`RtmpServerConnection`; video becomes Annex-B access units pushed into a Stream. AAC audio,
+which WebRTC cannot carry, is transcoded to Opus (audio only, once per stream); other
+audio formats are dropped."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import contextlib
 from fractions import Fraction
 
 from gateway.log import get_logger
+from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import StreamNameInUse, StreamRegistry
-from gateway.media.rtmp.flv import AvcTagReader, FlvError
+from gateway.media.rtmp.flv import AacConfig, AvcTagReader, FlvError, read_aac_tag
 from gateway.media.rtmp.protocol import (
+    AUDIO,
     VIDEO,
     MediaMessage,
+    MetaData,
     PublishEnded,
     PublishRequested,
     RtmpError,
@@ -37,6 +41,31 @@ class RtmpPush:
         self.grant = grant
         self.video = AvcTagReader()
         self.bad_tags = 0
+        self.audio: AacToOpus | None = None
+        self.bad_audio = 0
+
+    def metadata(self, values: dict[str, object]) -> None:
+        """An AAC push announces itself before its first frame: offer Opus to viewers now,
+        so those who join at the first keyframe get audio too."""
+        if values.get("audiocodecid") in (10, 10.0, "mp4a"):
+            self.stream.set_codecs(H264, OPUS)
+
+    def audio_tag(self, message: MediaMessage) -> None:
+        try:
+            content = read_aac_tag(message.payload)
+            if isinstance(content, AacConfig):
+                self.audio = AacToOpus(content.audio_specific_config)
+                self.stream.set_codecs(H264, OPUS)
+                return
+        except (FlvError, ValueError) as exc:  # ValueError: PyAV refused the configuration
+            self.bad_audio += 1
+            if self.bad_audio == 1:
+                log.warning("rtmp_audio_dropped", stream=self.stream.name, reason=str(exc))
+            return
+        if self.audio is None:
+            return  # frames before their configuration: nothing to decode them with
+        for data, pts in self.audio.transcode(content.data, message.timestamp):
+            self.stream.push(MediaFrame("audio", "opus", data, pts, OPUS_TIME_BASE, True))
 
     def request_keyframe(self) -> None:
         """RTMP has no way to ask for one: new viewers start from the cached keyframe."""
@@ -86,6 +115,10 @@ class RtmpIngestServer:
                         push = self._publish(rtmp, event, peer)
                     elif isinstance(event, MediaMessage) and push is not None and event.kind == VIDEO:
                         push.video_tag(event)
+                    elif isinstance(event, MediaMessage) and push is not None and event.kind == AUDIO:
+                        push.audio_tag(event)
+                    elif isinstance(event, MetaData) and push is not None:
+                        push.metadata(event.values)
                     elif isinstance(event, PublishEnded) and push is not None:
                         self._end(push, event.reason)
                         push = None
