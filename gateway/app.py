@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any
 
+from gateway.access import OpenAccess, policy_from
 from gateway.broker.server import Broker
 from gateway.config import Config, pairs
 from gateway.dji.bridge import DjiBridge
@@ -36,6 +37,7 @@ class Gateway:
         self.config = config
         configure_host_addresses(config.ice_addresses)
         guard_consent_task()
+        self.access = policy_from(config.auth_secret, config.auth_hook_url)
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
@@ -53,7 +55,12 @@ class Gateway:
             port=config.ws_port,
             max_frame_bytes=config.max_frame_bytes,
             ping_interval=config.ping_interval,
-            limits=SessionLimits(config.max_media_sessions, config.ping_probes),
+            limits=SessionLimits(
+                config.max_media_sessions,
+                config.ping_probes,
+                authorize_connections=not isinstance(self.access, OpenAccess),
+            ),
+            access=self.access,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
@@ -99,6 +106,8 @@ class Gateway:
             devices=self.dji.describe if self.dji is not None else None,
             whip=self.whip,
             whep=self.whep,
+            access=self.access,
+            api_token=config.api_token,
             routes=[
                 *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls).routes(),
                 *metrics.metrics_routes(

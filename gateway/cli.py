@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--live-url-types", help="per dock or remote controller: SN=rtmp|whip|rtsp, comma-separated"
     )
+    serve.add_argument("--auth-hook-url", help="WCS REST hooks backend: connect/publishStream/playStream")
     serve.add_argument("--alias", action="append", dest="aliases", help="ALIAS=STREAM_NAME (repeatable)")
     serve.add_argument("--public-ip", help="address to announce in ICE candidates (1:1 NAT)")
     serve.add_argument(
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--ice-address", action="append", dest="ice_addresses", help="local address for ICE candidates"
     )
+
+    token = sub.add_parser("token", help="mint an access token (HMAC with auth_secret)")
+    token.add_argument("--name", required=True, help='the stream ("*": any)')
+    token.add_argument("--action", choices=["connect", "publish", "play"], required=True)
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid (3600)")
+    token.add_argument("--config", type=Path, help="TOML configuration file with auth_secret")
 
     sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
     sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
@@ -102,9 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_serve(Gateway(config)))
     if args.command == "dock-sim":
         return _dock_sim(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "demo":
         return _demo(args)
     return 2
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.access import Action, mint_token
+
+    try:
+        config = load({}, config_file=args.config)
+    except ConfigError as exc:
+        print(f"skyrelay: {exc}", file=sys.stderr)
+        return 2
+    if not config.auth_secret:
+        print("skyrelay: no auth_secret (SKYRELAY_AUTH_SECRET, or in --config)", file=sys.stderr)
+        return 2
+    print(mint_token(config.auth_secret, args.name, Action(args.action), args.ttl))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -46,6 +46,11 @@ class Config:
     live_max_attempts: int = 4
     live_retry_backoff: float = 2.0
     live_push_timeout: float = 20.0
+    # Access control (off when neither is set): HMAC token secret, WCS REST hooks base URL.
+    auth_secret: str | None = None
+    auth_hook_url: str | None = None
+    # Bearer token the REST API (/rest-api, /api) and /metrics require (none: open).
+    api_token: str | None = None
     # Other names for streams ("alias=stream name" entries, or a TOML table).
     aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0

@@ -4,12 +4,14 @@ its own: it reads the stream registry and hands WHIP offers to the WHIP ingest."
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
 from gateway.log import get_logger
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sinks.whep import WhepEgress, WhepRefused
@@ -42,6 +44,8 @@ class HttpServer:
         devices: Callable[[], dict[str, Any]] | None = None,
         whip: WhipIngest | None = None,
         whep: WhepEgress | None = None,
+        access: AccessPolicy | None = None,
+        api_token: str | None = None,
         routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.host, self.port = host, port
@@ -51,12 +55,14 @@ class HttpServer:
         self.devices = devices
         self.whip = whip
         self.whep = whep
+        self.access = access or OpenAccess()
+        self.api_token = api_token
         # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
         self.routes = list(routes)
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._bearer])
         app.router.add_routes(self.routes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/devices", self._devices)
@@ -86,6 +92,17 @@ class HttpServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _bearer(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``api_token`` set, the REST API and /metrics need ``Authorization: Bearer``."""
+        protected = request.path.startswith(("/rest-api/", "/api/")) or request.path == "/metrics"
+        if self.api_token and protected:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_token}".encode()):
+                return error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", **self.health()})
@@ -170,9 +187,13 @@ class HttpServer:
             return error(404, "WHEP is off")
         if request.content_type != SDP:
             return error(415, f"a WHEP offer is {SDP}, not {request.content_type or 'nothing'}", CORS)
+        name = request.match_info["name"]
+        reason = await self.access.check(AccessRequest(Action.PLAY, name, request.query.get("token")))
+        if reason is not None:
+            return error(403, reason, CORS)
         try:
             offer = await request.text()
-            resource, answer = await self.whep.play(request.match_info["name"], offer)
+            resource, answer = await self.whep.play(name, offer)
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text", CORS)
         except WhepRefused as exc:

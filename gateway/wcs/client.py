@@ -218,13 +218,19 @@ class WcsClient:
         return stream
 
     async def play(
-        self, name: str, *, kinds: Sequence[str] = ("audio", "video"), timeout: float = 20.0
+        self,
+        name: str,
+        *,
+        kinds: Sequence[str] = ("audio", "video"),
+        timeout: float = 20.0,
+        **fields: Any,
     ) -> ClientStream:
-        """Ask to play ``name`` with recvonly transceivers. Raises WcsError if refused."""
+        """Ask to play ``name`` with recvonly transceivers (``fields`` go into the request,
+        e.g. ``custom``). Raises WcsError if refused."""
         stream = self._new_stream(name, published=False)
         for kind in kinds:
             stream.pc.addTransceiver(kind, direction="recvonly")
-        await self._negotiate(stream, "playStream", timeout, {"record": False}, set(kinds))
+        await self._negotiate(stream, "playStream", timeout, {"record": False, **fields}, set(kinds))
         return stream
 
     def _new_stream(self, name: str, published: bool) -> ClientStream:

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from gateway import __version__
+from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess, token_of
 from gateway.log import get_logger
 from gateway.media.rates import VideoRates
 from gateway.media.registry import StreamControlError, StreamNameInUse, StreamRegistry, StreamUnavailable
@@ -31,6 +32,7 @@ from gateway.wcs.session import (
     CONTROL_EVENTS,
     INFO_NAME_IN_USE,
     INFO_NOT_FOUND,
+    AuthorizeConnection,
     Close,
     ControlStream,
     Output,
@@ -61,7 +63,9 @@ class WcsServer:
         max_frame_bytes: int,
         ping_interval: float,
         limits: SessionLimits,
+        access: AccessPolicy | None = None,
     ) -> None:
+        self.access = access or OpenAccess()
         self.registry = registry
         self.settings = settings
         self.host, self.port = host, port
@@ -225,9 +229,11 @@ class Connection:
                 case Send(text):
                     self._send(text)
                 case StartPublish(request):
-                    self._start_publish(request)
+                    self._authorized(Action.PUBLISH, request, self._start_publish)
                 case StartPlay(request):
-                    self._start_play(request)
+                    self._authorized(Action.PLAY, request, self._start_play)
+                case AuthorizeConnection(fields):
+                    self._spawn(self._authorize_connection(fields))
                 case StopMedia(msid):
                     self._stop_media(msid)
                 case RelayStreamEvent(name, event_type, payload):
@@ -242,6 +248,39 @@ class Connection:
                 case Close(code, reason):
                     self.log.info("client_dropped", reason=reason)
                     self._spawn(self.ws.close(code, reason))
+
+    async def _authorize_connection(self, fields: dict[str, Any]) -> None:
+        request = AccessRequest(Action.CONNECT, None, token_of(fields), self.id, fields)
+        reason = await self.server.access.check(request)
+        if reason is None:
+            self.dispatch(self.session.connection_allowed())
+        else:
+            self.log.info("connection_refused", reason=reason)
+            self.dispatch(self.session.connection_refused(reason))
+
+    def _authorized(
+        self, action: Action, request: m.PublishStream | m.PlayStream, start: Callable[[Any], None]
+    ) -> None:
+        """Start ``request`` once the access policy allows it (at once when it is open)."""
+        if isinstance(self.server.access, OpenAccess):
+            start(request)
+            return
+
+        async def check() -> None:
+            token = token_of(request.fields) or token_of(self.session.client)
+            details = {k: v for k, v in request.fields.items() if k != "sdp"}
+            access = AccessRequest(action, request.name, token, self.id, details)
+            reason = await self.server.access.check(access)
+            msid = request.media_session_id
+            if msid not in self.session.media:
+                return  # stopped while we asked
+            if reason is None:
+                start(request)
+            else:
+                self.log.info("access_refused", action=str(action), stream=request.name, reason=reason)
+                self.dispatch(self.session.media_failed(msid, reason))
+
+        self._spawn(check())
 
     async def _control(self, request: ControlStream) -> None:
         """Carry out a player's camera control; every viewer of the stream hears of a

@@ -31,6 +31,7 @@ INFO_TERMINATED = "Terminated by the REST API"
 
 class State(enum.Enum):
     CONNECTED = "CONNECTED"  # socket open, no `connection` message yet
+    AUTHORIZING = "AUTHORIZING"  # `connection` received, the access policy is asked
     ESTABLISHED = "ESTABLISHED"
     CLOSED = "CLOSED"
 
@@ -39,6 +40,8 @@ class State(enum.Enum):
 class SessionLimits:
     max_media_sessions: int = 16
     ping_probes: int = 10
+    # Ask the access policy before answering `connection` (`AuthorizeConnection`).
+    authorize_connections: bool = False
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -88,6 +91,14 @@ class ControlStream:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthorizeConnection:
+    """Ask the access policy about this `connection`; answer with `connection_allowed` or
+    `connection_refused`."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class QueryAvailable:
     media_session_id: str
     name: str
@@ -100,7 +111,15 @@ class Close:
 
 
 Output = (
-    Send | StartPublish | StartPlay | StopMedia | RelayStreamEvent | ControlStream | QueryAvailable | Close
+    Send
+    | StartPublish
+    | StartPlay
+    | StopMedia
+    | RelayStreamEvent
+    | ControlStream
+    | AuthorizeConnection
+    | QueryAvailable
+    | Close
 )
 
 # Stream events a player may send: controls of the camera behind the stream (a drone's), by
@@ -194,9 +213,25 @@ class Session:
     def _connect(self, msg: m.Connect) -> list[Output]:
         if self.state is State.ESTABLISHED:
             return [Send(m.fail("connection", "Session is already established"))]
-        self.state = State.ESTABLISHED
+        if self.state is State.AUTHORIZING:
+            return [Send(m.fail("connection", "Session is being authorized"))]
         self.client = msg.fields
-        return [Send(m.get_user_data(msg.fields, self.auth_token)), Send(m.get_version(self.version))]
+        if self.limits.authorize_connections:
+            self.state = State.AUTHORIZING
+            return [AuthorizeConnection(msg.fields)]
+        return self.connection_allowed()
+
+    def connection_allowed(self) -> list[Output]:
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.ESTABLISHED
+        return [Send(m.get_user_data(self.client, self.auth_token)), Send(m.get_version(self.version))]
+
+    def connection_refused(self, reason: str) -> list[Output]:
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        return [Send(m.fail("connection", reason)), Close(1008, reason[:120])]
 
     def _start(self, msg: m.PublishStream | m.PlayStream) -> list[Output]:
         published = isinstance(msg, m.PublishStream)

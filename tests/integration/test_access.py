@@ -1,0 +1,141 @@
+"""Access control with real clients: HMAC tokens on connect, publish, play and WHEP; WCS
+REST hooks against a small backend that allows one name and denies another; the bearer
+token of the REST API and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from gateway.access import Action, mint_token
+from gateway.app import Gateway
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import free_port
+from tests.integration.conftest import local_config
+
+SECRET = "test-secret"
+
+
+@pytest_asyncio.fixture
+async def token_gateway() -> AsyncIterator[Gateway]:
+    gateway = Gateway(local_config(auth_secret=SECRET, api_token="api-token"))
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+
+
+def token(name: str, action: Action, ttl: float = 60) -> str:
+    return mint_token(SECRET, name, action, ttl)
+
+
+async def test_tokens_decide_who_connects_publishes_and_plays(
+    token_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    ws = f"ws://127.0.0.1:{token_gateway.config.ws_port}"
+    with pytest.raises(WcsError, match="connection failed"):
+        await WcsClient.connect(ws)  # no token
+    with pytest.raises(WcsError, match="connection failed"):
+        await WcsClient.connect(ws, authToken="forged.token")
+    client = await WcsClient.connect(ws, authToken=token("*", Action.CONNECT))
+
+    published = await client.publish("cam", [video_track()], custom={"token": token("cam", Action.PUBLISH)})
+    await published.wait_status("PUBLISHING")
+    refusals = [
+        ("publish", "other", token("cam", Action.PUBLISH), "token is not for stream 'other'"),
+        ("play", "cam", token("cam", Action.PLAY, ttl=-1), "token expired"),
+        ("play", "cam", token("cam", Action.PUBLISH), "token does not allow play"),
+        ("play", "cam", mint_token("wrong", "cam", Action.PLAY, 60), "invalid token"),
+    ]
+    for what, name, given, reason in refusals:
+        with pytest.raises(WcsError, match=reason):
+            if what == "publish":
+                await client.publish(name, [video_track()], custom={"token": given})
+            else:
+                await client.play(name, custom={"token": given})
+    player = await client.play("cam", custom={"token": token("cam", Action.PLAY)})
+    await player.wait_status("PLAYING")
+    assert published.status == "PUBLISHING"  # the refusals disturbed nothing
+
+    whep = f"http://127.0.0.1:{token_gateway.config.http_port}/whep/cam"
+    sdp = {"Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(whep, data="v=0\r\n", headers=sdp) as reply:
+            assert reply.status == 403 and "token is required" in (await reply.json())["error"]
+        async with http.post(
+            f"{whep}?token={token('cam', Action.PLAY)}", data="v=0\r\n", headers=sdp
+        ) as reply:
+            assert reply.status == 400  # past the token: the (bad) offer is what is refused now
+    await client.close()
+
+
+async def test_the_rest_api_and_metrics_need_the_bearer_token(token_gateway: Gateway) -> None:
+    base = f"http://127.0.0.1:{token_gateway.config.http_port}"
+    async with aiohttp.ClientSession() as http:
+        for path in ("/rest-api/stream/find_all", "/metrics", "/api/streams"):
+            async with http.get(base + path) as reply:
+                assert reply.status == 401, path
+            async with http.get(base + path, headers={"Authorization": "Bearer wrong"}) as reply:
+                assert reply.status == 401, path
+            async with http.get(base + path, headers={"Authorization": "Bearer api-token"}) as reply:
+                assert reply.status == 200, path
+        async with http.get(base + "/healthz") as reply:
+            assert reply.status == 200
+
+
+@pytest_asyncio.fixture
+async def backend() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, object]]]]]:
+    """A WCS REST hooks backend: everyone connects and plays; only "allowed" may publish."""
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        calls.append((request.match_info["hook"], body))
+        if request.match_info["hook"] == "publishStream" and body.get("name") != "allowed":
+            return web.json_response({"info": "name not allowed by the backend"}, status=403)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/hooks/{hook}", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/hooks", calls
+    await runner.cleanup()
+
+
+async def test_rest_hooks_allow_one_name_and_deny_another(
+    backend: tuple[str, list[tuple[str, dict[str, object]]]], video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    url, calls = backend
+    gateway = Gateway(local_config(auth_hook_url=url))
+    await gateway.start()
+    try:
+        client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+        allowed = await client.publish("allowed", [video_track()])
+        await allowed.wait_status("PUBLISHING")
+        with pytest.raises(WcsError, match="name not allowed by the backend"):
+            await client.publish("denied", [video_track()])
+        player = await client.play("allowed")
+        await player.wait_status("PLAYING")
+        hooks = [hook for hook, _ in calls]
+        assert hooks == ["connect", "publishStream", "publishStream", "playStream"]
+        assert calls[1][1]["name"] == "allowed" and calls[1][1]["sessionId"]
+        await client.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_an_unreachable_backend_refuses(video_track: Callable[[], EncodedVideoTrack]) -> None:
+    gateway = Gateway(local_config(auth_hook_url=f"http://127.0.0.1:{free_port()}/hooks"))
+    await gateway.start()
+    try:
+        with pytest.raises(WcsError, match="connection failed"):
+            await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    finally:
+        await gateway.stop()
