@@ -64,7 +64,9 @@ class Gateway:
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
-            RtmpIngestServer(self.registry, self.ingest_keys, host=config.host, port=config.rtmp_port)
+            RtmpIngestServer(
+                self.registry, self.ingest_keys, host=config.host, port=config.rtmp_port, access=self.access
+            )
             if config.rtmp_port
             else None
         )

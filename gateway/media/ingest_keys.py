@@ -11,6 +11,7 @@ ended).
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -26,6 +27,9 @@ class IngestKeys:
     def __init__(self) -> None:
         self._open: dict[str, IngestKey] = {}
         self._in_use: set[str] = set()
+        # Revoked keys stay known for a while, so a late push with one is refused as a key
+        # rather than taken for a stream name.
+        self._revoked: deque[str] = deque(maxlen=10_000)
 
     def issue(self, stream_name: str, *, keep_stream: bool = False) -> IngestKey:
         issued = IngestKey(secrets.token_urlsafe(24), stream_name, keep_stream)
@@ -45,8 +49,13 @@ class IngestKeys:
         self._in_use.discard(key)
 
     def revoke(self, key: str) -> None:
-        self._open.pop(key, None)
+        if self._open.pop(key, None) is not None:
+            self._revoked.append(key)
         self._in_use.discard(key)
+
+    def known(self, key: str) -> bool:
+        """Issued (open, busy or recently revoked): a push with it is a key push."""
+        return key in self._open or key in self._revoked
 
     def __len__(self) -> int:
         return len(self._open)

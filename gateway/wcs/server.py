@@ -48,6 +48,8 @@ from gateway.wcs.session import (
 
 log = get_logger(__name__)
 
+INFO_NAME_RESERVED = "Stream name belongs to a device camera"
+
 OUTBOX_LIMIT = 1000
 MediaEndpoint = WebRtcPublisher | WebRtcViewer
 
@@ -334,6 +336,10 @@ class Connection:
 
     def _start_publish(self, request: m.PublishStream) -> None:
         msid = request.media_session_id
+        if self.server.registry.on_demand_for(request.name) is not None:
+            # A drone camera's (or rtsp://) name: a publisher there would pose as the device.
+            self.dispatch(self.session.media_failed(msid, INFO_NAME_RESERVED))
+            return
         try:
             stream = self.server.registry.claim(request.name)
         except StreamNameInUse:

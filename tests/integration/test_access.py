@@ -4,7 +4,10 @@ token of the REST API and /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,7 +19,7 @@ from gateway.app import Gateway
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import free_port
-from tests.integration.conftest import local_config
+from tests.integration.conftest import local_config, wait_stream
 
 SECRET = "test-secret"
 
@@ -139,3 +142,24 @@ async def test_an_unreachable_backend_refuses(video_track: Callable[[], EncodedV
             await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
     finally:
         await gateway.stop()
+
+
+async def test_rtmp_publish_by_name_needs_a_publish_token(token_gateway: Gateway, clip: Path) -> None:
+    base = f"rtmp://127.0.0.1:{token_gateway.config.rtmp_port}/live"
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+    cmd += ["-c", "copy", "-f", "flv"]
+    refused = subprocess.Popen([*cmd, f"{base}/studio"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wrong = f"{base}/studio?token={token('other', Action.PUBLISH)}"
+    refused_too = subprocess.Popen([*cmd, wrong], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    allowed = f"{base}/studio?token={token('studio', Action.PUBLISH)}"
+    push = subprocess.Popen([*cmd, allowed], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for proc in (refused, refused_too):
+            assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0
+        await wait_stream(token_gateway, "studio")
+        assert push.poll() is None
+    finally:
+        for proc in (refused, refused_too, push):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour
+from gateway.media.synthetic import EncodedVideoTrack, read_access_units
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port
 from tests.integration.conftest import FrameCounter, bridged_gateway, local_config
@@ -258,3 +259,20 @@ async def test_the_commands_together(make_gateway: Any, mosquitto: MosquittoProc
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+async def test_nobody_can_publish_under_a_drone_cameras_name(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client = await WcsClient.connect(f"ws://127.0.0.1:{drone_gateway.config.ws_port}")
+        with pytest.raises(WcsError, match="Stream name belongs to a device camera"):
+            await client.publish(AIRCRAFT_VIDEO, [EncodedVideoTrack(read_access_units(clip))])
+        await client.close()
+        # As an encoder would: app "live", the drone camera's name as the stream name.
+        url = f"rtmp://127.0.0.1:{drone_gateway.config.rtmp_port}/live"
+        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+        cmd += ["-c", "copy", "-f", "flv", "-rtmp_app", "live", "-rtmp_playpath", AIRCRAFT_VIDEO, url]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0
+        assert drone_gateway.registry.find(AIRCRAFT_VIDEO) is None and sim.starts == []

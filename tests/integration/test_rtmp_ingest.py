@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
+from gateway.media.ingest_keys import IngestKeys
+from gateway.media.registry import StreamRegistry
+from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import free_port
 from tests.integration.conftest import FrameCounter, play_and_decode, wait_stream
 
 
@@ -94,11 +98,27 @@ async def test_aac_audio_reaches_webrtc_players_as_opus_and_the_video_is_untouch
     await client.close()
 
 
-async def test_unknown_key_is_refused(local_gateway: Gateway, clip: Path, pushes: Pushes) -> None:
-    proc = pushes.start(clip, rtmp_url(local_gateway, "not-a-key"))
-    exit_code = await asyncio.wait_for(asyncio.to_thread(proc.wait), 15)
-    assert exit_code != 0
-    assert len(local_gateway.registry) == 0
+async def test_a_push_by_name_publishes_when_access_is_open(
+    local_gateway: Gateway, clip: Path, pushes: Pushes
+) -> None:
+    """Not a key: an encoder (OBS, ffmpeg) publishing rtmp://host/live/{name}; the demo's
+    open access allows it (see test_access.py for tokens)."""
+    pushes.start(clip, rtmp_url(local_gateway, "obs-camera"))
+    await wait_stream(local_gateway, "obs-camera")
+    counter = await play_and_decode(local_gateway, "obs-camera")
+    assert (counter.frames[-1].width, counter.frames[-1].height) == (320, 240)
+
+
+async def test_unknown_key_is_refused_without_an_access_policy(clip: Path, pushes: Pushes) -> None:
+    registry, keys = StreamRegistry(), IngestKeys()
+    server = RtmpIngestServer(registry, keys, host="127.0.0.1", port=free_port())
+    await server.start()
+    try:
+        proc = pushes.start(clip, f"rtmp://127.0.0.1:{server.port}/live/not-a-key")
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0
+        assert len(registry) == 0
+    finally:
+        await server.stop()
 
 
 async def test_key_serves_one_push_at_a_time_until_revoked(

@@ -399,7 +399,7 @@ def test_create_stream_and_the_helper_commands() -> None:
 def test_publish_request() -> None:
     client = connected()
     events = client.send(publish_commands("KEY?token=x"))
-    assert events == [PublishRequested("live", "KEY", 1)]
+    assert events == [PublishRequested("live", "KEY", 1, "token=x")]
     assert client.conn.publishing is None  # not before the caller decides
 
 

@@ -37,6 +37,7 @@ class PublishRequested:
     app: str
     key: str
     stream_id: int
+    query: str = ""  # after "?" in the publish name (a token, for example)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +277,8 @@ class RtmpServerConnection:
             key = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
             if self.publishing is not None or self._requested is not None:
                 raise RtmpError("a second publish on one connection")
-            self._requested = PublishRequested(self.app, key.split("?", 1)[0], stream_id or 1)
+            key, _, query = key.partition("?")
+            self._requested = PublishRequested(self.app, key, stream_id or 1, query)
             return [self._requested]
         elif name in ("deleteStream", "closeStream") and self.publishing is not None:
             return self._end("unpublished")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
 from fractions import Fraction
 
+from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
@@ -87,9 +89,20 @@ class RtmpPush:
 
 
 class RtmpIngestServer:
-    def __init__(self, registry: StreamRegistry, keys: IngestKeys, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        keys: IngestKeys,
+        *,
+        host: str,
+        port: int,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self.registry = registry
         self.keys = keys
+        # With a policy, a push whose key is not an ingest key publishes under that name
+        # (`rtmp://host/live/{name}?token=...`, OBS, ffmpeg) if the policy allows it.
+        self.access = access
         self.host, self.port = host, port
         self.pushes: set[RtmpPush] = set()
         self._server: asyncio.Server | None = None
@@ -112,7 +125,7 @@ class RtmpIngestServer:
                 data = await reader.read(65536)
                 for event in rtmp.receive_data(data):
                     if isinstance(event, PublishRequested):
-                        push = self._publish(rtmp, event, peer)
+                        push = await self._publish(rtmp, event, peer)
                     elif isinstance(event, MediaMessage) and push is not None and event.kind == VIDEO:
                         push.video_tag(event)
                     elif isinstance(event, MediaMessage) and push is not None and event.kind == AUDIO:
@@ -137,12 +150,16 @@ class RtmpIngestServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    def _publish(self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str) -> RtmpPush | None:
+    async def _publish(
+        self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str
+    ) -> RtmpPush | None:
         grant = self.keys.claim(request.key)
         if grant is None:
-            log.warning("rtmp_publish_refused", peer=peer, app=request.app, reason="unknown or used key")
-            rtmp.reject_publish(request, "unknown, used or expired stream key")
-            return None
+            grant, reason = await self._named(request.key, request.query)
+            if grant is None:
+                log.warning("rtmp_publish_refused", peer=peer, app=request.app, reason=reason)
+                rtmp.reject_publish(request, reason)
+                return None
         try:
             stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
         except StreamNameInUse:
@@ -156,6 +173,20 @@ class RtmpIngestServer:
         rtmp.accept_publish(request)
         log.info("rtmp_publishing", stream=stream.name, peer=peer)
         return push
+
+    async def _named(self, name: str, query: str) -> tuple[IngestKey | None, str]:
+        """A publish by stream name (not an ingest key), if the access policy allows it."""
+        if self.access is None or self.keys.known(name):
+            return None, "unknown, used or expired stream key"
+        if not name or len(name) > 512:
+            return None, "no stream name"
+        if self.registry.on_demand_for(name) is not None:
+            return None, "the name belongs to a device camera"
+        token = urllib.parse.parse_qs(query).get("token", [None])[0]
+        reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
+        if reason is not None:
+            return None, reason
+        return IngestKey("", name, keep_stream=False), ""
 
     def _end(self, push: RtmpPush, reason: str) -> None:
         if push not in self.pushes:
