@@ -15,11 +15,16 @@ from gateway.dji.live import LiveSettings
 from gateway.dji.mqtt import BrokerAddress
 from gateway.dji.protocol import UrlType
 from gateway.http import metrics
+from gateway.http.hls import hls_routes
+from gateway.http.recordings import recording_routes
 from gateway.http.rest_api import WcsRestApi
 from gateway.http.server import HttpServer
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
+from gateway.media.recorders import Recorders
+from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.hls import HlsService
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
@@ -48,6 +53,17 @@ class Gateway:
             viewer_queue_frames=config.viewer_queue_frames,
             fast_fanout=config.fast_fanout,
         )
+        self.recordings = RecordingStore(
+            config.recordings_dir,
+            max_age_s=config.recordings_max_age,
+            max_total_bytes=config.recordings_max_bytes,
+        )
+        self.recorders = Recorders(
+            self.registry, self.recordings, segment_seconds=config.record_segment_seconds
+        )
+        self.hls = HlsService(
+            self.registry, segment_target=config.hls_segment_target, window=config.hls_window
+        )
         self.wcs = WcsServer(
             self.registry,
             settings,
@@ -61,6 +77,7 @@ class Gateway:
                 authorize_connections=not isinstance(self.access, OpenAccess),
             ),
             access=self.access,
+            record=self.recorders.start,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
@@ -111,7 +128,9 @@ class Gateway:
             access=self.access,
             api_token=config.api_token,
             routes=[
-                *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls).routes(),
+                *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls, self.recorders).routes(),
+                *hls_routes(self.hls),
+                *recording_routes(self.recordings),
                 *metrics.metrics_routes(
                     lambda: metrics.render(self.registry, self.wcs, self.dji, self.rtsp_pulls)
                 ),
@@ -133,6 +152,7 @@ class Gateway:
                 self.broker = None
         if self.dji is not None:
             await self.dji.start()
+        await self.recorders.start_retention()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
 
     async def stop(self) -> None:
@@ -143,6 +163,8 @@ class Gateway:
         if self.rtmp is not None:
             await self.rtmp.stop()
         await self.whip.stop()
+        await self.hls.stop()
+        await self.recorders.stop_all()
         await self.whep.stop()
         await self.rtsp_pulls.stop()
         await self.http.stop()

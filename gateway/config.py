@@ -51,6 +51,14 @@ class Config:
     auth_hook_url: str | None = None
     # Bearer token the REST API (/rest-api, /api) and /metrics require (none: open).
     api_token: str | None = None
+    # HLS output (/hls/{name}/index.m3u8): segment target (s) and playlist length.
+    hls_segment_target: float = 1.0
+    hls_window: int = 6
+    # DVR: where recordings go, file length, and retention by age (s) and total size.
+    recordings_dir: Path = Path("recordings")
+    record_segment_seconds: float = 60.0
+    recordings_max_age: float = 7 * 86400.0
+    recordings_max_bytes: int = 10 * 1024**3
     # Other names for streams ("alias=stream name" entries, or a TOML table).
     aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0
@@ -187,6 +195,9 @@ def validate(config: Config) -> None:
         "live_retry_backoff",
         "live_push_timeout",
         "device_offline_after",
+        "hls_segment_target",
+        "record_segment_seconds",
+        "recordings_max_age",
     ):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
@@ -199,7 +210,14 @@ def validate(config: Config) -> None:
     for url_type in (config.live_url_type, *pairs(config.live_url_types).values()):
         if url_type not in URL_TYPES:
             raise ConfigError(f"setting 'live_url_type(s)': one of {', '.join(URL_TYPES)}, not {url_type!r}")
-    for name in ("ping_probes", "max_media_sessions", "viewer_queue_frames", "live_max_attempts"):
+    for name in (
+        "ping_probes",
+        "max_media_sessions",
+        "viewer_queue_frames",
+        "live_max_attempts",
+        "hls_window",
+        "recordings_max_bytes",
+    ):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
     if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
 from gateway.media.stream import Stream
@@ -33,16 +34,26 @@ class RestError(Exception):
 
 
 class WcsRestApi:
-    def __init__(self, registry: StreamRegistry, wcs: WcsServer, rtsp: RtspPulls | None) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        wcs: WcsServer,
+        rtsp: RtspPulls | None,
+        recorders: Recorders | None = None,
+    ) -> None:
         self.registry = registry
         self.wcs = wcs
         self.rtsp = rtsp
+        self.recorders = recorders
 
     def routes(self) -> list[web.RouteDef]:
         calls: dict[str, Handler] = {
             "stream/find_all": self._stream_find_all,
             "stream/find": self._stream_find,
             "stream/terminate": self._stream_terminate,
+            "stream/startRecording": self._start_recording,
+            "stream/stopRecording": self._stop_recording,
+            "recorder/find_all": self._recorder_find_all,
             "connection/find_all": self._connection_find_all,
             "rtsp/startup": self._rtsp_startup,
             "rtsp/find_all": self._rtsp_find_all,
@@ -132,6 +143,46 @@ class WcsRestApi:
                 entry["metrics"] = _metrics(stream, 0, 0, 0)
             entries.append(entry)
         return entries
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def _published(self, body: dict[str, Any]) -> Stream:
+        """The stream a recording call names: ``mediaSessionId`` of its publisher (or the
+        stream's id), or ``name``."""
+        msid, name = body.get("mediaSessionId"), body.get("name")
+        if msid is None and name is None:
+            raise RestError(400, "the body must have 'mediaSessionId' or 'name'")
+        for _, desc in self.wcs.media_sessions():
+            if desc.published and desc.media_session_id == msid:
+                name = desc.name
+        stream = next((s for s in self.registry.streams() if s.id == msid), None)
+        if stream is None and isinstance(name, str):
+            stream = self.registry.get(name)
+        if stream is None:
+            raise RestError(404, "no such published stream")
+        return stream
+
+    def _recording(self) -> Recorders:
+        if self.recorders is None:
+            raise RestError(404, "recording is off")
+        return self.recorders
+
+    async def _start_recording(self, body: dict[str, Any]) -> web.Response:
+        recorders, stream = self._recording(), self._published(body)
+        try:
+            recorders.start(stream)
+        except ValueError as exc:
+            raise RestError(400, str(exc)) from None
+        return web.json_response({"name": stream.name, "recording": True})
+
+    async def _stop_recording(self, body: dict[str, Any]) -> web.Response:
+        recorders, stream = self._recording(), self._published(body)
+        if not await recorders.stop(stream.name):
+            raise RestError(404, f"{stream.name!r} is not being recorded")
+        return web.json_response({"name": stream.name, "recording": False})
+
+    async def _recorder_find_all(self, body: dict[str, Any]) -> web.Response:
+        return web.json_response(self._recording().find_all())
 
     # --- connections -------------------------------------------------------------------------
 

@@ -66,8 +66,10 @@ class WcsServer:
         ping_interval: float,
         limits: SessionLimits,
         access: AccessPolicy | None = None,
+        record: Callable[[Stream], object] | None = None,
     ) -> None:
         self.access = access or OpenAccess()
+        self.record = record  # starts recording a stream (publishStream with record: true)
         self.registry = registry
         self.settings = settings
         self.host, self.port = host, port
@@ -367,6 +369,12 @@ class Connection:
             )
         )
         self.log.info("publishing", stream=stream.name, media_session=msid)
+        media = self.session.media.get(msid)
+        if media is not None and media.description.record and self.server.record is not None:
+            try:
+                self.server.record(stream)
+            except ValueError as exc:  # a name that cannot be a directory name
+                self.log.warning("recording_refused", stream=stream.name, reason=str(exc))
 
     def _publisher_failed(self, msid: str, stream: Stream, info: str) -> None:
         self.log.info("publish_failed", stream=stream.name, media_session=msid, info=info)

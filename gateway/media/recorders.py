@@ -1,0 +1,89 @@
+"""The recorders running now, by stream name: started by a publisher's ``record: true`` or
+the REST API, stopped by the REST API or by the stream's end; and the periodic retention
+of the recordings directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from gateway.log import get_logger
+from gateway.media.recordings import RecordingStore
+from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.recorder import Recorder
+from gateway.media.stream import Stream
+
+log = get_logger(__name__)
+
+RETENTION_INTERVAL = 60.0
+
+
+class Recorders:
+    def __init__(
+        self, registry: StreamRegistry, store: RecordingStore, *, segment_seconds: float = 60.0
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.segment_seconds = segment_seconds
+        self.running: dict[str, Recorder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, stream: Stream) -> Recorder:
+        """Record ``stream`` (the running recorder if it is recorded already). Raises
+        ValueError (UnsafeStreamName) for a name that cannot be a directory name."""
+        recorder = self.running.get(stream.name)
+        if recorder is not None and not recorder.done.is_set():
+            return recorder
+        recorder = Recorder(
+            stream, self.store.directory, segment_seconds=self.segment_seconds, store=self.store
+        )
+        recorder.start()
+        self.running[stream.name] = recorder
+        self._spawn(self._forget_when_done(stream.name, recorder))
+        return recorder
+
+    async def stop(self, name: str) -> bool:
+        recorder = self.running.pop(name, None)
+        if recorder is None:
+            return False
+        await recorder.stop()
+        return True
+
+    def find_all(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": name,
+                "files": len(recorder.files),
+                "bytes": recorder.bytes_written,
+                "current": recorder.current.name if recorder.current else None,
+            }
+            for name, recorder in self.running.items()
+        ]
+
+    async def start_retention(self) -> None:
+        self._spawn(self._retention())
+
+    async def stop_all(self) -> None:
+        for name in list(self.running):
+            await self.stop(name)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _forget_when_done(self, name: str, recorder: Recorder) -> None:
+        await recorder.done.wait()
+        if self.running.get(name) is recorder:
+            del self.running[name]
+
+    async def _retention(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                removed = await asyncio.to_thread(self.store.apply_retention)
+                if removed:
+                    log.info("recordings_removed", count=len(removed))
+            await asyncio.sleep(RETENTION_INTERVAL)
+
+    def _spawn(self, work: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

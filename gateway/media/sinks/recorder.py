@@ -1,0 +1,221 @@
+"""DVR: a Stream recorded into segmented, fragmented MP4 files, remuxed with PyAV (never
+transcoded), under ``{directory}/{stream directory}/{start}.mp4`` (see `gateway.media.recordings`
+for the names).
+
+Fragmented MP4 so that a file is playable at every moment: the header (``ftyp``+``moov``) and
+each fragment (``moof``+``mdat``, one per GOP or per ``fragment_seconds``) go to the file with
+one ``write`` as soon as the muxer flushes them, so a gateway killed mid-segment leaves files
+that play up to the last complete fragment. A file is created only with its first fragment:
+no header-only files. A new file starts at the first keyframe ``segment_seconds`` after the
+current one started, and when the parameter sets change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from gateway.log import get_logger
+from gateway.media.h264 import sps_dimensions
+from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, stream_dirname
+from gateway.media.sinks.hls import Fmp4Muxer, parameter_sets
+from gateway.media.stream import MediaFrame, Stream, Subscription
+
+log = get_logger(__name__)
+
+SUBSCRIPTION_FRAMES = 300
+
+
+class Recorder:
+    """Records one Stream while started; `stop` (or the stream's end) finishes the last file.
+
+    Raises `UnsafeStreamName` for a name that cannot be a directory name. With a ``store``,
+    the file being written is protected from retention and retention runs after each file."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        directory: Path,
+        *,
+        segment_seconds: float = 60.0,
+        fragment_seconds: float = 1.0,
+        store: RecordingStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if segment_seconds <= 0 or fragment_seconds <= 0:
+            raise ValueError("segment_seconds and fragment_seconds must be positive")
+        self.stream = stream
+        self.directory = Path(directory) / stream_dirname(stream.name)
+        self.segment_seconds = segment_seconds
+        self.fragment_seconds = fragment_seconds
+        self.store = store
+        self.files: list[Path] = []  # every file this recorder created, oldest first
+        self.bytes_written = 0
+        self.done = asyncio.Event()  # stopped, or the stream ended
+        self._clock = clock
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._muxer: Fmp4Muxer | None = None
+        self._params: tuple[bytes, bytes] | None = None
+        self._held: MediaFrame | None = None
+        self._segment_start: int | None = None  # pts of the current file's first frame
+        self._start_epoch = 0.0
+        self._path: Path | None = None
+        self._fd: int | None = None
+
+    @property
+    def current(self) -> Path | None:
+        """The file being written, if any."""
+        return self._path if self._fd is not None else None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
+        self._subscription.audio.attach(lambda frame: True)  # video only
+        self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
+        log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._finish()
+
+    async def _run(self) -> None:
+        assert self._subscription is not None
+        try:
+            while (frame := await self._subscription.video.get()) is not None:
+                try:
+                    self._on_frame(frame)
+                except (av.FFmpegError, ValueError, OSError) as exc:
+                    # A full disk or a frame the muxer refuses: close this file, try a new
+                    # one at the next keyframe.
+                    log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
+                    self._close_file(flush_held=False)
+        finally:
+            self._finish()
+
+    def _on_frame(self, frame: MediaFrame) -> None:
+        # The cached keyframe replayed to a joining subscriber shows an earlier moment.
+        if frame.codec != "H264" or frame.replay:
+            return
+        held = self._held
+        if held is None:
+            if frame.keyframe:
+                self._held = frame
+            return
+        if frame.pts <= held.pts:
+            return  # a timestamp going back: the MP4 timeline cannot
+        self._write(held, frame.pts - held.pts)
+        self._held = frame
+
+    def _write(self, frame: MediaFrame, duration: int) -> None:
+        if frame.keyframe:
+            params = parameter_sets(frame.data)
+            due = (
+                self._segment_start is not None
+                and (frame.pts - self._segment_start) * frame.time_base >= self.segment_seconds
+            )
+            if (
+                self._muxer is None
+                or due
+                or params != self._params
+                or frame.time_base != self._muxer.time_base
+            ):
+                self._close_file(flush_held=False)
+                if params[0] is None or params[1] is None:
+                    return  # not decodable alone: wait for a keyframe that is
+                self._open(frame, (params[0], params[1]))
+        if self._muxer is None:
+            return
+        self._output(self._muxer, self._muxer.write(frame.data, frame.pts, duration, frame.keyframe))
+
+    def _open(self, keyframe: MediaFrame, params: tuple[bytes, bytes]) -> None:
+        try:
+            width, height = sps_dimensions(params[0])
+        except (ValueError, IndexError):
+            width, height = self.stream.width, self.stream.height
+        self._muxer = Fmp4Muxer(width, height, keyframe.time_base, fragment_seconds=self.fragment_seconds)
+        self._params = params
+        self._segment_start = keyframe.pts
+        self._start_epoch = self._clock()
+
+    def _output(self, muxer: Fmp4Muxer, data: bytes) -> None:
+        """Write complete fragments (with the header first, in the same write)."""
+        if not data:
+            return
+        if self._fd is None:
+            assert muxer.header is not None
+            data = muxer.header + data
+            self._create_file()
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.bytes_written += len(data)
+
+    def _create_file(self) -> None:
+        start = self._start_epoch
+        while True:
+            path = self.directory / f"{format_stamp(start)}{SUFFIX}"
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                break
+            except FileExistsError:
+                start += 0.001  # the same millisecond as another file of this stream
+        self._path = path
+        self.files.append(path)
+        if self.store is not None:
+            self.store.writing(path)
+        log.info("recording_file", stream=self.stream.name, path=str(path))
+
+    def _close_file(self, *, flush_held: bool) -> None:
+        muxer, self._muxer = self._muxer, None
+        if muxer is not None:
+            if flush_held and self._held is not None:
+                # Its duration is unknown: as long as a frame at 30 fps, about.
+                held, self._held = self._held, None
+                step = max(1, round(Fraction(1, 30) / held.time_base))
+                self._output(muxer, muxer.write(held.data, held.pts, step, held.keyframe))
+            self._output(muxer, muxer.close())
+        self._segment_start = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            path = self._path
+            assert path is not None
+            if self.store is not None:
+                self.store.written(path)
+                self.store.apply_retention()
+
+    def _finish(self) -> None:
+        if self.done.is_set():
+            return
+        try:
+            self._close_file(flush_held=True)
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
+        if self._subscription is not None:
+            self.stream.unsubscribe(self._subscription)
+        self.done.set()
+        log.info(
+            "recording_stopped", stream=self.stream.name, files=len(self.files), bytes=self.bytes_written
+        )
+
+    # StreamListener
+    def on_video_format(self, width: int, height: int) -> None:
+        """A new size comes with new parameter sets, which start a new file."""
+
+    def on_stream_event(self, event_type: str, payload: Any) -> None:
+        """Recordings carry no stream events."""
+
+    def on_stream_end(self, info: str | None) -> None:
+        """The queue is closed: `_run` finishes the file."""

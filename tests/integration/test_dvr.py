@@ -1,0 +1,270 @@
+"""DVR on loopback with real tools: `Recorder` writing segmented fragmented MP4 from a Stream
+fed by a pre-encoded clip, every file decoded by ffprobe; a recording process killed with
+SIGKILL leaves playable files that a new `RecordingStore` lists; the recording routes list,
+filter, download and refuse bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest_asyncio
+from aiohttp import web
+
+from gateway.http.recordings import recording_routes
+from gateway.media.recordings import RecordingStore, stream_dirname
+from gateway.media.sinks.recorder import Recorder
+from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.synthetic import EncodedVideoTrack
+from tests.conftest import ROOT, free_port
+from tests.integration.conftest import AccessUnits
+
+NAME = "SN/53-0-0/normal-0"
+
+
+class ClipFeed:
+    """A Stream fed with the clip in real time."""
+
+    def __init__(self, name: str, units: AccessUnits) -> None:
+        self.stream = Stream(name)
+        self.stream.set_codecs(Codec("H264", 90000), None)
+        self.stream.attach_source(self, "test")
+        self.track = EncodedVideoTrack(units, fps=30)
+        self.task = asyncio.create_task(self._run())
+
+    def request_keyframe(self) -> None:
+        """A clip has its keyframes where they are."""
+
+    async def _run(self) -> None:
+        while True:
+            packet = await self.track.recv()
+            frame = MediaFrame(
+                "video", "H264", bytes(packet), packet.pts, Fraction(1, 90000), packet.is_keyframe
+            )
+            self.stream.push(frame)
+
+    async def stop(self) -> None:
+        self.track.stop()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def probe(path: Path) -> dict:
+    """ffprobe decoding every frame of ``path``: its video stream and format."""
+    done = subprocess.run(
+        [
+            "ffprobe", "-v", "error", "-count_frames", "-of", "json",
+            "-show_entries", "stream=codec_name,width,height,nb_read_frames:format=duration",
+            str(path),
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{path}: {done.stderr}"
+    info = json.loads(done.stdout)
+    assert len(info["streams"]) == 1, info
+    return {**info["streams"][0], "duration": float(info["format"].get("duration", 0))}
+
+
+def assert_playable(path: Path) -> None:
+    info = probe(path)
+    assert (info["codec_name"], info["width"], info["height"]) == ("h264", 320, 240), info
+    assert int(info["nb_read_frames"]) > 0 and info["duration"] > 0, (path, info)
+
+
+async def test_recorder_writes_segments_ffprobe_decodes(clip_units: AccessUnits, tmp_path: Path) -> None:
+    feed = ClipFeed(NAME, clip_units)
+    store = RecordingStore(tmp_path)
+    recorder = Recorder(feed.stream, tmp_path, segment_seconds=1.0, store=store)
+    recorder.start()
+    try:
+        await until(lambda: len(recorder.files) >= 3)
+    finally:
+        await recorder.stop()
+        await feed.stop()
+    assert recorder.done.is_set() and not feed.stream.subscriptions
+    assert recorder.directory == tmp_path / stream_dirname(NAME)
+    for path in recorder.files:
+        assert path.parent == recorder.directory
+        assert_playable(path)
+    listed = store.recordings()
+    assert [r.path for r in listed] == recorder.files
+    assert all(r.stream == NAME and r.size > 0 and r.end >= r.start for r in listed)
+
+
+async def test_recording_ends_with_the_stream(clip_units: AccessUnits, tmp_path: Path) -> None:
+    feed = ClipFeed(NAME, clip_units)
+    recorder = Recorder(feed.stream, tmp_path, segment_seconds=60.0)
+    recorder.start()
+    try:
+        await until(lambda: recorder.current is not None)
+        feed.stream.end()
+        async with asyncio.timeout(10):
+            await recorder.done.wait()
+    finally:
+        await recorder.stop()
+        await feed.stop()
+    assert recorder.current is None and len(recorder.files) == 1
+    assert_playable(recorder.files[0])
+
+
+RECORD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from fractions import Fraction
+    from pathlib import Path
+    from gateway.media.sinks.recorder import Recorder
+    from gateway.media.stream import Codec, MediaFrame, Stream
+    from gateway.media.synthetic import EncodedVideoTrack
+
+    async def main(directory, clip, name):
+        stream = Stream(name)
+        stream.set_codecs(Codec("H264", 90000), None)
+        track = EncodedVideoTrack.from_clip(Path(clip), fps=30)
+        Recorder(stream, Path(directory), segment_seconds=2.0).start()
+        print("recording", flush=True)
+        while True:
+            packet = await track.recv()
+            stream.push(MediaFrame("video", "H264", bytes(packet), packet.pts, Fraction(1, 90000),
+                                   packet.is_keyframe))
+
+    asyncio.run(main(*sys.argv[1:4]))
+    """
+)
+
+
+async def test_sigkill_mid_recording_leaves_playable_files(clip: Path, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RECORD_SCRIPT, str(tmp_path), str(clip), NAME,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    directory = tmp_path / stream_dirname(NAME)
+
+    def files() -> list[Path]:
+        return sorted(directory.glob("*.mp4")) if directory.is_dir() else []
+
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):  # the log goes to stdout too
+            while (line := await proc.stdout.readline()).strip() != b"recording":
+                assert line, "the recording process exited"
+        # Killed while a segment is being written: the newest file has fragments but is not
+        # finished (segments are 2 s, fragments 1 s).
+        await until(lambda: len(files()) >= 2 and files()[-1].stat().st_size > 0)
+        await asyncio.sleep(1.2)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(10):
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    left = files()
+    assert len(left) >= 2
+    for path in left:
+        assert_playable(path)
+    # A gateway started afterwards finds them.
+    listed = RecordingStore(tmp_path).recordings(name=NAME)
+    assert [r.path for r in listed] == left
+
+
+@pytest_asyncio.fixture
+async def recordings_api(clip_units: AccessUnits, tmp_path: Path) -> AsyncIterator[tuple[str, Recorder]]:
+    """Two short recordings (two streams, one with a name that tries to escape), served by an
+    aiohttp app with `recording_routes`."""
+    recorders = []
+    for name in (NAME, "../../escape"):
+        feed = ClipFeed(name, clip_units)
+        recorder = Recorder(feed.stream, tmp_path, segment_seconds=1.0)
+        recorder.start()
+        try:
+            await until(lambda r=recorder: len(r.files) >= 2)
+        finally:
+            await recorder.stop()
+            await feed.stop()
+        recorders.append(recorder)
+    app = web.Application()
+    app.add_routes(recording_routes(RecordingStore(tmp_path)))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", recorders[0]
+    finally:
+        await runner.cleanup()
+
+
+async def get(url: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+        session.get(url) as response,
+    ):
+        return response.status, await response.read()
+
+
+async def test_recordings_api_lists_filters_and_downloads(
+    recordings_api: tuple[str, Recorder], tmp_path: Path
+) -> None:
+    base, recorder = recordings_api
+    status, body = await get(f"{base}/api/recordings")
+    assert status == 200
+    everything = json.loads(body)["recordings"]
+    assert {r["name"] for r in everything} == {NAME, "../../escape"}
+    # The escaping name stayed inside the directory, under an escaped directory name.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [stream_dirname(NAME), "~2E~2E~2F~2E~2E~2Fescape"]
+    )
+
+    status, body = await get(f"{base}/api/recordings?name={quote(NAME, safe='')}")
+    mine = json.loads(body)["recordings"]
+    assert status == 200 and [r["name"] for r in mine] == [NAME] * len(recorder.files)
+    first, last = mine[0], mine[-1]
+    # Time filters (epoch and ISO-8601): recordings overlapping [from, to].
+    status, body = await get(f"{base}/api/recordings?name={quote(NAME, safe='')}&from={last['start_epoch']}")
+    assert status == 200 and [r["id"] for r in json.loads(body)["recordings"]][-1] == last["id"]
+    assert first["id"] not in [r["id"] for r in json.loads(body)["recordings"]]
+    status, body = await get(f"{base}/api/recordings?to={quote(first['start'])}&name={quote(NAME, safe='')}")
+    assert status == 200 and [r["id"] for r in json.loads(body)["recordings"]] == [first["id"]]
+    status, body = await get(f"{base}/api/recordings?from=2999-01-01T00:00:00Z")
+    assert status == 200 and json.loads(body)["recordings"] == []
+
+    status, data = await get(f"{base}/api/recordings/{quote(first['id'], safe='')}")
+    assert status == 200 and data == recorder.files[0].read_bytes()
+
+
+async def test_recordings_api_refuses_bad_input(recordings_api: tuple[str, Recorder], tmp_path: Path) -> None:
+    base, _ = recordings_api
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not yours")
+    for query in ("from=yesterday", "to=nan", "from=-5", "from=2024-13-01", "from=10&to=5"):
+        status, body = await get(f"{base}/api/recordings?{query}")
+        assert status == 400 and "error" in json.loads(body), query
+    status, body = await get(f"{base}/api/recordings?name=..%2F..%2Fetc")
+    assert status == 200 and json.loads(body)["recordings"] == []
+    for recording_id in (
+        "..%2F..%2Fetc%2Fpasswd",
+        "..%2Fsecret",
+        "secret",
+        "~2E~2E.20240101T000000.000Z",  # a well-formed id of nothing
+        f"{stream_dirname(NAME)}.20240101T000000.000Z%2F..%2F..%2Fsecret",
+        f"{stream_dirname(NAME)}..%2F..%2Fsecret",
+        "%00",
+    ):
+        status, body = await get(f"{base}/api/recordings/{recording_id}")
+        assert status == 404, recording_id
+    assert os.path.exists(secret)

@@ -1,0 +1,98 @@
+"""HLS and DVR as the gateway serves them: a WebSocket publisher with ``record: true``, the
+REST recording calls, /api/recordings, and /hls read by ffprobe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from gateway.app import Gateway
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.wcs.client import WcsClient
+from tests.integration.conftest import local_config, wait_stream
+
+
+@pytest_asyncio.fixture
+async def recording_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gateway = Gateway(local_config(recordings_dir=tmp_path / "recordings", record_segment_seconds=1.0))
+    await gateway.start()
+    yield gateway
+    await gateway.stop()
+
+
+async def http(gateway: Gateway, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{gateway.config.http_port}{path}"
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as reply:
+        return reply.status, await reply.json()
+
+
+def ffprobe(target: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", target],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+async def test_publish_with_record_and_rest_recording_calls(
+    recording_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    gateway = recording_gateway
+    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    recorded = await client.publish("rec-cam", [video_track()], record=True)
+    await recorded.wait_status("PUBLISHING")
+    plain = await client.publish("plain-cam", [video_track()])
+    await plain.wait_status("PUBLISHING")
+    await wait_stream(gateway, "plain-cam")
+
+    assert await http(gateway, "POST", "/rest-api/stream/startRecording", {"name": "plain-cam"}) == (
+        200,
+        {"name": "plain-cam", "recording": True},
+    )
+    status, running = await http(gateway, "POST", "/rest-api/recorder/find_all", {})
+    assert status == 200 and sorted(r["name"] for r in running) == ["plain-cam", "rec-cam"]
+    await asyncio.sleep(3)  # a few one-second files
+    status, _ = await http(
+        gateway, "POST", "/rest-api/stream/stopRecording", {"mediaSessionId": plain.media_session_id}
+    )
+    assert status == 200
+    status, reply = await http(gateway, "POST", "/rest-api/stream/stopRecording", {"name": "plain-cam"})
+    assert status == 404 and "not being recorded" in reply["error"]
+    status, reply = await http(gateway, "POST", "/rest-api/stream/startRecording", {"name": "ghost"})
+    assert status == 404
+    await recorded.stop()  # the stream's end finishes its recording
+
+    status, reply = await http(gateway, "GET", "/api/recordings")
+    assert status == 200
+    listing = reply["recordings"]
+    names = {recording["name"] for recording in listing}
+    assert names == {"rec-cam", "plain-cam"}
+    first = listing[0]
+    url = f"http://127.0.0.1:{gateway.config.http_port}/api/recordings/{first['id']}"
+    probe = await asyncio.to_thread(ffprobe, url)
+    assert probe["streams"][0]["codec_name"] == "h264" and probe["streams"][0]["width"] == 320
+    await client.close()
+
+
+async def test_hls_of_a_published_stream_reads_in_ffprobe(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("hls-cam", [video_track()])
+    await published.wait_status("PUBLISHING")
+    playlist = f"http://127.0.0.1:{local_gateway.config.http_port}/hls/hls-cam/index.m3u8"
+    probe = await asyncio.to_thread(ffprobe, playlist)
+    video = probe["streams"][0]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    status, reply = await http(local_gateway, "GET", "/hls/no-such/index.m3u8")
+    assert status == 404 and reply["error"]
+    await client.close()
