@@ -19,6 +19,7 @@ from gateway.http.hls import hls_routes
 from gateway.http.recordings import recording_routes
 from gateway.http.rest_api import WcsRestApi
 from gateway.http.server import HttpServer
+from gateway.http.thumbnails import thumbnail_routes
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.recorders import Recorders
@@ -29,8 +30,10 @@ from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
+from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 from gateway.wcs.session import SessionLimits
 
@@ -61,6 +64,7 @@ class Gateway:
         self.recorders = Recorders(
             self.registry, self.recordings, segment_seconds=config.record_segment_seconds
         )
+        self.thumbnails = Thumbnails(self.registry, max_age=config.thumbnail_max_age)
         self.hls = HlsService(
             self.registry, segment_target=config.hls_segment_target, window=config.hls_window
         )
@@ -116,6 +120,19 @@ class Gateway:
             if mqtt_url
             else None
         )
+        self.sdview = (
+            SdViewService(
+                self.registry,
+                self.thumbnails,
+                BrokerAddress.parse(mqtt_url, config.mqtt_ca_file),
+                hub_key=config.sd_view_hub_key,
+                devices=pairs(config.sd_view_devices),
+                width=config.sd_view_width,
+                max_payload_bytes=config.sd_view_max_payload_bytes,
+            )
+            if config.sd_view_hub_key and mqtt_url
+            else None
+        )
         self.http = HttpServer(
             host=config.host,
             port=config.http_port,
@@ -128,7 +145,10 @@ class Gateway:
             access=self.access,
             api_token=config.api_token,
             routes=[
-                *WcsRestApi(self.registry, self.wcs, self.rtsp_pulls, self.recorders).routes(),
+                *thumbnail_routes(self.thumbnails),
+                *WcsRestApi(
+                    self.registry, self.wcs, self.rtsp_pulls, self.recorders, self.thumbnails
+                ).routes(),
                 *hls_routes(self.hls),
                 *recording_routes(self.recordings),
                 *metrics.metrics_routes(
@@ -152,10 +172,14 @@ class Gateway:
                 self.broker = None
         if self.dji is not None:
             await self.dji.start()
+        if self.sdview is not None:
+            await self.sdview.start()
         await self.recorders.start_retention()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
 
     async def stop(self) -> None:
+        if self.sdview is not None:
+            await self.sdview.stop()
         if self.dji is not None:
             await self.dji.stop()
         if self.broker is not None:

@@ -59,6 +59,13 @@ class Config:
     record_segment_seconds: float = 60.0
     recordings_max_age: float = 7 * 86400.0
     recordings_max_bytes: int = 10 * 1024**3
+    # Live thumbnails: one decode serves every request for this long (s).
+    thumbnail_max_age: float = 1.0
+    # Kerberos SD live view over MQTT (off without a hub key): device_id=stream entries.
+    sd_view_hub_key: str | None = None
+    sd_view_devices: tuple[str, ...] = ()
+    sd_view_width: int = 480
+    sd_view_max_payload_bytes: int = 128 * 1024
     # Other names for streams ("alias=stream name" entries, or a TOML table).
     aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0
@@ -198,11 +205,12 @@ def validate(config: Config) -> None:
         "hls_segment_target",
         "record_segment_seconds",
         "recordings_max_age",
+        "thumbnail_max_age",
     ):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"setting {name!r}: must be a positive number of seconds, not {value}")
-    for name in ("live_url_types", "aliases"):
+    for name in ("live_url_types", "aliases", "sd_view_devices"):
         for entry in getattr(config, name):
             key, sep, value = entry.partition("=")
             if not sep or not key.strip() or not value.strip():
@@ -216,10 +224,13 @@ def validate(config: Config) -> None:
         "viewer_queue_frames",
         "live_max_attempts",
         "hls_window",
+        "sd_view_max_payload_bytes",
         "recordings_max_bytes",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
+    if not 16 <= config.sd_view_width <= 3840:
+        raise ConfigError("setting 'sd_view_width': from 16 to 3840 pixels")
     if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("setting 'log_level': one of debug, info, warning, error, critical")
     if config.log_format not in ("auto", "json", "console"):

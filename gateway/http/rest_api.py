@@ -7,6 +7,7 @@ are JSON; a search that finds nothing is 404, a bad body 400, errors carry
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
 from gateway.media.stream import Stream
+from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable
 from gateway.wcs.server import WcsServer
 
 PREFIX = "/rest-api"
@@ -40,7 +42,9 @@ class WcsRestApi:
         wcs: WcsServer,
         rtsp: RtspPulls | None,
         recorders: Recorders | None = None,
+        thumbnails: Thumbnails | None = None,
     ) -> None:
+        self.thumbnails = thumbnails
         self.registry = registry
         self.wcs = wcs
         self.rtsp = rtsp
@@ -51,6 +55,7 @@ class WcsRestApi:
             "stream/find_all": self._stream_find_all,
             "stream/find": self._stream_find,
             "stream/terminate": self._stream_terminate,
+            "stream/snapshot": self._snapshot,
             "stream/startRecording": self._start_recording,
             "stream/stopRecording": self._stop_recording,
             "recorder/find_all": self._recorder_find_all,
@@ -143,6 +148,21 @@ class WcsRestApi:
                 entry["metrics"] = _metrics(stream, 0, 0, 0)
             entries.append(entry)
         return entries
+
+    # --- snapshot ------------------------------------------------------------------------------
+
+    async def _snapshot(self, body: dict[str, Any]) -> web.Response:
+        """``{streamName}`` (or ``name``) -> ``{"data": base64 PNG}``, as WCS answers."""
+        name = body.get("streamName", body.get("name"))
+        if not isinstance(name, str) or not name:
+            raise RestError(400, "the body must have 'streamName' (a string)")
+        if self.thumbnails is None:
+            raise RestError(404, "snapshots are off")
+        try:
+            png = await self.thumbnails.png(self.registry.resolve(name))
+        except ThumbnailUnavailable as exc:
+            raise RestError(404, str(exc)) from None
+        return web.json_response({"streamName": name, "data": base64.b64encode(png).decode()})
 
     # --- recording ----------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ REST recording calls, /api/recordings, and /hls read by ffprobe."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest_asyncio
 
 from gateway.app import Gateway
@@ -96,3 +99,33 @@ async def test_hls_of_a_published_stream_reads_in_ffprobe(
     status, reply = await http(local_gateway, "GET", "/hls/no-such/index.m3u8")
     assert status == 404 and reply["error"]
     await client.close()
+
+
+async def test_snapshot_and_thumbnail_of_a_published_stream(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("snap-cam", [video_track()])
+    await published.wait_status("PUBLISHING")
+    await wait_stream(local_gateway, "snap-cam")
+    status, reply = await http(local_gateway, "POST", "/rest-api/stream/snapshot", {"streamName": "snap-cam"})
+    assert status == 200
+    png = av.open(io.BytesIO(base64.b64decode(reply["data"])))
+    image = next(png.decode(video=0))
+    assert (image.width, image.height) == (320, 240)
+    status, reply = await http(local_gateway, "POST", "/rest-api/stream/snapshot", {"streamName": "nope"})
+    assert status == 404 and reply["error"]
+    url = f"http://127.0.0.1:{local_gateway.config.http_port}/api/streams/snap-cam/thumbnail.jpg?width=160"
+    async with aiohttp.ClientSession() as session, session.get(url) as answer:
+        assert answer.status == 200 and answer.content_type == "image/jpeg"
+        jpeg = av.open(io.BytesIO(await answer.read()))
+        thumb = next(jpeg.decode(video=0))
+    assert (thumb.width, thumb.height) == (160, 120)
+    await client.close()
+
+
+def test_the_sd_view_is_built_from_the_configuration() -> None:
+    config = local_config(mqtt="mqtt://127.0.0.1:1", sd_view_hub_key="hub", sd_view_devices=("cam-1=front",))
+    gateway = Gateway(config)
+    assert gateway.sdview is not None and gateway.sdview.width == 480
+    assert Gateway(local_config()).sdview is None
