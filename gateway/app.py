@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import urllib.parse
 from typing import Any
 
-from gateway.access import OpenAccess, policy_from
+from gateway.access import AccessRequest, Action, OpenAccess, policy_from
 from gateway.broker.server import Broker
 from gateway.config import Config, pairs
 from gateway.dji.bridge import DjiBridge
@@ -26,6 +27,7 @@ from gateway.media.recorders import Recorders
 from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
+from gateway.media.sinks.rtsp import RtspServer
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
@@ -89,6 +91,17 @@ class Gateway:
                 self.registry, self.ingest_keys, host=config.host, port=config.rtmp_port, access=self.access
             )
             if config.rtmp_port
+            else None
+        )
+        self.rtsp = (
+            RtspServer(
+                self.registry,
+                config.host,
+                config.rtsp_port,
+                rtp_port=config.rtsp_udp_port,
+                authorize_publish=self._authorize_rtsp_publish,
+            )
+            if config.rtsp_port
             else None
         )
         self.whip = WhipIngest(self.registry, self.ingest_keys, settings)
@@ -162,6 +175,8 @@ class Gateway:
         await self.http.start()
         if self.rtmp is not None:
             await self.rtmp.start()
+        if self.rtsp is not None:
+            await self.rtsp.start()
         if self.broker is not None:
             try:
                 await self.broker.start()
@@ -186,6 +201,8 @@ class Gateway:
             await self.broker.stop()
         if self.rtmp is not None:
             await self.rtmp.stop()
+        if self.rtsp is not None:
+            await self.rtsp.stop()
         await self.whip.stop()
         await self.hls.stop()
         await self.recorders.stop_all()
@@ -194,6 +211,14 @@ class Gateway:
         await self.http.stop()
         await self.wcs.stop()
         log.info("gateway_stopped")
+
+    async def _authorize_rtsp_publish(self, name: str, query: str) -> str | None:
+        """ANNOUNCE of ``name`` on the RTSP port: not a device camera's name, and allowed by
+        the access policy (a publish token in ``?token=``)."""
+        if self.registry.on_demand_for(name) is not None:
+            return "the name belongs to a device camera"
+        token = urllib.parse.parse_qs(query).get("token", [None])[0]
+        return await self.access.check(AccessRequest(Action.PUBLISH, name, token))
 
     def health(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ws-port", type=int, help="WCS WebSocket API port (default 8080)")
     serve.add_argument("--http-port", type=int, help="HTTP port: static files, /healthz (default 8081)")
     serve.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935; 0: off)")
+    serve.add_argument(
+        "--rtsp-port", type=int, help="RTSP server port: play and publish (default 8554; 0: off)"
+    )
     serve.add_argument("--mqtt", help="MQTT broker of the DJI docks: mqtt[s]://user:pass@host:port")
     serve.add_argument("--mqtt-ca-file", help="CA certificates to check an mqtts:// broker with")
     serve.add_argument(
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ws-port", type=int, help="WCS WebSocket API port (default 8080)")
     demo.add_argument("--http-port", type=int, help="HTTP port (default 8081)")
     demo.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935)")
+    demo.add_argument("--rtsp-port", type=int, help="RTSP server port (default 8554)")
     demo.add_argument("--mqtt-broker", help="embedded MQTT broker HOST:PORT (default 127.0.0.1:1883)")
     demo.add_argument(
         "--ice-address", action="append", dest="ice_addresses", help="local address for ICE candidates"

@@ -27,6 +27,10 @@ class Config:
     ws_port: int = 8080
     http_port: int = 8081
     rtmp_port: int = 1935  # RTMP ingest; 0 turns it off
+    # RTSP server: every stream at rtsp://host:port/{name}, and ANNOUNCE/RECORD publishing;
+    # RTP over UDP from rtsp_udp_port (RTCP +1; 0: any free pair). 0 turns RTSP off.
+    rtsp_port: int = 8554
+    rtsp_udp_port: int = 0
     # DJI Cloud API bridge: the MQTT broker docks and remote controllers use (off if unset).
     mqtt: str | None = None
     mqtt_ca_file: str | None = None
@@ -181,7 +185,7 @@ def load(
 
 
 def validate(config: Config) -> None:
-    for name in ("ws_port", "http_port", "rtmp_port", "live_rtsp_port"):
+    for name in ("ws_port", "http_port", "rtmp_port", "rtsp_port", "rtsp_udp_port", "live_rtsp_port"):
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name!r}: port {port} out of range")

@@ -34,6 +34,7 @@ class GatewayProcess:
     ws_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     rtmp_port: int = field(default_factory=free_port)
+    rtsp_port: int = field(default_factory=free_port)
     mqtt_broker_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -66,6 +67,8 @@ class GatewayProcess:
             str(self.http_port),
             "--rtmp-port",
             str(self.rtmp_port),
+            "--rtsp-port",
+            str(self.rtsp_port),
             "--mqtt-broker",
             f"127.0.0.1:{self.mqtt_broker_port}",
             "--ice-address",

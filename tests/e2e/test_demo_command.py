@@ -26,6 +26,7 @@ def demo() -> Iterator[tuple[int, int]]:
         "--ws-port", str(ws_port),
         "--http-port", str(http_port),
         "--rtmp-port", str(free_port()),
+        "--rtsp-port", str(free_port()),
         "--mqtt-broker", f"127.0.0.1:{free_port()}",
         "--ice-address", "127.0.0.1",
     ]  # fmt: skip

@@ -136,6 +136,7 @@ def local_config(**settings: Any) -> Config:
         ws_port=free_port(),
         http_port=free_port(),
         rtmp_port=free_port(),
+        rtsp_port=free_port(),
         ice_addresses=("127.0.0.1",),
         **{"mqtt_broker": "off", **settings},
     )

@@ -163,3 +163,21 @@ async def test_rtmp_publish_by_name_needs_a_publish_token(token_gateway: Gateway
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+async def test_rtsp_publish_needs_a_publish_token(token_gateway: Gateway, clip: Path) -> None:
+    base = f"rtsp://127.0.0.1:{token_gateway.config.rtsp_port}"
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+    cmd += ["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp"]
+    refused = subprocess.Popen([*cmd, f"{base}/lobby"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    allowed = f"{base}/lobby?token={token('lobby', Action.PUBLISH)}"
+    push = subprocess.Popen([*cmd, allowed], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(refused.wait), 15) != 0
+        await wait_stream(token_gateway, "lobby")
+        assert push.poll() is None
+    finally:
+        for proc in (refused, push):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)

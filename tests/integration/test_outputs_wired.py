@@ -129,3 +129,37 @@ def test_the_sd_view_is_built_from_the_configuration() -> None:
     gateway = Gateway(config)
     assert gateway.sdview is not None and gateway.sdview.width == 480
     assert Gateway(local_config()).sdview is None
+
+
+async def test_rtsp_port_serves_streams_and_takes_pushes(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack], clip: Path
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("rtsp-cam", [video_track()])
+    await published.wait_status("PUBLISHING")
+    base = f"rtsp://127.0.0.1:{local_gateway.config.rtsp_port}"
+    for transport in ("tcp", "udp"):
+        probe = await asyncio.to_thread(
+            subprocess.run,
+            ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-show_streams", "-of", "json",
+             f"{base}/rtsp-cam"],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        video = json.loads(probe.stdout)["streams"][0]
+        assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240), transport
+
+    push = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
+         "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", f"{base}/pushed"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_stream(local_gateway, "pushed")
+        player = await client.play("pushed")
+        await player.wait_status("PLAYING")
+        stream = local_gateway.registry.get("pushed")
+        assert stream is not None and stream.ingest == "rtsp-push"
+    finally:
+        push.terminate()
+        push.wait(timeout=10)
+    await client.close()

@@ -201,16 +201,17 @@ def test_server_session_without_credentials() -> None:
     server.describe(describe, sdp, URL + "/")
     (described,) = responses_of(server.data_to_send())
     assert described.body == sdp.encode() and described.header("Content-Base") == URL + "/"
-    # UDP is not served yet.
+    # Multicast is not served.
     udp = ("Transport", "RTP/AVP;unicast;client_port=5000-5001")
-    assert server.receive_data(request("SETUP", URL + "/trackID=0", 3, udp)) == []
+    multicast = ("Transport", "RTP/AVP;multicast")
+    assert server.receive_data(request("SETUP", URL + "/trackID=0", 3, multicast)) == []
     assert responses_of(server.data_to_send())[0].status == 461
     assert server.receive_data(request("PLAY", URL + "/", 4)) == []  # PLAY before SETUP
     assert responses_of(server.data_to_send())[0].status == 455
     assert server.receive_data(request("SETUP", URL + "/trackID=1", 5, TCP)) == []  # no such track
     assert responses_of(server.data_to_send())[0].status == 404
     (setup,) = server.receive_data(
-        request("SETUP", URL + "/trackID=0", 6, ("Transport", f"{udp[1]},{TCP[1]}"))
+        request("SETUP", URL + "/trackID=0", 6, ("Transport", f"{multicast[1]},{TCP[1]},{udp[1]}"))
     )
     assert isinstance(setup, SetupRequested) and setup.transport.interleaved == (0, 1)
     server.accept_setup(setup)
@@ -244,7 +245,7 @@ def test_server_session_without_credentials() -> None:
     [
         (request("FLY", URL, 1), 501),
         (request("PAUSE", URL, 1), 405),
-        (request("RECORD", URL, 1), 405),
+        (request("RECORD", URL, 1), 455),  # before ANNOUNCE and SETUP
         (request("DESCRIBE", "rtsp://h/../../etc/passwd", 1), 400),
         (request("DESCRIBE", "rtsp://h/a/%2e%2e/b", 1), 400),
         (request("SETUP", URL, 1, ("Transport", "nonsense")), 461),
@@ -257,6 +258,7 @@ def test_server_refusals_keep_the_connection(data: bytes, status: int) -> None:
     assert (response.status, response.cseq) == (status, 1)
     if status == 405:
         assert "PAUSE" not in (response.header("Allow") or "")
+        assert "RECORD" in (response.header("Allow") or "")
     assert not server.closed
     assert server.receive_data(request("OPTIONS", "*", 2)) == []
 

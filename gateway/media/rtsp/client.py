@@ -1,9 +1,11 @@
-"""The client side of an RTSP pull over TCP (RTP interleaved on the RTSP connection), sans I/O.
+"""The client side of an RTSP pull, sans I/O: RTP interleaved on the RTSP connection (TCP,
+the default), or over UDP to a port pair the caller bound (``udp_ports``).
 
 `start` queues OPTIONS; every answer moves it on: DESCRIBE (answering a 401 challenge once
 per nonce), SETUP of the H.264 video track only (audio is not set up), PLAY. Then it turns
-interleaved RTP into `AccessUnit`s. `keepalive` queues GET_PARAMETER (or OPTIONS when the
-server does not list GET_PARAMETER); the caller decides when, from `Playing.timeout`.
+interleaved RTP, or the datagrams the caller hands to `receive_rtp`, into `AccessUnit`s.
+`keepalive` queues GET_PARAMETER (or OPTIONS when the server does not list GET_PARAMETER);
+the caller decides when, from `Playing.timeout`.
 A refused request raises `RtspError` with the server's status.
 """
 
@@ -89,8 +91,18 @@ class _Phase(enum.Enum):
 
 
 class RtspClientConnection:
-    def __init__(self, url: str, *, auth: ClientAuth | None = None, user_agent: str = USER_AGENT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: ClientAuth | None = None,
+        user_agent: str = USER_AGENT,
+        udp_ports: tuple[int, int] | None = None,
+    ) -> None:
         self.target = parse_rtsp_url(url)
+        # RTP and RTCP ports the caller listens on: ask for UDP instead of interleaved TCP.
+        self.udp_ports = udp_ports
+        self.server_ports: tuple[int, int] | None = None  # where the server sends from (UDP)
         if auth is None and self.target.user is not None:
             auth = ClientAuth(self.target.user, self.target.password or "")
         self.auth = auth
@@ -222,7 +234,10 @@ class RtspClientConnection:
         self._session_url = resolve_control(base, sdp.control)
         self.depacketizer = H264Depacketizer(sps=track.sps, pps=track.pps)
         self._phase = _Phase.SETUP
-        transport = Transport("RTP/AVP", "TCP", True, (0, 1))
+        if self.udp_ports is not None:
+            transport = Transport("RTP/AVP", "UDP", True, client_port=self.udp_ports)
+        else:
+            transport = Transport("RTP/AVP", "TCP", True, (0, 1))
         self._request("SETUP", track.control_url, (("Transport", transport.encode()),))
         return [Described(track, text)]
 
@@ -235,7 +250,11 @@ class RtspClientConnection:
             self.session_timeout = timeout
         transports = parse_transports(response.header("Transport") or "")
         chosen = transports[0] if transports else None
-        if chosen is not None and chosen.interleaved is not None:
+        if self.udp_ports is not None:
+            if chosen is None or chosen.tcp:
+                raise RtspError("the server did not set up UDP", 461)
+            self.server_ports = chosen.server_port
+        elif chosen is not None and chosen.interleaved is not None:
             self._channel = chosen.interleaved[0]
         elif chosen is not None and not chosen.tcp:
             raise RtspError("the server set up UDP, not interleaved TCP", 461)
@@ -250,17 +269,24 @@ class RtspClientConnection:
         return []
 
     def _interleaved(self, frame: InterleavedFrame) -> list[Event]:
-        if frame.channel != self._channel or self.depacketizer is None:
+        if frame.channel != self._channel or self.udp_ports is not None:
             return []  # RTCP, or media we did not set up
+        return list(self.receive_rtp(frame.payload))
+
+    def receive_rtp(self, data: bytes) -> list[AccessUnit]:
+        """One RTP packet of the video (a datagram on the UDP RTP port, when set up so). Over
+        UDP it may overtake the PLAY answer: it counts from SETUP's answer on."""
+        if self.depacketizer is None or self._phase not in (_Phase.PLAY, _Phase.PLAYING):
+            return []
         try:
-            packet = parse_rtp(frame.payload)
+            packet = parse_rtp(data)
         except RtpError:
             self.bad_rtp += 1
             return []
         if self.track is not None and packet.payload_type != self.track.payload_type:
             self.bad_rtp += 1
             return []
-        return list(self.depacketizer.receive(packet))
+        return self.depacketizer.receive(packet)
 
 
 _KEPT_ON_RETRY = {"accept", "transport", "range"}

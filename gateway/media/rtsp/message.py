@@ -27,6 +27,7 @@ REASONS: dict[int, str] = {
     405: "Method Not Allowed",
     406: "Not Acceptable",
     408: "Request Timeout",
+    409: "Conflict",
     413: "Request Entity Too Large",
     414: "Request-URI Too Large",
     415: "Unsupported Media Type",
@@ -89,7 +90,7 @@ class Request(_Headers):
 @dataclass(frozen=True, slots=True)
 class Response(_Headers):
     status: int
-    reason: str = ""
+    reason: str = ""  # the standard phrase when empty
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
 
@@ -98,7 +99,9 @@ class Response(_Headers):
         return 200 <= self.status < 300
 
     def encode(self) -> bytes:
-        reason = self.reason or REASONS.get(self.status, "Unknown")
+        # A reason phrase can come from elsewhere (a publish hook's refusal): one clean line.
+        printable = "".join(c if c.isprintable() else " " for c in self.reason)
+        reason = " ".join(printable.split())[:200] or REASONS.get(self.status, "Unknown")
         return _encode(f"{VERSION} {self.status} {reason}", self.headers, self.body)
 
 
@@ -276,6 +279,12 @@ class Transport:
     client_port: tuple[int, int] | None = None
     ssrc: int | None = None
     mode: str | None = None
+    server_port: tuple[int, int] | None = None
+
+    @property
+    def udp(self) -> bool:
+        """Unicast RTP over UDP to (and from) a client port pair."""
+        return self.lower == "UDP" and self.unicast and self.client_port is not None
 
     @property
     def tcp(self) -> bool:
@@ -288,6 +297,8 @@ class Transport:
             parts.append(f"interleaved={self.interleaved[0]}-{self.interleaved[1]}")
         if self.client_port is not None:
             parts.append(f"client_port={self.client_port[0]}-{self.client_port[1]}")
+        if self.server_port is not None:
+            parts.append(f"server_port={self.server_port[0]}-{self.server_port[1]}")
         if self.ssrc is not None:
             parts.append(f"ssrc={self.ssrc:08X}")
         if self.mode is not None:
@@ -308,7 +319,7 @@ def parse_transports(value: str) -> list[Transport]:
         profile = "/".join(protocol[:2])
         lower = protocol[2] if len(protocol) == 3 else "UDP"
         unicast = True
-        interleaved = client_port = None
+        interleaved = client_port = server_port = None
         ssrc = None
         mode = None
         for param in fields[1:]:
@@ -320,6 +331,8 @@ def parse_transports(value: str) -> list[Transport]:
                 interleaved = _pair(arg, 255, "interleaved")
             elif key == "client_port":
                 client_port = _pair(arg, 65535, "client_port")
+            elif key == "server_port":
+                server_port = _pair(arg, 65535, "server_port")
             elif key == "ssrc":
                 try:
                     ssrc = int(arg.strip(), 16) & 0xFFFFFFFF
@@ -327,7 +340,9 @@ def parse_transports(value: str) -> list[Transport]:
                     raise RtspError(f"bad ssrc {arg[:20]!r}") from None
             elif key == "mode":
                 mode = arg.strip().strip('"').upper()
-        transports.append(Transport(profile, lower, unicast, interleaved, client_port, ssrc, mode))
+        transports.append(
+            Transport(profile, lower, unicast, interleaved, client_port, ssrc, mode, server_port)
+        )
     return transports
 
 

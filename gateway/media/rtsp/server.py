@@ -1,12 +1,17 @@
-"""The server side of an RTSP connection for players, sans I/O: RTP goes interleaved on the
-RTSP connection (UDP is answered 461 for now).
+"""The server side of an RTSP connection, sans I/O: players (DESCRIBE, SETUP, PLAY) and
+publishers (ANNOUNCE, SETUP with ``mode=record``, RECORD), with RTP interleaved on the RTSP
+connection or over UDP (``client_port``; the caller owns the server's port pair).
 
 It answers OPTIONS, keepalives (GET_PARAMETER, SET_PARAMETER), authentication, unknown or
-unsupported methods, bad paths and transports, and session mistakes by itself. What depends
-on the streams is the caller's: it gets `DescribeRequested`, `SetupRequested` and
-`PlayRequested` and answers with `describe`, `accept_setup`, `accept_play` or `refuse`.
-`TeardownRequested` is answered already; it tells the caller to stop sending.
+unsupported methods, bad paths and transports, bad SDPs and session mistakes by itself.
+What depends on the streams is the caller's: it gets `DescribeRequested`,
+`AnnounceRequested`, `SetupRequested`, `PlayRequested` and `RecordRequested` and answers
+with `describe`, `accept_announce`, `accept_setup`, `accept_play`, `accept_record` or
+`refuse`. `TeardownRequested` is answered already; it tells the caller to stop. While
+recording, interleaved RTP comes out as `AccessUnit`s and `AudioUnit`s; RTP the caller
+received over UDP goes in through `receive_rtp`.
 A request it cannot parse raises `RtspError` after queueing the error reply: close then.
+One connection carries one session, either playing or recording one stream.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import (
     REASONS,
+    InterleavedFrame,
     Request,
     Response,
     RtspError,
@@ -27,13 +34,26 @@ from gateway.media.rtsp.message import (
     parse_session,
     parse_transports,
 )
+from gateway.media.rtsp.record import AudioUnit, PushTrack, Recording, announced_tracks
+from gateway.media.rtsp.rtp import AccessUnit
 
 SERVER = "skyrelay"
 SESSION_TIMEOUT = 60
-SERVED = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER")
+SERVED = (
+    "OPTIONS",
+    "DESCRIBE",
+    "ANNOUNCE",
+    "SETUP",
+    "PLAY",
+    "RECORD",
+    "TEARDOWN",
+    "GET_PARAMETER",
+    "SET_PARAMETER",
+)
 # RFC 2326 methods this server knows but does not offer: 405 with Allow, not 501.
-NOT_ALLOWED = ("ANNOUNCE", "RECORD", "PAUSE", "REDIRECT")
+NOT_ALLOWED = ("PAUSE", "REDIRECT")
 _TRACK = re.compile(r"trackID=(\d{1,3})")
+_QUERY = re.compile(r"\?[^/]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +63,27 @@ class DescribeRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceRequested:
+    """A publisher offers ``tracks`` (an SDP with H.264 video) for stream ``name``; ``query``
+    is the request URI's query string (a token, say), for the caller's authorization."""
+
+    request: Request
+    name: str
+    query: str
+    tracks: tuple[PushTrack, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SetupRequested:
     request: Request
     name: str
-    transport: Transport  # the TCP interleaved alternative the client offered
+    transport: Transport  # the alternative chosen: TCP interleaved, or UDP with client_port
+    track: int = 0  # the index of the track (always 0 when playing)
+    record: bool = False
+
+    @property
+    def udp(self) -> bool:
+        return not self.transport.tcp
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +93,26 @@ class PlayRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordRequested:
+    request: Request
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class TeardownRequested:
     name: str
 
 
-Event = DescribeRequested | SetupRequested | PlayRequested | TeardownRequested
+Event = (
+    DescribeRequested
+    | AnnounceRequested
+    | SetupRequested
+    | PlayRequested
+    | RecordRequested
+    | TeardownRequested
+    | AccessUnit
+    | AudioUnit
+)
 
 
 def stream_path(uri: str) -> tuple[str, int | None]:
@@ -95,14 +147,24 @@ class RtspServerConnection:
         session_timeout: int = SESSION_TIMEOUT,
         session_id: str | None = None,
         ssrc: int | None = None,
+        udp: bool = True,
     ) -> None:
         self.auth = auth
         self.session_timeout = session_timeout
+        self.udp = udp  # the caller has a UDP port pair to offer
         self.ssrc = ssrc if ssrc is not None else int.from_bytes(os.urandom(4), "big")
         self.session: str | None = None  # set by SETUP
         self.stream_name: str | None = None
+        self.mode: Literal["play", "record"] | None = None  # set by SETUP (play) or ANNOUNCE
+        # Playing: the set-up video's transport.
         self.channel = 0  # RTP; RTCP is channel + 1
+        self.client_port: tuple[int, int] | None = None  # UDP instead of interleaved
         self.playing = False
+        # Recording: what was announced, and each set-up track's transport.
+        self.recording: Recording | None = None
+        self.record_transports: dict[int, Transport] = {}
+        self.recording_started = False
+        self._channels: dict[int, int] = {}  # interleaved RTP channel -> track
         self._session_id = session_id or os.urandom(8).hex().upper()
         self._parser = RtspParser()
         self._out = bytearray()
@@ -113,8 +175,8 @@ class RtspServerConnection:
         return out
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Bytes from the player. Raises RtspError (its reply queued) when the connection
-        must close."""
+        """Bytes from the player or publisher. Raises RtspError (its reply queued) when the
+        connection must close."""
         if self.closed:
             return []
         events: list[Event] = []
@@ -124,12 +186,23 @@ class RtspServerConnection:
                     event = self._request(message)
                     if event is not None:
                         events.append(event)
-                # Interleaved RTCP receiver reports and stray responses need no answer.
+                elif isinstance(message, InterleavedFrame):
+                    track = self._channels.get(message.channel)
+                    if track is not None:
+                        events += self.receive_rtp(track, message.payload)
+                # RTCP (either way) and stray responses need no answer.
         except RtspError as exc:
             self._reply(None, exc.status, (("Connection", "close"),))
             self.closed = True
             raise
         return events
+
+    def receive_rtp(self, track: int, data: bytes) -> list[AccessUnit | AudioUnit]:
+        """One RTP packet of a recording's track (interleaved, or a UDP datagram from the
+        publisher's client port); nothing before RECORD."""
+        if self.recording is None or not self.recording_started:
+            return []
+        return self.recording.receive(track, data)
 
     # --- the caller's answers ---------------------------------------------------------------
 
@@ -137,11 +210,43 @@ class RtspServerConnection:
         headers = (("Content-Base", content_base), ("Content-Type", "application/sdp"))
         self._reply(event.request, 200, headers, sdp.encode())
 
-    def accept_setup(self, event: SetupRequested) -> None:
-        interleaved = event.transport.interleaved or (0, 1)
-        self.session, self.stream_name, self.channel = self._session_id, event.name, interleaved[0]
-        transport = Transport("RTP/AVP", "TCP", True, interleaved, ssrc=self.ssrc, mode="PLAY")
-        headers = (("Transport", transport.encode()), ("Session", self._session_header()))
+    def accept_announce(self, event: AnnounceRequested) -> None:
+        self.mode, self.stream_name = "record", event.name
+        self.recording = Recording(event.tracks)
+        self._reply(event.request, 200)
+
+    def accept_setup(self, event: SetupRequested, server_port: tuple[int, int] | None = None) -> None:
+        """Answer a SETUP; ``server_port`` is the caller's UDP pair, for a UDP transport."""
+        offered = event.transport
+        mode = "RECORD" if event.record else "PLAY"
+        if event.udp:
+            if server_port is None:
+                raise ValueError("a UDP transport needs the server's port pair")
+            chosen = Transport(
+                "RTP/AVP",
+                "UDP",
+                True,
+                client_port=offered.client_port,
+                ssrc=self.ssrc,
+                mode=mode,
+                server_port=server_port,
+            )
+        else:
+            chosen = Transport(
+                "RTP/AVP", "TCP", True, offered.interleaved or (0, 1), ssrc=self.ssrc, mode=mode
+            )
+        self.session, self.stream_name = self._session_id, event.name
+        if event.record:
+            self.record_transports[event.track] = chosen
+            if chosen.interleaved is not None:
+                self._channels[chosen.interleaved[0]] = event.track
+        else:
+            self.mode = "play"
+            if chosen.interleaved is not None:
+                self.channel, self.client_port = chosen.interleaved[0], None
+            else:
+                self.client_port = chosen.client_port
+        headers = (("Transport", chosen.encode()), ("Session", self._session_header()))
         self._reply(event.request, 200, headers)
 
     def accept_play(self, event: PlayRequested, rtp_info: str | None = None) -> None:
@@ -151,8 +256,13 @@ class RtspServerConnection:
             headers.append(("RTP-Info", rtp_info))
         self._reply(event.request, 200, tuple(headers))
 
-    def refuse(self, request: Request, status: int) -> None:
-        self._reply(request, status)
+    def accept_record(self, event: RecordRequested) -> None:
+        self.recording_started = True
+        self._reply(event.request, 200, (("Session", self._session_header()),))
+
+    def refuse(self, request: Request, status: int, reason: str = "") -> None:
+        """Refuse ``request``; ``reason`` replaces the standard phrase (for people)."""
+        self._reply(request, status, reason=reason)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -178,6 +288,8 @@ class RtspServerConnection:
         if method in ("GET_PARAMETER", "SET_PARAMETER"):
             self._reply(request, 200, (("Session", self._session_header()),) if self.session else ())
             return None
+        if method == "SETUP" and self.mode == "record":
+            return self._record_setup(request)
         try:
             name, track = stream_path(request.uri)
         except RtspError:
@@ -185,20 +297,53 @@ class RtspServerConnection:
             return None
         if method == "DESCRIBE":
             return DescribeRequested(request, name)
+        if method == "ANNOUNCE":
+            return self._announce(request, name)
         if method == "SETUP":
             return self._setup(request, name, track)
         if self.session is None:
-            self._reply(request, 455)  # PLAY or TEARDOWN before SETUP
+            self._reply(request, 455, reason="Method Not Valid in This State: SETUP first")
             return None
         if name != self.stream_name:
-            self._reply(request, 459 if method == "PLAY" else 454)
+            self._reply(request, 459 if method in ("PLAY", "RECORD") else 454)
             return None
-        if method == "PLAY":
-            return PlayRequested(request, name)
+        if method == "PLAY" or method == "RECORD":
+            return self._start(request, name)
         self._reply(request, 200)  # TEARDOWN
-        self.session = self.stream_name = None
-        self.playing = False
+        self.session = self.stream_name = self.mode = self.recording = self.client_port = None
+        self.playing = self.recording_started = False
+        self.record_transports, self._channels = {}, {}
         return TeardownRequested(name)
+
+    def _start(self, request: Request, name: str) -> Event | None:
+        if request.method == "PLAY":
+            if self.mode != "play":
+                self._reply(request, 455, reason="Method Not Valid in This State: a publishing session")
+                return None
+            return PlayRequested(request, name)
+        if self.mode != "record" or self.recording is None:
+            self._reply(request, 455, reason="Method Not Valid in This State: ANNOUNCE first")
+            return None
+        if self.recording.video.index not in self.record_transports:
+            self._reply(request, 455, reason="Method Not Valid in This State: the video is not set up")
+            return None
+        return RecordRequested(request, name)
+
+    def _announce(self, request: Request, name: str) -> Event | None:
+        if self.mode is not None:
+            self._reply(request, 455, reason="Method Not Valid in This State: the session is in use")
+            return None
+        content_type = (request.header("Content-Type") or "application/sdp").split(";")[0].strip()
+        if content_type.lower() != "application/sdp":
+            self._reply(request, 415, reason="Unsupported Media Type: an SDP is expected")
+            return None
+        try:
+            tracks = announced_tracks(request.body)
+        except RtspError as exc:
+            self._reply(request, exc.status, reason=f"{REASONS.get(exc.status, 'Bad Request')}: {exc}")
+            return None
+        query = urlsplit(request.uri).query if "?" in request.uri else ""
+        return AnnounceRequested(request, name, query, tracks)
 
     def _setup(self, request: Request, name: str, track: int | None) -> Event | None:
         if track not in (None, 0):
@@ -207,15 +352,59 @@ class RtspServerConnection:
         if self.session is not None and name != self.stream_name:
             self._reply(request, 459)  # one stream per session
             return None
-        try:
-            offered = parse_transports(request.header("Transport") or "")
-        except RtspError:
-            offered = []
-        chosen = next((t for t in offered if t.tcp and t.unicast and t.profile == "RTP/AVP"), None)
+        chosen = self._transport(request, "PLAY")
         if chosen is None:
             self._reply(request, 461)
             return None
         return SetupRequested(request, name, chosen)
+
+    def _record_setup(self, request: Request) -> Event | None:
+        assert self.recording is not None and self.stream_name is not None
+        track = self._record_track(request.uri)
+        if track is None:
+            self._reply(request, 404, reason="Not Found: no such announced track")
+            return None
+        chosen = self._transport(request, "RECORD")
+        if chosen is None:
+            self._reply(request, 461)
+            return None
+        if chosen.tcp:
+            channels = chosen.interleaved or (2 * track, 2 * track + 1)
+            if channels[0] in self._channels and self._channels[channels[0]] != track:
+                self._reply(request, 461, reason="Unsupported Transport: interleaved channel in use")
+                return None
+            chosen = Transport(chosen.profile, "TCP", True, channels, mode="RECORD")
+        return SetupRequested(request, self.stream_name, chosen, track, record=True)
+
+    def _transport(self, request: Request, mode: str) -> Transport | None:
+        """The first offered alternative this server can do: TCP interleaved, or unicast UDP
+        with a client port pair (when the caller has UDP), in the direction ``mode``."""
+        try:
+            offered = parse_transports(request.header("Transport") or "")
+        except RtspError:
+            return None
+        for transport in offered:
+            if transport.profile != "RTP/AVP" or not transport.unicast:
+                continue
+            if transport.mode not in (None, mode):
+                continue
+            if transport.tcp or (self.udp and transport.udp):
+                return transport
+        return None
+
+    def _record_track(self, uri: str) -> int | None:
+        """The announced track a SETUP URI names: its control, absolute or relative to the
+        announced stream's URL."""
+        assert self.recording is not None and self.stream_name is not None
+        path = _path(uri)
+        for track in self.recording.tracks:
+            control = track.control
+            if "://" in control:
+                if path == _path(control):
+                    return track.index
+            elif path == f"{self.stream_name}/{control.strip('/')}":
+                return track.index
+        return None
 
     def _session_matches(self, request: Request) -> bool:
         """A request naming a session must name this connection's."""
@@ -237,9 +426,22 @@ class RtspServerConnection:
         status: int,
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes = b"",
+        *,
+        reason: str = "",
     ) -> None:
         cseq: tuple[tuple[str, str], ...] = ()
         if request is not None:
             cseq = (("CSeq", str(request.cseq)),)
         all_headers = (*cseq, ("Server", SERVER), *headers)
-        self._out += Response(status, REASONS.get(status, ""), all_headers, body).encode()
+        self._out += Response(status, reason or REASONS.get(status, ""), all_headers, body).encode()
+
+
+def _path(uri: str) -> str:
+    """A request URI's path without query, slashes around it, or percent escapes. A query
+    may sit before the track's control: ffmpeg appends ``/streamid=0`` to the whole URL."""
+    uri = _QUERY.sub("", uri)
+    try:
+        path = urlsplit(uri).path if "://" in uri else uri
+    except ValueError:
+        return ""
+    return unquote(path).strip("/")

@@ -248,6 +248,8 @@ class Bench:
             str(http_port),
             "--rtmp-port",
             "0",
+            "--rtsp-port",
+            "0",
             "--mqtt-broker",
             "off",
             "--ice-address",

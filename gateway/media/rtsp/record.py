@@ -1,0 +1,151 @@
+"""What an RTSP publisher (ANNOUNCE/RECORD, RFC 2326 10.3 and 10.11) sends, sans I/O: the
+tracks of its SDP, and its RTP turned into media.
+
+`announced_tracks` reads an ANNOUNCE body: it must be an SDP with an H.264 video track (the
+stream exists for its video). Audio tracks are kept when they can be relayed as they are
+(Opus, PCMU, PCMA); any other track (AAC, a second video, data) is still set up, so the
+publisher can go on, but its packets are dropped. `Recording` turns the RTP of the set-up
+tracks into `AccessUnit`s (video, SPS/PPS of the SDP put before IDRs) and `AudioUnit`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.media.rtsp.message import RtspError
+from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, parse_rtp
+from gateway.media.rtsp.sdp import parameter_sets, parse_sdp
+
+# RTP encoding name (upper case) -> the codec name a Stream uses (aiortc's).
+RELAYED_AUDIO = {"OPUS": "opus", "PCMU": "PCMU", "PCMA": "PCMA"}
+# Static payload types (RFC 3551) a publisher may use without an rtpmap.
+STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
+
+
+@dataclass(frozen=True, slots=True)
+class PushTrack:
+    """One media section of a publisher's SDP."""
+
+    index: int
+    kind: str  # "video", "audio", ...
+    control: str  # the SDP's control attribute: what SETUP names the track by
+    payload_type: int
+    encoding: str  # upper case: "H264", "OPUS", "PCMU", "MPEG4-GENERIC", ...
+    clock_rate: int
+    sps: bytes | None = None
+    pps: bytes | None = None
+
+    @property
+    def h264(self) -> bool:
+        return self.kind == "video" and self.encoding == "H264"
+
+    @property
+    def audio_codec(self) -> str | None:
+        """The Stream codec this track relays as, or None when its packets are dropped."""
+        return RELAYED_AUDIO.get(self.encoding) if self.kind == "audio" else None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioUnit:
+    """One audio frame (the payload of one RTP packet). ``timestamp`` counts the track's
+    clock from its first packet, extended past 32-bit wrap-around."""
+
+    track: int
+    codec: str
+    data: bytes
+    timestamp: int
+    clock_rate: int
+
+
+def announced_tracks(body: bytes) -> tuple[PushTrack, ...]:
+    """The tracks of an ANNOUNCE body. Raises RtspError: 400 for what is not an SDP, 415 for
+    an SDP without H.264 video."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RtspError("the SDP is not UTF-8") from None
+    if not text.lstrip().startswith("v=0"):
+        raise RtspError("the body is not an SDP (no v=0)")
+    sdp = parse_sdp(text)
+    tracks: list[PushTrack] = []
+    for index, media in enumerate(sdp.media):
+        if not media.formats:
+            raise RtspError(f"SDP media {index} has no payload type")
+        pt = media.formats[0]
+        encoding, clock_rate = media.rtpmap.get(pt, STATIC_PAYLOAD_TYPES.get(pt, ("", 0)))
+        # Without a control attribute a track is named by its position (as ffmpeg does).
+        control = media.control or f"streamid={index}"
+        sps = pps = None
+        if media.kind == "video" and encoding.upper() == "H264":
+            sps, pps = parameter_sets(media.fmtp.get(pt, {}).get("sprop-parameter-sets", ""))
+        tracks.append(
+            PushTrack(index, media.kind, control, pt, encoding.upper(), clock_rate or 90000, sps, pps)
+        )
+    if not any(track.h264 for track in tracks):
+        raise RtspError("the SDP has no H.264 video track", 415)
+    if len({track.control for track in tracks}) != len(tracks):
+        raise RtspError("two SDP tracks have the same control")
+    return tuple(tracks)
+
+
+class _Timeline:
+    """An RTP timestamp extended past wrap-around, counted from the first packet."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._extended = 0
+
+    def extend(self, timestamp: int) -> int:
+        if self._last is None:
+            self._last = timestamp
+            return 0
+        delta = (timestamp - self._last) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        self._last = timestamp
+        self._extended += delta
+        return self._extended
+
+
+class Recording:
+    """The media of one publishing session: RTP in, access units and audio frames out."""
+
+    def __init__(self, tracks: tuple[PushTrack, ...]) -> None:
+        self.tracks = tracks
+        self.video = next(track for track in tracks if track.h264)
+        self.audio = next((track for track in tracks if track.audio_codec is not None), None)
+        self.depacketizer = H264Depacketizer(sps=self.video.sps, pps=self.video.pps)
+        self.bad_packets = 0
+        self.ignored_packets = 0  # of tracks that are not relayed
+        self._audio_timeline = _Timeline()
+        self._audio_sequence: int | None = None
+
+    def receive(self, track: int, data: bytes) -> list[AccessUnit | AudioUnit]:
+        """One RTP packet of track ``track``; a malformed one is counted and dropped."""
+        is_video = track == self.video.index
+        is_audio = self.audio is not None and track == self.audio.index
+        if not is_video and not is_audio:
+            self.ignored_packets += 1
+            return []
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self.bad_packets += 1
+            return []
+        expected = self.video if is_video else self.audio
+        assert expected is not None
+        if packet.payload_type != expected.payload_type:
+            self.bad_packets += 1
+            return []
+        if is_video:
+            return list(self.depacketizer.receive(packet))
+        previous = self._audio_sequence
+        if previous is not None and not 0 < (packet.sequence - previous) & 0xFFFF < 0x8000:
+            return []  # late or repeated: its place in time has passed
+        self._audio_sequence = packet.sequence
+        if not packet.payload:
+            return []
+        codec = expected.audio_codec
+        assert codec is not None
+        timestamp = self._audio_timeline.extend(packet.timestamp)
+        return [AudioUnit(track, codec, packet.payload, timestamp, expected.clock_rate)]
