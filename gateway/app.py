@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import threading
 import urllib.parse
 from typing import Any
 
 from gateway.access import AccessRequest, Action, OpenAccess, policy_from
 from gateway.broker.server import Broker
-from gateway.config import Config, pairs
+from gateway.config import Config, ConfigError, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
 from gateway.dji.mqtt import BrokerAddress
@@ -47,6 +48,7 @@ class Gateway:
         self.config = config
         configure_host_addresses(config.ice_addresses)
         guard_consent_task()
+        self.tls = tls_context(config)
         self.access = policy_from(config.auth_secret, config.auth_hook_url)
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
@@ -84,6 +86,7 @@ class Gateway:
             ),
             access=self.access,
             record=self.recorders.start,
+            tls=self.tls,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
@@ -157,6 +160,7 @@ class Gateway:
             whep=self.whep,
             access=self.access,
             api_token=config.api_token,
+            tls=self.tls,
             routes=[
                 *thumbnail_routes(self.thumbnails),
                 *WcsRestApi(
@@ -244,6 +248,18 @@ def default_push_url(config: Config, kind: str) -> str:
     if kind == "whip":
         return f"http://{host}:{config.http_port}/whip"
     return f"rtmp://{host}:{config.rtmp_port}/live"
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server TLS context of wss:// and https://, if a certificate is configured."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"settings 'tls_cert'/'tls_key': cannot load them: {exc}") from None
+    return context
 
 
 def embedded_broker(config: Config) -> Broker | None:

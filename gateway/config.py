@@ -70,6 +70,9 @@ class Config:
     sd_view_devices: tuple[str, ...] = ()
     sd_view_width: int = 480
     sd_view_max_payload_bytes: int = 128 * 1024
+    # TLS for the WebSocket API (wss://) and HTTP (https://): PEM certificate chain and key.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Other names for streams ("alias=stream name" entries, or a TOML table).
     aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0
@@ -235,6 +238,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"setting {name!r}: must be at least 1")
     if not 16 <= config.sd_view_width <= 3840:
         raise ConfigError("setting 'sd_view_width': from 16 to 3840 pixels")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("settings 'tls_cert' and 'tls_key': give both or neither")
     if config.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("setting 'log_level': one of debug, info, warning, error, critical")
     if config.log_format not in ("auto", "json", "console"):

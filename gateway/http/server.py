@@ -5,6 +5,7 @@ its own: it reads the stream registry and hands WHIP offers to the WHIP ingest."
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class HttpServer:
         whep: WhepEgress | None = None,
         access: AccessPolicy | None = None,
         api_token: str | None = None,
+        tls: ssl.SSLContext | None = None,
         routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.host, self.port = host, port
@@ -57,6 +59,7 @@ class HttpServer:
         self.whep = whep
         self.access = access or OpenAccess()
         self.api_token = api_token
+        self.tls = tls  # https:// when set
         # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
         self.routes = list(routes)
         self._runner: web.AppRunner | None = None
@@ -85,7 +88,7 @@ class HttpServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
         await site.start()
         log.info("http_listening", host=self.host, port=self.port)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -124,8 +125,11 @@ class WcsClient:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0, **fields: Any) -> WcsClient:
-        ws = await connect(url, max_size=None, open_timeout=timeout, ping_interval=None)
+    async def connect(
+        cls, url: str, *, timeout: float = 10.0, tls: ssl.SSLContext | None = None, **fields: Any
+    ) -> WcsClient:
+        """Open a session (``tls``: the context to check a wss:// server with)."""
+        ws = await connect(url, max_size=None, open_timeout=timeout, ping_interval=None, ssl=tls)
         client = cls(ws)
         await client.send(
             "connection",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -67,7 +68,9 @@ class WcsServer:
         limits: SessionLimits,
         access: AccessPolicy | None = None,
         record: Callable[[Stream], object] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls  # wss:// when set
         self.access = access or OpenAccess()
         self.record = record  # starts recording a stream (publishStream with record: true)
         self.registry = registry
@@ -84,6 +87,7 @@ class WcsServer:
             self._handle,
             self.host,
             self.port,
+            ssl=self.tls,
             max_size=self.max_frame_bytes,
             # The WCS protocol has its own ping/pong messages; no WebSocket-level pings.
             ping_interval=None,
