@@ -107,7 +107,7 @@ class Gateway:
             if config.rtsp_port
             else None
         )
-        self.whip = WhipIngest(self.registry, self.ingest_keys, settings)
+        self.whip = WhipIngest(self.registry, self.ingest_keys, settings, self.access)
         self.rtsp_pulls = RtspPulls(self.registry)
         self.whep = WhepEgress(self.registry, settings)
         self.broker = embedded_broker(config)

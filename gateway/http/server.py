@@ -160,7 +160,7 @@ class HttpServer:
         key = request.match_info["key"]
         try:
             offer = await request.text()
-            resource, answer = await self.whip.publish(key, offer)
+            resource, answer = await self.whip.publish(key, offer, request.query.get("token"))
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text")
         except WhipRefused as exc:

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.access import Action, mint_token
 from gateway.app import Gateway
 from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.whip_client import WhipClient, WhipError
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import free_port
 from tests.integration.conftest import local_config, wait_stream
@@ -181,3 +182,18 @@ async def test_rtsp_publish_needs_a_publish_token(token_gateway: Gateway, clip: 
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+async def test_whip_publish_by_name_needs_a_publish_token(
+    token_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    base = f"http://127.0.0.1:{token_gateway.config.http_port}/whip/booth"
+    refused = WhipClient(base, video_track())
+    with pytest.raises(WhipError) as error:
+        await refused.start()
+    assert error.value.status == 403 and "token is required" in str(error.value)
+    await refused.stop()
+    allowed = WhipClient(f"{base}?token={token('booth', Action.PUBLISH)}", video_track())
+    await allowed.start()
+    await wait_stream(token_gateway, "booth")
+    await allowed.stop()

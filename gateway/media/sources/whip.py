@@ -13,6 +13,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 
+from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import StreamNameInUse, StreamRegistry
@@ -47,21 +48,28 @@ class WhipPush:
 
 
 class WhipIngest:
-    def __init__(self, registry: StreamRegistry, keys: IngestKeys, settings: RtcSettings) -> None:
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        keys: IngestKeys,
+        settings: RtcSettings,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self.registry = registry
         self.keys = keys
+        # With a policy, a path that is not an ingest key publishes under that name if the
+        # policy allows it (a publish token in ``?token=``).
+        self.access = access
         self.settings = settings
         self.pushes: dict[str, WhipPush] = {}  # by resource id
         self._endings: set[asyncio.Task[None]] = set()
 
-    async def publish(self, key: str, offer_sdp: str) -> tuple[str, str]:
-        """Accept an offer for ``key``: returns the new resource id and the SDP answer."""
+    async def publish(self, key: str, offer_sdp: str, token: str | None = None) -> tuple[str, str]:
+        """Accept an offer for ``key`` (an ingest key, or a stream name the access policy
+        allows): returns the new resource id and the SDP answer."""
         if len(offer_sdp) > MAX_OFFER_BYTES:
             raise WhipRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        grant = self.keys.claim(key)
-        if grant is None:
-            log.warning("whip_publish_refused", reason="unknown or used key")
-            raise WhipRefused(403, "unknown, used or expired stream key")
+        grant = self.keys.claim(key) or await self._named(key, token)
         try:
             stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
         except StreamNameInUse:
@@ -86,6 +94,17 @@ class WhipIngest:
             raise WhipRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
         log.info("whip_offer_accepted", stream=stream.name, resource=resource)
         return resource, answer
+
+    async def _named(self, name: str, token: str | None) -> IngestKey:
+        if self.access is None or self.keys.known(name):
+            log.warning("whip_publish_refused", reason="unknown or used key")
+            raise WhipRefused(403, "unknown, used or expired stream key")
+        if self.registry.on_demand_for(name) is not None:
+            raise WhipRefused(403, "the name belongs to a device camera")
+        reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
+        if reason is not None:
+            raise WhipRefused(403, reason)
+        return IngestKey(name, name, keep_stream=False)
 
     async def delete(self, key: str, resource: str) -> bool:
         """The client stopped publishing. False when no such session (already ended)."""
