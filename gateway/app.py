@@ -87,6 +87,7 @@ class Gateway:
             access=self.access,
             record=self.recorders.start,
             tls=self.tls,
+            snapshot=self.thumbnails.png,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (

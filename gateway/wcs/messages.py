@@ -35,7 +35,6 @@ IGNORED_MESSAGES = frozenset(
         "sendDtmf",
         "transfer",
         "sendData",
-        "snapshot",
         "changeAudioCodec",
         "updateStream",
     }
@@ -111,6 +110,14 @@ class AvailableStream:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The WebSDK's ``stream.snapshot()``: a PNG of the stream, as a stream event."""
+
+    media_session_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SendStreamEvent:
     media_session_id: str
     type: str
@@ -132,6 +139,7 @@ ClientMessage = (
     | StopStream
     | AvailableStream
     | SendStreamEvent
+    | Snapshot
     | Ignored
 )
 
@@ -143,6 +151,7 @@ _API_NAMES: dict[type, str] = {
     StopStream: "stopStream",
     AvailableStream: "availableStream",
     SendStreamEvent: "sendStreamEvent",
+    Snapshot: "snapshot",
 }
 
 
@@ -266,6 +275,12 @@ def _parse_available(name: str, first: Any) -> AvailableStream:
     return AvailableStream(msid, _stream_name(name, obj, msid))
 
 
+def _parse_snapshot(name: str, first: Any) -> Snapshot:
+    obj = _object(name, first)
+    msid = _media_session_id(name, obj)
+    return Snapshot(msid, _stream_name(name, obj, msid))
+
+
 def _parse_stream_event(name: str, first: Any) -> SendStreamEvent:
     obj = _object(name, first)
     msid = _media_session_id(name, obj)
@@ -287,6 +302,7 @@ _PARSERS = {
     "stopStream": _parse_stop,
     "availableStream": _parse_available,
     "sendStreamEvent": _parse_stream_event,
+    "snapshot": _parse_snapshot,
 }
 
 # --- server -> client -------------------------------------------------------------------

@@ -8,11 +8,12 @@ come back through the same `_dispatch`, so everything a client sees is in causal
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -26,6 +27,7 @@ from gateway.media.registry import StreamControlError, StreamNameInUse, StreamRe
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
+from gateway.media.thumbnails import ThumbnailUnavailable
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
 from gateway.wcs import messages as m
@@ -45,6 +47,7 @@ from gateway.wcs.session import (
     StartPlay,
     StartPublish,
     StopMedia,
+    TakeSnapshot,
 )
 
 log = get_logger(__name__)
@@ -69,7 +72,9 @@ class WcsServer:
         access: AccessPolicy | None = None,
         record: Callable[[Stream], object] | None = None,
         tls: ssl.SSLContext | None = None,
+        snapshot: Callable[[str], Awaitable[bytes]] | None = None,
     ) -> None:
+        self.snapshot = snapshot  # a PNG of a stream (raises ThumbnailUnavailable)
         self.tls = tls  # wss:// when set
         self.access = access or OpenAccess()
         self.record = record  # starts recording a stream (publishStream with record: true)
@@ -240,6 +245,8 @@ class Connection:
                     self._authorized(Action.PUBLISH, request, self._start_publish)
                 case StartPlay(request):
                     self._authorized(Action.PLAY, request, self._start_play)
+                case TakeSnapshot():
+                    self._spawn(self._take_snapshot(out))
                 case AuthorizeConnection(fields):
                     self._spawn(self._authorize_connection(fields))
                 case StopMedia(msid):
@@ -256,6 +263,18 @@ class Connection:
                 case Close(code, reason):
                     self.log.info("client_dropped", reason=reason)
                     self._spawn(self.ws.close(code, reason))
+
+    async def _take_snapshot(self, request: TakeSnapshot) -> None:
+        msid = request.media_session_id
+        if self.server.snapshot is None:
+            self.dispatch(self.session.snapshot_failed(msid, "snapshots are off"))
+            return
+        try:
+            png = await self.server.snapshot(self.server.registry.resolve(request.stream_name))
+        except ThumbnailUnavailable as exc:
+            self.dispatch(self.session.snapshot_failed(msid, str(exc)))
+            return
+        self.dispatch(self.session.snapshot_taken(msid, base64.b64encode(png).decode()))
 
     async def _authorize_connection(self, fields: dict[str, Any]) -> None:
         request = AccessRequest(Action.CONNECT, None, token_of(fields), self.id, fields)

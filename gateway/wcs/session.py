@@ -91,6 +91,14 @@ class ControlStream:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Answer with `snapshot_taken` (a PNG) or `snapshot_failed`."""
+
+    media_session_id: str
+    stream_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizeConnection:
     """Ask the access policy about this `connection`; answer with `connection_allowed` or
     `connection_refused`."""
@@ -118,6 +126,7 @@ Output = (
     | RelayStreamEvent
     | ControlStream
     | AuthorizeConnection
+    | TakeSnapshot
     | QueryAvailable
     | Close
 )
@@ -208,6 +217,11 @@ class Session:
                 return [QueryAvailable(msg.media_session_id, msg.name)]
             case m.SendStreamEvent():
                 return self._stream_event(msg)
+            case m.Snapshot():
+                media = self.media.get(msg.media_session_id)
+                if media is None:
+                    return [Send(m.fail("snapshot", "Unknown mediaSessionId", msg.media_session_id))]
+                return [TakeSnapshot(msg.media_session_id, media.description.name)]
         return []
 
     def _connect(self, msg: m.Connect) -> list[Output]:
@@ -363,6 +377,12 @@ class Session:
         if media_session_id not in self.media:
             return []
         return [Send(m.stream_event(media_session_id, event_type, payload))]
+
+    def snapshot_taken(self, media_session_id: str, png_base64: str) -> list[Output]:
+        return self.stream_event(media_session_id, "snapshotCompleted", {"snapshot": png_base64})
+
+    def snapshot_failed(self, media_session_id: str, info: str) -> list[Output]:
+        return self.stream_event(media_session_id, "snapshotFailed", {"info": info})
 
     def available(self, media_session_id: str, available: bool, info: str) -> list[Output]:
         return [Send(m.available_stream(media_session_id, available, info))]

@@ -163,3 +163,23 @@ async def test_rtsp_port_serves_streams_and_takes_pushes(
         push.terminate()
         push.wait(timeout=10)
     await client.close()
+
+
+async def test_the_websdk_snapshot_message_gets_a_png_as_a_stream_event(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("shot", [video_track()])
+    await published.wait_status("PUBLISHING")
+    player = await client.play("shot")
+    await player.wait_status("PLAYING")
+    await client.send("snapshot", {"mediaSessionId": player.media_session_id, "name": "shot"})
+    (event,) = await client.wait_message(
+        "notifyStreamEvent", lambda data: data[0]["type"] in ("snapshotCompleted", "snapshotFailed")
+    )
+    assert event["type"] == "snapshotCompleted" and event["mediaSessionId"] == player.media_session_id
+    image = next(av.open(io.BytesIO(base64.b64decode(event["payload"]["snapshot"]))).decode(video=0))
+    assert (image.width, image.height) == (320, 240)
+    await client.send("snapshot", {"mediaSessionId": "ghost", "name": "shot"})
+    await client.wait_message("fail", lambda data: data[0]["id"] == "ghost")
+    await client.close()

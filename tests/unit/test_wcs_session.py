@@ -23,6 +23,7 @@ from gateway.wcs.session import (
     StartPublish,
     State,
     StopMedia,
+    TakeSnapshot,
 )
 
 from .helpers import PLAY_FIELDS, PUBLISH_FIELDS, TINY_SDP, client_frame, decode
@@ -194,7 +195,7 @@ def test_client_ping_gets_pong() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["pushLogs", "submitBugReport", "webRTCMetricsBatch", "sendData", "snapshot"]
+    "name", ["pushLogs", "submitBugReport", "webRTCMetricsBatch", "sendData"]
 )
 def test_ignored_messages_yield_nothing(name: str) -> None:
     assert established().receive_text(client_frame(name, {"x": 1})) == []
@@ -907,3 +908,18 @@ def _run_random(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(40))
 def test_random_sequences_keep_the_invariants(seed: int) -> None:
     _run_random(seed)
+
+
+def test_snapshot_of_a_media_session_is_taken_and_answered_as_a_stream_event() -> None:
+    session = established()
+    playing(session, PLAYER, "cam")
+    out = session.receive_text(client_frame("snapshot", {"mediaSessionId": PLAYER, "name": "cam"}))
+    assert out == [TakeSnapshot(PLAYER, "cam")]
+    (event,) = frames(session.snapshot_taken(PLAYER, "iVBORw0KGgo="))
+    assert event["message"] == "notifyStreamEvent"
+    assert event["data"][0]["type"] == "snapshotCompleted"
+    assert event["data"][0]["payload"] == {"snapshot": "iVBORw0KGgo="}
+    (failed,) = frames(session.snapshot_failed(PLAYER, "no picture yet"))
+    assert failed["data"][0]["type"] == "snapshotFailed"
+    out = session.receive_text(client_frame("snapshot", {"mediaSessionId": "ghost", "name": "cam"}))
+    assert names(out) == ["fail"]
