@@ -167,7 +167,7 @@ class Gateway:
                 *WcsRestApi(
                     self.registry, self.wcs, self.rtsp_pulls, self.recorders, self.thumbnails
                 ).routes(),
-                *hls_routes(self.hls),
+                *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
                 *metrics.metrics_routes(
                     lambda: metrics.render(self.registry, self.wcs, self.dji, self.rtsp_pulls)

@@ -197,3 +197,28 @@ async def test_whip_publish_by_name_needs_a_publish_token(
     await allowed.start()
     await wait_stream(token_gateway, "booth")
     await allowed.stop()
+
+
+async def test_hls_needs_a_play_token_and_passes_it_to_the_segments(
+    token_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    ws = f"ws://127.0.0.1:{token_gateway.config.ws_port}"
+    client = await WcsClient.connect(ws, authToken=token("*", Action.CONNECT))
+    published = await client.publish(
+        "hls-cam", [video_track()], custom={"token": token("hls-cam", Action.PUBLISH)}
+    )
+    await published.wait_status("PUBLISHING")
+    base = f"http://127.0.0.1:{token_gateway.config.http_port}/hls/hls-cam"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/index.m3u8") as reply:
+            assert reply.status == 403
+        async with http.get(f"{base}/seg-0.m4s") as reply:
+            assert reply.status == 403
+    playlist = f"{base}/index.m3u8?token={token('hls-cam', Action.PLAY)}"
+    probe = await asyncio.to_thread(
+        subprocess.run,
+        ["ffprobe", "-v", "error", "-show_streams", "-of", "json", playlist],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert b'"codec_name": "h264"' in probe.stdout
+    await client.close()

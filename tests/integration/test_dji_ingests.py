@@ -5,6 +5,8 @@ from the URL in the device's reply. Also aliases for drone streams."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -77,3 +79,21 @@ async def test_a_remote_controller_serving_rtsp_is_pulled_and_its_drops_ridden_t
         async with asyncio.timeout(15):  # the linger's live_stop_push ends the pull
             while sim.stops == [] or gateway.dji.pulls:
                 await asyncio.sleep(0.05)
+
+
+async def test_hls_of_a_drone_camera_starts_it_and_stops_when_nobody_reads(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with bridged_gateway(mosquitto) as gateway, dock(gateway, mosquitto, clip) as sim:
+        gateway.hls.idle_timeout = 1.0  # stop packaging soon after the last request
+        playlist = f"http://127.0.0.1:{gateway.config.http_port}/hls/{AIRCRAFT_VIDEO}/index.m3u8"
+        probe = await asyncio.to_thread(
+            subprocess.run,
+            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", playlist],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert json.loads(probe.stdout)["streams"][0]["codec_name"] == "h264"
+        assert len(sim.starts) == 1
+        async with asyncio.timeout(20):  # idle packager -> unwanted -> linger -> stop push
+            while not sim.stops:
+                await asyncio.sleep(0.1)

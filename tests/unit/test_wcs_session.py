@@ -194,9 +194,7 @@ def test_client_ping_gets_pong() -> None:
     assert frames(out) == [{"message": "pong", "data": [None]}]
 
 
-@pytest.mark.parametrize(
-    "name", ["pushLogs", "submitBugReport", "webRTCMetricsBatch", "sendData"]
-)
+@pytest.mark.parametrize("name", ["pushLogs", "submitBugReport", "webRTCMetricsBatch", "sendData"])
 def test_ignored_messages_yield_nothing(name: str) -> None:
     assert established().receive_text(client_frame(name, {"x": 1})) == []
 

@@ -26,7 +26,7 @@ import av
 
 from gateway.log import get_logger
 from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units, sps_dimensions
-from gateway.media.registry import StreamRegistry
+from gateway.media.registry import StreamRegistry, StreamUnavailable
 from gateway.media.stream import MediaFrame, Stream, Subscription
 
 log = get_logger(__name__)
@@ -372,6 +372,10 @@ class HlsService:
             first_segment_timeout if first_segment_timeout is not None else max(4 * segment_target, 6.0)
         )
         self.packagers: dict[str, HlsPackager] = {}
+        # On-demand sources (drone cameras, rtsp:// names) this service counts as a viewer
+        # while it packages them; a start in progress is shared by concurrent requests.
+        self._wanted: set[str] = set()
+        self._starting: dict[str, asyncio.Future[object]] = {}
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
 
@@ -405,6 +409,7 @@ class HlsService:
         return packager
 
     async def playlist(self, name: str) -> str:
+        await self._start_on_demand(name)
         packager = self._packager(name, start=True)
         if not packager.segments:
             try:
@@ -428,6 +433,31 @@ class HlsService:
             raise HlsNotFound(f"no segment {sequence} for {name!r} (out of the window)")
         return data
 
+    async def _start_on_demand(self, name: str) -> None:
+        """A drone camera (or an rtsp:// name) nobody watches yet: start it, as a player
+        would, and wait for it to play."""
+        resolved = self.registry.resolve(name)
+        if resolved in self._wanted or self.registry.on_demand_for(name) is None:
+            return
+        starting = self._starting.get(resolved)
+        if starting is None:
+            starting = self._starting[resolved] = asyncio.ensure_future(self.registry.want(name))
+            starting.add_done_callback(lambda done: self._started(resolved, done))
+        try:
+            await asyncio.shield(starting)
+        except StreamUnavailable as exc:
+            raise HlsNotFound(exc.info) from None
+
+    def _started(self, name: str, done: asyncio.Future[object]) -> None:
+        self._starting.pop(name, None)
+        if not done.cancelled() and done.exception() is None:
+            self._wanted.add(name)
+
+    def _unwant(self, name: str) -> None:
+        if name in self._wanted:
+            self._wanted.discard(name)
+            self.registry.unwant(name)
+
     async def _reap(self) -> None:
         """Stop packaging streams nobody reads and streams that ended."""
         period = min(1.0, self.idle_timeout / 4)
@@ -438,9 +468,12 @@ class HlsService:
                 if packager.closed or idle:
                     del self.packagers[name]
                     await packager.stop()
+                    self._unwant(name)
                     log.info("hls_stopped", stream=name, reason="idle" if idle else "stream ended")
 
     async def stop(self) -> None:
+        for name in list(self._wanted):
+            self._unwant(name)
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
