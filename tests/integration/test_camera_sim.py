@@ -113,11 +113,13 @@ async def test_frames_reach_the_ingest_with_their_sei_timestamps(
 async def test_a_refused_publish_ends_the_push(
     local_gateway: Gateway, clip_units: AccessUnits, pushes: list[RtmpCameraPush]
 ) -> None:
-    url = f"rtmp://127.0.0.1:{local_gateway.config.rtmp_port}/live/not-a-key"
+    revoked = local_gateway.ingest_keys.issue("over").key
+    local_gateway.ingest_keys.revoke(revoked)  # the stream ended: its key is refused
+    url = f"rtmp://127.0.0.1:{local_gateway.config.rtmp_port}/live/{revoked}"
     push = start_push(pushes, url, clip_units)
     await wait_ended(push)
     assert push.report.ended is not None and push.report.ended != "stopped"
-    assert "not-a-key" not in push.report.ended  # the key stays out of logs
+    assert revoked not in push.report.ended  # the key stays out of logs
     assert push.report.connected_ns is None  # publish refused: never connected
     push.stop()
     assert len(local_gateway.registry) == 0
