@@ -104,6 +104,7 @@ class Gateway:
                 config.rtsp_port,
                 rtp_port=config.rtsp_udp_port,
                 authorize_publish=self._authorize_rtsp_publish,
+                authorize_play=None if isinstance(self.access, OpenAccess) else self._authorize_rtsp_play,
             )
             if config.rtsp_port
             else None
@@ -224,6 +225,10 @@ class Gateway:
             return "the name belongs to a device camera"
         token = urllib.parse.parse_qs(query).get("token", [None])[0]
         return await self.access.check(AccessRequest(Action.PUBLISH, name, token))
+
+    async def _authorize_rtsp_play(self, name: str, query: str) -> str | None:
+        token = urllib.parse.parse_qs(query).get("token", [None])[0]
+        return await self.access.check(AccessRequest(Action.PLAY, name, token))
 
     def health(self) -> dict[str, Any]:
         return {

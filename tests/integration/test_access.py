@@ -222,3 +222,25 @@ async def test_hls_needs_a_play_token_and_passes_it_to_the_segments(
     )  # fmt: skip
     assert b'"codec_name": "h264"' in probe.stdout
     await client.close()
+
+
+async def test_rtsp_play_needs_a_play_token(
+    token_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    ws = f"ws://127.0.0.1:{token_gateway.config.ws_port}"
+    client = await WcsClient.connect(ws, authToken=token("*", Action.CONNECT))
+    published = await client.publish("yard", [video_track()], custom={"token": token("yard", Action.PUBLISH)})
+    await published.wait_status("PUBLISHING")
+    base = f"rtsp://127.0.0.1:{token_gateway.config.rtsp_port}/yard"
+
+    def probe(url: str) -> subprocess.CompletedProcess[bytes]:
+        cmd = ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_streams", "-of", "json", url]
+        return subprocess.run(cmd, capture_output=True, timeout=60)
+
+    refused = await asyncio.to_thread(probe, base)
+    assert refused.returncode != 0 and b"403" in refused.stderr
+    wrong = await asyncio.to_thread(probe, f"{base}?token={token('other', Action.PLAY)}")
+    assert wrong.returncode != 0
+    allowed = await asyncio.to_thread(probe, f"{base}?token={token('yard', Action.PLAY)}")
+    assert allowed.returncode == 0 and b'"codec_name": "h264"' in allowed.stdout
+    await client.close()

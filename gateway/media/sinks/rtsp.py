@@ -22,6 +22,7 @@ import contextlib
 import os
 import random
 import socket
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -256,11 +257,13 @@ class RtspServer:
         udp: bool = True,
         rtp_port: int = 0,
         authorize_publish: AuthorizePublish | None = None,
+        authorize_play: AuthorizePublish | None = None,
     ) -> None:
         """``rtp_port`` is the UDP RTP port (RTCP on the next one; 0: any free even pair),
         ``udp`` False answers 461 to UDP. ``authorize_publish(name, query)`` returns None to
         let a publisher ANNOUNCE ``name``, or the reason it may not (403); without it
-        everyone may publish."""
+        everyone may publish. ``authorize_play(name, query)`` does the same for players (at
+        their first DESCRIBE, SETUP or PLAY of a name)."""
         self.registry = registry
         self.host, self.port = host, port
         self.credentials = credentials
@@ -271,6 +274,7 @@ class RtspServer:
         self.socket_send_buffer = socket_send_buffer
         self.rtp_port = rtp_port
         self.authorize_publish = authorize_publish
+        self.authorize_play = authorize_play
         self.viewers: set[RtspViewer] = set()
         self.pushes: set[RtspPush] = set()
         self.udp = _UdpPorts() if udp else None
@@ -380,6 +384,7 @@ class _Connection:
         )
         self.viewer: RtspViewer | None = None
         self.push: RtspPush | None = None
+        self.allowed_plays: set[str] = set()  # names this connection may play
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._registered: list[tuple[bool, Address, Callable[[bytes], None]]] = []
@@ -474,8 +479,32 @@ class _Connection:
             log.info("rtsp_push_recording", stream=event.name, peer=self.peer, session=rtsp.session)
         elif isinstance(event, SetupRequested) and event.record:
             self._setup(event)
-        else:
+        elif await self._play_allowed(event):
             self._play_request(event)
+
+    async def _play_allowed(self, event: Event) -> bool:
+        """Ask ``authorize_play`` once per name and connection; refuse with 403 (or 503)."""
+        server = self.server
+        if server.authorize_play is None or not isinstance(
+            event, DescribeRequested | SetupRequested | PlayRequested
+        ):
+            return True
+        if event.name in self.allowed_plays:
+            return True
+        query = urllib.parse.urlsplit(event.request.uri).query
+        try:
+            async with asyncio.timeout(PUBLISH_AUTHORIZATION_TIMEOUT):
+                refusal = await server.authorize_play(event.name, query)
+        except Exception as exc:  # the hook's failure is a refusal, not a crash
+            log.warning("rtsp_play_authorization_failed", stream=event.name, error=repr(exc)[:200])
+            self.rtsp.refuse(event.request, 503, "Service Unavailable: play authorization failed")
+            return False
+        if refusal is not None:
+            log.info("rtsp_play_refused", stream=event.name, peer=self.peer, reason=refusal[:200])
+            self.rtsp.refuse(event.request, 403, f"Forbidden: {refusal}")
+            return False
+        self.allowed_plays.add(event.name)
+        return True
 
     async def _announce(self, event: AnnounceRequested) -> None:
         server, rtsp = self.server, self.rtsp
