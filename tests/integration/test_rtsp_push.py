@@ -224,8 +224,8 @@ async def test_ffmpeg_publishes_and_ffprobe_reads_it_back(
 @pytest.mark.parametrize(
     ("transport", "audio", "relayed"),
     [
-        ("tcp", ("-c:a", "aac"), None),
-        ("udp", ("-c:a", "aac"), None),
+        ("tcp", ("-c:a", "aac"), "opus"),  # AAC is transcoded to Opus for WebRTC
+        ("udp", ("-c:a", "aac"), "opus"),
         ("tcp", ("-c:a", "libopus"), "opus"),
         ("udp", ("-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"), "PCMU"),
     ],

@@ -288,3 +288,15 @@ def test_client_refuses_a_server_that_answers_udp_with_tcp() -> None:
     with pytest.raises(RtspError) as error:
         client.receive_data(Response(200, "", headers).encode())
     assert error.value.status == 461
+
+
+def test_aac_hbr_frames_come_out_one_per_access_unit() -> None:
+    sdp = FFMPEG_SDP.replace("indexdeltalength=3", "indexdeltalength=3;config=1210")
+    recording = Recording(announced_tracks(sdp.encode()))
+    assert recording.audio is not None and recording.audio.aac_config == bytes.fromhex("1210")
+    first, second = b"\x21" * 10, b"\x22" * 7
+    headers = (32).to_bytes(2, "big") + (10 << 3).to_bytes(2, "big") + (7 << 3).to_bytes(2, "big")
+    units = recording.receive(1, rtp(97, 1, 5000, headers + first + second))
+    assert [(u.codec, u.data, u.timestamp) for u in units] == [("aac", first, 0), ("aac", second, 1024)]
+    assert recording.receive(1, rtp(97, 2, 7048, (32).to_bytes(2, "big") + b"\xff\xff")) == []
+    assert recording.bad_packets == 1  # AU sizes beyond the payload

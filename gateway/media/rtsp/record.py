@@ -3,8 +3,9 @@ tracks of its SDP, and its RTP turned into media.
 
 `announced_tracks` reads an ANNOUNCE body: it must be an SDP with an H.264 video track (the
 stream exists for its video). Audio tracks are kept when they can be relayed as they are
-(Opus, PCMU, PCMA); any other track (AAC, a second video, data) is still set up, so the
-publisher can go on, but its packets are dropped. `Recording` turns the RTP of the set-up
+(Opus, PCMU, PCMA) or are AAC-hbr (RFC 3640), whose frames the publisher transcodes; any
+other track (a second video, data, other AAC modes) is still set up, so the publisher can
+go on, but its packets are dropped. `Recording` turns the RTP of the set-up
 tracks into `AccessUnit`s (video, SPS/PPS of the SDP put before IDRs) and `AudioUnit`s.
 """
 
@@ -34,6 +35,8 @@ class PushTrack:
     clock_rate: int
     sps: bytes | None = None
     pps: bytes | None = None
+    # AAC (RFC 3640, AAC-hbr): the AudioSpecificConfig of the fmtp's `config`.
+    aac_config: bytes | None = None
 
     @property
     def h264(self) -> bool:
@@ -41,8 +44,13 @@ class PushTrack:
 
     @property
     def audio_codec(self) -> str | None:
-        """The Stream codec this track relays as, or None when its packets are dropped."""
-        return RELAYED_AUDIO.get(self.encoding) if self.kind == "audio" else None
+        """The codec this track's frames come out as ("aac": raw AAC frames the publisher
+        transcodes to Opus), or None when its packets are dropped."""
+        if self.kind != "audio":
+            return None
+        if self.encoding == "MPEG4-GENERIC":
+            return "aac" if self.aac_config else None
+        return RELAYED_AUDIO.get(self.encoding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +83,54 @@ def announced_tracks(body: bytes) -> tuple[PushTrack, ...]:
         encoding, clock_rate = media.rtpmap.get(pt, STATIC_PAYLOAD_TYPES.get(pt, ("", 0)))
         # Without a control attribute a track is named by its position (as ffmpeg does).
         control = media.control or f"streamid={index}"
-        sps = pps = None
+        sps = pps = aac = None
+        fmtp = media.fmtp.get(pt, {})
         if media.kind == "video" and encoding.upper() == "H264":
-            sps, pps = parameter_sets(media.fmtp.get(pt, {}).get("sprop-parameter-sets", ""))
+            sps, pps = parameter_sets(fmtp.get("sprop-parameter-sets", ""))
+        if media.kind == "audio" and encoding.upper() == "MPEG4-GENERIC":
+            aac = _aac_hbr_config(fmtp)
         tracks.append(
-            PushTrack(index, media.kind, control, pt, encoding.upper(), clock_rate or 90000, sps, pps)
+            PushTrack(index, media.kind, control, pt, encoding.upper(), clock_rate or 90000, sps, pps, aac)
         )
     if not any(track.h264 for track in tracks):
         raise RtspError("the SDP has no H.264 video track", 415)
     if len({track.control for track in tracks}) != len(tracks):
         raise RtspError("two SDP tracks have the same control")
     return tuple(tracks)
+
+
+def _aac_hbr_config(fmtp: dict[str, str]) -> bytes | None:
+    """The AudioSpecificConfig of an AAC-hbr track (13-bit sizes, 3-bit indexes: what
+    ffmpeg and cameras send), or None for another mode, which is then dropped."""
+    lowered = {key.lower(): value for key, value in fmtp.items()}
+    if lowered.get("mode", "").lower() != "aac-hbr" or lowered.get("sizelength") != "13":
+        return None
+    if lowered.get("indexlength", "3") != "3":
+        return None
+    try:
+        return bytes.fromhex(lowered.get("config", "")) or None
+    except ValueError:
+        return None
+
+
+def aac_frames(payload: bytes) -> list[bytes]:
+    """The AAC frames of an RFC 3640 AAC-hbr RTP payload: AU-headers-length (bits), one
+    16-bit header per frame (13-bit size, 3-bit index), then the frames. Raises ValueError
+    for a payload that does not add up."""
+    if len(payload) < 2:
+        raise ValueError("AAC payload shorter than its AU-headers-length")
+    header_bits = int.from_bytes(payload[:2], "big")
+    if header_bits % 16:
+        raise ValueError("AU headers are not 16 bits each")
+    header_end = 2 + header_bits // 8
+    sizes = [int.from_bytes(payload[i : i + 2], "big") >> 3 for i in range(2, header_end, 2)]
+    frames, pos = [], header_end
+    for size in sizes:
+        if size == 0 or pos + size > len(payload):
+            raise ValueError("AU size beyond the payload")
+        frames.append(payload[pos : pos + size])
+        pos += size
+    return frames
 
 
 class _Timeline:
@@ -148,4 +193,15 @@ class Recording:
         codec = expected.audio_codec
         assert codec is not None
         timestamp = self._audio_timeline.extend(packet.timestamp)
+        if codec == "aac":
+            try:
+                frames = aac_frames(packet.payload)
+            except ValueError:
+                self.bad_packets += 1
+                return []
+            # Each AAC frame is 1024 samples at the track's clock rate (its sample rate).
+            return [
+                AudioUnit(track, codec, frame, timestamp + i * 1024, expected.clock_rate)
+                for i, frame in enumerate(frames)
+            ]
         return [AudioUnit(track, codec, packet.payload, timestamp, expected.clock_rate)]

@@ -4,7 +4,8 @@ an encoder) as the source of a Stream, named by the URL's path.
 The RTSP server (sinks/rtsp.py) owns the connection and the sans-I/O session; it opens an
 `RtspPush` when it accepts an ANNOUNCE and hands it what the session depacketized. The push
 claims the name (refused while another source has it), relays H.264 and, when the SDP has
-one, an Opus/PCMU/PCMA audio track; AAC and other tracks are dropped. When the publisher
+one, an Opus/PCMU/PCMA audio track, or an AAC one transcoded to Opus; other tracks are
+dropped. When the publisher
 tears down or goes away, `end` releases the stream and its viewers get the end.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
 from gateway.log import get_logger
+from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.h264 import sps_dimensions
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.record import AudioUnit, PushTrack
@@ -45,7 +47,12 @@ class RtspPush:
         self.ended = False
         self.stream: Stream = registry.claim(name)
         audio = None
-        if self.audio is not None and self.audio.audio_codec is not None:
+        # AAC, which WebRTC cannot carry, becomes Opus (audio only, once for every viewer).
+        self.transcoder: AacToOpus | None = None
+        if self.audio is not None and self.audio.aac_config is not None:
+            self.transcoder = AacToOpus(self.audio.aac_config)
+            audio = OPUS
+        elif self.audio is not None and self.audio.audio_codec is not None:
             audio = Codec(self.audio.audio_codec, self.audio.clock_rate)
         self.stream.set_codecs(H264, audio)
         self.stream.attach_source(self, "rtsp-push")
@@ -75,6 +82,11 @@ class RtspPush:
                 MediaFrame("video", "H264", unit.data, unit.timestamp, self._video_base, unit.keyframe)
             )
             self.frames += 1
+        elif self.transcoder is not None:
+            pts_ms = unit.timestamp * 1000 // unit.clock_rate
+            for data, pts in self.transcoder.transcode(unit.data, pts_ms):
+                self.stream.push(MediaFrame("audio", "opus", data, pts, OPUS_TIME_BASE, True))
+                self.audio_frames += 1
         elif self._audio_base is not None:
             self.stream.push(
                 MediaFrame("audio", unit.codec, unit.data, unit.timestamp, self._audio_base, True)
