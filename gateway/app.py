@@ -171,7 +171,13 @@ class Gateway:
                 *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
                 *metrics.metrics_routes(
-                    lambda: metrics.render(self.registry, self.wcs, self.dji, self.rtsp_pulls)
+                    lambda: metrics.render(
+                        self.registry,
+                        self.wcs,
+                        self.dji,
+                        self.rtsp_pulls,
+                        metrics.Outputs(self.thumbnails, self.hls, self.recorders, self.sdview),
+                    )
                 ),
             ],
         )

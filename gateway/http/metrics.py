@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.dji.bridge import DjiBridge
+from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.hls import HlsService
 from gateway.media.sources.rtsp_pulls import RtspPulls, redacted
+from gateway.media.thumbnails import Thumbnails
+from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,12 +45,29 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(registry: StreamRegistry, wcs: WcsServer, dji: DjiBridge | None, rtsp: RtspPulls | None) -> str:
+@dataclass
+class Outputs:
+    """The outputs whose figures /metrics shows (each optional)."""
+
+    thumbnails: Thumbnails | None = None
+    hls: HlsService | None = None
+    recorders: Recorders | None = None
+    sdview: SdViewService | None = None
+
+
+def render(
+    registry: StreamRegistry,
+    wcs: WcsServer,
+    dji: DjiBridge | None,
+    rtsp: RtspPulls | None,
+    outputs: Outputs | None = None,
+) -> str:
     families = [
         *_streams(registry),
         *_sessions(wcs),
         *(_dji(dji) if dji is not None else []),
         *(_rtsp(rtsp) if rtsp is not None else []),
+        *_outputs(outputs or Outputs()),
     ]
     return "\n".join(line for family in families for line in family.lines()) + "\n"
 
@@ -114,6 +135,29 @@ def _rtsp(rtsp: RtspPulls) -> list[Family]:
     for status, number in sorted(statuses.items()):
         pulls.add(number, status=status)
     return [pulls]
+
+
+def _outputs(outputs: Outputs) -> list[Family]:
+    families = []
+    if outputs.thumbnails is not None:
+        requests = Family("skyrelay_thumbnail_requests_total", "counter", "Thumbnail and snapshot requests.")
+        requests.add(outputs.thumbnails.requests)
+        decodes = Family("skyrelay_thumbnail_decodes_total", "counter", "Keyframes decoded for thumbnails.")
+        decodes.add(outputs.thumbnails.decodes)
+        families += [requests, decodes]
+    if outputs.hls is not None:
+        hls = Family("skyrelay_hls_streams", "gauge", "Streams being packaged for HLS.")
+        hls.add(len(outputs.hls.packagers))
+        families.append(hls)
+    if outputs.recorders is not None:
+        recording = Family("skyrelay_recordings_active", "gauge", "Streams being recorded.")
+        recording.add(len(outputs.recorders.running))
+        families.append(recording)
+    if outputs.sdview is not None:
+        images = Family("skyrelay_sd_view_images_total", "counter", "SD view JPEGs published over MQTT.")
+        images.add(outputs.sdview.published)
+        families.append(images)
+    return families
 
 
 def metrics_routes(scrape: Callable[[], str]) -> list[web.RouteDef]:

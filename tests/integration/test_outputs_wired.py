@@ -121,6 +121,12 @@ async def test_snapshot_and_thumbnail_of_a_published_stream(
         jpeg = av.open(io.BytesIO(await answer.read()))
         thumb = next(jpeg.decode(video=0))
     assert (thumb.width, thumb.height) == (160, 120)
+    scrape = f"http://127.0.0.1:{local_gateway.config.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(scrape) as answer:
+        text = await answer.text()
+    assert "skyrelay_thumbnail_requests_total 3\n" in text  # snapshot, unknown stream, JPEG
+    assert "skyrelay_thumbnail_decodes_total 1\n" in text  # one decode served both images
+    assert "skyrelay_hls_streams 0\n" in text and "skyrelay_recordings_active 0\n" in text
     await client.close()
 
 
