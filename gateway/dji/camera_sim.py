@@ -258,27 +258,15 @@ class RtspCameraServer(BackgroundCamera):
         await self.server.start()
         self._task = asyncio.ensure_future(self._feed())
 
-    def request_keyframe(self) -> None:
-        """A keyframe comes every second anyway."""
-
     async def _feed(self) -> None:
-        from gateway.media.stream import Codec, MediaFrame
-        from gateway.media.synthetic import EncodedVideoTrack
+        from gateway.media.synthetic import ClipFeed
 
-        stream = self.registry.claim(self.PATH)
-        stream.set_codecs(Codec("H264", 90000, {"packetization-mode": "1"}), None)
-        stream.attach_source(self, "camera")
-        track = EncodedVideoTrack(self.access_units, fps=self.fps)
+        feed = ClipFeed(self.registry.claim(self.PATH), self.access_units, fps=self.fps)
         try:
-            while True:
-                packet = await track.recv()
-                data = bytes(packet)
-                stream.push(
-                    MediaFrame("video", "H264", data, int(packet.pts or 0), _TIME_BASE, packet.is_keyframe)
-                )
+            await asyncio.Event().wait()  # until stopped
         finally:
-            track.stop()
-            self.registry.release(stream)
+            await feed.stop()
+            self.registry.release(feed.stream)
             await self.server.stop()
 
 

@@ -22,9 +22,11 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, START_CODE, iter_nal_units
+from gateway.media.stream import Codec, MediaFrame, Stream
 
 __all__ = [
     "VIDEO_CLOCK_RATE",
+    "ClipFeed",
     "VIDEO_TIME_BASE",
     "EncodedVideoTrack",
     "make_h264_clip",
@@ -327,3 +329,41 @@ class EncodedVideoTrack(MediaStreamTrack):
         if self._index == len(self._units):
             self._index = 0
         return packet
+
+
+class ClipFeed:
+    """A camera made of pre-encoded access units: feeds them into ``stream`` in real time,
+    looping, as its source (tests, the simulated remote controller's RTSP server,
+    benchmarks). Nothing is encoded."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        access_units: Sequence[tuple[bytes, bool]],
+        fps: float = 30,
+        ingest: str = "camera",
+    ) -> None:
+        self.stream = stream
+        stream.set_codecs(Codec("H264", VIDEO_CLOCK_RATE, {"packetization-mode": "1"}), None)
+        stream.attach_source(self, ingest)
+        self.track = EncodedVideoTrack(access_units, fps=fps)
+        self._task = asyncio.ensure_future(self._run())
+
+    def request_keyframe(self) -> None:
+        """The clip's keyframes come every GOP anyway."""
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                packet = await self.track.recv()
+            except MediaStreamError:
+                return  # stopped
+            pts = int(packet.pts or 0)
+            self.stream.push(
+                MediaFrame("video", "H264", bytes(packet), pts, VIDEO_TIME_BASE, packet.is_keyframe)
+            )
+
+    async def stop(self) -> None:
+        self.track.stop()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
-from fractions import Fraction
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,39 +23,17 @@ from aiohttp import web
 from gateway.http.recordings import recording_routes
 from gateway.media.recordings import RecordingStore, stream_dirname
 from gateway.media.sinks.recorder import Recorder
-from gateway.media.stream import Codec, MediaFrame, Stream
-from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.stream import Stream
+from gateway.media.synthetic import ClipFeed
 from tests.conftest import ROOT, free_port
 from tests.integration.conftest import AccessUnits
 
 NAME = "SN/53-0-0/normal-0"
 
 
-class ClipFeed:
+def clip_feed(name: str, units: AccessUnits) -> ClipFeed:
     """A Stream fed with the clip in real time."""
-
-    def __init__(self, name: str, units: AccessUnits) -> None:
-        self.stream = Stream(name)
-        self.stream.set_codecs(Codec("H264", 90000), None)
-        self.stream.attach_source(self, "test")
-        self.track = EncodedVideoTrack(units, fps=30)
-        self.task = asyncio.create_task(self._run())
-
-    def request_keyframe(self) -> None:
-        """A clip has its keyframes where they are."""
-
-    async def _run(self) -> None:
-        while True:
-            packet = await self.track.recv()
-            frame = MediaFrame(
-                "video", "H264", bytes(packet), packet.pts, Fraction(1, 90000), packet.is_keyframe
-            )
-            self.stream.push(frame)
-
-    async def stop(self) -> None:
-        self.track.stop()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+    return ClipFeed(Stream(name), units, ingest="test")
 
 
 async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -88,7 +65,7 @@ def assert_playable(path: Path) -> None:
 
 
 async def test_recorder_writes_segments_ffprobe_decodes(clip_units: AccessUnits, tmp_path: Path) -> None:
-    feed = ClipFeed(NAME, clip_units)
+    feed = clip_feed(NAME, clip_units)
     store = RecordingStore(tmp_path)
     recorder = Recorder(feed.stream, tmp_path, segment_seconds=1.0, store=store)
     recorder.start()
@@ -108,7 +85,7 @@ async def test_recorder_writes_segments_ffprobe_decodes(clip_units: AccessUnits,
 
 
 async def test_recording_ends_with_the_stream(clip_units: AccessUnits, tmp_path: Path) -> None:
-    feed = ClipFeed(NAME, clip_units)
+    feed = clip_feed(NAME, clip_units)
     recorder = Recorder(feed.stream, tmp_path, segment_seconds=60.0)
     recorder.start()
     try:
@@ -188,7 +165,7 @@ async def recordings_api(clip_units: AccessUnits, tmp_path: Path) -> AsyncIterat
     aiohttp app with `recording_routes`."""
     recorders = []
     for name in (NAME, "../../escape"):
-        feed = ClipFeed(name, clip_units)
+        feed = clip_feed(name, clip_units)
         recorder = Recorder(feed.stream, tmp_path, segment_seconds=1.0)
         recorder.start()
         try:

@@ -9,7 +9,6 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from urllib.parse import quote
 
 import aiohttp
@@ -19,39 +18,19 @@ from aiohttp import web
 from gateway.http.hls import hls_routes
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
-from gateway.media.stream import Codec, MediaFrame
-from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.synthetic import ClipFeed
 from tests.conftest import free_port
 from tests.integration.conftest import AccessUnits
 
 NAME = "SN/53-0-0/normal-0"  # a DJI video_id: slashes in the path
 
 
-class ClipCamera:
-    """A source replaying the clip in real time into a claimed Stream."""
+class ClipCamera(ClipFeed):
+    """The clip replayed in real time into stream ``name`` of ``registry``."""
 
     def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
-        self.stream = registry.claim(name)
-        self.stream.set_codecs(Codec("H264", 90000, {"packetization-mode": "1"}), None)
-        self.stream.attach_source(self, "test")
-        self.track = EncodedVideoTrack(units, fps=30)
-        self.task = asyncio.create_task(self._run())
-
-    def request_keyframe(self) -> None:
-        """A clip has its keyframes where they are."""
-
-    async def _run(self) -> None:
-        while True:
-            packet = await self.track.recv()
-            frame = MediaFrame(
-                "video", "H264", bytes(packet), packet.pts, Fraction(1, 90000), packet.is_keyframe
-            )
-            self.stream.push(frame)
-
-    async def stop(self) -> None:
-        self.track.stop()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        self.registry = registry
+        super().__init__(registry.claim(name), units, ingest="test")
 
 
 @dataclass

@@ -9,7 +9,6 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
-from fractions import Fraction
 from typing import Any
 
 import pytest_asyncio
@@ -19,8 +18,8 @@ from gateway.media.rtsp.client import Playing, RtspClientConnection
 from gateway.media.rtsp.message import Request, Response, RtspParser
 from gateway.media.sinks.rtsp import RtspServer, RtspViewer
 from gateway.media.sources.rtsp import RtspPull
-from gateway.media.stream import Codec, MediaFrame, Stream
-from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.stream import Stream
+from gateway.media.synthetic import ClipFeed
 from tests.conftest import free_port
 from tests.integration.conftest import AccessUnits
 
@@ -28,32 +27,12 @@ NAME = "SN/165-0-7/normal-0"  # a DJI video_id: slashes in the path
 CREDENTIALS = ("pilot", "s3cret")
 
 
-class ClipCamera:
-    """The source of the served stream: the clip replayed in real time, as a camera would."""
+class ClipCamera(ClipFeed):
+    """The clip replayed in real time into stream ``name`` of ``registry``."""
 
     def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
         self.registry = registry
-        self.stream = registry.claim(name)
-        self.stream.set_codecs(Codec("H264", 90000, {"packetization-mode": "1"}), None)
-        self.stream.attach_source(self, "test")
-        self.track = EncodedVideoTrack(units, fps=30)
-        self.task = asyncio.create_task(self._run())
-
-    def request_keyframe(self) -> None:
-        """A clip has its keyframes where they are."""
-
-    async def _run(self) -> None:
-        while True:
-            packet = await self.track.recv()
-            frame = MediaFrame(
-                "video", "H264", bytes(packet), packet.pts, Fraction(1, 90000), packet.is_keyframe
-            )
-            self.stream.push(frame)
-
-    async def stop(self) -> None:
-        self.track.stop()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        super().__init__(registry.claim(name), units, ingest="test")
 
 
 class Watcher:
