@@ -28,6 +28,7 @@ from gateway.media.recorders import Recorders
 from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
+from gateway.media.sinks.rtmp_push import RtmpRepublishes
 from gateway.media.sinks.rtsp import RtspServer
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
@@ -72,6 +73,7 @@ class Gateway:
         self.hls = HlsService(
             self.registry, segment_target=config.hls_segment_target, window=config.hls_window
         )
+        self.republishes = RtmpRepublishes(self.registry)
         self.wcs = WcsServer(
             self.registry,
             settings,
@@ -88,6 +90,7 @@ class Gateway:
             record=self.recorders.start,
             tls=self.tls,
             snapshot=self.thumbnails.png,
+            republish=self.republishes.startup,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
@@ -166,7 +169,12 @@ class Gateway:
             routes=[
                 *thumbnail_routes(self.thumbnails),
                 *WcsRestApi(
-                    self.registry, self.wcs, self.rtsp_pulls, self.recorders, self.thumbnails
+                    self.registry,
+                    self.wcs,
+                    self.rtsp_pulls,
+                    self.recorders,
+                    self.thumbnails,
+                    republishes=self.republishes,
                 ).routes(),
                 *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
@@ -211,6 +219,7 @@ class Gateway:
             await self.dji.stop()
         if self.broker is not None:
             await self.broker.stop()
+        await self.republishes.stop_all()
         if self.rtmp is not None:
             await self.rtmp.stop()
         if self.rtsp is not None:

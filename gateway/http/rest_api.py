@@ -1,8 +1,8 @@
 """The WCS-compatible REST API under ``/rest-api`` (what the WebSDK's rest-module and WCS
-backends call): streams, connections and RTSP pulls. Requests are POSTs with a JSON body;
-a body-less GET is accepted for the ``find_all`` calls, as the WebSDK sends them. Answers
-are JSON; a search that finds nothing is 404, a bad body 400, errors carry
-``{"error": message}``.
+backends call): streams, connections, RTSP pulls and RTMP republishes (``push/*``). Requests
+are POSTs with a JSON body; a body-less GET is accepted for the ``find_all`` calls, as the
+WebSDK sends them. Answers are JSON; a search that finds nothing is 404, a bad body 400,
+errors carry ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
 from gateway.media.stream import Stream
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable
@@ -43,8 +44,10 @@ class WcsRestApi:
         rtsp: RtspPulls | None,
         recorders: Recorders | None = None,
         thumbnails: Thumbnails | None = None,
+        republishes: RtmpRepublishes | None = None,
     ) -> None:
         self.thumbnails = thumbnails
+        self.republishes = republishes
         self.registry = registry
         self.wcs = wcs
         self.rtsp = rtsp
@@ -63,6 +66,10 @@ class WcsRestApi:
             "rtsp/startup": self._rtsp_startup,
             "rtsp/find_all": self._rtsp_find_all,
             "rtsp/terminate": self._rtsp_terminate,
+            "push/startup": self._push_startup,
+            "push/find_all": self._push_find_all,
+            "push/find": self._push_find,
+            "push/terminate": self._push_terminate,
         }
         routes = []
         for path, handler in calls.items():
@@ -237,6 +244,51 @@ class WcsRestApi:
         if not await self._pulls().terminate(key):
             raise RestError(404, "no such RTSP pull")
         return web.json_response({"terminated": True})
+
+    # --- RTMP republishing ---------------------------------------------------------------------
+
+    def _pushes(self) -> RtmpRepublishes:
+        if self.republishes is None:
+            raise RestError(404, "RTMP republishing is off")
+        return self.republishes
+
+    async def _push_startup(self, body: dict[str, Any]) -> web.Response:
+        """``{streamName, rtmpUrl}``: publish a live stream to another RTMP server."""
+        name, url = _text(body, "streamName"), _text(body, "rtmpUrl")
+        try:
+            republish = await self._pushes().startup(name, url)
+        except StreamNotLive as exc:
+            raise RestError(404, str(exc)) from None
+        except ValueError as exc:
+            raise RestError(400, str(exc)) from None
+        return web.json_response(republish.describe())
+
+    async def _push_find_all(self, body: dict[str, Any]) -> web.Response:
+        return web.json_response(self._pushes().find_all())
+
+    async def _push_find(self, body: dict[str, Any]) -> web.Response:
+        """By ``mediaSessionId``, ``streamName`` and/or ``rtmpUrl`` (as given at startup, or
+        as listed, without the key); 404 when none matches."""
+        pushes = self._pushes()
+        wanted = {key: body.get(key) for key in ("mediaSessionId", "streamName", "rtmpUrl")}
+        if any(value is not None and not isinstance(value, str) for value in wanted.values()):
+            raise RestError(400, "'mediaSessionId', 'streamName' and 'rtmpUrl' must be strings")
+        found = [
+            republish.describe()
+            for republish in pushes.republishes.values()
+            if wanted["mediaSessionId"] in (None, republish.id)
+            and wanted["streamName"] in (None, republish.name)
+            and wanted["rtmpUrl"] in (None, republish.url, republish.rtmp_url)
+        ]
+        if not found:
+            raise RestError(404, "not found")
+        return web.json_response(found)
+
+    async def _push_terminate(self, body: dict[str, Any]) -> web.Response:
+        media_session_id = _text(body, "mediaSessionId")
+        if not await self._pushes().terminate(media_session_id):
+            raise RestError(404, f"no RTMP republish {media_session_id!r}")
+        return web.json_response({"mediaSessionId": media_session_id, "status": "terminated"})
 
 
 def _metrics(stream: Stream | None, nack: int, pli: int, lost: int) -> dict[str, Any]:

@@ -73,7 +73,11 @@ class WcsServer:
         record: Callable[[Stream], object] | None = None,
         tls: ssl.SSLContext | None = None,
         snapshot: Callable[[str], Awaitable[bytes]] | None = None,
+        republish: Callable[[str, str], Awaitable[object]] | None = None,
     ) -> None:
+        # Pushes a live stream to an RTMP server (publishStream with `rtmpUrl`); it stops by
+        # itself when the stream ends.
+        self.republish = republish
         self.snapshot = snapshot  # a PNG of a stream (raises ThumbnailUnavailable)
         self.tls = tls  # wss:// when set
         self.access = access or OpenAccess()
@@ -197,6 +201,7 @@ class Connection:
         self.streams: dict[str, Stream] = {}  # published by this connection, by media session
         self.starting: dict[str, asyncio.Future[None]] = {}  # players waiting for on-demand streams
         self.wanted: dict[str, str] = {}  # players of on-demand streams: media session -> name
+        self.rtmp_urls: dict[str, str] = {}  # publishers to republish once live: msid -> URL
         self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.log = log.bind(session=self.id)
@@ -378,6 +383,9 @@ class Connection:
         )
         self.media[msid] = publisher
         self.streams[msid] = stream
+        rtmp_url = request.fields.get("rtmpUrl")
+        if isinstance(rtmp_url, str) and rtmp_url:
+            self.rtmp_urls[msid] = rtmp_url
         self.log.info("publish_requested", stream=request.name, media_session=msid)
         self._spawn(self._answer(msid, publisher, request.sdp))
 
@@ -393,11 +401,21 @@ class Connection:
         )
         self.log.info("publishing", stream=stream.name, media_session=msid)
         media = self.session.media.get(msid)
+        rtmp_url = self.rtmp_urls.pop(msid, None)
+        if rtmp_url and self.server.republish is not None:
+            self._spawn(self._republish(stream, rtmp_url))
         if media is not None and media.description.record and self.server.record is not None:
             try:
                 self.server.record(stream)
             except ValueError as exc:  # a name that cannot be a directory name
                 self.log.warning("recording_refused", stream=stream.name, reason=str(exc))
+
+    async def _republish(self, stream: Stream, url: str) -> None:
+        assert self.server.republish is not None
+        try:
+            await self.server.republish(stream.name, url)
+        except (ValueError, LookupError) as exc:  # a bad URL, a stream gone already
+            self.log.warning("republish_refused", stream=stream.name, reason=str(exc)[:200])
 
     def _publisher_failed(self, msid: str, stream: Stream, info: str) -> None:
         self.log.info("publish_failed", stream=stream.name, media_session=msid, info=info)

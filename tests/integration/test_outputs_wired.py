@@ -189,3 +189,26 @@ async def test_the_websdk_snapshot_message_gets_a_png_as_a_stream_event(
     await client.send("snapshot", {"mediaSessionId": "ghost", "name": "shot"})
     await client.wait_message("fail", lambda data: data[0]["id"] == "ghost")
     await client.close()
+
+
+async def test_publish_with_rtmp_url_republishes_the_stream(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    """WCS's rtmpUrl: the published stream is pushed to an RTMP server (here the gateway's
+    own ingest, under another name) without transcoding."""
+    key = local_gateway.ingest_keys.issue("copy").key
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    url = f"rtmp://127.0.0.1:{local_gateway.config.rtmp_port}/live/{key}"
+    published = await client.publish("original", [video_track()], rtmpUrl=url)
+    await published.wait_status("PUBLISHING")
+    await wait_stream(local_gateway, "copy")
+    copy = local_gateway.registry.get("copy")
+    assert copy is not None and copy.ingest == "rtmp"
+    status, pushes = await http(local_gateway, "POST", "/rest-api/push/find_all", {})
+    assert status == 200 and [p["streamName"] for p in pushes] == ["original"]
+    assert key not in pushes[0]["rtmpUrl"]  # the key is not shown
+    await published.stop()  # the republish ends with its stream
+    async with asyncio.timeout(15):
+        while local_gateway.registry.find("copy") is not None:
+            await asyncio.sleep(0.05)
+    await client.close()

@@ -16,6 +16,11 @@ class Amf0Error(ValueError):
     pass
 
 
+class EcmaArray(dict[str, Any]):
+    """A dict encoded as an ECMA array (``onMetaData`` is one, as FLV files and encoders
+    write it); a plain dict is encoded as an anonymous object."""
+
+
 def decode_all(data: bytes) -> list[Any]:
     """Every value in ``data`` (a command message body)."""
     values, pos = [], 0
@@ -110,5 +115,8 @@ def _encode(value: Any) -> bytes:
         body = b"".join(
             struct.pack(">H", len(k.encode())) + k.encode() + _encode(v) for k, v in value.items()
         )
-        return bytes([OBJECT]) + body + b"\x00\x00" + bytes([OBJECT_END])
+        end = b"\x00\x00" + bytes([OBJECT_END])
+        if isinstance(value, EcmaArray):
+            return bytes([ECMA_ARRAY]) + struct.pack(">I", len(value)) + body + end
+        return bytes([OBJECT]) + body + end
     raise Amf0Error(f"cannot encode {type(value).__name__} as AMF0")

@@ -1,8 +1,9 @@
-"""FLV video tags as RTMP carries them, to H.264 Annex-B access units. Pure functions.
+"""FLV video tags as RTMP carries them, to and from H.264 Annex-B access units. Sans I/O.
 
 RTMP/FLV carries AVCC: a decoder configuration record (SPS/PPS) once, then frames of
 length-prefixed NAL units. WebRTC and every sink here want Annex-B with SPS/PPS in front
-of every IDR, which `h264.ParameterSetCache` guarantees.
+of every IDR, which `h264.ParameterSetCache` guarantees (`AvcTagReader`). `AvcTagWriter`
+goes the other way for RTMP republishing.
 """
 
 from __future__ import annotations
@@ -98,6 +99,73 @@ class AvcTagReader:
             units.append(body[pos : pos + length])
             pos += length
         return units
+
+
+KEYFRAME_TYPE, INTER_FRAME_TYPE = 1, 2  # FLV VideoTagHeader FrameType
+
+
+def avc_decoder_configuration_record(sps: list[bytes], pps: list[bytes]) -> bytes:
+    """An AVCDecoderConfigurationRecord (ISO 14496-15 5.2.4.1) for 4-byte NAL lengths.
+    Profile, compatibility and level are those of the first SPS. The high-profile extension
+    (chroma format, bit depths) is left out: decoders take those from the SPS itself."""
+    if not sps or not pps:
+        raise FlvError("a decoder configuration needs an SPS and a PPS")
+    if len(sps) > 31 or len(pps) > 255 or any(not 4 <= len(nal) <= 0xFFFF for nal in sps):
+        raise FlvError("parameter sets do not fit a decoder configuration record")
+    out = bytearray([1, sps[0][1], sps[0][2], sps[0][3], 0xFC | 3, 0xE0 | len(sps)])
+    for nal in sps:
+        out += len(nal).to_bytes(2, "big") + nal
+    out.append(len(pps))
+    for nal in pps:
+        if not 0 < len(nal) <= 0xFFFF:
+            raise FlvError("a PPS does not fit a decoder configuration record")
+        out += len(nal).to_bytes(2, "big") + nal
+    return bytes(out)
+
+
+def video_tag(packet_type: int, body: bytes, *, keyframe: bool) -> bytes:
+    """A VIDEODATA body for H.264: FrameType/CodecID, AVCPacketType, composition time 0
+    (there are no B-frames in a relayed stream: pts = dts)."""
+    frame_type = KEYFRAME_TYPE if keyframe else INTER_FRAME_TYPE
+    return bytes([frame_type << 4 | AVC_CODEC_ID, packet_type, 0, 0, 0]) + body
+
+
+class AvcTagWriter:
+    """Turns one stream's Annex-B access units into FLV video tag bodies: an AVC sequence
+    header before the first frame and again whenever the SPS/PPS change, then one NALU tag
+    per access unit."""
+
+    def __init__(self) -> None:
+        self.sps: list[bytes] = []
+        self.pps: list[bytes] = []
+        self.configured = False
+        self.dimensions: tuple[int, int] | None = None
+
+    def write(self, access_unit: bytes) -> list[bytes]:
+        """The tag bodies to send for ``access_unit``, all with its timestamp: [] while no
+        SPS/PPS have been seen (the far end could not decode what it got)."""
+        nals = [nal for nal in h264.iter_nal_units(access_unit) if nal]
+        sps = [nal for nal in nals if nal[0] & 0x1F == h264.NAL_SPS]
+        pps = [nal for nal in nals if nal[0] & 0x1F == h264.NAL_PPS]
+        tags: list[bytes] = []
+        if (sps and sps != self.sps) or (pps and pps != self.pps):
+            self.sps, self.pps = sps or self.sps, pps or self.pps
+            if self.sps and self.pps:
+                record = avc_decoder_configuration_record(self.sps, self.pps)
+                tags.append(video_tag(SEQUENCE_HEADER, record, keyframe=True))
+                self.configured = True
+                try:
+                    self.dimensions = h264.sps_dimensions(self.sps[0])
+                except (ValueError, IndexError):
+                    self.dimensions = None
+        if not self.configured or not nals:
+            return tags
+        keyframe = any(nal[0] & 0x1F == h264.NAL_IDR for nal in nals)
+        # The parameter sets stay in band too: a decoder may use either, and an IDR read back
+        # is byte for byte what came in.
+        body = b"".join(len(nal).to_bytes(4, "big") + nal for nal in nals)
+        tags.append(video_tag(NALU, body, keyframe=keyframe))
+        return tags
 
 
 AAC_SOUND_FORMAT = 10

@@ -12,24 +12,60 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.media.rtmp import amf0
+from gateway.media.rtmp.chunks import (
+    ABORT,
+    ACK,
+    AUDIO,
+    COMMAND_AMF0,
+    COMMAND_AMF3,
+    DATA_AMF0,
+    DATA_AMF3,
+    HANDSHAKE_SIZE,
+    MAX_CHUNK_SIZE,
+    MAX_MESSAGE_SIZE,
+    PEER_BANDWIDTH,
+    SET_CHUNK_SIZE,
+    USER_CONTROL,
+    VIDEO,
+    WINDOW_ACK,
+    ChunkReader,
+    ChunkWriter,
+    RtmpError,
+)
 
-HANDSHAKE_SIZE = 1536
-MAX_CHUNK_SIZE = 0xFFFFFF
-MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # a single video frame larger than this is an attack
+__all__ = [
+    "ABORT",
+    "ACK",
+    "AUDIO",
+    "COMMAND_AMF0",
+    "COMMAND_AMF3",
+    "DATA_AMF0",
+    "DATA_AMF3",
+    "HANDSHAKE_SIZE",
+    "MAX_CHUNK_SIZE",
+    "MAX_MESSAGE_SIZE",
+    "OUT_CHUNK_SIZE",
+    "PEER_BANDWIDTH",
+    "SET_CHUNK_SIZE",
+    "USER_CONTROL",
+    "VIDEO",
+    "WINDOW_ACK",
+    "WINDOW_ACK_SIZE",
+    "Event",
+    "MediaMessage",
+    "MetaData",
+    "PublishEnded",
+    "PublishRequested",
+    "RtmpError",
+    "RtmpServerConnection",
+]
+
 OUT_CHUNK_SIZE = 4096
 WINDOW_ACK_SIZE = 2_500_000
-
-# message types
-SET_CHUNK_SIZE, ABORT, ACK, USER_CONTROL, WINDOW_ACK, PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
-AUDIO, VIDEO, DATA_AMF3, COMMAND_AMF3, DATA_AMF0, COMMAND_AMF0 = 8, 9, 15, 17, 18, 20
-
-
-class RtmpError(Exception):
-    """The peer broke the protocol; the connection should be closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +103,13 @@ class _Phase(enum.Enum):
     CLOSED = 4
 
 
-@dataclass
-class _ChunkStream:
-    timestamp: int = 0
-    delta: int = 0
-    length: int = 0
-    type_id: int = 0
-    stream_id: int = 0
-    extended: bool = False
-    body: bytearray = field(default_factory=bytearray)
-
-
 class RtmpServerConnection:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._out = bytearray()
         self._phase = _Phase.C0C1
-        self._chunk_size = 128
-        self._streams: dict[int, _ChunkStream] = {}
+        self._chunks = ChunkReader()
+        self._writer = ChunkWriter(OUT_CHUNK_SIZE)
         self._received = 0
         self._acked = 0
         self._window = WINDOW_ACK_SIZE
@@ -143,84 +168,16 @@ class RtmpServerConnection:
 
     def _chunk(self) -> list[Event]:
         """Consume one complete chunk if buffered; return the events of a completed message."""
-        buf = self._buffer
-        if not buf:
+        message = self._chunks.read(self._buffer)
+        if message is None:
             return []
-        fmt, csid, pos = buf[0] >> 6, buf[0] & 0x3F, 1
-        if csid == 0:
-            if len(buf) < 2:
-                return []
-            csid, pos = 64 + buf[1], 2
-        elif csid == 1:
-            if len(buf) < 3:
-                return []
-            csid, pos = 64 + buf[1] + buf[2] * 256, 3
-        header_size = (11, 7, 3, 0)[fmt]
-        if len(buf) < pos + header_size:
-            return []
-        stream = self._streams.get(csid)
-        if stream is None:
-            if fmt != 0:
-                raise RtmpError(f"chunk stream {csid} starts without a full header")
-            stream = self._streams[csid] = _ChunkStream()
-        header = buf[pos : pos + header_size]
-        pos += header_size
-        new_message = not stream.body
-        timestamp_field = None
-        if fmt <= 2:
-            timestamp_field = int.from_bytes(header[0:3], "big")
-        extended = stream.extended if fmt == 3 else timestamp_field == 0xFFFFFF
-        if extended:
-            if len(buf) < pos + 4:
-                return []
-            timestamp_field = int.from_bytes(buf[pos : pos + 4], "big")
-            pos += 4
-        length, type_id, stream_id = stream.length, stream.type_id, stream.stream_id
-        if fmt <= 1:
-            length = int.from_bytes(header[3:6], "big")
-            type_id = header[6]
-            if length > MAX_MESSAGE_SIZE:
-                raise RtmpError(f"message of {length} bytes is over the limit")
-        if fmt == 0:
-            stream_id = int.from_bytes(header[7:11], "little")
-        need = min(self._chunk_size, length - len(stream.body))
-        if len(buf) < pos + need:
-            return []
-        # The whole chunk is here: commit the header, then take the payload.
-        stream.extended = extended
-        stream.length, stream.type_id, stream.stream_id = length, type_id, stream_id
-        if new_message and timestamp_field is not None:
-            if fmt == 0:
-                # A fmt 3 chunk that follows repeats this as its delta (RTMP 5.3.1.2.4).
-                stream.timestamp = stream.delta = timestamp_field
-            else:
-                stream.delta = timestamp_field
-                stream.timestamp = (stream.timestamp + stream.delta) & 0xFFFFFFFF
-        elif new_message:  # fmt 3 starting a new message: repeat the last delta
-            stream.timestamp = (stream.timestamp + stream.delta) & 0xFFFFFFFF
-        stream.body += buf[pos : pos + need]
-        del buf[: pos + need]
-        if len(stream.body) < stream.length:
-            return []
-        body, stream.body = bytes(stream.body), bytearray()
-        return self._message(stream.type_id, stream.stream_id, stream.timestamp, body)
+        return self._message(message.type_id, message.stream_id, message.timestamp, message.body)
 
     # --- messages ---------------------------------------------------------------------------
 
     def _message(self, type_id: int, stream_id: int, timestamp: int, body: bytes) -> list[Event]:
-        if type_id == SET_CHUNK_SIZE:
-            if len(body) < 4:
-                raise RtmpError("short Set Chunk Size")
-            size = int.from_bytes(body[:4], "big") & 0x7FFFFFFF
-            if size == 0:
-                raise RtmpError("chunk size 0")
-            # Any size above the largest message length behaves the same (RTMP 5.4.1).
-            self._chunk_size = min(size, MAX_CHUNK_SIZE)
-        elif type_id == ABORT and len(body) >= 4:
-            aborted = self._streams.get(int.from_bytes(body[:4], "big"))
-            if aborted is not None:
-                aborted.body = bytearray()
-        elif type_id == WINDOW_ACK and len(body) >= 4:
+        # Set Chunk Size and Abort were applied by the chunk reader.
+        if type_id == WINDOW_ACK and len(body) >= 4:
             self._window = max(1, int.from_bytes(body[:4], "big"))
         elif type_id in (VIDEO, AUDIO):
             if self.publishing is not None:
@@ -315,9 +272,4 @@ class RtmpServerConnection:
 
     def _send(self, type_id: int, csid: int, stream_id: int, body: bytes) -> None:
         """One message in chunks of OUT_CHUNK_SIZE (timestamp 0: control and commands)."""
-        header = bytes([csid]) + b"\x00\x00\x00" + len(body).to_bytes(3, "big") + bytes([type_id])
-        self._out += header + stream_id.to_bytes(4, "little")
-        for offset in range(0, len(body), OUT_CHUNK_SIZE):
-            if offset:
-                self._out.append(0xC0 | csid)
-            self._out += body[offset : offset + OUT_CHUNK_SIZE]
+        self._out += self._writer.message(csid, type_id, stream_id, 0, body)
