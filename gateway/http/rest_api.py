@@ -229,7 +229,8 @@ class WcsRestApi:
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 512):
             raise RestError(400, "'name' must be a non-empty string of at most 512 characters")
         try:
-            source = await self._pulls().startup(uri, name)
+            transport = body.get("transport", "tcp")
+            source = await self._pulls().startup(uri, name, transport if isinstance(transport, str) else "")
         except PullRefused as exc:
             raise RestError(409 if "already" in str(exc) else 400, str(exc)) from None
         return web.json_response(source.describe(self.registry))

@@ -120,7 +120,13 @@ async def test_rtsp_pulls_over_rest_and_on_demand(local_gateway: Gateway, camera
     assert (direct_frames.frames[-1].width, direct_frames.frames[-1].height) == (320, 240)
     await direct_frames.stop()
 
+    status, source = await rest(
+        local_gateway, "rtsp/startup", {"uri": uri, "name": "yard-udp", "transport": "udp"}
+    )
+    assert status == 200 and source["transport"] == "udp"
+    await wait_stream(local_gateway, "yard-udp")
     for path, body, want in [
+        ("rtsp/startup", {"uri": uri, "name": "x", "transport": "sctp"}, 400),
         ("rtsp/startup", {"uri": "http://example/x"}, 400),
         ("rtsp/startup", {}, 400),
         ("rtsp/startup", {"uri": uri, "name": ""}, 400),

@@ -53,6 +53,7 @@ class RtspSource:
             "uri": redacted(self.uri),
             "status": "PLAYING" if self.pull.connected else ("FAILED" if self.pull.failed else "PENDING"),
             "on_demand": self.on_demand,
+            "transport": self.pull.transport,
             "viewers": self.viewers,
             "connections": self.pull.connections,
             "frames": self.pull.frames,
@@ -78,10 +79,13 @@ class RtspPulls:
 
     # --- REST ----------------------------------------------------------------------------------
 
-    async def startup(self, uri: str, name: str | None = None) -> RtspSource:
-        """Pull ``uri`` as stream ``name`` (default: the URI itself) until terminated."""
+    async def startup(self, uri: str, name: str | None = None, transport: str = "tcp") -> RtspSource:
+        """Pull ``uri`` as stream ``name`` (default: the URI itself) over ``transport`` (tcp,
+        udp) until terminated."""
         if not uri.startswith(SCHEMES):
             raise PullRefused(f"not an rtsp:// URI: {uri[:100]!r}")
+        if transport not in ("tcp", "udp"):
+            raise PullRefused(f"transport is tcp or udp, not {transport!r}")
         name = name or uri
         existing = self.sources.get(name)
         if existing is not None:
@@ -89,7 +93,7 @@ class RtspPulls:
             return existing
         if self.registry.find(name) is not None:
             raise PullRefused(f"stream {name!r} already has a source")
-        return await self._start(name, uri, on_demand=False)
+        return await self._start(name, uri, on_demand=False, transport=transport)
 
     async def terminate(self, key: str) -> bool:
         """Stop the pull whose name or URI is ``key``; its viewers are told it stopped."""
@@ -136,13 +140,14 @@ class RtspPulls:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _new_source(self, name: str, uri: str, *, on_demand: bool) -> RtspSource:
-        pull = RtspPull(self.registry, name, uri, timeout=self.pull_timeout)
+    def _new_source(self, name: str, uri: str, *, on_demand: bool, transport: str = "tcp") -> RtspSource:
+        over = "udp" if transport == "udp" else "tcp"
+        pull = RtspPull(self.registry, name, uri, timeout=self.pull_timeout, transport=over)
         log.info("rtsp_source_started", stream=redacted(name), uri=redacted(uri), on_demand=on_demand)
         return RtspSource(name, uri, pull, on_demand)
 
-    async def _start(self, name: str, uri: str, *, on_demand: bool) -> RtspSource:
-        source = self.sources[name] = self._new_source(name, uri, on_demand=on_demand)
+    async def _start(self, name: str, uri: str, *, on_demand: bool, transport: str = "tcp") -> RtspSource:
+        source = self.sources[name] = self._new_source(name, uri, on_demand=on_demand, transport=transport)
         await source.pull.start()
         return source
 
