@@ -19,7 +19,7 @@ import pytest_asyncio
 from gateway.app import Gateway
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import WcsClient
-from tests.integration.conftest import local_config, wait_stream
+from tests.integration.conftest import AccessUnits, local_config, wait_stream
 
 
 @pytest_asyncio.fixture
@@ -212,3 +212,33 @@ async def test_publish_with_rtmp_url_republishes_the_stream(
         while local_gateway.registry.find("copy") is not None:
             await asyncio.sleep(0.05)
     await client.close()
+
+
+async def test_recordings_survive_a_killed_gateway(
+    make_gateway: Callable[[dict[str, str]], Any], tmp_path: Path, clip_units: AccessUnits
+) -> None:
+    """SIGKILL mid-recording: the next gateway on the same directory lists the files, and
+    every one of them (the one being written included) decodes."""
+    env = {"SKYRELAY_RECORDINGS_DIR": str(tmp_path / "rec"), "SKYRELAY_RECORD_SEGMENT_SECONDS": "1"}
+    first = make_gateway(env)
+    client = await WcsClient.connect(first.ws_url)
+    published = await client.publish("kept", [EncodedVideoTrack(clip_units, fps=30)], record=True)
+    await published.wait_status("PUBLISHING")
+    async with asyncio.timeout(30):  # a few one-second files, then one being written
+        while len(list((tmp_path / "rec").glob("*/*.mp4"))) < 3:
+            await asyncio.sleep(0.1)
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    await client.close()
+
+    second = make_gateway(env)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{second.http_url}/api/recordings?name=kept") as reply:
+            listing = (await reply.json())["recordings"]
+    assert len(listing) >= 3 and {r["name"] for r in listing} == {"kept"}
+    for recording in listing:
+        probe = await asyncio.to_thread(ffprobe, f"{second.http_url}/api/recordings/{recording['id']}")
+        video = probe["streams"][0]
+        assert (video["codec_name"], video["width"]) == ("h264", 320)
+        assert float(probe["format"]["duration"]) > 0
