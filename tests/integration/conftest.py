@@ -17,7 +17,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from gateway.app import Gateway
 from gateway.config import Config
-from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
+from gateway.media.registry import StreamRegistry
+from gateway.media.sinks.rtsp import RtspServer
+from gateway.media.synthetic import ClipFeed, EncodedVideoTrack, make_h264_clip, read_access_units
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.conftest import GatewayProcess, MosquittoProcess, free_port
 
@@ -167,3 +169,41 @@ async def play_and_decode(gateway: Gateway, name: str, frames: int = 30) -> Fram
     await counter.stop()
     await client.close()
     return counter
+
+
+class ClipCamera(ClipFeed):
+    """The clip replayed in real time into stream ``name`` of ``registry`` (RTSP, HLS tests)."""
+
+    def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
+        self.registry = registry
+        super().__init__(registry.claim(name), units, ingest="test")
+
+
+# The stream the RTSP tests' camera feeds (a name with slashes, like a drone camera's).
+RTSP_TEST_STREAM = "SN/165-0-7/normal-0"
+
+
+@pytest_asyncio.fixture
+async def camera(clip_units: AccessUnits) -> AsyncIterator[ClipCamera]:
+    source = ClipCamera(StreamRegistry(), RTSP_TEST_STREAM, clip_units)
+    async with asyncio.timeout(30):
+        while source.stream.keyframe is None:
+            await asyncio.sleep(0.05)
+    yield source
+    await source.stop()
+
+
+@pytest_asyncio.fixture
+async def servers(camera: ClipCamera) -> AsyncIterator[Callable[..., Any]]:
+    """Starts RtspServers on the camera's registry; stops them all after the test."""
+    started: list[RtspServer] = []
+
+    async def start(port: int = 0, **options: Any) -> RtspServer:
+        server = RtspServer(camera.registry, "127.0.0.1", port, **options)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()

@@ -18,19 +18,10 @@ from aiohttp import web
 from gateway.http.hls import hls_routes
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
-from gateway.media.synthetic import ClipFeed
 from tests.conftest import free_port
-from tests.integration.conftest import AccessUnits
+from tests.integration.conftest import AccessUnits, ClipCamera
 
 NAME = "SN/53-0-0/normal-0"  # a DJI video_id: slashes in the path
-
-
-class ClipCamera(ClipFeed):
-    """The clip replayed in real time into stream ``name`` of ``registry``."""
-
-    def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
-        self.registry = registry
-        super().__init__(registry.claim(name), units, ingest="test")
 
 
 @dataclass

@@ -8,31 +8,20 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-import pytest_asyncio
 
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.client import Playing, RtspClientConnection
 from gateway.media.rtsp.message import Request, Response, RtspParser
-from gateway.media.sinks.rtsp import RtspServer, RtspViewer
+from gateway.media.sinks.rtsp import RtspViewer
 from gateway.media.sources.rtsp import RtspPull
 from gateway.media.stream import Stream
-from gateway.media.synthetic import ClipFeed
 from tests.conftest import free_port
-from tests.integration.conftest import AccessUnits
+from tests.integration.conftest import RTSP_TEST_STREAM, ClipCamera
 
-NAME = "SN/165-0-7/normal-0"  # a DJI video_id: slashes in the path
+NAME = RTSP_TEST_STREAM  # a DJI video_id: slashes in the path
 CREDENTIALS = ("pilot", "s3cret")
-
-
-class ClipCamera(ClipFeed):
-    """The clip replayed in real time into stream ``name`` of ``registry``."""
-
-    def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
-        self.registry = registry
-        super().__init__(registry.claim(name), units, ingest="test")
 
 
 class Watcher:
@@ -74,30 +63,6 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
-
-
-@pytest_asyncio.fixture
-async def camera(clip_units: AccessUnits) -> AsyncIterator[ClipCamera]:
-    source = ClipCamera(StreamRegistry(), NAME, clip_units)
-    await until(lambda: source.stream.keyframe is not None)
-    yield source
-    await source.stop()
-
-
-@pytest_asyncio.fixture
-async def servers(camera: ClipCamera) -> AsyncIterator[Callable[..., Any]]:
-    """Starts RtspServers on the camera's registry; stops them all after the test."""
-    started: list[RtspServer] = []
-
-    async def start(port: int = 0, **options: Any) -> RtspServer:
-        server = RtspServer(camera.registry, "127.0.0.1", port, **options)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        await server.stop()
 
 
 async def ffprobe(url: str, timeout: float = 30.0, transport: str = "tcp") -> tuple[int, dict[str, Any], str]:

@@ -14,47 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.client import Playing, RtspClientConnection
 from gateway.media.rtsp.message import Request
-from gateway.media.sinks.rtsp import RtspServer
 from gateway.media.sources.rtsp import RtspPull
 from gateway.media.sources.rtsp_push import RtspPush
-from tests.integration.conftest import AccessUnits
-from tests.integration.test_rtsp import NAME, ClipCamera, Watcher, exchange, ffprobe, request, until
+from tests.integration.conftest import ClipCamera
+from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, until
 
 H264_SDP = (
     "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=push\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"
     "a=control:streamid=0\r\n"
 )
-
-
-@pytest_asyncio.fixture
-async def camera(clip_units: AccessUnits) -> AsyncIterator[ClipCamera]:
-    """A stream already fed (by a clip, as by a camera) before any RTSP happens."""
-    source = ClipCamera(StreamRegistry(), NAME, clip_units)
-    await until(lambda: source.stream.keyframe is not None)
-    yield source
-    await source.stop()
-
-
-@pytest_asyncio.fixture
-async def servers(camera: ClipCamera) -> AsyncIterator[Callable[..., Any]]:
-    """Starts RtspServers on the camera's registry; stops them all after the test."""
-    started: list[RtspServer] = []
-
-    async def start(**options: Any) -> RtspServer:
-        server = RtspServer(camera.registry, "127.0.0.1", 0, **options)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        await server.stop()
 
 
 def announce(url: str, body: str | bytes, cseq: int = 1, content_type: str = "application/sdp") -> bytes:
