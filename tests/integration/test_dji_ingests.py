@@ -97,3 +97,26 @@ async def test_hls_of_a_drone_camera_starts_it_and_stops_when_nobody_reads(
         async with asyncio.timeout(20):  # idle packager -> unwanted -> linger -> stop push
             while not sim.stops:
                 await asyncio.sleep(0.1)
+
+
+async def test_rtsp_out_of_a_drone_camera_starts_it_on_demand(
+    mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    async with bridged_gateway(mosquitto) as gateway, dock(gateway, mosquitto, clip) as sim:
+        url = f"rtsp://127.0.0.1:{gateway.config.rtsp_port}/{AIRCRAFT_VIDEO}"
+        probe = await asyncio.to_thread(
+            subprocess.run,
+            ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_streams", "-of", "json", url],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert json.loads(probe.stdout)["streams"][0]["codec_name"] == "h264"
+        assert len(sim.starts) == 1
+        async with asyncio.timeout(20):  # the reader left: stop after the linger
+            while not sim.stops:
+                await asyncio.sleep(0.1)
+        missing = f"rtsp://127.0.0.1:{gateway.config.rtsp_port}/SIMAIRCRAFT0001/99-0-0/normal-0"
+        refused = await asyncio.to_thread(
+            subprocess.run, ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", missing],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0 and b"404" in refused.stderr

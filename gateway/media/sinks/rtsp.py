@@ -31,7 +31,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from gateway.log import get_logger
 from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import RtspError, encode_interleaved
 from gateway.media.rtsp.record import AudioUnit
@@ -67,6 +67,9 @@ VIEWER_QUEUE_FRAMES = 90
 # The shared UDP socket's kernel buffer: bursts of keyframes to many players at once.
 UDP_SEND_BUFFER = 4 * 1024 * 1024
 PUBLISH_AUTHORIZATION_TIMEOUT = 10.0
+# A drone camera's start (MQTT command, retries, the push) has its own timeouts; this only
+# bounds a player's wait if a source never answers.
+ON_DEMAND_START_TIMEOUT = 120.0
 
 Address = tuple[str, int]
 
@@ -385,6 +388,7 @@ class _Connection:
         self.viewer: RtspViewer | None = None
         self.push: RtspPush | None = None
         self.allowed_plays: set[str] = set()  # names this connection may play
+        self.wanted: set[str] = set()  # on-demand sources (drone cameras) this player counts for
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._registered: list[tuple[bool, Address, Callable[[bytes], None]]] = []
@@ -453,6 +457,9 @@ class _Connection:
         if self.push is not None:
             self.server._end_push(self.push, reason)
             self.push = None
+        for name in self.wanted:
+            self.server.registry.unwant(name)
+        self.wanted = set()
 
     def _touch(self, data: bytes) -> None:
         """A datagram from the session's client ports (RTCP, a NAT punch): it is alive."""
@@ -479,7 +486,7 @@ class _Connection:
             log.info("rtsp_push_recording", stream=event.name, peer=self.peer, session=rtsp.session)
         elif isinstance(event, SetupRequested) and event.record:
             self._setup(event)
-        elif await self._play_allowed(event):
+        elif await self._play_allowed(event) and await self._started_on_demand(event):
             self._play_request(event)
 
     async def _play_allowed(self, event: Event) -> bool:
@@ -504,6 +511,26 @@ class _Connection:
             self.rtsp.refuse(event.request, 403, f"Forbidden: {refusal}")
             return False
         self.allowed_plays.add(event.name)
+        return True
+
+    async def _started_on_demand(self, event: Event) -> bool:
+        """A drone camera (or rtsp:// name) nobody watches yet starts now, as for a WebSocket
+        player: this connection counts as its viewer until it ends. False: it did not start
+        (404 with the reason)."""
+        registry = self.server.registry
+        if not isinstance(event, DescribeRequested | SetupRequested | PlayRequested):
+            return True
+        if event.name in self.wanted or registry.on_demand_for(event.name) is None:
+            return True
+        try:
+            async with asyncio.timeout(ON_DEMAND_START_TIMEOUT):
+                await registry.want(event.name)
+        except (StreamUnavailable, TimeoutError) as exc:
+            reason = exc.info if isinstance(exc, StreamUnavailable) else "the source did not start in time"
+            log.info("rtsp_on_demand_failed", stream=event.name, peer=self.peer, reason=reason[:200])
+            self.rtsp.refuse(event.request, 404, f"Not Found: {reason}")
+            return False
+        self.wanted.add(event.name)
         return True
 
     async def _announce(self, event: AnnounceRequested) -> None:
