@@ -29,7 +29,7 @@ from gateway.dji.camera_sim import (
     WhipCameraPush,
     clip_access_units,
 )
-from gateway.dji.mqtt import NO_DELAY, BrokerAddress
+from gateway.dji.mqtt import BrokerAddress
 from gateway.log import get_logger
 
 log = get_logger(__name__)
@@ -88,15 +88,7 @@ class DockSimulator:
             self._offline_timer = asyncio.ensure_future(self._go_offline_later())
         while self._offline.is_set():
             await asyncio.sleep(0.1)
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            tls_context=self.broker.tls_context(),
-            identifier=f"dock-sim-{self.gateway_sn}",
-            socket_options=NO_DELAY,
-        ) as client:
+        async with self.broker.client(f"dock-sim-{self.gateway_sn}") as client:
             await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
             await self._announce(client)
             osd = asyncio.create_task(self._osd(client))

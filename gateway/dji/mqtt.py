@@ -63,6 +63,20 @@ class BrokerAddress:
             return None
         return ssl.create_default_context(cafile=self.ca_file)
 
+    def client(self, identifier: str) -> aiomqtt.Client:
+        """An aiomqtt client of this broker, as every part of skyrelay connects to it."""
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=identifier,
+            tls_context=self.tls_context(),
+            keepalive=10,
+            timeout=10,
+            socket_options=NO_DELAY,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LinkLost:
@@ -119,17 +133,7 @@ class DjiMqtt:
                 await ticker
 
     async def _session(self) -> None:
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=self._identifier,
-            tls_context=self.broker.tls_context(),
-            keepalive=10,
-            timeout=10,
-            socket_options=NO_DELAY,
-        ) as client:
+        async with self.broker.client(self._identifier) as client:
             for topic in p.SUBSCRIPTIONS:
                 await client.subscribe(topic, qos=1)
             self._client = client

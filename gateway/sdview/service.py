@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 import aiomqtt
 
-from gateway.dji.mqtt import MAX_BACKOFF, NO_DELAY, BrokerAddress
+from gateway.dji.mqtt import MAX_BACKOFF, BrokerAddress
 from gateway.log import get_logger
 from gateway.media.registry import StreamRegistry
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable, check_width
@@ -127,17 +127,7 @@ class SdViewService:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _session(self) -> None:
-        async with aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=self._identifier,
-            tls_context=self.broker.tls_context(),
-            keepalive=10,
-            timeout=10,
-            socket_options=NO_DELAY,
-        ) as client:
+        async with self.broker.client(self._identifier) as client:
             # QoS 0 both ways: a keep-alive comes every second and a picture is stale in one.
             await client.subscribe(self.agent_topic, qos=0)
             self.connected.set()
