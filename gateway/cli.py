@@ -160,8 +160,7 @@ def _demo(args: argparse.Namespace) -> int:
             return await _serve(Gateway(config))
         finally:
             sim.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sim
+            await asyncio.gather(sim, return_exceptions=True)
 
     return asyncio.run(run())
 

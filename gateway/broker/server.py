@@ -7,7 +7,6 @@ skyrelay at EMQX or Mosquitto instead (`--mqtt`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 
@@ -99,8 +98,12 @@ class Broker:
             if client is not None and self.clients.get(client.client_id) is client:
                 del self.clients[client.client_id]
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+            # A client that reads nothing would hold the close (and the broker's stop) forever.
+            try:
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
+            except (ConnectionError, OSError, TimeoutError):
+                writer.transport.abort()
 
     def _connect(self, connect: codec.Connect, writer: asyncio.StreamWriter) -> _Client:
         client_id = connect.client_id or f"anonymous-{next(self._anonymous)}"

@@ -12,7 +12,6 @@ connects them to MQTT, the ingest keys and the stream registry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -75,8 +74,7 @@ class DjiBridge:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)
         pulls, self.pulls = list(self.pulls.values()), {}
         for pull in pulls:
             await pull.stop()
@@ -179,7 +177,8 @@ class DjiBridge:
         try:
             if not await self.mqtt.send_command(gateway_sn, envelope):
                 raise StreamControlError(ControlRefusal.NO_REPLY, "MQTT link to the device is down")
-            reply = await asyncio.wait_for(waiter, self.settings.reply_timeout)
+            async with asyncio.timeout(self.settings.reply_timeout):
+                reply = await waiter
         except TimeoutError:
             timeout = self.settings.reply_timeout
             raise StreamControlError(

@@ -9,7 +9,6 @@ device messages are logged and dropped; they never stop the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import time
@@ -129,8 +128,7 @@ class DjiMqtt:
                 backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await asyncio.gather(ticker, return_exceptions=True)
 
     async def _session(self) -> None:
         async with self.broker.client(self._identifier) as client:

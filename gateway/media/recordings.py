@@ -145,6 +145,11 @@ class RecordingStore:
     ) -> list[Recording]:
         """Recordings oldest first; with ``name`` only that stream's, with ``start``/``end``
         only those overlapping that time (epoch seconds)."""
+        # An empty file was created, then its gateway killed before the first write:
+        # nothing to play (retention removes it).
+        return [r for r in self._files(name, start, end) if r.size > 0]
+
+    def _files(self, name: str | None, start: float | None, end: float | None) -> list[Recording]:
         if name is not None:
             try:
                 dirnames = [stream_dirname(name)]
@@ -187,22 +192,24 @@ class RecordingStore:
         stream = stream_name(dirname)
         if stream is None:
             return None
-        return self._recording(dirname, stream, stamp)
+        recording = self._recording(dirname, stream, stamp)
+        return recording if recording is not None and recording.size > 0 else None
 
     # --- retention --------------------------------------------------------------------------
 
     def apply_retention(self) -> list[Recording]:
         """Delete the recordings older than ``max_age_s`` (by their end), then the oldest
         until the rest fit in ``max_total_bytes``. Files being written are kept."""
-        every = self.recordings()
+        every = self._files(None, None, None)
         total = sum(r.size for r in every)
         recordings = [r for r in every if r.path not in self._writing]
         removed: list[Recording] = []
         now = self._clock()
         for recording in recordings:  # oldest first
+            empty = recording.size == 0
             too_old = self.max_age_s is not None and now - recording.end > self.max_age_s
             too_big = self.max_total_bytes is not None and total > self.max_total_bytes
-            if not (too_old or too_big):
+            if not (empty or too_old or too_big):
                 continue
             try:
                 recording.path.unlink()
@@ -213,7 +220,8 @@ class RecordingStore:
                 continue
             total -= recording.size
             removed.append(recording)
-            log.info("recording_deleted", id=recording.id, reason="age" if too_old else "size")
+            reason = "empty" if empty else "age" if too_old else "size"
+            log.info("recording_deleted", id=recording.id, reason=reason)
         for directory in {r.path.parent for r in removed}:
             try:
                 directory.rmdir()  # only when empty

@@ -97,8 +97,7 @@ class SdViewService:
             loop.cancel()
         for task in (self._runner, loop):
             if task is not None and task is not asyncio.current_task():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.gather(task, return_exceptions=True)
 
     async def run(self) -> None:
         """Stay connected until `stop` (then return) or until cancelled."""
@@ -146,8 +145,7 @@ class SdViewService:
                         self._receive(bytes(payload))
             finally:
                 pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
+                await asyncio.gather(pump, return_exceptions=True)
 
     # --- keep-alives ----------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ a log of everything it received.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import uuid
 from collections.abc import Callable, Sequence
@@ -273,5 +272,4 @@ class WcsClient:
             await stream.pc.close()
         await self.ws.close()
         self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        await asyncio.gather(self._reader, return_exceptions=True)

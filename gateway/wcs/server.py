@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ssl
 import time
 import uuid
@@ -233,10 +232,8 @@ class Connection:
             self.dispatch(self.session.close())
             await self._drain_tasks()
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(ticker, return_exceptions=True)
             self.log.info("client_disconnected", code=self.ws.close_code)
 
     # --- outputs ----------------------------------------------------------------------------

@@ -225,7 +225,7 @@ async def test_recordings_survive_a_killed_gateway(
     published = await client.publish("kept", [EncodedVideoTrack(clip_units, fps=30)], record=True)
     await published.wait_status("PUBLISHING")
     async with asyncio.timeout(30):  # a few one-second files, then one being written
-        while len(list((tmp_path / "rec").glob("*/*.mp4"))) < 3:
+        while len([f for f in (tmp_path / "rec").glob("*/*.mp4") if f.stat().st_size]) < 3:
             await asyncio.sleep(0.1)
     assert first.proc is not None
     first.proc.kill()

@@ -167,3 +167,17 @@ def test_recorder_refuses_names_that_cannot_be_directories(tmp_path: Path) -> No
     recorder = Recorder(Stream("../../../etc"), tmp_path)
     assert recorder.directory.parent == tmp_path
     assert recorder.directory.name == "~2E~2E~2F~2E~2E~2F~2E~2E~2Fetc"
+
+
+def test_an_empty_file_is_not_a_recording_and_retention_removes_it(tmp_path: Path) -> None:
+    """A gateway killed between creating a file and its first write leaves an empty file:
+    it is neither listed nor served, and retention removes it unless it is being written."""
+    kept = make_recording(tmp_path, "cam/a", T0, 10)
+    empty = make_recording(tmp_path, "cam/a", T0 + 60, 0)
+    being_written = make_recording(tmp_path, "cam/b", T0 + 60, 0)
+    store = RecordingStore(tmp_path, clock=lambda: T0 + 120)
+    store.writing(being_written)
+    assert [r.path for r in store.recordings()] == [kept]
+    assert store.resolve(f"{stream_dirname('cam/a')}.{format_stamp(T0 + 60)}") is None
+    assert [r.path for r in store.apply_retention()] == [empty]
+    assert not empty.exists() and kept.exists() and being_written.exists()

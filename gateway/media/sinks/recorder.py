@@ -166,15 +166,19 @@ class Recorder:
         start = self._start_epoch
         while True:
             path = self.directory / f"{format_stamp(start)}{SUFFIX}"
+            # Told before the file exists: retention (in a thread) removes empty files
+            # nobody is writing, and this one is empty until the first write.
+            if self.store is not None:
+                self.store.writing(path)
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 break
             except FileExistsError:
+                if self.store is not None:
+                    self.store.written(path)
                 start += 0.001  # the same millisecond as another file of this stream
         self._path = path
         self.files.append(path)
-        if self.store is not None:
-            self.store.writing(path)
         log.info("recording_file", stream=self.stream.name, path=str(path))
 
     def _close_file(self, *, flush_held: bool) -> None:

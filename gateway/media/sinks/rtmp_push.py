@@ -192,9 +192,8 @@ class RtmpRepublish:
         target = self.target
         self._log.info("rtmp_republish_connecting", host=target.host, port=target.port, tls=target.tls)
         tls = ssl.create_default_context() if target.tls else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port, ssl=tls), self.timeout
-        )
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_connection(target.host, target.port, ssl=tls)
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
         client = RtmpClientConnection.for_url(target)
         subscription: Subscription | None = None
@@ -230,7 +229,8 @@ class RtmpRepublish:
                     writer.write(client.data_to_send())
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, TimeoutError, ssl.SSLError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _until_publishing(
         self, client: RtmpClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -243,14 +243,16 @@ class RtmpRepublish:
             if left <= 0:
                 raise TimeoutError(f"the publish was not accepted within {self.timeout:g} s")
             try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), left)
+                async with asyncio.timeout(left):
+                    data = await reader.read(READ_SIZE)
             except TimeoutError:
                 continue  # reported above
             events = client.receive_data(data)
             out = client.data_to_send()
             if out:
                 writer.write(out)
-                await asyncio.wait_for(writer.drain(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await writer.drain()
             for event in events:
                 if isinstance(event, Refused):
                     raise RepublishRefused(str(event))
@@ -305,7 +307,8 @@ class RtmpRepublish:
             writer.write(client.data_to_send())
             self.frames += 1
             try:
-                await asyncio.wait_for(writer.drain(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await writer.drain()
             except TimeoutError:
                 raise ConnectionError(f"the far end took nothing for {self.timeout:g} s") from None
 

@@ -407,7 +407,8 @@ class _Connection:
                     reason = "session timeout"
                     break
                 try:
-                    data = await asyncio.wait_for(self.reader.read(65536), remaining)
+                    async with asyncio.timeout(remaining):
+                        data = await self.reader.read(65536)
                 except TimeoutError:
                     continue
                 if not data:
@@ -435,7 +436,8 @@ class _Connection:
             writer.close()
             # A peer that reads nothing would hold the close (and the server's stop) forever.
             try:
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
             except (ConnectionError, OSError, TimeoutError):
                 writer.transport.abort()
 

@@ -179,9 +179,8 @@ class RtspPull:
             transport=self.transport,
         )
         tls = ssl.create_default_context() if target.tls else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port, ssl=tls), self.timeout
-        )
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_connection(target.host, target.port, ssl=tls)
         udp: tuple[asyncio.DatagramTransport, asyncio.DatagramTransport] | None = None
         loop = asyncio.get_running_loop()
         client: RtspClientConnection | None = None
@@ -218,7 +217,8 @@ class RtspPull:
                     writer.write(client.data_to_send())
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _exchange(
         self,
@@ -249,7 +249,8 @@ class RtspPull:
             # Over UDP the connection is quiet while media flows: wake up to see it did.
             wait = min(deadline, next_keepalive, now + 1.0) - now
             try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), wait)
+                async with asyncio.timeout(wait):
+                    data = await reader.read(READ_SIZE)
             except TimeoutError:
                 continue  # time for a keepalive, or the timeout: checked above
             if not data:
@@ -269,7 +270,8 @@ class RtspPull:
         out = client.data_to_send()
         if out:
             writer.write(out)
-            await asyncio.wait_for(writer.drain(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await writer.drain()
 
     # --- the stream -------------------------------------------------------------------------
 
