@@ -7,6 +7,7 @@ import os
 import ssl
 import threading
 import urllib.parse
+from collections import Counter
 from typing import Any
 
 from gateway.access import AccessRequest, Action, OpenAccess, policy_from
@@ -246,14 +247,22 @@ class Gateway:
         return await self.access.check(AccessRequest(Action.PLAY, name, token))
 
     def health(self) -> dict[str, Any]:
+        tasks = asyncio.all_tasks()
         return {
             "streams": len(self.registry),
             "sessions": len(self.wcs.connections),
             "peer_connections": Peer.open_count,
-            "tasks": len(asyncio.all_tasks()),
+            "tasks": len(tasks),
+            # What the tasks run, by coroutine: a leak shows what leaked.
+            "task_kinds": dict(Counter(_coroutine_name(task) for task in tasks)),
             "threads": threading.active_count(),
             "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
         }
+
+
+def _coroutine_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return str(getattr(coro, "__qualname__", type(coro).__name__))
 
 
 def default_push_url(config: Config, kind: str) -> str:

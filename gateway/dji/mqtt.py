@@ -14,7 +14,7 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -76,6 +76,36 @@ class BrokerAddress:
             socket_options=NO_DELAY,
         )
 
+    async def stay_connected(
+        self,
+        session: Callable[[], Awaitable[None]],
+        connected: asyncio.Event,
+        *,
+        event: str,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run ``session`` (which sets ``connected`` once subscribed) again and again until
+        cancelled: capped exponential backoff between attempts, 1 s again after a link that
+        worked. ``on_lost`` hears why a link that worked ended; ``event`` is the log event
+        of a dropped link."""
+        backoff = 1.0
+        while True:
+            error = "session ended"
+            try:
+                await session()
+            except aiomqtt.MqttError as exc:
+                error = str(exc)
+                log.warning(event, broker=self.host, error=error)
+            finally:
+                was_connected = connected.is_set()
+                connected.clear()
+            if was_connected:
+                if on_lost is not None:
+                    on_lost(error)
+                backoff = 1.0
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
 
 @dataclass(frozen=True, slots=True)
 class LinkLost:
@@ -107,25 +137,14 @@ class DjiMqtt:
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
-        backoff = 1.0
         ticker = asyncio.create_task(self._tick())
         try:
-            while True:
-                error = "session ended"
-                try:
-                    await self._session()
-                except aiomqtt.MqttError as exc:
-                    error = str(exc)
-                    log.warning("mqtt_disconnected", broker=self.broker.host, error=error)
-                finally:
-                    was_connected = self.connected.is_set()
-                    self._client = None
-                    self.connected.clear()
-                if was_connected:
-                    self.on_event(LinkLost(error))
-                    backoff = 1.0  # a link that worked is retried quickly
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+            await self.broker.stay_connected(
+                self._session,
+                self.connected,
+                event="mqtt_disconnected",
+                on_lost=lambda error: self.on_event(LinkLost(error)),
+            )
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
@@ -137,13 +156,16 @@ class DjiMqtt:
             self._client = client
             self.connected.set()
             log.info("mqtt_connected", broker=self.broker.host, port=self.broker.port)
-            async for message in client.messages:
-                payload = message.payload
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                if not isinstance(payload, bytes | bytearray):
-                    continue
-                await self._receive(str(message.topic), bytes(payload))
+            try:
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    if not isinstance(payload, bytes | bytearray):
+                        continue
+                    await self._receive(str(message.topic), bytes(payload))
+            finally:
+                self._client = None
 
     async def _receive(self, topic: str, payload: bytes) -> None:
         try:

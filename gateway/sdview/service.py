@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 import aiomqtt
 
-from gateway.dji.mqtt import MAX_BACKOFF, BrokerAddress
+from gateway.dji.mqtt import BrokerAddress
 from gateway.log import get_logger
 from gateway.media.registry import StreamRegistry
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable, check_width
@@ -101,7 +101,9 @@ class SdViewService:
 
     async def run(self) -> None:
         """Stay connected until `stop` (then return) or until cancelled."""
-        self._loop = loop = asyncio.ensure_future(self._stay_connected())
+        self._loop = loop = asyncio.ensure_future(
+            self.broker.stay_connected(self._session, self.connected, event="sd_view_mqtt_disconnected")
+        )
         try:
             await loop
         except asyncio.CancelledError:
@@ -110,20 +112,6 @@ class SdViewService:
                 raise  # we were cancelled, not stopped
         finally:
             loop.cancel()
-
-    async def _stay_connected(self) -> None:
-        backoff = 1.0
-        while not self._stopping:
-            try:
-                await self._session()
-            except aiomqtt.MqttError as exc:
-                log.warning("sd_view_mqtt_disconnected", broker=self.broker.host, error=str(exc))
-            finally:
-                if self.connected.is_set():
-                    backoff = 1.0  # a link that worked is retried quickly
-                self.connected.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _session(self) -> None:
         async with self.broker.client(self._identifier) as client:

@@ -33,7 +33,11 @@ async def settle(gateway: GatewayProcess, baseline: dict[str, Any], timeout: flo
                 await asyncio.sleep(0.2)
     except TimeoutError:
         diff = {k: (baseline[k], health.get(k)) for k in keys if health.get(k) != baseline[k]}
-        raise AssertionError(f"resources left behind (baseline, now): {diff}") from None
+        before, after = baseline["task_kinds"], health.get("task_kinds", {})
+        kinds = {k: (before.get(k, 0), n) for k, n in after.items() if n != before.get(k, 0)}
+        raise AssertionError(
+            f"resources left behind (baseline, now): {diff}; tasks by kind: {kinds}"
+        ) from None
 
 
 async def test_200_publish_play_close_cycles_leave_nothing_behind(
