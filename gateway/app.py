@@ -256,6 +256,12 @@ class Gateway:
             # What the tasks run, by coroutine: a leak shows what leaked.
             "task_kinds": dict(Counter(_coroutine_name(task) for task in tasks)),
             "threads": threading.active_count(),
+            # Each MQTT link: up or not (the broker may be down; the link keeps trying).
+            "mqtt_links": {
+                name: service.connected.is_set()
+                for name, service in (("dji", self.dji and self.dji.mqtt), ("sd_view", self.sdview))
+                if service
+            },
             "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
         }
 

@@ -43,7 +43,12 @@ async def settle(gateway: GatewayProcess, baseline: dict[str, Any], timeout: flo
 async def test_200_publish_play_close_cycles_leave_nothing_behind(
     gateway: GatewayProcess, video_track: TrackFactory
 ) -> None:
+    # The gateway at rest: its MQTT link up too (a link's message reader is a task).
+    async with asyncio.timeout(30):
+        while not all(gateway.health()["mqtt_links"].values()):
+            await asyncio.sleep(0.1)
     baseline = await settle(gateway, gateway.health())
+    assert baseline["mqtt_links"] == {"dji": True}
     assert baseline["peer_connections"] == 0 and baseline["streams"] == 0
     completed = 0
     for cycle in range(CYCLES):
