@@ -9,7 +9,11 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY static ./static
 RUN pip install --no-cache-dir .
-ENV SKYRELAY_STATIC_DIR=/app/static
+ENV SKYRELAY_STATIC_DIR=/app/static \
+    SKYRELAY_DEVICE_STATE_FILE=/var/lib/skyrelay/devices.json \
+    SKYRELAY_RECORDINGS_DIR=/var/lib/skyrelay/recordings
+# What outlives the container: the DJI devices learned and the recordings.
+VOLUME /var/lib/skyrelay
 
 # WebSocket API, HTTP, RTMP ingest. WebRTC media uses UDP ports chosen per peer connection: run with
 # --network host, or announce the host's address with --public-ip.

@@ -8,6 +8,7 @@ import ssl
 import threading
 import urllib.parse
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from gateway.access import AccessRequest, Action, OpenAccess, policy_from
@@ -138,6 +139,9 @@ class Gateway:
                 url_types={sn: UrlType[kind.upper()] for sn, kind in pairs(config.live_url_types).items()},
                 rtsp_port=config.live_rtsp_port,
                 offline_after=config.device_offline_after,
+                state_file=None
+                if config.device_state_file in ("", "off")
+                else Path(config.device_state_file),
             )
             if mqtt_url
             else None

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--live-url-types", help="per dock or remote controller: SN=rtmp|whip|rtsp, comma-separated"
     )
+    serve.add_argument(
+        "--device-state-file", help="where the DJI devices learned are kept (default state/devices.json; off)"
+    )
     serve.add_argument("--auth-hook-url", help="WCS REST hooks backend: connect/publishStream/playStream")
     serve.add_argument("--alias", action="append", dest="aliases", help="ALIAS=STREAM_NAME (repeatable)")
     serve.add_argument("--public-ip", help="address to announce in ICE candidates (1:1 NAT)")

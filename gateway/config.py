@@ -45,6 +45,8 @@ class Config:
     live_url_type: str = "rtmp"
     live_url_types: tuple[str, ...] = ()
     live_rtsp_port: int = 8554  # the port an RTSP-serving device is asked to listen on
+    # The DJI devices and videos learned, kept across restarts ("off": not kept).
+    device_state_file: str = "state/devices.json"
     live_linger: float = 30.0
     live_reply_timeout: float = 20.0
     live_max_attempts: int = 4

@@ -78,6 +78,7 @@ class GatewayProcess:
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}
+        env["SKYRELAY_DEVICE_STATE_FILE"] = str(log_dir / f"devices-{self.ws_port}.json")  # not the repo's
         env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)

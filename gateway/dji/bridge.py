@@ -16,10 +16,12 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from gateway.dji import live
 from gateway.dji import protocol as p
+from gateway.dji.device_state import DeviceStateFile
 from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceReplied, VideosChanged
 from gateway.dji.mqtt import BrokerAddress, DjiMqtt, LinkLost
 from gateway.log import get_logger
@@ -44,6 +46,7 @@ class DjiBridge:
         url_types: Mapping[str, p.UrlType] | None = None,
         rtsp_port: int = 8554,
         offline_after: float = 60.0,
+        state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -55,7 +58,8 @@ class DjiBridge:
         self.rtsp_port = rtsp_port
         self.clock = clock
         self.devices = DeviceRegistry(offline_after)
-        self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock)
+        self.state = DeviceStateFile(state_file) if state_file is not None else None
+        self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock, state=self.state)
         self.sources: dict[str, tuple[str, p.VideoId]] = {}  # stream name -> gateway, video
         self.controllers: dict[str, live.LiveController] = {}
         self._keys: dict[str, str] = {}  # stream name -> its open ingest key
@@ -66,6 +70,8 @@ class DjiBridge:
         registry.add_on_demand(self)
 
     async def start(self) -> None:
+        if self.state is not None:
+            self.state.load(self.devices)  # offline until they speak, then offered at once
         self._tasks.add(asyncio.ensure_future(self.mqtt.run()))
         self._tasks.add(asyncio.ensure_future(self._tick()))
 
@@ -108,7 +114,7 @@ class DjiBridge:
                 {
                     "sn": gateway.sn,
                     "online": gateway.online,
-                    "last_seen_s": round(now - gateway.last_seen, 1),
+                    "last_seen_s": None if gateway.last_seen is None else round(now - gateway.last_seen, 1),
                     "aircraft": list(topology.sub_devices) if topology else [],
                     "videos": videos,
                 }

@@ -1,12 +1,18 @@
 """The DJI device registry, sans I/O: feed it MQTT messages (topic, payload, time) and it
 keeps which gateways are online, which videos they offer and which are live, and returns
-the replies the protocol requires and the events the bridge acts on."""
+the replies the protocol requires and the events the bridge acts on.
+
+What it learned of each gateway (its devices and the videos they offer) survives a restart
+through `snapshot` and `restore`: docks send ``live_capacity`` only when it changes, so a
+bridge started later would otherwise know no camera until then."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.dji import protocol as p
+from gateway.dji.protocol import DjiProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +57,14 @@ class ServiceReplied:
 Event = Publish | GatewayOnline | GatewayOffline | VideosChanged | LiveStatusChanged | ServiceReplied
 
 
+# The `snapshot` format: bumped when it changes incompatibly (older files are ignored).
+SNAPSHOT_VERSION = 1
+
+
 @dataclass
 class Gateway:
     sn: str
-    last_seen: float
+    last_seen: float | None  # None: restored, not heard from since this process started
     online: bool = True
     topology: p.Topology | None = None
     capacity: p.LiveCapacity = field(default_factory=p.LiveCapacity)
@@ -66,6 +76,8 @@ class DeviceRegistry:
         self.offline_after = offline_after
         self.gateways: dict[str, Gateway] = {}
         self._gateway_of_device: dict[str, str] = {}  # aircraft sn -> gateway sn
+        # Counts the changes a `snapshot` holds (topology, capacity): save when it moves.
+        self.revision = 0
 
     def receive(self, topic: str, payload: bytes, now: float) -> list[Event]:
         """One MQTT message. Raises DjiProtocolError for a malformed payload on a device
@@ -80,10 +92,13 @@ class DeviceRegistry:
         events: list[Event] = self._seen(gateway_sn, now)
         gateway = self.gateways[gateway_sn]
         if content.topology is not None:
+            if content.topology != gateway.topology:
+                self.revision += 1
             self._set_topology(gateway, content.topology)
             events.append(Publish(p.reply_topic(where), p.reply_to(envelope)))
         if content.capacity is not None and content.capacity != gateway.capacity:
             gateway.capacity = content.capacity
+            self.revision += 1
             events.append(VideosChanged(gateway.sn, content.capacity.videos))
         if content.statuses is not None:
             gateway.live_status = {s.video_id: s for s in content.statuses}
@@ -98,7 +113,11 @@ class DeviceRegistry:
         """Gateways silent for longer than ``offline_after`` go offline."""
         events: list[Event] = []
         for gateway in self.gateways.values():
-            if gateway.online and now - gateway.last_seen > self.offline_after:
+            if (
+                gateway.online
+                and gateway.last_seen is not None
+                and now - gateway.last_seen > self.offline_after
+            ):
                 gateway.online = False
                 events.append(GatewayOffline(gateway.sn, f"no message for {self.offline_after:g} s"))
                 if gateway.capacity.videos:
@@ -114,6 +133,56 @@ class DeviceRegistry:
             if video.video_id == video_id:
                 return self.gateways[sn]
         return None
+
+    # --- across restarts ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each gateway's devices and videos, as JSON-able data in the devices' own wire
+        format (``update_topo`` data, ``live_capacity``)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "gateways": {
+                gateway.sn: {
+                    "update_topo": p.update_topo_data(gateway.topology) if gateway.topology else None,
+                    "live_capacity": p.live_capacity_data(gateway.capacity),
+                }
+                for gateway in self.gateways.values()
+            },
+        }
+
+    def restore(self, snapshot: Any) -> list[str]:
+        """The gateways of a `snapshot`, offline until they next speak (then their videos
+        are offered at once). Gateways already known are left alone; malformed entries are
+        skipped. Raises DjiProtocolError if ``snapshot`` is not one at all. Returns the
+        serial numbers restored."""
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("gateways"), dict):
+            raise DjiProtocolError("not a device registry snapshot")
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise DjiProtocolError(f"snapshot version {snapshot.get('version')!r}, not {SNAPSHOT_VERSION}")
+        restored: list[str] = []
+        for sn, entry in snapshot["gateways"].items():
+            if (
+                not isinstance(sn, str)
+                or not p.valid_sn(sn)
+                or sn in self.gateways
+                or not isinstance(entry, dict)
+            ):
+                continue
+            try:
+                capacity = p.parse_live_capacity(entry.get("live_capacity"))
+                topo = entry.get("update_topo")
+                topology = (
+                    p.parse_update_topo(sn, p.Envelope("", "", "update_topo", topo))
+                    if isinstance(topo, dict)
+                    else None
+                )
+            except DjiProtocolError:
+                continue
+            gateway = self.gateways[sn] = Gateway(sn, None, online=False, capacity=capacity)
+            if topology is not None:
+                self._set_topology(gateway, topology)
+            restored.append(sn)
+        return restored
 
     # --- message kinds --------------------------------------------------------------------
 

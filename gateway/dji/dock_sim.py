@@ -137,27 +137,9 @@ class DockSimulator:
         await client.publish(
             f"sys/product/{self.gateway_sn}/status", self._message("update_topo", topo), qos=1
         )
-        cameras: dict[str, list[dict[str, object]]] = {}
-        for video in self.videos:
-            cameras.setdefault(video.sn, []).append(
-                {
-                    "camera_index": video.camera_index,
-                    "available_video_number": 1,
-                    "coexist_video_number_max": 1,
-                    "video_list": [
-                        {
-                            "video_index": video.video_index,
-                            "video_type": "normal",
-                            "switchable_video_types": list(LENSES),
-                        }
-                    ],
-                }
-            )
-        capacity = {
-            "available_video_number": len(self.videos),
-            "coexist_video_number_max": 1,
-            "device_list": [{"sn": sn, "camera_list": cams} for sn, cams in cameras.items()],
-        }
+        capacity = p.live_capacity_data(
+            p.LiveCapacity(tuple(p.Video(video, "normal", LENSES) for video in self.videos), coexist_max=1)
+        )
         state = self._message("", {"live_capacity": capacity})
         await client.publish(f"thing/product/{self.gateway_sn}/state", state, qos=1)
 

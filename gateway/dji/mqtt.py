@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from gateway.dji import protocol as p
+from gateway.dji.device_state import DeviceStateFile
 from gateway.dji.devices import DeviceRegistry, Event, Publish
 from gateway.log import get_logger
 
@@ -123,9 +124,11 @@ class DjiMqtt:
         *,
         clock: Callable[[], float] = time.monotonic,
         tick_interval: float = 1.0,
+        state: DeviceStateFile | None = None,
     ) -> None:
         self.broker = broker
         self.registry = registry
+        self.state = state
         self.on_event = on_event
         self.clock = clock
         self.tick_interval = tick_interval
@@ -174,6 +177,8 @@ class DjiMqtt:
             self.dropped_messages += 1
             log.warning("dji_message_dropped", topic=topic[:200], reason=str(exc)[:200])
             return
+        if self.state is not None:
+            self.state.save(self.registry)  # only when devices or videos changed
         await self._handle(events)
 
     async def _handle(self, events: list[Event]) -> None:

@@ -338,6 +338,41 @@ def parse_live_capacity(value: Any) -> LiveCapacity:
     return LiveCapacity(tuple(videos), coexist if usable else 0)
 
 
+def live_capacity_data(capacity: LiveCapacity) -> dict[str, Any]:
+    """``live_capacity`` as a device reports it: the inverse of `parse_live_capacity`."""
+    devices: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for video in capacity.videos:
+        cameras = devices.setdefault(video.video_id.sn, {})
+        cameras.setdefault(video.video_id.camera_index, []).append(
+            {
+                "video_index": video.video_id.video_index,
+                "video_type": video.video_type,
+                "switchable_video_types": list(video.switchable_types),
+            }
+        )
+    return {
+        "available_video_number": len(capacity.videos),
+        "coexist_video_number_max": capacity.coexist_max,
+        "device_list": [
+            {
+                "sn": sn,
+                "available_video_number": sum(len(v) for v in cameras.values()),
+                "coexist_video_number_max": capacity.coexist_max,
+                "camera_list": [
+                    {
+                        "camera_index": index,
+                        "available_video_number": len(videos),
+                        "coexist_video_number_max": capacity.coexist_max,
+                        "video_list": videos,
+                    }
+                    for index, videos in cameras.items()
+                ],
+            }
+            for sn, cameras in devices.items()
+        ],
+    }
+
+
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
@@ -381,6 +416,15 @@ class Topology:
     domain: str = ""
     type: int = 0
     sub_devices: tuple[str, ...] = field(default_factory=tuple)
+
+
+def update_topo_data(topology: Topology) -> dict[str, Any]:
+    """``update_topo``'s data: the inverse of `parse_update_topo`."""
+    return {
+        "domain": topology.domain,
+        "type": topology.type,
+        "sub_devices": [{"sn": sn} for sn in topology.sub_devices],
+    }
 
 
 def parse_update_topo(gateway_sn: str, envelope: Envelope) -> Topology:

@@ -140,7 +140,7 @@ def local_config(**settings: Any) -> Config:
         rtmp_port=free_port(),
         rtsp_port=free_port(),
         ice_addresses=("127.0.0.1",),
-        **{"mqtt_broker": "off", **settings},
+        **{"mqtt_broker": "off", "device_state_file": "off", **settings},
     )
 
 

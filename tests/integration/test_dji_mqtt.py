@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -15,7 +16,10 @@ import pytest_asyncio
 from gateway.dji import protocol as p
 from gateway.dji.devices import DeviceRegistry, Event, ServiceReplied, VideosChanged
 from gateway.dji.mqtt import BrokerAddress, DjiMqtt
+from gateway.wcs.client import WcsClient
 from tests.conftest import MosquittoProcess
+from tests.integration.conftest import bridged_gateway
+from tests.integration.drone import http_json
 
 DOCK = "7CTDM4100B2A8L"
 AIRCRAFT = "1581F5BMD228Q00A82XX"
@@ -182,3 +186,40 @@ def test_broker_urls() -> None:
     for bad in ("http://h:1883", "mqtt://", "mqtt://h:99999", "h:1883"):
         with pytest.raises(ValueError):
             BrokerAddress.parse(bad)
+
+
+async def test_a_restarted_gateway_offers_the_docks_videos_at_its_first_word(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Docks send live_capacity only when it changes. A gateway restarted meanwhile knows the
+    videos from its state file: listed offline at once, playable at the dock's next osd."""
+    state_file = str(tmp_path / "state" / "devices.json")
+    video = f"{AIRCRAFT}/53-0-0/normal-0"
+    async with dock(mosquitto) as client:
+        async with bridged_gateway(mosquitto, device_state_file=state_file) as first:
+            await come_online(client)
+            async with asyncio.timeout(10):
+                while not (first.dji and first.dji.serves(video)):
+                    await asyncio.sleep(0.05)
+        async with bridged_gateway(mosquitto, device_state_file=state_file) as second:
+            assert second.dji is not None
+            (listed,) = (await http_json(second, "/api/devices"))["gateways"]
+            assert (listed["sn"], listed["online"], listed["last_seen_s"]) == (DOCK, False, None)
+            assert listed["aircraft"] == [AIRCRAFT]
+            assert [v["stream"] for v in listed["videos"]] == [video, f"{AIRCRAFT}/53-0-0/zoom-0"]
+            assert not second.dji.serves(video)  # offline: not playable yet
+            # Only an osd, as a dock sends every second or so: no capacity.
+            await client.publish(f"thing/product/{DOCK}/osd", envelope("", {"mode_code": 0}, gateway=DOCK))
+            async with asyncio.timeout(10):
+                while not second.dji.serves(video):
+                    await asyncio.sleep(0.05)
+            # A viewer's play reaches the dock as live_start_push.
+            viewer = await WcsClient.connect(f"ws://127.0.0.1:{second.config.ws_port}")
+            playing = asyncio.create_task(viewer.play(video, timeout=30))  # answered once live
+            try:
+                command = await next_message(client, f"thing/product/{DOCK}/services")
+                assert command["method"] == "live_start_push" and command["data"]["video_id"] == video
+            finally:
+                playing.cancel()
+                await asyncio.gather(playing, return_exceptions=True)
+                await viewer.close()

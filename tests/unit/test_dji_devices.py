@@ -499,3 +499,75 @@ def test_bad_live_status_does_not_swallow_a_capacity_change() -> None:
         registry.receive(STATE, state(live_capacity=CAPACITY, live_status="bad"), 1.0)
     events = registry.receive(STATE, state(live_capacity=CAPACITY), 2.0)
     assert [type(e) for e in events] == [VideosChanged]
+
+
+# --- across restarts --------------------------------------------------------------------------
+
+
+def test_wire_encoders_are_the_inverse_of_the_parsers() -> None:
+    capacity = p.parse_live_capacity(CAPACITY)
+    assert len(capacity.videos) == 3 and capacity.coexist_max > 0
+    assert p.parse_live_capacity(p.live_capacity_data(capacity)) == capacity
+    topology = p.parse_update_topo(GW, p.parse_envelope(update_topo(AIRCRAFT)))
+    again = p.parse_update_topo(GW, p.Envelope("", "", "update_topo", p.update_topo_data(topology)))
+    assert again == topology and topology.sub_devices == (AIRCRAFT,)
+
+
+def test_a_restored_registry_offers_the_videos_as_soon_as_the_gateway_speaks() -> None:
+    """Docks send live_capacity only when it changes: a restarted bridge knows the videos
+    from the snapshot, offline until the dock's next message (an aircraft's osd will do)."""
+    before = DeviceRegistry()
+    before.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    before.receive(STATE, state(live_capacity=CAPACITY), 1.0)
+    before.receive(f"sys/product/{GW2}/status", update_topo(), 2.0)  # a dock with no aircraft
+    snapshot = json.loads(json.dumps(before.snapshot()))  # as the file holds it
+
+    after = DeviceRegistry()
+    assert sorted(after.restore(snapshot)) == sorted([GW, GW2])
+    assert after.videos() == [] and not after.gateways[GW].online
+    assert after.gateways[GW].last_seen is None
+    assert after.tick(10_000.0) == []  # never heard from: not "went offline" again
+    # The aircraft's osd names no gateway: the restored topology says whose it is.
+    events = after.receive(f"thing/product/{AIRCRAFT}/osd", payload("", {"height": 10}), 5.0)
+    assert events == [GatewayOnline(GW), VideosChanged(GW, tuple(after.gateways[GW].capacity.videos))]
+    assert [str(v.video_id) for _, v in after.videos()] == [str(v) for v in VIDEO_IDS]
+    assert after.gateways[GW].capacity == before.gateways[GW].capacity
+    assert after.gateways[GW].topology == before.gateways[GW].topology
+    assert after.gateways[GW].last_seen == 5.0
+
+
+def test_restore_keeps_what_is_known_and_skips_what_is_malformed() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    capacity = p.live_capacity_data(p.parse_live_capacity(CAPACITY))
+    snapshot = {
+        "version": 1,
+        "gateways": {
+            GW: {"update_topo": None, "live_capacity": capacity},  # known already: left alone
+            GW2: {"update_topo": {"sub_devices": "nope"}, "live_capacity": capacity},
+            "bad sn/+": {"update_topo": None, "live_capacity": capacity},
+            "4TADKAQ000003K": {"live_capacity": "not an object"},
+            "4TADKAQ000004L": "not an entry",
+        },
+    }
+    assert registry.restore(snapshot) == [GW2]
+    assert registry.gateways[GW].online and registry.gateways[GW].capacity.videos == ()
+    assert registry.gateways[GW2].topology is not None and registry.gateways[GW2].topology.sub_devices == ()
+    for bad in (None, [], {"version": 1}, {"version": 1, "gateways": []}, {"version": 99, "gateways": {}}):
+        with pytest.raises(p.DjiProtocolError):
+            registry.restore(bad)
+
+
+def test_revision_counts_only_what_a_snapshot_holds() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATUS, update_topo(AIRCRAFT), 0.0)
+    assert registry.revision == 1
+    registry.receive(STATUS, update_topo(AIRCRAFT), 1.0)  # the same topology again
+    registry.receive(OSD, state(height=1), 2.0)
+    registry.receive(STATE, state(live_status=LIVE_STATUS), 3.0)
+    assert registry.revision == 1
+    registry.receive(STATE, state(live_capacity=CAPACITY), 4.0)
+    registry.receive(STATE, state(live_capacity=CAPACITY), 5.0)
+    assert registry.revision == 2
+    registry.tick(1000.0)  # offline: still the same devices and videos
+    assert registry.revision == 2
