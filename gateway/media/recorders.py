@@ -56,6 +56,7 @@ class Recorders:
                 "files": len(recorder.files),
                 "bytes": recorder.bytes_written,
                 "current": recorder.current.name if recorder.current else None,
+                "errors": recorder.errors,
             }
             for name, recorder in self.running.items()
         ]

@@ -6,27 +6,32 @@ filter, download and refuse bad input."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 import pytest_asyncio
 from aiohttp import web
 
 from gateway.http.recordings import recording_routes
 from gateway.media.recordings import RecordingStore, stream_dirname
+from gateway.media.sinks import recorder as recorder_module
 from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Stream
 from gateway.media.synthetic import ClipFeed
 from tests.conftest import ROOT, free_port
 from tests.integration.conftest import AccessUnits
+from tests.integration.test_rtsp import Watcher
 
 NAME = "SN/53-0-0/normal-0"
 
@@ -245,3 +250,99 @@ async def test_recordings_api_refuses_bad_input(recordings_api: tuple[str, Recor
         status, body = await get(f"{base}/api/recordings/{recording_id}")
         assert status == 404, recording_id
     assert os.path.exists(secret)
+
+
+class StallingDisk:
+    """The recorder module's `os`, whose writes wait for ``moving`` (set) or fail with
+    ``failures`` first: a slow, stalled or full disk."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.moving = threading.Event()
+        self.waiting = threading.Event()  # a write is held
+        self.failures = failures
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if not self.moving.is_set():
+            self.waiting.set()
+            self.moving.wait(60)
+        return os.write(fd, data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+
+async def test_a_stalled_disk_holds_back_the_recording_only(
+    clip_units: AccessUnits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes wait for a disk that takes nothing: the event loop goes on (another reader of
+    the stream keeps getting frames); once the disk moves, the file is complete."""
+    disk = StallingDisk()
+    monkeypatch.setattr(recorder_module, "os", disk)
+    feed = clip_feed(NAME, clip_units)
+    watcher = Watcher(feed.stream)
+    recorder = Recorder(feed.stream, tmp_path, segment_seconds=60.0)
+    recorder.start()
+    try:
+        await until(disk.waiting.is_set)
+        frames = watcher.frames
+        await watcher.wait(frames=frames + 60)  # two seconds of video with the disk stalled
+        assert recorder.bytes_written == 0
+        disk.moving.set()
+        await until(lambda: recorder.bytes_written > 0)
+    finally:
+        disk.moving.set()
+        await watcher.stop()
+        await recorder.stop()
+        await feed.stop()
+    (path,) = recorder.files
+    assert_playable(path)
+
+
+async def test_a_disk_falling_behind_closes_the_file_and_recording_resumes(
+    clip_units: AccessUnits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = StallingDisk()
+    monkeypatch.setattr(recorder_module, "os", disk)
+    monkeypatch.setattr(recorder_module, "MAX_PENDING_BYTES", 20_000)
+    feed = clip_feed(NAME, clip_units)
+    recorder = Recorder(feed.stream, tmp_path, segment_seconds=60.0)
+    recorder.start()
+    try:
+        await until(disk.waiting.is_set)
+        # More than 20 kB waiting: the recorder gave the file up (and its close waits too).
+        await until(lambda: recorder.errors > 0)
+        disk.moving.set()
+        await until(lambda: len(recorder.files) >= 2)  # a new file at a keyframe
+    finally:
+        disk.moving.set()
+        await recorder.stop()
+        await feed.stop()
+    for path in recorder.files:
+        assert_playable(path)
+
+
+async def test_a_full_disk_fails_a_file_and_recording_goes_on(
+    clip_units: AccessUnits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the first write: that file is given up (empty, so retention removes it)
+    and the next keyframe starts a file that plays."""
+    disk = StallingDisk(failures=1)
+    disk.moving.set()
+    monkeypatch.setattr(recorder_module, "os", disk)
+    feed = clip_feed(NAME, clip_units)
+    store = RecordingStore(tmp_path)
+    recorder = Recorder(feed.stream, tmp_path, segment_seconds=60.0, store=store)
+    recorder.start()
+    try:
+        await until(lambda: len(recorder.files) >= 2 and recorder.bytes_written > 0)
+    finally:
+        await recorder.stop()
+        await feed.stop()
+    failed, *written = recorder.files
+    assert not failed.exists()  # empty: removed by retention when it was closed
+    for path in written:
+        assert_playable(path)
+    assert [r.path for r in store.recordings()] == written

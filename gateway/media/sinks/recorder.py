@@ -8,6 +8,11 @@ one ``write`` as soon as the muxer flushes them, so a gateway killed mid-segment
 that play up to the last complete fragment. A file is created only with its first fragment:
 no header-only files. A new file starts at the first keyframe ``segment_seconds`` after the
 current one started, and when the parameter sets change.
+
+The files are created, written and closed by a worker thread, in order (`SegmentFiles`): a
+slow or full disk never holds the event loop, and every other stream with it, back. When
+more than `MAX_PENDING_BYTES` wait for the disk, the file is closed and recording resumes
+at a keyframe once the disk has caught up.
 """
 
 from __future__ import annotations
@@ -31,6 +36,111 @@ from gateway.media.stream import MediaFrame, Stream, Subscription
 log = get_logger(__name__)
 
 SUBSCRIPTION_FRAMES = 300
+MAX_PENDING_BYTES = 32 * 1024 * 1024  # about a minute of 4 Mbit/s video
+
+
+class SegmentFiles:
+    """One recorder's files: created, written and closed in a worker thread, one operation
+    after the other in the order they were asked for. Failures (a full disk) are kept for
+    the recorder to see at its next frame."""
+
+    def __init__(self, directory: Path, store: RecordingStore | None) -> None:
+        self.directory = directory
+        self.store = store
+        self.files: list[Path] = []  # every file created, oldest first
+        self.bytes_written = 0
+        self.pending_bytes = 0  # asked for, not written yet
+        self.error: OSError | None = None
+        self.path: Path | None = None  # the file being written
+        self._fd: int | None = None
+        self._broken = False  # a write to the current file failed
+        self._ops: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name=f"recording-files:{directory.name}")
+
+    def create(self, start_epoch: float, data: bytes) -> None:
+        """A new file named after ``start_epoch``, beginning with ``data``."""
+        self.pending_bytes += len(data)
+        self._ops.put_nowait(lambda: self._create(start_epoch, data))
+
+    def write(self, data: bytes) -> None:
+        self.pending_bytes += len(data)
+        self._ops.put_nowait(lambda: self._write(data))
+
+    def close(self) -> None:
+        self._ops.put_nowait(self._close)
+
+    async def finish(self) -> None:
+        """Every operation asked for done; the worker ends."""
+        self._ops.put_nowait(None)
+        await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        while (op := await self._ops.get()) is not None:
+            try:
+                await asyncio.to_thread(op)
+                continue
+            except OSError as exc:
+                self.error = exc
+            except Exception as exc:  # a bug: say so, and let the recorder start a new file
+                log.exception("recording_file_failed", directory=self.directory.name)
+                self.error = OSError(f"{type(exc).__name__}: {exc}")
+            # Nothing more goes into this file: after a failed (or partial) write, more
+            # fragments would follow a hole. It plays up to its last complete fragment.
+            self._broken = True
+
+    # --- in the worker thread ----------------------------------------------------------------
+
+    def _create(self, start_epoch: float, data: bytes) -> None:
+        self._close()
+        self.directory.mkdir(parents=True, exist_ok=True)  # retention removes empty ones
+        start = start_epoch
+        while True:
+            path = self.directory / f"{format_stamp(start)}{SUFFIX}"
+            # Told before the file exists: retention removes empty files nobody is
+            # writing, and this one is empty until the first write.
+            if self.store is not None:
+                self.store.writing(path)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                break
+            except FileExistsError:
+                if self.store is not None:
+                    self.store.written(path)
+                start += 0.001  # the same millisecond as another file of this stream
+            except OSError:
+                if self.store is not None:
+                    self.store.written(path)
+                self.pending_bytes -= len(data)
+                raise
+        self.path = path
+        self.files.append(path)
+        log.info("recording_file", directory=self.directory.name, path=str(path))
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self._fd is None or self._broken:
+                return  # its file could not be created, or a write to it failed
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self.bytes_written += len(data)
+        finally:
+            self.pending_bytes -= len(data)
+
+    def _close(self) -> None:
+        self._broken = False
+        fd, self._fd = self._fd, None
+        path, self.path = self.path, None
+        if fd is None or path is None:
+            return
+        try:
+            os.close(fd)
+        finally:
+            if self.store is not None:
+                self.store.written(path)
+                self.store.apply_retention()
 
 
 class Recorder:
@@ -56,9 +166,8 @@ class Recorder:
         self.segment_seconds = segment_seconds
         self.fragment_seconds = fragment_seconds
         self.store = store
-        self.files: list[Path] = []  # every file this recorder created, oldest first
-        self.bytes_written = 0
         self.done = asyncio.Event()  # stopped, or the stream ended
+        self.errors = 0  # files given up: a full or slow disk, a frame the muxer refused
         self._clock = clock
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -67,16 +176,26 @@ class Recorder:
         self._held: MediaFrame | None = None
         self._segment_start: int | None = None  # pts of the current file's first frame
         self._start_epoch = 0.0
-        self._path: Path | None = None
-        self._fd: int | None = None
+        self._file_open = False  # asked for: the worker may not have created it yet
+        self._files: SegmentFiles | None = None
+        self._finishing: asyncio.Future[None] | None = None
 
     @property
     def current(self) -> Path | None:
         """The file being written, if any."""
-        return self._path if self._fd is not None else None
+        return self._files.path if self._files is not None else None
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file this recorder created, oldest first."""
+        return self._files.files if self._files is not None else []
+
+    @property
+    def bytes_written(self) -> int:
+        return self._files.bytes_written if self._files is not None else 0
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files = SegmentFiles(self.directory, self.store)
         self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
         self._subscription.audio.attach(lambda frame: True)  # video only
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
@@ -86,21 +205,25 @@ class Recorder:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._finish()
+        await self._finish()
 
     async def _run(self) -> None:
-        assert self._subscription is not None
+        assert self._subscription is not None and self._files is not None
         try:
             while (frame := await self._subscription.video.get()) is not None:
                 try:
+                    if self._files.error is not None:
+                        error, self._files.error = self._files.error, None
+                        raise error
                     self._on_frame(frame)
                 except (av.FFmpegError, ValueError, OSError) as exc:
                     # A full disk or a frame the muxer refuses: close this file, try a new
                     # one at the next keyframe.
+                    self.errors += 1
                     log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
                     self._close_file(flush_held=False)
         finally:
-            self._finish()
+            await self._finish()
 
     def _on_frame(self, frame: MediaFrame) -> None:
         # The cached keyframe replayed to a joining subscriber shows an earlier moment.
@@ -117,6 +240,9 @@ class Recorder:
         self._held = frame
 
     def _write(self, frame: MediaFrame, duration: int) -> None:
+        pending = self._files.pending_bytes if self._files is not None else 0
+        if pending > MAX_PENDING_BYTES:
+            raise OSError(f"the disk is not keeping up: {pending / 1024**2:.1f} MB waiting")
         if frame.keyframe:
             params = parameter_sets(frame.data)
             due = (
@@ -151,35 +277,14 @@ class Recorder:
         """Write complete fragments (with the header first, in the same write)."""
         if not data:
             return
-        if self._fd is None:
+        files = self._files
+        assert files is not None
+        if not self._file_open:
             assert muxer.header is not None
-            data = muxer.header + data
-            self._create_file()
-        assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.bytes_written += len(data)
-
-    def _create_file(self) -> None:
-        start = self._start_epoch
-        while True:
-            path = self.directory / f"{format_stamp(start)}{SUFFIX}"
-            # Told before the file exists: retention (in a thread) removes empty files
-            # nobody is writing, and this one is empty until the first write.
-            if self.store is not None:
-                self.store.writing(path)
-            try:
-                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                break
-            except FileExistsError:
-                if self.store is not None:
-                    self.store.written(path)
-                start += 0.001  # the same millisecond as another file of this stream
-        self._path = path
-        self.files.append(path)
-        log.info("recording_file", stream=self.stream.name, path=str(path))
+            files.create(self._start_epoch, muxer.header + data)
+            self._file_open = True
+        else:
+            files.write(data)
 
     def _close_file(self, *, flush_held: bool) -> None:
         muxer, self._muxer = self._muxer, None
@@ -191,24 +296,26 @@ class Recorder:
                 self._output(muxer, muxer.write(held.data, held.pts, step, held.keyframe))
             self._output(muxer, muxer.close())
         self._segment_start = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            path = self._path
-            assert path is not None
-            if self.store is not None:
-                self.store.written(path)
-                self.store.apply_retention()
+        if self._file_open:
+            self._file_open = False
+            assert self._files is not None
+            self._files.close()
 
-    def _finish(self) -> None:
-        if self.done.is_set():
-            return
+    async def _finish(self) -> None:
+        # Once, whoever comes first (stop, or the stream's end); the other waits for it.
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish_once())
+        await asyncio.shield(self._finishing)
+
+    async def _finish_once(self) -> None:
         try:
             self._close_file(flush_held=True)
         except (av.FFmpegError, ValueError, OSError) as exc:
             log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
         if self._subscription is not None:
             self.stream.unsubscribe(self._subscription)
+        if self._files is not None:
+            await self._files.finish()
         self.done.set()
         log.info(
             "recording_stopped", stream=self.stream.name, files=len(self.files), bytes=self.bytes_written
