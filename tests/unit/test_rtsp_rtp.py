@@ -17,6 +17,7 @@ from gateway.media.rtsp.rtp import (
     H264Depacketizer,
     RtpError,
     RtpPacket,
+    RtpReorder,
     parse_rtp,
     rtp_header,
 )
@@ -261,3 +262,58 @@ def test_round_trip_with_a_lost_packet_resumes_at_the_next_idr(encoded: dict[str
     assert [u.data for u in out] == [units[0], *units[3:]]
     assert out[1].keyframe and nal_type(next(h264.iter_nal_units(out[1].data))) == h264.NAL_SPS
     assert depacketizer.lost_packets == 1 and depacketizer.dropped_units == 2
+
+
+# --- reordering (UDP) -------------------------------------------------------------------------------
+
+
+def test_packets_that_overtook_others_are_put_back_in_order(encoded: dict[str, bytes]) -> None:
+    """After the first packet, a keyframe's fragments in reverse, then every pair swapped:
+    the same units come out."""
+    units = [annexb(nals) for nals in access_units(encoded["1920x1080-high"])]
+    packets = packetize(Stream("s"), units, first_sequence=65500)  # and across the wrap
+    first_unit = [p for p in packets if p.timestamp == packets[0].timestamp]
+    assert len(first_unit) > 4  # fragmented
+    rest = packets[len(first_unit) :]
+    for i in range(0, len(rest) - 1, 2):
+        rest[i], rest[i + 1] = rest[i + 1], rest[i]
+    shuffled = [first_unit[0], *reversed(first_unit[1:]), *rest]
+    depacketizer = H264Depacketizer()
+    out = feed(depacketizer, shuffled)
+    assert [u.data for u in out] == units
+    assert depacketizer.lost_packets == 0 and depacketizer.dropped_units == 0
+    assert depacketizer.reorder.reordered > len(packets) // 3
+
+
+def test_a_missing_packet_is_given_up_50_ms_of_stream_later() -> None:
+    reorder = RtpReorder()
+    released = reorder.push(packet(SLICE, 1, 0))
+    # sequence 2 never comes
+    assert reorder.push(packet(SLICE, 3, 3000)) == [] and reorder.push(packet(SLICE, 4, 3000)) == []
+    assert reorder.push(packet(SLICE, 5, 4500)) == []  # 50 ms: still waiting
+    released += reorder.push(packet(SLICE, 6, 4501))  # past it: given up
+    assert [p.sequence for p in released] == [1, 3, 4, 5, 6]
+    assert reorder.push(packet(SLICE, 2, 1500)) == [] and reorder.late == 1  # too late now
+
+
+def test_reorder_drops_duplicates_and_caps_what_it_holds() -> None:
+    reorder = RtpReorder(max_delay=10**9, max_packets=8)
+    assert [p.sequence for p in reorder.push(packet(SLICE, 10, 0))] == [10]
+    held = [reorder.push(packet(SLICE, 12 + i, 0)) for i in range(7)]
+    assert held == [[]] * 7
+    assert reorder.push(packet(SLICE, 12, 0)) == [] and reorder.late == 1  # a duplicate
+    assert [p.sequence for p in reorder.push(packet(SLICE, 19, 0))] == list(range(12, 20))  # cap reached
+    assert reorder.push(packet(SLICE, 12, 0)) == [] and reorder.push(packet(SLICE, 15, 0)) == []
+    assert reorder.late == 3
+
+
+@pytest.mark.parametrize("jump", [10_000, -10_000, 30_000])
+def test_a_sender_starting_a_new_sequence_is_followed_at_once(jump: int) -> None:
+    depacketizer = H264Depacketizer()
+    before = feed(depacketizer, [packet(stap_a(SPS, PPS, IDR), 1000, 0), packet(SLICE, 1001, 3000)])
+    restart = (1002 + jump) & 0xFFFF
+    after = feed(
+        depacketizer,
+        [packet(stap_a(SPS, PPS, IDR), restart, 6000), packet(SLICE, (restart + 1) & 0xFFFF, 9000)],
+    )
+    assert [u.timestamp for u in before + after] == [0, 3000, 6000, 9000]

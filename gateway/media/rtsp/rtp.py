@@ -5,6 +5,11 @@ fragments. An access unit ends at the marker bit or when the timestamp changes. 
 sequence numbers breaks the unit being built: it is dropped, and so is everything up to the
 next IDR, so what comes out always decodes. SPS/PPS (from the SDP or seen in band) are put
 before any IDR unit that lacks them.
+
+`RtpReorder`, in front of it, puts packets that overtook others (UDP does that) back in
+sequence order: a missing packet is waited for until packets 50 ms later (by their RTP
+timestamps) have come, then given up as lost. Over TCP nothing is ever out of order and it
+passes every packet straight through.
 """
 
 from __future__ import annotations
@@ -73,6 +78,78 @@ def rtp_header(*, payload_type: int, marker: bool, sequence: int, timestamp: int
     )
 
 
+class RtpReorder:
+    """Packets in sequence order. A packet ahead of the next expected one is held until the
+    missing ones come, or until a packet ``max_delay`` RTP ticks later than the last one
+    released has arrived, or ``max_packets`` are held: then the missing ones are given up
+    and the depacketizer sees the gap. Late and duplicate packets are dropped. A jump of
+    more than ``max_packets`` either way is the sender starting a new sequence: followed."""
+
+    def __init__(self, *, max_delay: int = 4500, max_packets: int = 128) -> None:
+        self.max_delay = max_delay  # 50 ms at H.264's 90 kHz
+        self.max_packets = max_packets
+        self.reordered = 0  # packets that came early and were put back in order
+        self.late = 0  # came after their place was given up, or twice
+        self._next: int | None = None
+        self._held: dict[int, RtpPacket] = {}
+        self._released_timestamp = 0
+
+    def push(self, packet: RtpPacket) -> list[RtpPacket]:
+        if self._next is None:
+            self._next = packet.sequence
+        ahead = (packet.sequence - self._next) & 0xFFFF
+        if ahead == 0:
+            out = self._release(packet)
+            out += self._release_held()
+            return out
+        if ahead < 0x8000 and ahead <= self.max_packets:  # early: the ones before it may come
+            if packet.sequence in self._held:
+                self.late += 1
+                return []
+            self._held[packet.sequence] = packet
+            waited = (packet.timestamp - self._released_timestamp) & 0xFFFFFFFF
+            if (waited < 0x80000000 and waited > self.max_delay) or len(self._held) >= self.max_packets:
+                return self._give_up_gap()
+            return []
+        behind = 0x10000 - ahead
+        if ahead >= 0x8000 and behind <= self.max_packets:
+            self.late += 1  # its place has passed: the depacketizer counted it lost
+            return []
+        # A new sequence: what is held comes out first, then the new one.
+        out = self._flush()
+        self._next = packet.sequence
+        return out + self._release(packet) + self._release_held()
+
+    def _release(self, packet: RtpPacket) -> list[RtpPacket]:
+        self._next = (packet.sequence + 1) & 0xFFFF
+        self._released_timestamp = packet.timestamp
+        return [packet]
+
+    def _release_held(self) -> list[RtpPacket]:
+        out: list[RtpPacket] = []
+        while self._held:
+            assert self._next is not None
+            packet = self._held.pop(self._next, None)
+            if packet is None:
+                break
+            self.reordered += 1
+            out += self._release(packet)
+        return out
+
+    def _give_up_gap(self) -> list[RtpPacket]:
+        """Skip to the first packet held, release what follows in order."""
+        assert self._next is not None
+        start = self._next
+        self._next = min(self._held, key=lambda sequence: (sequence - start) & 0xFFFF)
+        return self._release_held()
+
+    def _flush(self) -> list[RtpPacket]:
+        out: list[RtpPacket] = []
+        while self._held:
+            out += self._give_up_gap()
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class AccessUnit:
     """One H.264 access unit in Annex-B. ``timestamp`` is the RTP timestamp extended past
@@ -90,6 +167,7 @@ class H264Depacketizer:
         # The SDP's parameter sets serve until the stream sends its own.
         self.parameter_sets.sps, self.parameter_sets.pps = sps, pps
         self.packets = 0
+        self.reorder = RtpReorder()
         self.lost_packets = 0
         self.dropped_units = 0  # broken, or waiting for an IDR
         self.bad_packets = 0  # malformed or unsupported payloads
@@ -104,17 +182,37 @@ class H264Depacketizer:
         self._broken = False
         self._need_idr = True  # the stream may start mid-GOP
 
+    def figures(self) -> dict[str, int]:
+        """What came in, for the logs: packets, lost, put back in order, and so on."""
+        return {
+            "packets": self.packets,
+            "lost_packets": self.lost_packets,
+            "reordered_packets": self.reorder.reordered,
+            "late_packets": self.reorder.late,
+            "dropped_units": self.dropped_units,
+            "bad_packets": self.bad_packets,
+        }
+
     def receive(self, packet: RtpPacket) -> list[AccessUnit]:
         self.packets += 1
+        units: list[AccessUnit] = []
+        for in_order in self.reorder.push(packet):
+            units += self._receive_in_order(in_order)
+        return units
+
+    def _receive_in_order(self, packet: RtpPacket) -> list[AccessUnit]:
         units: list[AccessUnit] = []
         expected = self._expected_sequence
         gap = False
         if expected is not None and packet.sequence != expected:
             ahead = (packet.sequence - expected) & 0xFFFF
-            if ahead >= 0x8000:
-                return units  # late or duplicated: its unit has been handled
-            self.lost_packets += ahead
-            gap = True
+            if ahead <= self.reorder.max_packets:
+                self.lost_packets += ahead
+                gap = True
+            else:  # a new sequence: the sender restarted. A unit it cut short is broken.
+                self._broken |= bool(self._nals) or self._fragment is not None
+                units += self._finish()
+                self._need_idr = True
         self._expected_sequence = (packet.sequence + 1) & 0xFFFF
         timestamp = self._extend(packet.timestamp)
         # Lost packets may be the tail of the unit being built or the head of this one:

@@ -125,6 +125,7 @@ class RtspPull:
         self._time_base = Fraction(1, 90000)
         self._task: asyncio.Task[None] | None = None
         self._early: list[AccessUnit] = []
+        self.rtp_figures: dict[str, int] = {}  # of the last connection's video
 
     async def start(self) -> None:
         if self._task is None:
@@ -162,7 +163,7 @@ class RtspPull:
                 if self.connections > played:
                     delay = self.backoff[0]  # it worked for a while: retry soon
                 event = "rtsp_pull_disconnected" if self._disconnected() else "rtsp_pull_failed"
-                self._log.info(event, reason=reason, retry_in=delay)
+                self._log.info(event, reason=reason, retry_in=delay, **self.rtp_figures)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
         finally:
@@ -208,6 +209,8 @@ class RtspPull:
             await self._exchange(client, reader, writer, loop)
         finally:
             self._early.clear()
+            if client is not None and client.depacketizer is not None:
+                self.rtp_figures = client.depacketizer.figures()
             if udp is not None:
                 for transport in udp:
                     transport.close()
