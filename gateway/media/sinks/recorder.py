@@ -44,30 +44,33 @@ class SegmentFiles:
     after the other in the order they were asked for. Failures (a full disk) are kept for
     the recorder to see at its next frame."""
 
-    def __init__(self, directory: Path, store: RecordingStore | None) -> None:
+    def __init__(self, stream: str, directory: Path, store: RecordingStore | None) -> None:
+        self.stream = stream
         self.directory = directory
         self.store = store
         self.files: list[Path] = []  # every file created, oldest first
         self.bytes_written = 0
-        self.pending_bytes = 0  # asked for, not written yet
+        self.pending_bytes = 0  # asked for, not written yet (counted on the event loop only)
         self.error: OSError | None = None
         self.path: Path | None = None  # the file being written
         self._fd: int | None = None
         self._broken = False  # a write to the current file failed
-        self._ops: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(), name=f"recording-files:{directory.name}")
+        self._ops: asyncio.Queue[tuple[Callable[[], None], int] | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name=f"recording-files:{stream}")
 
     def create(self, start_epoch: float, data: bytes) -> None:
         """A new file named after ``start_epoch``, beginning with ``data``."""
-        self.pending_bytes += len(data)
-        self._ops.put_nowait(lambda: self._create(start_epoch, data))
+        self._ask(lambda: self._create(start_epoch, data), len(data))
 
     def write(self, data: bytes) -> None:
-        self.pending_bytes += len(data)
-        self._ops.put_nowait(lambda: self._write(data))
+        self._ask(lambda: self._write(data), len(data))
 
     def close(self) -> None:
-        self._ops.put_nowait(self._close)
+        self._ask(self._close, 0)
+
+    def _ask(self, op: Callable[[], None], size: int) -> None:
+        self.pending_bytes += size
+        self._ops.put_nowait((op, size))
 
     async def finish(self) -> None:
         """Every operation asked for done; the worker ends."""
@@ -75,15 +78,18 @@ class SegmentFiles:
         await asyncio.shield(self._task)
 
     async def _run(self) -> None:
-        while (op := await self._ops.get()) is not None:
+        while (asked := await self._ops.get()) is not None:
+            op, size = asked
             try:
                 await asyncio.to_thread(op)
                 continue
             except OSError as exc:
                 self.error = exc
             except Exception as exc:  # a bug: say so, and let the recorder start a new file
-                log.exception("recording_file_failed", directory=self.directory.name)
+                log.exception("recording_file_failed", stream=self.stream)
                 self.error = OSError(f"{type(exc).__name__}: {exc}")
+            finally:
+                self.pending_bytes -= size
             # Nothing more goes into this file: after a failed (or partial) write, more
             # fragments would follow a hole. It plays up to its last complete fragment.
             self._broken = True
@@ -110,24 +116,20 @@ class SegmentFiles:
             except OSError:
                 if self.store is not None:
                     self.store.written(path)
-                self.pending_bytes -= len(data)
                 raise
         self.path = path
         self.files.append(path)
-        log.info("recording_file", directory=self.directory.name, path=str(path))
+        log.info("recording_file", stream=self.stream, path=str(path))
         self._write(data)
 
     def _write(self, data: bytes) -> None:
-        try:
-            if self._fd is None or self._broken:
-                return  # its file could not be created, or a write to it failed
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            self.bytes_written += len(data)
-        finally:
-            self.pending_bytes -= len(data)
+        if self._fd is None or self._broken:
+            return  # its file could not be created, or a write to it failed
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.bytes_written += len(data)
 
     def _close(self) -> None:
         self._broken = False
@@ -195,7 +197,7 @@ class Recorder:
         return self._files.bytes_written if self._files is not None else 0
 
     def start(self) -> None:
-        self._files = SegmentFiles(self.directory, self.store)
+        self._files = SegmentFiles(self.stream.name, self.directory, self.store)
         self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
         self._subscription.audio.attach(lambda frame: True)  # video only
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
