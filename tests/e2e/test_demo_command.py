@@ -3,11 +3,13 @@ dock's cameras, one click plays one in Chromium, and the video is live."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser
@@ -18,7 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def demo() -> Iterator[tuple[int, int]]:
+def demo(tmp_path: Path) -> Iterator[tuple[int, int]]:
     ws_port, http_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "gateway", "demo",
@@ -30,7 +32,11 @@ def demo() -> Iterator[tuple[int, int]]:
         "--mqtt-broker", f"127.0.0.1:{free_port()}",
         "--ice-address", "127.0.0.1",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # In a directory of its own: the demo keeps what it learns (state/devices.json) there.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -48,13 +54,17 @@ def demo() -> Iterator[tuple[int, int]]:
         proc.wait(timeout=15)
 
 
-async def test_one_click_plays_a_drone_camera(chromium: Browser, demo: tuple[int, int]) -> None:
+async def test_one_click_plays_a_drone_camera(
+    chromium: Browser, demo: tuple[int, int], tmp_path: Path
+) -> None:
     ws_port, http_port = demo
     page = await chromium.new_page()
     await page.goto(f"http://127.0.0.1:{http_port}/?ws=ws://127.0.0.1:{ws_port}")
     button = page.locator("#drones button").first
     await button.wait_for(timeout=30_000)  # the dock announces itself within seconds
     assert "SIMAIRCRAFT0001/53-0-0/normal-0" in (await button.text_content() or "")
+    # What the demo learned of the dock is kept for its next start, in its own directory.
+    assert "SIMAIRCRAFT0001" in (tmp_path / "state" / "devices.json").read_text()
     await button.click()
     decoded = (
         "() => document.querySelector('#streams video')?.getVideoPlaybackQuality().totalVideoFrames || 0"
