@@ -254,7 +254,7 @@ def test_udp_play_client_and_server() -> None:
         if played:
             break
     assert played == [Playing("S", 60.0)]
-    assert (server.client_port, client.server_ports) == ((5000, 5001), (6000, 6001))
+    assert (server.transports[0].client_port, client.server_ports) == ((5000, 5001), (6000, 6001))
     (unit,) = client.receive_rtp(rtp(96, 1, 0, IDR))
     assert unit.keyframe
     # Interleaved data is not what a UDP client set up.

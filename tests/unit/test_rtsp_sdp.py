@@ -8,7 +8,9 @@ import base64
 import pytest
 
 from gateway.media import h264
+from gateway.media.rtsp.record import announced_tracks
 from gateway.media.rtsp.sdp import (
+    SERVED_AUDIO,
     build_h264_sdp,
     h264_track,
     parameter_sets,
@@ -112,3 +114,31 @@ def test_built_sdp_round_trips_with_the_streams_parameter_sets(encoded: dict[str
     # Without a keyframe yet: no parameter sets, they come in band.
     bare = build_h264_sdp(session_id=1, address="::1", name="x", sps=None, pps=None)
     assert "sprop-parameter-sets" not in bare and "IN IP6 ::1" in bare
+
+
+@pytest.mark.parametrize(
+    ("codec", "media_line", "rtpmap"),
+    [
+        ("opus", "m=audio 0 RTP/AVP 97", "a=rtpmap:97 opus/48000/2"),
+        ("PCMU", "m=audio 0 RTP/AVP 0", "a=rtpmap:0 PCMU/8000"),
+        ("PCMA", "m=audio 0 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"),
+    ],
+)
+def test_built_sdp_with_audio_has_a_second_track(codec: str, media_line: str, rtpmap: str) -> None:
+    video_only = build_h264_sdp(session_id=7, address="127.0.0.1", name="cam", sps=SPS, pps=PPS)
+    text = build_h264_sdp(
+        session_id=7, address="127.0.0.1", name="cam", sps=SPS, pps=PPS, audio=SERVED_AUDIO[codec]
+    )
+    # The video section is the same; the audio section follows it, with its own control.
+    assert text == video_only + f"{media_line}\r\n{rtpmap}\r\na=control:trackID=1\r\n"
+    sdp = parse_sdp(text)
+    assert [(m.kind, m.control) for m in sdp.media] == [("video", "trackID=0"), ("audio", "trackID=1")]
+    track = h264_track(sdp, "rtsp://127.0.0.1:8554/cam/")
+    assert track is not None and track.control_url == "rtsp://127.0.0.1:8554/cam/trackID=0"
+    assert resolve_control("rtsp://127.0.0.1:8554/cam/", sdp.media[1].control) == (
+        "rtsp://127.0.0.1:8554/cam/trackID=1"
+    )
+    # What the server serves is what it takes from a publisher: the same codec comes out.
+    video, audio = announced_tracks(text.encode())
+    assert video.h264 and (audio.audio_codec, audio.clock_rate) == (codec, SERVED_AUDIO[codec].clock_rate)
+    assert "m=audio" not in video_only

@@ -208,7 +208,7 @@ def test_server_session_without_credentials() -> None:
     assert responses_of(server.data_to_send())[0].status == 461
     assert server.receive_data(request("PLAY", URL + "/", 4)) == []  # PLAY before SETUP
     assert responses_of(server.data_to_send())[0].status == 455
-    assert server.receive_data(request("SETUP", URL + "/trackID=1", 5, TCP)) == []  # no such track
+    assert server.receive_data(request("SETUP", URL + "/trackID=2", 5, TCP)) == []  # no such track
     assert responses_of(server.data_to_send())[0].status == 404
     (setup,) = server.receive_data(
         request("SETUP", URL + "/trackID=0", 6, ("Transport", f"{multicast[1]},{TCP[1]},{udp[1]}"))
@@ -238,6 +238,109 @@ def test_server_session_without_credentials() -> None:
     ]
     assert responses_of(server.data_to_send())[0].status == 200
     assert server.session is None
+
+
+def setup_reply(
+    server: RtspServerConnection, data: bytes, server_port: tuple[int, int] | None = None
+) -> Response:
+    """The answer to a SETUP the caller accepts (if the state machine lets it through)."""
+    events = server.receive_data(data)
+    for event in events:
+        assert isinstance(event, SetupRequested)
+        server.accept_setup(event, server_port)
+    (response,) = responses_of(server.data_to_send())
+    return response
+
+
+def test_server_two_track_setup_and_play_over_tcp() -> None:
+    server = RtspServerConnection(session_id="S2", ssrc=0xABCD, audio_ssrc=0x1234)
+    (video,) = server.receive_data(request("SETUP", URL + "/trackID=0", 1, TCP))
+    assert isinstance(video, SetupRequested) and video.track == 0
+    server.accept_setup(video)
+    assert responses_of(server.data_to_send())[0].header("Transport") == (
+        'RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=0000ABCD;mode="PLAY"'
+    )
+    audio_tcp = ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")
+    (audio,) = server.receive_data(request("SETUP", URL + "/trackID=1", 2, audio_tcp, ("Session", "S2")))
+    assert isinstance(audio, SetupRequested) and audio.track == 1 and audio.name == "SN/165-0-7/normal-0"
+    server.accept_setup(audio)
+    (set_up,) = responses_of(server.data_to_send())
+    assert set_up.header("Session") == "S2;timeout=60"
+    assert set_up.header("Transport") == 'RTP/AVP/TCP;unicast;interleaved=2-3;ssrc=00001234;mode="PLAY"'
+    assert {track: t.interleaved for track, t in server.transports.items()} == {0: (0, 1), 1: (2, 3)}
+    (play,) = server.receive_data(request("PLAY", URL + "/", 3, ("Session", "S2")))
+    assert isinstance(play, PlayRequested)
+    info = f"url={URL}/trackID=0;seq=1;rtptime=2,url={URL}/trackID=1;seq=3;rtptime=4"
+    server.accept_play(play, info)
+    (playing,) = responses_of(server.data_to_send())
+    assert playing.status == 200 and playing.header("RTP-Info") == info
+    # RTCP from the player on either track's channel needs no answer.
+    assert server.receive_data(encode_interleaved(1, b"rtcp") + encode_interleaved(3, b"rtcp")) == []
+    assert server.data_to_send() == b""
+
+
+def test_server_audio_only_and_two_track_udp() -> None:
+    # Audio alone, no channels asked for: the track's own pair, 2-3.
+    server = RtspServerConnection(session_id="A")
+    response = setup_reply(server, request("SETUP", URL + "/trackID=1", 1, ("Transport", "RTP/AVP/TCP")))
+    assert parse_transports(response.header("Transport") or "")[0].interleaved == (2, 3)
+    assert list(server.transports) == [1]
+    assert isinstance(server.receive_data(request("PLAY", URL, 2, ("Session", "A")))[0], PlayRequested)
+    # Both over UDP: each track to its own client ports, from the server's one pair.
+    server = RtspServerConnection(session_id="U")
+    for cseq, (track, ports) in enumerate(((0, "5000-5001"), (1, "5002-5003")), 1):
+        udp = ("Transport", f"RTP/AVP;unicast;client_port={ports}")
+        response = setup_reply(server, request("SETUP", f"{URL}/trackID={track}", cseq, udp), (6000, 6001))
+        (transport,) = parse_transports(response.header("Transport") or "")
+        assert transport.server_port == (6000, 6001)
+    assert {track: t.client_port for track, t in server.transports.items()} == {
+        0: (5000, 5001),
+        1: (5002, 5003),
+    }
+    assert server.transports[0].ssrc != server.transports[1].ssrc
+
+
+@pytest.mark.parametrize(
+    ("uri", "transport", "status"),
+    [
+        (URL + "/trackID=2", TCP[1], 404),  # no such track
+        (URL + "/trackID=0", "RTP/AVP/TCP;unicast;interleaved=4-5", 455),  # the video again
+        (URL, "RTP/AVP/TCP;unicast;interleaved=4-5", 455),  # the aggregate URL is the video too
+        (URL + "/trackID=1", TCP[1], 461),  # the video's channels
+        (URL + "/trackID=1", "RTP/AVP/TCP;unicast;interleaved=1-2", 461),  # its RTCP channel
+        (URL + "/trackID=1", "RTP/AVP;unicast;client_port=5000-5001", 461),  # the video's ports
+        ("rtsp://127.0.0.1:8554/other/trackID=1", "RTP/AVP/TCP;unicast;interleaved=2-3", 459),
+    ],
+)
+def test_server_refuses_bad_second_setups_and_goes_on(uri: str, transport: str, status: int) -> None:
+    server = RtspServerConnection(session_id="S")
+    video = "RTP/AVP;unicast;client_port=5000-5001" if "client_port" in transport else TCP[1]
+    assert (
+        setup_reply(server, request("SETUP", URL + "/trackID=0", 1, ("Transport", video)), (1, 2)).status
+        == 200
+    )
+    assert server.receive_data(request("SETUP", uri, 2, ("Transport", transport), ("Session", "S"))) == []
+    (refused,) = responses_of(server.data_to_send())
+    assert (refused.status, refused.cseq) == (status, 2)
+    assert not server.closed and list(server.transports) == [0]
+    # The session goes on: the audio can still be set up, then both played.
+    audio = ("Transport", "RTP/AVP/TCP;unicast;interleaved=6-7")
+    assert setup_reply(server, request("SETUP", URL + "/trackID=1", 3, audio, ("Session", "S"))).status == 200
+    assert isinstance(server.receive_data(request("PLAY", URL, 4, ("Session", "S")))[0], PlayRequested)
+    assert list(server.transports) == [0, 1]
+
+
+def test_server_refuses_a_setup_while_playing() -> None:
+    server = RtspServerConnection(session_id="S")
+    setup_reply(server, request("SETUP", URL + "/trackID=0", 1, TCP))
+    (play,) = server.receive_data(request("PLAY", URL, 2, ("Session", "S")))
+    assert isinstance(play, PlayRequested)
+    server.accept_play(play)
+    server.data_to_send()
+    audio = ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")
+    assert server.receive_data(request("SETUP", URL + "/trackID=1", 3, audio, ("Session", "S"))) == []
+    assert responses_of(server.data_to_send())[0].status == 455
+    assert not server.closed and server.playing and list(server.transports) == [0]
 
 
 @pytest.mark.parametrize(
@@ -329,7 +432,8 @@ def test_client_and_server_back_to_back_with_digest() -> None:
             break
     assert played == [Playing("S", 60.0)]
     header = rtp_header(payload_type=96, marker=True, sequence=9, timestamp=90000, ssrc=server.ssrc)
-    (unit,) = client.receive_data(encode_interleaved(server.channel, header + IDR))
+    assert server.transports[0].interleaved == (0, 1)
+    (unit,) = client.receive_data(encode_interleaved(0, header + IDR))
     assert isinstance(unit, AccessUnit) and unit.keyframe and unit.data.startswith(annexb([SPS, PPS]))
     assert not any(isinstance(m, InterleavedFrame) for m in RtspParser().receive_data(client.data_to_send()))
 

@@ -1,6 +1,6 @@
 """The SDP of an RTSP session (RFC 4566, RFC 2326 appendix C, RFC 6184 8.1): parse a
 DESCRIBE answer far enough to find and SETUP its H.264 video, and build the one a server
-gives for a stream."""
+gives for a stream (its H.264 video, and its audio when it can be relayed as it is)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,28 @@ from gateway.media.rtsp.message import RtspError
 
 H264_PAYLOAD_TYPE = 96
 H264_CONTROL = "trackID=0"
+AUDIO_CONTROL = "trackID=1"
+# A served stream's track numbers, as in the controls above.
+VIDEO_TRACK, AUDIO_TRACK = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """How a server's SDP carries a stream's audio codec, relayed as it is."""
+
+    codec: str  # the codec name a Stream uses (aiortc's)
+    payload_type: int
+    rtpmap: str  # encoding/clock rate[/channels]
+    clock_rate: int
+
+
+# Opus always has a 48 kHz, two-channel rtpmap (RFC 7587 7); PCMU and PCMA have static
+# payload types (RFC 3551 6).
+SERVED_AUDIO = {
+    "opus": AudioFormat("opus", 97, "opus/48000/2", 48000),
+    "PCMU": AudioFormat("PCMU", 0, "PCMU/8000", 8000),
+    "PCMA": AudioFormat("PCMA", 8, "PCMA/8000", 8000),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +165,18 @@ def h264_track(sdp: SessionDescription, base: str) -> H264Track | None:
     return None
 
 
-def build_h264_sdp(*, session_id: int, address: str, name: str, sps: bytes | None, pps: bytes | None) -> str:
-    """The SDP of a stream's H.264 video, one track controlled as ``trackID=0`` relative to
-    the Content-Base, with the cached SPS/PPS so a player can set up its decoder at once."""
+def build_h264_sdp(
+    *,
+    session_id: int,
+    address: str,
+    name: str,
+    sps: bytes | None,
+    pps: bytes | None,
+    audio: AudioFormat | None = None,
+) -> str:
+    """The SDP of a stream's H.264 video, controlled as ``trackID=0`` relative to the
+    Content-Base, with the cached SPS/PPS so a player can set up its decoder at once; then
+    its ``audio``, if any, as ``trackID=1``."""
     fmtp = ["packetization-mode=1"]
     if sps is not None and len(sps) >= 4:
         fmtp.append(f"profile-level-id={sps[1:4].hex().upper()}")
@@ -168,4 +199,10 @@ def build_h264_sdp(*, session_id: int, address: str, name: str, sps: bytes | Non
         f"a=fmtp:{H264_PAYLOAD_TYPE} {';'.join(fmtp)}",
         f"a=control:{H264_CONTROL}",
     ]
+    if audio is not None:
+        lines += [
+            f"m=audio 0 RTP/AVP {audio.payload_type}",
+            f"a=rtpmap:{audio.payload_type} {audio.rtpmap}",
+            f"a=control:{AUDIO_CONTROL}",
+        ]
     return "\r\n".join(lines) + "\r\n"

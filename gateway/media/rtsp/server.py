@@ -1,6 +1,8 @@
 """The server side of an RTSP connection, sans I/O: players (DESCRIBE, SETUP, PLAY) and
 publishers (ANNOUNCE, SETUP with ``mode=record``, RECORD), with RTP interleaved on the RTSP
-connection or over UDP (``client_port``; the caller owns the server's port pair).
+connection or over UDP (``client_port``; the caller owns the server's port pair). A player
+sets up the video (``trackID=0``), the audio (``trackID=1``) or both, each on its own
+channels or ports.
 
 It answers OPTIONS, keepalives (GET_PARAMETER, SET_PARAMETER), authentication, unknown or
 unsupported methods, bad paths and transports, bad SDPs and session mistakes by itself.
@@ -16,6 +18,7 @@ One connection carries one session, either playing or recording one stream.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from gateway.media.rtsp.message import (
 )
 from gateway.media.rtsp.record import AudioUnit, PushTrack, Recording, announced_tracks
 from gateway.media.rtsp.rtp import AccessUnit
+from gateway.media.rtsp.sdp import AUDIO_TRACK, VIDEO_TRACK
 
 SERVER = "skyrelay"
 SESSION_TIMEOUT = 60
@@ -77,8 +81,8 @@ class AnnounceRequested:
 class SetupRequested:
     request: Request
     name: str
-    transport: Transport  # the alternative chosen: TCP interleaved, or UDP with client_port
-    track: int = 0  # the index of the track (always 0 when playing)
+    transport: Transport  # the alternative chosen: TCP interleaved (channels), or UDP with client_port
+    track: int = 0  # the index of the track (playing: 0 the video, 1 the audio)
     record: bool = False
 
     @property
@@ -147,22 +151,22 @@ class RtspServerConnection:
         session_timeout: int = SESSION_TIMEOUT,
         session_id: str | None = None,
         ssrc: int | None = None,
+        audio_ssrc: int | None = None,
         udp: bool = True,
     ) -> None:
         self.auth = auth
         self.session_timeout = session_timeout
         self.udp = udp  # the caller has a UDP port pair to offer
         self.ssrc = ssrc if ssrc is not None else int.from_bytes(os.urandom(4), "big")
+        self.audio_ssrc = audio_ssrc if audio_ssrc is not None else int.from_bytes(os.urandom(4), "big")
         self.session: str | None = None  # set by SETUP
         self.stream_name: str | None = None
         self.mode: Literal["play", "record"] | None = None  # set by SETUP (play) or ANNOUNCE
-        # Playing: the set-up video's transport.
-        self.channel = 0  # RTP; RTCP is channel + 1
-        self.client_port: tuple[int, int] | None = None  # UDP instead of interleaved
+        # Each set-up track's transport (interleaved channels, or the client's UDP ports).
+        self.transports: dict[int, Transport] = {}
         self.playing = False
-        # Recording: what was announced, and each set-up track's transport.
+        # Recording: what was announced.
         self.recording: Recording | None = None
-        self.record_transports: dict[int, Transport] = {}
         self.recording_started = False
         self._channels: dict[int, int] = {}  # interleaved RTP channel -> track
         self._session_id = session_id or os.urandom(8).hex().upper()
@@ -219,6 +223,7 @@ class RtspServerConnection:
         """Answer a SETUP; ``server_port`` is the caller's UDP pair, for a UDP transport."""
         offered = event.transport
         mode = "RECORD" if event.record else "PLAY"
+        ssrc = self.audio_ssrc if not event.record and event.track == AUDIO_TRACK else self.ssrc
         if event.udp:
             if server_port is None:
                 raise ValueError("a UDP transport needs the server's port pair")
@@ -227,25 +232,18 @@ class RtspServerConnection:
                 "UDP",
                 True,
                 client_port=offered.client_port,
-                ssrc=self.ssrc,
+                ssrc=ssrc,
                 mode=mode,
                 server_port=server_port,
             )
         else:
-            chosen = Transport(
-                "RTP/AVP", "TCP", True, offered.interleaved or (0, 1), ssrc=self.ssrc, mode=mode
-            )
+            chosen = Transport("RTP/AVP", "TCP", True, offered.interleaved, ssrc=ssrc, mode=mode)
         self.session, self.stream_name = self._session_id, event.name
-        if event.record:
-            self.record_transports[event.track] = chosen
-            if chosen.interleaved is not None:
-                self._channels[chosen.interleaved[0]] = event.track
-        else:
+        if not event.record:
             self.mode = "play"
-            if chosen.interleaved is not None:
-                self.channel, self.client_port = chosen.interleaved[0], None
-            else:
-                self.client_port = chosen.client_port
+        self.transports[event.track] = chosen
+        if chosen.interleaved is not None:
+            self._channels[chosen.interleaved[0]] = event.track
         headers = (("Transport", chosen.encode()), ("Session", self._session_header()))
         self._reply(event.request, 200, headers)
 
@@ -310,9 +308,9 @@ class RtspServerConnection:
         if method == "PLAY" or method == "RECORD":
             return self._start(request, name)
         self._reply(request, 200)  # TEARDOWN
-        self.session = self.stream_name = self.mode = self.recording = self.client_port = None
+        self.session = self.stream_name = self.mode = self.recording = None
         self.playing = self.recording_started = False
-        self.record_transports, self._channels = {}, {}
+        self.transports, self._channels = {}, {}
         return TeardownRequested(name)
 
     def _start(self, request: Request, name: str) -> Event | None:
@@ -324,7 +322,7 @@ class RtspServerConnection:
         if self.mode != "record" or self.recording is None:
             self._reply(request, 455, reason="Method Not Valid in This State: ANNOUNCE first")
             return None
-        if self.recording.video.index not in self.record_transports:
+        if self.recording.video.index not in self.transports:
             self._reply(request, 455, reason="Method Not Valid in This State: the video is not set up")
             return None
         return RecordRequested(request, name)
@@ -346,17 +344,25 @@ class RtspServerConnection:
         return AnnounceRequested(request, name, query, tracks)
 
     def _setup(self, request: Request, name: str, track: int | None) -> Event | None:
-        if track not in (None, 0):
+        """A player's SETUP of the video (the stream's URL or ``trackID=0``) or the audio
+        (``trackID=1``; the caller answers 404 for a stream without audio)."""
+        track = VIDEO_TRACK if track is None else track
+        if track not in (VIDEO_TRACK, AUDIO_TRACK):
             self._reply(request, 404)
             return None
         if self.session is not None and name != self.stream_name:
             self._reply(request, 459)  # one stream per session
             return None
-        chosen = self._transport(request, "PLAY")
-        if chosen is None:
-            self._reply(request, 461)
+        if self.playing:
+            self._reply(request, 455, reason="Method Not Valid in This State: already playing")
             return None
-        return SetupRequested(request, name, chosen)
+        if track in self.transports:
+            self._reply(request, 455, reason="Method Not Valid in This State: the track is already set up")
+            return None
+        chosen = self._track_transport(request, track, "PLAY")
+        if chosen is None:
+            return None
+        return SetupRequested(request, name, chosen, track)
 
     def _record_setup(self, request: Request) -> Event | None:
         assert self.recording is not None and self.stream_name is not None
@@ -364,17 +370,31 @@ class RtspServerConnection:
         if track is None:
             self._reply(request, 404, reason="Not Found: no such announced track")
             return None
-        chosen = self._transport(request, "RECORD")
+        chosen = self._track_transport(request, track, "RECORD")
+        if chosen is None:
+            return None
+        return SetupRequested(request, self.stream_name, chosen, track, record=True)
+
+    def _track_transport(self, request: Request, track: int, mode: str) -> Transport | None:
+        """The transport of a SETUP of ``track``: interleaved on the offered channels (or
+        2N-2N+1), or UDP to the offered client ports, that no other track of the session
+        uses (461 otherwise: two tracks' RTP would mix). None once refused."""
+        chosen = self._transport(request, mode)
         if chosen is None:
             self._reply(request, 461)
             return None
+        others = [transport for index, transport in self.transports.items() if index != track]
         if chosen.tcp:
             channels = chosen.interleaved or (2 * track, 2 * track + 1)
-            if channels[0] in self._channels and self._channels[channels[0]] != track:
+            taken = {channel for other in others if other.interleaved for channel in other.interleaved}
+            if taken & set(channels):
                 self._reply(request, 461, reason="Unsupported Transport: interleaved channel in use")
                 return None
-            chosen = Transport(chosen.profile, "TCP", True, channels, mode="RECORD")
-        return SetupRequested(request, self.stream_name, chosen, track, record=True)
+            return dataclasses.replace(chosen, interleaved=channels)
+        if any(other.client_port == chosen.client_port for other in others):
+            self._reply(request, 461, reason="Unsupported Transport: client port in use")
+            return None
+        return chosen
 
     def _transport(self, request: Request, mode: str) -> Transport | None:
         """The first offered alternative this server can do: TCP interleaved, or unicast UDP

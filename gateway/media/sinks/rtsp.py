@@ -1,5 +1,6 @@
 """The RTSP server: every live H.264 Stream of the registry played at
-``rtsp://host:port/{name}``, and publishers' ANNOUNCE/RECORD to the same URLs becoming
+``rtsp://host:port/{name}`` (its video, and its Opus, PCMU or PCMA audio as a second track,
+both relayed as they are), and publishers' ANNOUNCE/RECORD to the same URLs becoming
 Streams (sources/rtsp_push.py), with RTP interleaved on the RTSP connection or over UDP
 from one port pair shared by all sessions. A thin I/O layer around the sans-I/O
 `RtspServerConnection`.
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable
@@ -33,10 +35,19 @@ from gateway.log import get_logger
 from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units
 from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.rtsp.auth import ServerAuth
-from gateway.media.rtsp.message import RtspError, encode_interleaved
+from gateway.media.rtsp.message import RtspError, Transport, encode_interleaved
 from gateway.media.rtsp.record import AudioUnit
 from gateway.media.rtsp.rtp import AccessUnit, rtp_header
-from gateway.media.rtsp.sdp import H264_CONTROL, H264_PAYLOAD_TYPE, build_h264_sdp
+from gateway.media.rtsp.sdp import (
+    AUDIO_CONTROL,
+    AUDIO_TRACK,
+    H264_CONTROL,
+    H264_PAYLOAD_TYPE,
+    SERVED_AUDIO,
+    VIDEO_TRACK,
+    AudioFormat,
+    build_h264_sdp,
+)
 from gateway.media.rtsp.server import (
     AnnounceRequested,
     DescribeRequested,
@@ -72,6 +83,7 @@ PUBLISH_AUTHORIZATION_TIMEOUT = 10.0
 ON_DEMAND_START_TIMEOUT = 120.0
 
 Address = tuple[str, int]
+_TRACK_SUFFIX = re.compile(r"/trackID=\d{1,3}$")
 
 
 def cached_parameter_sets(stream: Stream) -> tuple[bytes | None, bytes | None]:
@@ -84,6 +96,12 @@ def cached_parameter_sets(stream: Stream) -> tuple[bytes | None, bytes | None]:
             elif nal[0] & 0x1F == NAL_PPS:
                 pps = nal
     return sps, pps
+
+
+def served_audio(stream: Stream) -> AudioFormat | None:
+    """How the SDP carries the stream's audio; None: no audio track (none, or a codec that
+    cannot be relayed as it is)."""
+    return SERVED_AUDIO.get(stream.audio_codec.name) if stream.audio_codec is not None else None
 
 
 class RtpOutput(Protocol):
@@ -132,41 +150,59 @@ class UdpOutput:
 
 
 class RtspViewer:
-    """One playing RTSP session as a subscriber of a Stream."""
+    """One playing RTSP session as a subscriber of a Stream: the RTP of the tracks it set up,
+    each to its own output (``video`` or ``audio`` None: not set up)."""
 
     def __init__(
         self,
         stream: Stream,
-        output: RtpOutput,
+        video: RtpOutput | None,
         *,
         ssrc: int,
         on_end: Callable[[], None],
+        audio: RtpOutput | None = None,
+        audio_ssrc: int = 0,
     ) -> None:
         self.stream = stream
-        self.output = output
+        self.output = video
         self.ssrc = ssrc
+        self.audio_output = audio
+        self.audio_ssrc = audio_ssrc
+        # The audio of the SDP; frames of another codec (a new source's) are not sent.
+        self.audio_format = served_audio(stream) if audio is not None else None
         self.packets = 0
         self._on_end = on_end
         self._sequence = random.randint(0, 0xFFFF)
         self._timestamp_origin = random.getrandbits(32)
+        self._audio_sequence = random.randint(0, 0xFFFF)
+        self._audio_rtptime = random.getrandbits(32)  # of the first audio frame (RTP-Info)
+        self._audio_origin: int | None = None  # set by the first audio frame
         self.subscription: Subscription = stream.subscribe(self, VIEWER_QUEUE_FRAMES)
 
     @property
     def udp(self) -> bool:
-        return isinstance(self.output, UdpOutput)
+        return isinstance(self.output or self.audio_output, UdpOutput)
 
-    def rtp_info(self, url: str) -> str:
-        """The RTP-Info of the PLAY answer: where sequence and timestamp start. The first
-        frame is the cached keyframe, stamped with the stream's last video time."""
-        timestamp = (self._timestamp_origin + self.stream.last_video_pts) & 0xFFFFFFFF
-        return f"url={url};seq={self._sequence};rtptime={timestamp}"
+    def rtp_info(self, base: str) -> str:
+        """The RTP-Info of the PLAY answer, for each set-up track below the Content-Base
+        ``base``: where sequence and timestamp start. The first video frame is the cached
+        keyframe, stamped with the stream's last video time; the first audio frame is the
+        next one."""
+        info = []
+        if self.output is not None:
+            timestamp = (self._timestamp_origin + self.stream.last_video_pts) & 0xFFFFFFFF
+            info.append(f"url={base}{H264_CONTROL};seq={self._sequence};rtptime={timestamp}")
+        if self.audio_output is not None:
+            info.append(f"url={base}{AUDIO_CONTROL};seq={self._audio_sequence};rtptime={self._audio_rtptime}")
+        return ",".join(info)
 
     def start(self) -> None:
         """Send frames from now on (after the PLAY answer is written)."""
-        self.subscription.audio.attach(lambda frame: True)  # no audio track in the SDP
-        self.subscription.video.attach(self._deliver)
+        self.subscription.audio.attach(self._deliver_audio if self.audio_output else lambda frame: True)
+        self.subscription.video.attach(self._deliver if self.output else lambda frame: True)
 
     def _deliver(self, frame: MediaFrame) -> bool:
+        assert self.output is not None
         if not self.output.writable():
             return False
         payloads, timestamp = rtp_payloads(self.stream, frame, H264_RTP)
@@ -185,6 +221,31 @@ class RtspViewer:
             self._sequence = (self._sequence + 1) & 0xFFFF
         self.output.send(packets)
         self.packets += len(packets)
+        return True
+
+    def _deliver_audio(self, frame: MediaFrame) -> bool:
+        """One audio frame in one packet (RFC 7587, RFC 3551: no marker for continuous audio)."""
+        audio, output = self.audio_format, self.audio_output
+        assert output is not None
+        if audio is None or frame.codec != audio.codec:
+            return True  # not what the SDP announced: nothing to send
+        if not output.writable():
+            return False
+        time = round(frame.pts * frame.time_base * audio.clock_rate)
+        if self._audio_origin is None:
+            # The first frame is "now", as the replayed keyframe is for the video: the
+            # stream's audio and video clocks need not share an origin.
+            self._audio_origin = self._audio_rtptime - time
+        header = rtp_header(
+            payload_type=audio.payload_type,
+            marker=False,
+            sequence=self._audio_sequence,
+            timestamp=(self._audio_origin + time) & 0xFFFFFFFF,
+            ssrc=self.audio_ssrc,
+        )
+        output.send([header + frame.data])
+        self._audio_sequence = (self._audio_sequence + 1) & 0xFFFF
+        self.packets += 1
         return True
 
     def close(self) -> None:
@@ -345,9 +406,7 @@ class RtspServer:
             host = f"[{address}]" if ":" in address else address
             base = f"rtsp://{host}:{self.port}/{quote(name)}"
         else:
-            base = base.rstrip("/")
-            if base.endswith(f"/{H264_CONTROL}"):
-                base = base[: -len(H264_CONTROL) - 1]
+            base = _TRACK_SUFFIX.sub("", base.rstrip("/"))
         return base + "/"
 
     def _end_viewer(self, viewer: RtspViewer, reason: str) -> None:
@@ -355,14 +414,15 @@ class RtspServer:
             return
         self.viewers.discard(viewer)
         viewer.close()
-        video = viewer.subscription.video
+        subscription = viewer.subscription
         log.info(
             "rtsp_play_ended",
             stream=viewer.stream.name,
             reason=reason,
             udp=viewer.udp,
             packets=viewer.packets,
-            video_dropped=video.dropped,
+            video_dropped=subscription.video.dropped if viewer.output is not None else None,
+            audio_dropped=subscription.audio.dropped if viewer.audio_output is not None else None,
         )
 
     def _end_push(self, push: RtspPush, reason: str) -> None:
@@ -599,27 +659,46 @@ class _Connection:
                 name=stream.name,
                 sps=sps,
                 pps=pps,
+                audio=served_audio(stream),
             )
             rtsp.describe(event, sdp, server._content_base(event.request.uri, self.address, stream.name))
         elif isinstance(event, SetupRequested):
+            if event.track == AUDIO_TRACK and served_audio(stream) is None:
+                rtsp.refuse(event.request, 404, "Not Found: the stream has no audio track")
+                return
             self._setup(event)
         elif self.viewer is not None:  # PLAY again: already playing
             rtsp.accept_play(event)
         else:
-            output: RtpOutput
-            if rtsp.client_port is not None and server.udp is not None and server.udp.rtp is not None:
-                output = UdpOutput(
-                    server.udp.rtp, (self.peer_host, rtsp.client_port[0]), server.max_unsent_bytes
-                )
-            else:
-                output = InterleavedOutput(self.writer.transport, rtsp.channel, server.max_unsent_bytes)
-            viewer = RtspViewer(stream, output, ssrc=rtsp.ssrc, on_end=self.writer.transport.close)
+            outputs = {track: self._output(transport) for track, transport in rtsp.transports.items()}
+            viewer = RtspViewer(
+                stream,
+                outputs.get(VIDEO_TRACK),
+                ssrc=rtsp.ssrc,
+                on_end=self.writer.transport.close,
+                audio=outputs.get(AUDIO_TRACK),
+                audio_ssrc=rtsp.audio_ssrc,
+            )
             self.viewer = viewer
-            control = server._content_base(event.request.uri, self.address, stream.name) + H264_CONTROL
-            rtsp.accept_play(event, viewer.rtp_info(control))
+            base = server._content_base(event.request.uri, self.address, stream.name)
+            rtsp.accept_play(event, viewer.rtp_info(base))
             self._flush()  # the PLAY answer goes before the first packet
             server.viewers.add(viewer)
             viewer.start()
             log.info(
-                "rtsp_play_started", stream=stream.name, peer=self.peer, session=rtsp.session, udp=viewer.udp
+                "rtsp_play_started",
+                stream=stream.name,
+                peer=self.peer,
+                session=rtsp.session,
+                udp=viewer.udp,
+                tracks=sorted(outputs),
             )
+
+    def _output(self, transport: Transport) -> RtpOutput:
+        """Where a set-up track's RTP goes: the client's UDP port, or its channel here."""
+        server = self.server
+        if transport.client_port is not None and server.udp is not None and server.udp.rtp is not None:
+            address = (self.peer_host, transport.client_port[0])
+            return UdpOutput(server.udp.rtp, address, server.max_unsent_bytes)
+        assert transport.interleaved is not None
+        return InterleavedOutput(self.writer.transport, transport.interleaved[0], server.max_unsent_bytes)

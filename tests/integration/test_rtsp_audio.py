@@ -1,0 +1,227 @@
+"""RTSP out with audio, on loopback: real ffmpeg publishes video with Opus or PCMU audio
+(ANNOUNCE/RECORD), and `RtspServer` serves both tracks to ffprobe and ffmpeg over TCP and
+UDP, and to a raw player that sets the tracks up one by one, with mistakes on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.media.registry import StreamRegistry
+from gateway.media.rtsp.message import InterleavedFrame, Request, Response, RtspParser
+from gateway.media.rtsp.rtp import parse_rtp
+from gateway.media.rtsp.sdp import parse_sdp
+from gateway.media.sources.rtsp import RtspPull
+from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, until
+from tests.integration.test_rtsp_push import ffmpeg_push
+
+OPUS = ("-c:a", "libopus")
+PCMU = ("-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1")
+
+
+async def pushed(server: Any) -> Any:
+    """The stream ``ffmpeg_push`` publishes, once playable, with its audio."""
+    await until(lambda: server.registry.get("pushed") is not None)
+    stream = server.registry.get("pushed")
+    assert stream is not None and stream.audio_codec is not None
+    return stream
+
+
+async def decode(url: str, transport: str, seconds: float = 2, timeout: float = 60) -> dict[int, list[int]]:
+    """ffmpeg reads ``url`` for ``seconds`` of stream time, decoding every stream: the pts of
+    each decoded frame, by stream index (one framecrc line per frame)."""
+    proc = await asyncio.create_subprocess_exec(
+        *("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-rtsp_transport", transport),
+        *("-timeout", "10000000", "-i", url, "-map", "0", "-t", str(seconds)),
+        *("-c:v", "rawvideo", "-c:a", "pcm_s16le", "-f", "framecrc", "-"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    frames: dict[int, list[int]] = {}
+    for line in out.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        index, pts = (int(field) for field in line.split(",")[:2])
+        frames.setdefault(index, []).append(pts)
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("audio", "codec_name", "transport"),
+    [
+        (OPUS, "opus", "tcp"),
+        (OPUS, "opus", "udp"),
+        (PCMU, "pcm_mulaw", "tcp"),
+        (PCMU, "pcm_mulaw", "udp"),
+    ],
+)
+async def test_ffprobe_reads_video_and_audio(
+    servers: Callable[..., Any], clip: Path, audio: tuple[str, ...], codec_name: str, transport: str
+) -> None:
+    server = await servers()
+    url = f"rtsp://127.0.0.1:{server.port}/pushed"
+    async with ffmpeg_push(url, clip, "tcp", audio):
+        await pushed(server)
+        code, probe, err = await ffprobe(url, transport=transport)
+        assert code == 0, err
+        assert probe["streams"] == [
+            {"codec_name": "h264", "width": 320, "height": 240},
+            {"codec_name": codec_name},
+        ]
+        await until(lambda: not server.viewers)  # ffprobe tore down
+    # A stream without audio still has one track.
+    code, probe, err = await ffprobe(f"rtsp://127.0.0.1:{server.port}/{NAME}", transport=transport)
+    assert code == 0, err
+    assert probe["streams"] == [{"codec_name": "h264", "width": 320, "height": 240}]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_ffmpeg_decodes_the_audio(servers: Callable[..., Any], clip: Path, transport: str) -> None:
+    server = await servers()
+    url = f"rtsp://127.0.0.1:{server.port}/pushed"
+    async with ffmpeg_push(url, clip, "tcp", OPUS):
+        await pushed(server)
+        frames = await decode(url, transport)
+    assert sorted(frames) == [0, 1]
+    video, audio = frames[0], frames[1]
+    # Two seconds of 20 ms Opus frames (some lost at the start is fine), in order.
+    assert len(video) > 10 and len(audio) > 10
+    assert audio == sorted(audio) and len(set(audio)) == len(audio)
+
+
+def setup(uri: str, cseq: int, transport: str, *headers: tuple[str, str]) -> bytes:
+    return Request("SETUP", uri, (("CSeq", str(cseq)), ("Transport", transport), *headers)).encode()
+
+
+async def read_until_answer(
+    reader: asyncio.StreamReader, parser: RtspParser, frames: list[InterleavedFrame], timeout: float = 10
+) -> Response:
+    """The next answer on the connection; interleaved data before it goes to ``frames``."""
+    answer: Response | None = None
+    async with asyncio.timeout(timeout):
+        while answer is None:
+            data = await reader.read(65536)
+            assert data, "the server closed the connection"
+            for message in parser.receive_data(data):
+                if isinstance(message, InterleavedFrame):
+                    frames.append(message)  # those after the answer too
+                else:
+                    assert isinstance(message, Response) and answer is None
+                    answer = message
+    return answer
+
+
+async def test_a_player_setting_up_tracks_one_by_one_with_mistakes(
+    servers: Callable[..., Any], clip: Path
+) -> None:
+    server = await servers()
+    port = server.port
+    url = f"rtsp://127.0.0.1:{port}/pushed"
+    # A stream without audio has no track 1.
+    camera = f"rtsp://127.0.0.1:{port}/{NAME}"
+    responses, closed = await exchange(port, request("DESCRIBE", camera), then=request("OPTIONS", "*", 2))
+    assert [r.status for r in responses] == [200, 200] and not closed
+    assert [m.kind for m in parse_sdp(responses[0].body.decode()).media] == ["video"]
+    responses, closed = await exchange(
+        port,
+        setup(camera + "/trackID=1", 1, "RTP/AVP/TCP;unicast;interleaved=2-3"),
+        then=request("OPTIONS", "*", 2),
+    )
+    assert [r.status for r in responses] == [404, 200] and not closed
+
+    async with ffmpeg_push(url, clip, "tcp", OPUS):
+        stream = await pushed(server)
+        # Another player (the gateway's own RTSP client: video only) keeps going throughout.
+        pull = RtspPull(StreamRegistry(), "copy", url, timeout=5.0)
+        await pull.start()
+        watcher: Watcher | None = None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await until(lambda: pull.connected and pull.stream is not None)
+            assert pull.stream is not None
+            watcher = Watcher(pull.stream)
+            await watcher.wait(frames=10)
+
+            parser = RtspParser()
+            frames: list[InterleavedFrame] = []
+            writer.write(request("DESCRIBE", url, 1))
+            described = await read_until_answer(reader, parser, frames)
+            sdp = parse_sdp(described.body.decode())
+            assert [(m.kind, m.formats, m.control) for m in sdp.media] == [
+                ("video", (96,), "trackID=0"),
+                ("audio", (97,), "trackID=1"),
+            ]
+            assert sdp.media[1].rtpmap == {97: ("opus", 48000)}
+            base = described.header("Content-Base")
+            assert base == url + "/"
+            session: tuple[tuple[str, str], ...] = ()
+            for cseq, (track, transport, status) in enumerate(
+                [
+                    (2, "RTP/AVP/TCP;unicast;interleaved=0-1", 404),  # no such track
+                    (0, "RTP/AVP/TCP;unicast;interleaved=0-1", 200),
+                    (0, "RTP/AVP/TCP;unicast;interleaved=4-5", 455),  # the same track again
+                    (1, "RTP/AVP/TCP;unicast;interleaved=0-1", 461),  # the video's channels
+                    (1, "RTP/AVP/TCP;unicast;interleaved=2-3", 200),
+                ],
+                2,
+            ):
+                writer.write(setup(f"{base}trackID={track}", cseq, transport, *session))
+                answer = await read_until_answer(reader, parser, frames)
+                assert (answer.status, answer.cseq) == (status, cseq), transport
+                if status == 200:
+                    session = (("Session", (answer.header("Session") or "").split(";")[0]),)
+            writer.write(Request("PLAY", base, (("CSeq", "7"), *session)).encode())
+            played = await read_until_answer(reader, parser, frames)
+            assert played.status == 200
+            info = [
+                dict(part.split("=", 1) for part in track.split(";"))
+                for track in (played.header("RTP-Info") or "").split(",")
+            ]
+            assert [track["url"] for track in info] == [base + "trackID=0", base + "trackID=1"]
+
+            # RTP of both tracks on their channels: the audio one frame a packet, unmarked,
+            # starting where RTP-Info says, its own SSRC.
+            async with asyncio.timeout(20):
+                while sum(frame.channel == 2 for frame in frames) < 20 or not any(
+                    f.channel == 0 for f in frames
+                ):
+                    data = await reader.read(65536)
+                    assert data
+                    frames += [m for m in parser.receive_data(data) if isinstance(m, InterleavedFrame)]
+            assert {frame.channel for frame in frames} == {0, 2}
+            video = [parse_rtp(frame.payload) for frame in frames if frame.channel == 0]
+            audio = [parse_rtp(frame.payload) for frame in frames if frame.channel == 2]
+            assert {p.payload_type for p in video} == {96} and {p.payload_type for p in audio} == {97}
+            assert not any(p.marker for p in audio) and all(p.payload for p in audio)
+            assert len({p.ssrc for p in audio}) == 1 and audio[0].ssrc != video[0].ssrc
+            assert (audio[0].sequence, audio[0].timestamp) == (int(info[1]["seq"]), int(info[1]["rtptime"]))
+            assert [p.sequence for p in audio] == [
+                (audio[0].sequence + i) & 0xFFFF for i in range(len(audio))
+            ]
+            steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(audio, audio[1:], strict=False)}
+            assert steps == {960}  # ffmpeg's 20 ms Opus frames at 48 kHz
+            # The video's rtptime is the live frame's at PLAY (a young GOP's frames before it
+            # come first): the instant the audio's first frame stands for too.
+            assert video[0].sequence == int(info[0]["seq"])
+            assert int(info[0]["rtptime"]) in {p.timestamp for p in video}
+            frames_before = watcher.frames
+            await watcher.wait(frames=frames_before + 10)
+            assert pull.connected and pull.connections == 1
+            assert stream.audio_codec is not None and stream.audio_codec.name == "opus"
+        finally:
+            writer.close()
+            if watcher is not None:
+                await watcher.stop()
+            await pull.stop()
