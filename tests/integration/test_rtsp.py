@@ -65,22 +65,33 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def ffprobe(url: str, timeout: float = 30.0, transport: str = "tcp") -> tuple[int, dict[str, Any], str]:
+async def run_tool(*command: str, timeout: float) -> tuple[int, bytes, str]:
+    """Run ``command`` (ffprobe, ffmpeg) to its end within ``timeout``, killed otherwise:
+    its exit code, output and error output."""
     proc = await asyncio.create_subprocess_exec(
-        *("ffprobe", "-v", "error", "-rtsp_transport", transport, "-timeout", "10000000"),
-        *("-show_entries", "stream=codec_name,width,height", "-of", "json", url),
+        *command,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     assert proc.returncode is not None
-    return proc.returncode, json.loads(out or b"{}"), err.decode(errors="replace")
+    return proc.returncode, out, err.decode(errors="replace")
+
+
+async def ffprobe(url: str, timeout: float = 30.0, transport: str = "tcp") -> tuple[int, dict[str, Any], str]:
+    code, out, err = await run_tool(
+        *("ffprobe", "-v", "error", "-rtsp_transport", transport, "-timeout", "10000000"),
+        *("-show_entries", "stream=codec_name,width,height", "-of", "json", url),
+        timeout=timeout,
+    )
+    return code, json.loads(out or b"{}"), err
 
 
 # --- serving to ffprobe ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from gateway.media.rtsp.message import InterleavedFrame, Request, Response, Rtsp
 from gateway.media.rtsp.rtp import parse_rtp
 from gateway.media.rtsp.sdp import parse_sdp
 from gateway.media.sources.rtsp import RtspPull
-from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, until
+from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, run_tool, until
 from tests.integration.test_rtsp_push import ffmpeg_push
 
 OPUS = ("-c:a", "libopus")
@@ -34,21 +34,13 @@ async def pushed(server: Any) -> Any:
 async def decode(url: str, transport: str, seconds: float = 2, timeout: float = 60) -> dict[int, list[int]]:
     """ffmpeg reads ``url`` for ``seconds`` of stream time, decoding every stream: the pts of
     each decoded frame, by stream index (one framecrc line per frame)."""
-    proc = await asyncio.create_subprocess_exec(
+    code, out, err = await run_tool(
         *("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-rtsp_transport", transport),
         *("-timeout", "10000000", "-i", url, "-map", "0", "-t", str(seconds)),
         *("-c:v", "rawvideo", "-c:a", "pcm_s16le", "-f", "framecrc", "-"),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        timeout=timeout,
     )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")
+    assert code == 0, err
     frames: dict[int, list[int]] = {}
     for line in out.decode().splitlines():
         if line.startswith("#"):
