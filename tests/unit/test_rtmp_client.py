@@ -13,6 +13,7 @@ import pytest
 from gateway.media.rtmp import amf0
 from gateway.media.rtmp.chunks import (
     ACK,
+    AUDIO,
     COMMAND_AMF0,
     DATA_AMF0,
     HANDSHAKE_SIZE,
@@ -324,6 +325,25 @@ def test_metadata_and_video_on_the_stream() -> None:
     assert data.body[amf0.encode("@setDataFrame", "onMetaData").__len__()] == amf0.ECMA_ARRAY
     assert (video_a.type_id, video_a.stream_id, video_a.timestamp) == (VIDEO, 7, 0)
     assert (video_b.timestamp, len(video_b.body)) == (0x1000000, 10_005)
+
+
+def test_audio_on_the_stream_in_a_chunk_stream_of_its_own() -> None:
+    server = ScriptedServer()
+    server.publishing()
+    server.client.send_audio(0, b"\xaf\x00\x11\x90")
+    server.client.send_video(0, b"\x17\x00\x00\x00\x00config")
+    server.client.send_audio(21, b"\xaf\x01" + bytes(300))
+    data = server.client.data_to_send()
+    header, video, frame = server.received(data)
+    assert (header.type_id, header.stream_id, header.timestamp, header.body) == (
+        AUDIO,
+        7,
+        0,
+        b"\xaf\x00\x11\x90",
+    )
+    assert video.type_id == VIDEO
+    assert (frame.type_id, frame.timestamp, len(frame.body)) == (AUDIO, 21, 302)
+    assert data[0] & 0x3F == 4 and data[0] >> 6 == 0  # chunk stream 4 (ffmpeg's audio), full header
 
 
 def test_acknowledges_the_window() -> None:

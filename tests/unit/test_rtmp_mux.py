@@ -1,6 +1,7 @@
 """gateway.media.rtmp.flv, the writing side: Annex-B access units of real x264 streams to FLV
 AVC video tags (E.4.3.1 of the FLV spec) with an AVCDecoderConfigurationRecord (ISO 14496-15
-5.2.4.1), checked field by field and read back by the ingest's `AvcTagReader`."""
+5.2.4.1), checked field by field and read back by the ingest's `AvcTagReader`; raw AAC frames
+to FLV AAC audio tags (E.4.2.1) with their AudioSpecificConfig, read back by `read_aac_tag`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import pytest
 from gateway.media import h264
 from gateway.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS
 from gateway.media.rtmp.flv import (
+    AAC_FLAGS,
     NALU,
     SEQUENCE_HEADER,
+    AacConfig,
+    AacFrame,
+    AacTagWriter,
     AvcTagReader,
     AvcTagWriter,
     FlvError,
+    aac_tag,
     avc_decoder_configuration_record,
+    read_aac_tag,
 )
 from tests.unit.helpers import access_units, annexb, nal_type
 
@@ -161,3 +168,41 @@ def test_record_refuses_what_it_cannot_hold() -> None:
     for bad_sps, bad_pps in [([], [pps]), ([sps], []), ([b"\x67\x42"], [pps]), ([sps] * 32, [pps])]:
         with pytest.raises(FlvError):
             avc_decoder_configuration_record(bad_sps, bad_pps)
+
+
+# --- AAC ----------------------------------------------------------------------------------------
+
+AAC_LC_48K_STEREO = bytes([0x11, 0x90])  # object type 2, frequency index 3, 2 channels
+
+
+def test_aac_flags_byte() -> None:
+    """SoundFormat 10 (AAC), SoundRate 3 (44 kHz), SoundSize 1 (16 bits), SoundType 1
+    (stereo): what the FLV spec fixes for every AAC tag."""
+    assert AAC_FLAGS == 0xAF
+    assert (AAC_FLAGS >> 4, AAC_FLAGS >> 2 & 3, AAC_FLAGS >> 1 & 1, AAC_FLAGS & 1) == (10, 3, 1, 1)
+    assert aac_tag(SEQUENCE_HEADER, AAC_LC_48K_STEREO) == b"\xaf\x00\x11\x90"
+    assert aac_tag(NALU, b"\x21\x10") == b"\xaf\x01\x21\x10"
+
+
+def test_aac_sequence_header_before_the_first_raw_frame() -> None:
+    writer = AacTagWriter()
+    header, frame = writer.write(AAC_LC_48K_STEREO, b"\x21\x10\x04")
+    assert header == bytes([0xAF, 0]) + AAC_LC_48K_STEREO  # AACPacketType 0: AudioSpecificConfig
+    assert frame == bytes([0xAF, 1, 0x21, 0x10, 0x04])  # AACPacketType 1: raw
+    assert read_aac_tag(header) == AacConfig(AAC_LC_48K_STEREO)
+    assert read_aac_tag(frame) == AacFrame(b"\x21\x10\x04")
+    # The same configuration: raw frames only.
+    assert writer.write(AAC_LC_48K_STEREO, b"\x01") == [b"\xaf\x01\x01"]
+
+
+def test_a_new_aac_configuration_sends_a_new_header() -> None:
+    writer = AacTagWriter()
+    writer.write(AAC_LC_48K_STEREO, b"\x01")
+    mono_44k = bytes([0x12, 0x08])
+    assert writer.write(mono_44k, b"\x02") == [b"\xaf\x00" + mono_44k, b"\xaf\x01\x02"]
+    assert writer.audio_specific_config == mono_44k
+
+
+def test_aac_writer_refuses_a_config_too_short() -> None:
+    with pytest.raises(FlvError, match="AudioSpecificConfig"):
+        AacTagWriter().write(b"\x11", b"\x01")

@@ -3,7 +3,8 @@
 It speaks first: `data_to_send` holds C0/C1 from the start. Feed it the server's bytes with
 `receive_data`; it answers the handshake, connects (``app``, ``tcUrl``), sends
 ``releaseStream``/``FCPublish``/``createStream`` and ``publish``, and returns `Event`s:
-`Connected`, `PublishStarted` (media may flow from then on: `send_metadata`, `send_video`),
+`Connected`, `PublishStarted` (media may flow from then on: `send_metadata`, `send_video`,
+`send_audio`),
 `Refused` when the server says no (``NetStream.Publish.BadName``, a failed connect, an
 ``_error``), `StatusReceived` for other ``onStatus`` messages and `ConnectionClosed` at the
 end of the stream. It acknowledges what it received, answers pings and honours the
@@ -22,6 +23,7 @@ from typing import Any
 from gateway.media.rtmp import amf0
 from gateway.media.rtmp.chunks import (
     ACK,
+    AUDIO,
     COMMAND_AMF0,
     COMMAND_AMF3,
     DATA_AMF0,
@@ -43,8 +45,8 @@ OUT_CHUNK_SIZE = 4096  # what ffmpeg and OBS use: a 30 kB keyframe in 8 chunks, 
 WINDOW_ACK_SIZE = 2_500_000
 FLASH_VERSION = "FMLE/3.0 (compatible; skyrelay)"
 
-# Chunk stream ids, as ffmpeg assigns them: control, commands, data/audio, video, stream commands.
-CONTROL_CSID, COMMAND_CSID, DATA_CSID, VIDEO_CSID, STREAM_CSID = 2, 3, 5, 6, 8
+# Chunk stream ids: control, commands, audio, data, video, stream commands (ffmpeg's numbering).
+CONTROL_CSID, COMMAND_CSID, AUDIO_CSID, DATA_CSID, VIDEO_CSID, STREAM_CSID = 2, 3, 4, 5, 6, 8
 
 # User control events (RTMP 7.1.7)
 PING_REQUEST, PING_RESPONSE = 6, 7
@@ -236,6 +238,11 @@ class RtmpClientConnection:
         """One FLV video tag body at ``timestamp`` milliseconds."""
         self._require_publishing()
         self._out += self._writer.message(VIDEO_CSID, VIDEO, self.stream_id, timestamp, tag)
+
+    def send_audio(self, timestamp: int, tag: bytes) -> None:
+        """One FLV audio tag body at ``timestamp`` milliseconds."""
+        self._require_publishing()
+        self._out += self._writer.message(AUDIO_CSID, AUDIO, self.stream_id, timestamp, tag)
 
     def close(self) -> None:
         """Unpublish (FCUnpublish, deleteStream); the caller closes the connection after

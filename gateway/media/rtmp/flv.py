@@ -1,9 +1,11 @@
-"""FLV video tags as RTMP carries them, to and from H.264 Annex-B access units. Sans I/O.
+"""FLV tags as RTMP carries them, sans I/O: H.264 video to and from Annex-B access units,
+AAC audio to and from raw AAC frames.
 
 RTMP/FLV carries AVCC: a decoder configuration record (SPS/PPS) once, then frames of
 length-prefixed NAL units. WebRTC and every sink here want Annex-B with SPS/PPS in front
 of every IDR, which `h264.ParameterSetCache` guarantees (`AvcTagReader`). `AvcTagWriter`
-goes the other way for RTMP republishing.
+goes the other way for RTMP republishing, and `AacTagWriter` does the same for its audio:
+an AudioSpecificConfig once, then raw AAC frames (`read_aac_tag` reads both).
 """
 
 from __future__ import annotations
@@ -169,6 +171,10 @@ class AvcTagWriter:
 
 
 AAC_SOUND_FORMAT = 10
+# The AUDIODATA flags byte of every AAC tag: SoundFormat 10, and SoundRate 3 (44 kHz), SoundSize 1
+# (16 bits), SoundType 1 (stereo) whatever the audio is: the FLV spec fixes them for AAC, and
+# decoders take the real rate and channels from the AudioSpecificConfig.
+AAC_FLAGS = AAC_SOUND_FORMAT << 4 | 3 << 2 | 1 << 1 | 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +201,31 @@ def read_aac_tag(tag: bytes) -> AacConfig | AacFrame:
             raise FlvError("AAC sequence header without an AudioSpecificConfig")
         return AacConfig(tag[2:])
     return AacFrame(tag[2:])
+
+
+def aac_tag(packet_type: int, body: bytes) -> bytes:
+    """An AUDIODATA body for AAC: the flags byte, AACPacketType (SEQUENCE_HEADER for an
+    AudioSpecificConfig, NALU (1, "raw") for a frame), then ``body``."""
+    return bytes([AAC_FLAGS, packet_type]) + body
+
+
+class AacTagWriter:
+    """Turns one stream's raw AAC frames into FLV audio tag bodies: an AAC sequence header
+    (the AudioSpecificConfig) before the first frame and again whenever the configuration
+    changes, then one raw tag per frame."""
+
+    def __init__(self) -> None:
+        self.audio_specific_config: bytes | None = None
+
+    def write(self, audio_specific_config: bytes, frame: bytes) -> list[bytes]:
+        """The tag bodies to send for ``frame`` (encoded with ``audio_specific_config``), all
+        with its timestamp. Raises FlvError for an AudioSpecificConfig too short to be one."""
+        if len(audio_specific_config) < 2:
+            raise FlvError("an AudioSpecificConfig has at least 2 bytes")
+        tags: list[bytes] = []
+        if audio_specific_config != self.audio_specific_config:
+            self.audio_specific_config = audio_specific_config
+            tags.append(aac_tag(SEQUENCE_HEADER, audio_specific_config))
+        if frame:
+            tags.append(aac_tag(NALU, frame))
+        return tags
