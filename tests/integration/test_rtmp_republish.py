@@ -1,6 +1,8 @@
 """RTMP republishing (WCS ``push/*``) over loopback: a Stream fed from the test clip is
 published to the gateway's own RTMP ingest (another registry) and to ffmpeg listening as an
-RTMP server, survives the far end restarting, and is driven through the REST API."""
+RTMP server, survives the far end restarting, and is driven through the REST API. Audio goes
+as AAC: ffmpeg publishing H.264 and an Opus tone over RTSP is republished to ffmpeg, and
+G.711 audio that starts late reaches our own ingest."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import contextlib
 import json
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -26,9 +30,10 @@ from gateway.media.registry import StreamRegistry
 from gateway.media.rtmp.protocol import PublishRequested, RtmpServerConnection
 from gateway.media.sinks.rtmp_push import RepublishStatus, RtmpRepublish, RtmpRepublishes
 from gateway.media.sources.rtmp import H264, RtmpIngestServer
-from gateway.media.stream import MediaFrame, Stream, Subscription
-from tests.conftest import free_port
+from gateway.media.stream import Codec, MediaFrame, Stream, Subscription
+from tests.conftest import dominant_frequency, free_port
 from tests.integration.conftest import AccessUnits
+from tests.integration.test_rtsp_push import ffmpeg_push
 
 FAST = (0.2, 1.0)  # reconnect backoff for tests: retry soon, never wait long
 
@@ -50,7 +55,8 @@ class Quiet:
 
 
 class ClipSource:
-    """Feeds stream ``name`` with the clip's access units at 30 fps, looping, from pts 0."""
+    """Feeds stream ``name`` with the clip's access units at 30 fps, looping, from pts 0;
+    `add_audio` adds audio frames from then on."""
 
     def __init__(self, registry: StreamRegistry, name: str, units: AccessUnits) -> None:
         self.registry = registry
@@ -58,7 +64,7 @@ class ClipSource:
         self.stream = registry.claim(name)
         self.stream.set_codecs(H264, None)
         self.stream.attach_source(self, "test")
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._run())]
 
     async def _run(self) -> None:
         index = 0
@@ -67,6 +73,25 @@ class ClipSource:
             self.stream.push(MediaFrame("video", "H264", data, index * 3000, Fraction(1, 90000), keyframe))
             index += 1
             await asyncio.sleep(1 / 30)
+
+    def add_audio(self, codec: Codec, frames: list[bytes], samples: int, origin: int) -> None:
+        """From now on also ``frames`` of ``codec`` (``samples`` each), looping, in real
+        time, their pts from ``origin`` on the codec's clock (not the video's origin)."""
+        self.stream.set_codecs(H264, codec)
+        self._tasks.append(asyncio.create_task(self._audio(codec, frames, samples, origin)))
+
+    async def _audio(self, codec: Codec, frames: list[bytes], samples: int, origin: int) -> None:
+        loop, time_base = asyncio.get_running_loop(), Fraction(1, codec.clock_rate)
+        start, index = loop.time(), 0
+        while True:
+            # Paced by the clock, not by sleeps: the audio keeps up with the time it stands for.
+            while index * samples * time_base <= loop.time() - start:
+                data = frames[index % len(frames)]
+                self.stream.push(
+                    MediaFrame("audio", codec.name, data, origin + index * samples, time_base, True)
+                )
+                index += 1
+            await asyncio.sleep(0.01)
 
     def request_keyframe(self) -> None:
         pass
@@ -77,8 +102,9 @@ class ClipSource:
                 await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.registry.release(self.stream)
 
 
@@ -200,45 +226,157 @@ async def test_republish_to_our_own_ingest(clip_units: AccessUnits) -> None:
             await republish.stop()
 
 
-async def test_republish_to_ffmpeg_as_an_rtmp_server(clip_units: AccessUnits, tmp_path: Path) -> None:
-    port, out = free_port(), tmp_path / "out.mp4"
+@contextlib.asynccontextmanager
+async def ffmpeg_rtmp_server(port: int, out: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """ffmpeg listening as an RTMP server at ``rtmp://127.0.0.1:{port}/live/x``, copying what
+    is published into the MP4 ``out``. The body ends the publish; ffmpeg must then finish
+    the file and exit cleanly. Killed if it does not."""
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-listen", "1"]
     cmd += ["-i", f"rtmp://127.0.0.1:{port}/live/x", "-c", "copy", "-f", "mp4", str(out)]
     ffmpeg = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    near = StreamRegistry()
     try:
-        async with clip_source(near, "cam", clip_units):
-            # ffmpeg may not listen yet: the republish retries until it does.
-            republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/x", reconnect=FAST)
-            await republish.start()
-            try:
-                await until(lambda: republish.frames >= 90, 30)
-                assert republish.connections == 1
-            finally:
-                await republish.stop()  # FCUnpublish, deleteStream, close: ffmpeg finishes the file
+        yield ffmpeg
         _, err = await asyncio.wait_for(asyncio.to_thread(ffmpeg.communicate), 30)
         assert ffmpeg.returncode == 0, err.decode(errors="replace")
     finally:
         if ffmpeg.poll() is None:
             ffmpeg.kill()
             ffmpeg.wait(timeout=5)
+
+
+def probe_streams(path: Path) -> list[dict[str, Any]]:
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(out)],
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
         capture_output=True,
         timeout=60,
         check=True,
     )
-    (stream,) = json.loads(probe.stdout)["streams"]  # video only: no audio track
-    assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 320, 240)
-    assert int(stream["nb_read_frames"]) >= 60
+    return json.loads(probe.stdout)["streams"]
+
+
+def check_decodes(path: Path) -> None:
+    """Every stream of ``path`` decodes without a single error."""
     decode = subprocess.run(
-        ["ffmpeg", "-v", "error", "-xerror", "-i", str(out), "-f", "null", "-"],
+        ["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"],
         capture_output=True,
         timeout=60,
     )
     assert decode.returncode == 0 and not decode.stderr, decode.stderr.decode(errors="replace")
+
+
+async def test_republish_to_ffmpeg_as_an_rtmp_server(clip_units: AccessUnits, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "out.mp4"
+    near = StreamRegistry()
+    async with ffmpeg_rtmp_server(port, out), clip_source(near, "cam", clip_units):
+        # ffmpeg may not listen yet: the republish retries until it does.
+        republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/x", reconnect=FAST)
+        await republish.start()
+        try:
+            await until(lambda: republish.frames >= 90, 30)
+            assert republish.connections == 1
+        finally:
+            await republish.stop()  # FCUnpublish, deleteStream, close: ffmpeg finishes the file
+        assert republish.audio_frames == 0
+    (stream,) = probe_streams(out)  # video only: no audio track
+    assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 320, 240)
+    assert int(stream["nb_read_frames"]) >= 60
+    check_decodes(out)
+
+
+async def test_republish_carries_opus_audio_as_aac(
+    servers: Callable[..., Any], clip: Path, tmp_path: Path
+) -> None:
+    """ffmpeg publishes the clip and a 440 Hz Opus tone over RTSP (their RTP clocks start
+    anywhere); the republish to ffmpeg as an RTMP server carries H.264 as it is and the tone
+    as AAC, in step with the video."""
+    rtsp = await servers()
+    port, out = free_port(), tmp_path / "out.mp4"
+    async with ffmpeg_push(f"rtsp://127.0.0.1:{rtsp.port}/pushed", clip, "tcp", ("-c:a", "libopus")):
+        await until(lambda: rtsp.registry.get("pushed") is not None)
+        stream = rtsp.registry.get("pushed")
+        assert stream is not None and stream.audio_codec is not None and stream.audio_codec.name == "opus"
+        async with ffmpeg_rtmp_server(port, out):
+            republish = RtmpRepublish(
+                rtsp.registry, "pushed", f"rtmp://127.0.0.1:{port}/live/x", reconnect=FAST
+            )
+            await republish.start()
+            try:
+                # 3 s of each: 90 frames of video, 140 AAC frames of 1024 samples at 48 kHz.
+                await until(lambda: republish.frames >= 90 and republish.audio_frames >= 140, 30)
+                assert republish.connections == 1 and republish.audio_failures == 0
+            finally:
+                await republish.stop()
+    video, audio = sorted(probe_streams(out), key=lambda stream: stream["codec_type"] != "video")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert int(video["nb_read_frames"]) >= 60
+    assert (audio["codec_name"], audio["profile"], audio["sample_rate"], audio["channels"]) == (
+        "aac",
+        "LC",
+        "48000",
+        2,
+    )
+    assert int(audio["nb_read_frames"]) >= 100
+    # One timeline: the audio starts with the live video, which the first frames sent (a
+    # replayed GOP of at most half a second) may precede, never follow.
+    assert -0.1 <= float(audio["start_time"]) - float(video["start_time"]) <= 0.6
+    check_decodes(out)
+    with av.open(str(out)) as container:
+        samples = np.concatenate(
+            [frame.to_ndarray()[0] for frame in container.decode(audio=0)]
+        )  # the first channel, float planar at 48 kHz
+    steady = samples[48000 // 2 :]  # past the encoders' start
+    assert len(steady) >= 48000
+    assert abs(dominant_frequency(steady, 48000) - 440) < 5
+    assert np.abs(steady).max() > 0.05  # a tone, not silence
+
+
+def g711_tone(codec: str, seconds: int = 4) -> list[bytes]:
+    """20 ms frames (160 bytes at 8 kHz) of a 440 Hz tone, ``codec`` "mulaw" or "alaw"."""
+    made = subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"]
+        + ["-t", str(seconds), "-ac", "1", "-f", codec, "-"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return [made.stdout[i : i + 160] for i in range(0, len(made.stdout) - 159, 160)]
+
+
+async def test_audio_that_comes_late_reaches_our_own_ingest(clip_units: AccessUnits) -> None:
+    """A stream that had no audio when the publish started gets PCMU: the republish
+    announces it and sends it as AAC, which our ingest takes (and makes Opus of)."""
+    far, far_keys, port = CapturingRegistry(), IngestKeys(), free_port()
+    key = far_keys.issue("copy")
+    near = StreamRegistry()
+    async with ingest(far, far_keys, port), clip_source(near, "cam", clip_units) as source:
+        republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/{key.key}", reconnect=FAST)
+        await republish.start()
+        try:
+            capture = await far.capture(0)
+            await frames(capture, 15)
+            copy = far.get("copy")
+            assert copy is not None and copy.audio_codec is None
+            source.add_audio(Codec("PCMU", 8000), g711_tone("mulaw"), 160, origin=3_000_000)
+            opus: list[MediaFrame] = []
+            async with asyncio.timeout(20):
+                while len(opus) < 100:  # 2 s
+                    frame = await capture.audio.get()
+                    assert frame is not None, "the stream ended"
+                    opus.append(frame)
+            assert copy.audio_codec is not None and copy.audio_codec.name == "opus"
+            assert republish.connections == 1 and republish.audio_failures == 0
+        finally:
+            await republish.stop()
+    assert all(frame.codec == "opus" for frame in opus)
+    assert all(a.pts < b.pts for a, b in zip(opus, opus[1:], strict=False))
+    decoder = av.CodecContext.create("opus", "r")
+    decoded = [frame for packet in opus for frame in decoder.decode(av.Packet(packet.data))]
+    samples = np.concatenate([frame.to_ndarray()[0] for frame in decoded])
+    steady = samples[48000 // 2 :]
+    assert abs(dominant_frequency(steady, 48000) - 440) < 5
+    assert np.abs(steady).max() > 0.05
 
 
 async def test_republish_reconnects_when_the_far_end_restarts(clip_units: AccessUnits) -> None:

@@ -1,14 +1,16 @@
 """RTMP republishing (WCS ``push/*``): a live Stream published to another RTMP server
-(``rtmp[s]://host[:port]/app/streamkey``) without transcoding. A thin I/O layer around the
-sans-I/O `RtmpClientConnection` and `AvcTagWriter`.
+(``rtmp[s]://host[:port]/app/streamkey``). A thin I/O layer around the sans-I/O
+`RtmpClientConnection`, `AvcTagWriter` and `AacTagWriter`.
 
 Each connection subscribes to the Stream once the far end has accepted the publish, so it
 starts at a keyframe (the cached one, or the GOP so far) with timestamps from 0. H.264 goes
-out as FLV tags; audio does not (FLV cannot carry Opus or G.711, and the streams carry no
-AAC). A far end that reads slowly makes the bounded subscription queue skip to the next
-keyframe, and one that reads nothing for ``timeout`` seconds is dropped: other sinks never
-wait. A dropped connection is retried with capped exponential backoff until the stream
-ends or `stop` is called.
+out as FLV tags as it is. Audio (Opus, PCMU or PCMA: FLV carries neither, RTMP servers
+expect AAC) is transcoded to AAC-LC, 48 kHz stereo, by a `ToAac` of the connection's own,
+on the video's timeline; a stream without audio is republished without. A far end that
+reads slowly makes the bounded subscription queues skip (video to the next keyframe), and
+one that reads nothing for ``timeout`` seconds is dropped: other sinks never wait. A
+dropped connection is retried with capped exponential backoff until the stream ends or
+`stop` is called.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import contextlib
 import enum
 import ssl
 import uuid
+from fractions import Fraction
 from typing import Any
 
 from gateway.log import get_logger
+from gateway.media.audio_transcode import AAC_BIT_RATE, AAC_RATE, ToAac, aac_transcodable
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtmp.chunks import RtmpError
 from gateway.media.rtmp.client import (
@@ -30,8 +34,8 @@ from gateway.media.rtmp.client import (
     RtmpUrl,
     parse_rtmp_url,
 )
-from gateway.media.rtmp.flv import AVC_CODEC_ID, AvcTagWriter
-from gateway.media.stream import Stream, Subscription
+from gateway.media.rtmp.flv import AAC_SOUND_FORMAT, AVC_CODEC_ID, AacTagWriter, AvcTagWriter
+from gateway.media.stream import FrameQueue, Stream, Subscription
 
 log = get_logger(__name__)
 
@@ -57,6 +61,46 @@ class RepublishRefused(Exception):
 
 class StreamNotLive(LookupError):
     """No live stream of that name to republish."""
+
+
+class Timeline:
+    """One connection's RTMP timestamps: milliseconds from its first video frame, for audio
+    as for video, neither kind ever going back (RTMP servers and FLV files take a step back
+    as a new stream)."""
+
+    def __init__(self) -> None:
+        self.video_base: int | None = None  # ms of the first video frame, on the stream's clock
+        self.video_time_base: Fraction | None = None
+        self.audio_offset: int | None = None  # from the stream's audio ms to this timeline's
+        self.last_video = 0
+        self.last_audio = 0
+
+    def video(self, pts: int, time_base: Fraction) -> int:
+        ms = round(pts * time_base * 1000)
+        if self.video_base is None:
+            self.video_base, self.video_time_base = ms, time_base
+        self.last_video = max(self.last_video, ms - self.video_base)
+        return self.last_video
+
+    def align_audio(self, audio_ms: int, live_video_pts: int) -> bool:
+        """Put the stream's audio clock on this timeline, once: the audio frame at
+        ``audio_ms`` came in with the stream's latest video frame at ``live_video_pts``.
+        The two clocks need not share an origin and the Stream keeps no wall time per
+        frame: arriving together is the relation there is (the latest video frame, not the
+        first sent, which may be a replayed one up to half a second old). False until video
+        has started: there is nothing to align with yet."""
+        if self.video_base is None or self.video_time_base is None:
+            return False
+        if self.audio_offset is None:
+            live_ms = round(live_video_pts * self.video_time_base * 1000) - self.video_base
+            self.audio_offset = live_ms - audio_ms
+        return True
+
+    def audio(self, audio_ms: int) -> int:
+        """The timestamp of audio at ``audio_ms`` on the stream's audio clock (after `align_audio`)."""
+        assert self.audio_offset is not None
+        self.last_audio = max(self.last_audio, audio_ms + self.audio_offset)
+        return self.last_audio
 
 
 class RtmpRepublish:
@@ -89,6 +133,8 @@ class RtmpRepublish:
         self.status = RepublishStatus.CONNECTING
         self.connections = 0  # publishes the far end accepted
         self.frames = 0  # access units sent
+        self.audio_frames = 0  # AAC frames sent
+        self.audio_failures = 0  # audio frames the transcoder could not take
         self._dropped = 0  # by the subscriptions of earlier connections
         self._subscription: Subscription | None = None
         self.last_error: str | None = None
@@ -117,6 +163,7 @@ class RtmpRepublish:
             "status": str(self.status),
             "connections": self.connections,
             "frames": self.frames,
+            "audioFrames": self.audio_frames,
             "dropped": self.dropped,
             "lastError": self.last_error,
         }
@@ -204,7 +251,6 @@ class RtmpRepublish:
             self.status = RepublishStatus.PUBLISHING
             self._log.info("rtmp_republishing", connection=self.connections)
             subscription = self._subscription = stream.subscribe(self, self.queue_frames)
-            subscription.audio.attach(lambda frame: True)  # FLV carries no Opus/G.711: video only
             inbound = asyncio.create_task(self._inbound(client, reader, writer))
             outbound = asyncio.create_task(self._outbound(client, subscription, writer, stream))
             try:
@@ -283,34 +329,118 @@ class RtmpRepublish:
         writer: asyncio.StreamWriter,
         stream: Stream,
     ) -> None:
-        """The stream's video as FLV tags. Returns when the stream ends."""
-        muxer = AvcTagWriter()
+        """The stream's video, and its audio as AAC, as FLV tags. Returns when the stream ends."""
+        audio = stream.audio_codec is not None and aac_transcodable(stream.audio_codec.name)
+        client.send_metadata(self._metadata(stream, audio=audio))
+        timeline = Timeline()
+        # One task a kind, each sending as its frames come: live frames come in time order,
+        # so the tags go out interleaved, and neither kind waits for the other.
+        pumps = {
+            asyncio.create_task(self._video_out(client, subscription.video, writer, timeline)),
+            asyncio.create_task(
+                self._audio_out(client, subscription.audio, writer, stream, timeline, announced=audio)
+            ),
+        }
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for pump in done:
+            pump.result()  # why the far end could not be written to
+
+    def _metadata(self, stream: Stream, *, audio: bool) -> dict[str, Any]:
         metadata: dict[str, Any] = {"videocodecid": AVC_CODEC_ID, "encoder": "skyrelay"}
         if stream.width and stream.height:
             metadata.update(width=stream.width, height=stream.height)
-        client.send_metadata(metadata)
-        base: int | None = None  # ms of this connection's first frame: timestamps start at 0
-        last = 0
-        while (frame := await subscription.video.get()) is not None:
+        if audio:
+            metadata.update(
+                audiocodecid=AAC_SOUND_FORMAT,
+                audiosamplerate=AAC_RATE,
+                audiosamplesize=16,
+                audiochannels=ToAac.channels,
+                stereo=ToAac.channels == 2,
+                audiodatarate=AAC_BIT_RATE // 1000,
+            )
+        return metadata
+
+    async def _video_out(
+        self,
+        client: RtmpClientConnection,
+        queue: FrameQueue,
+        writer: asyncio.StreamWriter,
+        timeline: Timeline,
+    ) -> None:
+        muxer = AvcTagWriter()
+        while (frame := await queue.get()) is not None:
             if frame.codec != "H264":
                 continue
             tags = muxer.write(frame.data)
             if not tags:
                 continue  # no SPS/PPS yet: the far end could not decode it
-            ms = round(frame.pts * frame.time_base * 1000)
-            if base is None:
-                base = ms
-            # Never backwards: RTMP servers and FLV files take a step back as a new stream.
-            last = max(last, ms - base)
+            timestamp = timeline.video(frame.pts, frame.time_base)
             for tag in tags:
-                client.send_video(last, tag)
+                client.send_video(timestamp, tag)
             writer.write(client.data_to_send())
             self.frames += 1
+            await self._drain(writer)
+
+    async def _audio_out(
+        self,
+        client: RtmpClientConnection,
+        queue: FrameQueue,
+        writer: asyncio.StreamWriter,
+        stream: Stream,
+        timeline: Timeline,
+        *,
+        announced: bool,
+    ) -> None:
+        """Audio frames transcoded to AAC (none at all for a stream without audio). A frame
+        the transcoder fails on is skipped: the video goes on."""
+        transcoder: ToAac | None = None
+        muxer = AacTagWriter()
+        failing = False
+        while (frame := await queue.get()) is not None:
+            if not timeline.align_audio(round(frame.pts * frame.time_base * 1000), stream.last_video_pts):
+                continue
             try:
-                async with asyncio.timeout(self.timeout):
-                    await writer.drain()
-            except TimeoutError:
-                raise ConnectionError(f"the far end took nothing for {self.timeout:g} s") from None
+                transcoder = transcoder or ToAac()
+                packets = transcoder.transcode(frame.codec, frame.data, frame.pts, frame.time_base)
+                tags = [
+                    (timeline.audio(round(Fraction(pts * 1000, AAC_RATE))), tag)
+                    for data, pts in packets
+                    for tag in muxer.write(transcoder.audio_specific_config, data)
+                ]
+            except Exception as exc:  # whatever it is, it costs this frame's audio, not the video
+                self.audio_failures += 1
+                if not failing:  # one event for a run of failures, not one a frame
+                    self._log.warning(
+                        "rtmp_republish_audio_failed",
+                        codec=frame.codec,
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                        failures=self.audio_failures,
+                    )
+                failing = True
+                continue
+            failing = False
+            if not tags:
+                continue  # the encoder is still filling its first frame
+            if not announced:  # audio that came after the publish started: tell the far end
+                client.send_metadata(self._metadata(stream, audio=True))
+                announced = True
+            for timestamp, tag in tags:
+                client.send_audio(timestamp, tag)
+            self.audio_frames += len(packets)
+            writer.write(client.data_to_send())
+            await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise ConnectionError(f"the far end took nothing for {self.timeout:g} s") from None
 
     # StreamListener
     def on_video_format(self, width: int, height: int) -> None:
