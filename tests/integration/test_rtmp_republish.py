@@ -20,6 +20,7 @@ import aiohttp
 import av
 import numpy as np
 import pytest
+import structlog
 from aiohttp import web
 
 from gateway.app import Gateway
@@ -377,6 +378,30 @@ async def test_audio_that_comes_late_reaches_our_own_ingest(clip_units: AccessUn
     steady = samples[48000 // 2 :]
     assert abs(dominant_frequency(steady, 48000) - 440) < 5
     assert np.abs(steady).max() > 0.05
+
+
+async def test_audio_the_transcoder_fails_on_never_stops_the_video(clip_units: AccessUnits) -> None:
+    """Opus frames no decoder takes: one log event for the run of failures, no audio sent,
+    and the video as ever."""
+    far, far_keys, port = CapturingRegistry(), IngestKeys(), free_port()
+    key = far_keys.issue("copy")
+    near = StreamRegistry()
+    with structlog.testing.capture_logs() as logs:
+        async with ingest(far, far_keys, port), clip_source(near, "cam", clip_units) as source:
+            source.add_audio(Codec("opus", 48000), [b"\xff\xff\xff garbage"], 960, origin=0)
+            republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/{key.key}", reconnect=FAST)
+            await republish.start()
+            try:
+                capture = await far.capture(0)
+                check_relayed(await frames(capture, 40), clip_units)
+                await until(lambda: republish.audio_failures >= 10)
+                assert republish.connections == 1 and republish.audio_frames == 0
+                assert len(capture.audio) == 0
+            finally:
+                await republish.stop()
+    (failed,) = [entry for entry in logs if entry["event"] == "rtmp_republish_audio_failed"]
+    assert (failed["stream"], failed["codec"], failed["failures"]) == ("cam", "opus", 1)
+    assert "undecodable" in failed["error"]
 
 
 async def test_republish_reconnects_when_the_far_end_restarts(clip_units: AccessUnits) -> None:
