@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import av
@@ -202,29 +202,43 @@ async def ingest(registry: StreamRegistry, keys: IngestKeys, port: int) -> Async
         await server.stop()
 
 
-async def test_republish_to_our_own_ingest(clip_units: AccessUnits) -> None:
+class ToOurIngest(NamedTuple):
+    far: CapturingRegistry  # our own RTMP ingest's registry: the far end
+    source: ClipSource  # the clip as the stream "cam"
+    republish: RtmpRepublish  # of "cam" to the far end as "copy", not started
+    key: str
+
+
+@contextlib.asynccontextmanager
+async def to_our_ingest(clip_units: AccessUnits) -> AsyncIterator[ToOurIngest]:
+    """A republish of the clip to our own RTMP ingest; stopped on exit."""
     far, far_keys, port = CapturingRegistry(), IngestKeys(), free_port()
     key = far_keys.issue("copy")
     near = StreamRegistry()
     async with ingest(far, far_keys, port), clip_source(near, "cam", clip_units) as source:
         republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/{key.key}", reconnect=FAST)
-        await republish.start()
         try:
-            received = await frames(await far.capture(0), 70)
-            check_relayed(received, clip_units)
-            copy = far.get("copy")
-            assert copy is not None and (copy.width, copy.height) == (320, 240)
-            assert republish.status is RepublishStatus.PUBLISHING
-            assert republish.connections == 1 and republish.frames >= 70
-            assert key.key not in str(republish.describe())
-            # The source stops: so does the republish, and the far end's stream ends.
-            await source.stop()
-            async with asyncio.timeout(10):
-                await republish.done.wait()
-            assert republish.status is RepublishStatus.STOPPED
-            await until(lambda: far.find("copy") is None, 10)
+            yield ToOurIngest(far, source, republish, key.key)
         finally:
             await republish.stop()
+
+
+async def test_republish_to_our_own_ingest(clip_units: AccessUnits) -> None:
+    async with to_our_ingest(clip_units) as (far, source, republish, key):
+        await republish.start()
+        received = await frames(await far.capture(0), 70)
+        check_relayed(received, clip_units)
+        copy = far.get("copy")
+        assert copy is not None and (copy.width, copy.height) == (320, 240)
+        assert republish.status is RepublishStatus.PUBLISHING
+        assert republish.connections == 1 and republish.frames >= 70
+        assert key not in str(republish.describe())
+        # The source stops: so does the republish, and the far end's stream ends.
+        await source.stop()
+        async with asyncio.timeout(10):
+            await republish.done.wait()
+        assert republish.status is RepublishStatus.STOPPED
+        await until(lambda: far.find("copy") is None, 10)
 
 
 @contextlib.asynccontextmanager
@@ -348,28 +362,21 @@ def g711_tone(codec: str, seconds: int = 4) -> list[bytes]:
 async def test_audio_that_comes_late_reaches_our_own_ingest(clip_units: AccessUnits) -> None:
     """A stream that had no audio when the publish started gets PCMU: the republish
     announces it and sends it as AAC, which our ingest takes (and makes Opus of)."""
-    far, far_keys, port = CapturingRegistry(), IngestKeys(), free_port()
-    key = far_keys.issue("copy")
-    near = StreamRegistry()
-    async with ingest(far, far_keys, port), clip_source(near, "cam", clip_units) as source:
-        republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/{key.key}", reconnect=FAST)
+    async with to_our_ingest(clip_units) as (far, source, republish, _):
         await republish.start()
-        try:
-            capture = await far.capture(0)
-            await frames(capture, 15)
-            copy = far.get("copy")
-            assert copy is not None and copy.audio_codec is None
-            source.add_audio(Codec("PCMU", 8000), g711_tone("mulaw"), 160, origin=3_000_000)
-            opus: list[MediaFrame] = []
-            async with asyncio.timeout(20):
-                while len(opus) < 100:  # 2 s
-                    frame = await capture.audio.get()
-                    assert frame is not None, "the stream ended"
-                    opus.append(frame)
-            assert copy.audio_codec is not None and copy.audio_codec.name == "opus"
-            assert republish.connections == 1 and republish.audio_failures == 0
-        finally:
-            await republish.stop()
+        capture = await far.capture(0)
+        await frames(capture, 15)
+        copy = far.get("copy")
+        assert copy is not None and copy.audio_codec is None
+        source.add_audio(Codec("PCMU", 8000), g711_tone("mulaw"), 160, origin=3_000_000)
+        opus: list[MediaFrame] = []
+        async with asyncio.timeout(20):
+            while len(opus) < 100:  # 2 s
+                frame = await capture.audio.get()
+                assert frame is not None, "the stream ended"
+                opus.append(frame)
+        assert copy.audio_codec is not None and copy.audio_codec.name == "opus"
+        assert republish.connections == 1 and republish.audio_failures == 0
     assert all(frame.codec == "opus" for frame in opus)
     assert all(a.pts < b.pts for a, b in zip(opus, opus[1:], strict=False))
     decoder = av.CodecContext.create("opus", "r")
@@ -383,22 +390,15 @@ async def test_audio_that_comes_late_reaches_our_own_ingest(clip_units: AccessUn
 async def test_audio_the_transcoder_fails_on_never_stops_the_video(clip_units: AccessUnits) -> None:
     """Opus frames no decoder takes: one log event for the run of failures, no audio sent,
     and the video as ever."""
-    far, far_keys, port = CapturingRegistry(), IngestKeys(), free_port()
-    key = far_keys.issue("copy")
-    near = StreamRegistry()
     with structlog.testing.capture_logs() as logs:
-        async with ingest(far, far_keys, port), clip_source(near, "cam", clip_units) as source:
+        async with to_our_ingest(clip_units) as (far, source, republish, _):
             source.add_audio(Codec("opus", 48000), [b"\xff\xff\xff garbage"], 960, origin=0)
-            republish = RtmpRepublish(near, "cam", f"rtmp://127.0.0.1:{port}/live/{key.key}", reconnect=FAST)
             await republish.start()
-            try:
-                capture = await far.capture(0)
-                check_relayed(await frames(capture, 40), clip_units)
-                await until(lambda: republish.audio_failures >= 10)
-                assert republish.connections == 1 and republish.audio_frames == 0
-                assert len(capture.audio) == 0
-            finally:
-                await republish.stop()
+            capture = await far.capture(0)
+            check_relayed(await frames(capture, 40), clip_units)
+            await until(lambda: republish.audio_failures >= 10)
+            assert republish.connections == 1 and republish.audio_frames == 0
+            assert len(capture.audio) == 0
     (failed,) = [entry for entry in logs if entry["event"] == "rtmp_republish_audio_failed"]
     assert (failed["stream"], failed["codec"], failed["failures"]) == ("cam", "opus", 1)
     assert "undecodable" in failed["error"]
