@@ -6,13 +6,18 @@ RTMP (and later WHIP) ingest claims it when the device connects and releases it 
 push ends, so the device can reconnect with the same URL after a network glitch. A key is
 refused for a second concurrent push, for any other key, and once revoked (the stream
 ended).
+
+Every key starts with ``KEY_PREFIX``: a push whose name has it is a key push, refused
+unless the key is open, even where publishing by stream name is allowed, so a wrong or
+stale key never becomes a stream of its own.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from dataclasses import dataclass
+
+KEY_PREFIX = "ingestkey-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +32,9 @@ class IngestKeys:
     def __init__(self) -> None:
         self._open: dict[str, IngestKey] = {}
         self._in_use: set[str] = set()
-        # Revoked keys stay known for a while, so a late push with one is refused as a key
-        # rather than taken for a stream name.
-        self._revoked: deque[str] = deque(maxlen=10_000)
 
     def issue(self, stream_name: str, *, keep_stream: bool = False) -> IngestKey:
-        issued = IngestKey(secrets.token_urlsafe(24), stream_name, keep_stream)
+        issued = IngestKey(KEY_PREFIX + secrets.token_urlsafe(24), stream_name, keep_stream)
         self._open[issued.key] = issued
         return issued
 
@@ -49,13 +51,14 @@ class IngestKeys:
         self._in_use.discard(key)
 
     def revoke(self, key: str) -> None:
-        if self._open.pop(key, None) is not None:
-            self._revoked.append(key)
+        self._open.pop(key, None)
         self._in_use.discard(key)
 
-    def known(self, key: str) -> bool:
-        """Issued (open, busy or recently revoked): a push with it is a key push."""
-        return key in self._open or key in self._revoked
+    @staticmethod
+    def is_key(name: str) -> bool:
+        """Shaped like an issued key (open, busy, revoked or wrong): a push with it is a
+        key push, never a publish by that name."""
+        return name.startswith(KEY_PREFIX)
 
     def __len__(self) -> int:
         return len(self._open)

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from gateway.access import OpenAccess
 from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour
+from gateway.media.ingest_keys import KEY_PREFIX
 from gateway.media.synthetic import EncodedVideoTrack, read_access_units
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port
@@ -276,3 +278,35 @@ async def test_nobody_can_publish_under_a_drone_cameras_name(
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0
         assert drone_gateway.registry.find(AIRCRAFT_VIDEO) is None and sim.starts == []
+
+
+async def test_a_wrong_or_stale_key_is_refused_even_where_anyone_may_publish(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    """Open access lets an encoder publish rtmp://host/live/{name}; a push whose name is
+    shaped like an ingest key is still a key push: refused unless the key is open."""
+    assert isinstance(drone_gateway.access, OpenAccess)
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        (start,) = sim.starts
+        await frames.stop()
+        await client.close()
+        async with asyncio.timeout(10):  # linger 1 s, then live_stop_push and the key revoked
+            while not sim.stops:
+                await asyncio.sleep(0.05)
+        stale = str(start["url"])
+        base, _, key = stale.rpartition("/")
+        assert key.startswith(KEY_PREFIX)
+        wrong = f"{base}/{KEY_PREFIX}{'x' * 32}"
+        for url in (stale, wrong):
+            cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-i", str(clip)]
+            proc = subprocess.Popen([*cmd, "-c", "copy", "-f", "flv", url], stdin=subprocess.DEVNULL)
+            try:
+                assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0, url
+            finally:
+                proc.kill()
+                proc.wait()
+            assert drone_gateway.registry.find(url.rsplit("/", 1)[1]) is None
+        assert drone_gateway.registry.find(AIRCRAFT_VIDEO) is None
+        assert len(sim.starts) == 1

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.media.ingest_keys import IngestKey, IngestKeys
+from gateway.media.ingest_keys import KEY_PREFIX, IngestKey, IngestKeys
 
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -84,3 +84,14 @@ def test_grant_is_immutable() -> None:
     grant = IngestKeys().issue("cam")
     with pytest.raises(AttributeError):
         grant.stream_name = "other"  # type: ignore[misc]
+
+
+def test_every_key_is_key_shaped_and_names_are_not() -> None:
+    keys = IngestKeys()
+    grant = keys.issue("cam")
+    assert grant.key.startswith(KEY_PREFIX) and IngestKeys.is_key(grant.key)
+    keys.revoke(grant.key)
+    assert IngestKeys.is_key(grant.key)  # still a key push after revocation: refused, not a name
+    assert IngestKeys.is_key(KEY_PREFIX + "made-up")
+    for name in ("cam", "live-1", "SN1/53-0-0/normal-0", "", "key", "ingest"):
+        assert not IngestKeys.is_key(name)

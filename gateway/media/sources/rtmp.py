@@ -176,7 +176,7 @@ class RtmpIngestServer:
 
     async def _named(self, name: str, query: str) -> tuple[IngestKey | None, str]:
         """A publish by stream name (not an ingest key), if the access policy allows it."""
-        if self.access is None or self.keys.known(name):
+        if self.access is None or self.keys.is_key(name):
             return None, "unknown, used or expired stream key"
         if not name or len(name) > 512:
             return None, "no stream name"

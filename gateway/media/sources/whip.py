@@ -96,7 +96,7 @@ class WhipIngest:
         return resource, answer
 
     async def _named(self, name: str, token: str | None) -> IngestKey:
-        if self.access is None or self.keys.known(name):
+        if self.access is None or self.keys.is_key(name):
             log.warning("whip_publish_refused", reason="unknown or used key")
             raise WhipRefused(403, "unknown, used or expired stream key")
         if self.registry.on_demand_for(name) is not None:
