@@ -221,7 +221,7 @@ class Stream:
         self.source: Source | None = None
         self.ingest = ""  # how the current or last source delivers: webrtc, rtmp, whip, rtsp
         self.ready = False  # codecs negotiated
-        self.live = False  # a frame has arrived: viewers may subscribe
+        self.live = False  # the first keyframe has arrived: viewers may subscribe
         self.on_live: Callable[[Stream], None] | None = None  # the registry's, once
         self.ended = False
         self.inbound = RateMeter()
@@ -278,7 +278,9 @@ class Stream:
             frame.pts += offset
         self._last_push = now
         self._last_pts[frame.kind] = frame.pts
-        if not self.live:
+        if not self.live and (frame.keyframe or self.video_codec is None):
+            # Playable from the first keyframe (audio-only: the first frame): a viewer told
+            # PLAYING earlier would only see a frozen black picture until it came.
             self.live = True
             if self.on_live is not None:
                 self.on_live(self)

@@ -66,6 +66,23 @@ def test_get_hides_a_stream_until_its_codecs_are_known_and_media_arrives() -> No
     assert registry.get("cam") is stream
 
 
+def test_a_stream_is_playable_from_its_first_keyframe_not_its_first_frame() -> None:
+    """A play answered before the keyframe would show a frozen black picture."""
+    registry = StreamRegistry()
+    stream = registry.claim("cam")
+    stream.set_codecs(H264, OPUS)
+    stream.push(MediaFrame("audio", "opus", b"\xfc", 0, Fraction(1, 48000)))
+    stream.push(MediaFrame("video", "H264", b"\x00\x00\x00\x01\x41", 0, Fraction(1, 90000), False))
+    assert registry.get("cam") is None and not stream.live
+    stream.push(MediaFrame("video", "H264", b"\x00\x00\x00\x01\x65", 3000, Fraction(1, 90000), True))
+    assert registry.get("cam") is stream
+
+    radio = registry.claim("radio")
+    radio.set_codecs(None, OPUS)
+    radio.push(MediaFrame("audio", "opus", b"\xfc", 0, Fraction(1, 48000)))
+    assert registry.get("radio") is radio  # no video to wait for
+
+
 def test_get_unknown_name() -> None:
     assert StreamRegistry().get("nope") is None
 
