@@ -13,7 +13,9 @@ from typing import Any
 import av
 import pytest
 import pytest_asyncio
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 
 from gateway.app import Gateway
 from gateway.config import Config
@@ -207,3 +209,17 @@ async def servers(camera: ClipCamera) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in started:
         await server.stop()
+
+
+def capture_rtp(pc: RTCPeerConnection) -> list[RtpPacket]:
+    """Every video RTP packet (media and RTX) a player's peer connection receives, from now."""
+    packets: list[RtpPacket] = []
+    receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
+    handle = receiver._handle_rtp_packet
+
+    async def recorded(packet: RtpPacket, arrival_time_ms: int) -> None:
+        packets.append(packet)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = recorded  # type: ignore[method-assign]
+    return packets

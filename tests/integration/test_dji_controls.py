@@ -5,6 +5,8 @@ restarts the dock's push: viewers stay attached with no renegotiation."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import aiohttp
 
 from gateway.app import Gateway
 from tests.conftest import MosquittoProcess
+from tests.integration.conftest import capture_rtp
 from tests.integration.drone import AIRCRAFT_VIDEO, dock, play
 
 
@@ -49,6 +52,7 @@ async def test_http_quality_and_lens_reach_the_dock_and_viewers_ride_through_the
         )
 
         player = next(iter(client.streams.values()))
+        packets = capture_rtp(player.pc)
         answers = len(client.received("setRemoteSDP"))
         status, _ = await post(drone_gateway, f"{CONTROL}/lens", {"video_type": "zoom"})
         assert status == 200
@@ -58,6 +62,14 @@ async def test_http_quality_and_lens_reach_the_dock_and_viewers_ride_through_the
         assert len(client.received("setRemoteSDP")) == answers and player.status == "PLAYING"
         assert frames.pts == sorted(frames.pts)
         assert len(sim.starts) == 1
+        # One SSRC, and sequence numbers and RTP timestamps that go on across the new push
+        # (a gap in them is a loss to the viewer's jitter buffer, a jump back a reset).
+        media_ssrc = Counter(p.ssrc for p in packets).most_common(1)[0][0]
+        media = [p for p in packets if p.ssrc == media_ssrc]
+        steps = [(b.sequence_number - a.sequence_number) % 65536 for a, b in pairwise(media)]
+        assert steps and all(1 <= step <= 4 for step in steps), sorted(set(steps))
+        clock = [(b.timestamp - a.timestamp) % 2**32 for a, b in pairwise(media)]
+        assert all(tick < 90000 * 3 for tick in clock), max(clock)  # forward, never back
         await frames.stop()
         await client.close()
 

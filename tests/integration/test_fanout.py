@@ -18,7 +18,7 @@ from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.webrtc import fanout
 from gateway.wcs.client import ClientStream, WcsClient
-from tests.integration.conftest import FrameCounter
+from tests.integration.conftest import FrameCounter, capture_rtp
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 
@@ -49,18 +49,6 @@ async def publish_and_play(
         streams.append(player)
     return clients, streams
 
-
-def capture_rtp(stream: ClientStream) -> list[RtpPacket]:
-    packets: list[RtpPacket] = []
-    receiver = next(t.receiver for t in stream.pc.getTransceivers() if t.kind == "video")
-    handle = receiver._handle_rtp_packet
-
-    async def recorded(packet: RtpPacket, arrival_time_ms: int) -> None:
-        packets.append(packet)
-        await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = recorded
-    return packets
 
 
 async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
@@ -102,7 +90,7 @@ async def test_nack_is_answered_from_the_writers_history(
 ) -> None:
     clients, (player,) = await publish_and_play(local_gateway, video_track(), players=1)
     try:
-        packets = capture_rtp(player)
+        packets = capture_rtp(player.pc)
         counter = FrameCounter(player).start()
         await counter.wait_frames(20)
         (viewer,) = viewers(local_gateway)

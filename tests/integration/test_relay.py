@@ -17,7 +17,7 @@ from gateway.media import h264
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.conftest import GatewayProcess
-from tests.integration.conftest import AccessUnits, FrameCounter
+from tests.integration.conftest import AccessUnits, FrameCounter, capture_rtp
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 Connect = Callable[[], Awaitable[WcsClient]]
@@ -140,19 +140,6 @@ async def test_player_pli_reaches_publisher_at_most_once_a_second(
     await counter.stop()
 
 
-def capture_rtp(stream_pc: Any) -> list[tuple[int, bool, bytes]]:
-    """Record (timestamp, marker, payload) of every video RTP packet a player receives."""
-    packets: list[tuple[int, bool, bytes]] = []
-    receiver = next(t.receiver for t in stream_pc.getTransceivers() if t.kind == "video")
-    handle = receiver._handle_rtp_packet
-
-    async def recorded(packet: Any, arrival_time_ms: int) -> None:
-        packets.append((packet.timestamp, bool(packet.marker), packet.payload))
-        await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = recorded
-    return packets
-
 
 def decode_h264_rtp(payloads: list[bytes]) -> list[av.VideoFrame]:
     data = b"".join(depayload(H264_CODEC, payload) for payload in payloads)
@@ -175,14 +162,14 @@ async def test_late_player_starts_with_cached_keyframe_and_skips_to_next(
     player = await play_client.play("relay-gop")
     packets = capture_rtp(player.pc)
     await player.wait_status("PLAYING")
-    await player.wait_for(lambda: any(marker for _, marker, _ in packets), timeout=6)
+    await player.wait_for(lambda: any(p.marker for p in packets), timeout=6)
     await asyncio.sleep(1.0)
     # Still inside the first GOP of the clip: the next live IDR is frame 300.
     assert 45 < track.frames_sent < 300
     # The player got exactly one picture, complete, and it decodes on its own ...
-    timestamps = {ts for ts, _, _ in packets}
+    timestamps = {p.timestamp for p in packets}
     assert len(timestamps) == 1, f"frames after the cached keyframe: {len(timestamps)}"
-    frames = decode_h264_rtp([payload for _, _, payload in packets])
+    frames = decode_h264_rtp([p.payload for p in packets])
     assert [(f.width, f.height) for f in frames] == [(320, 240)]
     # ... then, at the next live IDR (10 s into the clip), the live picture follows.
 
