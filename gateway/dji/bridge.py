@@ -91,7 +91,7 @@ class DjiBridge:
         now = self.clock()
         gateways = []
         for gateway in self.devices.gateways.values():
-            videos = []
+            videos: list[dict[str, Any]] = []
             for video in gateway.capacity.videos:
                 name = str(video.video_id)
                 status = gateway.live_status.get(video.video_id)
@@ -99,6 +99,9 @@ class DjiBridge:
                 videos.append(
                     {
                         "stream": name,
+                        "device_sn": video.video_id.sn,
+                        "camera_index": video.video_id.camera_index,
+                        "video_index": video.video_id.video_index,
                         "video_type": video.video_type,
                         "switchable_video_types": list(video.switchable_types),
                         "device_streaming": bool(status and status.streaming),
@@ -116,6 +119,7 @@ class DjiBridge:
                     "online": gateway.online,
                     "last_seen_s": None if gateway.last_seen is None else round(now - gateway.last_seen, 1),
                     "aircraft": list(topology.sub_devices) if topology else [],
+                    "cameras": cameras(videos),
                     "videos": videos,
                 }
             )
@@ -305,3 +309,15 @@ class DjiBridge:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def cameras(videos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cameras of a gateway's videos, each with the stream names of its videos, in the
+    order live_capacity lists them: {device_sn, camera_index, streams}."""
+    by_camera: dict[tuple[str, str], list[str]] = {}
+    for video in videos:
+        by_camera.setdefault((video["device_sn"], video["camera_index"]), []).append(video["stream"])
+    return [
+        {"device_sn": sn, "camera_index": index, "streams": streams}
+        for (sn, index), streams in by_camera.items()
+    ]

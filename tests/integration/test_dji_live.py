@@ -41,6 +41,11 @@ async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
         (gateway,) = devices["gateways"]
         assert gateway["sn"] == sim.gateway_sn and gateway["online"] is True
         assert gateway["aircraft"] == [sim.aircraft_sn]
+        cameras = {(c["device_sn"], c["camera_index"]): c["streams"] for c in gateway["cameras"]}
+        expected: dict[tuple[str, str], list[str]] = {}
+        for v in sim.videos:
+            expected.setdefault((v.sn, v.camera_index), []).append(str(v))
+        assert cameras == expected and cameras[(sim.aircraft_sn, "53-0-0")] == [AIRCRAFT_VIDEO]
         by_stream = {v["stream"]: v for v in gateway["videos"]}
         assert sorted(by_stream) == sorted(str(v) for v in sim.videos)
         assert (by_stream[AIRCRAFT_VIDEO]["live"], by_stream[AIRCRAFT_VIDEO]["viewers"]) == ("live", 1)
