@@ -52,6 +52,17 @@ async def http_json(gateway: Gateway, path: str) -> Any:
     return await asyncio.to_thread(get)
 
 
+async def assert_inbound_figures(gateway: Gateway, name: str, ingest: str) -> None:
+    """What the ingest receives, like WCS's inboundVideoRate, on GET /api/streams/{name}: the
+    test clip is 320x240, 30 fps, about 300 kbit/s (wide bounds: a shared machine paces
+    unevenly)."""
+    figures = await http_json(gateway, f"/api/streams/{name}")
+    assert figures["ingest"] == ingest and figures["video_codec"] == "H264"
+    assert (figures["width"], figures["height"]) == (320, 240)
+    assert 10 <= figures["fps"] <= 60, figures
+    assert 50_000 <= figures["bit_rate"] <= 2_000_000, figures
+
+
 async def play(gateway: Gateway, name: str = AIRCRAFT_VIDEO) -> tuple[WcsClient, FrameCounter]:
     client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
     player = await client.play(name, timeout=30)

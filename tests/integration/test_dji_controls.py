@@ -132,6 +132,24 @@ async def test_a_viewer_changes_the_lens_with_a_stream_event_and_every_viewer_he
             {
                 "mediaSessionId": player.media_session_id,
                 "type": "setQuality",
+                "payload": {"video_quality": 2},
+            },
+        )
+        for client in (asker, watcher):
+            await client.wait_message(
+                "notifyStreamEvent",
+                lambda data: (
+                    data[0]["type"] == "setQuality"
+                    and data[0]["payload"] == {"video_quality": 2, "status": "OK"}
+                ),
+            )
+        assert sim.controls[-1] == ("live_set_quality", {"video_id": AIRCRAFT_VIDEO, "video_quality": 2})
+
+        await asker.send(
+            "sendStreamEvent",
+            {
+                "mediaSessionId": player.media_session_id,
+                "type": "setQuality",
                 "payload": {"video_quality": 7},
             },
         )

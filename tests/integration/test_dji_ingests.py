@@ -14,7 +14,7 @@ import aiohttp
 from gateway.app import Gateway
 from tests.conftest import MosquittoProcess, free_port
 from tests.integration.conftest import bridged_gateway
-from tests.integration.drone import AIRCRAFT_VIDEO, dock, play
+from tests.integration.drone import AIRCRAFT_VIDEO, assert_inbound_figures, dock, play
 
 
 async def stream_figures(gateway: Gateway, name: str) -> dict[str, object]:
@@ -22,6 +22,7 @@ async def stream_figures(gateway: Gateway, name: str) -> dict[str, object]:
     async with aiohttp.ClientSession() as http, http.get(url) as reply:
         assert reply.status == 200
         return await reply.json()
+
 
 
 async def test_a_dock_pushing_whip_plays_and_an_alias_names_it(
@@ -39,6 +40,7 @@ async def test_a_dock_pushing_whip_plays_and_an_alias_names_it(
         assert str(start["url"]).startswith(f"http://127.0.0.1:{gateway.config.http_port}/whip/")
         figures = await stream_figures(gateway, "nose")
         assert figures["name"] == AIRCRAFT_VIDEO and figures["ingest"] == "whip"
+        await assert_inbound_figures(gateway, "nose", "whip")
         await frames.stop()
         await client.close()
         async with asyncio.timeout(15):  # the linger's live_stop_push ends the WHIP session
@@ -59,7 +61,7 @@ async def test_a_remote_controller_serving_rtsp_is_pulled_and_its_drops_ridden_t
         assert start["url_type"] == 2
         assert str(start["url"]).startswith("userName=skyrelay&password=")
         assert str(start["url"]).endswith(f"&port={rtsp_port}")
-        assert (await stream_figures(gateway, AIRCRAFT_VIDEO))["ingest"] == "rtsp"
+        await assert_inbound_figures(gateway, AIRCRAFT_VIDEO, "rtsp")
         pull = gateway.dji.pulls[AIRCRAFT_VIDEO]
         assert pull.url.startswith("rtsp://skyrelay:") and pull.url.endswith(f"@127.0.0.1:{rtsp_port}/live/1")
 

@@ -20,7 +20,7 @@ from gateway.media.synthetic import EncodedVideoTrack, read_access_units
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port
 from tests.integration.conftest import FrameCounter, bridged_gateway, local_config
-from tests.integration.drone import AIRCRAFT_VIDEO, dock, http_json, play
+from tests.integration.drone import AIRCRAFT_VIDEO, assert_inbound_figures, dock, http_json, play
 
 
 async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
@@ -35,6 +35,7 @@ async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
         assert start["video_id"] == AIRCRAFT_VIDEO and start["url_type"] == 1
         assert str(start["url"]).startswith(f"rtmp://127.0.0.1:{port}/live/")
         assert len(str(start["url"]).rsplit("/", 1)[1]) >= 24  # an unguessable key
+        await assert_inbound_figures(drone_gateway, AIRCRAFT_VIDEO, "rtmp")
 
         devices = await http_json(drone_gateway, "/api/devices")
         assert devices["mqtt_connected"] is True
