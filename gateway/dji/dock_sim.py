@@ -184,7 +184,8 @@ class DockSimulator:
                 return
             if len(self.starts) <= self.behaviour.fail_first:
                 result = self.behaviour.fail_code
-            else:
+            if result == 0 or result in p.ALREADY_STREAMING:
+                # 513003: a device already streaming answers so, and its push goes on.
                 try:
                     output = await self._start_push(request.data)
                 except (ValueError, OSError) as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,13 @@ async def test_play_starts_the_push_and_two_viewers_share_it_then_it_stops(
         await more_frames.wait_frames(len(more_frames.pts) + 20)
         assert sim.stops == []  # the second viewer is still there: no stop, no linger
         await more_frames.stop()
+        left = time.monotonic()
         await second.close()
         async with asyncio.timeout(10):  # linger 1 s, then live_stop_push
             while not sim.stops:
                 await asyncio.sleep(0.05)
         assert sim.stops == [{"video_id": AIRCRAFT_VIDEO}]
+        assert time.monotonic() - left >= drone_gateway.config.live_linger  # not before the linger
 
 
 async def test_a_transient_error_is_retried(
@@ -78,6 +81,18 @@ async def test_a_transient_error_is_retried(
         client, frames = await play(drone_gateway)
         await frames.wait_frames(10)
         assert len(sim.starts) == 2
+        await frames.stop()
+        await client.close()
+
+
+async def test_already_streaming_is_a_success_and_the_push_is_awaited(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    behaviour = DockBehaviour(fail_first=1, fail_code=513003)  # answers 513003, pushes anyway
+    async with dock(drone_gateway, mosquitto, clip, behaviour) as sim:
+        client, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        assert len(sim.starts) == 1, "513003 is not retried"
         await frames.stop()
         await client.close()
 
