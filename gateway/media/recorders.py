@@ -20,11 +20,17 @@ RETENTION_INTERVAL = 60.0
 
 class Recorders:
     def __init__(
-        self, registry: StreamRegistry, store: RecordingStore, *, segment_seconds: float = 60.0
+        self,
+        registry: StreamRegistry,
+        store: RecordingStore,
+        *,
+        segment_seconds: float = 60.0,
+        retention_interval: float = RETENTION_INTERVAL,
     ) -> None:
         self.registry = registry
         self.store = store
         self.segment_seconds = segment_seconds
+        self.retention_interval = retention_interval
         self.running: dict[str, Recorder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -82,7 +88,7 @@ class Recorders:
                 removed = await asyncio.to_thread(self.store.apply_retention)
                 if removed:
                     log.info("recordings_removed", count=len(removed))
-            await asyncio.sleep(RETENTION_INTERVAL)
+            await asyncio.sleep(self.retention_interval)
 
     def _spawn(self, work: object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]

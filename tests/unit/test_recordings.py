@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
+from gateway.media.recorders import Recorders
 from gateway.media.recordings import (
     DIRNAME_RE,
     RecordingStore,
@@ -16,6 +18,7 @@ from gateway.media.recordings import (
     stream_dirname,
     stream_name,
 )
+from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Stream
 
@@ -159,6 +162,28 @@ def test_retention_by_age(tmp_path: Path) -> None:
     now += 7200
     assert [r.path for r in store.apply_retention()] == [recent]
     assert store.recordings() == []
+
+
+async def test_retention_runs_periodically_until_the_recorders_stop(tmp_path: Path) -> None:
+    now = T0 + 10_000
+    store = RecordingStore(tmp_path, max_age_s=1800, clock=lambda: now)
+    recorders = Recorders(StreamRegistry(), store, retention_interval=0.02)
+    first = make_recording(tmp_path, "cam/a", T0, 10, end=T0 + 60)
+    await recorders.start_retention()
+    async with asyncio.timeout(5):
+        while first.exists():
+            await asyncio.sleep(0.01)
+    # Not once at start: a recording that ages out later goes at a later pass.
+    later = make_recording(tmp_path, "cam/b", T0 + 9000, 10, end=T0 + 9060)
+    assert later.exists()
+    now += 3600
+    async with asyncio.timeout(5):
+        while later.exists():
+            await asyncio.sleep(0.01)
+    await recorders.stop_all()
+    stale = make_recording(tmp_path, "cam/c", T0, 10, end=T0 + 60)
+    await asyncio.sleep(0.1)
+    assert stale.exists()  # stopped: no pass after stop_all
 
 
 def test_recorder_refuses_names_that_cannot_be_directories(tmp_path: Path) -> None:
