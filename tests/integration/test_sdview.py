@@ -13,6 +13,7 @@ import aiomqtt
 import av
 import orjson
 import pytest
+import structlog
 
 from gateway.dji.mqtt import BrokerAddress
 from gateway.media.registry import StreamRegistry
@@ -203,10 +204,15 @@ async def test_malformed_keep_alives_do_not_stop_the_view(
 
 
 async def test_oversize_pictures_are_refused(mosquitto: MosquittoProcess, clip_units: AccessUnits) -> None:
-    async with agent(mosquitto, clip_units, max_payload_bytes=500) as service, hub(mosquitto) as viewer:
-        viewer.ask()
-        await wait_until(lambda: service.refused >= 2)
-        assert service.published == 0 and viewer.images == []
+    with structlog.testing.capture_logs() as logs:
+        async with agent(mosquitto, clip_units, max_payload_bytes=500) as service, hub(mosquitto) as viewer:
+            viewer.ask()
+            await wait_until(lambda: service.refused >= 2)
+            assert service.published == 0 and viewer.images == []
+    refusals = [entry for entry in logs if entry["event"] == "sd_view_picture_refused"]
+    assert len(refusals) >= 2 and refusals[0]["device_id"] == "cam-1"
+    assert refusals[0]["max_payload_bytes"] == 500 and refusals[0]["size"] > 500
+    assert "lower the SD view width" in refusals[0]["info"]
 
 
 async def test_the_view_comes_back_after_the_broker_restarts(
