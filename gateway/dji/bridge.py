@@ -139,6 +139,10 @@ class DjiBridge:
             # Known camera, silent device: say so now rather than after a start timeout.
             self.registry.fail_waiting(name, f"DJI device offline: {controller.gateway_sn}")
             return
+        if controller.phase is live.Phase.IDLE and not self.mqtt.connected.is_set():
+            # No command can reach the device: fail now, not after the reply timeouts.
+            self.registry.fail_waiting(name, "MQTT link to the device is down: not connected to the broker")
+            return
         self._apply(controller, controller.viewer_joined(self.clock()))
 
     def unwanted(self, name: str) -> None:
@@ -217,12 +221,14 @@ class DjiBridge:
     def _device_event(self, event: Event | LinkLost) -> None:
         match event:
             case LinkLost(error=error):
-                # Commands waiting for a reply fail now rather than at their timeout. A
-                # live_start_push in flight is retried by its controller's reply timeout.
+                # Commands waiting for a reply fail now rather than at their timeout: the
+                # reply went with the link. Pushes already running go on without MQTT.
                 for waiter in self._replies.values():
                     if not waiter.done():
                         info = f"MQTT link lost before the device replied: {error}"
                         waiter.set_exception(StreamControlError(ControlRefusal.NO_REPLY, info))
+                for controller in list(self.controllers.values()):
+                    self._apply(controller, controller.link_down(f"link lost ({error})"))
             case VideosChanged(sn=sn, videos=videos):
                 gateway = self.devices.gateways.get(sn)
                 if gateway is not None and not gateway.online:
@@ -284,7 +290,7 @@ class DjiBridge:
                     pull = self.pulls[name] = RtspPull(self.registry, name, url)
                     self._spawn(pull.start())
                 case live.SendCommand(gateway_sn=sn, envelope=envelope):
-                    self._send(sn, envelope)
+                    self._spawn(self._send(controller, sn, envelope))
                 case live.CloseIngest():
                     pull = self.pulls.pop(name, None)
                     if pull is not None:
@@ -302,8 +308,9 @@ class DjiBridge:
                     if stream is not None:
                         self.registry.release(stream, info)  # its viewers fail with the reason
 
-    def _send(self, gateway_sn: str, envelope: p.Envelope) -> None:
-        self._spawn(self.mqtt.send_command(gateway_sn, envelope))
+    async def _send(self, controller: live.LiveController, gateway_sn: str, envelope: p.Envelope) -> None:
+        if not await self.mqtt.send_command(gateway_sn, envelope):
+            self._apply(controller, controller.link_down("could not publish the command", unsent=envelope))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)

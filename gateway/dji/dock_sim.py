@@ -95,9 +95,12 @@ class DockSimulator:
             commands = asyncio.create_task(self._commands(client))
             offline = asyncio.create_task(self._offline.wait())
             try:
-                await asyncio.wait((commands, offline), return_when=asyncio.FIRST_COMPLETED)
-                if commands.done():
-                    commands.result()  # the broker was lost: aiomqtt.MqttError
+                # A command may be held (reply_delay) when the broker goes: the next osd
+                # publish notices the lost link too, and the held reply is dropped with it.
+                await asyncio.wait((commands, osd, offline), return_when=asyncio.FIRST_COMPLETED)
+                for task in (commands, osd):
+                    if task.done():
+                        task.result()  # the broker was lost: aiomqtt.MqttError
             finally:
                 for task in (osd, commands, offline):
                     task.cancel()

@@ -12,6 +12,7 @@ MQTT, sockets or asyncio, so it is tested with plain data and an explicit clock.
     LIVE/WAITING --last viewer leaves--> LINGERING --linger expires--> stop push, IDLE
     LINGERING --a viewer joins--> back where it was
     any error, timeout, device offline --> FAILED to every viewer, stop push, IDLE
+    OPENING/STARTING --MQTT link down--> FAILED at once (no reply can come), IDLE
 
 With RTSP (url_type 2) the device serves the video itself: the start reply carries its
 RTSP URL and the controller asks the bridge to pull it (`PullFrom`) before WAITING.
@@ -177,6 +178,17 @@ class LiveController:
         if self.phase is Phase.IDLE:
             return []
         return self._stop("DJI device offline", send_stop=False)
+
+    def link_down(self, why: str, unsent: p.Envelope | None = None) -> list[Output]:
+        """The MQTT link to the device is down: a start in progress would only wait for a
+        reply that cannot come, so it fails now (no retries: they could not be sent
+        either). With ``unsent``, only if that command is the start in flight. A running
+        push needs no MQTT and goes on."""
+        if self.phase not in (Phase.OPENING, Phase.STARTING):
+            return []
+        if unsent is not None and unsent is not self._pending:
+            return []
+        return self._stop(f"MQTT link to the device is down: {why}", send_stop=False)
 
     # --- commands ----------------------------------------------------------------------------
 

@@ -245,6 +245,38 @@ async def test_a_broker_restart_keeps_the_video_flowing_and_new_plays_work(
         await again.close()
 
 
+async def test_plays_fail_at_once_while_the_mqtt_link_is_down_and_work_when_it_is_back(
+    drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
+) -> None:
+    """No reply can come over a link that is down: a start in flight fails when the link
+    goes, and a play while it is down fails before anything is sent; no reply timeouts,
+    no retries (the info says why, which a timeout would not)."""
+    assert drone_gateway.dji is not None
+    async with dock(drone_gateway, mosquitto, clip) as sim:
+        sim.behaviour.reply_delay = 60  # the dock takes the command; its answer is late
+        client = await WcsClient.connect(f"ws://127.0.0.1:{drone_gateway.config.ws_port}")
+        asked = asyncio.create_task(client.play(AIRCRAFT_VIDEO, timeout=30))
+        async with asyncio.timeout(10):
+            while not sim.starts:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(mosquitto.stop)
+        with pytest.raises(WcsError, match="MQTT link to the device is down: link lost"):
+            await asked
+        with pytest.raises(WcsError, match="MQTT link to the device is down: not connected to the broker"):
+            await client.play(AIRCRAFT_VIDEO, timeout=30)
+        assert len(sim.starts) == 1  # neither retried nor sent again
+        await client.close()
+
+        sim.behaviour.reply_delay = 0
+        await asyncio.to_thread(mosquitto.start)
+        async with asyncio.timeout(30):
+            await drone_gateway.dji.mqtt.connected.wait()
+        again, frames = await play(drone_gateway)
+        await frames.wait_frames(10)
+        await frames.stop()
+        await again.close()
+
+
 async def test_unknown_drone_video_is_not_found(
     drone_gateway: Gateway, mosquitto: MosquittoProcess, clip: Path
 ) -> None:

@@ -279,3 +279,42 @@ def test_lens_change_needs_a_pushing_device_and_a_known_lens() -> None:
     assert command.data == {"video_id": str(VIDEO), "video_type": "zoom"}
     with pytest.raises(p.DjiProtocolError, match="unknown lens"):
         live.change_lens("fisheye")
+
+
+def test_link_down_fails_a_start_in_flight_at_once_without_retries() -> None:
+    live = controller()
+    request = started(live)
+    out = live.link_down("link lost (broker gone)")
+    info = "MQTT link to the device is down: link lost (broker gone)"
+    assert out == [Failed(VIDEO, info), CloseIngest(VIDEO)]
+    assert live.phase is Phase.IDLE and live.deadline is None and live.attempts == 1
+    assert live.reply(answer(request), 1.0) == []  # a late reply changes nothing
+
+
+def test_link_down_during_the_retry_backoff_or_while_opening_fails_too() -> None:
+    live = controller()
+    request = started(live)
+    assert live.reply(answer(request, 613006), 1.0) == []  # transient: retry after a backoff
+    assert live.phase is Phase.STARTING
+    assert isinstance(live.link_down("x")[0], Failed) and live.phase is Phase.IDLE
+    opening = controller()
+    opening.viewer_joined(0.0)
+    assert opening.link_down("x") == [Failed(VIDEO, "MQTT link to the device is down: x"), CloseIngest(VIDEO)]
+
+
+def test_an_unsent_start_fails_only_if_it_is_the_one_in_flight() -> None:
+    live = controller()
+    first = started(live)
+    live.tick(20.0)  # no reply: the retry is due after the backoff
+    (second,) = commands(live.tick(22.0))
+    assert live.link_down("could not publish", unsent=first) == []  # an old attempt
+    assert live.phase is Phase.STARTING
+    assert isinstance(live.link_down("could not publish", unsent=second)[0], Failed)
+
+
+def test_link_down_leaves_a_running_push_alone() -> None:
+    live = controller()
+    live_now(live)
+    assert live.link_down("link lost") == [] and live.phase is Phase.LIVE
+    live.viewer_left(1.0)
+    assert live.link_down("link lost") == [] and live.phase is Phase.LINGERING
