@@ -133,7 +133,8 @@ class DjiMqtt:
         self.clock = clock
         self.tick_interval = tick_interval
         self.connected = asyncio.Event()
-        self.dropped_messages = 0
+        self.dropped_messages = 0  # malformed: not the DJI protocol
+        self.failed_messages = 0  # well formed, but handling them raised (a bug)
         self.commands: Counter[tuple[str, bool]] = Counter()  # (method, sent) for /metrics
         self._client: aiomqtt.Client | None = None
         self._identifier = f"skyrelay-{uuid.uuid4().hex[:8]}"
@@ -173,13 +174,18 @@ class DjiMqtt:
     async def _receive(self, topic: str, payload: bytes) -> None:
         try:
             events = self.registry.receive(topic, payload, self.clock())
+            if self.state is not None:
+                self.state.save(self.registry)  # only when devices or videos changed
+            await self._handle(events)
         except p.DjiProtocolError as exc:
             self.dropped_messages += 1
             log.warning("dji_message_dropped", topic=topic[:200], reason=str(exc)[:200])
-            return
-        if self.state is not None:
-            self.state.save(self.registry)  # only when devices or videos changed
-        await self._handle(events)
+        except aiomqtt.MqttError:
+            raise  # the link itself: stay_connected reconnects
+        except Exception as exc:
+            # A bug in handling one message must not end the link for every device.
+            self.failed_messages += 1
+            log.exception("dji_message_failed", topic=topic[:200], error=repr(exc)[:200])
 
     async def _handle(self, events: list[Event]) -> None:
         for event in events:

@@ -114,6 +114,9 @@ def _dji(dji: DjiBridge) -> list[Family]:
     commands = Family("skyrelay_dji_commands_total", "counter", "DJI commands sent (sent=false: link down).")
     for (method, sent), number in sorted(dji.mqtt.commands.items()):
         commands.add(number, method=method, sent="true" if sent else "false")
+    messages = Family("skyrelay_dji_messages_rejected_total", "counter", "Device messages not acted on.")
+    messages.add(dji.mqtt.dropped_messages, reason="malformed")
+    messages.add(dji.mqtt.failed_messages, reason="handler_error")
     replies = Family("skyrelay_dji_replies_total", "counter", "DJI services_reply by method and result code.")
     for (method, result), number in sorted(dji.replies.items()):
         replies.add(number, method=method, result=str(result))
@@ -123,7 +126,7 @@ def _dji(dji: DjiBridge) -> list[Family]:
         phases[controller.phase.value] = phases.get(controller.phase.value, 0) + 1
     for phase, number in sorted(phases.items()):
         live.add(number, phase=phase)
-    return [link, gateways, commands, replies, live]
+    return [link, gateways, commands, messages, replies, live]
 
 
 def _rtsp(rtsp: RtspPulls) -> list[Family]:

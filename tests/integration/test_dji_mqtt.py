@@ -12,6 +12,7 @@ import aiomqtt
 import orjson
 import pytest
 import pytest_asyncio
+import structlog
 
 from gateway.dji import protocol as p
 from gateway.dji.devices import DeviceRegistry, Event, ServiceReplied, VideosChanged
@@ -160,6 +161,29 @@ async def test_malformed_device_messages_are_dropped_and_the_bridge_goes_on(
         await bridge.wait(lambda: bridge.mqtt.dropped_messages == 1)
         await come_online(client)  # still answered
         await bridge.wait(lambda: len(bridge.registry.videos()) == 2)
+
+
+async def test_a_message_whose_handling_raises_is_logged_counted_and_the_bridge_goes_on(
+    bridge: Bridge, mosquitto: MosquittoProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receive = bridge.registry.receive
+
+    def broken_once(topic: str, payload: bytes, now: float) -> list[Event]:
+        if topic.endswith("/osd"):
+            raise RuntimeError("a bug in the osd handler")
+        return receive(topic, payload, now)
+
+    monkeypatch.setattr(bridge.registry, "receive", broken_once)
+    with structlog.testing.capture_logs() as logs:
+        async with dock(mosquitto) as client:
+            osd = {"tid": "t", "bid": "b", "timestamp": 1, "gateway": DOCK, "data": {"mode_code": 0}}
+            await client.publish(f"thing/product/{DOCK}/osd", orjson.dumps(osd), qos=1)
+            await bridge.wait(lambda: bridge.mqtt.failed_messages == 1)
+            await come_online(client)  # the next messages are still handled
+            await bridge.wait(lambda: len(bridge.registry.videos()) == 2)
+    assert bridge.mqtt.connected.is_set() and bridge.mqtt.dropped_messages == 0
+    (failed,) = [entry for entry in logs if entry["event"] == "dji_message_failed"]
+    assert failed["topic"] == f"thing/product/{DOCK}/osd" and "a bug in the osd handler" in failed["error"]
 
 
 async def test_bridge_reconnects_after_the_broker_restarts(
