@@ -24,6 +24,7 @@ from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
 from gateway.dji.devices import DeviceRegistry, Event, Publish
 from gateway.log import get_logger
+from gateway.reconnect import ReconnectDelay
 
 log = get_logger(__name__)
 
@@ -89,7 +90,7 @@ class BrokerAddress:
         cancelled: capped exponential backoff between attempts, 1 s again after a link that
         worked. ``on_lost`` hears why a link that worked ended; ``event`` is the log event
         of a dropped link."""
-        backoff = 1.0
+        delays = ReconnectDelay(1.0, MAX_BACKOFF)
         while True:
             error = "session ended"
             try:
@@ -103,9 +104,8 @@ class BrokerAddress:
             if was_connected:
                 if on_lost is not None:
                     on_lost(error)
-                backoff = 1.0
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+                delays.reset()
+            await asyncio.sleep(delays.next())
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from gateway.media.rtmp.client import (
 )
 from gateway.media.rtmp.flv import AAC_SOUND_FORMAT, AVC_CODEC_ID, AacTagWriter, AvcTagWriter
 from gateway.media.stream import FrameQueue, Stream, Subscription
+from gateway.reconnect import ReconnectDelay
 
 log = get_logger(__name__)
 
@@ -193,7 +194,7 @@ class RtmpRepublish:
     # --- the connection loop ----------------------------------------------------------------
 
     async def _run(self, stream: Stream) -> None:
-        delay = self.reconnect[0]
+        delays = ReconnectDelay(*self.reconnect)
         refusals = 0
         try:
             while not stream.ended and not self._stopping:
@@ -213,15 +214,16 @@ class RtmpRepublish:
                     reason = f"{type(exc).__name__}: {exc}"
                 self.last_error = reason[:300]
                 if self.connections > published:
-                    delay, refusals = self.reconnect[0], 0  # it worked for a while: retry soon
+                    delays.reset()  # it worked for a while: retry soon
+                    refusals = 0
                 if refusals >= self.max_refusals:
                     self.status = RepublishStatus.FAILED
                     self._log.warning("rtmp_republish_failed", reason=self.last_error, refusals=refusals)
                     return
                 self.status = RepublishStatus.RECONNECTING
+                delay = delays.next()
                 self._log.info("rtmp_republish_disconnected", reason=self.last_error, retry_in=delay)
                 await self._pause(stream, delay)
-                delay = min(delay * 2, self.reconnect[1])
             self.status = RepublishStatus.STOPPED
         finally:
             self.done.set()

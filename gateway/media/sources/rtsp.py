@@ -26,6 +26,7 @@ from gateway.media.rtsp.message import RtspError
 from gateway.media.rtsp.rtp import AccessUnit
 from gateway.media.rtsp.sdp import H264Track
 from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.reconnect import ReconnectDelay
 
 log = get_logger(__name__)
 
@@ -105,6 +106,7 @@ class RtspPull:
         self.url = url
         self.transport = transport
         self.timeout = timeout
+        ReconnectDelay(*backoff)  # refuses a bad pair now, not in the background task
         self.backoff = backoff
         self.stream: Stream | None = None
         self.connected = False  # playing: frames may arrive
@@ -148,7 +150,7 @@ class RtspPull:
             self.failed = self._url_error
             self._log.warning("rtsp_pull_bad_url", reason=self.failed)
             return
-        delay = self.backoff[0]
+        delays = ReconnectDelay(*self.backoff)
         try:
             while True:
                 played = self.connections
@@ -161,11 +163,11 @@ class RtspPull:
                     self._log.exception("rtsp_pull_crashed")
                     reason = f"{type(exc).__name__}: {exc}"[:300]
                 if self.connections > played:
-                    delay = self.backoff[0]  # it worked for a while: retry soon
+                    delays.reset()  # it worked for a while: retry soon
+                delay = delays.next()
                 event = "rtsp_pull_disconnected" if self._disconnected() else "rtsp_pull_failed"
                 self._log.info(event, reason=reason, retry_in=delay, **self.rtp_figures)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff[1])
         finally:
             self._disconnected()
 
