@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
     sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
+    sim.add_argument("--mqtt-ca-file", help="CA certificates to check an mqtts:// broker with")
     sim.add_argument("--gateway-sn", default="SIMDOCK0000001", help="the dock's serial number")
     sim.add_argument("--aircraft-sn", default="SIMAIRCRAFT0001", help="the aircraft's serial number")
     sim.add_argument("--fail-first", type=int, default=0, help="fail this many live_start_push")
@@ -182,7 +183,7 @@ def _dock_sim(args: argparse.Namespace) -> int:
 
     log.configure("info", "auto")
     try:
-        broker = BrokerAddress.parse(args.mqtt)
+        broker = BrokerAddress.parse(args.mqtt, args.mqtt_ca_file)
     except ValueError as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 2

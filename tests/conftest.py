@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import signal
@@ -16,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,17 +154,66 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], GatewayP
         gw.stop()
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files in ``directory``); the
+    certificate is its own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "skyrelay-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 @dataclass
 class MosquittoProcess:
-    """A real Mosquitto broker on a free loopback port, with a private config."""
+    """A real Mosquitto broker on a free loopback port, with a private config; with
+    ``users``, only they may connect (a password file); with ``tls`` (certificate and key
+    files), the listener speaks TLS (mqtts://)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    users: dict[str, str] = field(default_factory=dict)
+    tls: tuple[Path, Path] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         config = self.workdir / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # Run as root, Mosquitto would switch to its own user, who cannot read the
+        # password and key files in the test's private directory.
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "user root"]
+        if self.users:
+            passwords = self.workdir / "mosquitto.passwd"
+            passwords.unlink(missing_ok=True)
+            for user, password in self.users.items():
+                create = [] if passwords.exists() else ["-c"]
+                cmd = ["mosquitto_passwd", "-b", *create, str(passwords), user, password]
+                subprocess.run(cmd, check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.tls is not None:
+            cert, key = self.tls
+            lines += [f"certfile {cert}", f"keyfile {key}"]
+        config.write_text("\n".join(lines) + "\n")
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
@@ -177,7 +232,7 @@ class MosquittoProcess:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -58,7 +58,7 @@ async def bridged_gateway(mosquitto: MosquittoProcess, **settings: Any) -> Async
     """An in-process gateway whose DJI bridge is connected to ``mosquitto``; short live_*
     timings unless ``settings`` say otherwise."""
     defaults = {"live_linger": 1.0, "live_reply_timeout": 5.0, "live_push_timeout": 4.0}
-    gateway = Gateway(local_config(mqtt=mosquitto.url, **{**defaults, **settings}))
+    gateway = Gateway(local_config(**{"mqtt": mosquitto.url, **defaults, **settings}))
     await gateway.start()
     try:
         assert gateway.dji is not None

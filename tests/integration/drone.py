@@ -23,11 +23,16 @@ AIRCRAFT_VIDEO = "SIMAIRCRAFT0001/53-0-0/normal-0"
 
 @contextlib.asynccontextmanager
 async def dock(
-    gateway: Gateway, broker: MosquittoProcess | str, clip: Path, behaviour: DockBehaviour | None = None
+    gateway: Gateway,
+    broker: MosquittoProcess | str,
+    clip: Path,
+    behaviour: DockBehaviour | None = None,
+    ca_file: str | None = None,
 ) -> AsyncIterator[DockSimulator]:
     """A simulated dock on ``broker`` (a Mosquitto or a URL), announced to ``gateway``."""
     url = broker if isinstance(broker, str) else broker.url
-    sim = DockSimulator(BrokerAddress.parse(url), clip, behaviour=behaviour or DockBehaviour())
+    address = BrokerAddress.parse(url, ca_file)
+    sim = DockSimulator(address, clip, behaviour=behaviour or DockBehaviour())
     task = asyncio.create_task(run_forever(sim, retry=0.5))
     try:
         assert gateway.dji is not None

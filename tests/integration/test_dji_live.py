@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from gateway.access import OpenAccess
 from gateway.app import Gateway
@@ -19,7 +20,7 @@ from gateway.dji.dock_sim import DockBehaviour
 from gateway.media.ingest_keys import KEY_PREFIX
 from gateway.media.synthetic import EncodedVideoTrack, read_access_units
 from gateway.wcs.client import WcsClient, WcsError
-from tests.conftest import MosquittoProcess, free_port
+from tests.conftest import MosquittoProcess, free_port, self_signed
 from tests.integration.conftest import FrameCounter, bridged_gateway, local_config
 from tests.integration.drone import AIRCRAFT_VIDEO, assert_inbound_figures, dock, http_json, play
 
@@ -275,6 +276,48 @@ async def test_plays_fail_at_once_while_the_mqtt_link_is_down_and_work_when_it_i
         await frames.wait_frames(10)
         await frames.stop()
         await again.close()
+
+
+async def test_a_tls_broker_that_wants_passwords(tmp_path: Path, clip: Path) -> None:
+    """mqtts:// with user and password, as production brokers (EMQX, Mosquitto) run: the
+    gateway and the dock each log in; a wrong password or an unknown CA never connects,
+    is logged with the broker's reason, and is retried while the gateway serves on."""
+    cert, key = self_signed(tmp_path)
+    broker = MosquittoProcess(tmp_path, users={"skyrelay": "gw-s3cret", "dock": "d0ck"}, tls=(cert, key))
+    broker.start()
+    try:
+        gateway_url = f"mqtts://skyrelay:gw-s3cret@127.0.0.1:{broker.port}"
+        async with bridged_gateway(broker, mqtt=gateway_url, mqtt_ca_file=str(cert)) as gateway:
+            dock_url = f"mqtts://dock:d0ck@127.0.0.1:{broker.port}"
+            async with dock(gateway, dock_url, clip, ca_file=str(cert)) as sim:
+                client, frames = await play(gateway)
+                await frames.wait_frames(10)
+                assert len(sim.starts) == 1
+                await frames.stop()
+                await client.close()
+
+        refused = {
+            "Not authorized": (f"mqtts://skyrelay:guess@127.0.0.1:{broker.port}", str(cert)),
+            "Not authorized ": (f"mqtts://127.0.0.1:{broker.port}", str(cert)),  # no password
+            "CERTIFICATE_VERIFY_FAILED": (gateway_url, None),  # the system's CAs only
+        }
+        for why, (url, ca_file) in refused.items():
+            with structlog.testing.capture_logs() as logs:
+                gateway = Gateway(local_config(mqtt=url, mqtt_ca_file=ca_file))
+                await gateway.start()
+                try:
+                    async with asyncio.timeout(15):
+                        while sum(entry["event"] == "mqtt_disconnected" for entry in logs) < 2:
+                            await asyncio.sleep(0.05)  # tried, and tried again
+                    assert gateway.dji is not None and not gateway.dji.mqtt.connected.is_set(), why
+                    devices = await http_json(gateway, "/api/devices")  # the gateway serves on
+                    assert devices["mqtt_connected"] is False
+                finally:
+                    await gateway.stop()
+            errors = [entry["error"] for entry in logs if entry["event"] == "mqtt_disconnected"]
+            assert all(why.strip() in error for error in errors), errors
+    finally:
+        broker.stop()
 
 
 async def test_unknown_drone_video_is_not_found(
