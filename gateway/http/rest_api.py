@@ -162,7 +162,7 @@ class WcsRestApi:
         """``{streamName}`` (or ``name``) -> ``{"data": base64 PNG}``, as WCS answers."""
         name = body.get("streamName", body.get("name"))
         if not isinstance(name, str) or not name:
-            raise RestError(400, "the body must have 'streamName' (a string)")
+            raise RestError(400, "the body must have 'streamName' or 'name' (a non-empty string)")
         if self.thumbnails is None:
             raise RestError(404, "snapshots are off")
         try:
@@ -179,6 +179,9 @@ class WcsRestApi:
         msid, name = body.get("mediaSessionId"), body.get("name")
         if msid is None and name is None:
             raise RestError(400, "the body must have 'mediaSessionId' or 'name'")
+        for key, value in (("mediaSessionId", msid), ("name", name)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise RestError(400, f"{key!r} must be a non-empty string")
         for _, desc in self.wcs.media_sessions():
             if desc.published and desc.media_session_id == msid:
                 name = desc.name

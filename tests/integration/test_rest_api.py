@@ -4,10 +4,13 @@ publishers and players, and RTSP pulls from a real RTSP server (the simulated ca
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import av
 import pytest_asyncio
 
 from gateway.app import Gateway
@@ -96,6 +99,75 @@ async def test_streams_are_found_with_metrics_and_terminated(
     await counter.stop()
     for client in (publisher_client, player_client):
         await client.close()
+
+
+async def test_every_http_error_is_json_with_its_status(local_gateway: Gateway) -> None:
+    base = f"http://127.0.0.1:{local_gateway.config.http_port}"
+    async with aiohttp.ClientSession() as http:
+        for path in ("/no/such/page", "/rest-api/stream/nope", "/api/nothing-here"):
+            async with http.get(base + path) as reply:
+                assert reply.status == 404 and reply.content_type == "application/json", path
+                assert (await reply.json())["error"] == f"not found: GET {path}"
+        async with http.get(base + "/rest-api/stream/find") as reply:  # POST only
+            assert reply.status == 405 and reply.content_type == "application/json"
+            assert "POST" in reply.headers["Allow"]
+            assert "GET is not allowed on /rest-api/stream/find" in (await reply.json())["error"]
+        async with http.delete(base + "/rest-api/stream/find_all") as reply:
+            assert reply.status == 405 and "DELETE" in (await reply.json())["error"]
+        oversize = b"{" + b" " * (1024 * 1024 + 1) + b"}"
+        headers = {"Content-Type": "application/json"}
+        async with http.post(base + "/rest-api/stream/find", data=oversize, headers=headers) as reply:
+            assert reply.status == 413 and reply.content_type == "application/json"
+            assert "body size" in (await reply.json())["error"]
+        async with http.get(base + "/healthz") as reply:  # successful answers untouched
+            assert reply.status == 200 and (await reply.json())["status"] == "ok"
+        async with http.get(base + "/", allow_redirects=False) as reply:
+            assert reply.status == 200
+        async with http.get(base + "/skyrelay-client.js") as reply:  # the demo page's files
+            assert reply.status == 200 and len(await reply.read()) > 0
+        async with http.get(base + "/%2e%2e/pyproject.toml") as reply:  # not outside them
+            assert reply.status == 404 and "not found" in (await reply.json())["error"]
+
+
+async def test_snapshot_and_recording_calls_refuse_bad_bodies_and_unknown_names(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("snap", [video_track()])
+    await published.wait_status("PUBLISHING")
+    async with asyncio.timeout(15):  # a keyframe to take the snapshot of
+        while (stream := local_gateway.registry.get("snap")) is None or stream.keyframe is None:
+            await asyncio.sleep(0.05)
+
+    status, reply = await rest(local_gateway, "stream/snapshot", {"name": "snap"})
+    assert status == 200 and reply["streamName"] == "snap"
+    picture = next(av.open(io.BytesIO(base64.b64decode(reply["data"]))).decode(video=0))
+    assert (picture.width, picture.height) == (320, 240)
+
+    for path in ("stream/snapshot", "stream/startRecording", "stream/stopRecording"):
+        bad: list[tuple[Any, int, str]] = [
+            (b"not json", 400, "JSON"),
+            (b"{", 400, "JSON"),
+            ([1, 2], 400, "JSON object"),
+            ("snap", 400, "JSON object"),
+            ({}, 400, "name"),
+            ({"name": 5}, 400, "name"),
+            ({"name": ""}, 400, "name"),
+            ({"name": ["snap"]}, 400, "name"),
+            ({"name": "ghost"}, 404, "ghost" if path == "stream/snapshot" else "no such"),
+        ]
+        if path != "stream/snapshot":
+            bad += [
+                ({"mediaSessionId": 7}, 400, "mediaSessionId"),
+                ({"mediaSessionId": "ghost"}, 404, "no such"),
+            ]
+        else:
+            bad += [({"streamName": None, "name": None}, 400, "streamName")]
+        for body, want, words in bad:
+            status, reply = await rest(local_gateway, path, body)
+            assert status == want and words in reply["error"], (path, body, reply)
+    assert published.status == "PUBLISHING"  # the refusals disturbed nothing
+    await client.close()
 
 
 async def test_rtsp_pulls_over_rest_and_on_demand(local_gateway: Gateway, camera: RtspCameraServer) -> None:
