@@ -17,6 +17,7 @@ from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
+from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable
 from gateway.wcs.server import WcsServer
@@ -153,6 +154,11 @@ class WcsRestApi:
             }
             if metrics:
                 entry["metrics"] = _metrics(stream, 0, 0, 0)
+                if isinstance(stream.source, WebRtcPublisher):  # WHIP: the publisher's feedback
+                    rates = await stream.source.rates()
+                    entry["metrics"].update(
+                        VIDEO_NACK=rates.nack, VIDEO_PLI=rates.pli, VIDEO_LOST=rates.lost_packets
+                    )
             entries.append(entry)
         return entries
 
