@@ -236,15 +236,22 @@ BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding", 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every HTTP error is JSON ``{"error": message}`` with its status: aiohttp's own (no
-    route 404, wrong method 405, body too large 413, ...) and any other raised or returned
-    with a text body. Other headers (``Allow`` of a 405, CORS, ...) are kept; redirects and
-    successful answers pass untouched."""
+    route 404, wrong method 405, body too large 413, ...), any other raised or returned with
+    a text body, and a handler's crash (500, logged). Other headers (``Allow`` of a 405,
+    CORS, ...) are kept; redirects and successful answers pass untouched."""
     try:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _as_json(request, exc.status, exc.reason, exc.text, exc.headers)
+    except ConnectionError:
+        raise  # the client went away: nobody to answer
+    except Exception:
+        if request.writer.output_size > 0:
+            raise  # part of an answer went out already: nothing else can follow it
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error: see the gateway's log"}, status=500)
     if (
         response.status >= 400
         and isinstance(response, web.Response)

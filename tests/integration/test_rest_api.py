@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import av
+import pytest
 import pytest_asyncio
 
 from gateway.app import Gateway
@@ -205,7 +206,9 @@ async def test_stream_find_shows_the_figures_of_an_rtmp_ingest(local_gateway: Ga
         push.wait(timeout=10)
 
 
-async def test_every_http_error_is_json_with_its_status(local_gateway: Gateway) -> None:
+async def test_every_http_error_is_json_with_its_status(
+    local_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = f"http://127.0.0.1:{local_gateway.config.http_port}"
     async with aiohttp.ClientSession() as http:
         for path in ("/no/such/page", "/rest-api/stream/nope", "/api/nothing-here"):
@@ -223,6 +226,14 @@ async def test_every_http_error_is_json_with_its_status(local_gateway: Gateway) 
         async with http.post(base + "/rest-api/stream/find", data=oversize, headers=headers) as reply:
             assert reply.status == 413 and reply.content_type == "application/json"
             assert "body size" in (await reply.json())["error"]
+
+        def broken() -> list[Any]:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(local_gateway.registry, "streams", broken)
+        async with http.get(base + "/api/streams") as reply:  # a handler's crash
+            assert reply.status == 500 and "internal error" in (await reply.json())["error"]
+        monkeypatch.undo()
         async with http.get(base + "/healthz") as reply:  # successful answers untouched
             assert reply.status == 200 and (await reply.json())["status"] == "ok"
         async with http.get(base + "/", allow_redirects=False) as reply:
