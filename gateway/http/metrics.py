@@ -1,6 +1,6 @@
 """``GET /metrics`` in the Prometheus text format (version 0.0.4): streams, viewers, bit
-rates, ingest state, WebSocket sessions, MQTT link state and DJI command outcomes. Read
-from the live objects at scrape time; nothing is kept here."""
+rates, ingest state, WebSocket sessions, MQTT link state (the DJI bridge's, the SD view's)
+and DJI command outcomes. Read from the live objects at scrape time; nothing is kept here."""
 
 from __future__ import annotations
 
@@ -157,9 +157,13 @@ def _outputs(outputs: Outputs) -> list[Family]:
         recording.add(len(outputs.recorders.running))
         families.append(recording)
     if outputs.sdview is not None:
+        link = Family(
+            "skyrelay_sd_view_mqtt_connected", "gauge", "1 while the SD view is connected to its broker."
+        )
+        link.add(1 if outputs.sdview.connected.is_set() else 0)
         images = Family("skyrelay_sd_view_images_total", "counter", "SD view JPEGs published over MQTT.")
         images.add(outputs.sdview.published)
-        families.append(images)
+        families += [link, images]
     return families
 
 

@@ -17,6 +17,7 @@ from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
+from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable
 from gateway.wcs.server import WcsServer
@@ -153,6 +154,11 @@ class WcsRestApi:
             }
             if metrics:
                 entry["metrics"] = _metrics(stream, 0, 0, 0)
+                if isinstance(stream.source, WebRtcPublisher):  # WHIP: the publisher's feedback
+                    rates = await stream.source.rates()
+                    entry["metrics"].update(
+                        VIDEO_NACK=rates.nack, VIDEO_PLI=rates.pli, VIDEO_LOST=rates.lost_packets
+                    )
             entries.append(entry)
         return entries
 
@@ -162,7 +168,7 @@ class WcsRestApi:
         """``{streamName}`` (or ``name``) -> ``{"data": base64 PNG}``, as WCS answers."""
         name = body.get("streamName", body.get("name"))
         if not isinstance(name, str) or not name:
-            raise RestError(400, "the body must have 'streamName' (a string)")
+            raise RestError(400, "the body must have 'streamName' or 'name' (a non-empty string)")
         if self.thumbnails is None:
             raise RestError(404, "snapshots are off")
         try:
@@ -179,6 +185,9 @@ class WcsRestApi:
         msid, name = body.get("mediaSessionId"), body.get("name")
         if msid is None and name is None:
             raise RestError(400, "the body must have 'mediaSessionId' or 'name'")
+        for key, value in (("mediaSessionId", msid), ("name", name)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise RestError(400, f"{key!r} must be a non-empty string")
         for _, desc in self.wcs.media_sessions():
             if desc.published and desc.media_session_id == msid:
                 name = desc.name

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
 from gateway.log import get_logger
@@ -65,7 +66,7 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[self._bearer])
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, self._bearer])
         app.router.add_routes(self.routes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/devices", self._devices)
@@ -82,7 +83,8 @@ class HttpServer:
         app.router.add_route("OPTIONS", "/whep/{name:.+}", self._whip_options)
         app.router.add_get("/", self._index)
         if self.static_dir.is_dir():
-            app.router.add_static("/", self.static_dir, show_index=False, follow_symlinks=False)
+            # Not under the API prefixes: a wrong method there is a 405, not a missing file.
+            app.router.add_get(r"/{path:(?!(?:rest-api|api|whip|whep|hls)/).+}", self._static)
         return app
 
     async def start(self) -> None:
@@ -120,6 +122,15 @@ class HttpServer:
         if not index.is_file():
             return web.Response(text="skyrelay: no demo page installed\n")
         return web.FileResponse(index)
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        """A file of the demo page's directory; anything else (a directory, a missing file, a
+        path that leads out of the directory) is a 404, given as JSON like every error."""
+        root = self.static_dir.resolve()
+        target = (root / request.match_info["path"]).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(target)
 
     # --- streams --------------------------------------------------------------------------
 
@@ -216,3 +227,56 @@ class HttpServer:
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+# Headers of an HTTP error that describe its old (text) body, not the JSON one.
+BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "transfer-encoding"})
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every HTTP error is JSON ``{"error": message}`` with its status: aiohttp's own (no
+    route 404, wrong method 405, body too large 413, ...), any other raised or returned with
+    a text body, and a handler's crash (500, logged). Other headers (``Allow`` of a 405,
+    CORS, ...) are kept; redirects and successful answers pass untouched."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _as_json(request, exc.status, exc.reason, exc.text, exc.headers)
+    except ConnectionError:
+        raise  # the client went away: nobody to answer
+    except Exception:
+        if request.writer.output_size > 0:
+            raise  # part of an answer went out already: nothing else can follow it
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error: see the gateway's log"}, status=500)
+    if (
+        response.status >= 400
+        and isinstance(response, web.Response)
+        and not response.prepared
+        and response.content_type != "application/json"
+    ):
+        text = (
+            response.body.decode(response.charset or "utf-8", "replace")
+            if isinstance(response.body, bytes)
+            else None
+        )
+        return _as_json(request, response.status, response.reason, text, response.headers)
+    return response
+
+
+def _as_json(request: web.Request, status: int, reason: str, text: str | None, headers: Any) -> web.Response:
+    kept = CIMultiDict((key, value) for key, value in headers.items() if key.lower() not in BODY_HEADERS)
+    said = (text or "").strip()
+    if said and said != f"{status}: {reason}":
+        message = said  # the handler's or aiohttp's own words, e.g. the size limit of a 413
+    elif status == 404:
+        message = f"not found: {request.method} {request.path}"
+    elif status == 405:
+        allowed = kept.get("Allow", "")
+        message = f"method {request.method} is not allowed on {request.path}; allowed: {allowed or 'none'}"
+    else:
+        message = reason
+    return web.json_response({"error": message}, status=status, headers=kept)

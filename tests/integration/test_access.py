@@ -5,6 +5,8 @@ token of the REST API and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import websockets
 from aiohttp import web
 
 from gateway.access import Action, mint_token
@@ -20,7 +23,7 @@ from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.whip_client import WhipClient, WhipError
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import free_port
-from tests.integration.conftest import local_config, wait_stream
+from tests.integration.conftest import FrameCounter, local_config, wait_stream
 
 SECRET = "test-secret"
 
@@ -93,14 +96,20 @@ async def test_the_rest_api_and_metrics_need_the_bearer_token(token_gateway: Gat
 
 @pytest_asyncio.fixture
 async def backend() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, object]]]]]:
-    """A WCS REST hooks backend: everyone connects and plays; only "allowed" may publish."""
+    """A WCS REST hooks backend: everyone but login "mallory" connects; only "allowed" and
+    "secret" may be published; "secret" may not be played."""
     calls: list[tuple[str, dict[str, object]]] = []
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.json()
-        calls.append((request.match_info["hook"], body))
-        if request.match_info["hook"] == "publishStream" and body.get("name") != "allowed":
+        hook = request.match_info["hook"]
+        calls.append((hook, body))
+        if hook == "connect" and body.get("login") == "mallory":
+            return web.json_response({"info": "mallory is banned by the backend"}, status=403)
+        if hook == "publishStream" and body.get("name") not in ("allowed", "secret"):
             return web.json_response({"info": "name not allowed by the backend"}, status=403)
+        if hook == "playStream" and body.get("name") == "secret":
+            return web.json_response({"info": "secret is not for you"}, status=401)
         return web.json_response({})
 
     app = web.Application()
@@ -127,10 +136,44 @@ async def test_rest_hooks_allow_one_name_and_deny_another(
             await client.publish("denied", [video_track()])
         player = await client.play("allowed")
         await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(10)  # the allowed play works
+        await counter.stop()
         hooks = [hook for hook, _ in calls]
         assert hooks == ["connect", "publishStream", "publishStream", "playStream"]
         assert calls[1][1]["name"] == "allowed" and calls[1][1]["sessionId"]
+        assert calls[3][1]["name"] == "allowed"
+
+        # A play the backend refuses (of a live stream) fails with its info; the allowed play
+        # goes on.
+        secret = await client.publish("secret", [video_track()])
+        await secret.wait_status("PUBLISHING")
+        with pytest.raises(WcsError, match="secret is not for you"):
+            await client.play("secret")
+        (refused,) = [s for s in client.streams.values() if s.name == "secret" and not s.published]
+        assert refused.status == "FAILED" and refused.info == "secret is not for you"
+        assert [hook for hook, body in calls[4:]] == ["publishStream", "playStream"]
+        assert calls[5][1]["name"] == "secret"
+        assert player.status == "PLAYING"
         await client.close()
+
+        # A connect the backend refuses by a field of the connection: a fail with its info,
+        # and the socket closed (1008).
+        async with websockets.connect(f"ws://127.0.0.1:{gateway.config.ws_port}") as ws:
+            fields = {"appKey": "defaultApp", "mediaProviders": ["WebRTC"], "login": "mallory"}
+            await ws.send(json.dumps({"message": "connection", "data": [fields]}))
+            received = []
+            async with asyncio.timeout(10):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for frame in ws:
+                        received.append(json.loads(frame))
+            assert ws.close_code == 1008 and ws.close_reason == "mallory is banned by the backend"
+        (fail,) = [msg["data"][0] for msg in received if msg["message"] == "fail"]
+        assert (fail["apiMethod"], fail["info"]) == ("connection", "mallory is banned by the backend")
+        assert not any(msg["message"] == "getUserData" for msg in received)
+        assert calls[-1][0] == "connect" and calls[-1][1]["login"] == "mallory"
+        with pytest.raises(WcsError, match="connection failed"):  # and so for the client
+            await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}", login="mallory")
     finally:
         await gateway.stop()
 
@@ -156,7 +199,8 @@ async def test_rtmp_publish_by_name_needs_a_publish_token(token_gateway: Gateway
     push = subprocess.Popen([*cmd, allowed], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for proc in (refused, refused_too):
-            assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 15) != 0
+            async with asyncio.timeout(15):
+                assert await asyncio.to_thread(proc.wait) != 0
         await wait_stream(token_gateway, "studio")
         assert push.poll() is None
     finally:
@@ -174,7 +218,8 @@ async def test_rtsp_publish_needs_a_publish_token(token_gateway: Gateway, clip: 
     allowed = f"{base}/lobby?token={token('lobby', Action.PUBLISH)}"
     push = subprocess.Popen([*cmd, allowed], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert await asyncio.wait_for(asyncio.to_thread(refused.wait), 15) != 0
+        async with asyncio.timeout(15):
+            assert await asyncio.to_thread(refused.wait) != 0
         await wait_stream(token_gateway, "lobby")
         assert push.poll() is None
     finally:

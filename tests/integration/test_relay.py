@@ -11,13 +11,14 @@ import numpy
 from aiortc import AudioStreamTrack, VideoStreamTrack
 from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, is_rtcp
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from gateway.media import h264
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.conftest import GatewayProcess
 from tests.integration.conftest import AccessUnits, FrameCounter, capture_rtp
+from tests.integration.rtp_faults import drop_received_video_packets, drop_sent_video_packets
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 Connect = Callable[[], Awaitable[WcsClient]]
@@ -272,49 +273,6 @@ async def test_g711_audio_is_relayed(connect: Connect, video_track: TrackFactory
     audio = next(t for t in player.tracks if t.kind == "audio")
     samples = [await asyncio.wait_for(audio.recv(), 10) for _ in range(25)]
     assert all(s.sample_rate == 8000 for s in samples)
-
-
-def drop_sent_video_packets(stream: ClientStream, count: int, after: int) -> list[int]:
-    """Make a publisher's transport skip ``count`` video RTP packets after ``after`` sent."""
-    dropped: list[int] = []
-    sender = next(t.sender for t in stream.pc.getTransceivers() if t.kind == "video")
-    transport = sender.transport
-    send = transport._send_rtp
-    seen = 0
-
-    async def lossy(data: bytes) -> None:
-        nonlocal seen
-        if not is_rtcp(data) and int.from_bytes(data[8:12], "big") == sender._ssrc:
-            seen += 1
-            if after < seen <= after + count:
-                dropped.append(int.from_bytes(data[2:4], "big"))
-                return
-        await send(data)
-
-    transport._send_rtp = lossy
-    return dropped
-
-
-def drop_received_video_packets(stream: ClientStream, count: int, after: int) -> list[int]:
-    """Make a player's video receiver ignore ``count`` media packets after ``after``."""
-    dropped: list[int] = []
-    receiver = next(t.receiver for t in stream.pc.getTransceivers() if t.kind == "video")
-    handle = receiver._handle_rtp_packet
-    seen = 0
-    media_ssrc: list[int] = []
-
-    async def lossy(packet: Any, arrival_time_ms: int) -> None:
-        nonlocal seen
-        media_ssrc[:] = media_ssrc or [packet.ssrc]
-        if packet.ssrc == media_ssrc[0]:
-            seen += 1
-            if after < seen <= after + count:
-                dropped.append(packet.sequence_number)
-                return
-        await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = lossy
-    return dropped
 
 
 async def test_nack_and_lost_packets_come_from_rtcp(connect: Connect, video_track: TrackFactory) -> None:

@@ -4,18 +4,26 @@ publishers and players, and RTSP pulls from a real RTSP server (the simulated ca
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
+import pytest
 import pytest_asyncio
 
 from gateway.app import Gateway
 from gateway.dji.camera_sim import RtspCameraServer
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import WcsClient, WcsError
+from gateway.media.whip_client import WhipClient
+from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import free_port
 from tests.integration.conftest import AccessUnits, FrameCounter, wait_stream
+from tests.integration.rtp_faults import drop_received_video_packets, drop_sent_video_packets
 
 
 async def rest(gateway: Gateway, path: str, body: Any = None, *, method: str = "POST") -> tuple[int, Any]:
@@ -62,7 +70,7 @@ async def test_streams_are_found_with_metrics_and_terminated(
     assert status == 200 and [s["mediaSessionId"] for s in found] == [published.media_session_id]
     metrics = found[0]["metrics"]
     assert (metrics["VIDEO_WIDTH"], metrics["VIDEO_HEIGHT"], metrics["VIDEO_CODEC"]) == (320, 240, "H264")
-    assert metrics["VIDEO_RATE"] > 0 and metrics["VIEWERS"] == 1
+    assert metrics["VIDEO_RATE"] > 0 and metrics["VIDEO_FPS"] > 0 and metrics["VIEWERS"] == 1
 
     status, connections = await rest(local_gateway, "connection/find_all", method="GET")
     assert status == 200 and len(connections) == 2
@@ -96,6 +104,185 @@ async def test_streams_are_found_with_metrics_and_terminated(
     await counter.stop()
     for client in (publisher_client, player_client):
         await client.close()
+
+
+async def found_metrics(gateway: Gateway, **wanted: Any) -> dict[str, Any]:
+    """The metrics of the one stream/find entry matching ``wanted``."""
+    status, found = await rest(gateway, "stream/find", {**wanted, "display": ["metrics"]})
+    assert status == 200 and len(found) == 1, found
+    metrics: dict[str, Any] = found[0]["metrics"]
+    return metrics
+
+
+async def wait_metrics(
+    gateway: Gateway, check: Callable[[dict[str, Any]], bool], timeout: float = 15.0, **wanted: Any
+) -> dict[str, Any]:
+    """Polls stream/find until the entry's metrics pass ``check``."""
+    async with asyncio.timeout(timeout):
+        while not check(metrics := await found_metrics(gateway, **wanted)):
+            await asyncio.sleep(0.2)
+    return metrics
+
+
+async def ask_keyframes(player: ClientStream) -> None:
+    """The player sends a PLI, which the gateway forwards to the publisher."""
+    receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
+    await receiver._send_rtcp_pli(receiver.getSynchronizationSources()[0].source)
+
+
+def has_feedback(metrics: dict[str, Any], lost: int) -> bool:
+    return bool(metrics["VIDEO_NACK"] >= 1 and metrics["VIDEO_PLI"] >= 1 and metrics["VIDEO_LOST"] >= lost)
+
+
+async def test_stream_find_shows_nack_pli_and_loss_of_webrtc_and_whip_publishers(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    """Packets lost on the way in: the gateway NACKs them and counts them lost, and a
+    player's PLI goes upstream; stream/find shows it for a WebSocket and a WHIP publisher
+    (and a player's own NACKs and loss on its entry)."""
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("lossy", [video_track()])
+    lost_upstream = drop_sent_video_packets(published, count=3, after=60)
+    await published.wait_status("PUBLISHING")
+    whip = WhipClient(f"http://127.0.0.1:{local_gateway.config.http_port}/whip/lossy-whip", video_track())
+    await whip.start()
+    whip_lost = drop_sent_video_packets(whip, count=3, after=60)
+    await wait_stream(local_gateway, "lossy-whip")
+
+    players = []
+    for name in ("lossy", "lossy-whip"):
+        player = await client.play(name)
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(5)
+        players.append((player, counter))
+    lost_downstream = drop_received_video_packets(players[0][0], count=4, after=30)
+    await asyncio.sleep(1.1)  # past the once-a-second limit of keyframe requests
+    for player, counter in players:
+        await ask_keyframes(player)
+        await counter.wait_frames(len(counter.pts) + 90)  # the losses happen on the way
+    assert len(lost_upstream) == 3 and len(whip_lost) == 3 and len(lost_downstream) == 4
+
+    webrtc = await wait_metrics(
+        local_gateway, lambda m: has_feedback(m, 3), mediaSessionId=published.media_session_id
+    )
+    assert webrtc["VIDEO_RATE"] > 0 and webrtc["VIDEO_FPS"] > 0
+    assert (webrtc["VIDEO_WIDTH"], webrtc["VIDEO_HEIGHT"]) == (320, 240)
+    whip_metrics = await wait_metrics(
+        local_gateway, lambda m: has_feedback(m, 3), name="lossy-whip", published=True
+    )
+    assert whip_metrics["VIDEO_RATE"] > 0 and whip_metrics["VIDEO_FPS"] > 0
+    assert (whip_metrics["VIDEO_WIDTH"], whip_metrics["VIDEO_HEIGHT"]) == (320, 240)
+    # The player's entry: its own NACKs and the loss its receiver reports.
+    await wait_metrics(
+        local_gateway,
+        lambda m: m["VIDEO_NACK"] >= 1 and m["VIDEO_LOST"] >= 4,
+        mediaSessionId=players[0][0].media_session_id,
+    )
+
+    for _, counter in players:
+        await counter.stop()
+    await whip.stop()
+    await client.close()
+
+
+async def test_stream_find_shows_the_figures_of_an_rtmp_ingest(local_gateway: Gateway, clip: Path) -> None:
+    url = f"rtmp://127.0.0.1:{local_gateway.config.rtmp_port}/live/encoder"
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip)]
+    push = subprocess.Popen(
+        [*cmd, "-c", "copy", "-f", "flv", url], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        await wait_stream(local_gateway, "encoder")
+        metrics = await wait_metrics(
+            local_gateway, lambda m: m["VIDEO_RATE"] > 0 and m["VIDEO_FPS"] > 0, name="encoder"
+        )
+        assert (metrics["VIDEO_WIDTH"], metrics["VIDEO_HEIGHT"], metrics["VIDEO_CODEC"]) == (320, 240, "H264")
+        status, (entry,) = await rest(local_gateway, "stream/find", {"name": "encoder"})
+        assert status == 200 and (entry["mediaProvider"], entry["status"]) == ("Flash", "PUBLISHING")
+        assert push.poll() is None
+    finally:
+        push.terminate()
+        push.wait(timeout=10)
+
+
+async def test_every_http_error_is_json_with_its_status(
+    local_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"http://127.0.0.1:{local_gateway.config.http_port}"
+    async with aiohttp.ClientSession() as http:
+        for path in ("/no/such/page", "/rest-api/stream/nope", "/api/nothing-here"):
+            async with http.get(base + path) as reply:
+                assert reply.status == 404 and reply.content_type == "application/json", path
+                assert (await reply.json())["error"] == f"not found: GET {path}"
+        async with http.get(base + "/rest-api/stream/find") as reply:  # POST only
+            assert reply.status == 405 and reply.content_type == "application/json"
+            assert "POST" in reply.headers["Allow"]
+            assert "GET is not allowed on /rest-api/stream/find" in (await reply.json())["error"]
+        async with http.delete(base + "/rest-api/stream/find_all") as reply:
+            assert reply.status == 405 and "DELETE" in (await reply.json())["error"]
+        oversize = b"{" + b" " * (1024 * 1024 + 1) + b"}"
+        headers = {"Content-Type": "application/json"}
+        async with http.post(base + "/rest-api/stream/find", data=oversize, headers=headers) as reply:
+            assert reply.status == 413 and reply.content_type == "application/json"
+            assert "body size" in (await reply.json())["error"]
+
+        def broken() -> list[Any]:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(local_gateway.registry, "streams", broken)
+        async with http.get(base + "/api/streams") as reply:  # a handler's crash
+            assert reply.status == 500 and "internal error" in (await reply.json())["error"]
+        monkeypatch.undo()
+        async with http.get(base + "/healthz") as reply:  # successful answers untouched
+            assert reply.status == 200 and (await reply.json())["status"] == "ok"
+        async with http.get(base + "/", allow_redirects=False) as reply:
+            assert reply.status == 200
+        async with http.get(base + "/skyrelay-client.js") as reply:  # the demo page's files
+            assert reply.status == 200 and len(await reply.read()) > 0
+        async with http.get(base + "/%2e%2e/pyproject.toml") as reply:  # not outside them
+            assert reply.status == 404 and "not found" in (await reply.json())["error"]
+
+
+async def test_snapshot_and_recording_calls_refuse_bad_bodies_and_unknown_names(
+    local_gateway: Gateway, video_track: Callable[[], EncodedVideoTrack]
+) -> None:
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    published = await client.publish("snap", [video_track()])
+    await published.wait_status("PUBLISHING")
+    async with asyncio.timeout(15):  # a keyframe to take the snapshot of
+        while (stream := local_gateway.registry.get("snap")) is None or stream.keyframe is None:
+            await asyncio.sleep(0.05)
+
+    status, reply = await rest(local_gateway, "stream/snapshot", {"name": "snap"})
+    assert status == 200 and reply["streamName"] == "snap"
+    picture = next(av.open(io.BytesIO(base64.b64decode(reply["data"]))).decode(video=0))
+    assert (picture.width, picture.height) == (320, 240)
+
+    for path in ("stream/snapshot", "stream/startRecording", "stream/stopRecording"):
+        bad: list[tuple[Any, int, str]] = [
+            (b"not json", 400, "JSON"),
+            (b"{", 400, "JSON"),
+            ([1, 2], 400, "JSON object"),
+            ("snap", 400, "JSON object"),
+            ({}, 400, "name"),
+            ({"name": 5}, 400, "name"),
+            ({"name": ""}, 400, "name"),
+            ({"name": ["snap"]}, 400, "name"),
+            ({"name": "ghost"}, 404, "ghost" if path == "stream/snapshot" else "no such"),
+        ]
+        if path != "stream/snapshot":
+            bad += [
+                ({"mediaSessionId": 7}, 400, "mediaSessionId"),
+                ({"mediaSessionId": "ghost"}, 404, "no such"),
+            ]
+        else:
+            bad += [({"streamName": None, "name": None}, 400, "streamName")]
+        for body, want, words in bad:
+            status, reply = await rest(local_gateway, path, body)
+            assert status == want and words in reply["error"], (path, body, reply)
+    assert published.status == "PUBLISHING"  # the refusals disturbed nothing
+    await client.close()
 
 
 async def test_rtsp_pulls_over_rest_and_on_demand(local_gateway: Gateway, camera: RtspCameraServer) -> None:

@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert config.host == "0.0.0.0"
     assert config.ws_port == 8080
     assert config.http_port == 8081
+    assert config.rtsp_port == 8554
     assert config.public_ip is None
     assert config.ice_addresses == ()
     assert config.stun_servers == ()
