@@ -243,6 +243,12 @@ async def test_hls_segments_carry_the_audio(units: Units, opus_packets: list[byt
         # 3 s of 20 ms packets (from the first video frame: it came first), give or take
         # the one that came with the keyframe closing the last segment.
         assert 149 <= int(str(streams[1]["nb_read_frames"])) <= 152
+        # In sync: the first audio packet came with the first video frame, and is placed
+        # there; the others follow it 20 ms apart, as on their own clock.
+        with av.open(str(path)) as container:
+            audio = [p.pts * p.time_base for p in container.demux(audio=0) if p.pts is not None]
+        assert audio[:3] == [0, Fraction(1, 50), Fraction(2, 50)]
+        assert all(b - a == Fraction(1, 50) for a, b in zip(audio, audio[1:], strict=False))
     finally:
         await packager.stop()
     assert not stream.subscriptions
