@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import structlog
 
 from gateway.media.sinks.fmp4 import (
     AudioAligner,
@@ -28,6 +29,7 @@ from gateway.media.sinks.fmp4 import (
     opus_samples,
 )
 from gateway.media.sinks.hls import HlsPackager
+from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Codec, MediaFrame, Stream
 from gateway.media.synthetic import make_h264_clip, read_access_units
 from tests.conftest import dominant_frequency
@@ -252,3 +254,35 @@ async def test_hls_segments_carry_the_audio(units: Units, opus_packets: list[byt
     finally:
         await packager.stop()
     assert not stream.subscriptions
+
+
+async def test_g711_streams_are_packaged_and_recorded_video_only(units: Units, tmp_path: Path) -> None:
+    """MP4 cannot carry PCMU/PCMA: segments and files have the video alone, and each sink
+    says so once, however many init segments or files it makes."""
+    stream = Stream("cam/pcmu")
+    stream.set_codecs(Codec("H264", 90000), Codec("PCMU", 8000))
+    with structlog.testing.capture_logs() as logs:
+        packager = HlsPackager(stream, segment_target=1.0, window=3)
+        recorder = Recorder(stream, tmp_path, segment_seconds=1.0)
+        recorder.start()
+        try:
+            for i, (data, keyframe) in enumerate(units):
+                stream.push(MediaFrame("video", "H264", data, i * 3000, VIDEO_TB, keyframe))
+                stream.push(MediaFrame("audio", "PCMU", b"\xff" * 267, i * 267, Fraction(1, 8000), True))
+                await asyncio.sleep(0)
+            assert len(packager.segments) == 3
+        finally:
+            await packager.stop()
+            await recorder.stop()
+    init = packager.inits[0]
+    assert b"avc1" in init and b"soun" not in init
+    path = tmp_path / "hls.mp4"
+    path.write_bytes(init + b"".join(s.data for s in packager.segments))
+    assert [s["codec_name"] for s in ffprobe(path)] == ["h264"]
+    assert len(recorder.files) >= 3  # a file a second
+    for file in recorder.files:
+        assert [s["codec_name"] for s in ffprobe(file)] == ["h264"]
+    events = [e["event"] for e in logs]
+    assert events.count("hls_audio_left_out") == 1 and events.count("recording_audio_left_out") == 1
+    told = next(e for e in logs if e["event"] == "hls_audio_left_out")
+    assert told["codec"] == "PCMU" and told["stream"] == "cam/pcmu"

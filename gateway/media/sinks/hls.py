@@ -94,7 +94,7 @@ class HlsPackager:
         self._pending_discontinuity = False
         self._audio_left_out = False  # said once
         self._subscription = stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, SUBSCRIPTION_FRAMES)
+        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
     # --- frames -----------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class Recorder:
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
         self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, SUBSCRIPTION_FRAMES)
+        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
 
