@@ -110,6 +110,15 @@ class ToneCamera(ClipCamera):
         await super().stop()
 
 
+class SilentCamera(ClipCamera):
+    """The clip, on a stream that says it has Opus audio and never sends any."""
+
+    def __init__(self, registry: StreamRegistry, name: str, units: Any) -> None:
+        super().__init__(registry, name, units)
+        assert self.stream.video_codec is not None
+        self.stream.set_codecs(self.stream.video_codec, Codec("opus", 48000))
+
+
 async def serve_hls(hlsjs: Path, camera_type: Callable[..., ClipCamera]) -> AsyncIterator[str]:
     """The page, hls.js and the HLS of NAME (a 320x240 clip) on one loopback origin."""
     units = read_access_units(
@@ -149,6 +158,12 @@ async def hls_site(hlsjs: Path) -> AsyncIterator[str]:
 @pytest.fixture
 async def hls_site_with_audio(hlsjs: Path) -> AsyncIterator[str]:
     async for url in serve_hls(hlsjs, ToneCamera):
+        yield url
+
+
+@pytest.fixture
+async def hls_site_without_the_audio(hlsjs: Path) -> AsyncIterator[str]:
+    async for url in serve_hls(hlsjs, SilentCamera):
         yield url
 
 
@@ -201,4 +216,13 @@ async def test_hlsjs_plays_live_hls_with_opus_audio(chromium: Browser, hls_site_
     """Video and Opus in the same fMP4 segments: hls.js plays them, and Chromium decodes the
     audio (its byte count grows) as well as the video."""
     first, last = await play(chromium, hls_site_with_audio, audio=True)
+    assert last["audioBytes"] > first["audioBytes"] >= 0, (first, last)
+
+
+async def test_hlsjs_plays_a_stream_whose_audio_never_comes(
+    chromium: Browser, hls_site_without_the_audio: str
+) -> None:
+    """The init segment declares the Opus track the stream announced; the player would wait
+    for its samples for ever (the picture frozen) if silence did not fill the track."""
+    first, last = await play(chromium, hls_site_without_the_audio, audio=True)
     assert last["audioBytes"] > first["audioBytes"] >= 0, (first, last)

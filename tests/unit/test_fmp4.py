@@ -156,7 +156,33 @@ def test_audio_before_the_video_or_going_back_is_left_out(units: Units, opus_pac
     assert muxer.header is not None
     with av.open(io.BytesIO(muxer.header + b"".join(f.data for f in fragments))) as c:
         audio = [p.pts * p.time_base for p in c.demux(audio=0) if p.pts is not None]
-    assert audio == [Fraction(1, 50), Fraction(2, 50)]
+    assert audio[:2] == [Fraction(1, 50), Fraction(2, 50)]
+    # Then silence, up to half a second behind the video (which ends at 1 s).
+    assert all(b - a == Fraction(1, 50) for a, b in zip(audio, audio[1:], strict=False))
+    assert audio[-1] + Fraction(1, 50) == Fraction(1, 2)
+
+
+def test_silence_fills_a_track_the_stream_sends_nothing_on(units: Units, opus_packets: list[bytes]) -> None:
+    """A player waits for every track of the init segment: an audio track the stream sends
+    nothing on (yet) is filled with silence, behind the video; real audio that comes goes
+    on after it."""
+    muxer = Fmp4Muxer(320, 240, VIDEO_TB, audio=True)
+    fragments: list[Fragment] = []
+    for i, (data, keyframe) in enumerate(units):
+        fragments += muxer.write(data, i * 3000, 3000, keyframe)
+        if i >= 90:  # real audio from 3 s on (as it would be placed: with the live video)
+            fragments += muxer.write_audio(opus_packets[i], Fraction(i, 30), 960)
+    fragments += muxer.close()
+    assert muxer.header is not None
+    assert muxer.silence_packets == round((3 - Fraction(1, 2)) * 50)
+    with av.open(io.BytesIO(muxer.header + b"".join(f.data for f in fragments))) as container:
+        times = [p.pts * p.time_base for p in container.demux(audio=0) if p.pts is not None]
+        container.seek(0)
+        decoded = [frame.to_ndarray() for frame in container.decode(audio=0)]
+    assert times[0] == 0 and all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert times[124] == Fraction(124, 50) and times[125] == 3  # silence to 2.5 s, then the tone
+    assert not np.abs(np.concatenate(decoded[:100], axis=1)).any()
+    assert np.abs(np.concatenate(decoded[-10:], axis=1)).max() > 0.1
 
 
 def test_video_only_muxer_is_unchanged(units: Units) -> None:

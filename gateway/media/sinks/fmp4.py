@@ -12,6 +12,9 @@ A Stream's audio and video clocks need not share an origin (WebRTC tracks start 
 RTP times), so, as the RTMP republish sink and the WebRTC viewers do, the audio is put on the
 video's timeline by arrival: the first audio frame is stamped with the stream's latest video
 time when it came (`ArrivalQueue` notes it), and later frames keep their distance from it.
+Where no audio comes (a stream that announced audio and sends none, Opus DTX), the track is
+filled with 20 ms silence packets half a second behind the video: MSE players (hls.js) wait
+for every track an init segment declares.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ OPUS_RATE = 48000
 OPUS_TIME_BASE = Fraction(1, OPUS_RATE)
 # Audio codecs (as a Stream names them) an MP4 carries as they are.
 MUXABLE_AUDIO = {"opus"}
+# 20 ms of Opus silence (CELT fullband, mono, an empty frame): what fills the audio track
+# where the stream sent none. A player (MSE, hls.js) waits for every track it was told of:
+# an audio track without samples would hold the video still.
+OPUS_SILENCE = b"\xf8\xff\xfe"
+# How far behind the video the audio track may fall before silence fills it: more than the
+# audio's arrival jitter, so that real audio that comes is not placed before the filling.
+AUDIO_FILL_LAG = Fraction(1, 2)
 
 
 def parameter_sets(access_unit: bytes) -> tuple[bytes | None, bytes | None]:
@@ -214,33 +224,47 @@ class Fmp4Muxer:
         # The timeline's 0: the first video frame's pts (in time_base), given or the first written.
         self.origin = origin
         self._video_track = 1
-        self._last_audio: int | None = None
+        self._last_audio: int | None = None  # start of the last audio packet, in samples
+        self._audio_end = 0  # where it ends, in samples
+        self.silence_packets = 0  # filled in
         self._keyframes: deque[Fraction] = deque()  # times of the keyframes written
 
     def write(self, data: bytes, pts: int, duration: int, keyframe: bool) -> list[Fragment]:
         """One video access unit (the first must be a keyframe)."""
         if self.origin is None:
             self.origin = pts
+        time = (pts - self.origin) * self.time_base
         if keyframe:
-            self._keyframes.append((pts - self.origin) * self.time_base)
+            self._keyframes.append(time)
         packet = av.Packet(data)
         packet.pts = packet.dts = pts - self.origin
         packet.duration = max(1, duration)
         packet.time_base = self.time_base
         packet.is_keyframe = keyframe
         packet.stream = self._stream
-        return self._mux(packet)
+        fragments = self._mux(packet)
+        if self._audio_stream is not None:
+            # No audio for a while (none sent, Opus DTX, a stalled source): silence.
+            until = (time - AUDIO_FILL_LAG) * OPUS_RATE
+            while self._audio_end + 960 <= until:
+                self.silence_packets += 1
+                fragments += self._mux_audio(OPUS_SILENCE, self._audio_end, 960)
+        return fragments
 
     def write_audio(self, data: bytes, pts: Fraction, duration: int) -> list[Fragment]:
         """One Opus packet starting ``pts`` seconds after the first video frame,
         ``duration`` samples at 48 kHz long. Audio before the video, or not after the
-        last audio packet, is left out."""
+        last audio packet, is left out. Where the stream sends no audio, the video's writes
+        fill the track with silence up to `AUDIO_FILL_LAG` behind the video."""
         if self._audio_stream is None or self.origin is None or pts < 0:
             return []
         start = round(pts * OPUS_RATE)
         if self._last_audio is not None and start <= self._last_audio:
             return []
-        self._last_audio = start
+        return self._mux_audio(data, start, duration)
+
+    def _mux_audio(self, data: bytes, start: int, duration: int) -> list[Fragment]:
+        self._last_audio, self._audio_end = start, start + duration
         packet = av.Packet(data)
         packet.pts = packet.dts = start
         packet.duration = max(1, duration)
