@@ -199,11 +199,15 @@ class HlsPackager:
         self._held, self._params = None, None
         if muxer is None:
             return
-        if held is not None:
-            # Its duration is unknown: as long as the frame before it, about.
-            self._mux(held, self._frame_duration(held))
-        self._take(muxer.close())
-        self._muxer = None
+        try:
+            if held is not None:
+                # Its duration is unknown: as long as the frame before it, about.
+                self._mux(held, self._frame_duration(held))
+            self._take(muxer.close())
+        except (av.FFmpegError, ValueError):
+            muxer.close()  # a muxer that refused a frame: what it gave (whole fragments) stays
+        finally:
+            self._muxer = None
         if self._segment_start is not None and self._pending:
             self._finish_segment(self._video_end)
         self._pending.clear()
