@@ -47,8 +47,8 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def probe(path: Path) -> dict:
-    """ffprobe decoding every frame of ``path``: its video stream and format."""
+def probe_streams(path: Path) -> tuple[list[dict], float]:
+    """ffprobe decoding every frame of ``path``: its streams and duration."""
     done = subprocess.run(
         [
             "ffprobe", "-v", "error", "-count_frames", "-of", "json",
@@ -59,8 +59,14 @@ def probe(path: Path) -> dict:
     )  # fmt: skip
     assert done.returncode == 0, f"{path}: {done.stderr}"
     info = json.loads(done.stdout)
-    assert len(info["streams"]) == 1, info
-    return {**info["streams"][0], "duration": float(info["format"].get("duration", 0))}
+    return info["streams"], float(info["format"].get("duration", 0))
+
+
+def probe(path: Path) -> dict:
+    """ffprobe decoding every frame of ``path``: its video stream and format."""
+    streams, duration = probe_streams(path)
+    assert len(streams) == 1, streams
+    return {**streams[0], "duration": duration}
 
 
 def assert_playable(path: Path) -> None:
@@ -130,9 +136,35 @@ RECORD_SCRIPT = textwrap.dedent(
 )
 
 
-async def test_sigkill_mid_recording_leaves_playable_files(clip: Path, tmp_path: Path) -> None:
+# The same with Opus audio next to the video: 20 ms packets of a tone from PyAV's encoder.
+RECORD_WITH_AUDIO_SCRIPT = RECORD_SCRIPT.replace(
+    'stream.set_codecs(Codec("H264", 90000), None)',
+    """stream.set_codecs(Codec("H264", 90000), Codec("opus", 48000))
+    import av, numpy as np
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48000, "stereo", "s16"
+    encoder.time_base = Fraction(1, 48000)
+    encoder.open()
+    samples = 0""",
+).replace(
+    "packet.is_keyframe))",
+    """packet.is_keyframe))
+        while samples < packet.pts * 48000 // 90000:
+            tone = (8000 * np.sin(2 * np.pi * 440 * (np.arange(960) + samples) / 48000)).astype(np.int16)
+            audio = av.AudioFrame.from_ndarray(np.stack([tone, tone]).T.reshape(1, -1).copy(),
+                                               format="s16", layout="stereo")
+            audio.sample_rate, audio.pts, audio.time_base = 48000, samples, Fraction(1, 48000)
+            for opus in encoder.encode(audio):
+                stream.push(MediaFrame("audio", "opus", bytes(opus), samples, Fraction(1, 48000), True))
+            samples += 960""",
+)
+
+
+@pytest.mark.parametrize("audio", [False, True], ids=["video", "video+opus"])
+async def test_sigkill_mid_recording_leaves_playable_files(clip: Path, tmp_path: Path, audio: bool) -> None:
+    script = RECORD_WITH_AUDIO_SCRIPT if audio else RECORD_SCRIPT
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", RECORD_SCRIPT, str(tmp_path), str(clip), NAME,
+        sys.executable, "-c", script, str(tmp_path), str(clip), NAME,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     directory = tmp_path / stream_dirname(NAME)
@@ -158,7 +190,12 @@ async def test_sigkill_mid_recording_leaves_playable_files(clip: Path, tmp_path:
     left = files()
     assert len(left) >= 2
     for path in left:
-        assert_playable(path)
+        if not audio:
+            assert_playable(path)
+            continue
+        streams, duration = probe_streams(path)
+        assert [s["codec_name"] for s in streams] == ["h264", "opus"], (path, streams)
+        assert all(int(s["nb_read_frames"]) > 0 for s in streams) and duration > 0, (path, streams)
     # A gateway started afterwards finds them.
     listed = RecordingStore(tmp_path).recordings(name=NAME)
     assert [r.path for r in listed] == left

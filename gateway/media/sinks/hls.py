@@ -7,13 +7,14 @@ seconds, or when the stream ends. One fragmented-MP4 muxer per packager turns ac
 into ``moof``+``mdat`` fragments (one per GOP, `frag_keyframe`); a segment is cut at the first
 keyframe at least ``segment_target`` seconds after its start, so every segment starts with an
 IDR. The init segment (``ftyp``+``moov``) is what the muxer writes before the first fragment.
+A stream with Opus audio has it in the same segments, on the video's timeline (see
+`gateway.media.sinks.fmp4`); G.711 audio cannot go in MP4 and is left out (logged once).
 Nothing touches the disk: segment names are built here, never taken from a request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -25,93 +26,28 @@ from typing import Any
 import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units, sps_dimensions
+from gateway.media.h264 import sps_dimensions
 from gateway.media.registry import StreamRegistry, StreamUnavailable
-from gateway.media.stream import MediaFrame, Stream, Subscription
+from gateway.media.sinks.fmp4 import (
+    Arrival,
+    ArrivalQueue,
+    AudioAligner,
+    Fmp4Muxer,
+    Fragment,
+    muxable_audio,
+    opus_samples,
+    parameter_sets,
+)
+from gateway.media.stream import MediaFrame, Stream
 
 log = get_logger(__name__)
 
-# empty_moov: the init segment comes first and needs no sample table; default_base_moof:
-# offsets relative to each moof, as CMAF/hls.js expect; skip_trailer: no mfra index at the
-# end (a closed muxer only flushes its last fragment).
-FMP4_FLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 # Segments kept beyond the playlist window: a player that loaded the previous playlist may
 # still ask for them (RFC 8216 6.2.2).
 EXTRA_SEGMENTS = 2
 SUBSCRIPTION_FRAMES = 300  # about 10 s of 30 fps video: remuxing never falls behind that far
 
-
-class _ByteSink:
-    """The muxer's output file: collects what it writes (a non-seekable stream for PyAV)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self.data += data
-        return len(data)
-
-    def take(self) -> bytes:
-        out = bytes(self.data)
-        self.data.clear()
-        return out
-
-
-def parameter_sets(access_unit: bytes) -> tuple[bytes | None, bytes | None]:
-    """The SPS and PPS NAL units of an access unit (a keyframe carries both on a Stream)."""
-    sps = pps = None
-    for nal in iter_nal_units(access_unit):
-        kind = nal[0] & 0x1F
-        if kind == NAL_SPS:
-            sps = nal
-        elif kind == NAL_PPS:
-            pps = nal
-    return sps, pps
-
-
-class Fmp4Muxer:
-    """Pre-encoded H.264 Annex-B access units into fragmented MP4, in memory.
-
-    `write` returns the complete fragments the call produced (a fragment is flushed when the
-    next keyframe, or ``fragment_seconds`` of video, arrives); `header` holds the ``ftyp`` and
-    ``moov`` once the first access unit went in (the avcC comes from its SPS/PPS). Timestamps
-    are in ``time_base`` and must increase; the muxer starts its timeline at the first one."""
-
-    def __init__(
-        self, width: int, height: int, time_base: Fraction, *, fragment_seconds: float | None = None
-    ) -> None:
-        self.time_base = time_base
-        self.header: bytes | None = None
-        self._sink = _ByteSink()
-        options = {"movflags": FMP4_FLAGS}
-        if fragment_seconds is not None:
-            # Bounds a fragment (what a crash can lose) when keyframes are far apart.
-            options["frag_duration"] = str(round(fragment_seconds * 1_000_000))
-        self._container: Any = av.open(self._sink, "w", format="mp4", options=options)
-        self._stream = self._container.add_mux_stream("h264", width=width, height=height)
-        self._stream.time_base = time_base
-        self._origin: int | None = None
-
-    def write(self, data: bytes, pts: int, duration: int, keyframe: bool) -> bytes:
-        if self._origin is None:
-            self._origin = pts
-        packet = av.Packet(data)
-        packet.pts = packet.dts = pts - self._origin
-        packet.duration = max(1, duration)
-        packet.time_base = self.time_base
-        packet.is_keyframe = keyframe
-        packet.stream = self._stream
-        self._container.mux_one(packet)
-        if self.header is None:
-            # The first packet only opens the muxer: what it wrote is the header.
-            self.header = self._sink.take()
-        return self._sink.take()
-
-    def close(self) -> bytes:
-        """Flush the last fragment and free the muxer; returns the fragment's bytes."""
-        with contextlib.suppress(av.FFmpegError, ValueError):
-            self._container.close()
-        return self._sink.take() if self.header is not None else b""
+__all__ = ["Fmp4Muxer", "HlsPackager", "HlsService", "parameter_sets"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +87,26 @@ class HlsPackager:
         self._init_version = -1
         self._params: tuple[bytes, bytes] | None = None
         self._held: MediaFrame | None = None  # muxed when the next frame gives its duration
-        self._segment_start: int | None = None  # pts of the open segment's first frame
+        self._aligner = AudioAligner()  # the audio's place on the current muxer's timeline
+        self._video_end = Fraction(0)  # seconds on the muxer's timeline where its video ends
+        self._segment_start: Fraction | None = None  # seconds on it where the open segment starts
         self._pending = bytearray()  # fragments of the open segment
         self._pending_discontinuity = False
-        self._subscription: Subscription = stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        # Audio is not packaged: drop it without queueing.
-        self._subscription.audio.attach(lambda frame: True)
+        self._audio_left_out = False  # said once
+        self._subscription = stream.subscribe(self, SUBSCRIPTION_FRAMES)
+        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
     # --- frames -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            while (frame := await self._subscription.video.get()) is not None:
+            while (arrival := await self._arrivals.get()) is not None:
                 try:
-                    self._on_frame(frame)
+                    if arrival.frame.kind == "video":
+                        self._on_frame(arrival.frame)
+                    else:
+                        self._on_audio(arrival)
                 except (av.FFmpegError, ValueError) as exc:
                     # A frame the muxer refuses (corrupt parameter sets): start over at the
                     # next keyframe rather than stop serving the stream.
@@ -192,22 +133,38 @@ class HlsPackager:
             self._mux(held, frame.pts - held.pts)
         self._held = frame
 
+    def _on_audio(self, arrival: Arrival) -> None:
+        """An Opus packet, on the video's timeline; none before the first keyframe."""
+        muxer, frame = self._muxer, arrival.frame
+        if muxer is None or not muxer.audio or muxer.origin is None or frame.codec.lower() != "opus":
+            return
+        samples = opus_samples(frame.data)
+        if samples:
+            start = self._aligner.place(frame, arrival.video_pts, muxer.time_base, muxer.origin)
+            self._take(muxer.write_audio(frame.data, start, samples))
+
     def _mux(self, frame: MediaFrame, duration: int) -> None:
+        assert self._muxer is not None and self._muxer.origin is not None
+        self._take(self._muxer.write(frame.data, frame.pts, duration, frame.keyframe))
+        self._video_end = (frame.pts + duration - self._muxer.origin) * frame.time_base
+
+    def _take(self, fragments: list[Fragment]) -> None:
+        """Fragments (one a GOP) into segments: one is cut after the fragment that ends
+        ``segment_target`` or more after the open segment's start."""
         assert self._muxer is not None
-        start = self._segment_start
-        cut = (
-            frame.keyframe
-            and start is not None
-            and (frame.pts - start) * frame.time_base >= self.segment_target
-        )
-        # The bytes this write produces are the fragments before `frame`: the open segment.
-        self._pending += self._muxer.write(frame.data, frame.pts, duration, frame.keyframe)
         if self._init_version not in self.inits and self._muxer.header is not None:
             self.inits[self._init_version] = self._muxer.header
-        if cut:
-            self._finish_segment(frame.pts, frame.time_base)
-        if self._segment_start is None or cut:
-            self._segment_start = frame.pts
+        for fragment in fragments:
+            if self._segment_start is None:
+                self._segment_start = fragment.start
+            self._pending += fragment.data
+            end = fragment.end
+            if (
+                end is not None
+                and self._segment_start is not None
+                and end - self._segment_start >= self.segment_target
+            ):
+                self._finish_segment(end)
 
     def _new_muxer(self, keyframe: MediaFrame, sps: bytes, pps: bytes) -> None:
         """Parameter sets (or the clock) changed, or this is the first keyframe: a new init
@@ -217,36 +174,52 @@ class HlsPackager:
             width, height = sps_dimensions(sps)
         except (ValueError, IndexError):
             width, height = self.stream.width, self.stream.height
-        self._muxer = Fmp4Muxer(width, height, keyframe.time_base)
+        self._muxer = Fmp4Muxer(
+            width, height, keyframe.time_base, audio=self._with_audio(), origin=keyframe.pts
+        )
+        self._aligner = AudioAligner()
+        self._video_end = Fraction(0)
         self._params = (sps, pps)
         self._init_version += 1
         self._pending_discontinuity = self._init_version > 0
+
+    def _with_audio(self) -> bool:
+        """Whether the next init segment declares the stream's audio (Opus: yes)."""
+        codec = self.stream.audio_codec
+        if codec is not None and not muxable_audio(self.stream) and not self._audio_left_out:
+            self._audio_left_out = True
+            log.info("hls_audio_left_out", stream=self.stream.name, codec=codec.name,
+                     reason="MP4 carries no such audio: the segments are video only")  # fmt: skip
+        return muxable_audio(self.stream)
 
     def _restart_muxer(self) -> None:
         """Close the muxer: what it has makes a last (short) segment; the next keyframe
         starts a new muxer."""
         muxer, held = self._muxer, self._held
-        self._muxer, self._held, self._params = None, None, None
+        self._held, self._params = None, None
         if muxer is None:
             return
-        if held is not None:
-            # Its duration is unknown: as long as the frame before it, about.
-            self._pending += muxer.write(held.data, held.pts, self._frame_duration(held), held.keyframe)
-            end_pts = held.pts + self._frame_duration(held)
-        else:
-            end_pts = self._segment_start or 0
-        self._pending += muxer.close()
+        try:
+            if held is not None:
+                # Its duration is unknown: as long as the frame before it, about.
+                self._mux(held, self._frame_duration(held))
+            self._take(muxer.close())
+        except (av.FFmpegError, ValueError):
+            muxer.close()  # a muxer that refused a frame: what it gave (whole fragments) stays
+        finally:
+            self._muxer = None
         if self._segment_start is not None and self._pending:
-            self._finish_segment(end_pts, muxer.time_base)
+            self._finish_segment(self._video_end)
         self._pending.clear()
         self._segment_start = None
 
     def _frame_duration(self, frame: MediaFrame) -> int:
         return max(1, round(Fraction(1, 30) / frame.time_base))
 
-    def _finish_segment(self, end_pts: int, time_base: Fraction) -> None:
+    def _finish_segment(self, end: Fraction) -> None:
+        """The open segment ends at ``end`` (seconds on the muxer's timeline)."""
         assert self._segment_start is not None
-        duration = float((end_pts - self._segment_start) * time_base)
+        duration = float(end - self._segment_start)
         segment = HlsSegment(
             sequence=self._sequence,
             duration=duration,
@@ -258,6 +231,7 @@ class HlsPackager:
         self._pending_discontinuity = False
         self._sequence += 1
         self._discontinuities += segment.discontinuity
+        self._segment_start = None
         # The target duration may grow (a source with long GOPs), never shrink.
         self._target_duration = max(self._target_duration, round(duration))
         self.segments.append(segment)
@@ -314,6 +288,7 @@ class HlsPackager:
             return
         self.closed = True
         self.stream.unsubscribe(self._subscription)
+        self._arrivals.close()
         muxer, self._muxer = self._muxer, None
         if muxer is not None:
             muxer.close()
@@ -337,7 +312,8 @@ class HlsPackager:
         """HLS carries no stream events."""
 
     def on_stream_end(self, info: str | None) -> None:
-        self.end_info = info  # the queue is closed: `_run` ends
+        self.end_info = info
+        self._arrivals.close()  # `_run` takes what is queued, then ends
 
 
 class HlsNotFound(Exception):

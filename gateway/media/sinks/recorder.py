@@ -1,6 +1,7 @@
 """DVR: a Stream recorded into segmented, fragmented MP4 files, remuxed with PyAV (never
-transcoded), under ``{directory}/{stream directory}/{start}.mp4`` (see `gateway.media.recordings`
-for the names).
+transcoded): its H.264 video and, when it has Opus audio, that too (G.711 cannot go in MP4
+and is left out, logged once; see `gateway.media.sinks.fmp4`), under
+``{directory}/{stream directory}/{start}.mp4`` (see `gateway.media.recordings` for the names).
 
 Fragmented MP4 so that a file is playable at every moment: the header (``ftyp``+``moov``) and
 each fragment (``moof``+``mdat``, one per GOP or per ``fragment_seconds``) go to the file with
@@ -30,7 +31,16 @@ import av
 from gateway.log import get_logger
 from gateway.media.h264 import sps_dimensions
 from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, stream_dirname
-from gateway.media.sinks.hls import Fmp4Muxer, parameter_sets
+from gateway.media.sinks.fmp4 import (
+    Arrival,
+    ArrivalQueue,
+    AudioAligner,
+    Fmp4Muxer,
+    Fragment,
+    muxable_audio,
+    opus_samples,
+    parameter_sets,
+)
 from gateway.media.stream import MediaFrame, Stream, Subscription
 
 log = get_logger(__name__)
@@ -172,6 +182,9 @@ class Recorder:
         self.errors = 0  # files given up: a full or slow disk, a frame the muxer refused
         self._clock = clock
         self._subscription: Subscription | None = None
+        self._arrivals: ArrivalQueue | None = None
+        self._audio_left_out = False  # said once
+        self._aligner = AudioAligner()  # the audio's place on the current file's timeline
         self._task: asyncio.Task[None] | None = None
         self._muxer: Fmp4Muxer | None = None
         self._params: tuple[bytes, bytes] | None = None
@@ -199,7 +212,7 @@ class Recorder:
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
         self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._subscription.audio.attach(lambda frame: True)  # video only
+        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
 
@@ -210,14 +223,17 @@ class Recorder:
         await self._finish()
 
     async def _run(self) -> None:
-        assert self._subscription is not None and self._files is not None
+        assert self._arrivals is not None and self._files is not None
         try:
-            while (frame := await self._subscription.video.get()) is not None:
+            while (arrival := await self._arrivals.get()) is not None:
                 try:
                     if self._files.error is not None:
                         error, self._files.error = self._files.error, None
                         raise error
-                    self._on_frame(frame)
+                    if arrival.frame.kind == "video":
+                        self._on_frame(arrival.frame)
+                    else:
+                        self._on_audio(arrival)
                 except (av.FFmpegError, ValueError, OSError) as exc:
                     # A full disk or a frame the muxer refuses: close this file, try a new
                     # one at the next keyframe.
@@ -240,6 +256,16 @@ class Recorder:
             return  # a timestamp going back: the MP4 timeline cannot
         self._write(held, frame.pts - held.pts)
         self._held = frame
+
+    def _on_audio(self, arrival: Arrival) -> None:
+        """An Opus packet into the current file, on its video's timeline."""
+        muxer, frame = self._muxer, arrival.frame
+        if muxer is None or not muxer.audio or muxer.origin is None or frame.codec.lower() != "opus":
+            return
+        samples = opus_samples(frame.data)
+        if samples:
+            start = self._aligner.place(frame, arrival.video_pts, muxer.time_base, muxer.origin)
+            self._output(muxer, muxer.write_audio(frame.data, start, samples))
 
     def _write(self, frame: MediaFrame, duration: int) -> None:
         pending = self._files.pending_bytes if self._files is not None else 0
@@ -270,15 +296,37 @@ class Recorder:
             width, height = sps_dimensions(params[0])
         except (ValueError, IndexError):
             width, height = self.stream.width, self.stream.height
-        self._muxer = Fmp4Muxer(width, height, keyframe.time_base, fragment_seconds=self.fragment_seconds)
+        self._muxer = Fmp4Muxer(
+            width,
+            height,
+            keyframe.time_base,
+            audio=self._with_audio(),
+            origin=keyframe.pts,
+            fragment_seconds=self.fragment_seconds,
+        )
+        self._aligner = AudioAligner()
         self._params = params
         self._segment_start = keyframe.pts
         self._start_epoch = self._clock()
 
-    def _output(self, muxer: Fmp4Muxer, data: bytes) -> None:
+    def _with_audio(self) -> bool:
+        """Whether the next file has the stream's audio (Opus: yes)."""
+        codec = self.stream.audio_codec
+        if codec is not None and not muxable_audio(self.stream) and not self._audio_left_out:
+            self._audio_left_out = True
+            log.info(
+                "recording_audio_left_out",
+                stream=self.stream.name,
+                codec=codec.name,
+                reason="MP4 carries no such audio: the files are video only",
+            )
+        return muxable_audio(self.stream)
+
+    def _output(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
         """Write complete fragments (with the header first, in the same write)."""
-        if not data:
+        if not fragments:
             return
+        data = b"".join(fragment.data for fragment in fragments)
         files = self._files
         assert files is not None
         if not self._file_open:
@@ -316,6 +364,8 @@ class Recorder:
             log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
         if self._subscription is not None:
             self.stream.unsubscribe(self._subscription)
+        if self._arrivals is not None:
+            self._arrivals.close()
         if self._files is not None:
             await self._files.finish()
         self.done.set()
@@ -331,4 +381,6 @@ class Recorder:
         """Recordings carry no stream events."""
 
     def on_stream_end(self, info: str | None) -> None:
-        """The queue is closed: `_run` finishes the file."""
+        """`_run` takes what is queued, then finishes the file."""
+        if self._arrivals is not None:
+            self._arrivals.close()
