@@ -1,5 +1,5 @@
 """hls.js (fetched from npm at test time) plays the gateway's HLS in headless Debian Chromium:
-a Stream fed from a pre-encoded clip (and, in one test, Opus packets of a tone next to it),
+a Stream fed from a pre-encoded clip (and, in two tests, an Opus track: a tone, or none sent),
 packaged by `HlsService`, served by `hls_routes` on loopback together with the page and
 hls.js (one origin)."""
 
