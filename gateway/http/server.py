@@ -1,6 +1,7 @@
 """HTTP server: the demo page from static/, /healthz, /api/devices, /api/streams (ingest
-figures, quality and lens controls) and WHIP ingest at /whip/{key}. It holds no state of
-its own: it reads the stream registry and hands WHIP offers to the WHIP ingest."""
+figures, quality and lens controls) and WHIP ingest at /whip/{key}. Every error it answers
+is JSON (`json_errors`). It holds no state of its own: it reads the stream registry and
+hands WHIP offers to the WHIP ingest."""
 
 from __future__ import annotations
 
