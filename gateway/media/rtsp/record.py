@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.media.rtsp.message import RtspError
-from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, parse_rtp
+from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, RtpPacket, parse_rtp
 from gateway.media.rtsp.sdp import parameter_sets, parse_sdp
 
 # RTP encoding name (upper case) -> the codec name a Stream uses (aiortc's).
@@ -152,6 +152,46 @@ class _Timeline:
         return self._extended
 
 
+class AudioDepacketizer:
+    """The RTP of one relayed audio track (an announced one, or one a pull set up) into
+    `AudioUnit`s: late or repeated packets dropped, timestamps extended past wrap-around,
+    AAC-hbr payloads split into their frames."""
+
+    def __init__(self, track: PushTrack) -> None:
+        codec = track.audio_codec
+        if codec is None:
+            raise ValueError(f"audio track {track.encoding!r} is not relayed")
+        self.track, self.codec = track, codec
+        self.bad_packets = 0
+        self._timeline = _Timeline()
+        self._sequence: int | None = None
+
+    def receive(self, packet: RtpPacket) -> list[AudioUnit]:
+        track = self.track
+        if packet.payload_type != track.payload_type:
+            self.bad_packets += 1
+            return []
+        previous = self._sequence
+        if previous is not None and not 0 < (packet.sequence - previous) & 0xFFFF < 0x8000:
+            return []  # late or repeated: its place in time has passed
+        self._sequence = packet.sequence
+        if not packet.payload:
+            return []
+        timestamp = self._timeline.extend(packet.timestamp)
+        if self.codec == "aac":
+            try:
+                frames = aac_frames(packet.payload)
+            except ValueError:
+                self.bad_packets += 1
+                return []
+            # Each AAC frame is 1024 samples at the track's clock rate (its sample rate).
+            return [
+                AudioUnit(track.index, self.codec, frame, timestamp + i * 1024, track.clock_rate)
+                for i, frame in enumerate(frames)
+            ]
+        return [AudioUnit(track.index, self.codec, packet.payload, timestamp, track.clock_rate)]
+
+
 class Recording:
     """The media of one publishing session: RTP in, access units and audio frames out."""
 
@@ -160,48 +200,31 @@ class Recording:
         self.video = next(track for track in tracks if track.h264)
         self.audio = next((track for track in tracks if track.audio_codec is not None), None)
         self.depacketizer = H264Depacketizer(sps=self.video.sps, pps=self.video.pps)
-        self.bad_packets = 0
+        self.audio_depacketizer = AudioDepacketizer(self.audio) if self.audio is not None else None
+        self._bad_packets = 0
         self.ignored_packets = 0  # of tracks that are not relayed
-        self._audio_timeline = _Timeline()
-        self._audio_sequence: int | None = None
+
+    @property
+    def bad_packets(self) -> int:
+        audio = self.audio_depacketizer
+        return self._bad_packets + (audio.bad_packets if audio is not None else 0)
 
     def receive(self, track: int, data: bytes) -> list[AccessUnit | AudioUnit]:
         """One RTP packet of track ``track``; a malformed one is counted and dropped."""
         is_video = track == self.video.index
-        is_audio = self.audio is not None and track == self.audio.index
-        if not is_video and not is_audio:
+        audio = self.audio_depacketizer
+        if not is_video and (audio is None or track != audio.track.index):
             self.ignored_packets += 1
             return []
         try:
             packet = parse_rtp(data)
         except RtpError:
-            self.bad_packets += 1
+            self._bad_packets += 1
             return []
-        expected = self.video if is_video else self.audio
-        assert expected is not None
-        if packet.payload_type != expected.payload_type:
-            self.bad_packets += 1
+        if not is_video:
+            assert audio is not None
+            return list(audio.receive(packet))
+        if packet.payload_type != self.video.payload_type:
+            self._bad_packets += 1
             return []
-        if is_video:
-            return list(self.depacketizer.receive(packet))
-        previous = self._audio_sequence
-        if previous is not None and not 0 < (packet.sequence - previous) & 0xFFFF < 0x8000:
-            return []  # late or repeated: its place in time has passed
-        self._audio_sequence = packet.sequence
-        if not packet.payload:
-            return []
-        codec = expected.audio_codec
-        assert codec is not None
-        timestamp = self._audio_timeline.extend(packet.timestamp)
-        if codec == "aac":
-            try:
-                frames = aac_frames(packet.payload)
-            except ValueError:
-                self.bad_packets += 1
-                return []
-            # Each AAC frame is 1024 samples at the track's clock rate (its sample rate).
-            return [
-                AudioUnit(track, codec, frame, timestamp + i * 1024, expected.clock_rate)
-                for i, frame in enumerate(frames)
-            ]
-        return [AudioUnit(track, codec, packet.payload, timestamp, expected.clock_rate)]
+        return list(self.depacketizer.receive(packet))
