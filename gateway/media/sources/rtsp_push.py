@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
 from gateway.log import get_logger
-from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.h264 import sps_dimensions
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.record import AudioUnit, PushTrack
 from gateway.media.rtsp.rtp import AccessUnit
+from gateway.media.sources.rtsp_audio import RtspAudioFeed
 from gateway.media.stream import Codec, MediaFrame, Stream
 
 log = get_logger(__name__)
@@ -43,17 +43,10 @@ class RtspPush:
         self.audio = next((track for track in tracks if track.audio_codec is not None), None)
         self.dropped_tracks = [t for t in tracks if t is not self.video and t is not self.audio]
         self.frames = 0
-        self.audio_frames = 0
         self.ended = False
         self.stream: Stream = registry.claim(name)
-        audio = None
-        # AAC, which WebRTC cannot carry, becomes Opus (audio only, once for every viewer).
-        self.transcoder: AacToOpus | None = None
-        if self.audio is not None and self.audio.aac_config is not None:
-            self.transcoder = AacToOpus(self.audio.aac_config)
-            audio = OPUS
-        elif self.audio is not None and self.audio.audio_codec is not None:
-            audio = Codec(self.audio.audio_codec, self.audio.clock_rate)
+        self.audio_feed = RtspAudioFeed(self.audio) if self.audio is not None else None
+        audio = self.audio_feed.codec if self.audio_feed is not None else None
         self.stream.set_codecs(H264, audio)
         self.stream.attach_source(self, "rtsp-push")
         if self.video.sps is not None:
@@ -61,7 +54,6 @@ class RtspPush:
             with contextlib.suppress(ValueError, IndexError):
                 self.stream.set_dimensions(*sps_dimensions(self.video.sps))
         self._video_base = Fraction(1, self.video.clock_rate)
-        self._audio_base = Fraction(1, self.audio.clock_rate) if self.audio is not None else None
         self._log = log.bind(stream=name, peer=peer)
         self._log.info(
             "rtsp_push_announced",
@@ -82,16 +74,8 @@ class RtspPush:
                 MediaFrame("video", "H264", unit.data, unit.timestamp, self._video_base, unit.keyframe)
             )
             self.frames += 1
-        elif self.transcoder is not None:
-            pts_ms = unit.timestamp * 1000 // unit.clock_rate
-            for data, pts in self.transcoder.transcode(unit.data, pts_ms):
-                self.stream.push(MediaFrame("audio", "opus", data, pts, OPUS_TIME_BASE, True))
-                self.audio_frames += 1
-        elif self._audio_base is not None:
-            self.stream.push(
-                MediaFrame("audio", unit.codec, unit.data, unit.timestamp, self._audio_base, True)
-            )
-            self.audio_frames += 1
+        elif self.audio_feed is not None:
+            self.audio_feed.push(self.stream, unit)
 
     def end(self, reason: str) -> None:
         """The publisher is gone: the stream ends with it, its name is free again."""
@@ -101,3 +85,7 @@ class RtspPush:
         self.stream.detach_source(self)
         self.registry.release(self.stream)
         self._log.info("rtsp_push_ended", reason=reason, frames=self.frames, audio_frames=self.audio_frames)
+
+    @property
+    def audio_frames(self) -> int:
+        return self.audio_feed.frames if self.audio_feed is not None else 0
