@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.message import InterleavedFrame, Request, Response, RtspParser
 from gateway.media.rtsp.rtp import parse_rtp
 from gateway.media.rtsp.sdp import parse_sdp
 from gateway.media.sources.rtsp import RtspPull
+from gateway.wcs.client import WcsClient
 from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, run_tool, until
 from tests.integration.test_rtsp_push import ffmpeg_push
 
@@ -135,7 +137,7 @@ async def test_a_player_setting_up_tracks_one_by_one_with_mistakes(
 
     async with ffmpeg_push(url, clip, "tcp", OPUS):
         stream = await pushed(server)
-        # Another player (the gateway's own RTSP client: video only) keeps going throughout.
+        # Another player (the gateway's own RTSP client) keeps going throughout.
         pull = RtspPull(StreamRegistry(), "copy", url, timeout=5.0)
         await pull.start()
         watcher: Watcher | None = None
@@ -217,3 +219,40 @@ async def test_a_player_setting_up_tracks_one_by_one_with_mistakes(
             if watcher is not None:
                 await watcher.stop()
             await pull.stop()
+
+
+@pytest.mark.parametrize(("audio", "relayed", "rate"), [(OPUS, "opus", 48000), (PCMU, "PCMU", 8000)])
+async def test_a_pulled_stream_carries_its_audio_to_webrtc_players(
+    local_gateway: Gateway, clip: Path, audio: tuple[str, ...], relayed: str, rate: int
+) -> None:
+    """ffmpeg publishes video and audio to the gateway's RTSP port; a WebSocket play of that
+    rtsp:// URL pulls it (TCP) with both tracks, and two WebRTC players decode the tone."""
+    url = f"rtsp://127.0.0.1:{local_gateway.config.rtsp_port}/pushed"
+    async with ffmpeg_push(url, clip, "tcp", audio):
+        await until(lambda: local_gateway.registry.get("pushed") is not None)
+        clients = [
+            await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}") for _ in range(2)
+        ]
+        try:
+            for client in clients:
+                player = await client.play(url, timeout=30)
+                await player.wait_status("PLAYING", timeout=30)
+                await player.wait_for(lambda p=player: any(t.kind == "audio" for t in p.tracks))
+                track = next(t for t in player.tracks if t.kind == "audio")
+                async with asyncio.timeout(20):
+                    decoded = [await track.recv() for _ in range(50)]
+                samples = decoded[-10:]
+                assert max(abs(int(v)) for frame in samples for v in frame.to_ndarray().ravel()) > 1000
+            pulled = local_gateway.registry.get(url)
+            assert pulled is not None and pulled.ingest == "rtsp"
+            assert pulled.audio_codec is not None and (
+                pulled.audio_codec.name,
+                pulled.audio_codec.clock_rate,
+            ) == (
+                relayed,
+                rate,
+            )
+            assert len(pulled.subscriptions) == 2
+        finally:
+            for client in clients:
+                await client.close()

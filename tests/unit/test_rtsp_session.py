@@ -18,6 +18,7 @@ from gateway.media.rtsp.message import (
     encode_interleaved,
     parse_transports,
 )
+from gateway.media.rtsp.record import AudioUnit
 from gateway.media.rtsp.rtp import AccessUnit, rtp_header
 from gateway.media.rtsp.sdp import build_h264_sdp
 from gateway.media.rtsp.server import (
@@ -75,7 +76,7 @@ def test_url_credentials_are_kept_out_of_request_lines() -> None:
             parse_rtsp_url(bad)
 
 
-def test_client_digest_retry_sets_up_video_only_and_plays() -> None:
+def test_client_digest_retry_sets_up_video_then_audio_and_plays() -> None:
     client = RtspClientConnection("rtsp://admin:secret@10.0.0.9:8554/live")
     client.start()
     (options,) = requests_of(client.data_to_send())
@@ -107,15 +108,29 @@ def test_client_digest_retry_sets_up_video_only_and_plays() -> None:
     assert server.check("SETUP", setup.header("Authorization"))  # credentials on every request now
     transport = ("Transport", "RTP/AVP/TCP;unicast;interleaved=4-5")
     assert client.receive_data(answer(setup, 200, transport, ("Session", "F00D;timeout=20"))) == []
+    # Then the audio, on the next channels, in the same session.
+    (audio_setup,) = requests_of(client.data_to_send())
+    assert (audio_setup.method, audio_setup.uri) == ("SETUP", "rtsp://10.0.0.9:8554/live/trackID=1")
+    assert audio_setup.header("Session") == "F00D"
+    assert parse_transports(audio_setup.header("Transport") or "")[0].interleaved == (6, 7)
+    transport = ("Transport", "RTP/AVP/TCP;unicast;interleaved=8-9")  # the server's choice wins
+    assert client.receive_data(answer(audio_setup, 200, transport, ("Session", "F00D"))) == []
     (play,) = requests_of(client.data_to_send())
     assert (play.method, play.uri, play.header("Session")) == ("PLAY", "rtsp://10.0.0.9:8554/live/", "F00D")
     assert client.receive_data(answer(play, 200)) == [Playing("F00D", 20.0)]
     assert client.playing
-    # RTP on the server's channel; RTCP and other channels are ignored.
+    # RTP on the server's channels; RTCP and other channels are ignored.
     header = rtp_header(payload_type=96, marker=True, sequence=1, timestamp=0, ssrc=1)
     data = encode_interleaved(5, b"rtcp") + encode_interleaved(4, header + IDR)
     (unit,) = client.receive_data(data)
     assert unit == AccessUnit(annexb([SPS, PPS, IDR]), 0, True, None)  # the SDP's SPS/PPS put in
+    ulaw = rtp_header(payload_type=0, marker=False, sequence=7, timestamp=1000, ssrc=2) + bytes(160)
+    more = rtp_header(payload_type=0, marker=False, sequence=8, timestamp=1160, ssrc=2) + bytes(160)
+    data = encode_interleaved(9, b"rtcp") + encode_interleaved(8, ulaw) + encode_interleaved(8, more)
+    assert client.receive_data(data) == [
+        AudioUnit(0, "PCMU", bytes(160), 0, 8000),  # track 0: the SDP's first media
+        AudioUnit(0, "PCMU", bytes(160), 160, 8000),
+    ]
     client.keepalive()
     (keepalive,) = requests_of(client.data_to_send())
     assert (keepalive.method, keepalive.header("Session")) == ("GET_PARAMETER", "F00D")
@@ -126,6 +141,63 @@ def test_client_digest_retry_sets_up_video_only_and_plays() -> None:
     client.teardown()
     (teardown,) = requests_of(client.data_to_send())
     assert (teardown.method, teardown.header("Session")) == ("TEARDOWN", "F00D")
+
+
+VIDEO_ON_0 = ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")
+
+
+def described_client(sdp: str) -> tuple[RtspClientConnection, Request]:
+    """A client whose DESCRIBE was answered with ``sdp``: its video SETUP is out."""
+    client = RtspClientConnection("rtsp://10.0.0.9/live")
+    client.start()
+    (options,) = requests_of(client.data_to_send())
+    client.receive_data(answer(options, 200))
+    (describe,) = requests_of(client.data_to_send())
+    client.receive_data(answer(describe, 200, body=sdp.encode()))
+    (setup,) = requests_of(client.data_to_send())
+    return client, setup
+
+
+def test_client_goes_on_with_the_video_when_the_audio_setup_is_refused() -> None:
+    client, setup = described_client(CAMERA_SDP)
+    transport = ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")
+    client.receive_data(answer(setup, 200, transport, ("Session", "S")))
+    (audio_setup,) = requests_of(client.data_to_send())
+    client.receive_data(answer(audio_setup, 461))
+    (play,) = requests_of(client.data_to_send())
+    assert play.method == "PLAY" and client.audio is None
+    client.receive_data(answer(play, 200))
+    ulaw = rtp_header(payload_type=0, marker=False, sequence=1, timestamp=0, ssrc=2) + bytes(160)
+    assert client.receive_data(encode_interleaved(2, ulaw)) == []  # not set up: ignored
+
+
+def test_client_sets_up_aac_and_splits_its_frames_but_not_audio_it_cannot_relay() -> None:
+    aac = (
+        "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n"
+        "a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+        "indexdeltalength=3;config=1190\r\na=control:trackID=1\r\n"
+    )
+    video = CAMERA_SDP[CAMERA_SDP.index("m=video") :]
+    head = CAMERA_SDP[: CAMERA_SDP.index("m=audio")]
+    client, setup = described_client(head + aac + video)
+    client.receive_data(answer(setup, 200, VIDEO_ON_0, ("Session", "S")))
+    (audio_setup,) = requests_of(client.data_to_send())
+    assert audio_setup.uri.endswith("/trackID=1") and client.audio is not None
+    client.receive_data(answer(audio_setup, 200, ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")))
+    (play,) = requests_of(client.data_to_send())
+    client.receive_data(answer(play, 200, ("Session", "S")))
+    # Two AAC frames in one packet: AU-headers-length 32 bits, sizes 3 and 2.
+    payload = (32).to_bytes(2, "big") + (3 << 3).to_bytes(2, "big") + (2 << 3).to_bytes(2, "big") + b"abcde"
+    packet = rtp_header(payload_type=97, marker=True, sequence=1, timestamp=5, ssrc=2) + payload
+    assert client.receive_data(encode_interleaved(2, packet)) == [
+        AudioUnit(0, "aac", b"abc", 0, 48000),
+        AudioUnit(0, "aac", b"de", 1024, 48000),
+    ]
+    # G.722, which is neither relayed nor transcoded: the video alone is set up.
+    g722 = "m=audio 0 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\na=control:trackID=1\r\n"
+    client, setup = described_client(head + g722 + video)
+    client.receive_data(answer(setup, 200, VIDEO_ON_0, ("Session", "S")))
+    assert requests_of(client.data_to_send())[0].method == "PLAY" and client.audio is None
 
 
 def test_client_gives_up_on_wrong_credentials() -> None:

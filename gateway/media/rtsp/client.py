@@ -2,8 +2,10 @@
 the default), or over UDP to a port pair the caller bound (``udp_ports``).
 
 `start` queues OPTIONS; every answer moves it on: DESCRIBE (answering a 401 challenge once
-per nonce), SETUP of the H.264 video track only (audio is not set up), PLAY. Then it turns
-interleaved RTP, or the datagrams the caller hands to `receive_rtp`, into `AccessUnit`s.
+per nonce), SETUP of the H.264 video track, then over TCP of the first audio track that can
+be relayed (Opus, PCMU, PCMA, AAC-hbr; a refused audio SETUP leaves the pull video only),
+PLAY. Then it turns interleaved RTP, or the datagrams the caller hands to `receive_rtp`,
+into `AccessUnit`s and `AudioUnit`s. Over UDP only the video is set up.
 `keepalive` queues GET_PARAMETER (or OPTIONS when the server does not list GET_PARAMETER);
 the caller decides when, from `Playing.timeout`.
 A refused request raises `RtspError` with the server's status.
@@ -26,6 +28,7 @@ from gateway.media.rtsp.message import (
     parse_session,
     parse_transports,
 )
+from gateway.media.rtsp.record import AudioDepacketizer, AudioUnit, PushTrack, announced_tracks
 from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, parse_rtp
 from gateway.media.rtsp.sdp import H264Track, h264_track, parse_sdp, resolve_control
 
@@ -77,7 +80,7 @@ class Playing:
     timeout: float  # the server's session timeout: send a keepalive well within it
 
 
-Event = Described | Playing | AccessUnit
+Event = Described | Playing | AccessUnit | AudioUnit
 
 
 class _Phase(enum.Enum):
@@ -111,6 +114,10 @@ class RtspClientConnection:
         self.session: str | None = None
         self.session_timeout = DEFAULT_SESSION_TIMEOUT
         self.depacketizer: H264Depacketizer | None = None
+        self.audio: PushTrack | None = None  # the audio track, once set up
+        self.audio_depacketizer: AudioDepacketizer | None = None
+        self._audio_url: str | None = None  # its SETUP, while in flight
+        self._audio_channel: int | None = None
         self.bad_rtp = 0
         self._parser = RtspParser()
         self._out = bytearray()
@@ -208,6 +215,9 @@ class RtspClientConnection:
             self._phase = _Phase.DESCRIBE
             self._request("DESCRIBE", self.target.url, (("Accept", "application/sdp"),))
             return []
+        if method == "SETUP" and self._phase is _Phase.SETUP and request.uri == self._audio_url:
+            self._audio_set_up(response)
+            return []
         if not response.ok:
             raise RtspError(f"{method} answered {response.status} {response.reason}".strip(), response.status)
         if method == "DESCRIBE" and self._phase is _Phase.DESCRIBE:
@@ -233,6 +243,8 @@ class RtspClientConnection:
         # PLAY goes to the session's control URL (the aggregate), or the base.
         self._session_url = resolve_control(base, sdp.control)
         self.depacketizer = H264Depacketizer(sps=track.sps, pps=track.pps)
+        if self.udp_ports is None:
+            self.audio = relayed_audio(response.body, base)
         self._phase = _Phase.SETUP
         if self.udp_ports is not None:
             transport = Transport("RTP/AVP", "UDP", True, client_port=self.udp_ports)
@@ -258,6 +270,28 @@ class RtspClientConnection:
             self._channel = chosen.interleaved[0]
         elif chosen is not None and not chosen.tcp:
             raise RtspError("the server set up UDP, not interleaved TCP", 461)
+        if self.audio is not None:
+            channels = (self._channel + 2, self._channel + 3)
+            transport = Transport("RTP/AVP", "TCP", True, channels)
+            self._audio_url = resolve_control(self._base, self.audio.control)
+            self._request("SETUP", self._audio_url, (("Transport", transport.encode()),), session=True)
+            return
+        self._play()
+
+    def _audio_set_up(self, response: Response) -> None:
+        """The audio SETUP's answer: relay it on the channel the server chose, or (refused,
+        or not interleaved) go on with the video alone."""
+        self._audio_url = None
+        transports = parse_transports(response.header("Transport") or "") if response.ok else []
+        chosen = transports[0] if transports else None
+        if chosen is not None and chosen.interleaved is not None and self.audio is not None:
+            self._audio_channel = chosen.interleaved[0]
+            self.audio_depacketizer = AudioDepacketizer(self.audio)
+        else:
+            self.audio = None
+        self._play()
+
+    def _play(self) -> None:
         self._phase = _Phase.PLAY
         self._request("PLAY", self._session_url, (("Range", "npt=0.000-"),), session=True)
 
@@ -269,7 +303,18 @@ class RtspClientConnection:
         return []
 
     def _interleaved(self, frame: InterleavedFrame) -> list[Event]:
-        if frame.channel != self._channel or self.udp_ports is not None:
+        if self.udp_ports is not None:
+            return []
+        audio = self.audio_depacketizer
+        if frame.channel == self._audio_channel and audio is not None:
+            if self._phase is not _Phase.PLAYING:
+                return []
+            try:
+                return list(audio.receive(parse_rtp(frame.payload)))
+            except RtpError:
+                self.bad_rtp += 1
+                return []
+        if frame.channel != self._channel:
             return []  # RTCP, or media we did not set up
         return list(self.receive_rtp(frame.payload))
 
@@ -290,3 +335,14 @@ class RtspClientConnection:
 
 
 _KEPT_ON_RETRY = {"accept", "transport", "range"}
+
+
+def relayed_audio(sdp: bytes, base: str) -> PushTrack | None:
+    """The first audio track of a DESCRIBE answer that can be relayed (its control is
+    resolved against ``base`` for the SETUP); None when there is none, or when the SDP is
+    not one a publisher could announce: then the pull is video only."""
+    try:
+        tracks = announced_tracks(sdp)
+    except RtspError:
+        return None
+    return next((track for track in tracks if track.audio_codec is not None), None)

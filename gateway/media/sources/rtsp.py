@@ -23,8 +23,9 @@ from gateway.media.h264 import sps_dimensions
 from gateway.media.registry import StreamNameInUse, StreamRegistry
 from gateway.media.rtsp.client import Described, Playing, RtspClientConnection, RtspUrl, parse_rtsp_url
 from gateway.media.rtsp.message import RtspError
+from gateway.media.rtsp.record import AudioUnit
 from gateway.media.rtsp.rtp import AccessUnit
-from gateway.media.rtsp.sdp import H264Track
+from gateway.media.sources.rtsp_audio import RtspAudioFeed
 from gateway.media.stream import Codec, MediaFrame, Stream
 from gateway.reconnect import ReconnectDelay
 
@@ -112,6 +113,7 @@ class RtspPull:
         self.connected = False  # playing: frames may arrive
         self.connections = 0  # sessions that reached PLAY
         self.frames = 0
+        self.audio_feed: RtspAudioFeed | None = None  # of the current session
         # Why the pull gave up for good: a URL it cannot use (a device's reply), found here
         # but reported by the background task, so the owner is not the one that fails.
         self.failed: str | None = None
@@ -263,8 +265,11 @@ class RtspPull:
             for event in client.receive_data(data):
                 if isinstance(event, AccessUnit):
                     self._access_unit(event)
+                elif isinstance(event, AudioUnit):
+                    if self.connected and self.stream is not None and self.audio_feed is not None:
+                        self.audio_feed.push(self.stream, event)
                 elif isinstance(event, Playing):
-                    self._playing(event, client.track)
+                    self._playing(event, client)
                     deadline = loop.time() + self.timeout
                     next_keepalive = loop.time() + event.timeout / 2
                 elif isinstance(event, Described):
@@ -280,10 +285,13 @@ class RtspPull:
 
     # --- the stream -------------------------------------------------------------------------
 
-    def _playing(self, event: Playing, track: H264Track | None) -> None:
+    def _playing(self, event: Playing, client: RtspClientConnection) -> None:
+        track = client.track
         stream = self.registry.claim(self.name, resume=True)
         self.stream = stream
-        stream.set_codecs(H264, None)
+        # Audio as a publisher's: relayed, or AAC to Opus once for every viewer.
+        self.audio_feed = RtspAudioFeed(client.audio) if client.audio is not None else None
+        stream.set_codecs(H264, self.audio_feed.codec if self.audio_feed is not None else None)
         stream.attach_source(self, "rtsp")
         self.connected = True
         self.connections += 1
@@ -298,6 +306,7 @@ class RtspPull:
             session_timeout=event.timeout,
             resumed=self.connections > 1,
             transport=self.transport,
+            audio=self.audio_feed.codec.name if self.audio_feed is not None else None,
         )
         early, self._early = self._early, []
         for unit in early:
