@@ -18,6 +18,8 @@ from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import free_port
 from tests.integration.conftest import FrameCounter, play_and_decode, wait_stream
 
+AAC = ("-c:a", "aac", "-b:a", "64k")
+
 
 class Pushes:
     """ffmpeg RTMP pushes started by a test, all stopped after it."""
@@ -25,12 +27,14 @@ class Pushes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, clip: Path, url: str, *, audio: bool = False) -> subprocess.Popen[bytes]:
+    def start(
+        self, clip: Path, url: str, *, audio: bool = False, audio_codec: tuple[str, ...] = AAC
+    ) -> subprocess.Popen[bytes]:
         inputs = ["-re", "-stream_loop", "-1", "-i", str(clip)]
         codecs = ["-map", "0:v", "-c:v", "copy"]
         if audio:
             inputs += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
-            codecs += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k"]
+            codecs += ["-map", "1:a", *audio_codec]
         cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", *inputs, *codecs, "-f", "flv", url]
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -94,6 +98,31 @@ async def test_aac_audio_reaches_webrtc_players_as_opus_and_the_video_is_untouch
         decoded = [await audio.recv() for _ in range(50)]
     assert {frame.sample_rate for frame in decoded} == {48000}
     assert max(abs(int(v)) for frame in decoded[-10:] for v in frame.to_ndarray().ravel()) > 1000
+    await counter.stop()
+    await client.close()
+
+
+@pytest.mark.parametrize(("options", "codec"), [(("pcm_mulaw",), "PCMU"), (("pcm_alaw",), "PCMA")])
+async def test_g711_audio_reaches_webrtc_players_as_it_is(
+    local_gateway: Gateway, clip: Path, pushes: Pushes, options: tuple[str, ...], codec: str
+) -> None:
+    key = local_gateway.ingest_keys.issue("g711")
+    g711 = ("-c:a", *options, "-ar", "8000", "-ac", "1")
+    pushes.start(clip, rtmp_url(local_gateway, key.key), audio=True, audio_codec=g711)
+    await wait_stream(local_gateway, "g711")
+    stream = local_gateway.registry.get("g711")
+    assert stream is not None and stream.audio_codec is not None
+    assert (stream.audio_codec.name, stream.audio_codec.clock_rate) == (codec, 8000)
+    client = await WcsClient.connect(f"ws://127.0.0.1:{local_gateway.config.ws_port}")
+    player = await client.play("g711")
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(30)
+    audio = next(t for t in player.tracks if t.kind == "audio")
+    async with asyncio.timeout(20):  # aiortc decodes the G.711 it was sent: the 440 Hz sine
+        decoded = [await audio.recv() for _ in range(50)]
+    assert max(abs(int(v)) for frame in decoded[-10:] for v in frame.to_ndarray().ravel()) > 1000
+    assert {frame.samples for frame in decoded} == {160}  # 20 ms packets
     await counter.stop()
     await client.close()
 

@@ -284,3 +284,19 @@ def test_aac_tags_give_the_config_then_raw_frames() -> None:
     ]:
         with pytest.raises(FlvError, match=words):
             read_aac_tag(bad)
+
+
+def test_audio_tags_give_aac_or_mono_g711_samples() -> None:
+    from gateway.media.rtmp.flv import AacConfig, G711Frame, read_audio_tag
+
+    assert read_audio_tag(b"\xaf\x00\x12\x10") == AacConfig(b"\x12\x10")
+    # What ffmpeg's FLV muxer writes for pcm_mulaw / pcm_alaw, 8 kHz mono: 0x82 / 0x72.
+    assert read_audio_tag(b"\x82" + bytes(range(10))) == G711Frame("PCMU", bytes(range(10)))
+    assert read_audio_tag(b"\x72\xd5\xd5") == G711Frame("PCMA", b"\xd5\xd5")
+    for bad, words in [
+        (b"", "empty"),
+        (b"\x83\x00\x00", "stereo"),
+        (b"\x2f\x01\xff", "not AAC"),  # MP3
+    ]:
+        with pytest.raises(FlvError, match=words):
+            read_audio_tag(bad)

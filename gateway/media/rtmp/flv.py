@@ -203,6 +203,30 @@ def read_aac_tag(tag: bytes) -> AacConfig | AacFrame:
     return AacFrame(tag[2:])
 
 
+# SoundFormat of G.711 (FLV spec E.4.2.1): always 8 kHz; WebRTC carries it as it is.
+G711_SOUND_FORMATS = {7: "PCMA", 8: "PCMU"}
+G711_RATE = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class G711Frame:
+    codec: str  # "PCMA" or "PCMU", as a Stream names them
+    data: bytes  # one byte per sample
+
+
+def read_audio_tag(tag: bytes) -> AacConfig | AacFrame | G711Frame:
+    """What an FLV audio tag body carries: AAC (configuration or frame) or mono G.711
+    samples. Raises FlvError for another codec, stereo G.711 or a short tag."""
+    if not tag:
+        raise FlvError("empty audio tag")
+    codec = G711_SOUND_FORMATS.get(tag[0] >> 4)
+    if codec is None:
+        return read_aac_tag(tag)
+    if tag[0] & 1:
+        raise FlvError(f"{codec} in stereo (only mono G.711 can be relayed)")
+    return G711Frame(codec, tag[1:])
+
+
 def aac_tag(packet_type: int, body: bytes) -> bytes:
     """An AUDIODATA body for AAC: the flags byte, AACPacketType (SEQUENCE_HEADER for an
     AudioSpecificConfig, NALU (1, "raw") for a frame), then ``body``."""

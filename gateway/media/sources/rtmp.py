@@ -1,8 +1,8 @@
 """The RTMP ingest server: one TCP port for every concurrent push, each keyed by a one-time
 ingest key (``rtmp://host:port/{app}/{key}``). A thin I/O layer around the sans-I/O
 `RtmpServerConnection`; video becomes Annex-B access units pushed into a Stream. AAC audio,
-which WebRTC cannot carry, is transcoded to Opus (audio only, once per stream); other
-audio formats are dropped."""
+which WebRTC cannot carry, is transcoded to Opus (audio only, once per stream); mono G.711
+(PCMA, PCMU) is relayed as it is, in 20 ms frames; other audio formats are dropped."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from gateway.log import get_logger
 from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import StreamNameInUse, StreamRegistry
-from gateway.media.rtmp.flv import AacConfig, AvcTagReader, FlvError, read_aac_tag
+from gateway.media.rtmp.flv import (
+    G711_RATE,
+    G711_SOUND_FORMATS,
+    AacConfig,
+    AvcTagReader,
+    FlvError,
+    G711Frame,
+    read_audio_tag,
+)
 from gateway.media.rtmp.protocol import (
     AUDIO,
     VIDEO,
@@ -33,6 +41,8 @@ log = get_logger(__name__)
 
 H264 = Codec("H264", 90000, {"packetization-mode": "1"})
 MS_TO_90K = 90
+G711_FRAME = G711_RATE // 50  # samples (bytes) in 20 ms, the packet WebRTC peers expect
+G711_TIME_BASE = Fraction(1, G711_RATE)
 
 
 class RtmpPush:
@@ -45,16 +55,24 @@ class RtmpPush:
         self.bad_tags = 0
         self.audio: AacToOpus | None = None
         self.bad_audio = 0
+        self._g711_pending = b""  # samples short of a 20 ms frame, from _g711_pts on
+        self._g711_pts = 0
 
     def metadata(self, values: dict[str, object]) -> None:
         """An AAC push announces itself before its first frame: offer Opus to viewers now,
         so those who join at the first keyframe get audio too."""
-        if values.get("audiocodecid") in (10, 10.0, "mp4a"):
+        codec_id = values.get("audiocodecid")
+        if codec_id in (10, 10.0, "mp4a"):
             self.stream.set_codecs(H264, OPUS)
+        elif isinstance(codec_id, int | float) and int(codec_id) in G711_SOUND_FORMATS:
+            self.stream.set_codecs(H264, Codec(G711_SOUND_FORMATS[int(codec_id)], G711_RATE))
 
     def audio_tag(self, message: MediaMessage) -> None:
         try:
-            content = read_aac_tag(message.payload)
+            content = read_audio_tag(message.payload)
+            if isinstance(content, G711Frame):
+                self._g711(content, message.timestamp)
+                return
             if isinstance(content, AacConfig):
                 self.audio = AacToOpus(content.audio_specific_config)
                 self.stream.set_codecs(H264, OPUS)
@@ -68,6 +86,28 @@ class RtmpPush:
             return  # frames before their configuration: nothing to decode them with
         for data, pts in self.audio.transcode(content.data, message.timestamp):
             self.stream.push(MediaFrame("audio", "opus", data, pts, OPUS_TIME_BASE, True))
+
+    def _g711(self, frame: G711Frame, timestamp_ms: int) -> None:
+        """Samples in tags of any size out as 20 ms frames: what is left over waits for the
+        next tag, unless that one does not follow on (a gap), when it is dropped."""
+        codec = self.stream.audio_codec
+        if codec is None or codec.name != frame.codec:
+            self.stream.set_codecs(H264, Codec(frame.codec, G711_RATE))
+        pts = timestamp_ms * G711_RATE // 1000
+        pending = self._g711_pending
+        if pending and abs(pts - (self._g711_pts + len(pending))) > G711_FRAME:
+            pending = b""
+        if not pending:
+            self._g711_pts = pts
+        data = pending + frame.data
+        whole = len(data) - len(data) % G711_FRAME
+        for start in range(0, whole, G711_FRAME):
+            chunk = data[start : start + G711_FRAME]
+            self.stream.push(
+                MediaFrame("audio", frame.codec, chunk, self._g711_pts + start, G711_TIME_BASE, True)
+            )
+        self._g711_pts += whole
+        self._g711_pending = data[whole:]
 
     def request_keyframe(self) -> None:
         """RTMP has no way to ask for one: new viewers start from the cached keyframe."""
