@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
+from gateway.media.sources.rtsp import RtspPull
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
@@ -159,6 +160,8 @@ class WcsRestApi:
                     entry["metrics"].update(
                         VIDEO_NACK=rates.nack, VIDEO_PLI=rates.pli, VIDEO_LOST=rates.lost_packets
                     )
+                elif isinstance(stream.source, RtspPull):  # no feedback in RTSP: the gaps seen
+                    entry["metrics"]["VIDEO_LOST"] = stream.source.lost_packets
             entries.append(entry)
         return entries
 

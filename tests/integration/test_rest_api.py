@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from gateway.app import Gateway
 from gateway.dji.camera_sim import RtspCameraServer
+from gateway.media.sources import rtsp as rtsp_source
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.whip_client import WhipClient
 from gateway.wcs.client import ClientStream, WcsClient, WcsError
@@ -343,3 +344,30 @@ async def test_an_rtsp_url_that_does_not_play_fails_the_viewer(local_gateway: Ga
         while local_gateway.rtsp_pulls.sources:
             await asyncio.sleep(0.1)
     await client.close()
+
+
+async def test_an_rtsp_pull_over_udp_reports_the_packets_it_lost(
+    local_gateway: Gateway, camera: RtspCameraServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 25th datagram the pull receives is lost on the way: stream/find counts them."""
+    open_pair = rtsp_source.open_udp_pair
+    dropped: list[int] = []
+
+    async def lossy_pair(host: str, port: int, on_rtp: Any, on_rtcp: Any, **kw: Any) -> Any:
+        def lose_some(data: bytes, addr: tuple[str, int]) -> None:
+            dropped.append(len(dropped))
+            if len(dropped) % 25:
+                on_rtp(data, addr)
+
+        return await open_pair(host, port, lose_some, on_rtcp, **kw)
+
+    monkeypatch.setattr(rtsp_source, "open_udp_pair", lossy_pair)
+    body = {"uri": camera.url, "name": "lossy", "transport": "udp"}
+    assert (await rest(local_gateway, "rtsp/startup", body))[0] == 200
+    await wait_stream(local_gateway, "lossy")
+    async with asyncio.timeout(20):
+        while len(dropped) < 200:
+            await asyncio.sleep(0.05)
+    status, (found,) = await rest(local_gateway, "stream/find", {"name": "lossy", "display": ["metrics"]})
+    assert status == 200 and found["mediaProvider"] == "RTSP"
+    assert found["metrics"]["VIDEO_LOST"] >= len(dropped) // 25 - 2 > 0, found["metrics"]

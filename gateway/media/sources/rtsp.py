@@ -130,6 +130,8 @@ class RtspPull:
         self._task: asyncio.Task[None] | None = None
         self._early: list[AccessUnit] = []
         self.rtp_figures: dict[str, int] = {}  # of the last connection's video
+        self._client: RtspClientConnection | None = None  # of the connection now
+        self._lost_before = 0  # video RTP packets lost on the connections before it
 
     async def start(self) -> None:
         if self._task is None:
@@ -208,13 +210,16 @@ class RtspPull:
                 holder.append(client)
             else:
                 client = RtspClientConnection(self.url)
+            self._client = client
             client.start()
             await self._send(client, writer)
             await self._exchange(client, reader, writer, loop)
         finally:
             self._early.clear()
+            self._client = None
             if client is not None and client.depacketizer is not None:
                 self.rtp_figures = client.depacketizer.figures()
+                self._lost_before += client.depacketizer.lost_packets
             if udp is not None:
                 for transport in udp:
                     transport.close()
@@ -282,6 +287,13 @@ class RtspPull:
             writer.write(out)
             async with asyncio.timeout(self.timeout):
                 await writer.drain()
+
+    @property
+    def lost_packets(self) -> int:
+        """Video RTP packets lost (sequence gaps) over every connection so far."""
+        client = self._client
+        now = client.depacketizer.lost_packets if client is not None and client.depacketizer else 0
+        return self._lost_before + now
 
     # --- the stream -------------------------------------------------------------------------
 
