@@ -5,19 +5,30 @@ UDP, and to a raw player that sets the tracks up one by one, with mistakes on th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import base64
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy
 import pytest
+from aiortc.codecs import get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from gateway.app import Gateway
+from gateway.media import h264
 from gateway.media.registry import StreamRegistry
-from gateway.media.rtsp.message import InterleavedFrame, Request, Response, RtspParser
-from gateway.media.rtsp.rtp import parse_rtp
+from gateway.media.rtsp.message import InterleavedFrame, Request, Response, RtspParser, encode_interleaved
+from gateway.media.rtsp.rtp import parse_rtp, rtp_header
 from gateway.media.rtsp.sdp import parse_sdp
 from gateway.media.sources.rtsp import RtspPull
 from gateway.wcs.client import WcsClient
+from tests.conftest import dominant_frequency
+from tests.integration.conftest import AccessUnits
 from tests.integration.test_rtsp import NAME, Watcher, exchange, ffprobe, request, run_tool, until
 from tests.integration.test_rtsp_push import ffmpeg_push
 
@@ -256,3 +267,135 @@ async def test_a_pulled_stream_carries_its_audio_to_webrtc_players(
         finally:
             for client in clients:
                 await client.close()
+
+
+def aac_tone(seconds: float = 2.0) -> tuple[bytes, list[bytes]]:
+    """A 440 Hz tone encoded to AAC-LC, 48 kHz mono: its AudioSpecificConfig and raw frames
+    (1024 samples each)."""
+    encoder = av.CodecContext.create("aac", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48000, "mono", "fltp"
+    encoder.bit_rate = 64000
+    encoder.open()
+    frames: list[bytes] = []
+    for index in range(int(seconds * 48000 / 1024)):
+        t = (numpy.arange(1024) + index * 1024) / 48000
+        frame = av.AudioFrame.from_ndarray(
+            (0.5 * numpy.sin(2 * numpy.pi * 440 * t)).astype("float32").reshape(1, -1),
+            format="fltp",
+            layout="mono",
+        )
+        frame.sample_rate, frame.pts = 48000, index * 1024
+        frames += [bytes(packet) for packet in encoder.encode(frame)]
+    return bytes(encoder.extradata or b""), frames
+
+
+@contextlib.asynccontextmanager
+async def aac_camera(units: AccessUnits) -> AsyncIterator[str]:
+    """A camera serving H.264 and AAC-hbr over RTSP, TCP-interleaved, as IP cameras do (the
+    gateway's own server serves AAC pushes as Opus): scripted on the sans-I/O codec."""
+    config, aac = aac_tone()
+    sps, pps = (nal for nal in h264.iter_nal_units(units[0][0]) if nal[0] & 0x1F in (7, 8))
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n"
+        "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;"
+        f"sprop-parameter-sets={base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}\r\n"
+        "a=control:trackID=0\r\n"
+        "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/1\r\n"
+        "a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+        f"indexdeltalength=3;config={config.hex()}\r\na=control:trackID=1\r\n"
+    )
+    senders: list[asyncio.Task[None]] = []
+
+    async def send_media(writer: asyncio.StreamWriter) -> None:
+        packetizer = get_encoder(
+            RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=96)
+        )
+        video_seq = audio_seq = audio_sent = 0
+        for index in itertools.count():
+            data, key = units[index % len(units)]
+            packet = av.Packet(data)
+            packet.pts, packet.time_base = index * 3000, Fraction(1, 90000)
+            payloads, timestamp = packetizer.pack(packet)
+            for n, payload in enumerate(payloads):
+                header = rtp_header(
+                    payload_type=96,
+                    marker=n == len(payloads) - 1,
+                    sequence=video_seq,
+                    timestamp=timestamp,
+                    ssrc=1,
+                )
+                writer.write(encode_interleaved(0, header + payload))
+                video_seq += 1
+            while audio_sent * 1024 / 48000 <= index / 30:
+                frame = aac[audio_sent % len(aac)]
+                au = (16).to_bytes(2, "big") + (len(frame) << 3).to_bytes(2, "big") + frame
+                header = rtp_header(
+                    payload_type=97, marker=True, sequence=audio_seq, timestamp=audio_sent * 1024, ssrc=2
+                )
+                writer.write(encode_interleaved(2, header + au))
+                audio_seq, audio_sent = audio_seq + 1, audio_sent + 1
+            await writer.drain()
+            await asyncio.sleep(1 / 30)
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = RtspParser()
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for message in parser.receive_data(data):
+                    if not isinstance(message, Request):
+                        continue
+                    headers: list[tuple[str, str]] = [("CSeq", str(message.cseq)), ("Session", "AAC1")]
+                    body = b""
+                    if message.method == "OPTIONS":
+                        headers.append(("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN"))
+                    elif message.method == "DESCRIBE":
+                        headers += [("Content-Base", f"{url}/"), ("Content-Type", "application/sdp")]
+                        body = sdp.encode()
+                    elif message.method == "SETUP":
+                        headers.append(("Transport", message.header("Transport") or ""))
+                    elif message.method == "PLAY":
+                        senders.append(asyncio.create_task(send_media(writer)))
+                    writer.write(Response(200, headers=tuple(headers), body=body).encode())
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    url = f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/cam"
+    try:
+        yield url
+    finally:
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        server.close()
+
+
+async def test_a_pulled_cameras_aac_becomes_opus_once_for_every_viewer(clip_units: AccessUnits) -> None:
+    registry = StreamRegistry()
+    async with aac_camera(clip_units) as url:
+        pull = RtspPull(registry, "aac-cam", url, timeout=5.0)
+        await pull.start()
+        try:
+            await until(lambda: pull.connected and registry.get("aac-cam") is not None)
+            stream = registry.get("aac-cam")
+            assert stream is not None and stream.audio_codec is not None and stream.audio_codec.name == "opus"
+            assert pull.audio_feed is not None and pull.audio_feed.transcoder is not None
+            watchers = [Watcher(stream), Watcher(stream)]
+            try:
+                decoder = av.CodecContext.create("opus", "r")
+                samples = []
+                async with asyncio.timeout(20):
+                    while len(samples) < 60:
+                        frame = await watchers[0].subscription.audio.get()
+                        assert frame is not None and frame.codec == "opus"
+                        samples += [d.to_ndarray()[0] for d in decoder.decode(av.Packet(frame.data))]
+                    for _ in range(10):  # the second viewer gets the same Opus frames
+                        assert (await watchers[1].subscription.audio.get()) is not None
+                await watchers[0].wait(frames=10)
+            finally:
+                for watcher in watchers:
+                    await watcher.stop()
+            tone = numpy.concatenate(samples[20:])
+            assert abs(dominant_frequency(tone, 48000) - 440) < 10
+            assert pull.audio_feed.transcoder is not None  # one, made at PLAY, for the stream
+        finally:
+            await pull.stop()
