@@ -21,6 +21,7 @@ from gateway.media.stream import Stream
 from tests.conftest import dominant_frequency
 from tests.integration.conftest import local_config, wait_stream
 from tests.integration.test_rtmp_ingest import Pushes, rtmp_url
+from tests.integration.test_rtsp import run_tool
 
 NAME = "with-audio"
 
@@ -51,29 +52,15 @@ async def pushed_with_audio(gateway: Gateway, clip: Path, pushes: Pushes) -> Str
     return stream
 
 
-async def run(*cmd: str, timeout: float = 60.0) -> tuple[int, bytes, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out, err.decode()
-
-
 async def test_hls_has_the_audio_as_opus_that_ffmpeg_decodes(
     gateway: Gateway, clip: Path, pushes: Pushes
 ) -> None:
     await pushed_with_audio(gateway, clip, pushes)
     playlist = f"http://127.0.0.1:{gateway.config.http_port}/hls/{quote(NAME)}/index.m3u8"
-    code, out, err = await run(
+    code, out, err = await run_tool(
         "ffprobe", "-v", "error", "-show_entries", "stream=codec_name,codec_type,sample_rate,width,height",
         "-of", "json", playlist,
+        timeout=60,
     )  # fmt: skip
     assert code == 0, err
     streams = {s["codec_type"]: s for s in json.loads(out)["streams"]}
@@ -81,9 +68,10 @@ async def test_hls_has_the_audio_as_opus_that_ffmpeg_decodes(
     assert (streams["audio"]["codec_name"], streams["audio"]["sample_rate"]) == ("opus", "48000")
 
     # Two seconds of the audio, decoded: the pushed tone.
-    code, pcm, err = await run(
+    code, pcm, err = await run_tool(
         "ffmpeg", "-v", "error", "-nostdin", "-i", playlist, "-map", "0:a:0", "-t", "2",
         "-f", "s16le", "-ac", "1", "-ar", "48000", "-",
+        timeout=60,
     )  # fmt: skip
     assert code == 0, err
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)

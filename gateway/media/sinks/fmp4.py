@@ -213,6 +213,7 @@ class Fmp4Muxer:
         self._stream = self._container.add_mux_stream("h264", width=width, height=height)
         self._stream.time_base = time_base
         self._audio_stream: Any = None
+        self._aligner = AudioAligner()  # the stream's audio clock on this timeline
         if audio:
             stream = self._container.add_stream("libopus", rate=OPUS_RATE)
             stream.codec_context.layout = "stereo"
@@ -250,6 +251,19 @@ class Fmp4Muxer:
                 self.silence_packets += 1
                 fragments += self._mux_audio(OPUS_SILENCE, self._audio_end, 960)
         return fragments
+
+    def write_arrival(self, arrival: Arrival) -> list[Fragment]:
+        """An audio frame of the stream, as it came: Opus is put on this muxer's timeline
+        (by the video time when it came, `AudioAligner`); anything else, or audio with no
+        track or before the first video frame, is left out."""
+        frame = arrival.frame
+        if self._audio_stream is None or self.origin is None or frame.codec.lower() != "opus":
+            return []
+        samples = opus_samples(frame.data)
+        if not samples:
+            return []
+        start = self._aligner.place(frame, arrival.video_pts, self.time_base, self.origin)
+        return self.write_audio(frame.data, start, samples)
 
     def write_audio(self, data: bytes, pts: Fraction, duration: int) -> list[Fragment]:
         """One Opus packet starting ``pts`` seconds after the first video frame,

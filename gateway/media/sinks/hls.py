@@ -31,11 +31,9 @@ from gateway.media.registry import StreamRegistry, StreamUnavailable
 from gateway.media.sinks.fmp4 import (
     Arrival,
     ArrivalQueue,
-    AudioAligner,
     Fmp4Muxer,
     Fragment,
     muxable_audio,
-    opus_samples,
     parameter_sets,
 )
 from gateway.media.stream import MediaFrame, Stream
@@ -87,7 +85,6 @@ class HlsPackager:
         self._init_version = -1
         self._params: tuple[bytes, bytes] | None = None
         self._held: MediaFrame | None = None  # muxed when the next frame gives its duration
-        self._aligner = AudioAligner()  # the audio's place on the current muxer's timeline
         self._video_end = Fraction(0)  # seconds on the muxer's timeline where its video ends
         self._segment_start: Fraction | None = None  # seconds on it where the open segment starts
         self._pending = bytearray()  # fragments of the open segment
@@ -135,13 +132,8 @@ class HlsPackager:
 
     def _on_audio(self, arrival: Arrival) -> None:
         """An Opus packet, on the video's timeline; none before the first keyframe."""
-        muxer, frame = self._muxer, arrival.frame
-        if muxer is None or not muxer.audio or muxer.origin is None or frame.codec.lower() != "opus":
-            return
-        samples = opus_samples(frame.data)
-        if samples:
-            start = self._aligner.place(frame, arrival.video_pts, muxer.time_base, muxer.origin)
-            self._take(muxer.write_audio(frame.data, start, samples))
+        if self._muxer is not None:
+            self._take(self._muxer.write_arrival(arrival))
 
     def _mux(self, frame: MediaFrame, duration: int) -> None:
         assert self._muxer is not None and self._muxer.origin is not None
@@ -177,7 +169,6 @@ class HlsPackager:
         self._muxer = Fmp4Muxer(
             width, height, keyframe.time_base, audio=self._with_audio(), origin=keyframe.pts
         )
-        self._aligner = AudioAligner()
         self._video_end = Fraction(0)
         self._params = (sps, pps)
         self._init_version += 1

@@ -34,11 +34,9 @@ from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, strea
 from gateway.media.sinks.fmp4 import (
     Arrival,
     ArrivalQueue,
-    AudioAligner,
     Fmp4Muxer,
     Fragment,
     muxable_audio,
-    opus_samples,
     parameter_sets,
 )
 from gateway.media.stream import MediaFrame, Stream, Subscription
@@ -184,7 +182,6 @@ class Recorder:
         self._subscription: Subscription | None = None
         self._arrivals: ArrivalQueue | None = None
         self._audio_left_out = False  # said once
-        self._aligner = AudioAligner()  # the audio's place on the current file's timeline
         self._task: asyncio.Task[None] | None = None
         self._muxer: Fmp4Muxer | None = None
         self._params: tuple[bytes, bytes] | None = None
@@ -259,13 +256,8 @@ class Recorder:
 
     def _on_audio(self, arrival: Arrival) -> None:
         """An Opus packet into the current file, on its video's timeline."""
-        muxer, frame = self._muxer, arrival.frame
-        if muxer is None or not muxer.audio or muxer.origin is None or frame.codec.lower() != "opus":
-            return
-        samples = opus_samples(frame.data)
-        if samples:
-            start = self._aligner.place(frame, arrival.video_pts, muxer.time_base, muxer.origin)
-            self._output(muxer, muxer.write_audio(frame.data, start, samples))
+        if self._muxer is not None:
+            self._output(self._muxer, self._muxer.write_arrival(arrival))
 
     def _write(self, frame: MediaFrame, duration: int) -> None:
         pending = self._files.pending_bytes if self._files is not None else 0
@@ -304,7 +296,6 @@ class Recorder:
             origin=keyframe.pts,
             fragment_seconds=self.fragment_seconds,
         )
-        self._aligner = AudioAligner()
         self._params = params
         self._segment_start = keyframe.pts
         self._start_epoch = self._clock()
