@@ -38,6 +38,7 @@ from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
 from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
+from gateway.media.webrtc.icemux import IceMux
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
@@ -56,7 +57,9 @@ class Gateway:
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
+        self.ice_mux = IceMux(config.host, config.webrtc_udp_port, config.webrtc_tcp_port, config.ice_timeout)
         settings = RtcSettings(
+            ice_mux=self.ice_mux if self.ice_mux.enabled else None,
             stun_servers=config.stun_servers,
             public_ip=config.public_ip,
             ice_timeout=config.ice_timeout,
@@ -196,6 +199,7 @@ class Gateway:
         )
 
     async def start(self) -> None:
+        await self.ice_mux.start()  # first: a busy WebRTC port stops the start before anything listens
         await self.wcs.start()
         await self.http.start()
         if self.rtmp is not None:
@@ -236,6 +240,7 @@ class Gateway:
         await self.rtsp_pulls.stop()
         await self.http.stop()
         await self.wcs.stop()
+        await self.ice_mux.stop()
         log.info("gateway_stopped")
 
     async def _authorize_rtsp_publish(self, name: str, query: str) -> str | None:
@@ -267,6 +272,7 @@ class Gateway:
                 if service
             },
             "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+            "webrtc_ports": self.ice_mux.figures(),
         }
 
 

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--alias", action="append", dest="aliases", help="ALIAS=STREAM_NAME (repeatable)")
     serve.add_argument("--public-ip", help="address to announce in ICE candidates (1:1 NAT)")
     serve.add_argument(
+        "--webrtc-udp-port",
+        type=int,
+        help="one UDP port for all WebRTC media (default 8189; 0: one per session)",
+    )
+    serve.add_argument("--webrtc-tcp-port", type=int, help="ICE-TCP port for WebRTC (default 8189; 0: off)")
+    serve.add_argument(
         "--ice-address",
         action="append",
         dest="ice_addresses",
@@ -72,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rtmp-port", type=int, help="RTMP ingest port (default 1935)")
     demo.add_argument("--rtsp-port", type=int, help="RTSP server port (default 8554)")
     demo.add_argument("--mqtt-broker", help="embedded MQTT broker HOST:PORT (default 127.0.0.1:1883)")
+    demo.add_argument("--webrtc-udp-port", type=int, help="UDP port for all WebRTC media (default 8189)")
+    demo.add_argument("--webrtc-tcp-port", type=int, help="ICE-TCP port for WebRTC (default 8189; 0: off)")
     demo.add_argument(
         "--ice-address", action="append", dest="ice_addresses", help="local address for ICE candidates"
     )
@@ -208,7 +216,13 @@ async def _serve(gateway: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
+    from gateway.media.webrtc.icemux import IceMuxError
+
+    try:
+        await gateway.start()
+    except IceMuxError as exc:  # started first: nothing else to stop
+        print(f"skyrelay: {exc}", file=sys.stderr)
+        return 1
     try:
         await stop.wait()
     finally:

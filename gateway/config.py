@@ -80,6 +80,10 @@ class Config:
     device_offline_after: float = 60.0
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
+    # One UDP port for the media of every WebRTC session (0: each peer connection opens its
+    # own sockets on random ports), and one TCP port for ICE-TCP (RFC 6544; 0: off).
+    webrtc_udp_port: int = 8189
+    webrtc_tcp_port: int = 8189
     # Local addresses to gather ICE host candidates on; empty means every non-loopback
     # interface (loopback only when there is no other).
     ice_addresses: tuple[str, ...] = ()
@@ -190,7 +194,16 @@ def load(
 
 
 def validate(config: Config) -> None:
-    for name in ("ws_port", "http_port", "rtmp_port", "rtsp_port", "rtsp_udp_port", "live_rtsp_port"):
+    for name in (
+        "ws_port",
+        "http_port",
+        "rtmp_port",
+        "rtsp_port",
+        "rtsp_udp_port",
+        "live_rtsp_port",
+        "webrtc_udp_port",
+        "webrtc_tcp_port",
+    ):
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name!r}: port {port} out of range")

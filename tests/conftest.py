@@ -51,6 +51,7 @@ class GatewayProcess:
     rtmp_port: int = field(default_factory=free_port)
     rtsp_port: int = field(default_factory=free_port)
     mqtt_broker_port: int = field(default_factory=free_port)
+    webrtc_port: int = field(default_factory=free_port)  # UDP and ICE-TCP
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -88,6 +89,10 @@ class GatewayProcess:
             f"127.0.0.1:{self.mqtt_broker_port}",
             "--ice-address",
             "127.0.0.1",
+            "--webrtc-udp-port",
+            str(self.webrtc_port),
+            "--webrtc-tcp-port",
+            str(self.webrtc_port),
             "--log-format",
             "json",
             *self.extra_args,

@@ -79,6 +79,7 @@ class PublishStream:
     has_video: bool = True
     record: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    transport: str = "UDP"  # "TCP": WebRTC over ICE-TCP only (a client that cannot use UDP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class PlayStream:
     has_audio: bool = True
     has_video: bool = True
     fields: dict[str, Any] = field(default_factory=dict)
+    transport: str = "UDP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,22 @@ def _sdp(api: str, obj: dict[str, Any], msid: str) -> str:
     return sdp
 
 
+TRANSPORTS = ("UDP", "TCP")
+
+
+def _transport(api: str, obj: dict[str, Any], msid: str) -> str:
+    """The WebSDK's ``transport`` option: "UDP" (the default: UDP and TCP candidates, UDP
+    preferred) or "TCP" (ICE-TCP candidates only). Case is not significant."""
+    value = obj.get("transport")
+    if value is None:
+        return "UDP"
+    if not isinstance(value, str) or value.upper() not in TRANSPORTS:
+        raise ProtocolError(
+            f"'{api}': 'transport' must be \"UDP\" or \"TCP\"", api_method=api, media_session_id=msid
+        )
+    return value.upper()
+
+
 def _parse_connect(name: str, first: Any) -> Connect:
     obj = _object(name, first)
     for key in ("appKey", "clientVersion", "authToken"):
@@ -253,10 +271,11 @@ def _parse_media(name: str, first: Any) -> PublishStream | PlayStream:
     sdp = _sdp(name, obj, msid)
     has_audio = _flag(name, obj, "hasAudio", True, msid)
     has_video = _flag(name, obj, "hasVideo", True, msid)
+    transport = _transport(name, obj, msid)
     if name == "publishStream":
         record = _flag(name, obj, "record", False, msid)
-        return PublishStream(msid, stream_name, sdp, has_audio, has_video, record, dict(obj))
-    return PlayStream(msid, stream_name, sdp, has_audio, has_video, dict(obj))
+        return PublishStream(msid, stream_name, sdp, has_audio, has_video, record, dict(obj), transport)
+    return PlayStream(msid, stream_name, sdp, has_audio, has_video, dict(obj), transport)
 
 
 def _parse_stop(name: str, first: Any) -> UnpublishStream | StopStream:

@@ -384,7 +384,7 @@ class Connection:
         if isinstance(rtmp_url, str) and rtmp_url:
             self.rtmp_urls[msid] = rtmp_url
         self.log.info("publish_requested", stream=request.name, media_session=msid)
-        self._spawn(self._answer(msid, publisher, request.sdp))
+        self._spawn(self._answer(msid, publisher, request.sdp, tcp_only=request.transport == "TCP"))
 
     def _publisher_started(self, msid: str, stream: Stream) -> None:
         self.dispatch(
@@ -451,13 +451,18 @@ class Connection:
         self.media[msid] = viewer
         self.log.info("play_requested", stream=request.name, media_session=msid)
         audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
-        self._spawn(self._answer(msid, viewer, request.sdp, audio))
+        self._spawn(self._answer(msid, viewer, request.sdp, audio, tcp_only=request.transport == "TCP"))
 
     async def _answer(
-        self, msid: str, media: MediaEndpoint, sdp: str, audio_codec: str | None = None
+        self,
+        msid: str,
+        media: MediaEndpoint,
+        sdp: str,
+        audio_codec: str | None = None,
+        tcp_only: bool = False,
     ) -> None:
         try:
-            answer = await media.accept(sdp)
+            answer = await media.accept(sdp, tcp_only=tcp_only)
         except OfferError as exc:
             self.dispatch(self.session.media_failed(msid, str(exc)))
             return

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    ws_port, http_port = free_port(), free_port()
+    ws_port, http_port, webrtc_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "gateway", "demo",
         "--host", "127.0.0.1",
@@ -31,6 +31,8 @@ def demo(tmp_path: Path) -> Iterator[tuple[int, int]]:
         "--rtsp-port", str(free_port()),
         "--mqtt-broker", f"127.0.0.1:{free_port()}",
         "--ice-address", "127.0.0.1",
+        "--webrtc-udp-port", str(webrtc_port),
+        "--webrtc-tcp-port", str(webrtc_port),
     ]  # fmt: skip
     # In a directory of its own: the demo keeps what it learns (state/devices.json) there.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -135,6 +135,7 @@ class FrameCounter:
 
 def local_config(**settings: Any) -> Config:
     """A configuration for a gateway in this process: loopback only, free ports."""
+    webrtc_port = free_port()
     return Config(
         host="127.0.0.1",
         ws_port=free_port(),
@@ -142,7 +143,13 @@ def local_config(**settings: Any) -> Config:
         rtmp_port=free_port(),
         rtsp_port=free_port(),
         ice_addresses=("127.0.0.1",),
-        **{"mqtt_broker": "off", "device_state_file": "off", **settings},
+        **{
+            "mqtt_broker": "off",
+            "device_state_file": "off",
+            "webrtc_udp_port": webrtc_port,
+            "webrtc_tcp_port": webrtc_port,
+            **settings,
+        },
     )
 
 

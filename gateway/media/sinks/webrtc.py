@@ -82,7 +82,7 @@ class WebRtcViewer:
         self.nack_received = 0
         self.pli_received = 0
 
-    async def accept(self, offer_sdp: str) -> str:
+    async def accept(self, offer_sdp: str, tcp_only: bool = False) -> str:
         """Answer the player's offer. Raises OfferError if it cannot receive the stream."""
         stream = self.stream
         offered = parse_offer(offer_sdp)
@@ -102,7 +102,7 @@ class WebRtcViewer:
             if kind == "video":
                 self._video_sender = transceiver.sender
                 self._hook_feedback(transceiver.sender)
-        return await self.peer.answer(offer_sdp)
+        return await self.peer.answer(offer_sdp, tcp_only=tcp_only)
 
     def _write_directly_once_started(self, kind: MediaKind, sender: RTCRtpSender, queue: FrameQueue) -> None:
         """When aiortc starts the sender (DTLS up, parameters known), switch its queue to a

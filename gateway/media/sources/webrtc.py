@@ -53,7 +53,7 @@ class WebRtcPublisher:
         self.nack_sent = 0
         self.pli_sent = 0
 
-    async def accept(self, offer_sdp: str) -> str:
+    async def accept(self, offer_sdp: str, tcp_only: bool = False) -> str:
         """Answer the publisher's offer. Raises OfferError for an offer we cannot relay."""
         offered = parse_offer(offer_sdp)
         check_publish_offer(offered)
@@ -63,7 +63,7 @@ class WebRtcPublisher:
             wanted = PUBLISH_VIDEO if kind == "video" else PUBLISH_AUDIO
             transceiver.setCodecPreferences(capabilities(wanted, kind))
             self._tap(transceiver.receiver, kind)
-        answer = await self.peer.answer(offer_sdp)
+        answer = await self.peer.answer(offer_sdp, tcp_only=tcp_only)
         video = audio = None
         for transceiver in pc.getTransceivers():
             codecs = [c for c in transceiver._codecs if not c.mimeType.lower().endswith("/rtx")]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from gateway.media.webrtc.sdp import add_public_candidates
+from gateway.media.webrtc.icemux import IceMux, IceMuxError
+from gateway.media.webrtc.sdp import OfferError, add_public_candidates
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class RtcSettings:
     # Packetize once per stream and write each viewer's RTP directly (see fanout.py); off
     # means aiortc's stock sender per viewer.
     fast_fanout: bool = True
+    # The shared WebRTC UDP/TCP ports (None: each peer connection opens its own sockets).
+    ice_mux: IceMux | None = None
 
     def configuration(self) -> RTCConfiguration:
         servers = [RTCIceServer(urls=f"stun:{s}") for s in self.stun_servers]
@@ -49,10 +52,19 @@ class Peer:
         self._deadline: asyncio.TimerHandle | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
-    async def answer(self, offer_sdp: str) -> str:
+    async def answer(self, offer_sdp: str, tcp_only: bool = False) -> str:
         """Apply the offer, answer it with all local candidates included (the WebSDK does
-        no trickle ICE), and start the connect deadline."""
+        no trickle ICE), and start the connect deadline. ``tcp_only``: offer ICE-TCP
+        candidates only (a client that cannot use UDP, WCS ``transport: "TCP"``)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        mux = self.settings.ice_mux
+        if tcp_only and mux is None:
+            raise OfferError("WebRTC over TCP is off on this server (webrtc_tcp_port = 0)")
+        if mux is not None:
+            try:
+                mux.adopt(self.pc, tcp_only=tcp_only)
+            except IceMuxError as exc:
+                raise OfferError(str(exc)) from None
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         sdp = self.pc.localDescription.sdp
         if self.settings.public_ip:
