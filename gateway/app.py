@@ -193,6 +193,7 @@ class Gateway:
                         self.dji,
                         self.rtsp_pulls,
                         metrics.Outputs(self.thumbnails, self.hls, self.recorders, self.sdview),
+                        self.ice_mux,
                     )
                 ),
             ],

@@ -15,6 +15,7 @@ from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
 from gateway.media.sources.rtsp_pulls import RtspPulls, redacted
 from gateway.media.thumbnails import Thumbnails
+from gateway.media.webrtc.icemux import IceMux
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 
@@ -61,10 +62,12 @@ def render(
     dji: DjiBridge | None,
     rtsp: RtspPulls | None,
     outputs: Outputs | None = None,
+    webrtc_ports: IceMux | None = None,
 ) -> str:
     families = [
         *_streams(registry),
         *_sessions(wcs),
+        *(_webrtc_ports(webrtc_ports) if webrtc_ports is not None and webrtc_ports.enabled else []),
         *(_dji(dji) if dji is not None else []),
         *(_rtsp(rtsp) if rtsp is not None else []),
         *_outputs(outputs or Outputs()),
@@ -102,6 +105,23 @@ def _sessions(wcs: WcsServer) -> list[Family]:
     for kind, published in (("publish", True), ("play", False)):
         media.add(sum(1 for _, desc in sessions if desc.published == published), kind=kind)
     return [connections, media]
+
+
+def _webrtc_ports(mux: IceMux) -> list[Family]:
+    sessions = Family("skyrelay_webrtc_port_sessions", "gauge", "ICE sessions on the shared WebRTC ports.")
+    sessions.add(len(mux.sessions))
+    tcp = Family("skyrelay_webrtc_tcp_connections", "gauge", "ICE-TCP connections by state.")
+    tcp.add(len(mux.pending_links), state="pending")
+    tcp.add(len(mux.bound_links), state="bound")
+    dropped = Family(
+        "skyrelay_webrtc_dropped_total", "counter", "Datagrams and TCP frames dropped on the WebRTC ports."
+    )
+    for (transport, reason), number in sorted(mux.dropped.items()):
+        dropped.add(number, transport=transport, reason=reason)
+    closed = Family("skyrelay_webrtc_tcp_closed_total", "counter", "ICE-TCP connections closed, by reason.")
+    for reason, number in sorted(mux.tcp_closed.items()):
+        closed.add(number, reason=reason)
+    return [sessions, tcp, dropped, closed]
 
 
 def _dji(dji: DjiBridge) -> list[Family]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -24,6 +24,9 @@ from aiortc import (
 from websockets.asyncio.client import ClientConnection, connect
 
 TERMINAL = ("FAILED", "STOPPED", "UNPUBLISHED")
+
+# Called with the server's answer before it is applied (a test adds an ICE-TCP path there).
+BeforeAnswer = Callable[["ClientStream", str], Awaitable[None]]
 
 
 class WcsError(Exception):
@@ -203,6 +206,7 @@ class WcsClient:
         video_codec: str | None = None,
         audio_codec: str | None = None,
         timeout: float = 20.0,
+        before_answer: BeforeAnswer | None = None,
         **fields: Any,
     ) -> ClientStream:
         """Offer ``tracks``, each kind only in the codec given ("H264", "VP8"; "opus",
@@ -217,7 +221,9 @@ class WcsClient:
                 codecs = RTCRtpSender.getCapabilities(track.kind).codecs
                 transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
         kinds = {t.kind for t in tracks}
-        await self._negotiate(stream, "publishStream", timeout, {"record": False, **fields}, kinds)
+        await self._negotiate(
+            stream, "publishStream", timeout, {"record": False, **fields}, kinds, before_answer
+        )
         return stream
 
     async def play(
@@ -226,6 +232,7 @@ class WcsClient:
         *,
         kinds: Sequence[str] = ("audio", "video"),
         timeout: float = 20.0,
+        before_answer: BeforeAnswer | None = None,
         **fields: Any,
     ) -> ClientStream:
         """Ask to play ``name`` with recvonly transceivers (``fields`` go into the request,
@@ -233,7 +240,9 @@ class WcsClient:
         stream = self._new_stream(name, published=False)
         for kind in kinds:
             stream.pc.addTransceiver(kind, direction="recvonly")
-        await self._negotiate(stream, "playStream", timeout, {"record": False, **fields}, set(kinds))
+        await self._negotiate(
+            stream, "playStream", timeout, {"record": False, **fields}, set(kinds), before_answer
+        )
         return stream
 
     def _new_stream(self, name: str, published: bool) -> ClientStream:
@@ -242,7 +251,13 @@ class WcsClient:
         return stream
 
     async def _negotiate(
-        self, stream: ClientStream, message: str, timeout: float, fields: dict[str, Any], kinds: set[str]
+        self,
+        stream: ClientStream,
+        message: str,
+        timeout: float,
+        fields: dict[str, Any],
+        kinds: set[str],
+        before_answer: BeforeAnswer | None = None,
     ) -> None:
         await stream.pc.setLocalDescription(await stream.pc.createOffer())
         await self.send(
@@ -265,6 +280,8 @@ class WcsClient:
         except BaseException:
             await stream.pc.close()
             raise
+        if before_answer is not None:
+            await before_answer(stream, answer)
         await stream.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
 
     async def close(self) -> None:

@@ -15,8 +15,9 @@ starts (a missing one stops the start with its name, instead of failing per sess
 - on that ``Connection``, replaced per instance: ``get_component_candidates`` (gathering),
   ``add_remote_candidate`` (end-of-candidates is ignored while ICE-TCP may still connect)
   and ``close`` (the session leaves the tables); read or extended: ``_protocols`` (a TCP
-  connection's protocol joins the others), ``local_username``, ``local_password``,
-  ``stun_server``;
+  connection's protocol joins the others), ``_remote_candidates_end`` (reset: the offer's
+  end-of-candidates was applied before the mux saw the connection), ``local_username``,
+  ``local_password``, ``stun_server``;
 - ``aioice.ice.StunProtocol``: subclassed; aioice calls its ``datagram_received``,
   ``request``, ``send_stun``, ``send_data``, ``close`` and reads ``transport`` and
   ``local_candidate``; ``connection_lost`` tells the Connection a protocol is gone.
@@ -69,6 +70,7 @@ def check_internals() -> None:
         "aioice Connection.get_component_candidates": hasattr(connection, "get_component_candidates"),
         "aioice Connection.add_remote_candidate": hasattr(connection, "add_remote_candidate"),
         "aioice Connection._protocols": isinstance(getattr(connection, "_protocols", None), list),
+        "aioice Connection._remote_candidates_end": hasattr(connection, "_remote_candidates_end"),
         "aioice Connection.local_username": isinstance(getattr(connection, "local_username", None), str),
         "aioice Connection.local_password": isinstance(getattr(connection, "local_password", None), str),
         "aioice StunProtocol.datagram_received": hasattr(aioice.ice.StunProtocol, "datagram_received"),
@@ -545,6 +547,9 @@ class IceMux:
                 session.remove()
 
         connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
+        if self.tcp_servers:
+            # The offer was applied already: forget an end-of-candidates it carried.
+            connection._remote_candidates_end = False
         connection.close = close  # type: ignore[method-assign]
 
     def figures(self) -> dict[str, Any]:

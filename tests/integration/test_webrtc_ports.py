@@ -1,0 +1,247 @@
+"""Every WebRTC session on one UDP port and one ICE-TCP port (--webrtc-udp-port,
+--webrtc-tcp-port): aiortc publishers and players over both, the answer's candidates, the
+gateway's socket count, bad input on both ports, and a TCP viewer that stops draining."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aioice import stun
+
+from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.webrtc.demux import frame
+from gateway.wcs.client import WcsClient
+from tests.conftest import GatewayProcess
+from tests.integration.conftest import FrameCounter
+from tests.integration.ice_tcp import IceTcpPath
+
+Connect = Callable[[], Awaitable[WcsClient]]
+TrackFactory = Callable[[], EncodedVideoTrack]
+CANDIDATE = re.compile(r"a=candidate:\S+ 1 (udp|tcp) \d+ (\S+) (\d+) typ (\S+)(?: tcptype (\S+))?", re.I)
+
+
+def candidates(sdp: str) -> set[tuple[str, str, int, str | None]]:
+    """(transport, address, port, tcptype) of each candidate in ``sdp``."""
+    return {(m.group(1).lower(), m.group(2), int(m.group(3)), m.group(5)) for m in CANDIDATE.finditer(sdp)}
+
+
+async def test_publish_and_play_over_ice_tcp(
+    gateway: GatewayProcess, connect: Connect, video_track: TrackFactory
+) -> None:
+    path_pub, path_play = IceTcpPath(), IceTcpPath()
+    pub_client = await connect()
+    publisher = await pub_client.publish("tcp-both", [video_track()], transport="TCP", before_answer=path_pub)
+    await publisher.wait_status("PUBLISHING")
+    port = gateway.webrtc_port
+    assert candidates(publisher.pc.remoteDescription.sdp) == {("tcp", "127.0.0.1", port, "passive")}
+    client = await connect()
+    player = await client.play("tcp-both", transport="TCP", before_answer=path_play)
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(30)
+    ports = gateway.health()["webrtc_ports"]
+    assert ports["tcp_connections"] == 2 and ports["udp_addresses"] == 0
+    await counter.stop()
+
+
+def udp_sockets(pid: int) -> int:
+    """UDP sockets the process ``pid`` holds (its fds matched with /proc/net/udp{,6})."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    udp = set()
+    for table in ("udp", "udp6"):
+        with open(f"/proc/{pid}/net/{table}") as fh:
+            for line in fh.readlines()[1:]:
+                udp.add(line.split()[9])
+    return len(inodes & udp)
+
+
+async def test_twenty_sessions_share_one_udp_socket(
+    gateway: GatewayProcess, connect: Connect, video_track: TrackFactory
+) -> None:
+    before = udp_sockets(gateway.pid)
+    pub_client = await connect()
+    publisher = await pub_client.publish("udp-twenty", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    port = gateway.webrtc_port
+    # The answer names exactly the two shared ports, UDP preferred by priority.
+    assert candidates(publisher.pc.remoteDescription.sdp) == {
+        ("udp", "127.0.0.1", port, None),
+        ("tcp", "127.0.0.1", port, "passive"),
+    }
+    priorities = {
+        m.group(1).lower(): int(m.group(0).split()[3])
+        for m in CANDIDATE.finditer(publisher.pc.remoteDescription.sdp)
+    }
+    assert priorities["udp"] > priorities["tcp"]
+    players = []
+    for _ in range(19):
+        client = await connect()
+        players.append(await client.play("udp-twenty", kinds=("video",)))
+    for player in players:
+        await player.wait_status("PLAYING")
+    counter = FrameCounter(players[-1]).start()
+    await counter.wait_frames(30)
+    ports = gateway.health()["webrtc_ports"]
+    assert ports["sessions"] == 20 and ports["udp_addresses"] == 20
+    assert udp_sockets(gateway.pid) == before, "the gateway's UDP sockets grew with sessions"
+    await counter.stop()
+    for player in players:
+        await player.client.close()
+    await pub_client.close()
+    async with asyncio.timeout(10):  # every session that ended left the tables
+        while (ports := gateway.health()["webrtc_ports"])["sessions"] or ports["udp_addresses"]:
+            await asyncio.sleep(0.1)
+
+
+def binding_request(username: str, password: bytes) -> bytes:
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request.attributes["USERNAME"] = username
+    request.attributes["PRIORITY"] = 1
+    request.add_message_integrity(password)
+    return bytes(request)
+
+
+def ice_credentials(sdp: str) -> tuple[str, str]:
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp)
+    pwd = re.search(r"a=ice-pwd:(\S+)", sdp)
+    assert ufrag and pwd
+    return ufrag.group(1), pwd.group(1)
+
+
+async def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    wanted = f"{name}{{{text}}}" if text else name
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.http_url}/metrics") as reply:
+        body = await reply.text()
+    for line in body.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            return float(value)
+    return 0.0
+
+
+async def until_metric(gateway: GatewayProcess, at_least: float, name: str, **labels: str) -> None:
+    async with asyncio.timeout(20):
+        while await metric(gateway, name, **labels) < at_least:
+            await asyncio.sleep(0.1)
+
+
+class Witness:
+    """A publisher and a decoding player that must keep streaming through an attack."""
+
+    async def start(self, connect: Connect, video_track: TrackFactory, name: str) -> Witness:
+        self.publisher = await (await connect()).publish(name, [video_track()])
+        await self.publisher.wait_status("PUBLISHING")
+        self.player = await (await connect()).play(name, kinds=("video",))
+        await self.player.wait_status("PLAYING")
+        self.counter = FrameCounter(self.player).start()
+        await self.counter.wait_frames(10)
+        return self
+
+    async def still_streaming(self) -> None:
+        """30 more frames decoded, and neither side told of a failure."""
+        await self.counter.wait_frames(len(self.counter.pts) + 30)
+        assert self.publisher.status == "PUBLISHING" and self.player.status == "PLAYING"
+
+    async def stop(self) -> None:
+        await self.counter.stop()
+
+
+async def test_bad_datagrams_on_the_udp_port_are_dropped_and_counted(
+    gateway: GatewayProcess, connect: Connect, video_track: TrackFactory
+) -> None:
+    witness = await Witness().start(connect, video_track, "udp-witness")
+    ufrag, _ = ice_credentials(witness.player.pc.remoteDescription.sdp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target = ("127.0.0.1", gateway.webrtc_port)
+    try:
+        for index in range(50):
+            sock.sendto(os.urandom(1 + index * 20), target)  # garbage
+            sock.sendto(b"\x80\x60" + os.urandom(170), target)  # RTP from an address ICE never checked
+            sock.sendto(binding_request(f"nosuch{index}:x", b"x" * 22), target)  # unknown ufrag
+            sock.sendto(binding_request(f"{ufrag}:x", b"not the password"), target)  # wrong integrity
+            sock.sendto(b"\x00\x01\x00\x08\x21\x12\xa4\x42" + b"\x00" * 12, target)  # cut short
+    finally:
+        sock.close()
+    counter = "skyrelay_webrtc_dropped_total"
+    await until_metric(gateway, 50, counter, transport="udp", reason="unknown_ufrag")
+    await until_metric(gateway, 50, counter, transport="udp", reason="bad_integrity")
+    await until_metric(gateway, 50, counter, transport="udp", reason="malformed_stun")
+    await until_metric(gateway, 50, counter, transport="udp", reason="not_stun")
+    await witness.still_streaming()
+    assert gateway.health()["webrtc_ports"]["udp_addresses"] == 2  # nothing bound the attacker
+    await witness.stop()
+
+
+async def test_bad_tcp_clients_are_closed_and_counted(
+    make_gateway: Callable[[dict[str, str]], GatewayProcess], video_track: TrackFactory
+) -> None:
+    raise_fd_limit(4096)
+    gateway = make_gateway({"SKYRELAY_ICE_TIMEOUT": "3"})
+    opened: list[WcsClient] = []
+
+    async def connect() -> WcsClient:
+        opened.append(await WcsClient.connect(gateway.ws_url))
+        return opened[-1]
+
+    witness = await Witness().start(connect, video_track, "tcp-witness")
+    ufrag, _ = ice_credentials(witness.player.pc.remoteDescription.sdp)
+    port = gateway.webrtc_port
+    closed = "skyrelay_webrtc_tcp_closed_total"
+
+    async def closed_by_server(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+        async with asyncio.timeout(15):
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+        writer.close()
+
+    # Never sends; declares a 65535-byte frame and stops: closed at the ICE timeout.
+    silent = await asyncio.open_connection("127.0.0.1", port)
+    partial = await asyncio.open_connection("127.0.0.1", port)
+    partial[1].write(b"\xff\xff" + b"\x00" * 1000)
+    # Floods garbage; sends a badly signed check: closed at once.
+    flood = await asyncio.open_connection("127.0.0.1", port)
+    flood[1].write((b"\x00\x20" + b"\x17" * 32) * 30000)
+    forged = await asyncio.open_connection("127.0.0.1", port)
+    forged[1].write(frame(binding_request(f"{ufrag}:x", b"not the password")))
+    await closed_by_server(flood[1], flood[0])
+    await closed_by_server(forged[1], forged[0])
+    await until_metric(gateway, 1, closed, reason="not_stun")
+    await until_metric(gateway, 1, closed, reason="bad_integrity")
+    await closed_by_server(silent[1], silent[0])
+    await closed_by_server(partial[1], partial[0])
+    await until_metric(gateway, 2, closed, reason="ice_timeout")
+
+    # A thousand connections that never check in: all held, then all closed at the ICE timeout.
+    crowd = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1000)]
+    await until_metric(gateway, 1000, "skyrelay_webrtc_tcp_connections", state="pending")
+    await until_metric(gateway, 1002, closed, reason="ice_timeout")
+    assert await metric(gateway, "skyrelay_webrtc_tcp_connections", state="pending") == 0
+    for _reader, writer in crowd:
+        writer.close()
+    await witness.still_streaming()
+    await witness.stop()
+    for client in opened:
+        await client.close()
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Enough descriptors for a thousand connections, in this process and the gateways it
+    starts after (a fresh Debian gives 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
