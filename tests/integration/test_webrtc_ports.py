@@ -13,9 +13,13 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 from aioice import stun
 
+from gateway.app import Gateway
+from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
+from gateway.media.webrtc import fanout, icemux
 from gateway.media.webrtc.demux import frame
 from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
@@ -245,3 +249,52 @@ def raise_fd_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+async def test_a_tcp_viewer_that_stops_draining_skips_to_a_keyframe_and_stalls_no_one(
+    local_gateway: Gateway, video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Congested sooner than in production (512 KiB unsent behind a 256 KiB kernel buffer):
+    # the clip here is 300 kbit/s.
+    monkeypatch.setattr(fanout, "MAX_UNSENT_BYTES", 16 * 1024)
+    monkeypatch.setattr(icemux, "TCP_SEND_BUFFER", 8 * 1024)
+    url = f"ws://127.0.0.1:{local_gateway.config.ws_port}"
+    clients = [await WcsClient.connect(url) for _ in range(3)]
+    try:
+        publisher = await clients[0].publish("tcp-slow", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        steady = await clients[1].play("tcp-slow", kinds=("video",))
+        path = IceTcpPath(receive_buffer=4096)
+        slow = await clients[2].play("tcp-slow", kinds=("video",), transport="TCP", before_answer=path)
+        await steady.wait_status("PLAYING")
+        await slow.wait_status("PLAYING")
+        steady_frames, slow_frames = FrameCounter(steady).start(), FrameCounter(slow).start()
+        await slow_frames.wait_frames(30)
+        viewer = next(
+            media
+            for connection in local_gateway.wcs.connections
+            for msid, media in connection.media.items()
+            if msid == slow.media_session_id
+        )
+        assert isinstance(viewer, WebRtcViewer) and viewer.subscription is not None
+        stream = local_gateway.registry.get("tcp-slow")
+        assert stream is not None
+
+        path.pause()
+        pushed, seen = stream.inbound.total_frames, len(steady_frames.pts)
+        async with asyncio.timeout(30):
+            while viewer.subscription.video.dropped == 0:
+                await asyncio.sleep(0.1)
+        await steady_frames.wait_frames(seen + 60)
+        # The other viewer got what the stream received meanwhile: no stall behind the TCP one.
+        assert len(steady_frames.pts) - seen >= 0.9 * (stream.inbound.total_frames - pushed)
+
+        path.resume()
+        resumed = len(slow_frames.pts)
+        await slow_frames.wait_frames(resumed + 30)  # decodes again: it restarted at a keyframe
+        assert slow.status == "PLAYING"
+        await steady_frames.stop()
+        await slow_frames.stop()
+    finally:
+        for client in clients:
+            await client.close()

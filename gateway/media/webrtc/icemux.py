@@ -49,6 +49,10 @@ UDP_BUFFER_BYTES = 4 * 1024 * 1024
 # A TCP session with this much unsent is congested: packets are dropped, as a full UDP
 # socket would. Above the fan-out's own limit, so a viewer skips to a keyframe first.
 MAX_TCP_UNSENT = 2 * 1024 * 1024
+# The kernel's send buffer of an ICE-TCP connection. Left to autotuning it grows to
+# megabytes: a viewer on a slow path would fall tens of seconds behind before the fan-out
+# saw congestion. This bounds it to about a second of 2 Mbit/s video (the kernel doubles it).
+TCP_SEND_BUFFER = 128 * 1024
 # TCP connections that have not yet sent a signed Binding request, at most.
 MAX_PENDING_TCP = 4096
 # A TCP connection bound to a session that receives nothing for this long is closed
@@ -208,6 +212,8 @@ class _TcpLink(asyncio.Protocol):
         self.peer = (peer[0], peer[1])
         sock = transport.get_extra_info("socket")
         self.family = sock.family if sock is not None else socket.AF_INET
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SEND_BUFFER)
         if len(self.mux.pending_links) >= MAX_PENDING_TCP:
             self.close("too_many_pending")
             return
