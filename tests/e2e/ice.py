@@ -72,14 +72,16 @@ def sdp_candidates(sdp: str) -> list[SdpCandidate]:
     return found
 
 
-async def remote_sdp(harness: Harness, page: Page, what: str, timeout: float = 15) -> str:
-    """The first remote description (the gateway's answer) the page applied."""
+async def remote_sdp(harness: Harness, page: Page, what: str, pc: int = 0, timeout: float = 15) -> str:
+    """The first remote description (the gateway's answer) applied to the page's `pc`-th
+    RTCPeerConnection (in creation order)."""
     descriptions: list[dict[str, Any]] = await harness.wait_for(
         page,
-        "e2eRtc.remoteDescriptions()",
+        "pc => e2eRtc.remoteDescriptions().filter(d => d.pc === pc)",
         lambda d: bool(d),
         timeout=timeout,
         what=f"{what}: the gateway's answer applied",
+        arg=pc,
     )
     answer = descriptions[0]
     assert answer["type"] == "answer", answer
@@ -141,16 +143,27 @@ def candidate_priorities(sdp: str) -> dict[str, list[int]]:
     return by_transport
 
 
-async def selected_pair(harness: Harness, page: Page, what: str, timeout: float = 15) -> dict[str, Any]:
-    """The candidate pair of the page's connected RTCPeerConnection (getStats), once there is one."""
+async def selected_pair(
+    harness: Harness, page: Page, what: str, pc: int | None = None, timeout: float = 15
+) -> dict[str, Any]:
+    """The candidate pair (getStats) of the page's `pc`-th RTCPeerConnection, or of its only
+    connected one, once it is connected."""
+
+    def connected(pcs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in pcs
+            if p["connectionState"] == "connected" and p["selected"] and (pc is None or p["index"] == pc)
+        ]
+
     pcs: list[dict[str, Any]] = await harness.wait_for(
         page,
         "e2eRtc.peerConnections()",
-        lambda pcs: any(p["connectionState"] == "connected" and p["selected"] for p in pcs),
+        lambda pcs: bool(connected(pcs)),
         timeout=timeout,
         what=f"{what}: a connected RTCPeerConnection with a selected candidate pair",
     )
-    connected = [p for p in pcs if p["connectionState"] == "connected" and p["selected"]]
-    assert len(connected) == 1, f"{what}: one connected peer connection expected: {pcs}"
-    pair: dict[str, Any] = connected[0]["selected"]
+    found = connected(pcs)
+    assert len(found) == 1, f"{what}: one connected peer connection expected: {pcs}"
+    pair: dict[str, Any] = found[0]["selected"]
     return pair
