@@ -5,6 +5,7 @@
 //   await client.connect();
 //   const pub = await client.publish("camera");          // MediaSession
 //   const view = await client.play("camera");             // view.mediaStream -> <video>
+//   const tcp = await client.play("camera", { transport: "TCP" }); // media over ICE-TCP only
 //   view.addEventListener("status", e => console.log(e.detail.status, e.detail.info));
 //   view.addEventListener("metrics", e => console.log(e.detail.videoRate));
 //   view.stop();
@@ -24,12 +25,15 @@ export function uuid() {
 
 /** One publish or play: a peer connection plus the server's view of its status. */
 export class MediaSession extends EventTarget {
-    constructor(client, name, published) {
+    constructor(client, name, published, { transport = null } = {}) {
         super();
         this.client = client;
         this.id = uuid();
         this.name = name;
         this.published = published;
+        // "TCP": the server answers with ICE-TCP candidates only (networks that block UDP);
+        // null: UDP and TCP both, UDP preferred.
+        this.transport = transport;
         this.status = "NEW";
         this.info = "";
         this.metrics = null;
@@ -87,7 +91,7 @@ export class MediaSession extends EventTarget {
     _request(message, sdp) {
         this.status = "PENDING";
         this.client.sessions.set(this.id, this);
-        this.client.send(message, {
+        const request = {
             mediaSessionId: this.id,
             name: this.name,
             published: this.published,
@@ -97,7 +101,11 @@ export class MediaSession extends EventTarget {
             record: false,
             mediaProvider: "WebRTC",
             sdp: sdp,
-        });
+        };
+        if (this.transport) {
+            request.transport = this.transport;
+        }
+        this.client.send(message, request);
         this.dispatchEvent(new CustomEvent("status", { detail: { status: "PENDING", info: "" } }));
     }
 }
@@ -167,8 +175,9 @@ export class SkyrelayClient extends EventTarget {
         this.ws.send(JSON.stringify({ message, data: [obj] }));
     }
 
-    /** Publishes the camera (and microphone if there is one) under `name`. */
-    async publish(name) {
+    /** Publishes the camera (and microphone if there is one) under `name`.
+     *  `options.transport`: "TCP" for WebRTC over TCP only (default: UDP and TCP). */
+    async publish(name, options = {}) {
         if (!navigator.mediaDevices) {
             throw new Error("publishing needs a secure context (https:// or http://localhost)");
         }
@@ -178,7 +187,7 @@ export class SkyrelayClient extends EventTarget {
         } catch (err) {
             media = await navigator.mediaDevices.getUserMedia({ video: true });
         }
-        const session = new MediaSession(this, name, true);
+        const session = new MediaSession(this, name, true, options);
         session.mediaStream = media;
         for (const track of media.getTracks()) {
             session.pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
@@ -189,9 +198,10 @@ export class SkyrelayClient extends EventTarget {
         return session;
     }
 
-    /** Plays stream `name`; its tracks arrive in `session.mediaStream`. */
-    async play(name) {
-        const session = new MediaSession(this, name, false);
+    /** Plays stream `name`; its tracks arrive in `session.mediaStream`.
+     *  `options.transport` as for publish. */
+    async play(name, options = {}) {
+        const session = new MediaSession(this, name, false, options);
         session.pc.addTransceiver("audio", { direction: "recvonly" });
         session.pc.addTransceiver("video", { direction: "recvonly" });
         session.hasAudio = true;

@@ -4,13 +4,23 @@
 - `static_server`: a stdlib HTTP server on 127.0.0.1 (a thread) serving tests/e2e/pages and
   the SDK; pages must come from http://127.0.0.1 to be a secure context (camera access).
 - `chromium`: a fresh headless Chromium (temp profile) with a fake camera, per test.
+- `udp_block_so`: the UDP-dropping LD_PRELOAD shim (udp_block.c), compiled with gcc.
+- `chromium_udp_blocked`: like `chromium`, but every UDP datagram it sends is dropped (the shim
+  in LD_PRELOAD; with --no-sandbox its child processes inherit it): a browser behind a
+  firewall that blocks UDP. It still gathers its candidates; only ICE-TCP can connect.
 - `harness`: opens pages, collects their console, polls window state with bounded timeouts and
   builds failure messages carrying the browser console and the gateway log tail.
+- `harness_udp_blocked`: a `harness` on `chromium_udp_blocked`.
+- `RTC_RECORDER` (rtc_recorder.js) is a script for `Harness(init_scripts=...)`: it records the
+  page's RTCPeerConnections and WCS requests (see the file).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +28,11 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from .harness import Harness, StaticServer
+from .udp_block import ShimUnavailable, udp_block_library
 from .websdk import BUNDLE_NAME, WebSdkUnavailable, websdk_js
 
 PAGES = Path(__file__).resolve().parent / "pages"
+RTC_RECORDER = Path(__file__).resolve().parent / "rtc_recorder.js"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -60,11 +72,16 @@ def static_server(websdk_bundle: Path) -> Iterator[StaticServer]:
         server.stop()
 
 
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
+@asynccontextmanager
+async def launch_chromium(env: dict[str, str] | None = None) -> AsyncIterator[Browser]:
+    """Headless Debian Chromium; `env` adds to this process's environment for the browser."""
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            timeout=30_000,
+            env={**os.environ, **env} if env else None,
         )
         try:
             yield browser
@@ -73,5 +90,38 @@ async def chromium() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    async with launch_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="session")
+def udp_block_so() -> Path:
+    try:
+        return udp_block_library()
+    except (ShimUnavailable, OSError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    pytest.fail(f"cannot build the UDP-blocking shim: {problem}", pytrace=False)
+
+
+@pytest.fixture
+async def chromium_udp_blocked(udp_block_so: Path) -> AsyncIterator[Browser]:
+    async with launch_chromium({"LD_PRELOAD": str(udp_block_so)}) as browser:
+        yield browser
+
+
+@pytest.fixture
 async def harness(chromium: Browser, gateway: Any, static_server: StaticServer) -> Harness:
     return Harness(browser=chromium, gateway=gateway, static_url=static_server.url)
+
+
+@pytest.fixture
+async def harness_udp_blocked(
+    chromium_udp_blocked: Browser, gateway: Any, static_server: StaticServer
+) -> Harness:
+    return Harness(
+        browser=chromium_udp_blocked,
+        gateway=gateway,
+        static_url=static_server.url,
+        init_scripts=[RTC_RECORDER],
+    )

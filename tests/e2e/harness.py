@@ -70,10 +70,14 @@ class Harness:
     gateway: Any  # tests/conftest.py GatewayProcess
     static_url: str
     console: list[str] = field(default_factory=list)
+    # Scripts run in every page this harness opens before the page's own (e.g. rtc_recorder.js).
+    init_scripts: list[Path] = field(default_factory=list)
 
     async def open(self, url: str, label: str) -> Page:
         """A new page (own browser context) whose console and errors are recorded."""
         page = await self.browser.new_page()
+        for script in self.init_scripts:
+            await page.add_init_script(path=script)
 
         def on_console(msg: ConsoleMessage) -> None:
             self.console.append(f"[{label}] {msg.type}: {msg.text}")

@@ -22,7 +22,8 @@
         }
     }
 
-    function start(label, name, kind) {
+    // `options` go to session.createStream as they are (e.g. {transport: "TCP"}).
+    function start(label, name, kind, options) {
         if (!session || state.session !== SESSION_STATUS.ESTABLISHED) {
             throw new Error("session not ESTABLISHED: " + state.session);
         }
@@ -34,7 +35,7 @@
         // PLAYBACK_PROBLEM, ... are events with their own callbacks, not statuses).
         const record = { name: name, kind: kind, status: "NEW", info: "", events: [] };
         state.streams[label] = record;
-        const stream = session.createStream({ name: name, display: display });
+        const stream = session.createStream(Object.assign({}, options || {}, { name: name, display: display }));
         for (const event of Object.values(STREAM_STATUS)) {
             stream.on(event, function (st) {
                 record.status = st.status();
@@ -73,8 +74,8 @@
         state: state,
         terminal: TERMINAL,
         connect: connect,
-        publish: function (label, name) { return start(label, name, "publish"); },
-        play: function (label, name) { return start(label, name, "play"); },
+        publish: function (label, name, options) { return start(label, name, "publish", options); },
+        play: function (label, name, options) { return start(label, name, "play", options); },
         stop: stop,
         video: video,
     };
