@@ -89,14 +89,14 @@ class GatewayProcess:
             f"127.0.0.1:{self.mqtt_broker_port}",
             "--ice-address",
             "127.0.0.1",
-            "--webrtc-udp-port",
-            str(self.webrtc_port),
-            "--webrtc-tcp-port",
-            str(self.webrtc_port),
             "--log-format",
             "json",
             *self.extra_args,
         ]
+        # A free WebRTC port of its own, unless the test chose them (flags beat the environment).
+        for flag in ("--webrtc-udp-port", "--webrtc-tcp-port"):
+            if "SKYRELAY_" + flag[2:].replace("-", "_").upper() not in self.extra_env:
+                cmd += [flag, str(self.webrtc_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}
         env["SKYRELAY_DEVICE_STATE_FILE"] = str(log_dir / f"devices-{self.ws_port}.json")  # not the repo's
         env.update(self.extra_env)
