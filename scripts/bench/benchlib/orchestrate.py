@@ -28,7 +28,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 ROOT = BENCH_DIR.parent.parent
 SCRIPT = BENCH_DIR / "fanout"
 STREAM = "bench"
-PHASES = ("gateway", "gateway-stock", "reference")
+PHASES = ("gateway", "gateway-sockets", "gateway-stock", "reference")
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -230,11 +230,14 @@ class Bench:
     # --- phases ---------------------------------------------------------------
 
     def run_gateway(self, label: str) -> Phase:
-        """``gateway``: skyrelay as configured by default (fast fan-out); ``gateway-stock``:
-        skyrelay with one stock aiortc sender per viewer (SKYRELAY_FAST_FANOUT=false)."""
+        """``gateway``: skyrelay as configured by default (fast fan-out, every session on one
+        UDP port); ``gateway-sockets``: the same with sockets of its own per peer connection
+        (--webrtc-udp-port 0); ``gateway-stock``: one stock aiortc sender per viewer
+        (SKYRELAY_FAST_FANOUT=false), on the one UDP port."""
         phase = Phase(label)
         assert self.clip is not None
         ws_port, http_port = free_port(), free_port()
+        webrtc_port = "0" if label == "gateway-sockets" else str(free_port())
         cmd = [
             sys.executable,
             "-m",
@@ -254,6 +257,10 @@ class Bench:
             "off",
             "--ice-address",
             "127.0.0.1",
+            "--webrtc-udp-port",
+            webrtc_port,
+            "--webrtc-tcp-port",
+            webrtc_port,
             "--log-level",
             "warning",
         ]
@@ -384,6 +391,21 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"{kg:13.0f} {kr:5.0f} {kratio:6.2f} | "
                 f"{100 * g.delivered(packets_per_s):11.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
             )
+    mux, sockets = by_label.get("gateway"), by_label.get("gateway-sockets")
+    if mux and sockets and mux.steps and sockets.steps:
+        out.append("")
+        out.append("== gateway (one UDP port) / gateway-sockets (sockets per peer connection) ==")
+        out.append("   N | ms/viewer-s mux  sockets  ratio | us/packet mux  sockets  ratio")
+        socket_steps = {s.viewers: s for s in sockets.steps}
+        for g in mux.steps:
+            r = socket_steps.get(g.viewers)
+            if r is None:
+                continue
+            out.append(
+                f"{g.viewers:4d} | {g.ms_per_viewer_s:15.2f} {r.ms_per_viewer_s:8.2f} "
+                f"{g.ms_per_viewer_s / r.ms_per_viewer_s:6.2f} | "
+                f"{g.us_per_packet:13.1f} {r.us_per_packet:8.1f} {g.us_per_packet / r.us_per_packet:6.2f}"
+            )
     if any(len(p.steps) > 1 for p in phases):
         out.append("")
         out.append("marginal CPU per added viewer (ms per viewer-second, between steps):")
@@ -426,7 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure one configuration only (default: all of " + ", ".join(PHASES) + ")",
     )
     parser.add_argument(
-        "--reference-first", action="store_true", help="measure the reference before the two gateway phases"
+        "--reference-first", action="store_true", help="measure the reference before the gateway phases"
     )
     parser.add_argument(
         "--clip-dir",
@@ -440,7 +462,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--viewers needs positive counts")
     if args.seconds <= 0 or args.viewer_procs <= 0:
         parser.error("--seconds and --viewer-procs must be positive")
-    order = ["reference", *PHASES[:2]] if args.reference_first else list(PHASES)
+    order = ["reference", *PHASES[:3]] if args.reference_first else list(PHASES)
     args.order = [args.only] if args.only else order
     return args
 
