@@ -164,6 +164,8 @@ async def test_publish_before_connection_gets_fail(gateway: GatewayProcess, witn
         ("sdp", "v=0\r\nthis is not an SDP\r\n", "Invalid SDP"),
         ("sdp", "hello", "Invalid SDP"),
         ("hasAudio", "yes", "'hasAudio' must be true or false"),
+        ("transport", "SCTP", "'transport' must be \"UDP\" or \"TCP\""),
+        ("transport", 6, "'transport' must be \"UDP\" or \"TCP\""),
         ("name", "x" * 257, "longer than 256"),
         ("name", "cam\n1", "control characters"),
         ("name", "cam\x001", "control characters"),

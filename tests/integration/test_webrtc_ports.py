@@ -15,15 +15,16 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from aioice import stun
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.webrtc import fanout, icemux
 from gateway.media.webrtc.demux import frame
-from gateway.wcs.client import WcsClient
-from tests.conftest import GatewayProcess
-from tests.integration.conftest import FrameCounter
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import GatewayProcess, free_port
+from tests.integration.conftest import FrameCounter, local_config
 from tests.integration.ice_tcp import IceTcpPath
 
 Connect = Callable[[], Awaitable[WcsClient]]
@@ -298,3 +299,47 @@ async def test_a_tcp_viewer_that_stops_draining_skips_to_a_keyframe_and_stalls_n
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_tcp_asked_of_a_gateway_without_ice_tcp_fails_clearly(
+    make_gateway: Callable[[dict[str, str]], GatewayProcess], video_track: TrackFactory
+) -> None:
+    gateway = make_gateway({"SKYRELAY_WEBRTC_TCP_PORT": "0", "SKYRELAY_WEBRTC_UDP_PORT": str(free_port())})
+    client = await WcsClient.connect(gateway.ws_url)
+    try:
+        with pytest.raises(WcsError, match="WebRTC over TCP is off on this server"):
+            await client.publish("no-tcp", [video_track()], transport="TCP")
+        publisher = await client.publish("no-tcp", [video_track()])  # the same name, over UDP: fine
+        await publisher.wait_status("PUBLISHING")
+        assert {c[0] for c in candidates(publisher.pc.remoteDescription.sdp)} == {"udp"}
+    finally:
+        await client.close()
+
+
+async def test_public_ip_and_whep_answers_name_both_ports(video_track: TrackFactory) -> None:
+    gateway = Gateway(local_config(public_ip="203.0.113.7"))
+    await gateway.start()
+    client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
+    whep = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        publisher = await client.publish("public", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        port = gateway.config.webrtc_udp_port
+        both = {(transport, address, port, tcptype)
+                for transport, tcptype in (("udp", None), ("tcp", "passive"))
+                for address in ("127.0.0.1", "203.0.113.7")}  # fmt: skip
+        assert candidates(publisher.pc.remoteDescription.sdp) == both
+        whep.addTransceiver("video", direction="recvonly")
+        await whep.setLocalDescription(await whep.createOffer())
+        url = f"http://127.0.0.1:{gateway.config.http_port}/whep/public"
+        headers = {"Content-Type": "application/sdp"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, data=whep.localDescription.sdp, headers=headers) as reply,
+        ):
+            assert reply.status == 201
+            assert candidates(await reply.text()) == both
+    finally:
+        await whep.close()
+        await client.close()
+        await gateway.stop()

@@ -660,3 +660,22 @@ def test_stream_status_types() -> None:
 def test_builders_escape_unicode_and_control_characters() -> None:
     frame = decode(m.stream_event(MSID, "data", {"text": 'квадро "copter"\n\x00'}))
     assert frame["data"][0]["payload"]["text"] == 'квадро "copter"\n\x00'
+
+
+@pytest.mark.parametrize("message", ["publishStream", "playStream"])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(_DROP, "UDP"), (None, "UDP"), ("UDP", "UDP"), ("tcp", "TCP")]
+)
+def test_media_transport(message: str, value: Any, expected: str) -> None:
+    body = publish_body(transport=value) if message == "publishStream" else play_body(transport=value)
+    msg = m.parse_frame(client_frame(message, body))
+    assert isinstance(msg, m.PublishStream | m.PlayStream)
+    assert msg.transport == expected
+
+
+@pytest.mark.parametrize("message", ["publishStream", "playStream"])
+@pytest.mark.parametrize("value", ["SCTP", "", 1, True, ["TCP"]])
+def test_media_transport_must_be_udp_or_tcp(message: str, value: Any) -> None:
+    body = publish_body(transport=value) if message == "publishStream" else play_body(transport=value)
+    with pytest.raises(m.ProtocolError, match='\'transport\' must be "UDP" or "TCP"'):
+        m.parse_frame(client_frame(message, body))
