@@ -15,8 +15,8 @@ ENV SKYRELAY_STATIC_DIR=/app/static \
 # What outlives the container: the DJI devices learned and the recordings.
 VOLUME /var/lib/skyrelay
 
-# WebSocket API, HTTP, RTMP ingest. WebRTC media uses UDP ports chosen per peer connection: run with
-# --network host, or announce the host's address with --public-ip.
-EXPOSE 8080 8081 1935
+# WebSocket API, HTTP, RTMP ingest, RTSP, and WebRTC: every session on one UDP port and one ICE-TCP
+# port. Publish them with -p (same numbers) and announce the host's address with --public-ip.
+EXPOSE 8080 8081 1935 8554 8189/udp 8189/tcp
 ENTRYPOINT ["skyrelay"]
 CMD ["serve"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -211,7 +212,18 @@ def _dock_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def raise_open_files_limit() -> None:
+    """Every viewer, TCP connection and file takes a descriptor, and Debian's default soft
+    limit is 1024: raise it to the hard limit, as servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def _serve(gateway: Any) -> int:
+    raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
