@@ -137,13 +137,13 @@ def local_config(**settings: Any) -> Config:
     """A configuration for a gateway in this process: loopback only, free ports."""
     webrtc_port = free_port()
     return Config(
-        host="127.0.0.1",
         ws_port=free_port(),
         http_port=free_port(),
         rtmp_port=free_port(),
         rtsp_port=free_port(),
-        ice_addresses=("127.0.0.1",),
         **{
+            "host": "127.0.0.1",
+            "ice_addresses": ("127.0.0.1",),
             "mqtt_broker": "off",
             "device_state_file": "off",
             "webrtc_udp_port": webrtc_port,

@@ -343,3 +343,35 @@ async def test_public_ip_and_whep_answers_name_both_ports(video_track: TrackFact
         await whep.close()
         await client.close()
         await gateway.stop()
+
+
+def ipv6_loopback() -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        return True
+    return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_publish_over_udp_and_play_over_tcp(video_track: TrackFactory) -> None:
+    gateway = Gateway(local_config(host="::1", ice_addresses=("::1",)))
+    await gateway.start()
+    client = await WcsClient.connect(f"ws://[::1]:{gateway.config.ws_port}")
+    try:
+        publisher = await client.publish("v6", [video_track()])
+        await publisher.wait_status("PUBLISHING")
+        port = gateway.config.webrtc_udp_port
+        assert candidates(publisher.pc.remoteDescription.sdp) == {
+            ("udp", "::1", port, None),
+            ("tcp", "::1", port, "passive"),
+        }
+        player = await client.play("v6", kinds=("video",), transport="TCP", before_answer=IceTcpPath())
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(30)
+        await counter.stop()
+        ports = gateway.health()["webrtc_ports"]
+        assert (ports["udp_addresses"], ports["tcp_connections"]) == (1, 1)
+    finally:
+        await client.close()
+        await gateway.stop()

@@ -182,7 +182,7 @@ class Demux(Generic[S]):
     def sent_request(self, session: S, data: bytes) -> None:
         """``session`` sends ``data``: if it is a STUN request, remember its transaction so
         the response finds the session even from an address not yet bound."""
-        if len(data) < HEADER or data[0:2] != b"\x00\x01" or data[4:8] != _COOKIE_BYTES:
+        if len(data) < HEADER or data[0] != 0 or data[1] != 1 or data[4:8] != _COOKIE_BYTES:
             return  # not a Binding request
         entry = self._by_session.get(id(session))
         if entry is None:

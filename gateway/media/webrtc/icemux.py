@@ -118,7 +118,8 @@ class _UdpShare:
         transport = self._port.transport
         if self._closed or transport is None:
             return  # like a closed asyncio datagram transport: dropped
-        self._port.mux.udp.sent_request(self._session, data)
+        if data[0] < 2:  # STUN (SRTP and DTLS never start below 20): its response must find us
+            self._port.mux.udp.sent_request(self._session, data)
         transport.sendto(data, address)
 
     def get_write_buffer_size(self) -> int:
