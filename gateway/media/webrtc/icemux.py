@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 from collections import Counter
@@ -142,10 +143,11 @@ class _UdpPort(asyncio.DatagramProtocol):
     def __init__(self, mux: IceMux, family: int) -> None:
         self.mux = mux
         self.family = family
-        self.transport: asyncio.DatagramTransport | None = None
+        # asyncio's datagram transport; typed Any as its stub lacks get_write_buffer_size.
+        self.transport: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         address = (addr[0], addr[1])
@@ -473,7 +475,7 @@ class IceMux:
                     if sock is None:
                         continue  # no IPv6 on this machine
                     _, port = await loop.create_datagram_endpoint(
-                        lambda f=family: _UdpPort(self, f), sock=sock
+                        functools.partial(_UdpPort, self, family), sock=sock
                     )
                     self.udp_ports[family] = port
                 if address not in self._bound:
@@ -553,7 +555,7 @@ class IceMux:
             finally:
                 session.remove()
 
-        connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
+        connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign,assignment]
         if self.tcp_servers:
             # The offer was applied already: forget an end-of-candidates it carried.
             connection._remote_candidates_end = False
