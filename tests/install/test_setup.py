@@ -40,10 +40,10 @@ class Run:
     stderr: str
 
 
-def run_setup(checkout: Path, home: Path, *, wrap: list[str] | None = None, **env: str) -> Run:
+def run_setup(checkout: Path, home: Path, *args: str, wrap: list[str] | None = None, **env: str) -> Run:
     """`scripts/setup` in ``checkout`` with a new user's environment (Debian's python3 first)."""
     done = subprocess.run(
-        [*(wrap or []), "scripts/setup"],
+        [*(wrap or []), "scripts/setup", *args],
         cwd=checkout,
         env=new_user_env(home, **env),
         stdin=subprocess.DEVNULL,
@@ -212,3 +212,16 @@ def test_a_broken_venv_is_made_again(checkout: Path, home: Path, first_run: Run)
     assert "setup: installing the skyrelay Python package into .venv" in again.stderr
     check = [str(checkout / ".venv" / "bin" / "python"), "-I", "-c", "import pip, gateway"]
     assert subprocess.run(check, capture_output=True).returncode == 0
+
+
+def test_the_test_extras_come_with_the_runtime(checkout: Path, home: Path, first_run: Run) -> None:
+    with_tests = run_setup(checkout, home, "--test")
+    assert with_tests.returncode == 0, with_tests.stderr
+    assert "setup: installing the skyrelay Python package[test] into .venv" in with_tests.stderr
+    bin_dir = checkout / ".venv" / "bin"
+    check = [str(bin_dir / "python"), "-I", "-c", "import pytest, hypothesis, numpy, playwright"]
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    assert (bin_dir / "ruff").exists()
+    # Then neither a plain run nor another --test run has anything to install.
+    assert run_setup(checkout, home) == Run(0, "")
+    assert run_setup(checkout, home, "--test") == Run(0, "")
