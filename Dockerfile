@@ -6,11 +6,10 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The demo page (gateway/static/) is package data: installed with the package.
 COPY gateway ./gateway
-COPY static ./static
 RUN pip install --no-cache-dir .
-ENV SKYRELAY_STATIC_DIR=/app/static \
-    SKYRELAY_DEVICE_STATE_FILE=/var/lib/skyrelay/devices.json \
+ENV SKYRELAY_DEVICE_STATE_FILE=/var/lib/skyrelay/devices.json \
     SKYRELAY_RECORDINGS_DIR=/var/lib/skyrelay/recordings
 # What outlives the container: the DJI devices learned and the recordings.
 VOLUME /var/lib/skyrelay

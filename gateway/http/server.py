@@ -1,4 +1,4 @@
-"""HTTP server: the demo page from static/, /healthz, /api/devices, /api/streams (ingest
+"""HTTP server: the demo page from gateway/static/, /healthz, /api/devices, /api/streams (ingest
 figures, quality and lens controls) and WHIP ingest at /whip/{key}. Every error it answers
 is JSON (`json_errors`). It holds no state of its own: it reads the stream registry and
 hands WHIP offers to the WHIP ingest."""

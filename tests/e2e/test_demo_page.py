@@ -1,6 +1,6 @@
-"""The demo page (static/, served by the gateway's HTTP port) publishes and plays in Chromium.
+"""The demo page (gateway/static/, served by the gateway's HTTP port) publishes and plays in Chromium.
 
-It uses our own raw-protocol client (static/skyrelay-client.js), not the WebSDK. With its
+It uses our own raw-protocol client (gateway/static/skyrelay-client.js), not the WebSDK. With its
 "WebRTC over TCP" switch on, it publishes and plays in a Chromium whose UDP is blocked.
 """
 
