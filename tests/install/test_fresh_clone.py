@@ -39,6 +39,8 @@ def test_scripts_demo_in_a_fresh_clone(tmp_path: Path) -> None:
         "--rtsp-port", str(free_port()),
         "--mqtt-broker", f"127.0.0.1:{free_port()}",
         "--ice-address", "127.0.0.1",
+        "--webrtc-udp-port", str(webrtc_port := free_port()),
+        "--webrtc-tcp-port", str(webrtc_port),
     ]  # fmt: skip
     env = new_user_env(tmp_path / "home")
     log = tmp_path / "demo.log"

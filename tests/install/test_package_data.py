@@ -49,6 +49,8 @@ def test_installed_skyrelay_serves_its_page_from_anywhere(tmp_path: Path) -> Non
         "--rtmp-port", "0",
         "--rtsp-port", "0",
         "--mqtt-broker", "off",
+        "--webrtc-udp-port", str(webrtc_port := free_port()),
+        "--webrtc-tcp-port", str(webrtc_port),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYRELAY_", "PYTHON"))}
     log = tmp_path / "skyrelay.log"
