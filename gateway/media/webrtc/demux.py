@@ -251,10 +251,14 @@ class Demux(Generic[S]):
 
     def _bind(self, entry: _Entry[S], address: Address) -> S | Drop:
         previous = self._by_address.get(address)
-        if previous is not None and previous is not entry:
-            previous.addresses.discard(address)
-        elif previous is None and len(entry.addresses) >= self._max_addresses:
+        if previous is entry:
+            return entry.session
+        # The limit holds for an address moving in from another session too (else signed
+        # requests could pile up a session's addresses past it); a refused move keeps it.
+        if len(entry.addresses) >= self._max_addresses:
             return Drop.TOO_MANY_ADDRESSES
+        if previous is not None:
+            previous.addresses.discard(address)
         entry.addresses.add(address)
         self._by_address[address] = entry
         return entry.session
