@@ -218,8 +218,10 @@ class Demux(Generic[S]):
         return self._bind(found, address)
 
     def _route_stun_from_bound(self, data: bytes, address: Address, entry: _Entry[S]) -> S | Drop:
-        """STUN from a bound address: a request naming another session's ufrag moves the
-        address (the browser reused its socket for a new peer connection); the rest stays."""
+        """STUN from a bound address goes to its session, except a Binding request that does
+        not name the session's ufrag: signed for another registered session, it moves the
+        address there (the browser reused its socket for a new peer connection); otherwise
+        (no USERNAME, unknown ufrag, wrong signature) it is dropped like any unchecked one."""
         header = parse_stun(data)
         if header is None:
             return entry.session  # aioice answers or ignores it, as on a socket of its own
