@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page
 
 from .conftest import RTC_RECORDER
 from .harness import Harness
@@ -71,25 +71,7 @@ async def test_demo_page_publish_play_metrics(demo: Harness) -> None:
         what="play card PLAYING",
         arg=play,
     )
-    await demo.wait_for(
-        page,
-        "sel => document.querySelector(sel + ' video')?.videoWidth || 0",
-        lambda w: w > 0,
-        timeout=10,
-        what="played <video> decodes (videoWidth > 0)",
-        arg=play,
-    )
-    # Live video, not a still picture: new frames keep being decoded.
-    decoded = "sel => document.querySelector(sel + ' video')?.getVideoPlaybackQuality().totalVideoFrames || 0"
-    first = await page.evaluate(decoded, play)
-    await demo.wait_for(
-        page,
-        decoded,
-        lambda frames: frames >= first + 20,
-        timeout=10,
-        what="played <video> keeps decoding new frames",
-        arg=play,
-    )
+    await assert_live_video(demo, page, play)
 
     video_rate = "sel => Number(document.querySelector(sel)?.dataset.value || 0)"
     for card in (play, pub):
@@ -184,24 +166,7 @@ async def test_demo_page_tcp_switch_udp_blocked(
     pair = await selected_pair(demo, page, "player", pc=1)
     assert pair["local"]["protocol"] == "tcp" and pair["remote"]["port"] == tcp_port, pair
     assert await page.get_attribute(play, "data-transport") == "TCP"
-    await demo.wait_for(
-        page,
-        "sel => document.querySelector(sel + ' video')?.videoWidth || 0",
-        lambda w: w > 0,
-        timeout=10,
-        what="played <video> decodes (videoWidth > 0)",
-        arg=play,
-    )
-    decoded = "sel => document.querySelector(sel + ' video')?.getVideoPlaybackQuality().totalVideoFrames || 0"
-    first = await page.evaluate(decoded, play)
-    await demo.wait_for(
-        page,
-        decoded,
-        lambda frames: frames >= first + 20,
-        timeout=10,
-        what="played <video> keeps decoding new frames over TCP",
-        arg=play,
-    )
+    await assert_live_video(demo, page, play)
 
     await page.click(f"{play} .stop")
     await demo.wait_for(
@@ -213,3 +178,25 @@ async def test_demo_page_tcp_switch_udp_blocked(
     )
     errors = [line for line in demo.console if "pageerror" in line]
     assert not errors, demo.report(f"page errors: {errors}")
+
+
+async def assert_live_video(demo: Harness, page: Page, card: str) -> None:
+    """The card's <video> decodes, and keeps decoding new frames: live video, not a still."""
+    await demo.wait_for(
+        page,
+        "sel => document.querySelector(sel + ' video')?.videoWidth || 0",
+        lambda w: w > 0,
+        timeout=10,
+        what=f"{card} <video> decodes (videoWidth > 0)",
+        arg=card,
+    )
+    decoded = "sel => document.querySelector(sel + ' video')?.getVideoPlaybackQuality().totalVideoFrames || 0"
+    first = await page.evaluate(decoded, card)
+    await demo.wait_for(
+        page,
+        decoded,
+        lambda frames: frames >= first + 20,
+        timeout=10,
+        what=f"{card} <video> keeps decoding new frames",
+        arg=card,
+    )
