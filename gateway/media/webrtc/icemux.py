@@ -235,6 +235,8 @@ class _TcpLink(asyncio.Protocol):
         if frames:
             self._last_received = asyncio.get_running_loop().time()
         for packet in frames:
+            if self._closed_reason is not None:
+                return  # closed while a packet before this one was handled
             if self.protocol is None and not self._bind(packet):
                 return
             assert self.protocol is not None
