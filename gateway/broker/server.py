@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 
 from gateway.broker import codec
-from gateway.broker.core import Action, BrokerCore, Close, Credentials, Send
+from gateway.broker.core import Action, BrokerCore, Close, Credentials
 from gateway.log import get_logger
 
 log = get_logger(__name__)
@@ -42,7 +42,8 @@ class Broker:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self._timer = asyncio.create_task(self._run_timer())
-        log.info("mqtt_broker_listening", host=self.host, port=self.port, auth=self.core.credentials is not None)
+        login = self.core.credentials is not None
+        log.info("mqtt_broker_listening", host=self.host, port=self.port, login=login)
 
     async def stop(self) -> None:
         if self._server is None:
