@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.broker import codec as c
-from tests.conftest import GatewayProcess
+from tests.conftest import ROOT, GatewayProcess, free_port
 
 V5, V311 = "mqttv5", "mqttv311"
 FORMAT = "MSG|%t|%p|%q|%r|%P|%C|%D|%R|%S"
@@ -414,3 +419,35 @@ async def test_the_same_client_id_twice_the_older_is_taken_over(
     await older.close()
     assert len(log_events(gateway, "mqtt_session_taken_over", client_id)) == 1
     assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="session_taken_over") == before + 1
+
+
+def test_the_demo_dock_logs_in_to_the_embedded_broker(tmp_path: Path) -> None:
+    """`skyrelay demo` with a broker log-in: its simulated dock uses it, so the gateway lists it."""
+    http_port, broker_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "gateway", "demo", "--host", "127.0.0.1",
+        "--ws-port", str(free_port()), "--http-port", str(http_port),
+        "--rtmp-port", str(free_port()), "--rtsp-port", str(free_port()),
+        "--mqtt-broker", f"127.0.0.1:{broker_port}", "--ice-address", "127.0.0.1",
+        "--mqtt-broker-user", "demo", "--mqtt-broker-password", "d3mo",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, gateways = time.monotonic() + 90, []
+        while time.monotonic() < deadline and not gateways:
+            time.sleep(0.3)
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/devices", timeout=2) as reply:
+                    gateways = json.loads(reply.read())["gateways"]
+        assert [g["sn"] for g in gateways] == ["SIMDOCK0000001"]
+        # A client without the log-in is refused.
+        refused = subprocess.run(
+            ["mosquitto_pub", "-V", V5, "-p", str(broker_port), "-t", "t", "-m", "x"],
+            capture_output=True,
+            timeout=10,
+        )
+        assert refused.returncode != 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
