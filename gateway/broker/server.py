@@ -75,6 +75,8 @@ class Broker:
 
     def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
         for action in actions:
+            if isinstance(action, Close) and wake:
+                self._wake.set()  # a connection ended: a will delay or a session expiry may run
             writer = self._writers.get(action.connection)
             if writer is None:
                 continue
@@ -89,8 +91,6 @@ class Broker:
                 transport.abort()  # its handler then reports the loss to the core
                 continue
             writer.write(action.data)
-        if wake:
-            self._wake.set()  # a will delay or a session expiry may have started
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         core = self.core
