@@ -290,7 +290,7 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Packet]:
         self._buffer += data
-        packets = []
+        packets: list[Packet] = []
         while True:
             packet = self._next()
             if packet is None:
@@ -597,8 +597,8 @@ def encode_properties(properties: Properties) -> bytes:
         elif kind_of == _BIN:
             out += _bin(bytes(value))  # type: ignore[arg-type]
         else:
-            name, text = value  # type: ignore[misc]
-            out += _str(name) + _str(text)
+            assert isinstance(value, tuple)
+            out += _str(value[0]) + _str(value[1])
     return _varint(len(out)) + bytes(out)
 
 

@@ -404,8 +404,8 @@ class BrokerCore:
         will, conn.will = conn.will, None
         session.expires_at = now + session.expiry
         if will is not None:
-            delay = will.properties.get(c.WILL_DELAY)
-            delay = float(delay) if isinstance(delay, int) else 0.0
+            asked = will.properties.get(c.WILL_DELAY)
+            delay = float(asked) if isinstance(asked, int) else 0.0
             if min(delay, session.expiry) <= 0:
                 self._publish_will(session.client_id, will, now)
             else:

@@ -434,7 +434,7 @@ def test_the_demo_dock_logs_in_to_the_embedded_broker(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, gateways = time.monotonic() + 90, []
+        deadline, gateways = time.monotonic() + 90, list[dict[str, Any]]()
         while time.monotonic() < deadline and not gateways:
             time.sleep(0.3)
             with contextlib.suppress(OSError, ValueError):
