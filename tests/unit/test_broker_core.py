@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.broker import codec as c
 from gateway.broker.core import BrokerCore, Close, Credentials, Send
@@ -456,3 +458,44 @@ def test_a_queued_message_that_expires_is_not_delivered() -> None:
     sub.connect("sub", clean=False, properties=c.Properties(((c.SESSION_EXPIRY, 100),)))
     (left,) = sub.publishes()
     assert (left.payload, left.properties.get(c.MESSAGE_EXPIRY)) == (b"long", 40)
+
+
+def test_disconnect_may_change_the_session_expiry_but_not_from_zero() -> None:
+    net = Net()
+    keeper = net.peer()
+    keeper.connect("keeper", properties=c.Properties(((c.SESSION_EXPIRY, 10),)))
+    keeper.send(c.Disconnect(properties=c.Properties(((c.SESSION_EXPIRY, 0),))))  # ends it now
+    assert "keeper" not in net.core.sessions
+    zero = net.peer()
+    zero.connect("zero")
+    zero.send(c.Disconnect(properties=c.Properties(((c.SESSION_EXPIRY, 60),))))
+    assert zero.take() == [c.Disconnect(c.PROTOCOL_ERROR)] and zero.closed
+
+
+@pytest.mark.parametrize(("clean", "delay", "sent"), [(True, 5, True), (False, 0, True), (False, 5, False)])
+def test_a_taken_over_connection_sends_its_will_unless_the_session_carries_on(
+    clean: bool, delay: int, sent: bool
+) -> None:
+    net = Net()
+    watch = watcher(net)
+    session = c.Properties(((c.SESSION_EXPIRY, 100),))
+    old = net.peer()
+    old.connect("dock", will=will(delay=delay), properties=session)
+    new = net.peer()
+    new.connect("dock", clean=clean, properties=session)
+    net.tick(10.0)
+    assert [p.topic for p in watch.publishes()] == (["dock/gone"] if sent else [])
+
+
+@given(st.binary(max_size=200), st.sampled_from([c.MQTT5, c.MQTT311]))
+@settings(max_examples=300, deadline=None)
+def test_random_bytes_after_connect_never_break_the_broker(data: bytes, version: int) -> None:
+    net = Net(max_packet=150)
+    watch = watcher(net)
+    fuzzer = net.peer(version)
+    fuzzer.connect("fuzzer")
+    fuzzer.send_raw(data)  # refused or accepted, never an exception
+    other = net.peer(c.MQTT311)
+    other.connect("other")
+    other.send(c.Publish("dock/ok", b"still", 0, False))
+    assert [p.payload for p in watch.publishes() if p.topic == "dock/ok"] == [b"still"]
