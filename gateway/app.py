@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.access import AccessRequest, Action, OpenAccess, policy_from
 from gateway.broker.server import Broker
-from gateway.config import Config, ConfigError, pairs
+from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
 from gateway.dji.mqtt import BrokerAddress
@@ -121,12 +121,12 @@ class Gateway:
         self.rtsp_pulls = RtspPulls(self.registry)
         self.whep = WhepEgress(self.registry, settings)
         self.broker = embedded_broker(config)
-        mqtt_url = config.mqtt or (f"mqtt://{config.mqtt_broker}" if self.broker else None)
+        mqtt_address = own_broker_address(config)
         self.dji = (
             DjiBridge(
                 self.registry,
                 self.ingest_keys,
-                BrokerAddress.parse(mqtt_url, config.mqtt_ca_file),
+                mqtt_address,
                 push_urls={
                     UrlType.RTMP: config.rtmp_push_url or default_push_url(config, "rtmp"),
                     UrlType.WHIP: config.whip_push_url or default_push_url(config, "whip"),
@@ -146,20 +146,20 @@ class Gateway:
                 if config.device_state_file in ("", "off")
                 else Path(config.device_state_file),
             )
-            if mqtt_url
+            if mqtt_address
             else None
         )
         self.sdview = (
             SdViewService(
                 self.registry,
                 self.thumbnails,
-                BrokerAddress.parse(mqtt_url, config.mqtt_ca_file),
+                mqtt_address,
                 hub_key=config.sd_view_hub_key,
                 devices=pairs(config.sd_view_devices),
                 width=config.sd_view_width,
                 max_payload_bytes=config.sd_view_max_payload_bytes,
             )
-            if config.sd_view_hub_key and mqtt_url
+            if config.sd_view_hub_key and mqtt_address
             else None
         )
         self.http = HttpServer(
@@ -192,7 +192,7 @@ class Gateway:
                         self.wcs,
                         self.dji,
                         self.rtsp_pulls,
-                        metrics.Outputs(self.thumbnails, self.hls, self.recorders, self.sdview),
+                        metrics.Outputs(self.thumbnails, self.hls, self.recorders, self.sdview, self.broker),
                         self.ice_mux,
                     )
                 ),
@@ -310,8 +310,24 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 def embedded_broker(config: Config) -> Broker | None:
-    """The embedded MQTT broker, unless an external one is configured or it is off."""
+    """The embedded MQTT broker, unless an external one is configured or it is off. Bound
+    beyond loopback, it must have a log-in (ConfigError otherwise)."""
     if config.mqtt or config.mqtt_broker == "off":
         return None
+    login = mqtt_broker_credentials(config)
     host, _, port = config.mqtt_broker.rpartition(":")
-    return Broker(host, int(port))
+    user, password = login or (None, None)
+    return Broker(host.strip("[]"), int(port), username=user, password=password)
+
+
+def own_broker_address(config: Config) -> BrokerAddress | None:
+    """Where skyrelay's own MQTT clients (DJI bridge, SD view, the demo's dock) connect: the
+    `mqtt` broker, or the embedded one with its log-in; None when there is neither."""
+    if config.mqtt:
+        return BrokerAddress.parse(config.mqtt, config.mqtt_ca_file, protocol=config.mqtt_protocol)
+    if config.mqtt_broker == "off":
+        return None
+    host, _, port = config.mqtt_broker.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip("[]"), host.strip("[]"))
+    user, password = mqtt_broker_credentials(config) or (None, None)
+    return BrokerAddress(host, int(port), user, password, protocol=config.mqtt_protocol)

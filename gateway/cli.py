@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--mqtt-broker", help="without --mqtt: embedded MQTT broker HOST:PORT (default 127.0.0.1:1883) or off"
     )
+    _mqtt_broker_login(serve)
+    serve.add_argument(
+        "--mqtt-protocol", choices=["5", "3.1.1"], help="MQTT version of skyrelay's own clients (default 5)"
+    )
     serve.add_argument("--live-linger", type=float, help="seconds a drone push outlives its last viewer")
     serve.add_argument(
         "--live-url-type", choices=["rtmp", "whip", "rtsp"], help="how drones push (default rtmp)"
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-broker", help="embedded MQTT broker HOST:PORT (default 127.0.0.1:1883)")
     demo.add_argument("--webrtc-udp-port", type=int, help="UDP port for all WebRTC media (default 8189)")
     demo.add_argument("--webrtc-tcp-port", type=int, help="ICE-TCP port for WebRTC (default 8189; 0: off)")
+    _mqtt_broker_login(demo)
     demo.add_argument(
         "--ice-address", action="append", dest="ice_addresses", help="local address for ICE candidates"
     )
@@ -94,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
     sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
     sim.add_argument("--mqtt-ca-file", help="CA certificates to check an mqtts:// broker with")
+    sim.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
     sim.add_argument("--gateway-sn", default="SIMDOCK0000001", help="the dock's serial number")
     sim.add_argument("--aircraft-sn", default="SIMAIRCRAFT0001", help="the aircraft's serial number")
     sim.add_argument("--fail-first", type=int, default=0, help="fail this many live_start_push")
@@ -104,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--offline-after", type=float, default=0.0, help="go offline after this long")
     sim.add_argument("--offline-for", type=float, default=0.0, help="... for this long (0: for good)")
     return parser
+
+
+def _mqtt_broker_login(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-broker-user", help="user name the embedded MQTT broker requires")
+    parser.add_argument("--mqtt-broker-password", help="... and its password")
+    parser.add_argument("--mqtt-broker-password-file", help="... or a file holding the password")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,9 +161,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
+    from gateway.app import Gateway, own_broker_address
     from gateway.dji.dock_sim import DockSimulator, run_forever
-    from gateway.dji.mqtt import BrokerAddress
 
     flags = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
@@ -160,8 +171,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 2
     log.configure("warning", "auto")
-    host, _, port = config.mqtt_broker.rpartition(":")
-    simulator = DockSimulator(BrokerAddress(host, int(port)), _simulator_clip())
+    address = own_broker_address(config)
+    assert address is not None  # the demo always runs the embedded broker
+    simulator = DockSimulator(address, _simulator_clip())
     page = f"http://localhost:{config.http_port}/"
     if config.ws_port != 8080:
         page += f"?ws=ws://localhost:{config.ws_port}"
@@ -192,7 +204,7 @@ def _dock_sim(args: argparse.Namespace) -> int:
 
     log.configure("info", "auto")
     try:
-        broker = BrokerAddress.parse(args.mqtt, args.mqtt_ca_file)
+        broker = BrokerAddress.parse(args.mqtt, args.mqtt_ca_file, protocol=args.mqtt_protocol)
     except ValueError as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -36,6 +37,13 @@ class Config:
     mqtt_ca_file: str | None = None
     # Without `mqtt`, an embedded broker listens here for docks and the bridge ("off": none).
     mqtt_broker: str = "127.0.0.1:1883"
+    # The log-in the embedded broker requires (its own clients use it too); without it, the
+    # broker may only listen on loopback. The password inline or in a file.
+    mqtt_broker_user: str | None = None
+    mqtt_broker_password: str | None = None
+    mqtt_broker_password_file: str | None = None
+    # The MQTT version skyrelay's own clients speak: "5", or "3.1.1" for older brokers.
+    mqtt_protocol: str = "5"
     # Where devices push RTMP (default rtmp://{public_ip or a local address}:{rtmp_port}/live).
     rtmp_push_url: str | None = None
     # Where devices push WHIP (url_type 4; default http://{same host as RTMP}:{http_port}/whip).
@@ -215,6 +223,9 @@ def validate(config: Config) -> None:
         host, _, port = config.mqtt_broker.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) <= 65535:
             raise ConfigError("setting 'mqtt_broker': HOST:PORT (for example 127.0.0.1:1883) or off")
+    mqtt_broker_credentials(config)
+    if config.mqtt_protocol not in MQTT_PROTOCOLS:
+        raise ConfigError(f"setting 'mqtt_protocol': one of {', '.join(MQTT_PROTOCOLS)}")
     for name in (
         "ping_interval",
         "ice_timeout",
@@ -259,6 +270,47 @@ def validate(config: Config) -> None:
         raise ConfigError("setting 'log_level': one of debug, info, warning, error, critical")
     if config.log_format not in ("auto", "json", "console"):
         raise ConfigError("setting 'log_format': one of auto, json, console")
+
+
+MQTT_PROTOCOLS = ("5", "3.1.1")
+
+
+def mqtt_broker_credentials(config: Config) -> tuple[str, str] | None:
+    """The embedded broker's (user, password), the password read from its file if so given;
+    None when it needs no log-in, which only a loopback-bound broker may do."""
+    if config.mqtt or config.mqtt_broker == "off":
+        return None
+    password = config.mqtt_broker_password
+    if config.mqtt_broker_password_file:
+        if password is not None:
+            raise ConfigError("settings 'mqtt_broker_password' and 'mqtt_broker_password_file': give one")
+        try:
+            password = Path(config.mqtt_broker_password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"setting 'mqtt_broker_password_file': cannot read it: {exc}") from None
+    if config.mqtt_broker_user is None:
+        if password is not None:
+            raise ConfigError("setting 'mqtt_broker_password' without 'mqtt_broker_user'")
+        host = config.mqtt_broker.rpartition(":")[0].strip("[]")
+        if host != "localhost" and not _loopback(host):
+            raise ConfigError(
+                f"setting 'mqtt_broker': the embedded broker on {host} would let anyone on the network"
+                " in; set 'mqtt_broker_user' and 'mqtt_broker_password' (or"
+                " 'mqtt_broker_password_file'), or bind it to 127.0.0.1"
+            )
+        return None
+    if not password:
+        raise ConfigError(
+            "setting 'mqtt_broker_user' needs 'mqtt_broker_password' or 'mqtt_broker_password_file'"
+        )
+    return config.mqtt_broker_user, password
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def pairs(entries: tuple[str, ...]) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """A DJI dock simulator for development and tests (`skyrelay dock-sim`).
 
-It speaks the DJI Cloud API over MQTT like a dock with one aircraft: ``update_topo`` on
-start, ``live_capacity`` and ``live_status`` state, periodic ``osd``, and answers the live
-commands on ``services_reply`` with the same tid and bid. On a successful
+It speaks the DJI Cloud API over MQTT 5.0 (3.1.1 with `--mqtt-protocol 3.1.1`) like a dock
+with one aircraft: ``update_topo`` on start, ``live_capacity`` and ``live_status`` state,
+periodic ``osd``, and answers the live commands on ``services_reply`` with the same tid and
+bid. On a successful
 ``live_start_push`` it pushes an H.264 test pattern (1 s GOP, no B-frames) over RTMP from
 PyAV or over WHIP, or serves it over RTSP like a remote controller (`camera_sim`). It can
 fail the first N starts with a given code, delay its replies, hang, drop its push, and go

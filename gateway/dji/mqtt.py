@@ -1,7 +1,8 @@
 """The MQTT side of the DJI bridge: a thin I/O layer around `DeviceRegistry`.
 
-It connects to the broker (reconnecting with capped exponential backoff and subscribing
-again), feeds every device message to the registry, publishes the replies the protocol
+It connects to the broker with MQTT 5.0, as the DJI Cloud API specifies (3.1.1 when
+`mqtt_protocol` says so), reconnecting with capped exponential backoff and subscribing
+again; it feeds every device message to the registry, publishes the replies the protocol
 requires, hands the other registry events to the bridge, and publishes commands. Bad
 device messages are logged and dropped; they never stop the loop.
 """
@@ -43,9 +44,10 @@ class BrokerAddress:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    protocol: str = "5"  # MQTT 5.0, or "3.1.1" for brokers without it
 
     @classmethod
-    def parse(cls, url: str, ca_file: str | None = None) -> BrokerAddress:
+    def parse(cls, url: str, ca_file: str | None = None, protocol: str = "5") -> BrokerAddress:
         """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS)."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -57,7 +59,7 @@ class BrokerAddress:
             raise ValueError(f"bad port in MQTT URL {url!r}") from None
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, username, password, tls, ca_file)
+        return cls(parts.hostname, port, username, password, tls, ca_file, protocol)
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -72,6 +74,7 @@ class BrokerAddress:
             username=self.username,
             password=self.password,
             identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V311 if self.protocol == "3.1.1" else aiomqtt.ProtocolVersion.V5,
             tls_context=self.tls_context(),
             keepalive=10,
             timeout=10,

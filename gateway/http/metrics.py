@@ -1,6 +1,7 @@
 """``GET /metrics`` in the Prometheus text format (version 0.0.4): streams, viewers, bit
-rates, ingest state, WebSocket sessions, MQTT link state (the DJI bridge's, the SD view's)
-and DJI command outcomes. Read from the live objects at scrape time; nothing is kept here."""
+rates, ingest state, WebSocket sessions, MQTT link state (the DJI bridge's, the SD view's),
+the embedded broker's clients and refusals, and DJI command outcomes. Read from the live
+objects at scrape time; nothing is kept here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.broker.server import Broker
 from gateway.dji.bridge import DjiBridge
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
@@ -54,6 +56,7 @@ class Outputs:
     hls: HlsService | None = None
     recorders: Recorders | None = None
     sdview: SdViewService | None = None
+    broker: Broker | None = None  # the embedded MQTT broker
 
 
 def render(
@@ -184,6 +187,18 @@ def _outputs(outputs: Outputs) -> list[Family]:
         images = Family("skyrelay_sd_view_images_total", "counter", "SD view JPEGs published over MQTT.")
         images.add(outputs.sdview.published)
         families += [link, images]
+    if outputs.broker is not None:
+        core = outputs.broker.core
+        clients = Family("skyrelay_mqtt_broker_clients", "gauge", "Clients connected to the embedded broker.")
+        clients.add(sum(1 for s in core.sessions.values() if s.connection is not None))
+        rejected = Family(
+            "skyrelay_mqtt_broker_rejected_total",
+            "counter",
+            "Clients the embedded broker refused or disconnected, by reason.",
+        )
+        for reason, number in sorted(core.rejected.items()):
+            rejected.add(number, reason=reason)
+        families += [clients, rejected]
     return families
 
 

@@ -28,10 +28,12 @@ async def dock(
     clip: Path,
     behaviour: DockBehaviour | None = None,
     ca_file: str | None = None,
+    protocol: str = "5",
 ) -> AsyncIterator[DockSimulator]:
-    """A simulated dock on ``broker`` (a Mosquitto or a URL), announced to ``gateway``."""
+    """A simulated dock on ``broker`` (a Mosquitto or a URL), announced to ``gateway``; it
+    speaks MQTT ``protocol``."""
     url = broker if isinstance(broker, str) else broker.url
-    address = BrokerAddress.parse(url, ca_file)
+    address = BrokerAddress.parse(url, ca_file, protocol)
     sim = DockSimulator(address, clip, behaviour=behaviour or DockBehaviour())
     task = asyncio.create_task(run_forever(sim, retry=0.5))
     try:

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 import structlog
 
 from gateway.access import OpenAccess
 from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour
+from gateway.dji.mqtt import BrokerAddress
 from gateway.media.ingest_keys import KEY_PREFIX
 from gateway.media.synthetic import EncodedVideoTrack, read_access_units
 from gateway.wcs.client import WcsClient, WcsError
@@ -178,21 +180,37 @@ async def test_a_silent_device_fails_plays_at_once_with_device_offline(
         await gateway.stop()
 
 
-async def test_docks_can_use_the_embedded_broker(clip: Path) -> None:
-    """With no --mqtt, the gateway runs its own MQTT broker; the dock connects to it."""
+@pytest.mark.parametrize("dock_protocol", ["5", "3.1.1"])
+async def test_docks_can_use_the_embedded_broker(clip: Path, dock_protocol: str) -> None:
+    """With no --mqtt, the gateway runs its own MQTT broker, here with a log-in; the bridge
+    speaks MQTT 5 to it, the dock MQTT 5 (or 3.1.1, side by side), and a drone camera plays."""
     port = free_port()
-    gateway = Gateway(local_config(mqtt_broker=f"127.0.0.1:{port}", live_linger=1.0))
+    login = {"mqtt_broker_user": "skyrelay", "mqtt_broker_password": "br0ker"}
+    gateway = Gateway(local_config(mqtt_broker=f"127.0.0.1:{port}", live_linger=1.0, **login))
     await gateway.start()
     try:
         assert gateway.broker is not None and gateway.dji is not None
         async with asyncio.timeout(10):
             await gateway.dji.mqtt.connected.wait()
-        async with dock(gateway, f"mqtt://127.0.0.1:{port}", clip) as sim:
+        url = f"mqtt://skyrelay:br0ker@127.0.0.1:{port}"
+        async with dock(gateway, url, clip, protocol=dock_protocol) as sim:
+            versions = {
+                conn.client_id: conn.version
+                for conn in gateway.broker.core.connections.values()
+                if conn.session
+            }
+            assert versions[f"dock-sim-{sim.gateway_sn}"] == (5 if dock_protocol == "5" else 4)
+            assert [v for k, v in versions.items() if k.startswith("skyrelay-")] == [5]  # the bridge
             client, frames = await play(gateway)
             await frames.wait_frames(10)
             assert len(sim.starts) == 1
             await frames.stop()
             await client.close()
+        # Without the log-in, a dock is refused.
+        async with asyncio.timeout(10):
+            with pytest.raises(aiomqtt.MqttError, match="[Bb]ad user name or password|[Nn]ot authori"):
+                async with BrokerAddress("127.0.0.1", port, protocol=dock_protocol).client("intruder"):
+                    pass
     finally:
         await gateway.stop()
 
