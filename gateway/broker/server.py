@@ -69,7 +69,8 @@ class Broker:
             deadline = self.core.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self._now())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see test_cancellation_rules
+                    await self._wake.wait()
             self._wake.clear()
             self._apply(self.core.tick(self._now()), wake=False)
 
