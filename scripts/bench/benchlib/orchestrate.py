@@ -444,8 +444,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=PHASES,
-        help="measure one configuration only (default: all of " + ", ".join(PHASES) + ")",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help="measure these configurations only, in this order, comma-separated (default: all of "
+        + ", ".join(PHASES)
+        + ")",
     )
     parser.add_argument(
         "--reference-first", action="store_true", help="measure the reference before the gateway phases"
@@ -463,7 +465,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds <= 0 or args.viewer_procs <= 0:
         parser.error("--seconds and --viewer-procs must be positive")
     order = ["reference", *PHASES[:3]] if args.reference_first else list(PHASES)
-    args.order = [args.only] if args.only else order
+    if args.only and not set(args.only) <= set(PHASES):
+        parser.error(f"--only: choose from {', '.join(PHASES)}")
+    args.order = args.only or order
     return args
 
 
