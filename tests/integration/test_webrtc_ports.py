@@ -22,6 +22,7 @@ from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.media.webrtc import fanout, icemux
 from gateway.media.webrtc.demux import frame
+from gateway.media.whip_client import WhipClient
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import GatewayProcess, free_port
 from tests.integration.conftest import FrameCounter, local_config
@@ -316,7 +317,7 @@ async def test_tcp_asked_of_a_gateway_without_ice_tcp_fails_clearly(
         await client.close()
 
 
-async def test_public_ip_and_whep_answers_name_both_ports(video_track: TrackFactory) -> None:
+async def test_public_ip_and_whip_and_whep_answers_name_both_ports(video_track: TrackFactory) -> None:
     gateway = Gateway(local_config(public_ip="203.0.113.7"))
     await gateway.start()
     client = await WcsClient.connect(f"ws://127.0.0.1:{gateway.config.ws_port}")
@@ -339,6 +340,10 @@ async def test_public_ip_and_whep_answers_name_both_ports(video_track: TrackFact
         ):
             assert reply.status == 201
             assert candidates(await reply.text()) == both
+        whip = WhipClient(f"http://127.0.0.1:{gateway.config.http_port}/whip/public-whip", video_track())
+        await whip.start()
+        assert candidates(whip.pc.remoteDescription.sdp) == both
+        await whip.stop()
     finally:
         await whep.close()
         await client.close()
