@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import aioice.ice
 
+from gateway.media.webrtc import aiortc_compat
+
 _original = aioice.ice.get_host_addresses
 
 
@@ -35,11 +37,8 @@ async def _connect_unless_closed(self: aioice.ice.Connection) -> None:
     ran while the checks were finishing; that task then loops forever on a closed
     connection (one leaked task per such peer). Stop it and report the connect as failed."""
     await _original_connect(self)
-    if getattr(self, "_closing", False):
-        task = self._query_consent_task
-        if task is not None:
-            task.cancel()
-            self._query_consent_task = None
+    if aiortc_compat.connection_closing(self):
+        aiortc_compat.cancel_consent_task(self)
         raise ConnectionError("ICE connection closed while connecting")
 
 
