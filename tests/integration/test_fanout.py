@@ -65,9 +65,9 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             assert writer.packets > 40 and not writer.closed
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # aiortc's RTCP loop reports what the writer sent.
-            counters = aiortc_compat.sender_counters(viewer._video_sender)
-            assert (counters.packets, counters.octets) == (writer.packets, writer.octets)
-            assert counters.rtp_timestamp == writer.last_timestamp
+            reported = aiortc_compat.sender_counters(viewer._video_sender)
+            assert (reported.packets, reported.octets) == (writer.packets, writer.octets)
+            assert reported.rtp_timestamp == writer.last_timestamp
         # The players' receiver reports reach the gateway: they saw the sender reports.
         for player in players:
             await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)
