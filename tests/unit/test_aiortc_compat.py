@@ -245,8 +245,11 @@ async def test_a_missing_port_mux_internal_fails_the_mux_start_naming_it(
     with pytest.raises(IceMuxError, match="_protocols"):
         await mux.start()
     assert mux.udp_ports == {} and mux.tcp_servers == []
-    # With the ports off, the start goes on.
-    await IceMux("127.0.0.1", udp_port=0, tcp_port=0, ice_timeout=5.0).start()
+    # With the ports off, the start goes on, saying what it lacks.
+    with structlog.testing.capture_logs() as logs:
+        await IceMux("127.0.0.1", udp_port=0, tcp_port=0, ice_timeout=5.0).start()
+    (entry,) = [e for e in logs if e["event"] == "aiortc_internals"]
+    assert entry["port_mux"] == "off" and entry["missing"] == ["aioice Connection._protocols"]
 
 
 async def test_missing_decoder_queue_refuses_the_tap_by_name() -> None:

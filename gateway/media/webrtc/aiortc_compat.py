@@ -12,8 +12,8 @@ What each feature falls back to when its internals are missing:
 
 - ``fast_fanout`` (packetize once, write each viewer's SRTP directly): aiortc's stock
   sender per viewer (`DirectRtpWriter.attach` returns None);
-- ``decoder_tap`` (encoded frames out of a receiver): none; each WebRTC/WHIP publish is
-  refused with the missing name, the rest of the gateway works;
+- ``decoder_tap`` (encoded frames out of a receiver): none; each WebRTC/WHIP publish fails
+  with `InternalsMissing` naming it, the rest of the gateway works;
 - ``rtcp_feedback`` (NACK/PLI counted and forwarded, keyframe requests to publishers,
   packets lost per SSRC): not counted, no keyframe requests;
 - ``ice_workarounds`` (host address choice, consent-task leak guard): aioice's defaults;

@@ -14,16 +14,21 @@ import aioice.ice
 
 from gateway.media.webrtc import aiortc_compat
 
-_original = aioice.ice.get_host_addresses
+# Read leniently: an aioice without it gathers some other way, and aiortc_compat.check()
+# reports the workaround as unavailable rather than the gateway failing at import.
+_original = getattr(aioice.ice, "get_host_addresses", None)
 
 
 def configure_host_addresses(addresses: Sequence[str]) -> None:
+    original = _original
+    if original is None:
+        return
     chosen = list(addresses)
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         if chosen:
             return list(chosen)
-        found = _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        found = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
         return found or ["127.0.0.1"]
 
     aioice.ice.get_host_addresses = host_addresses
