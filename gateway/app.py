@@ -200,7 +200,9 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        await self.ice_mux.start()  # first: a busy WebRTC port stops the start before anything listens
+        # First: it runs aiortc_compat.check() (logs which WebRTC fast paths this aiortc offers),
+        # and a busy WebRTC port or a missing port-mux internal stops the start before anything listens.
+        await self.ice_mux.start()
         await self.wcs.start()
         await self.http.start()
         if self.rtmp is not None:

@@ -1,7 +1,7 @@
 """The fast fan-out path in a gateway running in this process, so its viewers can be looked
 at: packets written directly, sender reports kept true, NACKs answered from its history,
-and the stock path taken when aiortc lacks a private attribute it relies on. This file
-touches every private aiortc/aioice attribute `gateway.media.webrtc.fanout` uses."""
+and the stock path taken when aiortc lacks a private attribute it relies on (all of them
+reached through `aiortc_compat`, whose own test touches every one)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aiortc.rtp import RtpPacket
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.media.webrtc import fanout
+from gateway.media.webrtc import aiortc_compat, fanout
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.integration.conftest import FrameCounter, capture_rtp
 
@@ -65,10 +65,9 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             assert writer.packets > 40 and not writer.closed
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # aiortc's RTCP loop reports what the writer sent.
-            sender = viewer._video_sender
-            assert sender._RTCRtpSender__packet_count == writer.packets
-            assert sender._RTCRtpSender__octet_count == writer.octets
-            assert sender._RTCRtpSender__rtp_timestamp == writer.last_timestamp
+            reported = aiortc_compat.sender_counters(viewer._video_sender)
+            assert (reported.packets, reported.octets) == (writer.packets, writer.octets)
+            assert reported.rtp_timestamp == writer.last_timestamp
         # The players' receiver reports reach the gateway: they saw the sender reports.
         for player in players:
             await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)
@@ -120,7 +119,8 @@ async def test_nack_is_answered_from_the_writers_history(
 async def test_stock_path_when_a_private_attribute_is_missing(
     local_gateway: Gateway, video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fanout, "_SENDER_COUNTERS", (*fanout._SENDER_COUNTERS, "_RTCRtpSender__gone"))
+    gone = (*aiortc_compat.SENDER_COUNTERS, "_RTCRtpSender__gone")
+    monkeypatch.setattr(aiortc_compat, "SENDER_COUNTERS", gone)
     clients, (player,) = await publish_and_play(local_gateway, video_track(), players=1)
     try:
         counter = FrameCounter(player).start()

@@ -24,6 +24,7 @@ from aiortc.rtp import (
 
 from gateway.media.rates import VideoRates
 from gateway.media.stream import FrameQueue, MediaKind, Stream, StreamListener, Subscription
+from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.fanout import DirectRtpWriter
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import capabilities, check_play_offer, parse_offer
@@ -122,8 +123,12 @@ class WebRtcViewer:
 
     def _hook_feedback(self, sender: RTCRtpSender) -> None:
         """Count the viewer's NACK and PLI/FIR, and forward keyframe requests upstream:
-        aiortc's sender ignores them when it is not encoding."""
-        handle = sender._handle_rtcp_packet
+        aiortc's sender ignores them when it is not encoding. Without the hook (another
+        aiortc, see aiortc_compat) the viewer still plays, uncounted."""
+        try:
+            handle = aiortc_compat.sender_rtcp_handler(sender)
+        except AttributeError:
+            return
 
         async def counted(packet: Any) -> None:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
@@ -137,7 +142,7 @@ class WebRtcViewer:
                 self.stream.request_keyframe()
             await handle(packet)
 
-        sender._handle_rtcp_packet = counted  # type: ignore[method-assign]
+        aiortc_compat.set_sender_rtcp_handler(sender, counted)
 
     async def rates(self) -> VideoRates:
         bits = fps = lost = 0

@@ -17,13 +17,14 @@ from gateway.log import get_logger
 from gateway.media import h264, vp8
 from gateway.media.rates import VideoRates
 from gateway.media.stream import Codec, MediaFrame, Stream
-from gateway.media.webrtc import passthrough
+from gateway.media.webrtc import aiortc_compat, passthrough
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import (
     PUBLISH_AUDIO,
     PUBLISH_VIDEO,
     capabilities,
     check_publish_offer,
+    negotiated_codecs,
     parse_offer,
 )
 
@@ -65,8 +66,11 @@ class WebRtcPublisher:
             self._tap(transceiver.receiver, kind)
         answer = await self.peer.answer(offer_sdp, tcp_only=tcp_only)
         video = audio = None
+        # What the answer names, first choice first: the codecs the publisher will send.
+        negotiated = negotiated_codecs(pc.localDescription.sdp)
         for transceiver in pc.getTransceivers():
-            codecs = [c for c in transceiver._codecs if not c.mimeType.lower().endswith("/rtx")]
+            found = negotiated.get(transceiver.mid or "", [])
+            codecs = [c for c in found if not c.mimeType.lower().endswith("/rtx")]
             if not codecs or transceiver.receiver is None:
                 continue
             chosen = codecs[0]
@@ -86,7 +90,10 @@ class WebRtcPublisher:
         passthrough.install(receiver, self._on_video_frame if kind == "video" else self._on_audio_frame)
 
     def _count_feedback(self, receiver: RTCRtpReceiver) -> None:
-        send_nack, send_pli = receiver._send_rtcp_nack, receiver._send_rtcp_pli
+        feedback = aiortc_compat.receiver_feedback(receiver)
+        if feedback is None:
+            return  # another aiortc (see aiortc_compat): the publish works, uncounted
+        send_nack, send_pli = feedback
 
         async def counted_nack(media_ssrc: int, lost: list[int]) -> None:
             self.nack_sent += 1
@@ -96,8 +103,7 @@ class WebRtcPublisher:
             self.pli_sent += 1
             await send_pli(media_ssrc)
 
-        receiver._send_rtcp_nack = counted_nack  # type: ignore[method-assign]
-        receiver._send_rtcp_pli = counted_pli  # type: ignore[method-assign]
+        aiortc_compat.set_receiver_feedback(receiver, counted_nack, counted_pli)
 
     def _on_video_frame(self, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> None:
         name = codec.mimeType.split("/", 1)[1]
@@ -141,7 +147,11 @@ class WebRtcPublisher:
         ssrc = passthrough.media_ssrc(receiver) if receiver is not None else None
         if receiver is None or ssrc is None:
             return
-        task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+        try:
+            pli = aiortc_compat.send_pli(receiver, ssrc)
+        except AttributeError:
+            return  # another aiortc (see aiortc_compat): viewers wait for the next keyframe
+        task = asyncio.ensure_future(pli)
         self._pli_tasks.add(task)
         task.add_done_callback(self._pli_tasks.discard)
 

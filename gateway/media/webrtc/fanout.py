@@ -10,8 +10,8 @@ a `DirectRtpWriter` per viewer and kind turns them into that viewer's packets.
 What is kept from aiortc's sender: its SSRC and RTCP (sender reports carry the counters
 written here; receiver reports, PLI and NACK arrive through it). NACKs are answered from
 this writer's own history. The writer relies on private attributes of aiortc 1.16 and
-aioice 0.13, all read in `DirectRtpWriter.attach`: if any is missing it returns None and the
-viewer keeps aiortc's stock sender path.
+aioice 0.13 (through `aiortc_compat`), all read in `DirectRtpWriter.attach`: if any is
+missing it returns None and the viewer keeps aiortc's stock sender path.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from gateway.log import get_logger
 from gateway.media.stream import MediaFrame, Stream
+from gateway.media.webrtc import aiortc_compat
 
 log = get_logger(__name__)
 
@@ -35,13 +36,6 @@ log = get_logger(__name__)
 HISTORY = 512
 # A viewer whose socket has this much unsent data is congested: it skips to a keyframe.
 MAX_UNSENT_BYTES = 512 * 1024
-
-_SENDER_COUNTERS = (
-    "_RTCRtpSender__ntp_timestamp",
-    "_RTCRtpSender__rtp_timestamp",
-    "_RTCRtpSender__octet_count",
-    "_RTCRtpSender__packet_count",
-)
 
 
 def rtp_payloads(stream: Stream, frame: MediaFrame, codec: RTCRtpCodecParameters) -> tuple[list[bytes], int]:
@@ -103,8 +97,9 @@ class DirectRtpWriter:
             codec = parameters.codecs[0]
             extensions = HeaderExtensionsMap()
             extensions.configure(parameters)
+            ssrc, rtx_ssrc = aiortc_compat.sender_ssrcs(sender)
             template = RtpPacket(payload_type=codec.payloadType, sequence_number=0, timestamp=0)
-            template.ssrc = sender._ssrc
+            template.ssrc = ssrc
             template.extensions.mid = parameters.muxId
             header = template.serialize(extensions)
             rtx = None
@@ -114,15 +109,16 @@ class DirectRtpWriter:
             )
             if rtx_codec is not None:
                 rtx_template = RtpPacket(payload_type=rtx_codec.payloadType, sequence_number=0, timestamp=0)
-                rtx_template.ssrc = sender._rtx_ssrc
+                rtx_template.ssrc = rtx_ssrc
                 rtx_template.extensions.mid = parameters.muxId
                 rtx = (rtx_codec.payloadType, rtx_template.serialize(extensions))
             dtls = sender.transport
-            srtp = dtls._tx_srtp
-            pair = dtls.transport._connection._nominated[1]
+            srtp = aiortc_compat.tx_srtp(dtls)
+            pair = aiortc_compat.nominated_pair(dtls)
+            if pair is None:
+                raise KeyError("no nominated candidate pair")
             socket, address = pair.protocol.transport, pair.remote_addr
-            for name in _SENDER_COUNTERS:
-                getattr(sender, name)
+            aiortc_compat.sender_counters(sender)  # present, so that writing them is heard
             if srtp is None or socket is None:
                 raise AttributeError("SRTP session or socket not ready")
         except (AttributeError, KeyError, IndexError, TypeError) as exc:
@@ -185,11 +181,13 @@ class DirectRtpWriter:
 
     def _update_sender_report(self) -> None:
         # aiortc's RTCP loop builds sender reports from these; keep them true.
-        sender = self.sender
-        sender._RTCRtpSender__ntp_timestamp = rtc_clock.current_ntp_time()
-        sender._RTCRtpSender__rtp_timestamp = self.last_timestamp
-        sender._RTCRtpSender__octet_count = self.octets
-        sender._RTCRtpSender__packet_count = self.packets
+        aiortc_compat.set_sender_counters(
+            self.sender,
+            ntp_timestamp=rtc_clock.current_ntp_time(),
+            rtp_timestamp=self.last_timestamp,
+            octets=self.octets,
+            packets=self.packets,
+        )
 
 
 def _patched(header: bytes, payload_type: int, marker: bool, sequence: int, timestamp: int) -> bytearray:

@@ -12,16 +12,23 @@ from collections.abc import Sequence
 
 import aioice.ice
 
-_original = aioice.ice.get_host_addresses
+from gateway.media.webrtc import aiortc_compat
+
+# Read leniently: an aioice without it gathers some other way, and aiortc_compat.check()
+# reports the workaround as unavailable rather than the gateway failing at import.
+_original = getattr(aioice.ice, "get_host_addresses", None)
 
 
 def configure_host_addresses(addresses: Sequence[str]) -> None:
+    original = _original
+    if original is None:
+        return
     chosen = list(addresses)
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         if chosen:
             return list(chosen)
-        found = _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        found = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
         return found or ["127.0.0.1"]
 
     aioice.ice.get_host_addresses = host_addresses
@@ -35,11 +42,8 @@ async def _connect_unless_closed(self: aioice.ice.Connection) -> None:
     ran while the checks were finishing; that task then loops forever on a closed
     connection (one leaked task per such peer). Stop it and report the connect as failed."""
     await _original_connect(self)
-    if getattr(self, "_closing", False):
-        task = self._query_consent_task
-        if task is not None:
-            task.cancel()
-            self._query_consent_task = None
+    if aiortc_compat.connection_closing(self):
+        aiortc_compat.cancel_consent_task(self)
         raise ConnectionError("ICE connection closed while connecting")
 
 

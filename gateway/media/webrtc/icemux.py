@@ -7,15 +7,15 @@ shared socket per address family (UDP), or through one accepted TCP connection w
 RFC 4571 framing (ICE-TCP, RFC 6544 passive candidates). Incoming datagrams and frames are
 routed by `Demux`: the ufrag of a signed Binding request, then the remote address.
 
-aioice/aiortc internals used here, all checked by `check_internals()` when the gateway
-starts (a missing one stops the start with its name, instead of failing per session):
+aioice/aiortc internals used here, all reached through `aiortc_compat` and checked by its
+`check()` when the mux starts (a missing one stops the start with its name, instead of
+failing per session):
 
-- ``RTCPeerConnection._RTCPeerConnection__iceTransports``: a peer connection's ICE transports;
-- ``RTCIceTransport._connection``: the aioice `Connection` of one;
+- a peer connection's ICE transports and the aioice `Connection` of each;
 - on that ``Connection``, replaced per instance: ``get_component_candidates`` (gathering),
   ``add_remote_candidate`` (end-of-candidates is ignored while ICE-TCP may still connect)
-  and ``close`` (the session leaves the tables); read or extended: ``_protocols`` (a TCP
-  connection's protocol joins the others), ``_remote_candidates_end`` (reset: the offer's
+  and ``close`` (the session leaves the tables); read or extended: its protocols (a TCP
+  connection's protocol joins the others), its end-of-candidates flag (reset: the offer's
   end-of-candidates was applied before the mux saw the connection), ``local_username``,
   ``local_password``, ``stun_server``;
 - ``aioice.ice.StunProtocol``: subclassed; aioice calls its ``datagram_received``,
@@ -30,15 +30,17 @@ import errno
 import functools
 import ipaddress
 import socket
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice.ice
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCPeerConnection
 
 from gateway.log import get_logger
+from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.demux import Demux, Drop, FrameError, FrameReader, frame
 
 log = get_logger(__name__)
@@ -66,30 +68,6 @@ TCP_LOCAL_PREFERENCE = (4 << 13) + 8191
 
 class IceMuxError(RuntimeError):
     """The shared ports cannot be opened, or this aioice lacks what the mux needs."""
-
-
-def check_internals() -> None:
-    """Fail at start, naming it, if aiortc/aioice lack an internal the mux relies on."""
-    connection = aioice.ice.Connection(ice_controlling=False)
-    needed = {
-        "aioice Connection.get_component_candidates": hasattr(connection, "get_component_candidates"),
-        "aioice Connection.add_remote_candidate": hasattr(connection, "add_remote_candidate"),
-        "aioice Connection._protocols": isinstance(getattr(connection, "_protocols", None), list),
-        "aioice Connection._remote_candidates_end": hasattr(connection, "_remote_candidates_end"),
-        "aioice Connection.local_username": isinstance(getattr(connection, "local_username", None), str),
-        "aioice Connection.local_password": isinstance(getattr(connection, "local_password", None), str),
-        "aioice StunProtocol.datagram_received": hasattr(aioice.ice.StunProtocol, "datagram_received"),
-        "aioice StunProtocol.connection_lost": hasattr(aioice.ice.StunProtocol, "connection_lost"),
-        "aiortc RTCPeerConnection.__iceTransports": "_RTCPeerConnection__iceTransports"
-        in vars(RTCPeerConnection(_no_stun())),
-    }
-    missing = [name for name, present in needed.items() if not present]
-    if missing:
-        raise IceMuxError(f"this aiortc/aioice lacks what the WebRTC port mux needs: {', '.join(missing)}")
-
-
-def _no_stun() -> RTCConfiguration:
-    return RTCConfiguration(iceServers=[])
 
 
 class _MuxProtocol(aioice.ice.StunProtocol):
@@ -350,7 +328,7 @@ class _Session:
                         connection, _UdpShare(port, self, (address, mux.udp_port)), candidate
                     )
                     self.udp_protocols[family] = protocol
-                    connection._protocols.append(protocol)
+                    aiortc_compat.add_ice_protocol(connection, protocol)
             candidates += await self._reflexive(timeout)
         if mux.tcp_servers:
             if not mux.tcp.register(connection.local_username, connection.local_password, self):
@@ -404,7 +382,7 @@ class _Session:
         protocol = _MuxProtocol(
             self.connection, _FramedTcp(link, (candidate.host, candidate.port)), candidate
         )
-        self.connection._protocols.append(protocol)
+        aiortc_compat.add_ice_protocol(self.connection, protocol)
         self.links.add(link)
         return protocol
 
@@ -445,6 +423,8 @@ class IceMux:
         self.dropped: Counter[tuple[str, str]] = Counter()  # (transport, reason) -> datagrams/frames
         self.tcp_closed: Counter[str] = Counter()  # reason -> TCP connections
         self._bound: list[str] = []
+        # The connections put on the shared ports (weak: a closed peer connection goes).
+        self._adopted: weakref.WeakSet[aioice.ice.Connection] = weakref.WeakSet()
 
     @property
     def enabled(self) -> bool:
@@ -464,9 +444,14 @@ class IceMux:
         return False
 
     async def start(self) -> None:
+        # First, so that the log tells which fast paths this aiortc offers even with the
+        # ports off; with them on, a missing internal stops the start here, named.
+        try:
+            await aiortc_compat.check(port_mux=self.enabled)
+        except aiortc_compat.InternalsMissing as exc:
+            raise IceMuxError(str(exc)) from None
         if not self.enabled:
             return
-        check_internals()
         loop = asyncio.get_running_loop()
         addresses = self._bind_addresses()
         try:
@@ -529,15 +514,15 @@ class IceMux:
             raise IceMuxError("WebRTC over TCP is off on this server (webrtc_tcp_port = 0)")
         if not self.enabled:
             return
-        for transport in pc._RTCPeerConnection__iceTransports:  # type: ignore[attr-defined]
-            connection = transport._connection
-            if getattr(connection, "_skyrelay_session", None) is not None:
+        for transport in aiortc_compat.ice_transports(pc):
+            connection = aiortc_compat.ice_connection(transport)
+            if connection in self._adopted:
                 continue
             self._adopt_connection(connection, udp=not tcp_only)
 
     def _adopt_connection(self, connection: aioice.ice.Connection, udp: bool) -> None:
         session = _Session(self, connection, udp, connection.get_component_candidates)
-        connection._skyrelay_session = session  # type: ignore[attr-defined]
+        self._adopted.add(connection)
         self.sessions.add(session)
         connection.get_component_candidates = session.gather  # type: ignore[method-assign]
         original_add = connection.add_remote_candidate
@@ -560,7 +545,7 @@ class IceMux:
         connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign,assignment]
         if self.tcp_servers:
             # The offer was applied already: forget an end-of-candidates it carried.
-            connection._remote_candidates_end = False
+            aiortc_compat.forget_remote_candidates_end(connection)
         connection.close = close  # type: ignore[method-assign]
 
     def figures(self) -> dict[str, Any]:

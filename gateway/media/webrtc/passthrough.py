@@ -4,8 +4,7 @@ aiortc's RTCRtpReceiver hands every complete frame from its jitter buffer to a d
 thread through a queue, and offers no public way to get encoded frames. `EncodedFrameTap`
 stands in for that queue: frames go straight to a callback on the event loop, and the
 decoder thread is let go as soon as the receiver has started it. NACK, PLI and jitter-buffer
-logic stay aiortc's. This is the one place that touches the receiver's private state
-(aiortc 1.16.x).
+logic stay aiortc's. The receiver's private state is reached through `aiortc_compat`.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
 from gateway.log import get_logger
+from gateway.media.webrtc import aiortc_compat
 
 log = get_logger(__name__)
-
-_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
 
 FrameCallback = Callable[[RTCRtpCodecParameters, bytes, int], None]
 
@@ -48,14 +46,10 @@ class EncodedFrameTap:
 
 
 def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
-    """Make ``receiver`` hand encoded frames to ``deliver``. Call before it starts."""
-    if not hasattr(receiver, _QUEUE_ATTRIBUTE):
-        raise RuntimeError(
-            "aiortc's RTCRtpReceiver has no decoder queue attribute: this aiortc version is not "
-            "supported for passthrough (pin aiortc 1.16.x)"
-        )
+    """Make ``receiver`` hand encoded frames to ``deliver``. Call before it starts. Raises
+    `aiortc_compat.InternalsMissing` (a RuntimeError) if this aiortc has no decoder queue."""
     tap = EncodedFrameTap(deliver)
-    setattr(receiver, _QUEUE_ATTRIBUTE, tap)
+    aiortc_compat.replace_decoder_queue(receiver, tap)
     start = receiver.receive
 
     async def receive(parameters: RTCRtpReceiveParameters) -> None:
@@ -71,8 +65,8 @@ def packets_lost(receiver: RTCRtpReceiver) -> int:
     """RTP packets lost on the receiver's media SSRCs (not RTX), from its RTCP statistics.
     aiortc's getStats() files every SSRC under one key, so an RTX stream can hide the media
     stream's figure; this reads the per-SSRC statistics instead."""
-    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
-    rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    streams = aiortc_compat.receiver_stream_statistics(receiver)
+    rtx = aiortc_compat.receiver_rtx_ssrcs(receiver)
     return sum(stats.packets_lost for ssrc, stats in streams.items() if ssrc not in rtx)
 
 
@@ -80,7 +74,7 @@ def media_ssrc(receiver: RTCRtpReceiver) -> int | None:
     """The SSRC the publisher sends media on, for keyframe requests. Browsers also send RTX
     (retransmissions and bandwidth-probing padding) on a second SSRC; a PLI naming that one
     is ignored."""
-    rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    rtx = aiortc_compat.receiver_rtx_ssrcs(receiver)
     for source in receiver.getSynchronizationSources():
         if source.source not in rtx:
             return source.source

@@ -50,6 +50,13 @@ def parse_offer(sdp: str) -> list[OfferedMedia]:
     return media
 
 
+def negotiated_codecs(sdp: str) -> dict[str, list[RTCRtpCodecParameters]]:
+    """The codecs of each media section (by its mid) of a description, in its order: for
+    the gateway's own answer, what was negotiated, first choice first."""
+    description = SessionDescription.parse(sdp)
+    return {m.rtp.muxId: list(m.rtp.codecs) for m in description.media if m.rtp.muxId}
+
+
 def capabilities(mime_types: tuple[str, ...], kind: str) -> list[RTCRtpCodecCapability]:
     """aiortc's codec capabilities for ``mime_types`` in that order, each with its RTX."""
     caps = RTCRtpSender.getCapabilities(kind).codecs

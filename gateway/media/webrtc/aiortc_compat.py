@@ -1,0 +1,361 @@
+"""Every private aiortc/aioice attribute the gateway relies on, in one place.
+
+aiortc offers no public way to relay encoded media without decoding or re-encoding it, nor
+to share sockets between peer connections. The gateway reaches into aiortc 1.16 and aioice
+0.13 for that (docs/architecture.md, "Private aiortc/aioice internals relied on"). No other
+module spells a private aiortc/aioice name: they call the small accessors here, and
+`check()` (run when the gateway starts) probes every name on real objects and says which
+fast paths this aiortc supports. tests/unit/test_aiortc_compat.py touches every attribute
+on a negotiated peer connection, so an aiortc upgrade that renames one fails there first.
+
+What each feature falls back to when its internals are missing:
+
+- ``fast_fanout`` (packetize once, write each viewer's SRTP directly): aiortc's stock
+  sender per viewer (`DirectRtpWriter.attach` returns None);
+- ``decoder_tap`` (encoded frames out of a receiver): none; each WebRTC/WHIP publish fails
+  with `InternalsMissing` naming it, the rest of the gateway works;
+- ``rtcp_feedback`` (NACK/PLI counted and forwarded, keyframe requests to publishers,
+  packets lost per SSRC): not counted, no keyframe requests;
+- ``ice_workarounds`` (host address choice, consent-task leak guard): aioice's defaults;
+- ``port_mux`` (all sessions on one UDP and one TCP port): none; when the ports are
+  configured the start fails naming what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCDtlsTransport,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
+
+from gateway.log import get_logger
+
+log = get_logger(__name__)
+
+RtcpHandler = Callable[[Any], Awaitable[None]]
+NackSender = Callable[[int, list[int]], Awaitable[None]]
+PliSender = Callable[[int], Awaitable[None]]
+
+
+class InternalsMissing(RuntimeError):
+    """This aiortc/aioice lacks an internal the gateway needs and has no fallback for."""
+
+
+# --- RTCRtpSender ------------------------------------------------------------------------------
+
+# What aiortc's RTCP loop builds sender reports from (name-mangled privates of RTCRtpSender).
+SENDER_COUNTERS = (
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__packet_count",
+)
+
+
+class SenderCounters(NamedTuple):
+    ntp_timestamp: int
+    rtp_timestamp: int
+    octets: int
+    packets: int
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The sender's media SSRC and RTX SSRC (aiortc picks them; RTCP reports name them)."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def sender_counters(sender: RTCRtpSender) -> SenderCounters:
+    """What the sender's next sender report will carry. Raises AttributeError when this
+    aiortc keeps them elsewhere (then writing them would only add unused attributes)."""
+    ntp, rtp, octets, packets = (getattr(sender, name) for name in SENDER_COUNTERS)
+    return SenderCounters(ntp, rtp, octets, packets)
+
+
+def set_sender_counters(
+    sender: RTCRtpSender, *, ntp_timestamp: int, rtp_timestamp: int, octets: int, packets: int
+) -> None:
+    """Make the sender's reports tell what was written past it (once per frame and viewer:
+    plain assignments, no lookup of the names)."""
+    sender._RTCRtpSender__ntp_timestamp = ntp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+
+
+def sender_rtcp_handler(sender: RTCRtpSender) -> RtcpHandler:
+    """The coroutine aiortc hands each RTCP packet for this sender (RR, NACK, PLI, FIR...)."""
+    handler: RtcpHandler = sender._handle_rtcp_packet
+    return handler
+
+
+def set_sender_rtcp_handler(sender: RTCRtpSender, handler: RtcpHandler) -> None:
+    sender._handle_rtcp_packet = handler  # type: ignore[method-assign,assignment]
+
+
+# --- RTCDtlsTransport, RTCIceTransport, aioice Connection -------------------------------------
+
+
+def tx_srtp(dtls: RTCDtlsTransport) -> Any:
+    """The transport's outbound SRTP session (pylibsrtp ``Session``; None before DTLS is up)."""
+    return dtls._tx_srtp
+
+
+def ice_connection(transport: RTCIceTransport) -> aioice.ice.Connection:
+    """The aioice ``Connection`` behind an ICE transport."""
+    return transport._connection
+
+
+def nominated_pair(dtls: RTCDtlsTransport) -> aioice.ice.CandidatePair | None:
+    """The nominated candidate pair of RTP component 1 under a DTLS transport (None before
+    ICE has nominated one). Its ``protocol.transport`` is the socket, ``remote_addr`` the
+    peer's address."""
+    nominated: dict[int, aioice.ice.CandidatePair] = ice_connection(dtls.transport)._nominated
+    return nominated.get(1)
+
+
+def ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
+    """The peer connection's ICE transports (one per bundle group)."""
+    return list(pc._RTCPeerConnection__iceTransports)  # type: ignore[attr-defined]
+
+
+def add_ice_protocol(connection: aioice.ice.Connection, protocol: aioice.ice.StunProtocol) -> None:
+    """Add a protocol (a local socket share) to a connection after gathering started: its
+    candidate pairs and consent checks then use it like one aioice opened."""
+    connection._protocols.append(protocol)
+
+
+def forget_remote_candidates_end(connection: aioice.ice.Connection) -> None:
+    """Undo an end-of-candidates already applied (ICE may still succeed over ICE-TCP)."""
+    connection._remote_candidates_end = False
+
+
+def connection_closing(connection: aioice.ice.Connection) -> bool:
+    """Whether ``close()`` has run on the connection (False if this aioice cannot tell)."""
+    closing: bool = getattr(connection, "_closing", False)
+    return closing
+
+
+def cancel_consent_task(connection: aioice.ice.Connection) -> None:
+    """Stop the connection's consent-freshness task, if it runs."""
+    task = getattr(connection, "_query_consent_task", None)
+    if task is not None:
+        task.cancel()
+        connection._query_consent_task = None
+
+
+# --- RTCRtpReceiver ----------------------------------------------------------------------------
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+
+
+def replace_decoder_queue(receiver: RTCRtpReceiver, queue: Any) -> None:
+    """Give the receiver ``queue`` where it puts ``(codec, JitterFrame)`` per complete frame
+    (``None`` at stop), and from which its decoder thread ``get()``s. Call before it starts."""
+    if not hasattr(receiver, _DECODER_QUEUE):
+        raise InternalsMissing(
+            "aiortc's RTCRtpReceiver has no decoder queue attribute: this aiortc version is not "
+            "supported for passthrough (pin aiortc 1.16.x)"
+        )
+    setattr(receiver, _DECODER_QUEUE, queue)
+
+
+def receiver_rtx_ssrcs(receiver: RTCRtpReceiver) -> dict[int, int]:
+    """RTX SSRC -> media SSRC, as negotiated ({} if this aiortc does not say)."""
+    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    return rtx
+
+
+def receiver_stream_statistics(receiver: RTCRtpReceiver) -> dict[int, Any]:
+    """SSRC -> aiortc's ``StreamStatistics`` (``packets_lost`` ...) for every SSRC received."""
+    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+    return streams
+
+
+def receiver_feedback(receiver: RTCRtpReceiver) -> tuple[NackSender, PliSender] | None:
+    """The coroutines that send NACK and PLI toward the remote sender (None if missing)."""
+    try:
+        return receiver._send_rtcp_nack, receiver._send_rtcp_pli
+    except AttributeError:
+        return None
+
+
+def set_receiver_feedback(receiver: RTCRtpReceiver, nack: NackSender, pli: PliSender) -> None:
+    """Replace them on this receiver (aiortc's jitter buffer calls them by these names)."""
+    receiver._send_rtcp_nack = nack  # type: ignore[method-assign,assignment]
+    receiver._send_rtcp_pli = pli  # type: ignore[method-assign,assignment]
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
+    """Ask the remote sender for a keyframe (RTCP PLI naming ``media_ssrc``)."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+# --- the start-up check ------------------------------------------------------------------------
+
+FEATURES = ("fast_fanout", "decoder_tap", "rtcp_feedback", "ice_workarounds", "port_mux")
+
+
+_OWNERS = {
+    "pc": "aiortc RTCPeerConnection",
+    "sender": "aiortc RTCRtpSender",
+    "receiver": "aiortc RTCRtpReceiver",
+    "dtls": "aiortc RTCDtlsTransport",
+    "ice": "aiortc RTCIceTransport",
+    "connection": "aioice Connection",
+    "protocol": "aioice StunProtocol",
+    "module": "aioice ice",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Internal:
+    """One attribute the gateway relies on: on which object, for which feature."""
+
+    feature: str
+    owner: str  # a key of _OWNERS
+    attribute: str  # as Python spells it (name-mangled for a ``__private``)
+    kind: type | None = None  # what it must be, where that matters
+
+    @property
+    def name(self) -> str:
+        cls = _OWNERS[self.owner].split()[1]
+        mangled = f"_{cls}__"
+        shown = self.attribute
+        if shown.startswith(mangled):
+            shown = "__" + shown[len(mangled) :]
+        return f"{_OWNERS[self.owner]}.{shown}"
+
+
+# Every internal accessed above or patched elsewhere in gateway/media/webrtc (public names
+# too, where the gateway replaces them or relies on what aiortc does with them).
+INTERNALS: tuple[Internal, ...] = (
+    Internal("fast_fanout", "sender", "_ssrc", int),
+    Internal("fast_fanout", "sender", "_rtx_ssrc", int),
+    *(Internal("fast_fanout", "sender", name, int) for name in SENDER_COUNTERS),
+    Internal("fast_fanout", "sender", "send"),
+    Internal("fast_fanout", "dtls", "_tx_srtp"),
+    Internal("fast_fanout", "ice", "_connection", aioice.ice.Connection),
+    Internal("fast_fanout", "connection", "_nominated", dict),
+    Internal("decoder_tap", "receiver", _DECODER_QUEUE),
+    Internal("decoder_tap", "receiver", "receive"),
+    Internal("rtcp_feedback", "sender", "_handle_rtcp_packet"),
+    Internal("rtcp_feedback", "receiver", "_send_rtcp_nack"),
+    Internal("rtcp_feedback", "receiver", "_send_rtcp_pli"),
+    Internal("rtcp_feedback", "receiver", "_RTCRtpReceiver__remote_streams", dict),
+    Internal("rtcp_feedback", "receiver", "_RTCRtpReceiver__rtx_ssrc", dict),
+    Internal("ice_workarounds", "module", "get_host_addresses"),
+    Internal("ice_workarounds", "connection", "connect"),
+    Internal("ice_workarounds", "connection", "_closing", bool),
+    Internal("ice_workarounds", "connection", "_query_consent_task"),
+    Internal("port_mux", "pc", "_RTCPeerConnection__iceTransports", set),
+    Internal("port_mux", "ice", "_connection", aioice.ice.Connection),
+    Internal("port_mux", "connection", "get_component_candidates"),
+    Internal("port_mux", "connection", "add_remote_candidate"),
+    Internal("port_mux", "connection", "close"),
+    Internal("port_mux", "connection", "_protocols", list),
+    Internal("port_mux", "connection", "_remote_candidates_end", bool),
+    Internal("port_mux", "connection", "local_username", str),
+    Internal("port_mux", "connection", "local_password", str),
+    Internal("port_mux", "connection", "stun_server"),
+    Internal("port_mux", "protocol", "datagram_received"),
+    Internal("port_mux", "protocol", "connection_lost"),
+    Internal("port_mux", "module", "server_reflexive_candidate"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What `check()` found: the missing internal names of each feature."""
+
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    def available(self, feature: str) -> bool:
+        return not self.missing.get(feature)
+
+    def all_missing(self) -> list[str]:
+        return sorted({name for names in self.missing.values() for name in names})
+
+
+def probe(pc: RTCPeerConnection) -> Report:
+    """Probe every internal on ``pc`` (which has at least one transceiver)."""
+    owners = probed_objects(pc)
+    missing: dict[str, list[str]] = {}
+    for internal in INTERNALS:
+        owner = owners[internal.owner]
+        present = owner is not None and hasattr(owner, internal.attribute)
+        if present and internal.kind is not None:
+            present = isinstance(getattr(owner, internal.attribute), internal.kind)
+        if not present:
+            missing.setdefault(internal.feature, []).append(internal.name)
+    return Report(missing)
+
+
+def probed_objects(pc: RTCPeerConnection) -> dict[str, Any]:
+    """The objects of `INTERNALS`' owners for ``pc`` and its first transceiver."""
+    transceiver = pc.getTransceivers()[0]
+    dtls = transceiver.sender.transport
+    ice = dtls.transport
+    # Without aiortc's connection attribute, aioice's names are probed on a Connection of its own.
+    connection = getattr(ice, "_connection", None)
+    if not isinstance(connection, aioice.ice.Connection):
+        connection = aioice.ice.Connection(ice_controlling=False)
+    return {
+        "pc": pc,
+        "sender": transceiver.sender,
+        "receiver": transceiver.receiver,
+        "dtls": dtls,
+        "ice": ice,
+        "connection": connection,
+        "protocol": aioice.ice.StunProtocol,
+        "module": aioice.ice,
+    }
+
+
+async def check(port_mux: bool) -> Report:
+    """Probe the installed aiortc/aioice, log once which fast paths are available, and raise
+    InternalsMissing (naming them) when the port mux is wanted (``port_mux``) and cannot work,
+    the one feature without a fallback."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("video", direction="sendrecv")
+        report = probe(pc)
+    finally:
+        await pc.close()
+    level = log.warning if report.missing else log.info
+    level(
+        "aiortc_internals",
+        aiortc=_version("aiortc"),
+        aioice=_version("aioice"),
+        fast_fanout=report.available("fast_fanout"),
+        decoder_tap=report.available("decoder_tap"),
+        rtcp_feedback=report.available("rtcp_feedback"),
+        ice_workarounds=report.available("ice_workarounds"),
+        port_mux=report.available("port_mux") if port_mux else "off",
+        missing=report.all_missing() or None,
+    )
+    if port_mux and not report.available("port_mux"):
+        names = ", ".join(report.missing["port_mux"])
+        raise InternalsMissing(f"this aiortc/aioice lacks what the WebRTC port mux needs: {names}")
+    return report
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def names(feature: str | None = None) -> Iterator[str]:
+    """The internal names checked (of one feature, or all), for docs and tests."""
+    return (i.name for i in INTERNALS if feature is None or i.feature == feature)

@@ -1,0 +1,261 @@
+"""gateway.media.webrtc.aiortc_compat against the installed aiortc/aioice: every private
+attribute the gateway relies on is listed in `INTERNALS`, touched here on the real objects
+of two in-process peers that negotiated and connected over 127.0.0.1, and used through its
+accessor the way the gateway uses it. An aiortc/aioice upgrade that renames or retypes one
+fails in this file first; `check()` names what is missing and fails the start only for the
+port mux."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+import pytest
+import structlog
+from aioice.candidate import Candidate
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from gateway.media.webrtc import aiortc_compat, passthrough
+from gateway.media.webrtc.aiortc_compat import Internal, InternalsMissing
+from gateway.media.webrtc.icemux import IceMux, IceMuxError, _MuxProtocol
+from gateway.media.webrtc.sdp import PUBLISH_AUDIO, PUBLISH_VIDEO, capabilities, negotiated_codecs
+
+TIMEOUT = 20.0
+
+
+@dataclass
+class Pair:
+    """A sender (offerer) and a receiver (answerer), both with video and audio."""
+
+    offerer: RTCPeerConnection
+    answerer: RTCPeerConnection
+    taps: list[passthrough.EncodedFrameTap]
+
+    def transceiver(self, pc: RTCPeerConnection, kind: str) -> RTCRtpTransceiver:
+        return next(t for t in pc.getTransceivers() if t.kind == kind)
+
+
+@pytest.fixture
+async def pair(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
+    # Only loopback: aioice would otherwise gather on every interface.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for kind in ("video", "audio"):
+            offerer.addTransceiver(kind, direction="sendrecv")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        taps = []
+        for transceiver in answerer.getTransceivers():
+            wanted = PUBLISH_VIDEO if transceiver.kind == "video" else PUBLISH_AUDIO
+            transceiver.setCodecPreferences(capabilities(wanted, transceiver.kind))
+            # Before the receiver starts, as the gateway's WebRTC publisher does.
+            passthrough.install(transceiver.receiver, lambda codec, data, timestamp: None)
+            taps.append(transceiver.receiver._RTCRtpReceiver__decoder_queue)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        async with asyncio.timeout(TIMEOUT):
+            while not (offerer.connectionState == answerer.connectionState == "connected"):
+                await asyncio.sleep(0.02)
+        yield Pair(offerer, answerer, taps)
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+async def test_every_internal_is_present_and_of_its_kind_on_a_connected_peer(pair: Pair) -> None:
+    for pc in (pair.offerer, pair.answerer):
+        assert aiortc_compat.probe(pc).missing == {}
+        owners = aiortc_compat.probed_objects(pc)
+        assert owners["connection"] is aiortc_compat.ice_connection(owners["ice"])
+        for internal in aiortc_compat.INTERNALS:
+            value = getattr(owners[internal.owner], internal.attribute)
+            if internal.kind is not None:
+                assert isinstance(value, internal.kind), internal.name
+
+
+def test_the_list_names_each_internal_once_per_feature() -> None:
+    keys = [(i.feature, i.owner, i.attribute) for i in aiortc_compat.INTERNALS]
+    assert len(keys) == len(set(keys))
+    assert {i.feature for i in aiortc_compat.INTERNALS} == set(aiortc_compat.FEATURES)
+    assert "aiortc RTCRtpSender.__packet_count" in aiortc_compat.names("fast_fanout")
+    assert "aiortc RTCPeerConnection.__iceTransports" in aiortc_compat.names("port_mux")
+
+
+async def test_fast_fanout_accessors(pair: Pair) -> None:
+    sender = pair.transceiver(pair.offerer, "video").sender
+    ssrc, rtx_ssrc = aiortc_compat.sender_ssrcs(sender)
+    assert ssrc != rtx_ssrc
+    dtls = sender.transport
+    srtp = aiortc_compat.tx_srtp(dtls)
+    assert callable(srtp.protect)
+    chosen = aiortc_compat.nominated_pair(dtls)
+    assert chosen is not None
+    assert chosen.remote_addr[0] == "127.0.0.1"
+    socket = chosen.protocol.transport
+    assert callable(socket.sendto) and socket.get_write_buffer_size() >= 0
+    # What is written is what aiortc reports (its RTCP sender reports use the same fields).
+    aiortc_compat.set_sender_counters(sender, ntp_timestamp=7, rtp_timestamp=9000, octets=1234, packets=56)
+    assert aiortc_compat.sender_counters(sender) == (7, 9000, 1234, 56)
+    stats = await sender.getStats()
+    outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
+    assert (outbound.packetsSent, outbound.bytesSent, outbound.ssrc) == (56, 1234, ssrc)
+    # The answerer learnt the same SSRCs from the offer.
+    receiver = pair.transceiver(pair.answerer, "video").receiver
+    assert aiortc_compat.receiver_rtx_ssrcs(receiver) == {rtx_ssrc: ssrc}
+    assert aiortc_compat.receiver_stream_statistics(receiver) == {}  # no RTP yet
+
+
+async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
+    sender = pair.transceiver(pair.offerer, "video").sender
+    receiver = pair.transceiver(pair.answerer, "video").receiver
+    seen: list[Any] = []
+    handle = aiortc_compat.sender_rtcp_handler(sender)
+
+    async def counted(packet: Any) -> None:
+        seen.append(packet)
+        await handle(packet)
+
+    aiortc_compat.set_sender_rtcp_handler(sender, counted)
+    feedback = aiortc_compat.receiver_feedback(receiver)
+    assert feedback is not None
+    send_nack, send_pli = feedback
+    sent: list[int] = []
+
+    async def counted_pli(media_ssrc: int) -> None:
+        sent.append(media_ssrc)
+        await send_pli(media_ssrc)
+
+    aiortc_compat.set_receiver_feedback(receiver, send_nack, counted_pli)
+    ssrc, _ = aiortc_compat.sender_ssrcs(sender)
+    await aiortc_compat.send_pli(receiver, ssrc)
+    assert sent == [ssrc]
+    async with asyncio.timeout(TIMEOUT):
+        while not any(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in seen):
+            await asyncio.sleep(0.02)
+
+
+async def test_decoder_queue_is_the_tap_and_its_thread_was_let_go(pair: Pair) -> None:
+    for transceiver, tap in zip(pair.answerer.getTransceivers(), pair.taps, strict=True):
+        assert isinstance(tap, passthrough.EncodedFrameTap)
+        assert transceiver.receiver._RTCRtpReceiver__decoder_queue is tap
+    # The receiver started and the tap told its decoder thread to end.
+    async with asyncio.timeout(TIMEOUT):
+        while not all(tap._stop.empty() for tap in pair.taps):
+            await asyncio.sleep(0.02)
+
+
+async def test_ice_workaround_accessors(pair: Pair) -> None:
+    (transport,) = aiortc_compat.ice_transports(pair.offerer)  # bundled: one
+    connection = aiortc_compat.ice_connection(transport)
+    assert not aiortc_compat.connection_closing(connection)
+    assert connection._query_consent_task is not None
+    aiortc_compat.cancel_consent_task(connection)
+    assert connection._query_consent_task is None
+    await pair.offerer.close()
+    assert aiortc_compat.connection_closing(connection)
+
+
+async def test_port_mux_accessors_on_an_aioice_connection() -> None:
+    connection = aioice.ice.Connection(ice_controlling=False)
+
+    class Transport:  # no socket: nothing is sent before connect()
+        def close(self) -> None:
+            pass
+
+    local = Candidate("2", 1, "udp", 200, "127.0.0.1", 7, "host")
+    protocol = _MuxProtocol(connection, Transport(), local)  # the mux's StunProtocol subclass
+    aiortc_compat.add_ice_protocol(connection, protocol)
+    assert protocol in connection._protocols
+    await connection.add_remote_candidate(None)  # end-of-candidates
+    aiortc_compat.forget_remote_candidates_end(connection)
+    candidate = Candidate("1", 1, "udp", 100, "127.0.0.1", 9, "host")
+    await connection.add_remote_candidate(candidate)  # refused after end-of-candidates
+    assert [c.to_sdp() for c in connection.remote_candidates] == [candidate.to_sdp()]
+    # The added protocol is paired with it as one aioice gathered would be.
+    assert [pair.protocol for pair in connection._check_list] == [protocol]
+    await connection.close()
+
+
+async def test_negotiated_codecs_from_the_local_description_are_aiortcs_choice(pair: Pair) -> None:
+    """What replaced reading ``transceiver._codecs`` gives the same codecs, in order."""
+    for pc in (pair.offerer, pair.answerer):
+        negotiated = negotiated_codecs(pc.localDescription.sdp)
+        for transceiver in pc.getTransceivers():
+            assert transceiver.mid is not None
+            found = [
+                (c.mimeType, c.clockRate, c.payloadType, c.parameters) for c in negotiated[transceiver.mid]
+            ]
+            chosen = [(c.mimeType, c.clockRate, c.payloadType, c.parameters) for c in transceiver._codecs]
+            assert found == chosen
+            assert found, "each media section names its codecs"
+
+
+def codec_key(codec: RTCRtpCodecParameters) -> tuple[Any, ...]:
+    return (codec.mimeType, codec.clockRate, codec.payloadType, codec.parameters, codec.rtcpFeedback)
+
+
+async def test_check_logs_once_and_finds_nothing_missing_here() -> None:
+    with structlog.testing.capture_logs() as logs:
+        report = await aiortc_compat.check(port_mux=True)
+    assert report.missing == {}
+    (entry,) = [e for e in logs if e["event"] == "aiortc_internals"]
+    assert entry["log_level"] == "info"
+    assert entry["fast_fanout"] is entry["decoder_tap"] is entry["port_mux"] is True
+    assert entry["missing"] is None
+
+
+async def test_missing_fast_path_internals_are_logged_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = (
+        Internal("fast_fanout", "sender", "_RTCRtpSender__gone"),
+        Internal("decoder_tap", "receiver", "_gone"),
+        Internal("port_mux", "connection", "_gone"),
+    )
+    monkeypatch.setattr(aiortc_compat, "INTERNALS", (*aiortc_compat.INTERNALS, *gone))
+    with structlog.testing.capture_logs() as logs:
+        report = await aiortc_compat.check(port_mux=False)
+    assert not report.available("fast_fanout") and not report.available("decoder_tap")
+    assert report.available("rtcp_feedback")
+    (entry,) = [e for e in logs if e["event"] == "aiortc_internals"]
+    assert entry["log_level"] == "warning"
+    assert (entry["fast_fanout"], entry["decoder_tap"], entry["port_mux"]) == (False, False, "off")
+    assert entry["missing"] == [
+        "aioice Connection._gone",
+        "aiortc RTCRtpReceiver._gone",
+        "aiortc RTCRtpSender.__gone",
+    ]
+
+
+async def test_a_missing_port_mux_internal_fails_the_mux_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gone = Internal("port_mux", "connection", "_protocols", tuple)  # say it became a tuple
+    kept = [i for i in aiortc_compat.INTERNALS if i.attribute != "_protocols"]
+    monkeypatch.setattr(aiortc_compat, "INTERNALS", (*kept, gone))
+    with pytest.raises(InternalsMissing, match=r"port mux needs: aioice Connection\._protocols$"):
+        await aiortc_compat.check(port_mux=True)
+    # The gateway's start goes through the mux: no port is opened.
+    mux = IceMux("127.0.0.1", udp_port=1, tcp_port=0, ice_timeout=5.0)
+    with pytest.raises(IceMuxError, match="_protocols"):
+        await mux.start()
+    assert mux.udp_ports == {} and mux.tcp_servers == []
+    # With the ports off, the start goes on, saying what it lacks.
+    with structlog.testing.capture_logs() as logs:
+        await IceMux("127.0.0.1", udp_port=0, tcp_port=0, ice_timeout=5.0).start()
+    (entry,) = [e for e in logs if e["event"] == "aiortc_internals"]
+    assert entry["port_mux"] == "off" and entry["missing"] == ["aioice Connection._protocols"]
+
+
+async def test_missing_decoder_queue_refuses_the_tap_by_name() -> None:
+    class Receiver:
+        pass
+
+    with pytest.raises(InternalsMissing, match="no decoder queue"):
+        aiortc_compat.replace_decoder_queue(Receiver(), object())  # type: ignore[arg-type]
+    assert isinstance(InternalsMissing("x"), RuntimeError)  # what callers caught before
