@@ -75,7 +75,11 @@ class DjiBridge:
 
     async def start(self) -> None:
         if self.state is not None:
-            self.state.load(self.devices)  # offline until they speak, then offered at once
+            # Offline until they speak, then offered at once. Their cameras are known meanwhile:
+            # a play gets "DJI device offline" at once, not "not found".
+            for sn in self.state.load(self.devices):
+                videos = self.devices.gateways[sn].capacity.videos
+                self.sources.update({str(video.video_id): (sn, video.video_id) for video in videos})
         self._tasks.add(asyncio.ensure_future(self.mqtt.run()))
         self._tasks.add(asyncio.ensure_future(self._tick()))
 

@@ -182,6 +182,54 @@ async def test_a_silent_device_fails_plays_at_once_with_device_offline(
         await gateway.stop()
 
 
+async def test_with_the_default_settings_a_play_of_a_dock_known_offline_fails_at_once(
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+) -> None:
+    """With the default `device_offline_after` (60 s) a dock that lost its network is known
+    offline only after a minute of silence (docs/dji.md says how that bounds a play); a
+    gateway restarted from its state file knows its docks as offline at once. From then on a
+    play fails at once: FAILED with "DJI device offline", no MQTT command sent, so no reply
+    timeout waited for."""
+    state_file = str(tmp_path / "devices.json")
+    async with (
+        bridged_gateway(mosquitto, device_state_file=state_file) as first,
+        dock(first, mosquitto, clip) as sim,
+    ):
+        gateway_sn = sim.gateway_sn
+    # The dock is gone (its simulator stopped). The next gateway runs with the defaults.
+    config = local_config(mqtt=mosquitto.url, device_state_file=state_file)
+    assert (config.device_offline_after, config.live_reply_timeout) == (60.0, 20.0)
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert gateway.dji is not None
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hears-commands") as listener:
+            async with asyncio.timeout(10):
+                await gateway.dji.mqtt.connected.wait()
+            await listener.subscribe(f"thing/product/{gateway_sn}/services", qos=1)
+            (listed,) = (await http_json(gateway, "/api/devices"))["gateways"]
+            assert (listed["sn"], listed["online"]) == (gateway_sn, False)
+            client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
+            # Answered within one reply timeout: no live_start_push reply was waited for.
+            with pytest.raises(WcsError, match="DJI device offline"):
+                await client.play(AIRCRAFT_VIDEO, timeout=config.live_reply_timeout)
+            (player,) = client.streams.values()
+            assert player.statuses[-1]["status"] == "FAILED"
+            assert player.statuses[-1]["info"] == f"DJI device offline: {gateway_sn}"
+            assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
+            assert not gateway.dji.mqtt.commands
+            # The broker carried no command to the dock: a marker published after the play
+            # is the first message on its services topic.
+            await listener.publish(f"thing/product/{gateway_sn}/services", b"marker", qos=1)
+            async with asyncio.timeout(10):
+                async for message in listener.messages:
+                    assert message.payload == b"marker"
+                    break
+            await client.close()
+    finally:
+        await gateway.stop()
+
+
 @pytest.mark.parametrize("dock_protocol", ["5", "3.1.1"])
 async def test_docks_can_use_the_embedded_broker(clip: Path, dock_protocol: str) -> None:
     """With no --mqtt, the gateway runs its own MQTT broker, here with a log-in; the bridge
