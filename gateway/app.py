@@ -142,6 +142,8 @@ class Gateway:
                 url_types={sn: UrlType[kind.upper()] for sn, kind in pairs(config.live_url_types).items()},
                 rtsp_port=config.live_rtsp_port,
                 offline_after=config.device_offline_after,
+                max_gateways=config.dji_max_gateways,
+                max_devices_per_gateway=config.dji_max_devices_per_gateway,
                 state_file=None
                 if config.device_state_file in ("", "off")
                 else Path(config.device_state_file),

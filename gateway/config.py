@@ -86,6 +86,9 @@ class Config:
     # Other names for streams ("alias=stream name" entries, or a TOML table).
     aliases: tuple[str, ...] = ()
     device_offline_after: float = 60.0
+    # Bounds of the DJI device registry: anyone who may publish on the broker can announce devices.
+    dji_max_gateways: int = 1000
+    dji_max_devices_per_gateway: int = 64
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
     # One UDP port for the media of every WebRTC session (0: each peer connection opens its
@@ -259,6 +262,8 @@ def validate(config: Config) -> None:
         "hls_window",
         "sd_view_max_payload_bytes",
         "recordings_max_bytes",
+        "dji_max_gateways",
+        "dji_max_devices_per_gateway",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")

@@ -46,6 +46,8 @@ class DjiBridge:
         url_types: Mapping[str, p.UrlType] | None = None,
         rtsp_port: int = 8554,
         offline_after: float = 60.0,
+        max_gateways: int = 1000,
+        max_devices_per_gateway: int = 64,
         state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -57,7 +59,9 @@ class DjiBridge:
         self.url_types = dict(url_types or {})  # gateway SN -> how it pushes
         self.rtsp_port = rtsp_port
         self.clock = clock
-        self.devices = DeviceRegistry(offline_after)
+        self.devices = DeviceRegistry(
+            offline_after, max_gateways=max_gateways, max_devices_per_gateway=max_devices_per_gateway
+        )
         self.state = DeviceStateFile(state_file) if state_file is not None else None
         self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock, state=self.state)
         self.sources: dict[str, tuple[str, p.VideoId]] = {}  # stream name -> gateway, video
@@ -71,7 +75,11 @@ class DjiBridge:
 
     async def start(self) -> None:
         if self.state is not None:
-            self.state.load(self.devices)  # offline until they speak, then offered at once
+            # Offline until they speak, then offered at once. Their cameras are known meanwhile:
+            # a play gets "DJI device offline" at once, not "not found".
+            for sn in self.state.load(self.devices):
+                videos = self.devices.gateways[sn].capacity.videos
+                self.sources.update({str(video.video_id): (sn, video.video_id) for video in videos})
         self._tasks.add(asyncio.ensure_future(self.mqtt.run()))
         self._tasks.add(asyncio.ensure_future(self._tick()))
 
@@ -84,6 +92,8 @@ class DjiBridge:
         pulls, self.pulls = list(self.pulls.values()), {}
         for pull in pulls:
             await pull.stop()
+        if self.state is not None:
+            await self.state.close()  # the last state, which the debounce may still hold
 
     def describe(self) -> dict[str, object]:
         """Gateways, their aircraft and videos with stream names, online and live state

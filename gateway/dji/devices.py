@@ -4,7 +4,12 @@ the replies the protocol requires and the events the bridge acts on.
 
 What it learned of each gateway (its devices and the videos they offer) survives a restart
 through `snapshot` and `restore`: docks send ``live_capacity`` only when it changes, so a
-bridge started later would otherwise know no camera until then."""
+bridge started later would otherwise know no camera until then.
+
+Anyone who can publish on the broker can announce gateways and aircraft, so both are
+bounded: a message that would add a gateway past ``max_gateways``, or give one more than
+``max_devices_per_gateway`` aircraft or video devices, raises `DeviceLimitExceeded` and
+changes nothing."""
 
 from __future__ import annotations
 
@@ -57,6 +62,21 @@ class ServiceReplied:
 Event = Publish | GatewayOnline | GatewayOffline | VideosChanged | LiveStatusChanged | ServiceReplied
 
 
+class DeviceLimitExceeded(DjiProtocolError):
+    """A message refused because it would grow the registry past a bound."""
+
+    def __init__(self, reason: str, gateway_sn: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason  # TOO_MANY_GATEWAYS or TOO_MANY_DEVICES (a /metrics label)
+        self.gateway_sn = gateway_sn
+
+
+TOO_MANY_GATEWAYS = "too_many_gateways"
+TOO_MANY_DEVICES = "too_many_devices"
+# A camera offers a handful of videos (normal, wide, zoom, ir); more per device is not a camera.
+MAX_VIDEOS_PER_DEVICE = 16
+
+
 # The `snapshot` format: bumped when it changes incompatibly (older files are ignored).
 SNAPSHOT_VERSION = 1
 
@@ -72,8 +92,12 @@ class Gateway:
 
 
 class DeviceRegistry:
-    def __init__(self, offline_after: float = 60.0) -> None:
+    def __init__(
+        self, offline_after: float = 60.0, *, max_gateways: int = 1000, max_devices_per_gateway: int = 64
+    ) -> None:
         self.offline_after = offline_after
+        self.max_gateways = max_gateways
+        self.max_devices_per_gateway = max_devices_per_gateway
         self.gateways: dict[str, Gateway] = {}
         self._gateway_of_device: dict[str, str] = {}  # aircraft sn -> gateway sn
         # Counts the changes a `snapshot` holds (topology, capacity): save when it moves.
@@ -89,6 +113,7 @@ class DeviceRegistry:
         # Parse everything first: a bad message must not leave half its effects behind.
         content = _Content.parse(where, envelope)
         gateway_sn = where.sn if where.kind is p.TopicKind.STATUS else self._gateway_sn(where.sn, envelope)
+        self._check_bounds(gateway_sn, content)
         events: list[Event] = self._seen(gateway_sn, now)
         gateway = self.gateways[gateway_sn]
         if content.topology is not None:
@@ -166,6 +191,7 @@ class DeviceRegistry:
                 or not p.valid_sn(sn)
                 or sn in self.gateways
                 or not isinstance(entry, dict)
+                or len(self.gateways) >= self.max_gateways
             ):
                 continue
             try:
@@ -176,6 +202,7 @@ class DeviceRegistry:
                     if isinstance(topo, dict)
                     else None
                 )
+                self._check_bounds(sn, _Content(topology=topology, capacity=capacity))
             except DjiProtocolError:
                 continue
             gateway = self.gateways[sn] = Gateway(sn, None, online=False, capacity=capacity)
@@ -189,6 +216,22 @@ class DeviceRegistry:
     def _gateway_sn(self, sn: str, envelope: p.Envelope) -> str:
         # An aircraft's osd/state names its gateway, or we know it from update_topo.
         return envelope.gateway or self._gateway_of_device.get(sn, sn)
+
+    def _check_bounds(self, gateway_sn: str, content: _Content) -> None:
+        if gateway_sn not in self.gateways and len(self.gateways) >= self.max_gateways:
+            raise DeviceLimitExceeded(
+                TOO_MANY_GATEWAYS, gateway_sn, f"already {len(self.gateways)} gateways, the maximum"
+            )
+        limit = self.max_devices_per_gateway
+        if content.topology is not None and len(set(content.topology.sub_devices)) > limit:
+            devices = len(set(content.topology.sub_devices))
+            raise DeviceLimitExceeded(TOO_MANY_DEVICES, gateway_sn, f"{devices} devices, over {limit}")
+        if content.capacity is not None:
+            devices = len({video.video_id.sn for video in content.capacity.videos} - {gateway_sn})
+            videos = len(content.capacity.videos)
+            if devices > limit or videos > MAX_VIDEOS_PER_DEVICE * (limit + 1):
+                detail = f"{videos} videos of {devices} devices, over {limit} devices"
+                raise DeviceLimitExceeded(TOO_MANY_DEVICES, gateway_sn, detail)
 
     def _seen(self, gateway_sn: str, now: float) -> list[Event]:
         gateway = self.gateways.get(gateway_sn)

@@ -23,7 +23,7 @@ import aiomqtt
 
 from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
-from gateway.dji.devices import DeviceRegistry, Event, Publish
+from gateway.dji.devices import TOO_MANY_GATEWAYS, DeviceLimitExceeded, DeviceRegistry, Event, Publish
 from gateway.log import get_logger
 from gateway.reconnect import ReconnectDelay
 
@@ -138,6 +138,12 @@ class DjiMqtt:
         self.connected = asyncio.Event()
         self.dropped_messages = 0  # malformed: not the DJI protocol
         self.failed_messages = 0  # well formed, but handling them raised (a bug)
+        self.limited: Counter[str] = Counter()  # refused past a registry bound, by reason
+        # Refusals are logged once per gateway (a set bounded by the gateway limit itself), and
+        # "too many gateways" once (gateways are never forgotten, so the registry stays full):
+        # a flood of new serial numbers must not become a flood of log lines.
+        self._limit_logged: set[str] = set()
+        self._gateway_limit_logged = False
         self.commands: Counter[tuple[str, bool]] = Counter()  # (method, sent) for /metrics
         self._client: aiomqtt.Client | None = None
         self._identifier = f"skyrelay-{uuid.uuid4().hex[:8]}"
@@ -178,8 +184,10 @@ class DjiMqtt:
         try:
             events = self.registry.receive(topic, payload, self.clock())
             if self.state is not None:
-                self.state.save(self.registry)  # only when devices or videos changed
+                self.state.changed(self.registry)  # saved soon, if devices or videos changed
             await self._handle(events)
+        except DeviceLimitExceeded as exc:
+            self._limit_reached(exc)
         except p.DjiProtocolError as exc:
             self.dropped_messages += 1
             log.warning("dji_message_dropped", topic=topic[:200], reason=str(exc)[:200])
@@ -189,6 +197,18 @@ class DjiMqtt:
             # A bug in handling one message must not end the link for every device.
             self.failed_messages += 1
             log.exception("dji_message_failed", topic=topic[:200], error=repr(exc)[:200])
+
+    def _limit_reached(self, exc: DeviceLimitExceeded) -> None:
+        self.limited[exc.reason] += 1
+        if exc.reason == TOO_MANY_GATEWAYS:
+            if self._gateway_limit_logged:
+                return
+            self._gateway_limit_logged = True
+        elif exc.gateway_sn in self._limit_logged or len(self._limit_logged) >= self.registry.max_gateways:
+            return
+        else:
+            self._limit_logged.add(exc.gateway_sn)
+        log.warning("dji_device_limit", reason=exc.reason, gateway_sn=exc.gateway_sn, detail=str(exc)[:200])
 
     async def _handle(self, events: list[Event]) -> None:
         for event in events:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.broker import codec as c
-from tests.conftest import ROOT, GatewayProcess, free_port
+from tests.conftest import ROOT, GatewayProcess, MosquittoProcess, free_port
 
 V5, V311 = "mqttv5", "mqttv311"
 FORMAT = "MSG|%t|%p|%q|%r|%P|%C|%D|%R|%S"
@@ -451,3 +451,70 @@ def test_the_demo_dock_logs_in_to_the_embedded_broker(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+# Probed bad input (issue 11, item 10): an unknown protocol level and U+0000 in a topic.
+
+LEVEL_99 = c._fixed(c.CONNECT, 0, b"\x00\x04MQTT" + bytes([99, 0x02]) + b"\x00\x1e" + b"\x00\x08level-99")
+
+
+async def _answer_to_raw_connect(port: int, data: bytes) -> tuple[bytes, bool]:
+    """What a server sends back to ``data`` before it closes, and whether it did close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        received = b""
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65536):
+                received += chunk
+        return received, True
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_a_connect_with_protocol_level_99_is_refused_then_closed_as_mosquitto_does(
+    gateway: GatewayProcess, mosquitto: MosquittoProcess
+) -> None:
+    """A level the broker does not know says nothing of the client's version: the 3.1.1 CONNACK
+    with return code 1 (unacceptable protocol version; 0x84 in MQTT 5 terms), then close.
+    Mosquitto answers the same bytes with the same bytes."""
+    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol")
+    async with subscriber(gateway, V311, "-t", "still/#") as bystander:
+        answer, closed = await _answer_to_raw_connect(gateway.mqtt_broker_port, LEVEL_99)
+        assert (answer, closed) == (c.encode(c.ConnAck(False, c.V3_BAD_PROTOCOL), c.MQTT311), True)
+        assert answer == b"\x20\x02\x00\x01"
+        assert await _answer_to_raw_connect(mosquitto.port, LEVEL_99) == (answer, True)
+        rc, out = await pub(gateway, V5, "-t", "still/here", "-m", "after level 99")
+        assert rc == 0, out
+        (message,) = await bystander.count(1)
+        assert message["payload"] == "after level 99"
+    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol") == before + 1
+
+
+@pytest.mark.parametrize("version", [c.MQTT5, c.MQTT311])
+async def test_a_publish_topic_with_u0000_is_malformed_and_the_client_is_closed(
+    gateway: GatewayProcess, version: int
+) -> None:
+    """MQTT 5.0 §1.5.4 [MQTT-1.5.4-2]: U+0000 in a UTF-8 string makes a Malformed Packet, so a
+    v5 client gets DISCONNECT 0x81 (not 0x90, which is for a well-formed name the server does
+    not accept); 3.1.1 [MQTT-1.5.3-2]: the connection is closed."""
+    client_id = f"nul-topic-{version}"
+    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="malformed")
+    properties = b"\x00" if version == c.MQTT5 else b""
+    publish = c._fixed(c.PUBLISH, 0, b"\x00\x03a\x00b" + properties + b"payload")
+    async with subscriber(gateway, V311, "-t", "#") as bystander:
+        bad = await RawClient.connect(gateway, client_id, version=version)
+        await bad.send_raw(publish)
+        if version == c.MQTT5:
+            assert await bad.next() == c.Disconnect(c.MALFORMED)
+        await bad.closed()
+        await bad.close()
+        rc, out = await pub(gateway, V5, "-t", "still/here", "-m", client_id)
+        assert rc == 0, out
+        (message,) = await bystander.count(1)  # the bad PUBLISH went nowhere
+        assert (message["topic"], message["payload"]) == ("still/here", client_id)
+    assert len(log_events(gateway, "mqtt_client_rejected", client_id)) == 1
+    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="malformed") == before + 1

@@ -8,10 +8,12 @@ import asyncio
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import orjson
 import pytest
 import structlog
 
@@ -175,6 +177,54 @@ async def test_a_silent_device_fails_plays_at_once_with_device_offline(
             # Failed at once: no live_start_push was sent, so no reply timeout was waited for.
             assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
             assert sim.starts == []
+            await client.close()
+    finally:
+        await gateway.stop()
+
+
+async def test_with_the_default_settings_a_play_of_a_dock_known_offline_fails_at_once(
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+) -> None:
+    """With the default `device_offline_after` (60 s) a dock that lost its network is known
+    offline only after a minute of silence (docs/dji.md says how that bounds a play); a
+    gateway restarted from its state file knows its docks as offline at once. From then on a
+    play fails at once: FAILED with "DJI device offline", no MQTT command sent, so no reply
+    timeout waited for."""
+    state_file = str(tmp_path / "devices.json")
+    async with (
+        bridged_gateway(mosquitto, device_state_file=state_file) as first,
+        dock(first, mosquitto, clip) as sim,
+    ):
+        gateway_sn = sim.gateway_sn
+    # The dock is gone (its simulator stopped). The next gateway runs with the defaults.
+    config = local_config(mqtt=mosquitto.url, device_state_file=state_file)
+    assert (config.device_offline_after, config.live_reply_timeout) == (60.0, 20.0)
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert gateway.dji is not None
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hears-commands") as listener:
+            async with asyncio.timeout(10):
+                await gateway.dji.mqtt.connected.wait()
+            await listener.subscribe(f"thing/product/{gateway_sn}/services", qos=1)
+            (listed,) = (await http_json(gateway, "/api/devices"))["gateways"]
+            assert (listed["sn"], listed["online"]) == (gateway_sn, False)
+            client = await WcsClient.connect(f"ws://127.0.0.1:{config.ws_port}")
+            # Answered within one reply timeout: no live_start_push reply was waited for.
+            with pytest.raises(WcsError, match="DJI device offline"):
+                await client.play(AIRCRAFT_VIDEO, timeout=config.live_reply_timeout)
+            (player,) = client.streams.values()
+            assert player.statuses[-1]["status"] == "FAILED"
+            assert player.statuses[-1]["info"] == f"DJI device offline: {gateway_sn}"
+            assert gateway.dji.controllers[AIRCRAFT_VIDEO].attempts == 0
+            assert not gateway.dji.mqtt.commands
+            # The broker carried no command to the dock: a marker published after the play
+            # is the first message on its services topic.
+            await listener.publish(f"thing/product/{gateway_sn}/services", b"marker", qos=1)
+            async with asyncio.timeout(10):
+                async for message in listener.messages:
+                    assert message.payload == b"marker"
+                    break
             await client.close()
     finally:
         await gateway.stop()
@@ -424,3 +474,80 @@ async def test_a_wrong_or_stale_key_is_refused_even_where_anyone_may_publish(
             assert drone_gateway.registry.find(url.rsplit("/", 1)[1]) is None
         assert drone_gateway.registry.find(AIRCRAFT_VIDEO) is None
         assert len(sim.starts) == 1
+
+
+def _topo(*aircraft: str) -> bytes:
+    data = {
+        "domain": "3",
+        "type": 98,
+        "sub_type": 0,
+        "sub_devices": [{"sn": sn, "type": 91} for sn in aircraft],
+    }
+    return orjson.dumps({"tid": "t", "bid": "b", "timestamp": 1, "method": "update_topo", "data": data})
+
+
+async def test_a_flood_of_gateways_and_aircraft_is_refused_past_the_bounds_and_known_docks_keep_working(
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+) -> None:
+    """The probe's flood (502 gateways, one with 10,000 aircraft), scaled down: 20 gateways
+    allowed, 60 announced by one client, one of them with 2,000 aircraft (64 allowed)."""
+    state_file = tmp_path / "devices.json"
+    max_gateways, flood, big = 20, 60, "FLOODBIG000001"
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            bridged_gateway(
+                mosquitto, dji_max_gateways=max_gateways, device_state_file=str(state_file)
+            ) as gw,
+            dock(gw, mosquitto, clip) as sim,
+        ):
+            assert gw.dji is not None and gw.dji.state is not None
+            started = time.monotonic()
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="flood") as client:
+                await client.publish(f"sys/product/{big}/status", _topo("BIGAIRCRAFT0"), qos=1)
+                many = [f"AIRCRAFT{n:06d}" for n in range(2000)]
+                for _ in range(3):
+                    await client.publish(f"sys/product/{big}/status", _topo(*many), qos=1)
+                for n in range(flood):
+                    for _ in range(2):
+                        await client.publish(f"sys/product/FLOOD{n:09d}/status", _topo(f"AC{n:010d}"), qos=1)
+            # The dock and the big gateway are known: 18 of the 60 fit, 42 are refused twice.
+            refused_gateways = (flood - (max_gateways - 2)) * 2
+            expected = {"too_many_devices": 3, "too_many_gateways": refused_gateways}
+            async with asyncio.timeout(30):
+                while dict(gw.dji.mqtt.limited) != expected:
+                    await asyncio.sleep(0.05)
+            assert len(gw.dji.devices.gateways) == max_gateways
+            big_topology = gw.dji.devices.gateways[big].topology
+            assert big_topology is not None and big_topology.sub_devices == ("BIGAIRCRAFT0",)
+            metrics = await asyncio.to_thread(_get_text, f"http://127.0.0.1:{gw.config.http_port}/metrics")
+            assert 'skyrelay_dji_messages_rejected_total{reason="too_many_devices"} 3' in metrics
+            assert (
+                f'skyrelay_dji_messages_rejected_total{{reason="too_many_gateways"}} {refused_gateways}'
+                in metrics
+            )
+
+            # The known dock keeps working: its camera plays, with frames.
+            client2, frames = await play(gw)
+            await frames.wait_frames(20)
+            assert len(sim.starts) == 1
+            await frames.stop()
+            await client2.close()
+
+            # 40-odd changes of devices, written at most once a second (plus the first).
+            assert gw.dji.devices.revision > max_gateways
+            elapsed = time.monotonic() - started
+            assert 1 <= gw.dji.state.writes <= 2 + elapsed / gw.dji.state.min_interval
+        final = gw.dji.devices.snapshot()
+    limits = [entry for entry in logs if entry["event"] == "dji_device_limit"]
+    assert sorted((e["reason"], e["gateway_sn"]) for e in limits) == [
+        ("too_many_devices", big),
+        ("too_many_gateways", f"FLOOD{max_gateways - 2:09d}"),
+    ]  # once per gateway, not per message
+    # At stop the last state was written: the file holds exactly the registry's final state.
+    assert orjson.loads(state_file.read_bytes()) == final
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".devices.json")) == []
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())

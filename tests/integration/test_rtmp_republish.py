@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import aiohttp
 import av
 import numpy as np
-import pytest
 import structlog
 from aiohttp import web
 
@@ -600,27 +599,9 @@ async def test_rest_push_calls(local_gateway: Gateway, clip_units: AccessUnits) 
             await republishes.stop_all()
 
 
-async def test_rest_push_calls_when_republishing_is_off(local_gateway: Gateway) -> None:
-    api = WcsRestApi(local_gateway.registry, local_gateway.wcs, None)
-    app = web.Application()
-    app.add_routes(api.routes())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            status, answer = await call(http, f"http://127.0.0.1:{port}/rest-api/push/find_all")
-            assert status == 404 and "off" in answer["error"]
-    finally:
-        await runner.cleanup()
-
-
-async def test_the_gateway_serves_push_calls_once_wired(local_gateway: Gateway) -> None:
-    """app.py passes an RtmpRepublishes to WcsRestApi: then the gateway's own HTTP port
+async def test_the_gateway_serves_push_calls(local_gateway: Gateway) -> None:
+    """app.py always passes its RtmpRepublishes to WcsRestApi: the gateway's own HTTP port
     answers push/find_all."""
-    if getattr(local_gateway, "republishes", None) is None:
-        pytest.skip("app.py does not wire RTMP republishing yet")
     async with aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{local_gateway.config.http_port}/rest-api/push/find_all"
         status, answer = await call(http, url)

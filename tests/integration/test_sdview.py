@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
+from pathlib import Path
 
 import aiomqtt
 import av
@@ -21,7 +24,7 @@ from gateway.media.stream import Codec, MediaFrame, Stream
 from gateway.media.thumbnails import Thumbnails
 from gateway.sdview.protocol import SdImage, parse_sd_image, request_sd_stream
 from gateway.sdview.service import SdViewService
-from tests.conftest import MosquittoProcess
+from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import AccessUnits
 
 pytestmark = pytest.mark.timeout(90)
@@ -226,3 +229,46 @@ async def test_the_view_comes_back_after_the_broker_restarts(
         async with hub(mosquitto) as viewer:
             viewer.ask()
             await viewer.wait_images(2)
+
+
+async def test_through_a_running_skyrelay_serve(
+    mosquitto: MosquittoProcess, clip: Path, make_gateway: Callable[[dict[str, str]], GatewayProcess]
+) -> None:
+    """The whole path in a real gateway process: its settings turn the SD view on, an RTMP push
+    (real ffmpeg) is the stream, and a hub on Mosquitto gets decodable JPEGs of it."""
+    gateway = await asyncio.to_thread(
+        make_gateway,
+        {
+            "SKYRELAY_MQTT": mosquitto.url,
+            "SKYRELAY_SD_VIEW_HUB_KEY": HUB_KEY,
+            "SKYRELAY_SD_VIEW_DEVICES": "cam-1=front",
+            "SKYRELAY_SD_VIEW_WIDTH": str(WIDTH),
+        },
+    )
+    await wait_until(lambda: gateway.health()["mqtt_links"].get("sd_view") is True)
+    push = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
+        "-c", "copy", "-f", "flv", f"rtmp://127.0.0.1:{gateway.rtmp_port}/live/front",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with hub(mosquitto) as viewer:
+            viewer.ask()
+            await viewer.wait_images(3)
+            for image in viewer.images:
+                assert image.device_id == "cam-1"
+                assert decoded_size(image.jpeg) == (WIDTH, WIDTH * 240 // 320)
+        metrics = await asyncio.to_thread(_metrics, gateway)
+        published = re.search(r"^skyrelay_sd_view_images_total (\S+)$", metrics, re.M)
+        assert published is not None and float(published.group(1)) >= 3
+        assert push.returncode is None, "the push kept going"
+    finally:
+        if push.returncode is None:
+            push.kill()
+        await push.wait()
+    assert gateway.health()["status"] == "ok"
+
+
+def _metrics(gateway: GatewayProcess) -> str:
+    with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())

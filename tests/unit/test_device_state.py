@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +81,61 @@ def test_an_unwritable_place_fails_the_save_not_the_bridge(tmp_path: Path) -> No
     assert not file.save(registry)  # tried again at the next change, logged once
     blocker.unlink()
     assert file.save(registry) and (blocker / "devices.json").exists()
+
+
+async def test_a_flood_of_changes_is_written_debounced_off_the_loop_and_the_last_state_at_stop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "devices.json"
+    registry = DeviceRegistry()
+    # An interval no test run reaches: the first change is written at once, every later one
+    # waits for the interval, and stop writes what is left.
+    file = DeviceStateFile(path, min_interval=3600.0)
+    threads: list[threading.Thread] = []
+    write = file._write
+
+    def recording_write(revision: int, snapshot: dict[str, Any]) -> bool:
+        threads.append(threading.current_thread())
+        return write(revision, snapshot)
+
+    file._write = recording_write  # type: ignore[method-assign]
+    aircraft = [f"AIRCRAFT{n:06d}" for n in range(500)]
+    for n, sn in enumerate(aircraft):
+        registry.receive(STATUS, update_topo(sn), float(n))
+        file.changed(registry)
+        await asyncio.sleep(0)  # let the saver run between messages, as the MQTT loop does
+    async with asyncio.timeout(10):
+        while file.writes < 1:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert file.writes == 1  # the first change; the other 499 wait for the interval
+    await file.close()
+    assert file.writes == 2 and file.saved_revision == registry.revision
+    assert all(thread is not threading.main_thread() for thread in threads)
+    after = DeviceRegistry()
+    DeviceStateFile(path).load(after)
+    topology = after.gateways[GW].topology
+    assert topology is not None and topology.sub_devices == (aircraft[-1],)  # the last state wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["devices.json"]  # written whole, renamed in
+    await file.close()
+    assert file.writes == 2  # nothing new: not written again
+
+
+async def test_changes_after_the_interval_are_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    registry = learned()
+    file = DeviceStateFile(path, min_interval=0.05)
+    file.changed(registry)
+    async with asyncio.timeout(10):
+        while file.writes < 1:
+            await asyncio.sleep(0.01)
+    registry.receive(STATE, state(live_capacity={"device_list": []}), 3.0)
+    file.changed(registry)
+    async with asyncio.timeout(10):
+        while file.writes < 2:
+            await asyncio.sleep(0.01)
+    after = DeviceRegistry()
+    DeviceStateFile(path).load(after)
+    assert after.gateways[GW].capacity.videos == ()
+    await file.close()
+    assert file.writes == 2

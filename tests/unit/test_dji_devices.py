@@ -10,6 +10,10 @@ import pytest
 
 from gateway.dji import protocol as p
 from gateway.dji.devices import (
+    MAX_VIDEOS_PER_DEVICE,
+    TOO_MANY_DEVICES,
+    TOO_MANY_GATEWAYS,
+    DeviceLimitExceeded,
     DeviceRegistry,
     Event,
     GatewayOffline,
@@ -571,3 +575,69 @@ def test_revision_counts_only_what_a_snapshot_holds() -> None:
     assert registry.revision == 2
     registry.tick(1000.0)  # offline: still the same devices and videos
     assert registry.revision == 2
+
+
+# --- bounds ------------------------------------------------------------------------------------
+
+
+def gateway_sn(n: int) -> str:
+    return f"FLOOD{n:09d}"
+
+
+def test_gateways_past_the_maximum_are_refused_and_the_known_ones_go_on() -> None:
+    registry = DeviceRegistry(max_gateways=3)
+    online(registry)
+    for n in range(2):
+        registry.receive(f"sys/product/{gateway_sn(n)}/status", update_topo(), 1.0)
+    before = snapshot(registry)
+    for topic in (f"sys/product/{gateway_sn(2)}/status", f"thing/product/{gateway_sn(2)}/osd"):
+        with pytest.raises(DeviceLimitExceeded) as refused:
+            registry.receive(topic, update_topo() if "status" in topic else state(gateway_sn(2)), 2.0)
+        assert (refused.value.reason, refused.value.gateway_sn) == (TOO_MANY_GATEWAYS, gateway_sn(2))
+    # An aircraft naming an unknown gateway is refused too; it cannot add one either.
+    with pytest.raises(DeviceLimitExceeded):
+        registry.receive(f"thing/product/{AIRCRAFT2}/osd", state("NEWGATEWAY01"), 2.0)
+    assert snapshot(registry) == before and len(registry.gateways) == 3
+    # The gateways already known are still heard and answered.
+    events = registry.receive(STATE, payload("", {"live_capacity": CAPACITY}, gateway=GW, need_reply=1), 3.0)
+    assert any(isinstance(e, Publish) for e in events)
+    assert [v.video_id for _, v in registry.videos()] == VIDEO_IDS
+
+
+def test_a_gateway_with_too_many_devices_is_refused_whole() -> None:
+    registry = DeviceRegistry(max_devices_per_gateway=4)
+    online(registry)
+    before = snapshot(registry)
+    many = [f"AIRCRAFT{n:06d}" for n in range(5)]
+    with pytest.raises(DeviceLimitExceeded) as refused:
+        registry.receive(STATUS, update_topo(*many), 1.0)
+    assert (refused.value.reason, refused.value.gateway_sn) == (TOO_MANY_DEVICES, GW)
+    camera = {"camera_index": "53-0-0", "video_list": [{"video_index": "normal-0"}]}
+    capacity = {"device_list": [{"sn": sn, "camera_list": [camera]} for sn in many]}
+    with pytest.raises(DeviceLimitExceeded):
+        registry.receive(STATE, state(live_capacity=capacity), 1.0)
+    assert snapshot(registry) == before
+    registry.receive(STATUS, update_topo(*many[:4]), 2.0)  # at the bound: taken
+    assert registry.gateways[GW].topology is not None
+    assert registry.gateways[GW].topology.sub_devices == tuple(many[:4])
+
+
+def test_a_device_with_too_many_videos_is_refused() -> None:
+    registry = DeviceRegistry(max_devices_per_gateway=1)
+    videos = [{"video_index": f"normal-{n}"} for n in range(MAX_VIDEOS_PER_DEVICE * 2 + 1)]
+    camera = {"camera_index": "53-0-0", "video_list": videos}
+    capacity = {"device_list": [{"sn": AIRCRAFT, "camera_list": [camera]}]}
+    with pytest.raises(DeviceLimitExceeded):
+        registry.receive(STATE, state(live_capacity=capacity), 0.0)
+
+
+def test_restore_keeps_to_the_bounds() -> None:
+    full = DeviceRegistry()
+    online(full)
+    for n in range(3):
+        full.receive(f"sys/product/{gateway_sn(n)}/status", update_topo(), 1.0)
+    crowded = f"CROWDED{0:07d}"
+    full.receive(f"sys/product/{crowded}/status", update_topo(*[f"AIRCRAFT{n:06d}" for n in range(10)]), 1.0)
+    small = DeviceRegistry(max_gateways=3, max_devices_per_gateway=5)
+    restored = small.restore(full.snapshot())
+    assert len(restored) == 3 and crowded not in restored and len(small.gateways) == 3
