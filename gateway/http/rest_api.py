@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.json_body import BadJson, read_json
+from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
@@ -238,8 +240,8 @@ class WcsRestApi:
     async def _rtsp_startup(self, body: dict[str, Any]) -> web.Response:
         uri = _text(body, "uri")
         name = body.get("name", body.get("localStreamName"))
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 512):
-            raise RestError(400, "'name' must be a non-empty string of at most 512 characters")
+        if name is not None:
+            _check_name(name)
         try:
             transport = body.get("transport", "tcp")
             source = await self._pulls().startup(uri, name, transport if isinstance(transport, str) else "")
@@ -267,7 +269,7 @@ class WcsRestApi:
 
     async def _push_startup(self, body: dict[str, Any]) -> web.Response:
         """``{streamName, rtmpUrl}``: publish a live stream to another RTMP server."""
-        name, url = _text(body, "streamName"), _text(body, "rtmpUrl")
+        name, url = _check_name(body.get("streamName")), _text(body, "rtmpUrl")
         try:
             republish = await self._pushes().startup(name, url)
         except StreamNotLive as exc:
@@ -324,14 +326,22 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.method == "GET" or not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except ValueError:
-        raise RestError(400, "the body must be JSON") from None
+        body = await read_json(request)
+    except BadJson as exc:
+        raise RestError(400, str(exc)) from None
     if body is None:
         return {}
     if not isinstance(body, dict):
         raise RestError(400, "the body must be a JSON object")
     return body
+
+
+def _check_name(name: Any) -> str:
+    """A stream name by the rule of every ingress; 400 otherwise."""
+    try:
+        return validate_stream_name(name)
+    except BadStreamName as exc:
+        raise RestError(400, str(exc)) from None
 
 
 def _text(body: dict[str, Any], key: str) -> str:

@@ -6,6 +6,7 @@ hands WHIP offers to the WHIP ingest."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
+from gateway.http.json_body import BadJson, read_json
 from gateway.log import get_logger
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sinks.whep import WhepEgress, WhepRefused
@@ -101,12 +103,17 @@ class HttpServer:
 
     @web.middleware
     async def _bearer(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """With ``api_token`` set, the REST API and /metrics need ``Authorization: Bearer``."""
+        """With ``api_token`` set, the REST API and /metrics need ``Authorization: Bearer``.
+        Without it, the control endpoints answer loopback clients only (as MediaMTX binds
+        its API to 127.0.0.1): an open port must not let anyone start pulls or pushes."""
         protected = request.path.startswith(("/rest-api/", "/api/")) or request.path == "/metrics"
         if self.api_token and protected:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.api_token}".encode()):
                 return error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        elif not self.api_token and is_control(request) and not is_loopback(request.remote):
+            log.warning("http_control_refused", path=request.path, peer=request.remote)
+            return error(403, CONTROL_REFUSED)
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -128,8 +135,13 @@ class HttpServer:
         """A file of the demo page's directory; anything else (a directory, a missing file, a
         path that leads out of the directory) is a 404, given as JSON like every error."""
         root = self.static_dir.resolve()
-        target = (root / request.match_info["path"]).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
+        try:
+            # A NUL (``/%00``) makes the OS calls raise ValueError; an over-long name, OSError.
+            target = (root / request.match_info["path"]).resolve()
+            found = target.is_relative_to(root) and target.is_file()
+        except (ValueError, OSError):
+            found = False
+        if not found:
             raise web.HTTPNotFound()
         return web.FileResponse(target)
 
@@ -149,9 +161,9 @@ class HttpServer:
     async def _control(self, request: web.Request) -> web.Response:
         name, action = request.match_info["name"], request.match_info["action"]
         try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the body must be a JSON object")
+            body = await read_json(request)
+        except BadJson as exc:
+            return error(400, f"the body must be a JSON object: {exc}")
         fields = CONTROL_FIELDS[action]
         value = next((body[f] for f in fields if f in body), None) if isinstance(body, dict) else None
         if value is None:
@@ -224,6 +236,35 @@ class HttpServer:
     async def _whip_patch(self, request: web.Request) -> web.Response:
         # The answer carries every candidate; trickle ICE and ICE restarts are not offered.
         return error(405, "trickle ICE is not supported: the answer has all candidates", CORS)
+
+
+CONTROL_REFUSED = (
+    "control endpoints answer only loopback clients (127.0.0.1, ::1) unless the gateway has an"
+    " api_token; set one and send it as 'Authorization: Bearer <token>'"
+)
+# REST API calls that only read (everything else there starts, stops or changes something).
+REST_READS = ("find", "find_all", "snapshot")
+
+
+def is_control(request: web.Request) -> bool:
+    """An endpoint that starts, stops or changes something: every /rest-api call but the
+    reads, and every /api call that is not a GET (HEAD, OPTIONS)."""
+    path = request.path
+    if path.startswith("/rest-api/"):
+        return path.rstrip("/").rpartition("/")[2] not in REST_READS
+    return path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS")
+
+
+def is_loopback(remote: str | None) -> bool:
+    """A client address on this machine: 127.0.0.0/8, ::1 or their IPv4-mapped form. A Unix
+    socket's peer (an empty address) or an unknown one is not."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -13,9 +13,11 @@ from typing import Any
 
 import orjson
 
+# The name rule is shared by every ingress; re-exported (``as``) for this module's users.
+from gateway.media.names import MAX_STREAM_NAME as MAX_STREAM_NAME
+from gateway.media.names import validate_stream_name as validate_stream_name
 from gateway.media.rates import VideoRates
 
-MAX_STREAM_NAME = 256
 MAX_ID = 128
 
 # Client messages that carry nothing the gateway acts on (debug, metrics, SIP): accepted
@@ -200,19 +202,6 @@ def _media_session_id(name: str, obj: dict[str, Any]) -> str:
     if len(value) > MAX_ID or not value.isprintable():
         raise ProtocolError(f"'{name}': 'mediaSessionId' is malformed", api_method=name)
     return value
-
-
-def validate_stream_name(name: Any) -> str:
-    """A stream name is 1..256 printable characters (no control characters)."""
-    if not isinstance(name, str):
-        raise ValueError("Stream name must be a string")
-    if not name:
-        raise ValueError("Stream name is empty")
-    if len(name) > MAX_STREAM_NAME:
-        raise ValueError(f"Stream name is longer than {MAX_STREAM_NAME} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise ValueError("Stream name contains control characters")
-    return name
 
 
 def _stream_name(api: str, obj: dict[str, Any], media_session_id: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import (
     REASONS,
@@ -330,6 +331,11 @@ class RtspServerConnection:
     def _announce(self, request: Request, name: str) -> Event | None:
         if self.mode is not None:
             self._reply(request, 455, reason="Method Not Valid in This State: the session is in use")
+            return None
+        try:
+            validate_stream_name(name)  # the rule of every ingress
+        except BadStreamName as exc:
+            self._reply(request, 400, reason=f"Bad Request: {exc}")
             return None
         content_type = (request.header("Content-Type") or "application/sdp").split(";")[0].strip()
         if content_type.lower() != "application/sdp":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.log import get_logger
+from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.registry import StreamRegistry, StreamUnavailable
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.webrtc.peer import RtcSettings
@@ -72,6 +73,10 @@ class WhepEgress:
         """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
         if len(offer_sdp) > MAX_OFFER_BYTES:
             raise WhepRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        try:
+            validate_stream_name(name)  # before it reaches an on-demand source (a pull by URL)
+        except BadStreamName as exc:
+            raise WhepRefused(400, str(exc)) from None
         on_demand = self.registry.on_demand_for(name) is not None
         if on_demand:
             try:

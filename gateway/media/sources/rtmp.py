@@ -15,6 +15,7 @@ from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
+from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.registry import StreamNameInUse, StreamRegistry
 from gateway.media.rtmp.flv import (
     G711_RATE,
@@ -218,8 +219,10 @@ class RtmpIngestServer:
         """A publish by stream name (not an ingest key), if the access policy allows it."""
         if self.access is None or self.keys.is_key(name):
             return None, "unknown, used or expired stream key"
-        if not name or len(name) > 512:
-            return None, "no stream name"
+        try:
+            validate_stream_name(name)
+        except BadStreamName as exc:
+            return None, str(exc)
         if self.registry.on_demand_for(name) is not None:
             return None, "the name belongs to a device camera"
         token = urllib.parse.parse_qs(query).get("token", [None])[0]

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from gateway.log import get_logger
+from gateway.media.names import URL_SCHEMES, BadStreamName, validate_stream_name
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sources.rtsp import RtspPull
 
 log = get_logger(__name__)
 
-SCHEMES = ("rtsp://", "rtsps://")
+SCHEMES = URL_SCHEMES  # the names that are pulls are the URLs the name rule allows
 
 
 class PullRefused(ValueError):
@@ -26,13 +27,18 @@ class PullRefused(ValueError):
 
 
 def redacted(uri: str) -> str:
-    """The URI without its password, for listings and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
+    """The URI without its password, for listings and logs. Never raises: it is called on
+    names and URIs from clients, which may not parse (a bad port, a broken IPv6 host)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
         return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # The authority ends at the first of / ? # (RFC 3986 3.2); its userinfo at its last @.
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, hostport = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{hostport}{rest[end:]}"
 
 
 @dataclass(eq=False)
@@ -83,10 +89,20 @@ class RtspPulls:
         """Pull ``uri`` as stream ``name`` (default: the URI itself) over ``transport`` (tcp,
         udp) until terminated."""
         if not uri.startswith(SCHEMES):
-            raise PullRefused(f"not an rtsp:// URI: {uri[:100]!r}")
+            raise PullRefused(f"not an rtsp:// or rtsps:// URI: {redacted(uri)[:100]!r}")
+        try:
+            parts = urlsplit(uri)
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as exc:
+            raise PullRefused(f"not a valid URI: {exc}") from None
+        if not parts.hostname:
+            raise PullRefused("the URI names no host")
         if transport not in ("tcp", "udp"):
             raise PullRefused(f"transport is tcp or udp, not {transport!r}")
-        name = name or uri
+        try:
+            name = validate_stream_name(name or uri)  # the URI is the name unless one is given
+        except BadStreamName as exc:
+            raise PullRefused(str(exc)) from None
         existing = self.sources.get(name)
         if existing is not None:
             existing.on_demand = False  # asked for explicitly: it stays

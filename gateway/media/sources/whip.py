@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
+from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.registry import StreamNameInUse, StreamRegistry
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
@@ -99,6 +100,10 @@ class WhipIngest:
         if self.access is None or self.keys.is_key(name):
             log.warning("whip_publish_refused", reason="unknown or used key")
             raise WhipRefused(403, "unknown, used or expired stream key")
+        try:
+            validate_stream_name(name)
+        except BadStreamName as exc:
+            raise WhipRefused(400, str(exc)) from None
         if self.registry.on_demand_for(name) is not None:
             raise WhipRefused(403, "the name belongs to a device camera")
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
