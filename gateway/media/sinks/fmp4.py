@@ -31,7 +31,6 @@ from typing import Any
 import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units
 from gateway.media.stream import MediaFrame, Stream, Subscription
 
 log = get_logger(__name__)
@@ -51,18 +50,6 @@ OPUS_SILENCE = b"\xf8\xff\xfe"
 # How far behind the video the audio track may fall before silence fills it: more than the
 # audio's arrival jitter, so that real audio that comes is not placed before the filling.
 AUDIO_FILL_LAG = Fraction(1, 2)
-
-
-def parameter_sets(access_unit: bytes) -> tuple[bytes | None, bytes | None]:
-    """The SPS and PPS NAL units of an access unit (a keyframe carries both on a Stream)."""
-    sps = pps = None
-    for nal in iter_nal_units(access_unit):
-        kind = nal[0] & 0x1F
-        if kind == NAL_SPS:
-            sps = nal
-        elif kind == NAL_PPS:
-            pps = nal
-    return sps, pps
 
 
 def muxable_audio(stream: Stream) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import sps_dimensions
+from gateway.media.h264 import parameter_sets, sps_dimensions
 from gateway.media.registry import StreamRegistry, StreamUnavailable
 from gateway.media.sinks.fmp4 import (
     Arrival,
@@ -34,7 +34,6 @@ from gateway.media.sinks.fmp4 import (
     Fmp4Muxer,
     Fragment,
     muxable_audio,
-    parameter_sets,
 )
 from gateway.media.stream import MediaFrame, Stream
 
@@ -45,7 +44,7 @@ log = get_logger(__name__)
 EXTRA_SEGMENTS = 2
 SUBSCRIPTION_FRAMES = 300  # about 10 s of 30 fps video: remuxing never falls behind that far
 
-__all__ = ["Fmp4Muxer", "HlsPackager", "HlsService", "parameter_sets"]
+__all__ = ["Fmp4Muxer", "HlsPackager", "HlsService"]
 
 
 @dataclass(frozen=True, slots=True)

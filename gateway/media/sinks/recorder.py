@@ -29,7 +29,7 @@ from typing import Any
 import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import sps_dimensions
+from gateway.media.h264 import parameter_sets, sps_dimensions
 from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, stream_dirname
 from gateway.media.sinks.fmp4 import (
     Arrival,
@@ -37,7 +37,6 @@ from gateway.media.sinks.fmp4 import (
     Fmp4Muxer,
     Fragment,
     muxable_audio,
-    parameter_sets,
 )
 from gateway.media.stream import MediaFrame, Stream, Subscription
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from gateway.log import get_logger
-from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units
+from gateway.media.h264 import parameter_sets
 from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import RtspError, Transport, encode_interleaved
@@ -84,18 +84,6 @@ ON_DEMAND_START_TIMEOUT = 120.0
 
 Address = tuple[str, int]
 _TRACK_SUFFIX = re.compile(r"/trackID=\d{1,3}$")
-
-
-def cached_parameter_sets(stream: Stream) -> tuple[bytes | None, bytes | None]:
-    """SPS and PPS of the stream's cached keyframe (every keyframe carries them)."""
-    sps = pps = None
-    if stream.keyframe is not None:
-        for nal in iter_nal_units(stream.keyframe.data):
-            if nal[0] & 0x1F == NAL_SPS:
-                sps = nal
-            elif nal[0] & 0x1F == NAL_PPS:
-                pps = nal
-    return sps, pps
 
 
 def served_audio(stream: Stream) -> AudioFormat | None:
@@ -652,7 +640,8 @@ class _Connection:
             rtsp.refuse(event.request, 404)
             return
         if isinstance(event, DescribeRequested):
-            sps, pps = cached_parameter_sets(stream)
+            # Every keyframe of a Stream carries them.
+            sps, pps = parameter_sets(stream.keyframe.data) if stream.keyframe else (None, None)
             sdp = build_h264_sdp(
                 session_id=int.from_bytes(os.urandom(4), "big"),
                 address=self.address,
