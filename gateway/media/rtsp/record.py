@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.media.rtsp.message import RtspError
-from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, RtpPacket, parse_rtp
+from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, RtspRtpPacket, parse_rtp
 from gateway.media.rtsp.sdp import parse_sdp, sprop_parameter_sets
 
 # RTP encoding name (upper case) -> the codec name a Stream uses (aiortc's).
@@ -166,7 +166,7 @@ class AudioDepacketizer:
         self._timeline = _Timeline()
         self._sequence: int | None = None
 
-    def receive(self, packet: RtpPacket) -> list[AudioUnit]:
+    def receive(self, packet: RtspRtpPacket) -> list[AudioUnit]:
         track = self.track
         if packet.payload_type != track.payload_type:
             self.bad_packets += 1
