@@ -34,6 +34,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from gateway.log import get_logger
 from gateway.media.h264 import parameter_sets
 from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
+from gateway.media.rtp_frames import frame_packets, sequence_after
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import RtspError, Transport, encode_interleaved
 from gateway.media.rtsp.record import AudioUnit
@@ -195,18 +196,18 @@ class RtspViewer:
             return False
         payloads, timestamp = rtp_payloads(self.stream, frame, H264_RTP)
         timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
-        last = len(payloads) - 1
-        packets = []
-        for index, payload in enumerate(payloads):
-            header = rtp_header(
+        packets = [
+            rtp_header(
                 payload_type=H264_PAYLOAD_TYPE,
-                marker=index == last,
-                sequence=self._sequence,
+                marker=marker,
+                sequence=sequence,
                 timestamp=timestamp,
                 ssrc=self.ssrc,
             )
-            packets.append(header + payload)
-            self._sequence = (self._sequence + 1) & 0xFFFF
+            + payload
+            for sequence, marker, payload in frame_packets(payloads, self._sequence)
+        ]
+        self._sequence = sequence_after(self._sequence, len(packets))
         self.output.send(packets)
         self.packets += len(packets)
         return True
