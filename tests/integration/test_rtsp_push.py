@@ -343,7 +343,7 @@ async def test_authorization_hooks_that_fail_or_refuse(servers: Callable[..., An
     server = await servers(authorize_publish=authorize, authorize_play=authorize)
     base = f"rtsp://127.0.0.1:{server.port}"
     answers = []
-    for query, status in (("boom", 503), ("bad", 403)):
+    for query in ("boom", "bad"):
         responses, _ = await exchange(server.port, announce(f"{base}/cams/pushed?token={query}", H264_SDP))
         answers.append([(r.status, r.reason) for r in responses])
         responses, _ = await exchange(server.port, request("DESCRIBE", f"{base}/{NAME}?token={query}"))
