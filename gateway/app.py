@@ -29,9 +29,9 @@ from gateway.media.ingest_keys import IngestKeys
 from gateway.media.recorders import Recorders
 from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
+from gateway.media.servers.rtsp import RtspServer
 from gateway.media.sinks.hls import HlsService
 from gateway.media.sinks.rtmp_push import RtmpRepublishes
-from gateway.media.sinks.rtsp import RtspServer
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls

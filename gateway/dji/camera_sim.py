@@ -240,7 +240,7 @@ class RtspCameraServer(BackgroundCamera):
         self, host: str, port: int, credentials: tuple[str, str], access_units: AccessUnits, fps: float = 30
     ) -> None:
         from gateway.media.registry import StreamRegistry
-        from gateway.media.sinks.rtsp import RtspServer
+        from gateway.media.servers.rtsp import RtspServer
 
         self.registry = StreamRegistry()
         self.server = RtspServer(self.registry, host, port, credentials=credentials)

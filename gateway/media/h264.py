@@ -3,7 +3,7 @@ making sure SPS/PPS precede every IDR. Pure functions over bytes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 NAL_IDR = 5
 NAL_SEI = 6
@@ -37,6 +37,25 @@ def nal_types(data: bytes) -> list[int]:
 
 def is_keyframe(data: bytes) -> bool:
     return NAL_IDR in nal_types(data)
+
+
+def find_parameter_sets(nal_units: Iterable[bytes]) -> tuple[bytes | None, bytes | None]:
+    """The first SPS and the first PPS among ``nal_units`` (None where there is none)."""
+    sps = pps = None
+    for nal in nal_units:
+        if not nal:
+            continue
+        kind = nal[0] & 0x1F
+        if kind == NAL_SPS and sps is None:
+            sps = nal
+        elif kind == NAL_PPS and pps is None:
+            pps = nal
+    return sps, pps
+
+
+def parameter_sets(access_unit: bytes) -> tuple[bytes | None, bytes | None]:
+    """The SPS and PPS of an Annex-B access unit (a keyframe carries both on a Stream)."""
+    return find_parameter_sets(iter_nal_units(access_unit))
 
 
 class _BitReader:

@@ -20,7 +20,7 @@ from aiortc.rtp import RtpPacket
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.media.registry import StreamRegistry
-from gateway.media.sinks.rtsp import RtspServer
+from gateway.media.servers.rtsp import RtspServer
 from gateway.media.synthetic import ClipFeed, EncodedVideoTrack, make_h264_clip, read_access_units
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.conftest import GatewayProcess, MosquittoProcess, free_port

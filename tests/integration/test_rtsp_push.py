@@ -329,3 +329,31 @@ async def test_bad_publishing_input_does_not_disturb_a_reader(
         if watcher is not None:
             await watcher.stop()
         await pull.stop()
+
+
+async def test_authorization_hooks_that_fail_or_refuse(servers: Callable[..., Any]) -> None:
+    """Publish and play hooks alike: a refusal answers 403 with its reason, a hook that
+    raises answers 503, and the server goes on answering (a good token still plays)."""
+
+    async def authorize(name: str, query: str) -> str | None:
+        if query == "token=boom":
+            raise RuntimeError("the access service is down")
+        return None if query == "token=good" else "bad token"
+
+    server = await servers(authorize_publish=authorize, authorize_play=authorize)
+    base = f"rtsp://127.0.0.1:{server.port}"
+    answers = []
+    for query in ("boom", "bad"):
+        responses, _ = await exchange(server.port, announce(f"{base}/cams/pushed?token={query}", H264_SDP))
+        answers.append([(r.status, r.reason) for r in responses])
+        responses, _ = await exchange(server.port, request("DESCRIBE", f"{base}/{NAME}?token={query}"))
+        answers.append([(r.status, r.reason) for r in responses])
+    assert answers == [
+        [(503, "Service Unavailable: publish authorization failed")],
+        [(503, "Service Unavailable: play authorization failed")],
+        [(403, "Forbidden: bad token")],
+        [(403, "Forbidden: bad token")],
+    ]
+    responses, _ = await exchange(server.port, request("DESCRIBE", f"{base}/{NAME}?token=good"))
+    assert [r.status for r in responses] == [200]
+    assert server.registry.get("cams/pushed") is None

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import structlog
 
+from gateway.media.audio_align import AudioAligner
 from gateway.media.sinks.fmp4 import (
-    AudioAligner,
     Fmp4Muxer,
     Fragment,
     base_decode_times,
@@ -229,11 +229,13 @@ def test_audio_is_aligned_by_arrival() -> None:
     """Audio and video clocks with different origins (WebRTC's random RTP times): the first
     audio frame goes where the live video was when it came; the next keep their distance."""
     aligner = AudioAligner()
-    first = MediaFrame("audio", "opus", b"", 123_456_000, OPUS_TB)
+    first = 123_456_000 * OPUS_TB  # seconds on the stream's audio clock
     # The muxer's first video frame at pts 9_000_000; the live video at 9_090_000 (1 s later).
-    assert aligner.place(first, 9_090_000, VIDEO_TB, 9_000_000) == 1
-    later = MediaFrame("audio", "opus", b"", 123_456_000 + 960, OPUS_TB)
-    assert aligner.place(later, 9_999_999, VIDEO_TB, 9_000_000) == 1 + Fraction(1, 50)
+    aligner.align(first, (9_090_000 - 9_000_000) * VIDEO_TB)
+    assert aligner.place(first) == 1
+    later = (123_456_000 + 960) * OPUS_TB
+    aligner.align(later, (9_999_999 - 9_000_000) * VIDEO_TB)  # only the first counts
+    assert aligner.place(later) == 1 + Fraction(1, 50)
 
 
 def ffprobe(path: Path) -> list[dict[str, object]]:

@@ -413,3 +413,20 @@ def test_a_later_sei_nal_unit_is_found() -> None:
 )
 def test_malformed_sei_is_ignored(body: bytes) -> None:
     assert h264.read_sei_timestamp(SC4 + bytes([NAL_SEI]) + body + SC4 + b"\x65\x01") is None
+
+
+# --- parameter_sets / find_parameter_sets ----------------------------------------------------
+
+
+def test_parameter_sets_of_an_access_unit() -> None:
+    sps, pps = b"\x67\x42\x00\x1e", b"\x68\xce\x38\x80"
+    keyframe = SC4 + b"\x09\x10" + SC4 + sps + SC3 + pps + SC4 + b"\x65\x88\x84"
+    assert h264.parameter_sets(keyframe) == (sps, pps)
+    assert h264.parameter_sets(SC4 + b"\x41\x9a") == (None, None)
+    assert h264.parameter_sets(b"") == (None, None)
+
+
+def test_find_parameter_sets_takes_the_first_of_each_and_skips_empty_units() -> None:
+    sps1, sps2, pps = b"\x67\x01", b"\x67\x02", b"\x68\x03"
+    assert h264.find_parameter_sets([b"", pps, sps1, sps2]) == (sps1, pps)
+    assert h264.find_parameter_sets([sps1]) == (sps1, None)

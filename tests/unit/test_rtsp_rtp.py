@@ -16,8 +16,8 @@ from gateway.media.rtsp.rtp import (
     AccessUnit,
     H264Depacketizer,
     RtpError,
-    RtpPacket,
     RtpReorder,
+    RtspRtpPacket,
     parse_rtp,
     rtp_header,
 )
@@ -32,8 +32,8 @@ IDR = bytes([0x65]) + bytes(range(1, 200))
 SLICE = bytes([0x41]) + bytes(range(50, 90))
 
 
-def packet(payload: bytes, sequence: int, timestamp: int, marker: bool = True) -> RtpPacket:
-    return RtpPacket(96, marker, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x1234, payload)
+def packet(payload: bytes, sequence: int, timestamp: int, marker: bool = True) -> RtspRtpPacket:
+    return RtspRtpPacket(96, marker, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x1234, payload)
 
 
 def stap_a(*nals: bytes) -> bytes:
@@ -53,7 +53,7 @@ def fu_a(nal: bytes, size: int) -> list[bytes]:
     return out
 
 
-def feed(depacketizer: H264Depacketizer, packets: list[RtpPacket]) -> list[AccessUnit]:
+def feed(depacketizer: H264Depacketizer, packets: list[RtspRtpPacket]) -> list[AccessUnit]:
     return [unit for p in packets for unit in depacketizer.receive(p)]
 
 
@@ -63,7 +63,7 @@ def feed(depacketizer: H264Depacketizer, packets: list[RtpPacket]) -> list[Acces
 def test_header_round_trip() -> None:
     data = rtp_header(payload_type=96, marker=True, sequence=65535, timestamp=2**32 - 1, ssrc=0xDEADBEEF)
     parsed = parse_rtp(data + b"payload")
-    assert parsed == RtpPacket(96, True, 65535, 2**32 - 1, 0xDEADBEEF, b"payload")
+    assert parsed == RtspRtpPacket(96, True, 65535, 2**32 - 1, 0xDEADBEEF, b"payload")
 
 
 def test_csrc_extension_and_padding_are_skipped() -> None:
@@ -223,7 +223,7 @@ def test_malformed_payloads_break_the_unit(payload: bytes) -> None:
 # --- round trip through the sinks' packetizer -----------------------------------------------------
 
 
-def packetize(stream: Stream, units: list[bytes], first_sequence: int = 0) -> list[RtpPacket]:
+def packetize(stream: Stream, units: list[bytes], first_sequence: int = 0) -> list[RtspRtpPacket]:
     from gateway.media.webrtc.fanout import rtp_payloads
 
     packets = []

@@ -13,9 +13,9 @@ from gateway.media.rtsp.sdp import (
     SERVED_AUDIO,
     build_h264_sdp,
     h264_track,
-    parameter_sets,
     parse_sdp,
     resolve_control,
+    sprop_parameter_sets,
 )
 
 from .helpers import access_units
@@ -95,8 +95,8 @@ def test_no_h264_video() -> None:
 
 def test_bad_parameter_sets_are_skipped() -> None:
     value = f"%%%,{base64.b64encode(PPS).decode()},,{base64.b64encode(SPS).decode()}"
-    assert parameter_sets(value) == (SPS, PPS)
-    assert parameter_sets("") == (None, None)
+    assert sprop_parameter_sets(value) == (SPS, PPS)
+    assert sprop_parameter_sets("") == (None, None)
 
 
 def test_built_sdp_round_trips_with_the_streams_parameter_sets(encoded: dict[str, bytes]) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.media.rtsp.message import RtspError
-from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, RtpPacket, parse_rtp
-from gateway.media.rtsp.sdp import parameter_sets, parse_sdp
+from gateway.media.rtsp.rtp import AccessUnit, H264Depacketizer, RtpError, RtspRtpPacket, parse_rtp
+from gateway.media.rtsp.sdp import parse_sdp, sprop_parameter_sets
 
 # RTP encoding name (upper case) -> the codec name a Stream uses (aiortc's).
 RELAYED_AUDIO = {"OPUS": "opus", "PCMU": "PCMU", "PCMA": "PCMA"}
@@ -86,7 +86,7 @@ def announced_tracks(body: bytes) -> tuple[PushTrack, ...]:
         sps = pps = aac = None
         fmtp = media.fmtp.get(pt, {})
         if media.kind == "video" and encoding.upper() == "H264":
-            sps, pps = parameter_sets(fmtp.get("sprop-parameter-sets", ""))
+            sps, pps = sprop_parameter_sets(fmtp.get("sprop-parameter-sets", ""))
         if media.kind == "audio" and encoding.upper() == "MPEG4-GENERIC":
             aac = _aac_hbr_config(fmtp)
         tracks.append(
@@ -166,7 +166,7 @@ class AudioDepacketizer:
         self._timeline = _Timeline()
         self._sequence: int | None = None
 
-    def receive(self, packet: RtpPacket) -> list[AudioUnit]:
+    def receive(self, packet: RtspRtpPacket) -> list[AudioUnit]:
         track = self.track
         if packet.payload_type != track.payload_type:
             self.bad_packets += 1

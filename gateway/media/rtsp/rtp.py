@@ -30,7 +30,9 @@ class RtpError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class RtpPacket:
+class RtspRtpPacket:
+    """One RTP packet as the RTSP side parses it (`parse_rtp`); not aiortc's ``RtpPacket``."""
+
     payload_type: int
     marker: bool
     sequence: int
@@ -40,7 +42,7 @@ class RtpPacket:
     csrc: tuple[int, ...] = ()
 
 
-def parse_rtp(data: bytes) -> RtpPacket:
+def parse_rtp(data: bytes) -> RtspRtpPacket:
     if len(data) < 12:
         raise RtpError("RTP packet shorter than its header")
     first, second, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", data)
@@ -64,7 +66,7 @@ def parse_rtp(data: bytes) -> RtpPacket:
         if padding == 0 or end - padding < pos:
             raise RtpError("bad RTP padding")
         end -= padding
-    return RtpPacket(second & 0x7F, bool(second & 0x80), sequence, timestamp, ssrc, data[pos:end], csrc)
+    return RtspRtpPacket(second & 0x7F, bool(second & 0x80), sequence, timestamp, ssrc, data[pos:end], csrc)
 
 
 def rtp_header(*, payload_type: int, marker: bool, sequence: int, timestamp: int, ssrc: int) -> bytes:
@@ -91,10 +93,10 @@ class RtpReorder:
         self.reordered = 0  # packets that came early and were put back in order
         self.late = 0  # came after their place was given up, or twice
         self._next: int | None = None
-        self._held: dict[int, RtpPacket] = {}
+        self._held: dict[int, RtspRtpPacket] = {}
         self._released_timestamp = 0
 
-    def push(self, packet: RtpPacket) -> list[RtpPacket]:
+    def push(self, packet: RtspRtpPacket) -> list[RtspRtpPacket]:
         if self._next is None:
             self._next = packet.sequence
         ahead = (packet.sequence - self._next) & 0xFFFF
@@ -120,13 +122,13 @@ class RtpReorder:
         self._next = packet.sequence
         return out + self._release(packet) + self._release_held()
 
-    def _release(self, packet: RtpPacket) -> list[RtpPacket]:
+    def _release(self, packet: RtspRtpPacket) -> list[RtspRtpPacket]:
         self._next = (packet.sequence + 1) & 0xFFFF
         self._released_timestamp = packet.timestamp
         return [packet]
 
-    def _release_held(self) -> list[RtpPacket]:
-        out: list[RtpPacket] = []
+    def _release_held(self) -> list[RtspRtpPacket]:
+        out: list[RtspRtpPacket] = []
         while self._held:
             assert self._next is not None
             packet = self._held.pop(self._next, None)
@@ -136,15 +138,15 @@ class RtpReorder:
             out += self._release(packet)
         return out
 
-    def _give_up_gap(self) -> list[RtpPacket]:
+    def _give_up_gap(self) -> list[RtspRtpPacket]:
         """Skip to the first packet held, release what follows in order."""
         assert self._next is not None
         start = self._next
         self._next = min(self._held, key=lambda sequence: (sequence - start) & 0xFFFF)
         return self._release_held()
 
-    def _flush(self) -> list[RtpPacket]:
-        out: list[RtpPacket] = []
+    def _flush(self) -> list[RtspRtpPacket]:
+        out: list[RtspRtpPacket] = []
         while self._held:
             out += self._give_up_gap()
         return out
@@ -193,14 +195,14 @@ class H264Depacketizer:
             "bad_packets": self.bad_packets,
         }
 
-    def receive(self, packet: RtpPacket) -> list[AccessUnit]:
+    def receive(self, packet: RtspRtpPacket) -> list[AccessUnit]:
         self.packets += 1
         units: list[AccessUnit] = []
         for in_order in self.reorder.push(packet):
             units += self._receive_in_order(in_order)
         return units
 
-    def _receive_in_order(self, packet: RtpPacket) -> list[AccessUnit]:
+    def _receive_in_order(self, packet: RtspRtpPacket) -> list[AccessUnit]:
         units: list[AccessUnit] = []
         expected = self._expected_sequence
         gap = False

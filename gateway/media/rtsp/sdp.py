@@ -9,7 +9,7 @@ import binascii
 import dataclasses
 from dataclasses import dataclass, field
 
-from gateway.media.h264 import NAL_PPS, NAL_SPS
+from gateway.media.h264 import find_parameter_sets
 from gateway.media.rtsp.message import RtspError
 
 H264_PAYLOAD_TYPE = 96
@@ -124,22 +124,16 @@ def resolve_control(base: str, control: str | None) -> str:
     return base + control if base.endswith("/") else f"{base}/{control}"
 
 
-def parameter_sets(sprop: str) -> tuple[bytes | None, bytes | None]:
+def sprop_parameter_sets(sprop: str) -> tuple[bytes | None, bytes | None]:
     """The first SPS and PPS of a ``sprop-parameter-sets`` value; a part that is not base64
     is skipped (the stream carries them in band too)."""
-    sps = pps = None
+    nal_units = []
     for part in sprop.split(","):
         try:
-            nal = base64.b64decode(part.strip(), validate=True)
+            nal_units.append(base64.b64decode(part.strip(), validate=True))
         except (binascii.Error, ValueError):
             continue
-        if not nal:
-            continue
-        if nal[0] & 0x1F == NAL_SPS and sps is None:
-            sps = nal
-        elif nal[0] & 0x1F == NAL_PPS and pps is None:
-            pps = nal
-    return sps, pps
+    return find_parameter_sets(nal_units)
 
 
 def h264_track(sdp: SessionDescription, base: str) -> H264Track | None:
@@ -153,7 +147,7 @@ def h264_track(sdp: SessionDescription, base: str) -> H264Track | None:
                 continue
             fmtp = media.fmtp.get(pt, {})
             mode = fmtp.get("packetization-mode", "0")
-            sps, pps = parameter_sets(fmtp.get("sprop-parameter-sets", ""))
+            sps, pps = sprop_parameter_sets(fmtp.get("sprop-parameter-sets", ""))
             return H264Track(
                 control_url=resolve_control(base, media.control),
                 payload_type=pt,

@@ -31,7 +31,7 @@ from typing import Any
 import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import NAL_PPS, NAL_SPS, iter_nal_units
+from gateway.media.audio_align import AudioAligner
 from gateway.media.stream import MediaFrame, Stream, Subscription
 
 log = get_logger(__name__)
@@ -51,18 +51,6 @@ OPUS_SILENCE = b"\xf8\xff\xfe"
 # How far behind the video the audio track may fall before silence fills it: more than the
 # audio's arrival jitter, so that real audio that comes is not placed before the filling.
 AUDIO_FILL_LAG = Fraction(1, 2)
-
-
-def parameter_sets(access_unit: bytes) -> tuple[bytes | None, bytes | None]:
-    """The SPS and PPS NAL units of an access unit (a keyframe carries both on a Stream)."""
-    sps = pps = None
-    for nal in iter_nal_units(access_unit):
-        kind = nal[0] & 0x1F
-        if kind == NAL_SPS:
-            sps = nal
-        elif kind == NAL_PPS:
-            pps = nal
-    return sps, pps
 
 
 def muxable_audio(stream: Stream) -> bool:
@@ -262,7 +250,9 @@ class Fmp4Muxer:
         samples = opus_samples(frame.data)
         if not samples:
             return []
-        start = self._aligner.place(frame, arrival.video_pts, self.time_base, self.origin)
+        audio = frame.pts * frame.time_base
+        self._aligner.align(audio, (arrival.video_pts - self.origin) * self.time_base)
+        start = self._aligner.place(audio)
         return self.write_audio(frame.data, start, samples)
 
     def write_audio(self, data: bytes, pts: Fraction, duration: int) -> list[Fragment]:
@@ -336,23 +326,6 @@ class Fmp4Muxer:
         if self.header is None:
             return []
         return self._fragments()
-
-
-class AudioAligner:
-    """The stream's audio clock on one muxer's timeline (seconds from its first video
-    frame), set by the first audio frame that comes once video has started."""
-
-    def __init__(self) -> None:
-        self.offset: Fraction | None = None  # from the stream's audio seconds to the timeline's
-
-    def place(self, frame: MediaFrame, video_pts: int, video_time_base: Fraction, origin: int) -> Fraction:
-        """Where ``frame`` (which came in with the stream's latest video frame at
-        ``video_pts``) starts on the timeline of a muxer whose first video frame was at
-        ``origin``."""
-        audio = frame.pts * frame.time_base
-        if self.offset is None:
-            self.offset = (video_pts - origin) * video_time_base - audio
-        return audio + self.offset
 
 
 @dataclass(slots=True)

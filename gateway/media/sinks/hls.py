@@ -3,13 +3,14 @@ remuxed in memory with PyAV, never transcoded.
 
 A stream is packaged only while someone reads it: the first playlist request subscribes an
 `HlsPackager` to the Stream; it stops when nobody asked for the stream for ``idle_timeout``
-seconds, or when the stream ends. One fragmented-MP4 muxer per packager turns access units
-into ``moof``+``mdat`` fragments (one per GOP, `frag_keyframe`); a segment is cut at the first
-keyframe at least ``segment_target`` seconds after its start, so every segment starts with an
-IDR. The init segment (``ftyp``+``moov``) is what the muxer writes before the first fragment.
-A stream with Opus audio has it in the same segments, on the video's timeline (see
-`gateway.media.sinks.fmp4`); G.711 audio cannot go in MP4 and is left out (logged once).
-Nothing touches the disk: segment names are built here, never taken from a request.
+seconds, or when the stream ends. Its fragmented-MP4 muxer (`Remuxer`, shared with the
+DVR) turns access units into ``moof``+``mdat`` fragments (one per GOP, `frag_keyframe`); a
+segment is cut at the first keyframe at least ``segment_target`` seconds after its start, so
+every segment starts with an IDR. The init segment (``ftyp``+``moov``) is what the muxer
+writes before the first fragment. A stream with Opus audio has it in the same segments, on
+the video's timeline (see `gateway.media.sinks.fmp4`); G.711 audio cannot go in MP4 and is
+left out (logged once). Nothing touches the disk: segment names are built here, never taken
+from a request.
 """
 
 from __future__ import annotations
@@ -23,19 +24,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import av
-
 from gateway.log import get_logger
-from gateway.media.h264 import sps_dimensions
 from gateway.media.registry import StreamRegistry, StreamUnavailable
-from gateway.media.sinks.fmp4 import (
-    Arrival,
-    ArrivalQueue,
-    Fmp4Muxer,
-    Fragment,
-    muxable_audio,
-    parameter_sets,
-)
+from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
+from gateway.media.sinks.remux import Remuxer
 from gateway.media.stream import MediaFrame, Stream
 
 log = get_logger(__name__)
@@ -45,7 +37,7 @@ log = get_logger(__name__)
 EXTRA_SEGMENTS = 2
 SUBSCRIPTION_FRAMES = 300  # about 10 s of 30 fps video: remuxing never falls behind that far
 
-__all__ = ["Fmp4Muxer", "HlsPackager", "HlsService", "parameter_sets"]
+__all__ = ["Fmp4Muxer", "HlsPackager", "HlsService"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +49,12 @@ class HlsSegment:
     discontinuity: bool  # a new muxer (new parameter sets) starts here
 
 
-class HlsPackager:
-    """One Stream packaged as HLS: its subscription, muxer, init segments and segment window."""
+class HlsPackager(Remuxer):
+    """One Stream packaged as HLS: its remuxer (subscription, muxer), init segments and
+    segment window."""
+
+    audio_left_out_event = "hls_audio_left_out"
+    audio_left_out_reason = "MP4 carries no such audio: the segments are video only"
 
     def __init__(
         self,
@@ -68,7 +64,7 @@ class HlsPackager:
         window: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.segment_target = segment_target
         self.window = window
         self.segments: deque[HlsSegment] = deque(maxlen=window + EXTRA_SEGMENTS)
@@ -81,71 +77,31 @@ class HlsPackager:
         self._sequence = 0
         self._discontinuities = 0  # segments ever made that start with a discontinuity
         self._target_duration = max(1, math.ceil(segment_target))
-        self._muxer: Fmp4Muxer | None = None
         self._init_version = -1
-        self._params: tuple[bytes, bytes] | None = None
-        self._held: MediaFrame | None = None  # muxed when the next frame gives its duration
-        self._video_end = Fraction(0)  # seconds on the muxer's timeline where its video ends
         self._segment_start: Fraction | None = None  # seconds on it where the open segment starts
         self._pending = bytearray()  # fragments of the open segment
         self._pending_discontinuity = False
-        self._audio_left_out = False  # said once
-        self._subscription = stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
+        self._subscribe(self, SUBSCRIPTION_FRAMES)
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
     # --- frames -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            while (arrival := await self._arrivals.get()) is not None:
-                try:
-                    if arrival.frame.kind == "video":
-                        self._on_frame(arrival.frame)
-                    else:
-                        self._on_audio(arrival)
-                except (av.FFmpegError, ValueError) as exc:
-                    # A frame the muxer refuses (corrupt parameter sets): start over at the
-                    # next keyframe rather than stop serving the stream.
-                    log.warning("hls_mux_error", stream=self.stream.name, error=str(exc)[:200])
-                    self._restart_muxer()
+            await self._remux()
         finally:
             self._close()
 
-    def _on_frame(self, frame: MediaFrame) -> None:
-        if frame.codec != "H264":
-            return
-        if frame.keyframe:
-            sps, pps = parameter_sets(frame.data)
-            if sps is None or pps is None:
-                return  # not decodable alone; wait for one that is
-            if self._muxer is None or self._params != (sps, pps) or frame.time_base != self._muxer.time_base:
-                self._new_muxer(frame, sps, pps)
-        if self._muxer is None:
-            return  # waiting for a keyframe
-        held = self._held
-        if held is not None:
-            if frame.pts <= held.pts:
-                return  # a timestamp going back: the MP4 timeline cannot; skip it
-            self._mux(held, frame.pts - held.pts)
-        self._held = frame
+    def _failed(self, exc: Exception) -> None:
+        # A frame the muxer refuses (corrupt parameter sets): start over at the next
+        # keyframe rather than stop serving the stream.
+        log.warning("hls_mux_error", stream=self.stream.name, error=str(exc)[:200])
 
-    def _on_audio(self, arrival: Arrival) -> None:
-        """An Opus packet, on the video's timeline; none before the first keyframe."""
-        if self._muxer is not None:
-            self._take(self._muxer.write_arrival(arrival))
-
-    def _mux(self, frame: MediaFrame, duration: int) -> None:
-        assert self._muxer is not None and self._muxer.origin is not None
-        self._take(self._muxer.write(frame.data, frame.pts, duration, frame.keyframe))
-        self._video_end = (frame.pts + duration - self._muxer.origin) * frame.time_base
-
-    def _take(self, fragments: list[Fragment]) -> None:
+    def _take(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
         """Fragments (one a GOP) into segments: one is cut after the fragment that ends
         ``segment_target`` or more after the open segment's start."""
-        assert self._muxer is not None
-        if self._init_version not in self.inits and self._muxer.header is not None:
-            self.inits[self._init_version] = self._muxer.header
+        if self._init_version not in self.inits and muxer.header is not None:
+            self.inits[self._init_version] = muxer.header
         for fragment in fragments:
             if self._segment_start is None:
                 self._segment_start = fragment.start
@@ -158,54 +114,18 @@ class HlsPackager:
             ):
                 self._finish_segment(end)
 
-    def _new_muxer(self, keyframe: MediaFrame, sps: bytes, pps: bytes) -> None:
+    def _opened(self, keyframe: MediaFrame) -> None:
         """Parameter sets (or the clock) changed, or this is the first keyframe: a new init
         segment, and a discontinuity in the playlist."""
-        self._restart_muxer()
-        try:
-            width, height = sps_dimensions(sps)
-        except (ValueError, IndexError):
-            width, height = self.stream.width, self.stream.height
-        self._muxer = Fmp4Muxer(
-            width, height, keyframe.time_base, audio=self._with_audio(), origin=keyframe.pts
-        )
-        self._video_end = Fraction(0)
-        self._params = (sps, pps)
         self._init_version += 1
         self._pending_discontinuity = self._init_version > 0
 
-    def _with_audio(self) -> bool:
-        """Whether the next init segment declares the stream's audio (Opus: yes)."""
-        codec = self.stream.audio_codec
-        if codec is not None and not muxable_audio(self.stream) and not self._audio_left_out:
-            self._audio_left_out = True
-            log.info("hls_audio_left_out", stream=self.stream.name, codec=codec.name,
-                     reason="MP4 carries no such audio: the segments are video only")  # fmt: skip
-        return muxable_audio(self.stream)
-
-    def _restart_muxer(self) -> None:
-        """Close the muxer: what it has makes a last (short) segment; the next keyframe
-        starts a new muxer."""
-        muxer, held = self._muxer, self._held
-        self._held, self._params = None, None
-        if muxer is None:
-            return
-        try:
-            if held is not None:
-                # Its duration is unknown: as long as the frame before it, about.
-                self._mux(held, self._frame_duration(held))
-            self._take(muxer.close())
-        except (av.FFmpegError, ValueError):
-            muxer.close()  # a muxer that refused a frame: what it gave (whole fragments) stays
-        finally:
-            self._muxer = None
+    def _closed(self) -> None:
+        """What the closed muxer had makes a last (short) segment."""
         if self._segment_start is not None and self._pending:
-            self._finish_segment(self._video_end)
+            self._finish_segment(self.video_end)
         self._pending.clear()
         self._segment_start = None
-
-    def _frame_duration(self, frame: MediaFrame) -> int:
-        return max(1, round(Fraction(1, 30) / frame.time_base))
 
     def _finish_segment(self, end: Fraction) -> None:
         """The open segment ends at ``end`` (seconds on the muxer's timeline)."""
@@ -278,11 +198,8 @@ class HlsPackager:
         if self.closed:
             return
         self.closed = True
-        self.stream.unsubscribe(self._subscription)
-        self._arrivals.close()
-        muxer, self._muxer = self._muxer, None
-        if muxer is not None:
-            muxer.close()
+        self._unsubscribe()
+        self._drop_muxer()
         self.first_segment.set()  # wake waiting requests: they see `closed`
 
     def close(self) -> None:
@@ -296,15 +213,9 @@ class HlsPackager:
         self._close()
 
     # StreamListener
-    def on_video_format(self, width: int, height: int) -> None:
-        """A new size comes with new parameter sets, which start a new muxer."""
-
-    def on_stream_event(self, event_type: str, payload: Any) -> None:
-        """HLS carries no stream events."""
-
     def on_stream_end(self, info: str | None) -> None:
         self.end_info = info
-        self._arrivals.close()  # `_run` takes what is queued, then ends
+        super().on_stream_end(info)  # `_run` takes what is queued, then ends
 
 
 class HlsNotFound(Exception):

@@ -1,7 +1,8 @@
-"""DVR: a Stream recorded into segmented, fragmented MP4 files, remuxed with PyAV (never
-transcoded): its H.264 video and, when it has Opus audio, that too (G.711 cannot go in MP4
-and is left out, logged once; see `gateway.media.sinks.fmp4`), under
-``{directory}/{stream directory}/{start}.mp4`` (see `gateway.media.recordings` for the names).
+"""DVR: a Stream recorded into segmented, fragmented MP4 files, remuxed with PyAV by the
+`Remuxer` it shares with HLS (never transcoded): its H.264 video and, when it has Opus
+audio, that too (G.711 cannot go in MP4 and is left out, logged once; see
+`gateway.media.sinks.fmp4`), under ``{directory}/{stream directory}/{start}.mp4`` (see
+`gateway.media.recordings` for the names).
 
 Fragmented MP4 so that a file is playable at every moment: the header (``ftyp``+``moov``) and
 each fragment (``moof``+``mdat``, one per GOP or per ``fragment_seconds``) go to the file with
@@ -22,24 +23,13 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
-
-import av
 
 from gateway.log import get_logger
-from gateway.media.h264 import sps_dimensions
 from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, stream_dirname
-from gateway.media.sinks.fmp4 import (
-    Arrival,
-    ArrivalQueue,
-    Fmp4Muxer,
-    Fragment,
-    muxable_audio,
-    parameter_sets,
-)
-from gateway.media.stream import MediaFrame, Stream, Subscription
+from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
+from gateway.media.sinks.remux import REMUX_ERRORS, Remuxer
+from gateway.media.stream import MediaFrame, Stream
 
 log = get_logger(__name__)
 
@@ -153,11 +143,15 @@ class SegmentFiles:
                 self.store.apply_retention()
 
 
-class Recorder:
+class Recorder(Remuxer):
     """Records one Stream while started; `stop` (or the stream's end) finishes the last file.
 
     Raises `UnsafeStreamName` for a name that cannot be a directory name. With a ``store``,
     the file being written is protected from retention and retention runs after each file."""
+
+    audio_left_out_event = "recording_audio_left_out"
+    audio_left_out_reason = "MP4 carries no such audio: the files are video only"
+    skip_replay = True  # the cached keyframe replayed to a joining subscriber is the past
 
     def __init__(
         self,
@@ -171,21 +165,14 @@ class Recorder:
     ) -> None:
         if segment_seconds <= 0 or fragment_seconds <= 0:
             raise ValueError("segment_seconds and fragment_seconds must be positive")
-        self.stream = stream
+        super().__init__(stream, fragment_seconds=fragment_seconds)
         self.directory = Path(directory) / stream_dirname(stream.name)
         self.segment_seconds = segment_seconds
-        self.fragment_seconds = fragment_seconds
         self.store = store
         self.done = asyncio.Event()  # stopped, or the stream ended
         self.errors = 0  # files given up: a full or slow disk, a frame the muxer refused
         self._clock = clock
-        self._subscription: Subscription | None = None
-        self._arrivals: ArrivalQueue | None = None
-        self._audio_left_out = False  # said once
         self._task: asyncio.Task[None] | None = None
-        self._muxer: Fmp4Muxer | None = None
-        self._params: tuple[bytes, bytes] | None = None
-        self._held: MediaFrame | None = None
         self._segment_start: int | None = None  # pts of the current file's first frame
         self._start_epoch = 0.0
         self._file_open = False  # asked for: the worker may not have created it yet
@@ -208,8 +195,7 @@ class Recorder:
 
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
-        self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
+        self._subscribe(self, SUBSCRIPTION_FRAMES)
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
 
@@ -220,100 +206,35 @@ class Recorder:
         await self._finish()
 
     async def _run(self) -> None:
-        assert self._arrivals is not None and self._files is not None
         try:
-            while (arrival := await self._arrivals.get()) is not None:
-                try:
-                    if self._files.error is not None:
-                        error, self._files.error = self._files.error, None
-                        raise error
-                    if arrival.frame.kind == "video":
-                        self._on_frame(arrival.frame)
-                    else:
-                        self._on_audio(arrival)
-                except (av.FFmpegError, ValueError, OSError) as exc:
-                    # A full disk or a frame the muxer refuses: close this file, try a new
-                    # one at the next keyframe.
-                    self.errors += 1
-                    log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
-                    self._close_file(flush_held=False)
+            await self._remux()
         finally:
             await self._finish()
 
-    def _on_frame(self, frame: MediaFrame) -> None:
-        # The cached keyframe replayed to a joining subscriber shows an earlier moment.
-        if frame.codec != "H264" or frame.replay:
-            return
-        held = self._held
-        if held is None:
-            if frame.keyframe:
-                self._held = frame
-            return
-        if frame.pts <= held.pts:
-            return  # a timestamp going back: the MP4 timeline cannot
-        self._write(held, frame.pts - held.pts)
-        self._held = frame
+    def _check(self, frame: MediaFrame) -> None:
+        files = self._files
+        assert files is not None
+        if files.error is not None:
+            error, files.error = files.error, None
+            raise error
+        if frame.kind == "video" and files.pending_bytes > MAX_PENDING_BYTES:
+            raise OSError(f"the disk is not keeping up: {files.pending_bytes / 1024**2:.1f} MB waiting")
 
-    def _on_audio(self, arrival: Arrival) -> None:
-        """An Opus packet into the current file, on its video's timeline."""
-        if self._muxer is not None:
-            self._output(self._muxer, self._muxer.write_arrival(arrival))
+    def _failed(self, exc: Exception) -> None:
+        # A full disk or a frame the muxer refuses: close this file, try a new one at the
+        # next keyframe.
+        self.errors += 1
+        log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
 
-    def _write(self, frame: MediaFrame, duration: int) -> None:
-        pending = self._files.pending_bytes if self._files is not None else 0
-        if pending > MAX_PENDING_BYTES:
-            raise OSError(f"the disk is not keeping up: {pending / 1024**2:.1f} MB waiting")
-        if frame.keyframe:
-            params = parameter_sets(frame.data)
-            due = (
-                self._segment_start is not None
-                and (frame.pts - self._segment_start) * frame.time_base >= self.segment_seconds
-            )
-            if (
-                self._muxer is None
-                or due
-                or params != self._params
-                or frame.time_base != self._muxer.time_base
-            ):
-                self._close_file(flush_held=False)
-                if params[0] is None or params[1] is None:
-                    return  # not decodable alone: wait for a keyframe that is
-                self._open(frame, (params[0], params[1]))
-        if self._muxer is None:
-            return
-        self._output(self._muxer, self._muxer.write(frame.data, frame.pts, duration, frame.keyframe))
+    def _cut_due(self, keyframe: MediaFrame) -> bool:
+        start = self._segment_start
+        return start is not None and (keyframe.pts - start) * keyframe.time_base >= self.segment_seconds
 
-    def _open(self, keyframe: MediaFrame, params: tuple[bytes, bytes]) -> None:
-        try:
-            width, height = sps_dimensions(params[0])
-        except (ValueError, IndexError):
-            width, height = self.stream.width, self.stream.height
-        self._muxer = Fmp4Muxer(
-            width,
-            height,
-            keyframe.time_base,
-            audio=self._with_audio(),
-            origin=keyframe.pts,
-            fragment_seconds=self.fragment_seconds,
-        )
-        self._params = params
+    def _opened(self, keyframe: MediaFrame) -> None:
         self._segment_start = keyframe.pts
         self._start_epoch = self._clock()
 
-    def _with_audio(self) -> bool:
-        """Whether the next file has the stream's audio (Opus: yes)."""
-        codec = self.stream.audio_codec
-        if codec is not None and not muxable_audio(self.stream) and not self._audio_left_out:
-            self._audio_left_out = True
-            log.info(
-                "recording_audio_left_out",
-                stream=self.stream.name,
-                codec=codec.name,
-                reason="MP4 carries no such audio: the files are video only",
-            )
-        return muxable_audio(self.stream)
-
-    def _output(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
+    def _take(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
         """Write complete fragments (with the header first, in the same write)."""
         if not fragments:
             return
@@ -327,15 +248,7 @@ class Recorder:
         else:
             files.write(data)
 
-    def _close_file(self, *, flush_held: bool) -> None:
-        muxer, self._muxer = self._muxer, None
-        if muxer is not None:
-            if flush_held and self._held is not None:
-                # Its duration is unknown: as long as a frame at 30 fps, about.
-                held, self._held = self._held, None
-                step = max(1, round(Fraction(1, 30) / held.time_base))
-                self._output(muxer, muxer.write(held.data, held.pts, step, held.keyframe))
-            self._output(muxer, muxer.close())
+    def _closed(self) -> None:
         self._segment_start = None
         if self._file_open:
             self._file_open = False
@@ -350,28 +263,13 @@ class Recorder:
 
     async def _finish_once(self) -> None:
         try:
-            self._close_file(flush_held=True)
-        except (av.FFmpegError, ValueError, OSError) as exc:
+            self._close_muxer(flush_held=True)
+        except REMUX_ERRORS as exc:
             log.warning("recording_error", stream=self.stream.name, error=str(exc)[:200])
-        if self._subscription is not None:
-            self.stream.unsubscribe(self._subscription)
-        if self._arrivals is not None:
-            self._arrivals.close()
+        self._unsubscribe()
         if self._files is not None:
             await self._files.finish()
         self.done.set()
         log.info(
             "recording_stopped", stream=self.stream.name, files=len(self.files), bytes=self.bytes_written
         )
-
-    # StreamListener
-    def on_video_format(self, width: int, height: int) -> None:
-        """A new size comes with new parameter sets, which start a new file."""
-
-    def on_stream_event(self, event_type: str, payload: Any) -> None:
-        """Recordings carry no stream events."""
-
-    def on_stream_end(self, info: str | None) -> None:
-        """`_run` takes what is queued, then finishes the file."""
-        if self._arrivals is not None:
-            self._arrivals.close()

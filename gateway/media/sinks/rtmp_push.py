@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from gateway.log import get_logger
+from gateway.media.audio_align import AudioAligner
 from gateway.media.audio_transcode import AAC_BIT_RATE, AAC_RATE, ToAac, aac_transcodable
 from gateway.media.registry import StreamRegistry
 from gateway.media.rtmp.chunks import RtmpError
@@ -72,9 +73,14 @@ class Timeline:
     def __init__(self) -> None:
         self.video_base: int | None = None  # ms of the first video frame, on the stream's clock
         self.video_time_base: Fraction | None = None
-        self.audio_offset: int | None = None  # from the stream's audio ms to this timeline's
+        self.aligner = AudioAligner()  # from the stream's audio ms to this timeline's
         self.last_video = 0
         self.last_audio = 0
+
+    @property
+    def audio_offset(self) -> int | None:
+        offset = self.aligner.offset
+        return None if offset is None else int(offset)
 
     def video(self, pts: int, time_base: Fraction) -> int:
         ms = round(pts * time_base * 1000)
@@ -84,23 +90,19 @@ class Timeline:
         return self.last_video
 
     def align_audio(self, audio_ms: int, live_video_pts: int) -> bool:
-        """Put the stream's audio clock on this timeline, once: the audio frame at
-        ``audio_ms`` came in with the stream's latest video frame at ``live_video_pts``.
-        The two clocks need not share an origin and the Stream keeps no wall time per
-        frame: arriving together is the relation there is (the latest video frame, not the
-        first sent, which may be a replayed one up to half a second old). False until video
-        has started: there is nothing to align with yet."""
+        """Put the stream's audio clock on this timeline, once (`AudioAligner`): the audio
+        frame at ``audio_ms`` came in with the stream's latest video frame at
+        ``live_video_pts``. False until video has started: there is nothing to align with
+        yet."""
         if self.video_base is None or self.video_time_base is None:
             return False
-        if self.audio_offset is None:
-            live_ms = round(live_video_pts * self.video_time_base * 1000) - self.video_base
-            self.audio_offset = live_ms - audio_ms
+        live_ms = round(live_video_pts * self.video_time_base * 1000) - self.video_base
+        self.aligner.align(Fraction(audio_ms), Fraction(live_ms))
         return True
 
     def audio(self, audio_ms: int) -> int:
         """The timestamp of audio at ``audio_ms`` on the stream's audio clock (after `align_audio`)."""
-        assert self.audio_offset is not None
-        self.last_audio = max(self.last_audio, audio_ms + self.audio_offset)
+        self.last_audio = max(self.last_audio, int(self.aligner.place(Fraction(audio_ms))))
         return self.last_audio
 
 

@@ -1,7 +1,7 @@
 """RTSP push in: a publisher's ANNOUNCE/RECORD session (ffmpeg ``-f rtsp``, OBS with a plugin,
 an encoder) as the source of a Stream, named by the URL's path.
 
-The RTSP server (sinks/rtsp.py) owns the connection and the sans-I/O session; it opens an
+The RTSP server (servers/rtsp.py) owns the connection and the sans-I/O session; it opens an
 `RtspPush` when it accepts an ANNOUNCE and hands it what the session depacketized. The push
 claims the name (refused while another source has it), relays H.264 and, when the SDP has
 one, an Opus/PCMU/PCMA audio track, or an AAC one transcoded to Opus; other tracks are

@@ -27,6 +27,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from gateway.log import get_logger
+from gateway.media.rtp_frames import frame_packets, sequence_after
 from gateway.media.stream import MediaFrame, Stream
 from gateway.media.webrtc import aiortc_compat
 
@@ -136,11 +137,10 @@ class DirectRtpWriter:
                 return False
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
             timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
-            last = len(payloads) - 1
-            for index, payload in enumerate(payloads):
-                self._send(self._sequence, timestamp, index == last, payload)
+            for sequence, marker, payload in frame_packets(payloads, self._sequence):
+                self._send(sequence, timestamp, marker, payload)
                 self.octets += len(payload)
-                self._sequence = (self._sequence + 1) & 0xFFFF
+            self._sequence = sequence_after(self._sequence, len(payloads))
             self.packets += len(payloads)
         except (OSError, RuntimeError, AttributeError) as exc:
             # The transport closed under us (peer gone): stop writing, the peer's own

@@ -1,0 +1,1 @@
+"""Servers: listeners whose connections both play and publish streams (RTSP)."""
