@@ -52,9 +52,7 @@ def push_of(name: str) -> RtmpPush:
     return RtmpPush(stream, IngestKey("k", name))
 
 
-@pytest.mark.parametrize(
-    "codec_id", [NAN, INF, -INF, 7.5, 1e308, -8.0, True, "7", "", None, {"a": 1}, 2**70]
-)
+@pytest.mark.parametrize("codec_id", [NAN, INF, -INF, 7.5, 1e308, -8.0, True, "7", "", None, {"a": 1}, 2**70])
 def test_an_audio_codec_id_that_names_nothing_is_ignored(codec_id: Any) -> None:
     """NaN and ±Infinity raised out of the connection handler before (int(nan))."""
     client, server = publishing_pair()
