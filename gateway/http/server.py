@@ -110,11 +110,13 @@ class HttpServer:
         log.info("http_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()  # no new connections; the runner closes the open ones
-            self._listener = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
 
     @web.middleware
     async def _bearer(self, request: web.Request, handler: Any) -> web.StreamResponse:
