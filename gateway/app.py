@@ -33,13 +33,14 @@ from gateway.media.servers.rtsp import RtspServer
 from gateway.media.sinks.hls import HlsService
 from gateway.media.sinks.rtmp_push import RtmpRepublishes
 from gateway.media.sinks.whep import WhepEgress
-from gateway.media.sources.rtmp import RtmpIngestServer
+from gateway.media.sources.rtmp import RtmpDeadlines, RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
 from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.icemux import IceMux
 from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.net_limits import ConnectionLimits
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 from gateway.wcs.session import SessionLimits
@@ -54,6 +55,7 @@ class Gateway:
         guard_consent_task()
         self.tls = tls_context(config)
         self.access = policy_from(config.auth_secret, config.auth_hook_url)
+        self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
@@ -96,11 +98,18 @@ class Gateway:
             tls=self.tls,
             snapshot=self.thumbnails.png,
             republish=self.republishes.startup,
+            connection_limits=self.connection_limits,
         )
         self.ingest_keys = IngestKeys()
         self.rtmp = (
             RtmpIngestServer(
-                self.registry, self.ingest_keys, host=config.host, port=config.rtmp_port, access=self.access
+                self.registry,
+                self.ingest_keys,
+                host=config.host,
+                port=config.rtmp_port,
+                access=self.access,
+                deadlines=RtmpDeadlines(config.rtmp_handshake_timeout, config.rtmp_publish_timeout),
+                limits=self.connection_limits,
             )
             if config.rtmp_port
             else None
@@ -113,6 +122,7 @@ class Gateway:
                 rtp_port=config.rtsp_udp_port,
                 authorize_publish=self._authorize_rtsp_publish,
                 authorize_play=None if isinstance(self.access, OpenAccess) else self._authorize_rtsp_play,
+                connection_limits=self.connection_limits,
             )
             if config.rtsp_port
             else None
@@ -120,7 +130,7 @@ class Gateway:
         self.whip = WhipIngest(self.registry, self.ingest_keys, settings, self.access)
         self.rtsp_pulls = RtspPulls(self.registry)
         self.whep = WhepEgress(self.registry, settings)
-        self.broker = embedded_broker(config)
+        self.broker = embedded_broker(config, self.connection_limits)
         mqtt_address = own_broker_address(config)
         self.dji = (
             DjiBridge(
@@ -176,6 +186,7 @@ class Gateway:
             access=self.access,
             api_token=config.api_token,
             tls=self.tls,
+            connection_limits=self.connection_limits,
             routes=[
                 *thumbnail_routes(self.thumbnails),
                 *WcsRestApi(
@@ -194,7 +205,14 @@ class Gateway:
                         self.wcs,
                         self.dji,
                         self.rtsp_pulls,
-                        metrics.Outputs(self.thumbnails, self.hls, self.recorders, self.sdview, self.broker),
+                        metrics.Outputs(
+                            self.thumbnails,
+                            self.hls,
+                            self.recorders,
+                            self.sdview,
+                            self.broker,
+                            self.connection_limits,
+                        ),
                         self.ice_mux,
                     )
                 ),
@@ -313,7 +331,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def embedded_broker(config: Config) -> Broker | None:
+def embedded_broker(config: Config, connection_limits: ConnectionLimits | None = None) -> Broker | None:
     """The embedded MQTT broker, unless an external one is configured or it is off. Bound
     beyond loopback, it must have a log-in (ConfigError otherwise)."""
     if config.mqtt or config.mqtt_broker == "off":
@@ -321,7 +339,9 @@ def embedded_broker(config: Config) -> Broker | None:
     login = mqtt_broker_credentials(config)
     host, _, port = config.mqtt_broker.rpartition(":")
     user, password = login or (None, None)
-    return Broker(host.strip("[]"), int(port), username=user, password=password)
+    return Broker(
+        host.strip("[]"), int(port), username=user, password=password, connection_limits=connection_limits
+    )
 
 
 def own_broker_address(config: Config) -> BrokerAddress | None:

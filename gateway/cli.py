@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="STUN server host:port (repeatable; default none)",
     )
     serve.add_argument("--max-frame-bytes", type=int, help="largest WebSocket frame accepted")
+    serve.add_argument(
+        "--max-connections-per-ip", type=int, help="open connections per address on each TCP port (256)"
+    )
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
 

@@ -28,6 +28,13 @@ class Config:
     ws_port: int = 8080
     http_port: int = 8081
     rtmp_port: int = 1935  # RTMP ingest; 0 turns it off
+    # An RTMP connection must finish its handshake, then start publishing, this many seconds
+    # after it was accepted, else it is closed; a publisher silent for rtmp_publish_timeout too.
+    rtmp_handshake_timeout: float = 10.0
+    rtmp_publish_timeout: float = 30.0
+    # Connections one address may hold open on each TCP port (WebSocket, HTTP, RTMP, RTSP,
+    # the embedded MQTT broker); more are closed at once and counted.
+    max_connections_per_ip: int = 256
     # RTSP server: every stream at rtsp://host:port/{name}, and ANNOUNCE/RECORD publishing;
     # RTP over UDP from rtsp_udp_port (RTCP +1; 0: any free pair). 0 turns RTSP off.
     rtsp_port: int = 8554
@@ -242,6 +249,8 @@ def validate(config: Config) -> None:
         "record_segment_seconds",
         "recordings_max_age",
         "thumbnail_max_age",
+        "rtmp_handshake_timeout",
+        "rtmp_publish_timeout",
     ):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
@@ -264,6 +273,7 @@ def validate(config: Config) -> None:
         "recordings_max_bytes",
         "dji_max_gateways",
         "dji_max_devices_per_gateway",
+        "max_connections_per_ip",
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")

@@ -13,6 +13,7 @@ import contextlib
 from gateway.broker import codec
 from gateway.broker.core import Action, BrokerCore, Close, Credentials
 from gateway.log import get_logger
+from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -29,10 +30,12 @@ class Broker:
         username: str | None = None,
         password: str | None = None,
         max_packet: int = codec.MAX_PACKET,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self.host, self.port = host, port
         credentials = Credentials(username, password or "") if username is not None else None
         self.core = BrokerCore(credentials=credentials, max_packet=max_packet)
+        self.connection_limits = connection_limits
         self._server: asyncio.Server | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -40,7 +43,9 @@ class Broker:
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        limits = self.connection_limits
+        handler = self._connection if limits is None else limits.guard_streams("mqtt", self._connection)
+        self._server = await asyncio.start_server(handler, self.host, self.port)
         self._timer = asyncio.create_task(self._run_timer())
         login = self.core.credentials is not None
         log.info("mqtt_broker_listening", host=self.host, port=self.port, login=login)

@@ -1,6 +1,7 @@
 """``GET /metrics`` in the Prometheus text format (version 0.0.4): streams, viewers, bit
 rates, ingest state, WebSocket sessions, MQTT link state (the DJI bridge's, the SD view's),
-the embedded broker's clients and refusals, and DJI command outcomes. Read from the live
+the embedded broker's clients and refusals, connections refused by the per-address limit,
+and DJI command outcomes. Read from the live
 objects at scrape time; nothing is kept here."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.media.sinks.hls import HlsService
 from gateway.media.sources.rtsp_pulls import RtspPulls, redacted
 from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.icemux import IceMux
+from gateway.net_limits import ConnectionLimits
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 
@@ -58,6 +60,7 @@ class Outputs:
     recorders: Recorders | None = None
     sdview: SdViewService | None = None
     broker: Broker | None = None  # the embedded MQTT broker
+    connections: ConnectionLimits | None = None  # the per-address limit of the TCP ports
 
 
 def render(
@@ -202,6 +205,15 @@ def _outputs(outputs: Outputs) -> list[Family]:
         for reason, number in sorted(core.rejected.items()):
             rejected.add(number, reason=reason)
         families += [clients, rejected]
+    if outputs.connections is not None:
+        refused = Family(
+            "skyrelay_connections_refused_total",
+            "counter",
+            "TCP connections closed at accept: their address held max_connections_per_ip, by port.",
+        )
+        for kind, number in sorted(outputs.connections.refused.items()):
+            refused.add(number, port_kind=kind)
+        families.append(refused)
     return families
 
 

@@ -5,6 +5,7 @@ hands WHIP offers to the WHIP ingest."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import ssl
@@ -21,6 +22,7 @@ from gateway.log import get_logger
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sinks.whep import WhepEgress, WhepRefused
 from gateway.media.sources.whip import WhipIngest, WhipRefused
+from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -53,6 +55,7 @@ class HttpServer:
         api_token: str | None = None,
         tls: ssl.SSLContext | None = None,
         routes: Sequence[web.RouteDef] = (),
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.static_dir = static_dir
@@ -66,7 +69,9 @@ class HttpServer:
         self.tls = tls  # https:// when set
         # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
         self.routes = list(routes)
+        self.connection_limits = connection_limits
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, self._bearer])
@@ -93,13 +98,27 @@ class HttpServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
-        await site.start()
+        # Our own listener rather than a web.TCPSite: it puts the per-address limit in front
+        # of aiohttp's handler, at accept time.
+        handler = self._runner.server
+        assert handler is not None
+        factory = (
+            handler
+            if self.connection_limits is None
+            else self.connection_limits.guard_factory("http", handler)
+        )
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(factory, self.host, self.port, ssl=self.tls, backlog=128)
         log.info("http_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
 
     @web.middleware
     async def _bearer(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -29,6 +29,7 @@ from gateway.media.stream import Stream
 from gateway.media.thumbnails import ThumbnailUnavailable
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
+from gateway.net_limits import ConnectionLimits
 from gateway.wcs import messages as m
 from gateway.wcs.session import (
     CONTROL_EVENTS,
@@ -73,6 +74,7 @@ class WcsServer:
         tls: ssl.SSLContext | None = None,
         snapshot: Callable[[str], Awaitable[bytes]] | None = None,
         republish: Callable[[str, str], Awaitable[object]] | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         # Pushes a live stream to an RTMP server (publishStream with `rtmpUrl`); it stops by
         # itself when the stream ends.
@@ -87,6 +89,7 @@ class WcsServer:
         self.max_frame_bytes = max_frame_bytes
         self.ping_interval = ping_interval
         self.limits = limits
+        self.connection_limits = connection_limits
         self.connections: set[Connection] = set()
         self._server: Server | None = None
 
@@ -95,6 +98,7 @@ class WcsServer:
             self._handle,
             self.host,
             self.port,
+            create_connection=self._guarded_connection(),
             ssl=self.tls,
             max_size=self.max_frame_bytes,
             # The WCS protocol has its own ping/pong messages; no WebSocket-level pings.
@@ -107,6 +111,18 @@ class WcsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def _guarded_connection(self) -> Any:
+        """websockets' connection factory, behind the per-address limit (None: no limit)."""
+        limits = self.connection_limits
+        if limits is None:
+            return None
+        limits.register("websocket")
+
+        def connection(*args: Any, **kwargs: Any) -> asyncio.Protocol:
+            return limits.guard("websocket", ServerConnection(*args, **kwargs))
+
+        return connection
 
     def media_sessions(self) -> list[tuple[str, m.StreamDescription]]:
         """Every open media session: its connection's id and its description."""
@@ -203,6 +219,7 @@ class Connection:
         self.rtmp_urls: dict[str, str] = {}  # publishers to republish once live: msid -> URL
         self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
+        self.too_slow = False  # the outbox overflowed: closing, later frames are dropped
         self.log = log.bind(session=self.id)
 
     def describe(self) -> dict[str, Any]:
@@ -225,6 +242,8 @@ class Connection:
                     self.dispatch(self.session.receive_binary())
                 else:
                     self.dispatch(self.session.receive_text(frame))
+                if self.too_slow:
+                    break  # being closed: what it still sends would only be answered into the void
         except ConnectionClosed:
             pass
         finally:
@@ -327,10 +346,13 @@ class Connection:
             stream.broadcast_event(request.event_type, {field: request.value, "status": "OK"})
 
     def _send(self, text: str) -> None:
+        if self.too_slow:
+            return  # being closed already: one warning, one close, whatever it still sends
         try:
             self.outbox.put_nowait(text)
         except asyncio.QueueFull:
             # A client that reads nothing must not grow the gateway's memory.
+            self.too_slow = True
             self.log.warning("client_too_slow", queued=self.outbox.qsize())
             self._spawn(self.ws.close(1008, "client does not read its messages"))
 

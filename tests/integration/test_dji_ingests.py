@@ -24,7 +24,6 @@ async def stream_figures(gateway: Gateway, name: str) -> dict[str, object]:
         return await reply.json()
 
 
-
 async def test_a_dock_pushing_whip_plays_and_an_alias_names_it(
     mosquitto: MosquittoProcess, clip: Path
 ) -> None:

@@ -50,7 +50,6 @@ async def publish_and_play(
     return clients, streams
 
 
-
 async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
     local_gateway: Gateway, video_track: TrackFactory
 ) -> None:

@@ -141,7 +141,6 @@ async def test_player_pli_reaches_publisher_at_most_once_a_second(
     await counter.stop()
 
 
-
 def decode_h264_rtp(payloads: list[bytes]) -> list[av.VideoFrame]:
     data = b"".join(depayload(H264_CODEC, payload) for payload in payloads)
     context = av.CodecContext.create("h264", "r")

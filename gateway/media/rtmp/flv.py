@@ -214,6 +214,21 @@ class G711Frame:
     data: bytes  # one byte per sample
 
 
+def metadata_sound_format(codec_id: object) -> int | None:
+    """The FLV SoundFormat an ``onMetaData`` ``audiocodecid`` names (10 for AAC, as the
+    number or "mp4a"; 7 or 8 for G.711), or None for anything else. Metadata comes from the
+    pusher and is only a hint: NaN, infinities, fractions, booleans and strings other than
+    "mp4a" name nothing, and never raise."""
+    if codec_id == "mp4a":
+        return AAC_SOUND_FORMAT
+    if isinstance(codec_id, bool) or not isinstance(codec_id, int | float):
+        return None
+    if isinstance(codec_id, float) and not codec_id.is_integer():  # NaN and infinities too
+        return None
+    number = int(codec_id)
+    return number if number == AAC_SOUND_FORMAT or number in G711_SOUND_FORMATS else None
+
+
 def read_audio_tag(tag: bytes) -> AacConfig | AacFrame | G711Frame:
     """What an FLV audio tag body carries: AAC (configuration or frame) or mono G.711
     samples. Raises FlvError for another codec, stereo G.711 or a short tag."""

@@ -125,6 +125,11 @@ class RtmpServerConnection:
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
 
+    @property
+    def handshake_done(self) -> bool:
+        """C0, C1 and C2 received: chunks may follow."""
+        return self._phase is _Phase.CHUNKS
+
     def receive_data(self, data: bytes) -> list[Event]:
         """Bytes from the peer (b"" at end of stream). Raises RtmpError on a violation."""
         if self._phase is _Phase.CLOSED:

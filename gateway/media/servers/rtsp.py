@@ -51,6 +51,7 @@ from gateway.media.sinks.rtsp import (
 from gateway.media.sources.rtsp import open_udp_pair
 from gateway.media.sources.rtsp_push import AuthorizePublish, RtspPush
 from gateway.media.stream import Stream
+from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -124,6 +125,7 @@ class RtspServer:
         rtp_port: int = 0,
         authorize_publish: AuthorizePublish | None = None,
         authorize_play: AuthorizePublish | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         """``rtp_port`` is the UDP RTP port (RTCP on the next one; 0: any free even pair),
         ``udp`` False answers 461 to UDP. ``authorize_publish(name, query)`` returns None to
@@ -141,6 +143,7 @@ class RtspServer:
         self.rtp_port = rtp_port
         self.authorize_publish = authorize_publish
         self.authorize_play = authorize_play
+        self.connection_limits = connection_limits
         self.viewers: set[RtspViewer] = set()
         self.pushes: set[RtspPush] = set()
         self.udp = _UdpPorts() if udp else None
@@ -153,7 +156,9 @@ class RtspServer:
         return self.udp.ports if self.udp is not None and self.udp.rtp is not None else None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        limits = self.connection_limits
+        handler = self._connection if limits is None else limits.guard_streams("rtsp", self._connection)
+        self._server = await asyncio.start_server(handler, self.host, self.port)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.udp is not None:

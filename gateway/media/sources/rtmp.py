@@ -7,8 +7,8 @@ which WebRTC cannot carry, is transcoded to Opus (audio only, once per stream); 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import urllib.parse
+from dataclasses import dataclass
 from fractions import Fraction
 
 from gateway.access import AccessPolicy, AccessRequest, Action
@@ -18,12 +18,14 @@ from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.registry import StreamNameInUse, StreamRegistry
 from gateway.media.rtmp.flv import (
+    AAC_SOUND_FORMAT,
     G711_RATE,
     G711_SOUND_FORMATS,
     AacConfig,
     AvcTagReader,
     FlvError,
     G711Frame,
+    metadata_sound_format,
     read_audio_tag,
 )
 from gateway.media.rtmp.protocol import (
@@ -37,6 +39,7 @@ from gateway.media.rtmp.protocol import (
     RtmpServerConnection,
 )
 from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -61,12 +64,13 @@ class RtmpPush:
 
     def metadata(self, values: dict[str, object]) -> None:
         """An AAC push announces itself before its first frame: offer Opus to viewers now,
-        so those who join at the first keyframe get audio too."""
-        codec_id = values.get("audiocodecid")
-        if codec_id in (10, 10.0, "mp4a"):
+        so those who join at the first keyframe get audio too. A field that makes no sense
+        is ignored (the tags themselves tell the truth later)."""
+        sound_format = metadata_sound_format(values.get("audiocodecid"))
+        if sound_format == AAC_SOUND_FORMAT:
             self.stream.set_codecs(H264, OPUS)
-        elif isinstance(codec_id, int | float) and int(codec_id) in G711_SOUND_FORMATS:
-            self.stream.set_codecs(H264, Codec(G711_SOUND_FORMATS[int(codec_id)], G711_RATE))
+        elif sound_format is not None:
+            self.stream.set_codecs(H264, Codec(G711_SOUND_FORMATS[sound_format], G711_RATE))
 
     def audio_tag(self, message: MediaMessage) -> None:
         try:
@@ -129,6 +133,26 @@ class RtmpPush:
         self.stream.push(MediaFrame("video", "H264", unit.data, pts, Fraction(1, 90000), unit.keyframe))
 
 
+@dataclass(frozen=True, slots=True)
+class RtmpDeadlines:
+    """How long a connection may take to become a push, and a push may stay silent: a port
+    that anyone can open must not be held by connections that never publish (or die
+    half-open) forever."""
+
+    handshake: float = 10.0  # s from accept to the end of the handshake
+    publish: float = 30.0  # s from accept to a publish; and the longest silence of a push
+
+    def next(
+        self, opened: float, last_data: float, handshake_done: bool, publishing: bool
+    ) -> tuple[float, str]:
+        """When the connection is closed unless something happens first, and why."""
+        if publishing:
+            return last_data + self.publish, "the publisher sent nothing"
+        if not handshake_done:
+            return opened + self.handshake, "no RTMP handshake in time"
+        return opened + self.publish, "no publish in time"
+
+
 class RtmpIngestServer:
     def __init__(
         self,
@@ -138,6 +162,8 @@ class RtmpIngestServer:
         host: str,
         port: int,
         access: AccessPolicy | None = None,
+        deadlines: RtmpDeadlines | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -145,11 +171,16 @@ class RtmpIngestServer:
         # (`rtmp://host/live/{name}?token=...`, OBS, ffmpeg) if the policy allows it.
         self.access = access
         self.host, self.port = host, port
+        self.deadlines = deadlines or RtmpDeadlines()
+        self.limits = limits
         self.pushes: set[RtmpPush] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        handler = (
+            self._connection if self.limits is None else self.limits.guard_streams("rtmp", self._connection)
+        )
+        self._server = await asyncio.start_server(handler, self.host, self.port)
         log.info("rtmp_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:
@@ -161,9 +192,18 @@ class RtmpIngestServer:
         peer = str(writer.get_extra_info("peername"))
         rtmp = RtmpServerConnection()
         push: RtmpPush | None = None
+        loop = asyncio.get_running_loop()
+        opened = last_data = loop.time()
         try:
             while not rtmp.closed:
-                data = await reader.read(65536)
+                deadline, why = self.deadlines.next(opened, last_data, rtmp.handshake_done, push is not None)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(65536)
+                except TimeoutError:
+                    log.info("rtmp_connection_timed_out", peer=peer, reason=why)
+                    break
+                last_data = loop.time()
                 for event in rtmp.receive_data(data):
                     if isinstance(event, PublishRequested):
                         push = await self._publish(rtmp, event, peer)
@@ -179,17 +219,33 @@ class RtmpIngestServer:
                 out = rtmp.data_to_send()
                 if out:
                     writer.write(out)
-                    await writer.drain()
+                    # A peer that sends commands and reads no reply is held to the same deadline.
+                    deadline, why = self.deadlines.next(
+                        opened, last_data, rtmp.handshake_done, push is not None
+                    )
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            await writer.drain()
+                    except TimeoutError:
+                        log.info("rtmp_connection_timed_out", peer=peer, reason="the peer reads nothing")
+                        break
                 if not data:
                     break
         except (RtmpError, ConnectionError) as exc:
             log.info("rtmp_connection_error", peer=peer, error=str(exc)[:200])
+        except Exception:
+            # A bug must end this connection in the JSON log, not as a bare traceback.
+            log.exception("rtmp_connection_failed", peer=peer)
         finally:
             if push is not None:
                 self._end(push, "connection closed")
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            # A peer that reads nothing would hold the close (and the fd) forever.
+            try:
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
+            except (ConnectionError, OSError, TimeoutError):
+                writer.transport.abort()
 
     async def _publish(
         self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str
