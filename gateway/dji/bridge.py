@@ -247,9 +247,9 @@ class DjiBridge:
                 for name, (owner, _) in list(self.sources.items()):
                     if owner == sn and name not in offered:  # no longer offered
                         del self.sources[name]
-                        controller = self.controllers.get(name)
-                        if controller is not None:
-                            self._apply(controller, controller.device_offline())
+                        dropped = self.controllers.get(name)
+                        if dropped is not None:
+                            self._apply(dropped, dropped.device_offline())
                 self.sources.update(offered)
             case GatewayOffline(sn=sn):
                 log.info("dji_gateway_offline", gateway_sn=sn)
@@ -258,9 +258,9 @@ class DjiBridge:
                         self._apply(controller, controller.device_offline())
             case ServiceReplied(reply=reply):
                 self.replies[(reply.method, reply.result)] += 1
-                waiter = self._replies.get((reply.tid, reply.bid))
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(reply)
+                pending = self._replies.get((reply.tid, reply.bid))
+                if pending is not None and not pending.done():
+                    pending.set_result(reply)
                     return
                 for controller in list(self.controllers.values()):
                     self._apply(controller, controller.reply(reply, self.clock()))
@@ -305,9 +305,9 @@ class DjiBridge:
                     pull = self.pulls.pop(name, None)
                     if pull is not None:
                         self._spawn(pull.stop())
-                    key = self._keys.pop(name, None)
-                    if key is not None:
-                        self.ingest_keys.revoke(key)
+                    open_key = self._keys.pop(name, None)
+                    if open_key is not None:
+                        self.ingest_keys.revoke(open_key)
                     stream = self.registry.find(name)
                     if stream is not None:
                         self.registry.release(stream)

@@ -94,7 +94,7 @@ class DockSimulator:
             await self._announce(client)
             osd = asyncio.create_task(self._osd(client))
             commands = asyncio.create_task(self._commands(client))
-            offline = asyncio.create_task(self._offline.wait())
+            offline: asyncio.Task[object] = asyncio.create_task(self._offline.wait())
             try:
                 # A command may be held (reply_delay) when the broker goes: the next osd
                 # publish notices the lost link too, and the held reply is dropped with it.
@@ -103,8 +103,8 @@ class DockSimulator:
                     if task.done():
                         task.result()  # the broker was lost: aiomqtt.MqttError
             finally:
-                for task in (osd, commands, offline):
-                    task.cancel()
+                for pending in (osd, commands, offline):
+                    pending.cancel()
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

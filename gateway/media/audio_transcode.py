@@ -156,6 +156,7 @@ class ToAac:
             raise AudioTranscodeError(f"no decoder for {codec} audio")
         name, rate, layout = source
         decoder = av.CodecContext.create(name, "r")
+        assert isinstance(decoder, av.AudioCodecContext)  # an audio codec's context
         decoder.sample_rate, decoder.layout = rate, layout
         self.codec, self.decoder = codec, decoder
         return decoder

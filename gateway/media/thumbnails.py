@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import av
 from av.video.reformatter import Interpolation, VideoReformatter
@@ -218,7 +218,7 @@ def _prune(cache: dict[_K, _E], keep: Callable[[_E], bool]) -> None:
         del cache[next(iter(cache))]  # the oldest: dicts keep insertion order
 
 
-def _retrieve(job: asyncio.Future[object]) -> None:
+def _retrieve(job: asyncio.Future[Any]) -> None:
     """Mark a job's exception as seen: every waiter may have gone (no 'never retrieved')."""
     if not job.cancelled():
         job.exception()
@@ -228,6 +228,7 @@ def _decode(decoder: str, data: bytes) -> tuple[av.VideoFrame, Fraction]:
     """The picture of one keyframe (self-contained: SPS/PPS in front for H.264) and its
     sample aspect ratio. Runs in a worker thread; a decoder is cheap to open."""
     context = av.CodecContext.create(decoder, "r")
+    assert isinstance(context, av.VideoCodecContext)  # a video codec's context
     context.thread_count = 1  # one picture: threads would only add latency on shared cores
     frames = context.decode(av.Packet(data))
     frames += context.decode(None)  # flush: a decoder may hold the picture back

@@ -8,6 +8,7 @@ server message, so every frame built here carries a ``data`` array.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,7 +301,7 @@ def _parse_stream_event(name: str, first: Any) -> SendStreamEvent:
     return SendStreamEvent(msid, event_type, obj.get("payload"))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[str, Any], ClientMessage]] = {
     "connection": _parse_connect,
     "pong": lambda name, first: Pong(),
     "ping": lambda name, first: Ping(),

@@ -267,7 +267,7 @@ class Session:
             desc.info = f"Too many streams on this connection (limit {self.limits.max_media_sessions})"
             return self._refuse(desc)
         self.media[msid] = MediaSession(desc)
-        return [StartPublish(msg) if published else StartPlay(msg)]
+        return [StartPublish(msg) if isinstance(msg, m.PublishStream) else StartPlay(msg)]
 
     def _stop_request(self, msg: m.UnpublishStream | m.StopStream) -> list[Output]:
         published = isinstance(msg, m.UnpublishStream)

@@ -75,7 +75,9 @@ class _BoundedOutput(Generic[_Transport]):
 
     def writable(self) -> bool:
         transport = self.transport
-        return not transport.is_closing() and transport.get_write_buffer_size() <= self.max_unsent_bytes
+        # Both transports have get_write_buffer_size; asyncio's stub gives it to WriteTransport only.
+        unsent: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        return not transport.is_closing() and unsent <= self.max_unsent_bytes
 
 
 class InterleavedOutput(_BoundedOutput[asyncio.WriteTransport]):

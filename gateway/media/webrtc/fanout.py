@@ -71,6 +71,8 @@ class DirectRtpWriter:
         self.stream = stream
         self.sender = sender
         self.codec = codec
+        assert codec.payloadType is not None  # negotiated: attach() checked it
+        self._payload_type = codec.payloadType
         self._header = header
         self._protect = srtp.protect
         self._socket = socket
@@ -96,6 +98,8 @@ class DirectRtpWriter:
         what the fast path needs (the caller then keeps the stock path)."""
         try:
             codec = parameters.codecs[0]
+            if codec.payloadType is None:
+                raise KeyError("the codec has no payload type")
             extensions = HeaderExtensionsMap()
             extensions.configure(parameters)
             ssrc, rtx_ssrc = aiortc_compat.sender_ssrcs(sender)
@@ -108,7 +112,7 @@ class DirectRtpWriter:
                 (c for c in parameters.codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType),
                 None,
             )
-            if rtx_codec is not None:
+            if rtx_codec is not None and rtx_codec.payloadType is not None:
                 rtx_template = RtpPacket(payload_type=rtx_codec.payloadType, sequence_number=0, timestamp=0)
                 rtx_template.ssrc = rtx_ssrc
                 rtx_template.extensions.mid = parameters.muxId
@@ -154,7 +158,7 @@ class DirectRtpWriter:
 
     def _send(self, sequence: int, timestamp: int, marker: bool, payload: bytes) -> None:
         self._history[sequence % HISTORY] = (sequence, timestamp, marker, payload)
-        packet = _patched(self._header, self.codec.payloadType, marker, sequence, timestamp)
+        packet = _patched(self._header, self._payload_type, marker, sequence, timestamp)
         packet += payload
         self._socket.sendto(self._protect(bytes(packet)), self._address)
 

@@ -9,7 +9,7 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
-from gateway.media.stream import Codec
+from gateway.media.stream import Codec, MediaKind
 
 # What a relayed publisher may send: no transcoding, so only what browsers and aiortc
 # senders carry as is. H.264 first: it is what RTMP/RTSP/HLS sinks can use too.
@@ -23,7 +23,7 @@ class OfferError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class OfferedMedia:
-    kind: str
+    kind: MediaKind
     direction: str
     codecs: list[RTCRtpCodecParameters]
 
@@ -37,13 +37,13 @@ def parse_offer(sdp: str) -> list[OfferedMedia]:
     except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
         raise OfferError(f"Invalid SDP: {type(exc).__name__}: {exc}"[:300]) from None
     media = [
-        OfferedMedia(m.kind, m.direction or "sendrecv", list(m.rtp.codecs))
+        OfferedMedia("audio" if m.kind == "audio" else "video", m.direction or "sendrecv", list(m.rtp.codecs))
         for m in description.media
         if m.kind in ("audio", "video")
     ]
     if not media:
         raise OfferError("Invalid SDP: no audio or video media section")
-    if not all(m.ice.usernameFragment and m.ice.password for m in description.media):
+    if not all(m.ice and m.ice.usernameFragment and m.ice.password for m in description.media):
         raise OfferError("Invalid SDP: no ICE credentials (a=ice-ufrag/a=ice-pwd)")
     if not all(m.dtls and m.dtls.fingerprints for m in description.media):
         raise OfferError("Invalid SDP: no DTLS fingerprint (a=fingerprint)")
