@@ -245,10 +245,8 @@ class Gateway:
         log.info("gateway_stopped")
 
     async def _authorize_rtsp_publish(self, name: str, query: str) -> str | None:
-        """ANNOUNCE of ``name`` on the RTSP port: not a device camera's name, and allowed by
-        the access policy (a publish token in ``?token=``)."""
-        if self.registry.on_demand_for(name) is not None:
-            return "the name belongs to a device camera"
+        """ANNOUNCE of ``name`` on the RTSP port: allowed by the access policy (a publish
+        token in ``?token=``). A device camera's name is refused by the registry's claim."""
         token = urllib.parse.parse_qs(query).get("token", [None])[0]
         return await self.access.check(AccessRequest(Action.PUBLISH, name, token))
 

@@ -27,7 +27,7 @@ import av
 
 from gateway.log import get_logger
 from gateway.media.h264 import sps_dimensions
-from gateway.media.registry import StreamRegistry, StreamUnavailable
+from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.fmp4 import (
     Arrival,
     ArrivalQueue,
@@ -341,7 +341,7 @@ class HlsService:
         self.packagers: dict[str, HlsPackager] = {}
         # On-demand sources (drone cameras, rtsp:// names) this service counts as a viewer
         # while it packages them; a start in progress is shared by concurrent requests.
-        self._wanted: set[str] = set()
+        self._viewings: dict[str, Viewing] = {}
         self._starting: dict[str, asyncio.Future[object]] = {}
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
@@ -404,26 +404,27 @@ class HlsService:
         """A drone camera (or an rtsp:// name) nobody watches yet: start it, as a player
         would, and wait for it to play."""
         resolved = self.registry.resolve(name)
-        if resolved in self._wanted or self.registry.on_demand_for(name) is None:
+        if resolved in self._viewings or self.registry.on_demand_for(name) is None:
             return
         starting = self._starting.get(resolved)
         if starting is None:
-            starting = self._starting[resolved] = asyncio.ensure_future(self.registry.want(name))
-            starting.add_done_callback(lambda done: self._started(resolved, done))
+            viewing = self.registry.viewing(name)
+            starting = self._starting[resolved] = asyncio.ensure_future(viewing.open())
+            starting.add_done_callback(lambda done: self._started(resolved, viewing, done))
         try:
             await asyncio.shield(starting)
         except StreamUnavailable as exc:
             raise HlsNotFound(exc.info) from None
 
-    def _started(self, name: str, done: asyncio.Future[object]) -> None:
+    def _started(self, name: str, viewing: Viewing, done: asyncio.Future[object]) -> None:
         self._starting.pop(name, None)
         if not done.cancelled() and done.exception() is None:
-            self._wanted.add(name)
+            self._viewings[name] = viewing
 
     def _unwant(self, name: str) -> None:
-        if name in self._wanted:
-            self._wanted.discard(name)
-            self.registry.unwant(name)
+        viewing = self._viewings.pop(name, None)
+        if viewing is not None:
+            viewing.close()
 
     async def _reap(self) -> None:
         """Stop packaging streams nobody reads and streams that ended."""
@@ -439,7 +440,7 @@ class HlsService:
                     log.info("hls_stopped", stream=name, reason="idle" if idle else "stream ended")
 
     async def stop(self) -> None:
-        for name in list(self._wanted):
+        for name in list(self._viewings):
             self._unwant(name)
         if self._reaper is not None:
             self._reaper.cancel()

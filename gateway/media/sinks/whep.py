@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.log import get_logger
-from gateway.media.registry import StreamRegistry, StreamUnavailable
+from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
@@ -36,7 +36,7 @@ class WhepSession:
     resource: str
     name: str
     viewer: WebRtcViewer
-    on_demand: bool  # counted by the stream's on-demand source: tell it when this ends
+    viewing: Viewing  # closed when this ends (an on-demand source counts this viewer)
 
 
 class WhepViewerEvents:
@@ -72,20 +72,14 @@ class WhepEgress:
         """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
         if len(offer_sdp) > MAX_OFFER_BYTES:
             raise WhepRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        on_demand = self.registry.on_demand_for(name) is not None
-        if on_demand:
-            try:
-                stream = await self.registry.want(name)
-            except StreamUnavailable as exc:
-                raise WhepRefused(404, exc.info) from None
-        else:
-            found = self.registry.get(name)
-            if found is None:
-                raise WhepRefused(404, "Stream not found")
-            stream = found
+        viewing = self.registry.viewing(name)
+        try:
+            stream = await viewing.open()
+        except StreamUnavailable as exc:
+            raise WhepRefused(404, exc.info) from None
         resource = secrets.token_urlsafe(12)
         viewer = WebRtcViewer(stream, self.settings, WhepViewerEvents(self, resource))
-        session = self.sessions[resource] = WhepSession(resource, name, viewer, on_demand)
+        session = self.sessions[resource] = WhepSession(resource, name, viewer, viewing)
         try:
             answer = await viewer.accept(offer_sdp)
         except OfferError as exc:
@@ -119,6 +113,5 @@ class WhepEgress:
         if self.sessions.pop(session.resource, None) is None:
             return
         await session.viewer.close()
-        if session.on_demand:
-            self.registry.unwant(session.name)
+        session.viewing.close()
         log.info("whep_session_ended", stream=session.name, resource=session.resource, reason=reason)

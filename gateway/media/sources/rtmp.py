@@ -15,7 +15,7 @@ from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import INFO_NAME_RESERVED, StreamNameInUse, StreamNameReserved, StreamRegistry
 from gateway.media.rtmp.flv import (
     G711_RATE,
     G711_SOUND_FORMATS,
@@ -35,7 +35,7 @@ from gateway.media.rtmp.protocol import (
     RtmpError,
     RtmpServerConnection,
 )
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 
 log = get_logger(__name__)
 
@@ -108,6 +108,9 @@ class RtmpPush:
             )
         self._g711_pts += whole
         self._g711_pending = data[whole:]
+
+    async def feedback(self) -> SourceFeedback:
+        return NO_FEEDBACK  # TCP: nothing is lost on the way
 
     def request_keyframe(self) -> None:
         """RTMP has no way to ask for one: new viewers start from the cached keyframe."""
@@ -193,7 +196,7 @@ class RtmpIngestServer:
     async def _publish(
         self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str
     ) -> RtmpPush | None:
-        grant = self.keys.claim(request.key)
+        grant = issued = self.keys.claim(request.key)
         if grant is None:
             grant, reason = await self._named(request.key, request.query)
             if grant is None:
@@ -201,7 +204,14 @@ class RtmpIngestServer:
                 rtmp.reject_publish(request, reason)
                 return None
         try:
-            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
+            # A key the device camera's source issued may take its name; nothing else may.
+            stream = self.registry.claim(
+                grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
+            )
+        except StreamNameReserved:
+            log.warning("rtmp_publish_refused", peer=peer, app=request.app, reason=INFO_NAME_RESERVED)
+            rtmp.reject_publish(request, INFO_NAME_RESERVED)
+            return None
         except StreamNameInUse:
             self.keys.release(grant.key)
             rtmp.reject_publish(request, "stream already has a source")
@@ -220,8 +230,6 @@ class RtmpIngestServer:
             return None, "unknown, used or expired stream key"
         if not name or len(name) > 512:
             return None, "no stream name"
-        if self.registry.on_demand_for(name) is not None:
-            return None, "the name belongs to a device camera"
         token = urllib.parse.parse_qs(query).get("token", [None])[0]
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
         if reason is not None:

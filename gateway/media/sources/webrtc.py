@@ -16,7 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from gateway.log import get_logger
 from gateway.media import h264, vp8
 from gateway.media.rates import VideoRates
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import Codec, MediaFrame, SourceFeedback, Stream
 from gateway.media.webrtc import passthrough
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import (
@@ -144,6 +144,10 @@ class WebRtcPublisher:
         task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
         self._pli_tasks.add(task)
         task.add_done_callback(self._pli_tasks.discard)
+
+    async def feedback(self) -> SourceFeedback:
+        rates = await self.rates()
+        return SourceFeedback(rates.nack, rates.pli, rates.lost_packets)
 
     async def rates(self) -> VideoRates:
         bits, fps = self.stream.inbound.sample()

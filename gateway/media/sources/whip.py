@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import INFO_NAME_RESERVED, StreamNameInUse, StreamNameReserved, StreamRegistry
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.webrtc.peer import RtcSettings
@@ -69,9 +69,15 @@ class WhipIngest:
         allows): returns the new resource id and the SDP answer."""
         if len(offer_sdp) > MAX_OFFER_BYTES:
             raise WhipRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        grant = self.keys.claim(key) or await self._named(key, token)
+        issued = self.keys.claim(key)
+        grant = issued or await self._named(key, token)
         try:
-            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
+            # A key the device camera's source issued may take its name; nothing else may.
+            stream = self.registry.claim(
+                grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
+            )
+        except StreamNameReserved:
+            raise WhipRefused(403, INFO_NAME_RESERVED) from None
         except StreamNameInUse:
             self.keys.release(grant.key)
             raise WhipRefused(409, "stream already has a source") from None
@@ -99,8 +105,6 @@ class WhipIngest:
         if self.access is None or self.keys.is_key(name):
             log.warning("whip_publish_refused", reason="unknown or used key")
             raise WhipRefused(403, "unknown, used or expired stream key")
-        if self.registry.on_demand_for(name) is not None:
-            raise WhipRefused(403, "the name belongs to a device camera")
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
         if reason is not None:
             raise WhipRefused(403, reason)
