@@ -36,6 +36,7 @@ from gateway.media.stream import Stream
 from gateway.media.thumbnails import ThumbnailUnavailable
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
+from gateway.tasks import TaskSet
 from gateway.wcs import messages as m
 from gateway.wcs.session import (
     CONTROL_EVENTS,
@@ -208,9 +209,9 @@ class Connection:
         self.starting: dict[str, asyncio.Future[None]] = {}  # players waiting for their streams
         self.viewings: dict[str, Viewing] = {}  # players' holds on their streams, by media session
         self.rtmp_urls: dict[str, str] = {}  # publishers to republish once live: msid -> URL
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.log = log.bind(session=self.id)
+        self.tasks = TaskSet("wcs_connection", self.log)
 
     def describe(self) -> dict[str, Any]:
         """This connection as the REST API lists it."""
@@ -359,21 +360,13 @@ class Connection:
             self.dispatch(self.session.media_failed(msid, f"{type(exc).__name__}: {exc}"[:300]))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("task_failed", exc_info=task.exception())
+        return self.tasks.spawn(coro)
 
     async def _drain_tasks(self) -> None:
         for _ in range(10):  # closing media may start more tasks; bounded
             if not self.tasks:
                 return
-            await asyncio.wait(list(self.tasks), timeout=10)
+            await self.tasks.wait(timeout=10)
 
     # --- media --------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ to stop; a session whose peer fails or whose stream ends is closed by the gatewa
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -66,7 +66,7 @@ class WhepEgress:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[str, WhepSession] = {}
-        self._endings: set[asyncio.Task[None]] = set()
+        self._endings = TaskSet("whep")
 
     async def play(self, name: str, offer_sdp: str) -> tuple[str, str]:
         """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
@@ -105,9 +105,7 @@ class WhepEgress:
     def end_later(self, resource: str, reason: str) -> None:
         session = self.sessions.get(resource)
         if session is not None:
-            task = asyncio.ensure_future(self._end(session, reason))
-            self._endings.add(task)
-            task.add_done_callback(self._endings.discard)
+            self._endings.spawn(self._end(session, reason))
 
     async def _end(self, session: WhepSession, reason: str) -> None:
         if self.sessions.pop(session.resource, None) is None:

@@ -26,6 +26,7 @@ from gateway.media.webrtc.sdp import (
     check_publish_offer,
     parse_offer,
 )
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -49,7 +50,7 @@ class WebRtcPublisher:
         self._started = False
         self._video_receiver: RTCRtpReceiver | None = None
         self._parameter_sets = h264.ParameterSetCache()
-        self._pli_tasks: set[asyncio.Task[None]] = set()
+        self._pli_tasks = TaskSet("webrtc_publisher")
         self.nack_sent = 0
         self.pli_sent = 0
 
@@ -141,9 +142,7 @@ class WebRtcPublisher:
         ssrc = passthrough.media_ssrc(receiver) if receiver is not None else None
         if receiver is None or ssrc is None:
             return
-        task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
-        self._pli_tasks.add(task)
-        task.add_done_callback(self._pli_tasks.discard)
+        self._pli_tasks.spawn(receiver._send_rtcp_pli(ssrc))
 
     async def feedback(self) -> SourceFeedback:
         rates = await self.rates()

@@ -9,7 +9,6 @@ when it stops; a publisher that fails or goes silent is ended by the gateway.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -62,7 +62,7 @@ class WhipIngest:
         self.access = access
         self.settings = settings
         self.pushes: dict[str, WhipPush] = {}  # by resource id
-        self._endings: set[asyncio.Task[None]] = set()
+        self._endings = TaskSet("whip")
 
     async def publish(self, key: str, offer_sdp: str, token: str | None = None) -> tuple[str, str]:
         """Accept an offer for ``key`` (an ingest key, or a stream name the access policy
@@ -131,9 +131,7 @@ class WhipIngest:
     def _failed(self, resource: str, info: str) -> None:
         push = self.pushes.get(resource)
         if push is not None:
-            task = asyncio.ensure_future(self._end(push, info))
-            self._endings.add(task)
-            task.add_done_callback(self._endings.discard)
+            self._endings.spawn(self._end(push, info))
 
     async def _end(self, push: WhipPush, reason: str) -> None:
         if self.pushes.pop(push.resource, None) is None:
