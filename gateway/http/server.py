@@ -16,9 +16,10 @@ from multidict import CIMultiDict
 
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
 from gateway.log import get_logger
+from gateway.media.offers import OfferRefused
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
-from gateway.media.sinks.whep import WhepEgress, WhepRefused
-from gateway.media.sources.whip import WhipIngest, WhipRefused
+from gateway.media.sinks.whep import WhepEgress
+from gateway.media.sources.whip import WhipIngest
 
 log = get_logger(__name__)
 
@@ -175,7 +176,7 @@ class HttpServer:
             resource, answer = await self.whip.publish(key, offer, request.query.get("token"))
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text")
-        except WhipRefused as exc:
+        except OfferRefused as exc:
             return error(exc.status, exc.info, CORS)
         headers = {**CORS, "Location": f"/whip/{key}/{resource}"}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
@@ -211,7 +212,7 @@ class HttpServer:
             resource, answer = await self.whep.play(name, offer)
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text", CORS)
-        except WhepRefused as exc:
+        except OfferRefused as exc:
             return error(exc.status, exc.info, CORS)
         headers = {**CORS, "Location": f"/whep/sessions/{resource}"}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)

@@ -11,24 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.log import get_logger
+from gateway.media.offers import OfferRefused, answer_offer, check_offer_size
 from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.webrtc.peer import RtcSettings
-from gateway.media.webrtc.sdp import OfferError
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
-
-MAX_OFFER_BYTES = 64 * 1024
-
-
-class WhepRefused(Exception):
-    """An offer the gateway will not answer; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, info: str) -> None:
-        super().__init__(info)
-        self.status = status
-        self.info = info
 
 
 @dataclass(eq=False)
@@ -70,24 +59,16 @@ class WhepEgress:
 
     async def play(self, name: str, offer_sdp: str) -> tuple[str, str]:
         """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
-        if len(offer_sdp) > MAX_OFFER_BYTES:
-            raise WhepRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        check_offer_size(offer_sdp)
         viewing = self.registry.viewing(name)
         try:
             stream = await viewing.open()
         except StreamUnavailable as exc:
-            raise WhepRefused(404, exc.info) from None
+            raise OfferRefused(404, exc.info) from None
         resource = secrets.token_urlsafe(12)
         viewer = WebRtcViewer(stream, self.settings, WhepViewerEvents(self, resource))
         session = self.sessions[resource] = WhepSession(resource, name, viewer, viewing)
-        try:
-            answer = await viewer.accept(offer_sdp)
-        except OfferError as exc:
-            await self._end(session, f"bad offer: {exc}")
-            raise WhepRefused(400, str(exc)) from None
-        except Exception as exc:  # aiortc rejects some offers with its own errors
-            await self._end(session, f"offer not usable: {exc}")
-            raise WhepRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        answer = await answer_offer(viewer.accept(offer_sdp), lambda reason: self._end(session, reason))
         log.info("whep_offer_accepted", stream=name, resource=resource)
         return resource, answer
 

@@ -15,25 +15,14 @@ from dataclasses import dataclass, field
 from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
+from gateway.media.offers import OfferRefused, answer_offer, check_offer_size
 from gateway.media.registry import INFO_NAME_RESERVED, StreamNameInUse, StreamNameReserved, StreamRegistry
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.webrtc.peer import RtcSettings
-from gateway.media.webrtc.sdp import OfferError
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
-
-MAX_OFFER_BYTES = 64 * 1024
-
-
-class WhipRefused(Exception):
-    """An offer the gateway will not accept; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, info: str) -> None:
-        super().__init__(info)
-        self.status = status
-        self.info = info
 
 
 @dataclass(eq=False)
@@ -67,8 +56,7 @@ class WhipIngest:
     async def publish(self, key: str, offer_sdp: str, token: str | None = None) -> tuple[str, str]:
         """Accept an offer for ``key`` (an ingest key, or a stream name the access policy
         allows): returns the new resource id and the SDP answer."""
-        if len(offer_sdp) > MAX_OFFER_BYTES:
-            raise WhipRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        check_offer_size(offer_sdp)
         issued = self.keys.claim(key)
         grant = issued or await self._named(key, token)
         try:
@@ -77,10 +65,10 @@ class WhipIngest:
                 grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
             )
         except StreamNameReserved:
-            raise WhipRefused(403, INFO_NAME_RESERVED) from None
+            raise OfferRefused(403, INFO_NAME_RESERVED) from None
         except StreamNameInUse:
             self.keys.release(grant.key)
-            raise WhipRefused(409, "stream already has a source") from None
+            raise OfferRefused(409, "stream already has a source") from None
         resource = secrets.token_urlsafe(12)
         publisher = WebRtcPublisher(
             stream,
@@ -90,24 +78,17 @@ class WhipIngest:
             ingest="whip",
         )
         push = self.pushes[resource] = WhipPush(resource, grant, stream, publisher)
-        try:
-            answer = await publisher.accept(offer_sdp)
-        except OfferError as exc:
-            await self._end(push, f"bad offer: {exc}")
-            raise WhipRefused(400, str(exc)) from None
-        except Exception as exc:  # aiortc rejects some offers with its own errors
-            await self._end(push, f"offer not usable: {exc}")
-            raise WhipRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        answer = await answer_offer(publisher.accept(offer_sdp), lambda reason: self._end(push, reason))
         log.info("whip_offer_accepted", stream=stream.name, resource=resource)
         return resource, answer
 
     async def _named(self, name: str, token: str | None) -> IngestKey:
         if self.access is None or self.keys.is_key(name):
             log.warning("whip_publish_refused", reason="unknown or used key")
-            raise WhipRefused(403, "unknown, used or expired stream key")
+            raise OfferRefused(403, "unknown, used or expired stream key")
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
         if reason is not None:
-            raise WhipRefused(403, reason)
+            raise OfferRefused(403, reason)
         return IngestKey(name, name, keep_stream=False)
 
     async def delete(self, key: str, resource: str) -> bool:
