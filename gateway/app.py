@@ -16,7 +16,6 @@ from gateway.broker.server import Broker
 from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
-from gateway.dji.mqtt import BrokerAddress
 from gateway.dji.protocol import UrlType
 from gateway.http import metrics
 from gateway.http.hls import hls_routes
@@ -40,6 +39,7 @@ from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.icemux import IceMux
 from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.mqtt_link import BrokerAddress
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
 from gateway.wcs.session import SessionLimits

@@ -200,7 +200,7 @@ def _simulator_clip() -> Path:
 
 def _dock_sim(args: argparse.Namespace) -> int:
     from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
-    from gateway.dji.mqtt import BrokerAddress
+    from gateway.mqtt_link import BrokerAddress
 
     log.configure("info", "auto")
     try:

@@ -23,11 +23,12 @@ from gateway.dji import live
 from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
 from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceReplied, VideosChanged
-from gateway.dji.mqtt import BrokerAddress, DjiMqtt, LinkLost
+from gateway.dji.mqtt import DjiMqtt, LinkLost
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sources.rtsp import RtspPull
+from gateway.mqtt_link import BrokerAddress
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)

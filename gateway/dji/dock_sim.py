@@ -30,8 +30,8 @@ from gateway.dji.camera_sim import (
     WhipCameraPush,
     clip_access_units,
 )
-from gateway.dji.mqtt import BrokerAddress
 from gateway.log import get_logger
+from gateway.mqtt_link import BrokerAddress
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
