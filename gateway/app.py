@@ -310,12 +310,11 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 def embedded_broker(config: Config) -> Broker | None:
     """The embedded MQTT broker, unless an external one is configured or it is off. Bound
     beyond loopback, it must have a log-in (ConfigError otherwise)."""
-    if config.mqtt or config.mqtt_broker == "off":
+    bind = config.mqtt_broker_bind
+    if config.mqtt or bind is None:
         return None
-    login = mqtt_broker_credentials(config)
-    host, _, port = config.mqtt_broker.rpartition(":")
-    user, password = login or (None, None)
-    return Broker(host.strip("[]"), int(port), username=user, password=password)
+    user, password = mqtt_broker_credentials(config) or (None, None)
+    return Broker(*bind, username=user, password=password)
 
 
 def own_broker_address(config: Config) -> BrokerAddress | None:
@@ -323,9 +322,10 @@ def own_broker_address(config: Config) -> BrokerAddress | None:
     `mqtt` broker, or the embedded one with its log-in; None when there is neither."""
     if config.mqtt:
         return BrokerAddress.parse(config.mqtt, config.mqtt_ca_file, protocol=config.mqtt_protocol)
-    if config.mqtt_broker == "off":
+    bind = config.mqtt_broker_bind
+    if bind is None:
         return None
-    host, _, port = config.mqtt_broker.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip("[]"), host.strip("[]"))
+    host, port = bind
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # the wildcard: here
     user, password = mqtt_broker_credentials(config) or (None, None)
-    return BrokerAddress(host, int(port), user, password, protocol=config.mqtt_protocol)
+    return BrokerAddress(host, port, user, password, protocol=config.mqtt_protocol)
