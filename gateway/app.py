@@ -72,11 +72,17 @@ class Gateway:
             max_total_bytes=config.recordings_max_bytes,
         )
         self.recorders = Recorders(
-            self.registry, self.recordings, segment_seconds=config.record_segment_seconds
+            self.registry,
+            self.recordings,
+            segment_seconds=config.record_segment_seconds,
+            queue_frames=config.remux_queue_frames,
         )
         self.thumbnails = Thumbnails(self.registry, max_age=config.thumbnail_max_age)
         self.hls = HlsService(
-            self.registry, segment_target=config.hls_segment_target, window=config.hls_window
+            self.registry,
+            segment_target=config.hls_segment_target,
+            window=config.hls_window,
+            queue_frames=config.remux_queue_frames,
         )
         self.republishes = RtmpRepublishes(self.registry)
         self.wcs = WcsServer(
@@ -113,6 +119,7 @@ class Gateway:
                 rtp_port=config.rtsp_udp_port,
                 authorize_publish=self._authorize_rtsp_publish,
                 authorize_play=None if isinstance(self.access, OpenAccess) else self._authorize_rtsp_play,
+                viewer_queue_frames=config.viewer_queue_frames,
             )
             if config.rtsp_port
             else None

@@ -105,7 +105,8 @@ class Config:
     ping_probes: int = 10
     max_media_sessions: int = 16
     ice_timeout: float = 20.0
-    viewer_queue_frames: int = 90
+    viewer_queue_frames: int = 90  # a live viewer's (WebRTC, RTSP) video queue
+    remux_queue_frames: int = 300  # HLS's and the recorder's: they may fall behind further
     keyframe_request_interval: float = 1.0
     fast_fanout: bool = True
     log_level: str = "info"
@@ -282,6 +283,7 @@ def validate(config: Config) -> None:
         "ping_probes",
         "max_media_sessions",
         "viewer_queue_frames",
+        "remux_queue_frames",
         "live_max_attempts",
         "hls_window",
         "sd_view_max_payload_bytes",

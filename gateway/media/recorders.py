@@ -12,7 +12,7 @@ from typing import Any
 from gateway.log import get_logger
 from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
-from gateway.media.sinks.recorder import Recorder
+from gateway.media.sinks.recorder import SUBSCRIPTION_FRAMES, Recorder
 from gateway.media.stream import Stream
 from gateway.tasks import TaskSet
 
@@ -29,11 +29,13 @@ class Recorders:
         *,
         segment_seconds: float = 60.0,
         retention_interval: float = RETENTION_INTERVAL,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         self.registry = registry
         self.store = store
         self.segment_seconds = segment_seconds
         self.retention_interval = retention_interval
+        self.queue_frames = queue_frames
         self.running: dict[str, Recorder] = {}
         self._tasks = TaskSet("recorders")
 
@@ -44,7 +46,11 @@ class Recorders:
         if recorder is not None and not recorder.done.is_set():
             return recorder
         recorder = Recorder(
-            stream, self.store.directory, segment_seconds=self.segment_seconds, store=self.store
+            stream,
+            self.store.directory,
+            segment_seconds=self.segment_seconds,
+            store=self.store,
+            queue_frames=self.queue_frames,
         )
         recorder.start()
         self.running[stream.name] = recorder

@@ -43,7 +43,8 @@ log = get_logger(__name__)
 # Segments kept beyond the playlist window: a player that loaded the previous playlist may
 # still ask for them (RFC 8216 6.2.2).
 EXTRA_SEGMENTS = 2
-SUBSCRIPTION_FRAMES = 300  # about 10 s of 30 fps video: remuxing never falls behind that far
+# About 10 s of 30 fps video: remuxing never falls behind that far (setting remux_queue_frames).
+SUBSCRIPTION_FRAMES = 300
 
 __all__ = ["Fmp4Muxer", "HlsPackager", "HlsService", "parameter_sets"]
 
@@ -67,6 +68,7 @@ class HlsPackager:
         segment_target: float,
         window: int,
         clock: Callable[[], float] = time.monotonic,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         self.stream = stream
         self.segment_target = segment_target
@@ -90,8 +92,8 @@ class HlsPackager:
         self._pending = bytearray()  # fragments of the open segment
         self._pending_discontinuity = False
         self._audio_left_out = False  # said once
-        self._subscription = stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
+        self._subscription = stream.subscribe(self, queue_frames)
+        self._arrivals = ArrivalQueue(self._subscription, 2 * queue_frames)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
     # --- frames -----------------------------------------------------------------------------
@@ -327,6 +329,7 @@ class HlsService:
         idle_timeout: float = 30.0,
         first_segment_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         if segment_target <= 0 or window < 1 or idle_timeout <= 0:
             raise ValueError("segment_target and idle_timeout must be positive, window at least 1")
@@ -334,6 +337,7 @@ class HlsService:
         self.segment_target = segment_target
         self.window = window
         self.idle_timeout = idle_timeout
+        self.queue_frames = queue_frames
         # A first segment needs a keyframe, then segment_target, then the next keyframe.
         self.first_segment_timeout = (
             first_segment_timeout if first_segment_timeout is not None else max(4 * segment_target, 6.0)
@@ -366,7 +370,11 @@ class HlsService:
             if not start:
                 raise HlsNotFound(f"stream {name!r} is not being packaged: load its playlist first")
             packager = HlsPackager(
-                stream, segment_target=self.segment_target, window=self.window, clock=self._clock
+                stream,
+                segment_target=self.segment_target,
+                window=self.window,
+                clock=self._clock,
+                queue_frames=self.queue_frames,
             )
             self.packagers[stream.name] = packager
             log.info("hls_started", stream=stream.name)

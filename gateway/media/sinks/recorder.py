@@ -168,10 +168,12 @@ class Recorder:
         fragment_seconds: float = 1.0,
         store: RecordingStore | None = None,
         clock: Callable[[], float] = time.time,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         if segment_seconds <= 0 or fragment_seconds <= 0:
             raise ValueError("segment_seconds and fragment_seconds must be positive")
         self.stream = stream
+        self.queue_frames = queue_frames
         self.directory = Path(directory) / stream_dirname(stream.name)
         self.segment_seconds = segment_seconds
         self.fragment_seconds = fragment_seconds
@@ -208,8 +210,8 @@ class Recorder:
 
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
-        self._subscription = self.stream.subscribe(self, SUBSCRIPTION_FRAMES)
-        self._arrivals = ArrivalQueue(self._subscription, 2 * SUBSCRIPTION_FRAMES)  # video and audio
+        self._subscription = self.stream.subscribe(self, self.queue_frames)
+        self._arrivals = ArrivalQueue(self._subscription, 2 * self.queue_frames)  # video and audio
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
 

@@ -81,7 +81,7 @@ H264_RTP = RTCRtpCodecParameters(
 )
 # RTP waiting in a player's socket buffer beyond which it skips to the next keyframe.
 MAX_UNSENT_BYTES = 1024 * 1024
-VIEWER_QUEUE_FRAMES = 90
+VIEWER_QUEUE_FRAMES = 90  # the default of the viewer_queue_frames setting, as for WebRTC viewers
 # The shared UDP socket's kernel buffer: bursts of keyframes to many players at once.
 UDP_SEND_BUFFER = 4 * 1024 * 1024
 PUBLISH_AUTHORIZATION_TIMEOUT = 10.0
@@ -169,6 +169,7 @@ class RtspViewer:
         on_end: Callable[[], None],
         audio: RtpOutput | None = None,
         audio_ssrc: int = 0,
+        queue_frames: int = VIEWER_QUEUE_FRAMES,
     ) -> None:
         self.stream = stream
         self.output = video
@@ -184,7 +185,7 @@ class RtspViewer:
         self._audio_sequence = random.randint(0, 0xFFFF)
         self._audio_rtptime = random.getrandbits(32)  # of the first audio frame (RTP-Info)
         self._audio_origin: int | None = None  # set by the first audio frame
-        self.subscription: Subscription = stream.subscribe(self, VIEWER_QUEUE_FRAMES)
+        self.subscription: Subscription = stream.subscribe(self, queue_frames)
 
     @property
     def udp(self) -> bool:
@@ -329,6 +330,7 @@ class RtspServer:
         rtp_port: int = 0,
         authorize_publish: AuthorizePublish | None = None,
         authorize_play: AuthorizePublish | None = None,
+        viewer_queue_frames: int = VIEWER_QUEUE_FRAMES,
     ) -> None:
         """``rtp_port`` is the UDP RTP port (RTCP on the next one; 0: any free even pair),
         ``udp`` False answers 461 to UDP. ``authorize_publish(name, query)`` returns None to
@@ -339,6 +341,7 @@ class RtspServer:
         self.host, self.port = host, port
         self.credentials = credentials
         self.session_timeout = session_timeout
+        self.viewer_queue_frames = viewer_queue_frames
         self.max_unsent_bytes = max_unsent_bytes
         # The kernel's own send buffer (None: autotuned, up to megabytes) comes before the
         # bound above: a smaller one makes a stalled player skip sooner, with less delay.
@@ -691,6 +694,7 @@ class _Connection:
                 on_end=self.writer.transport.close,
                 audio=outputs.get(AUDIO_TRACK),
                 audio_ssrc=rtsp.audio_ssrc,
+                queue_frames=server.viewer_queue_frames,
             )
             self.viewer = viewer
             base = server._content_base(event.request.uri, self.address, stream.name)
