@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ssl
 import time
 import uuid
@@ -317,7 +318,7 @@ class Connection:
                 self.log.info("access_refused", action=str(action), stream=request.name, reason=reason)
                 self.dispatch(self.session.media_failed(msid, reason))
 
-        self._spawn(self._media_task(request.media_session_id, check()))
+        self._spawn(self._media_task(request.media_session_id, check))
 
     async def _control(self, request: ControlStream) -> None:
         """Carry out a player's camera control; every viewer of the stream hears of a
@@ -350,11 +351,12 @@ class Connection:
             except ConnectionClosed:
                 return
 
-    async def _media_task(self, msid: str, work: Coroutine[Any, Any, None]) -> None:
+    async def _media_task(self, msid: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run a play's or publish's work; whatever it raises ends that media session with
-        FAILED and the error as its info, so that every play gets a status and frees its slot."""
+        FAILED and the error as its info, so that every play gets a status and frees its slot.
+        (``work`` is made here, so a task cancelled before it ran leaves no coroutine behind.)"""
         try:
-            await work
+            await work()
         except Exception as exc:
             self.log.exception("media_task_failed", media_session=msid)
             self.dispatch(self.session.media_failed(msid, f"{type(exc).__name__}: {exc}"[:300]))
@@ -393,7 +395,8 @@ class Connection:
         if isinstance(rtmp_url, str) and rtmp_url:
             self.rtmp_urls[msid] = rtmp_url
         self.log.info("publish_requested", stream=request.name, media_session=msid)
-        answer = self._answer(msid, publisher, request.sdp, tcp_only=request.transport == "TCP")
+        tcp_only = request.transport == "TCP"
+        answer = functools.partial(self._answer, msid, publisher, request.sdp, tcp_only=tcp_only)
         self._spawn(self._media_task(msid, answer))
 
     def _publisher_started(self, msid: str, stream: Stream) -> None:
@@ -432,7 +435,7 @@ class Connection:
         # A drone camera's source starts now (the player waits, PENDING) or runs already;
         # either way its viewing counts this player, to stop only after the last one.
         msid = request.media_session_id
-        task = self._spawn(self._media_task(msid, self._open_play(request)))
+        task = self._spawn(self._media_task(msid, lambda: self._open_play(request)))
         self.starting[msid] = task
         task.add_done_callback(lambda _: self.starting.pop(msid, None))
 
@@ -454,7 +457,8 @@ class Connection:
         self.media[msid] = viewer
         self.log.info("play_requested", stream=request.name, media_session=msid)
         audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
-        answer = self._answer(msid, viewer, request.sdp, audio, tcp_only=request.transport == "TCP")
+        tcp_only = request.transport == "TCP"
+        answer = functools.partial(self._answer, msid, viewer, request.sdp, audio, tcp_only=tcp_only)
         self._spawn(self._media_task(msid, answer))
 
     async def _answer(
