@@ -22,7 +22,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -179,3 +180,14 @@ def policy_from(secret: str | None, hook_url: str | None) -> AccessPolicy:
     if not policies:
         return OpenAccess()
     return policies[0] if len(policies) == 1 else AllOf(policies)
+
+
+def query_authorizer(policy: AccessPolicy, action: Action) -> Callable[[str, str], Awaitable[str | None]]:
+    """``policy`` asked by stream name and URL query, the token in ``?token=``: how the RTSP
+    server authorizes an ANNOUNCE (publish) or a player's first request (play)."""
+
+    async def authorize(name: str, query: str) -> str | None:
+        token = urllib.parse.parse_qs(query).get("token", [None])[0]
+        return await policy.check(AccessRequest(action, name, token))
+
+    return authorize

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
+import contextlib
 import ssl
-import threading
-import urllib.parse
-from collections import Counter
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.access import AccessRequest, Action, OpenAccess, policy_from
+from gateway.access import Action, OpenAccess, policy_from, query_authorizer
 from gateway.broker.server import Broker
 from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
-from gateway.dji.mqtt import BrokerAddress
 from gateway.dji.protocol import UrlType
+from gateway.dji.push_urls import default_push_url
+from gateway.health import figures as health_figures
 from gateway.http import metrics
 from gateway.http.hls import hls_routes
 from gateway.http.recordings import recording_routes
@@ -39,7 +36,8 @@ from gateway.media.sources.whip import WhipIngest
 from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.icemux import IceMux
-from gateway.media.webrtc.peer import Peer, RtcSettings
+from gateway.media.webrtc.peer import RtcSettings
+from gateway.mqtt_link import BrokerAddress
 from gateway.net_limits import ConnectionLimits
 from gateway.sdview.service import SdViewService
 from gateway.wcs.server import WcsServer
@@ -48,17 +46,66 @@ from gateway.wcs.session import SessionLimits
 log = get_logger(__name__)
 
 
+class StartError(Exception):
+    """A part of the gateway could not start (its port taken, most often); the parts started
+    before it have been stopped again."""
+
+
+# A part as the gateway starts and stops it: its name for the error, its start (None: it
+# only needs stopping) and its stop.
+Part = tuple[str, Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[None]]]
+
+
 class Gateway:
+    """Builds the parts from the configuration (media, outputs, DJI, HTTP), starts them in
+    order and stops them in the reverse order."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         configure_host_addresses(config.ice_addresses)
         guard_consent_task()
         self.tls = tls_context(config)
         self.access = policy_from(config.auth_secret, config.auth_hook_url)
-        self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
+        self.ingest_keys = IngestKeys()
+        self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
+        self._build_outputs()
+        self._build_media()
+        self._build_dji()
+        self._build_http()
+        self._running: contextlib.AsyncExitStack | None = None
+
+    def _build_outputs(self) -> None:
+        """What is made of streams besides viewers: recordings, thumbnails, HLS, RTMP
+        republishing."""
+        config = self.config
+        self.recordings = RecordingStore(
+            config.recordings_dir,
+            max_age_s=config.recordings_max_age,
+            max_total_bytes=config.recordings_max_bytes,
+        )
+        self.recorders = Recorders(
+            self.registry,
+            self.recordings,
+            segment_seconds=config.record_segment_seconds,
+            queue_frames=config.remux_queue_frames,
+        )
+        self.thumbnails = Thumbnails(self.registry, max_age=config.thumbnail_max_age)
+        self.hls = HlsService(
+            self.registry,
+            segment_target=config.hls_segment_target,
+            window=config.hls_window,
+            queue_frames=config.remux_queue_frames,
+        )
+        self.republishes = RtmpRepublishes(self.registry)
+
+    def _build_media(self) -> None:
+        """The protocols streams come in and go out by: WebRTC (WebSocket API, WHIP, WHEP),
+        RTMP, RTSP (server and pulls)."""
+        config, access = self.config, self.access
+        authorize_play = None if isinstance(access, OpenAccess) else query_authorizer(access, Action.PLAY)
         self.ice_mux = IceMux(config.host, config.webrtc_udp_port, config.webrtc_tcp_port, config.ice_timeout)
         settings = RtcSettings(
             ice_mux=self.ice_mux if self.ice_mux.enabled else None,
@@ -68,19 +115,6 @@ class Gateway:
             viewer_queue_frames=config.viewer_queue_frames,
             fast_fanout=config.fast_fanout,
         )
-        self.recordings = RecordingStore(
-            config.recordings_dir,
-            max_age_s=config.recordings_max_age,
-            max_total_bytes=config.recordings_max_bytes,
-        )
-        self.recorders = Recorders(
-            self.registry, self.recordings, segment_seconds=config.record_segment_seconds
-        )
-        self.thumbnails = Thumbnails(self.registry, max_age=config.thumbnail_max_age)
-        self.hls = HlsService(
-            self.registry, segment_target=config.hls_segment_target, window=config.hls_window
-        )
-        self.republishes = RtmpRepublishes(self.registry)
         self.wcs = WcsServer(
             self.registry,
             settings,
@@ -91,23 +125,22 @@ class Gateway:
             limits=SessionLimits(
                 config.max_media_sessions,
                 config.ping_probes,
-                authorize_connections=not isinstance(self.access, OpenAccess),
+                authorize_connections=not isinstance(access, OpenAccess),
             ),
-            access=self.access,
+            access=access,
             record=self.recorders.start,
             tls=self.tls,
             snapshot=self.thumbnails.png,
             republish=self.republishes.startup,
             connection_limits=self.connection_limits,
         )
-        self.ingest_keys = IngestKeys()
         self.rtmp = (
             RtmpIngestServer(
                 self.registry,
                 self.ingest_keys,
                 host=config.host,
                 port=config.rtmp_port,
-                access=self.access,
+                access=access,
                 deadlines=RtmpDeadlines(config.rtmp_handshake_timeout, config.rtmp_publish_timeout),
                 limits=self.connection_limits,
             )
@@ -120,16 +153,21 @@ class Gateway:
                 config.host,
                 config.rtsp_port,
                 rtp_port=config.rtsp_udp_port,
-                authorize_publish=self._authorize_rtsp_publish,
-                authorize_play=None if isinstance(self.access, OpenAccess) else self._authorize_rtsp_play,
+                authorize_publish=query_authorizer(access, Action.PUBLISH),
+                authorize_play=authorize_play,
+                viewer_queue_frames=config.viewer_queue_frames,
                 connection_limits=self.connection_limits,
             )
             if config.rtsp_port
             else None
         )
-        self.whip = WhipIngest(self.registry, self.ingest_keys, settings, self.access)
+        self.whip = WhipIngest(self.registry, self.ingest_keys, settings, access)
         self.rtsp_pulls = RtspPulls(self.registry)
         self.whep = WhepEgress(self.registry, settings)
+
+    def _build_dji(self) -> None:
+        """The embedded MQTT broker, the DJI bridge and the SD view, on the MQTT link."""
+        config = self.config
         self.broker = embedded_broker(config, self.connection_limits)
         mqtt_address = own_broker_address(config)
         self.dji = (
@@ -142,21 +180,19 @@ class Gateway:
                     UrlType.WHIP: config.whip_push_url or default_push_url(config, "whip"),
                 },
                 settings=LiveSettings(
-                    url_type=UrlType[config.live_url_type.upper()],
+                    url_type=config.live_push_type,
                     reply_timeout=config.live_reply_timeout,
                     max_attempts=config.live_max_attempts,
                     retry_backoff=config.live_retry_backoff,
                     push_timeout=config.live_push_timeout,
                     linger=config.live_linger,
                 ),
-                url_types={sn: UrlType[kind.upper()] for sn, kind in pairs(config.live_url_types).items()},
+                url_types=config.live_push_types,
                 rtsp_port=config.live_rtsp_port,
                 offline_after=config.device_offline_after,
                 max_gateways=config.dji_max_gateways,
                 max_devices_per_gateway=config.dji_max_devices_per_gateway,
-                state_file=None
-                if config.device_state_file in ("", "off")
-                else Path(config.device_state_file),
+                state_file=config.device_state_path,
             )
             if mqtt_address
             else None
@@ -174,6 +210,21 @@ class Gateway:
             if config.sd_view_hub_key and mqtt_address
             else None
         )
+
+    def _build_http(self) -> None:
+        """The HTTP server: static files, WHIP/WHEP, the REST API, HLS, recordings, metrics."""
+        config = self.config
+        rest_api = WcsRestApi(
+            self.registry,
+            self.wcs,
+            self.rtsp_pulls,
+            self.recorders,
+            self.thumbnails,
+            republishes=self.republishes,
+        )
+        outputs = metrics.Outputs(
+            self.thumbnails, self.hls, self.recorders, self.sdview, self.broker, self.connection_limits
+        )
         self.http = HttpServer(
             host=config.host,
             port=config.http_port,
@@ -189,134 +240,86 @@ class Gateway:
             connection_limits=self.connection_limits,
             routes=[
                 *thumbnail_routes(self.thumbnails),
-                *WcsRestApi(
-                    self.registry,
-                    self.wcs,
-                    self.rtsp_pulls,
-                    self.recorders,
-                    self.thumbnails,
-                    republishes=self.republishes,
-                ).routes(),
+                *rest_api.routes(),
                 *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
                 *metrics.metrics_routes(
                     lambda: metrics.render(
-                        self.registry,
-                        self.wcs,
-                        self.dji,
-                        self.rtsp_pulls,
-                        metrics.Outputs(
-                            self.thumbnails,
-                            self.hls,
-                            self.recorders,
-                            self.sdview,
-                            self.broker,
-                            self.connection_limits,
-                        ),
-                        self.ice_mux,
+                        self.registry, self.wcs, self.dji, self.rtsp_pulls, outputs, self.ice_mux
                     )
                 ),
             ],
         )
 
-    async def start(self) -> None:
-        # First: it runs aiortc_compat.check() (logs which WebRTC fast paths this aiortc offers),
-        # and a busy WebRTC port or a missing port-mux internal stops the start before anything listens.
-        await self.ice_mux.start()
-        await self.wcs.start()
-        await self.http.start()
-        if self.rtmp is not None:
-            await self.rtmp.start()
+    def _parts(self) -> list[Part]:
+        """Every part in start order (stopped in the reverse): the WebRTC ports first, so a
+        busy one stops the start before anything listens (their start also runs
+        aiortc_compat.check(), which logs the WebRTC fast paths this aiortc offers)."""
+        parts: list[Part] = [
+            ("WebRTC ports", self.ice_mux.start, self.ice_mux.stop),
+            ("WebSocket API", self.wcs.start, self.wcs.stop),
+            ("HTTP server", self.http.start, self.http.stop),
+            ("RTSP pulls", None, self.rtsp_pulls.stop),
+            ("WHEP", None, self.whep.stop),
+            ("recorders", self.recorders.start_retention, self.recorders.stop_all),
+            ("HLS", None, self.hls.stop),
+            ("WHIP", None, self.whip.stop),
+        ]
         if self.rtsp is not None:
-            await self.rtsp.start()
+            parts.append(("RTSP server", self.rtsp.start, self.rtsp.stop))
+        if self.rtmp is not None:
+            parts.append(("RTMP ingest", self.rtmp.start, self.rtmp.stop))
+        parts.append(("RTMP republishing", None, self.republishes.stop_all))
         if self.broker is not None:
-            try:
-                await self.broker.start()
-            except OSError as exc:
-                # Often another broker (a system Mosquitto) holds the port: the bridge
-                # simply uses that one.
-                log.warning("mqtt_broker_not_started", bind=self.config.mqtt_broker, error=str(exc))
-                self.broker = None
+            parts.append(("MQTT broker", self._start_broker, self._stop_broker))
         if self.dji is not None:
-            await self.dji.start()
+            parts.append(("DJI bridge", self.dji.start, self.dji.stop))
         if self.sdview is not None:
-            await self.sdview.start()
-        await self.recorders.start_retention()
+            parts.append(("SD view", self.sdview.start, self.sdview.stop))
+        return parts
+
+    async def start(self) -> None:
+        """Start every part. When one fails, those already started are stopped and
+        StartError says which part and why (IceMuxError for the WebRTC ports)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name, start, stop in self._parts():
+                if start is not None:
+                    try:
+                        await start()
+                    except OSError as exc:
+                        log.error("gateway_start_failed", part=name, error=str(exc))
+                        raise StartError(f"{name} could not start: {exc}") from exc
+                stack.push_async_callback(stop)
+            self._running = stack.pop_all()
         log.info("gateway_started", ws_port=self.config.ws_port, http_port=self.config.http_port)
 
     async def stop(self) -> None:
-        if self.sdview is not None:
-            await self.sdview.stop()
-        if self.dji is not None:
-            await self.dji.stop()
-        if self.broker is not None:
-            await self.broker.stop()
-        await self.republishes.stop_all()
-        if self.rtmp is not None:
-            await self.rtmp.stop()
-        if self.rtsp is not None:
-            await self.rtsp.stop()
-        await self.whip.stop()
-        await self.hls.stop()
-        await self.recorders.stop_all()
-        await self.whep.stop()
-        await self.rtsp_pulls.stop()
-        await self.http.stop()
-        await self.wcs.stop()
-        await self.ice_mux.stop()
+        running, self._running = self._running, None
+        if running is not None:
+            await running.aclose()
         log.info("gateway_stopped")
 
-    async def _authorize_rtsp_publish(self, name: str, query: str) -> str | None:
-        """ANNOUNCE of ``name`` on the RTSP port: not a device camera's name, and allowed by
-        the access policy (a publish token in ``?token=``)."""
-        if self.registry.on_demand_for(name) is not None:
-            return "the name belongs to a device camera"
-        token = urllib.parse.parse_qs(query).get("token", [None])[0]
-        return await self.access.check(AccessRequest(Action.PUBLISH, name, token))
+    async def _start_broker(self) -> None:
+        assert self.broker is not None
+        try:
+            await self.broker.start()
+        except OSError as exc:
+            # Often another broker (a system Mosquitto) holds the port: the bridge simply
+            # uses that one.
+            log.warning("mqtt_broker_not_started", bind=self.config.mqtt_broker, error=str(exc))
+            self.broker = None
 
-    async def _authorize_rtsp_play(self, name: str, query: str) -> str | None:
-        token = urllib.parse.parse_qs(query).get("token", [None])[0]
-        return await self.access.check(AccessRequest(Action.PLAY, name, token))
+    async def _stop_broker(self) -> None:
+        if self.broker is not None:
+            await self.broker.stop()
 
     def health(self) -> dict[str, Any]:
-        tasks = asyncio.all_tasks()
-        return {
-            "streams": len(self.registry),
-            "sessions": len(self.wcs.connections),
-            "peer_connections": Peer.open_count,
-            "tasks": len(tasks),
-            # What the tasks run, by coroutine: a leak shows what leaked.
-            "task_kinds": dict(Counter(_coroutine_name(task) for task in tasks)),
-            "threads": threading.active_count(),
-            # Each MQTT link: up or not (the broker may be down; the link keeps trying).
-            "mqtt_links": {
-                name: service.connected.is_set()
-                for name, service in (("dji", self.dji and self.dji.mqtt), ("sd_view", self.sdview))
-                if service
-            },
-            "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
-            "webrtc_ports": self.ice_mux.figures(),
-        }
-
-
-def _coroutine_name(task: asyncio.Task[Any]) -> str:
-    coro = task.get_coro()
-    return str(getattr(coro, "__qualname__", type(coro).__name__))
-
-
-def default_push_url(config: Config, kind: str) -> str:
-    """The RTMP or WHIP URL prefix devices push to, at the public address, else the first
-    ICE address, else the listening address if it is one, else this host's first
-    non-loopback address."""
-    listening = config.host if config.host not in ("0.0.0.0", "::", "") else None
-    host = config.public_ip or next(iter(config.ice_addresses), None) or listening
-    if host is None:
-        import aioice.ice
-
-        host = next(iter(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)), "127.0.0.1")
-    if kind == "whip":
-        return f"http://{host}:{config.http_port}/whip"
-    return f"rtmp://{host}:{config.rtmp_port}/live"
+        return health_figures(
+            self.registry,
+            len(self.wcs.connections),
+            self.ice_mux,
+            {"dji": self.dji.mqtt if self.dji is not None else None, "sd_view": self.sdview},
+        )
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -334,14 +337,11 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 def embedded_broker(config: Config, connection_limits: ConnectionLimits | None = None) -> Broker | None:
     """The embedded MQTT broker, unless an external one is configured or it is off. Bound
     beyond loopback, it must have a log-in (ConfigError otherwise)."""
-    if config.mqtt or config.mqtt_broker == "off":
+    bind = config.mqtt_broker_bind
+    if config.mqtt or bind is None:
         return None
-    login = mqtt_broker_credentials(config)
-    host, _, port = config.mqtt_broker.rpartition(":")
-    user, password = login or (None, None)
-    return Broker(
-        host.strip("[]"), int(port), username=user, password=password, connection_limits=connection_limits
-    )
+    user, password = mqtt_broker_credentials(config) or (None, None)
+    return Broker(*bind, username=user, password=password, connection_limits=connection_limits)
 
 
 def own_broker_address(config: Config) -> BrokerAddress | None:
@@ -349,9 +349,10 @@ def own_broker_address(config: Config) -> BrokerAddress | None:
     `mqtt` broker, or the embedded one with its log-in; None when there is neither."""
     if config.mqtt:
         return BrokerAddress.parse(config.mqtt, config.mqtt_ca_file, protocol=config.mqtt_protocol)
-    if config.mqtt_broker == "off":
+    bind = config.mqtt_broker_bind
+    if bind is None:
         return None
-    host, _, port = config.mqtt_broker.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip("[]"), host.strip("[]"))
+    host, port = bind
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # the wildcard: here
     user, password = mqtt_broker_credentials(config) or (None, None)
-    return BrokerAddress(host, int(port), user, password, protocol=config.mqtt_protocol)
+    return BrokerAddress(host, port, user, password, protocol=config.mqtt_protocol)

@@ -203,7 +203,7 @@ def _simulator_clip() -> Path:
 
 def _dock_sim(args: argparse.Namespace) -> int:
     from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
-    from gateway.dji.mqtt import BrokerAddress
+    from gateway.mqtt_link import BrokerAddress
 
     log.configure("info", "auto")
     try:
@@ -243,15 +243,16 @@ async def _serve(gateway: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from gateway.app import StartError
     from gateway.media.webrtc.icemux import IceMuxError
 
     try:
+        # A part that fails to start has stopped those started before it (nothing listens).
         await gateway.start()
-    except IceMuxError as exc:  # started first: nothing else to stop
+        await stop.wait()
+    except (StartError, IceMuxError) as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 1
-    try:
-        await stop.wait()
     finally:
         await gateway.stop()
     return 0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.dji.protocol import UrlType
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # package data: installed with the package
 
 
@@ -113,11 +115,40 @@ class Config:
     ping_probes: int = 10
     max_media_sessions: int = 16
     ice_timeout: float = 20.0
-    viewer_queue_frames: int = 90
+    viewer_queue_frames: int = 90  # a live viewer's (WebRTC, RTSP) video queue
+    remux_queue_frames: int = 300  # HLS's and the recorder's: they may fall behind further
     keyframe_request_interval: float = 1.0
     fast_fanout: bool = True
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
+
+    # --- settings as the parts use them (parsed here once) ---------------------------------
+
+    @property
+    def mqtt_broker_bind(self) -> tuple[str, int] | None:
+        """Where the embedded broker listens: `mqtt_broker` as (host, port), IPv6 without its
+        brackets; None when it is "off". Raises ConfigError when it is neither."""
+        if self.mqtt_broker == "off":
+            return None
+        host, _, port = self.mqtt_broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError("setting 'mqtt_broker': HOST:PORT (for example 127.0.0.1:1883) or off")
+        return host.strip("[]"), int(port)
+
+    @property
+    def device_state_path(self) -> Path | None:
+        """The DJI device state file; None when it is "off" (or empty)."""
+        return None if self.device_state_file in ("", "off") else Path(self.device_state_file)
+
+    @property
+    def live_push_type(self) -> UrlType:
+        """How devices push by default (`live_url_type`)."""
+        return UrlType[self.live_url_type.upper()]
+
+    @property
+    def live_push_types(self) -> dict[str, UrlType]:
+        """How each gateway SN named in `live_url_types` pushes."""
+        return {sn: UrlType[kind.upper()] for sn, kind in pairs(self.live_url_types).items()}
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         values = {k: v for k, v in overrides.items() if v is not None}
@@ -229,10 +260,7 @@ def validate(config: Config) -> None:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
     if config.mqtt is not None and not config.mqtt.startswith(("mqtt://", "mqtts://")):
         raise ConfigError("setting 'mqtt': an mqtt:// or mqtts:// URL")
-    if config.mqtt_broker != "off":
-        host, _, port = config.mqtt_broker.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            raise ConfigError("setting 'mqtt_broker': HOST:PORT (for example 127.0.0.1:1883) or off")
+    config.mqtt_broker_bind  # noqa: B018 (raises ConfigError when malformed)
     mqtt_broker_credentials(config)
     if config.mqtt_protocol not in MQTT_PROTOCOLS:
         raise ConfigError(f"setting 'mqtt_protocol': one of {', '.join(MQTT_PROTOCOLS)}")
@@ -267,6 +295,7 @@ def validate(config: Config) -> None:
         "ping_probes",
         "max_media_sessions",
         "viewer_queue_frames",
+        "remux_queue_frames",
         "live_max_attempts",
         "hls_window",
         "sd_view_max_payload_bytes",
@@ -293,7 +322,8 @@ MQTT_PROTOCOLS = ("5", "3.1.1")
 def mqtt_broker_credentials(config: Config) -> tuple[str, str] | None:
     """The embedded broker's (user, password), the password read from its file if so given;
     None when it needs no log-in, which only a loopback-bound broker may do."""
-    if config.mqtt or config.mqtt_broker == "off":
+    bind = config.mqtt_broker_bind
+    if config.mqtt or bind is None:
         return None
     password = config.mqtt_broker_password
     if config.mqtt_broker_password_file:
@@ -306,7 +336,7 @@ def mqtt_broker_credentials(config: Config) -> tuple[str, str] | None:
     if config.mqtt_broker_user is None:
         if password is not None:
             raise ConfigError("setting 'mqtt_broker_password' without 'mqtt_broker_user'")
-        host = config.mqtt_broker.rpartition(":")[0].strip("[]")
+        host = bind[0]
         if host != "localhost" and not _loopback(host):
             raise ConfigError(
                 f"setting 'mqtt_broker': the embedded broker on {host} would let anyone on the network"

@@ -14,6 +14,7 @@ from gateway.broker import codec
 from gateway.broker.core import Action, BrokerCore, Close, Credentials
 from gateway.log import get_logger
 from gateway.net_limits import ConnectionLimits
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -38,7 +39,7 @@ class Broker:
         self.connection_limits = connection_limits
         self._server: asyncio.Server | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers = TaskSet("mqtt_broker")
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -60,8 +61,7 @@ class Broker:
         # Closing the sockets ends every handler's read (cancelling them would trip
         # asyncio's stream callback).
         self._apply(self.core.shutdown())
-        if self._handlers:
-            await asyncio.wait(list(self._handlers), timeout=5)
+        await self._handlers.wait(timeout=5)
         await self._server.wait_closed()
         self._server = None
 
@@ -105,7 +105,6 @@ class Broker:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
         reason = "connection closed"
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):

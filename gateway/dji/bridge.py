@@ -23,11 +23,13 @@ from gateway.dji import live
 from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
 from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceReplied, VideosChanged
-from gateway.dji.mqtt import BrokerAddress, DjiMqtt, LinkLost
+from gateway.dji.mqtt import DjiMqtt, LinkLost
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sources.rtsp import RtspPull
+from gateway.mqtt_link import BrokerAddress
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -70,7 +72,7 @@ class DjiBridge:
         self.pulls: dict[str, RtspPull] = {}  # stream name -> RTSP pull from the device
         self._replies: dict[tuple[str, str], asyncio.Future[p.ServiceReply]] = {}
         self.replies: Counter[tuple[str, int]] = Counter()  # (method, result) for /metrics
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks = TaskSet("dji_bridge")
         registry.add_on_demand(self)
 
     async def start(self) -> None:
@@ -80,15 +82,11 @@ class DjiBridge:
             for sn in self.state.load(self.devices):
                 videos = self.devices.gateways[sn].capacity.videos
                 self.sources.update({str(video.video_id): (sn, video.video_id) for video in videos})
-        self._tasks.add(asyncio.ensure_future(self.mqtt.run()))
-        self._tasks.add(asyncio.ensure_future(self._tick()))
+        self._tasks.spawn(self.mqtt.run())
+        self._tasks.spawn(self._tick())
 
     async def stop(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            await asyncio.gather(task, return_exceptions=True)
+        await self._tasks.cancel()
         pulls, self.pulls = list(self.pulls.values()), {}
         for pull in pulls:
             await pull.stop()
@@ -323,9 +321,7 @@ class DjiBridge:
             self._apply(controller, controller.link_down("could not publish the command", unsent=envelope))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work)
 
 
 def cameras(videos: list[dict[str, Any]]) -> list[dict[str, Any]]:

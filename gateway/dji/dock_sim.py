@@ -30,8 +30,9 @@ from gateway.dji.camera_sim import (
     WhipCameraPush,
     clip_access_units,
 )
-from gateway.dji.mqtt import BrokerAddress
 from gateway.log import get_logger
+from gateway.mqtt_link import BrokerAddress
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -69,7 +70,7 @@ class DockSimulator:
     host: str = "127.0.0.1"  # where it serves RTSP (url_type 2), like a remote controller
     _push: RtmpCameraPush | WhipCameraPush | RtspCameraServer | None = None
     _pushing: dict[str, object] | None = None  # the live_start_push being served
-    _closing: set[asyncio.Future[None]] = field(default_factory=set)
+    _closing: TaskSet = field(default_factory=lambda: TaskSet("dock_sim"))
     _glitch: asyncio.Task[None] | None = None
     _offline_timer: asyncio.Task[None] | None = None
     _offline: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,7 +130,7 @@ class DockSimulator:
             if task is not None:
                 task.cancel()
         self._stop_push()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         topo = {
@@ -259,9 +260,7 @@ class DockSimulator:
         if push is not None:
             push.stop()
             if isinstance(push, BackgroundCamera):  # its connections close in the background
-                closing = asyncio.ensure_future(push.closed())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+                self._closing.spawn(push.closed())
 
     def _message(self, method: str, data: dict[str, object]) -> bytes:
         envelope = p.new_request(method, data)

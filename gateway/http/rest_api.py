@@ -18,9 +18,7 @@ from gateway.media.names import BadStreamName, validate_stream_name
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.rtmp_push import RtmpRepublishes, StreamNotLive
-from gateway.media.sources.rtsp import RtspPull
 from gateway.media.sources.rtsp_pulls import PullRefused, RtspPulls
-from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable
 from gateway.wcs.server import WcsServer
@@ -157,13 +155,14 @@ class WcsRestApi:
             }
             if metrics:
                 entry["metrics"] = _metrics(stream, 0, 0, 0)
-                if isinstance(stream.source, WebRtcPublisher):  # WHIP: the publisher's feedback
-                    rates = await stream.source.rates()
-                    entry["metrics"].update(
-                        VIDEO_NACK=rates.nack, VIDEO_PLI=rates.pli, VIDEO_LOST=rates.lost_packets
-                    )
-                elif isinstance(stream.source, RtspPull):  # no feedback in RTSP: the gaps seen
-                    entry["metrics"]["VIDEO_LOST"] = stream.source.lost_packets
+                if stream.source is not None:
+                    feedback = await stream.source.feedback()
+                    figures = {
+                        "VIDEO_NACK": feedback.nack,
+                        "VIDEO_PLI": feedback.pli,
+                        "VIDEO_LOST": feedback.lost_packets,
+                    }
+                    entry["metrics"].update({key: v for key, v in figures.items() if v is not None})
             entries.append(entry)
         return entries
 

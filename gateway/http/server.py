@@ -19,9 +19,10 @@ from multidict import CIMultiDict
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
 from gateway.http.json_body import BadJson, read_json
 from gateway.log import get_logger
+from gateway.media.offers import OfferRefused
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
-from gateway.media.sinks.whep import WhepEgress, WhepRefused
-from gateway.media.sources.whip import WhipIngest, WhipRefused
+from gateway.media.sinks.whep import WhepEgress
+from gateway.media.sources.whip import WhipIngest
 from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
@@ -206,7 +207,7 @@ class HttpServer:
             resource, answer = await self.whip.publish(key, offer, request.query.get("token"))
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text")
-        except WhipRefused as exc:
+        except OfferRefused as exc:
             return error(exc.status, exc.info, CORS)
         headers = {**CORS, "Location": f"/whip/{key}/{resource}"}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
@@ -242,7 +243,7 @@ class HttpServer:
             resource, answer = await self.whep.play(name, offer)
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not text", CORS)
-        except WhepRefused as exc:
+        except OfferRefused as exc:
             return error(exc.status, exc.info, CORS)
         headers = {**CORS, "Location": f"/whep/sessions/{resource}"}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)

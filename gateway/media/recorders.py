@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 from gateway.log import get_logger
 from gateway.media.recordings import RecordingStore
 from gateway.media.registry import StreamRegistry
-from gateway.media.sinks.recorder import Recorder
+from gateway.media.sinks.recorder import SUBSCRIPTION_FRAMES, Recorder
 from gateway.media.stream import Stream
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -26,13 +29,15 @@ class Recorders:
         *,
         segment_seconds: float = 60.0,
         retention_interval: float = RETENTION_INTERVAL,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         self.registry = registry
         self.store = store
         self.segment_seconds = segment_seconds
         self.retention_interval = retention_interval
+        self.queue_frames = queue_frames
         self.running: dict[str, Recorder] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("recorders")
 
     def start(self, stream: Stream) -> Recorder:
         """Record ``stream`` (the running recorder if it is recorded already). Raises
@@ -41,7 +46,11 @@ class Recorders:
         if recorder is not None and not recorder.done.is_set():
             return recorder
         recorder = Recorder(
-            stream, self.store.directory, segment_seconds=self.segment_seconds, store=self.store
+            stream,
+            self.store.directory,
+            segment_seconds=self.segment_seconds,
+            store=self.store,
+            queue_frames=self.queue_frames,
         )
         recorder.start()
         self.running[stream.name] = recorder
@@ -73,9 +82,7 @@ class Recorders:
     async def stop_all(self) -> None:
         for name in list(self.running):
             await self.stop(name)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
     async def _forget_when_done(self, name: str, recorder: Recorder) -> None:
         await recorder.done.wait()
@@ -90,7 +97,5 @@ class Recorders:
                     log.info("recordings_removed", count=len(removed))
             await asyncio.sleep(self.retention_interval)
 
-    def _spawn(self, work: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(work)

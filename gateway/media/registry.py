@@ -17,6 +17,14 @@ class StreamNameInUse(Exception):
     pass
 
 
+class StreamNameReserved(StreamNameInUse):
+    """The name belongs to an on-demand source (a device camera, an ``rtsp://`` URL): a
+    publisher there would pose as the device. Only the source's own claim may take it."""
+
+
+INFO_NAME_RESERVED = "the name belongs to a device camera"
+
+
 class StreamUnavailable(Exception):
     """An on-demand stream could not be started; ``info`` says why, for the viewer."""
 
@@ -95,16 +103,33 @@ class StreamRegistry:
         else:
             # Wait before telling the source: it may fail at once (device offline).
             self._waiting.setdefault(name, []).append(waiter)
-        source.wanted(name)
+        try:
+            source.wanted(name)
+        except BaseException:
+            # The source could not even start: it counts nothing, nobody waits.
+            self._drop_waiter(name, waiter)
+            raise
         try:
             return await waiter
         except BaseException:
             source.unwanted(name)
             raise
         finally:
-            waiters = self._waiting.get(name, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
+            self._drop_waiter(name, waiter)
+
+    def _drop_waiter(self, name: str, waiter: asyncio.Future[Stream]) -> None:
+        waiters = self._waiting.get(name, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiting.pop(name, None)
+
+    def viewing(self, name: str) -> Viewing:
+        """A viewer's hold on ``name``: ``async with registry.viewing(name) as stream``, or
+        ``await viewing.open()`` ... ``viewing.close()`` for a viewer that outlives a block.
+        For an on-demand name it starts the source (and waits for it), counts this viewer
+        and uncounts it on close; else it is the playable stream or StreamUnavailable."""
+        return Viewing(self, name)
 
     def unwant(self, name: str) -> None:
         name = self.resolve(name)
@@ -132,10 +157,14 @@ class StreamRegistry:
 
     # --- sources and sinks ----------------------------------------------------------------
 
-    def claim(self, name: str, *, resume: bool = False) -> Stream:
-        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken. With
-        ``resume``, a stream of that name whose source went away (and that has not ended)
-        is handed back instead, with its viewers."""
+    def claim(self, name: str, *, resume: bool = False, on_demand: bool = False) -> Stream:
+        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken, and
+        StreamNameReserved if an on-demand source owns it, unless ``on_demand`` says the claim
+        is that source's own (its pull, a push with an ingest key it issued). With ``resume``,
+        a stream of that name whose source went away (and that has not ended) is handed back
+        instead, with its viewers."""
+        if not on_demand and self.on_demand_for(name) is not None:
+            raise StreamNameReserved(name)
         if name in self.aliases:
             raise StreamNameInUse(name)  # a publisher there could never be played
         existing = self._streams.get(name)
@@ -173,3 +202,53 @@ class StreamRegistry:
 
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
+
+
+class Viewing:
+    """One viewer's hold on a stream (see `StreamRegistry.viewing`). ``close`` is idempotent
+    and may come before ``open`` finished (a player that left while the source started):
+    cancelling the ``open`` task then uncounts the viewer."""
+
+    def __init__(self, registry: StreamRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.on_demand = registry.on_demand_for(name) is not None
+        self._counted = False
+        self._closed = False
+
+    async def open(self) -> Stream:
+        """The stream, playing. Raises StreamUnavailable with the viewer's reason."""
+        if self._closed:
+            raise StreamUnavailable("Stopped")
+        if not self.on_demand:
+            stream = self.registry.get(self.name)
+            if stream is None:
+                raise StreamUnavailable("Stream not found")
+            return stream
+        if self._counted:
+            stream = self.registry.get(self.name)
+            if stream is not None:
+                return stream
+        else:
+            stream = await self.registry.want(self.name)
+            self._counted = True
+            if self._closed:  # closed while the source started
+                self._release()
+                raise StreamUnavailable("Stopped")
+            return stream
+        raise StreamUnavailable("Stream not found")
+
+    def close(self) -> None:
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.registry.unwant(self.name)
+
+    async def __aenter__(self) -> Stream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

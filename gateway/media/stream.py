@@ -72,8 +72,24 @@ class StreamListener(Protocol):
     def on_stream_end(self, info: str | None) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFeedback:
+    """What a source knows of its video's losses; None: its ingest cannot tell."""
+
+    nack: int | None = None  # NACKs it sent (WebRTC)
+    pli: int | None = None  # keyframe requests it sent (WebRTC)
+    lost_packets: int | None = None  # RTP packets it saw lost
+
+
+NO_FEEDBACK = SourceFeedback()
+
+
 class Source(Protocol):
     def request_keyframe(self) -> None: ...
+
+    async def feedback(self) -> SourceFeedback:
+        """Loss figures for the REST API (WCS ``VIDEO_NACK``/``VIDEO_PLI``/``VIDEO_LOST``)."""
+        ...
 
 
 # A viewer joining this soon after a keyframe gets the frames since it as well.

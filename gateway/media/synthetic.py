@@ -22,7 +22,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, START_CODE, iter_nal_units
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 
 __all__ = [
     "VIDEO_CLOCK_RATE",
@@ -348,6 +348,9 @@ class ClipFeed:
         stream.attach_source(self, ingest)
         self.track = EncodedVideoTrack(access_units, fps=fps)
         self._task = asyncio.ensure_future(self._run())
+
+    async def feedback(self) -> SourceFeedback:
+        return NO_FEEDBACK  # generated here: nothing is lost
 
     def request_keyframe(self) -> None:
         """The clip's keyframes come every GOP anyway."""

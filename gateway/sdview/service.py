@@ -18,10 +18,10 @@ from collections.abc import Callable, Hashable, Mapping
 
 import aiomqtt
 
-from gateway.dji.mqtt import BrokerAddress
 from gateway.log import get_logger
 from gateway.media.registry import StreamRegistry
 from gateway.media.thumbnails import Thumbnails, ThumbnailUnavailable, check_width
+from gateway.mqtt_link import BrokerAddress
 from gateway.sdview import state as s
 from gateway.sdview.protocol import SdViewProtocolError, agent_topic, hub_topic
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ssl
 import time
 import uuid
@@ -22,7 +23,14 @@ from gateway import __version__
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess, token_of
 from gateway.log import get_logger
 from gateway.media.rates import VideoRates
-from gateway.media.registry import StreamControlError, StreamNameInUse, StreamRegistry, StreamUnavailable
+from gateway.media.registry import (
+    StreamControlError,
+    StreamNameInUse,
+    StreamNameReserved,
+    StreamRegistry,
+    StreamUnavailable,
+    Viewing,
+)
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
@@ -30,6 +38,7 @@ from gateway.media.thumbnails import ThumbnailUnavailable
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
 from gateway.net_limits import ConnectionLimits
+from gateway.tasks import TaskSet
 from gateway.wcs import messages as m
 from gateway.wcs.session import (
     CONTROL_EVENTS,
@@ -214,13 +223,13 @@ class Connection:
         )
         self.media: dict[str, MediaEndpoint] = {}
         self.streams: dict[str, Stream] = {}  # published by this connection, by media session
-        self.starting: dict[str, asyncio.Future[None]] = {}  # players waiting for on-demand streams
-        self.wanted: dict[str, str] = {}  # players of on-demand streams: media session -> name
+        self.starting: dict[str, asyncio.Future[None]] = {}  # players waiting for their streams
+        self.viewings: dict[str, Viewing] = {}  # players' holds on their streams, by media session
         self.rtmp_urls: dict[str, str] = {}  # publishers to republish once live: msid -> URL
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
         self.too_slow = False  # the outbox overflowed: closing, later frames are dropped
         self.log = log.bind(session=self.id)
+        self.tasks = TaskSet("wcs_connection", self.log)
 
     def describe(self) -> dict[str, Any]:
         """This connection as the REST API lists it."""
@@ -328,7 +337,7 @@ class Connection:
                 self.log.info("access_refused", action=str(action), stream=request.name, reason=reason)
                 self.dispatch(self.session.media_failed(msid, reason))
 
-        self._spawn(check())
+        self._spawn(self._media_task(request.media_session_id, check))
 
     async def _control(self, request: ControlStream) -> None:
         """Carry out a player's camera control; every viewer of the stream hears of a
@@ -364,33 +373,35 @@ class Connection:
             except ConnectionClosed:
                 return
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    async def _media_task(self, msid: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a play's or publish's work; whatever it raises ends that media session with
+        FAILED and the error as its info, so that every play gets a status and frees its slot.
+        (``work`` is made here, so a task cancelled before it ran leaves no coroutine behind.)"""
+        try:
+            await work()
+        except Exception as exc:
+            self.log.exception("media_task_failed", media_session=msid)
+            self.dispatch(self.session.media_failed(msid, f"{type(exc).__name__}: {exc}"[:300]))
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("task_failed", exc_info=task.exception())
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        return self.tasks.spawn(coro)
 
     async def _drain_tasks(self) -> None:
         for _ in range(10):  # closing media may start more tasks; bounded
             if not self.tasks:
                 return
-            await asyncio.wait(list(self.tasks), timeout=10)
+            await self.tasks.wait(timeout=10)
 
     # --- media --------------------------------------------------------------------------------
 
     def _start_publish(self, request: m.PublishStream) -> None:
         msid = request.media_session_id
-        if self.server.registry.on_demand_for(request.name) is not None:
+        try:
+            stream = self.server.registry.claim(request.name)
+        except StreamNameReserved:
             # A drone camera's (or rtsp://) name: a publisher there would pose as the device.
             self.dispatch(self.session.media_failed(msid, INFO_NAME_RESERVED))
             return
-        try:
-            stream = self.server.registry.claim(request.name)
         except StreamNameInUse:
             self.dispatch(self.session.media_failed(msid, INFO_NAME_IN_USE))
             return
@@ -406,7 +417,9 @@ class Connection:
         if isinstance(rtmp_url, str) and rtmp_url:
             self.rtmp_urls[msid] = rtmp_url
         self.log.info("publish_requested", stream=request.name, media_session=msid)
-        self._spawn(self._answer(msid, publisher, request.sdp, tcp_only=request.transport == "TCP"))
+        tcp_only = request.transport == "TCP"
+        answer = functools.partial(self._answer, msid, publisher, request.sdp, tcp_only=tcp_only)
+        self._spawn(self._media_task(msid, answer))
 
     def _publisher_started(self, msid: str, stream: Stream) -> None:
         self.dispatch(
@@ -441,30 +454,23 @@ class Connection:
         self.dispatch(self.session.media_failed(msid, info))
 
     def _start_play(self, request: m.PlayStream) -> None:
+        # A drone camera's source starts now (the player waits, PENDING) or runs already;
+        # either way its viewing counts this player, to stop only after the last one.
         msid = request.media_session_id
-        registry = self.server.registry
-        stream = registry.get(request.name)
-        if registry.on_demand_for(request.name) is not None:
-            # A drone camera: its source starts now (the player waits, PENDING) or runs
-            # already; either way it counts this viewer, to stop only after the last one.
-            task = self._spawn(self._play_on_demand(request))
-            self.starting[msid] = task
-            task.add_done_callback(lambda _: self.starting.pop(msid, None))
-            return
-        if stream is None:
-            self.dispatch(self.session.media_failed(msid, INFO_NOT_FOUND))
-            return
-        self._play(request, stream)
+        task = self._spawn(self._media_task(msid, lambda: self._open_play(request)))
+        self.starting[msid] = task
+        task.add_done_callback(lambda _: self.starting.pop(msid, None))
 
-    async def _play_on_demand(self, request: m.PlayStream) -> None:
-        msid, registry = request.media_session_id, self.server.registry
-        self.log.info("play_on_demand", stream=request.name, media_session=msid)
+    async def _open_play(self, request: m.PlayStream) -> None:
+        msid = request.media_session_id
+        viewing = self.viewings[msid] = self.server.registry.viewing(request.name)
+        if viewing.on_demand:
+            self.log.info("play_on_demand", stream=request.name, media_session=msid)
         try:
-            stream = await registry.want(request.name)
+            stream = await viewing.open()
         except StreamUnavailable as exc:
             self.dispatch(self.session.media_failed(msid, exc.info))
             return
-        self.wanted[msid] = request.name  # unwanted again when this player stops
         self._play(request, stream)
 
     def _play(self, request: m.PlayStream, stream: Stream) -> None:
@@ -473,7 +479,9 @@ class Connection:
         self.media[msid] = viewer
         self.log.info("play_requested", stream=request.name, media_session=msid)
         audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
-        self._spawn(self._answer(msid, viewer, request.sdp, audio, tcp_only=request.transport == "TCP"))
+        tcp_only = request.transport == "TCP"
+        answer = functools.partial(self._answer, msid, viewer, request.sdp, audio, tcp_only=tcp_only)
+        self._spawn(self._media_task(msid, answer))
 
     async def _answer(
         self,
@@ -500,9 +508,9 @@ class Connection:
         starting = self.starting.pop(msid, None)
         if starting is not None:
             starting.cancel()  # its `want` tells the on-demand source
-        name = self.wanted.pop(msid, None)
-        if name is not None:
-            self.server.registry.unwant(name)
+        viewing = self.viewings.pop(msid, None)
+        if viewing is not None:
+            viewing.close()
         media = self.media.pop(msid, None)
         stream = self.streams.pop(msid, None)
         if stream is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
-from gateway.dji.mqtt import BrokerAddress
+from gateway.mqtt_link import BrokerAddress
 from gateway.wcs.client import WcsClient
 from tests.conftest import MosquittoProcess
 from tests.integration.conftest import FrameCounter

@@ -382,3 +382,31 @@ async def test_available_stream_and_stream_events(
         await play_client.close()
         await pub_client.close()
     await witness.assert_streaming(gateway)
+
+
+async def test_plays_of_bad_urls_each_get_failed_and_free_their_slot(
+    gateway: GatewayProcess, witness: Witness
+) -> None:
+    """A playStream whose name is a URL the gateway cannot even parse once got no status
+    and held one of the connection's 16 slots: now each fails, and the 18th play works."""
+    client = await connected(gateway)
+    sdp = await offer_sdp(direction="recvonly")
+    names = ["rtsp://u:p@:99999/x", "rtsp://[::1"]
+    try:
+        start = len(client.messages)
+        for i in range(17):
+            request = media_request(f"bad-url-{i}", names[i % 2], sdp, published=False)
+            await client.send("playStream", request)
+        for i in range(17):
+            status = await status_of(client, f"bad-url-{i}", start, timeout=30)
+            assert status["status"] == "FAILED" and status["info"]
+        player = await client.play("witness")
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        try:
+            await counter.wait_frames(5, timeout=10)
+        finally:
+            await counter.stop()
+    finally:
+        await client.close()
+    await witness.assert_streaming(gateway)

@@ -20,9 +20,9 @@ import structlog
 from gateway.access import OpenAccess
 from gateway.app import Gateway
 from gateway.dji.dock_sim import DockBehaviour
-from gateway.dji.mqtt import BrokerAddress
 from gateway.media.ingest_keys import KEY_PREFIX
 from gateway.media.synthetic import EncodedVideoTrack, read_access_units
+from gateway.mqtt_link import BrokerAddress
 from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import MosquittoProcess, free_port, self_signed
 from tests.integration.conftest import FrameCounter, bridged_gateway, local_config

@@ -16,7 +16,8 @@ import structlog
 
 from gateway.dji import protocol as p
 from gateway.dji.devices import DeviceRegistry, Event, ServiceReplied, VideosChanged
-from gateway.dji.mqtt import BrokerAddress, DjiMqtt
+from gateway.dji.mqtt import DjiMqtt
+from gateway.mqtt_link import BrokerAddress
 from gateway.wcs.client import WcsClient
 from tests.conftest import MosquittoProcess
 from tests.integration.conftest import bridged_gateway

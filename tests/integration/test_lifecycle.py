@@ -4,16 +4,21 @@ descriptors and stream names. Clients that stop answering pings are dropped."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
 import pytest
 from aiortc import MediaStreamTrack
 
+from gateway.app import Gateway, StartError
 from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import ClientStream, WcsClient, WcsError
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, free_port
+from tests.integration.conftest import local_config
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 GatewayFactory = Callable[[dict[str, str]], GatewayProcess]
@@ -152,3 +157,49 @@ async def test_publisher_that_sends_no_media_fails_and_frees_its_name(
         await publisher.wait_status("PUBLISHING")
     finally:
         await client.close()
+
+
+def listening(port: int) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def busy_port() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+async def test_a_part_that_cannot_start_stops_those_started_before_it() -> None:
+    """The RTSP port taken: start fails naming it, and the WebSocket and HTTP servers that
+    started before it listen no more."""
+    with busy_port() as taken:
+        config = dataclasses.replace(local_config(), rtsp_port=taken.getsockname()[1])
+        gateway = Gateway(config)
+        with pytest.raises(StartError, match="RTSP server could not start"):
+            await gateway.start()
+        assert not listening(config.ws_port) and not listening(config.http_port)
+        await gateway.stop()  # nothing left to stop; harmless
+    # The same ports start once the RTSP one is free again (the WebRTC ports are new: a UDP
+    # socket closes at the loop's next turn).
+    webrtc_port = free_port()
+    gateway = Gateway(dataclasses.replace(config, webrtc_udp_port=webrtc_port, webrtc_tcp_port=webrtc_port))
+    await gateway.start()
+    try:
+        assert listening(config.ws_port) and listening(config.rtsp_port)
+    finally:
+        await gateway.stop()
+    assert not listening(config.ws_port) and not listening(config.rtsp_port)
+
+
+def test_skyrelay_serve_with_a_busy_port_exits_with_a_clear_error(tmp_path: Path) -> None:
+    with busy_port() as taken:
+        process = GatewayProcess(rtsp_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="gateway exited early"):
+            process.start(tmp_path, timeout=60)
+        assert process.proc is not None and process.proc.returncode == 1
+        assert "skyrelay: RTSP server could not start" in process.log_text()
+        assert not listening(process.ws_port) and not listening(process.http_port)

@@ -126,8 +126,8 @@ class CapturingRegistry(StreamRegistry):
         super().__init__()
         self.captures: list[Subscription] = []
 
-    def claim(self, name: str, *, resume: bool = False) -> Stream:
-        stream = super().claim(name, resume=resume)
+    def claim(self, name: str, *, resume: bool = False, on_demand: bool = False) -> Stream:
+        stream = super().claim(name, resume=resume, on_demand=on_demand)
         self.captures.append(stream.subscribe(Quiet(), max_frames=10_000))
         return stream
 

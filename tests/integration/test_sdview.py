@@ -18,10 +18,10 @@ import orjson
 import pytest
 import structlog
 
-from gateway.dji.mqtt import BrokerAddress
 from gateway.media.registry import StreamRegistry
 from gateway.media.stream import Codec, MediaFrame, Stream
 from gateway.media.thumbnails import Thumbnails
+from gateway.mqtt_link import BrokerAddress
 from gateway.sdview.protocol import SdImage, parse_sd_image, request_sd_stream
 from gateway.sdview.service import SdViewService
 from tests.conftest import GatewayProcess, MosquittoProcess

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.config import STATIC_DIR, Config, ConfigError, load
+from gateway.dji.protocol import UrlType
 
 
 def write(tmp_path: Path, text: str, name: str = "skyrelay.toml") -> Path:
@@ -372,3 +373,18 @@ def test_url_types_and_aliases_from_flags_and_toml(tmp_path: Path) -> None:
 def test_bad_live_settings(flags: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         load(flags, environ={})
+
+
+@pytest.mark.parametrize(
+    ("setting", "bind"),
+    [("off", None), ("127.0.0.1:1883", ("127.0.0.1", 1883)), ("[::]:1885", ("::", 1885))],
+)
+def test_mqtt_broker_is_parsed_once_in_config(setting: str, bind: tuple[str, int] | None) -> None:
+    assert Config(mqtt_broker=setting).mqtt_broker_bind == bind
+
+
+def test_off_and_enum_settings_as_the_parts_use_them() -> None:
+    config = Config(device_state_file="off", live_url_type="whip", live_url_types=("DOCK1=rtsp",))
+    assert config.device_state_path is None
+    assert Config().device_state_path == Path("state/devices.json")
+    assert (config.live_push_type, config.live_push_types) == (UrlType.WHIP, {"DOCK1": UrlType.RTSP})

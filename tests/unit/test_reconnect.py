@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.dji import mqtt
+from gateway import mqtt_link as mqtt
 from gateway.reconnect import ReconnectDelay
 
 

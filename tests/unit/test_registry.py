@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from fractions import Fraction
 
 import pytest
 
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import StreamNameInUse, StreamNameReserved, StreamRegistry, StreamUnavailable
 from gateway.media.stream import Codec, MediaFrame, Stream
 
 H264 = Codec("H264", 90000)
@@ -151,3 +152,93 @@ def test_aliases_resolve_for_viewers_and_cannot_be_published() -> None:
     assert registry.resolve("other") == "other"
     with pytest.raises(StreamNameInUse):
         registry.claim("roof")
+
+
+class Camera:
+    """An on-demand source that counts its viewers; `fail` makes `wanted` raise."""
+
+    def __init__(self, registry: StreamRegistry, name: str = "drone") -> None:
+        self.registry, self.name = registry, name
+        self.viewers = 0
+        self.fail: Exception | None = None
+
+    def serves(self, name: str) -> bool:
+        return name == self.name
+
+    def wanted(self, name: str) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.viewers += 1
+        if self.registry.get(name) is None:
+            go_live(self.registry.claim(name, resume=True, on_demand=True))
+
+    def unwanted(self, name: str) -> None:
+        self.viewers -= 1
+
+    async def control(self, name: str, action: str, value: object) -> None:
+        pass
+
+
+def test_claim_refuses_a_name_an_on_demand_source_owns_but_not_to_the_source() -> None:
+    registry = StreamRegistry(aliases={"roof": "drone"})
+    registry.add_on_demand(Camera(registry))
+    for name in ("drone", "roof"):
+        with pytest.raises(StreamNameReserved):
+            registry.claim(name)
+    assert registry.claim("drone", on_demand=True).name == "drone"
+    assert registry.claim("other").name == "other"
+
+
+async def test_viewing_counts_an_on_demand_viewer_until_it_closes() -> None:
+    registry = StreamRegistry()
+    camera = Camera(registry)
+    registry.add_on_demand(camera)
+    async with registry.viewing("drone") as stream:
+        assert stream.name == "drone" and camera.viewers == 1
+        second = registry.viewing("drone")
+        assert (await second.open()) is stream and camera.viewers == 2
+        second.close()
+        second.close()  # idempotent
+        assert camera.viewers == 1
+    assert camera.viewers == 0
+
+
+async def test_viewing_a_plain_stream_counts_nothing_and_a_missing_one_is_unavailable() -> None:
+    registry = StreamRegistry()
+    registry.add_on_demand(Camera(registry))
+    with pytest.raises(StreamUnavailable, match="Stream not found"):
+        await registry.viewing("nothing").open()
+    stream = go_live(registry.claim("cam"))
+    async with registry.viewing("cam") as viewed:
+        assert viewed is stream
+
+
+async def test_a_source_that_raises_when_wanted_leaves_nobody_waiting() -> None:
+    registry = StreamRegistry()
+    camera = Camera(registry)
+    camera.fail = ValueError("Port out of range 0-65535")
+    registry.add_on_demand(camera)
+    viewing = registry.viewing("drone")
+    with pytest.raises(ValueError):
+        await viewing.open()
+    viewing.close()
+    assert camera.viewers == 0 and not registry._waiting
+
+
+async def test_a_viewing_closed_while_its_source_starts_uncounts_the_viewer() -> None:
+    registry = StreamRegistry()
+
+    class Slow(Camera):
+        def wanted(self, name: str) -> None:
+            self.viewers += 1  # starts later
+
+    camera = Slow(registry)
+    registry.add_on_demand(camera)
+    viewing = registry.viewing("drone")
+    task = asyncio.ensure_future(viewing.open())
+    await asyncio.sleep(0)
+    assert camera.viewers == 1
+    viewing.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert camera.viewers == 0

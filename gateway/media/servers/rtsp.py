@@ -23,7 +23,14 @@ from urllib.parse import quote
 
 from gateway.log import get_logger
 from gateway.media.h264 import parameter_sets
-from gateway.media.registry import StreamNameInUse, StreamRegistry, StreamUnavailable
+from gateway.media.registry import (
+    INFO_NAME_RESERVED,
+    StreamNameInUse,
+    StreamNameReserved,
+    StreamRegistry,
+    StreamUnavailable,
+    Viewing,
+)
 from gateway.media.rtsp.auth import ServerAuth
 from gateway.media.rtsp.message import Request, RtspError, Transport
 from gateway.media.rtsp.record import AudioUnit
@@ -41,6 +48,7 @@ from gateway.media.rtsp.server import (
 )
 from gateway.media.sinks.rtsp import (
     MAX_UNSENT_BYTES,
+    VIEWER_QUEUE_FRAMES,
     Address,
     InterleavedOutput,
     RtpOutput,
@@ -125,6 +133,7 @@ class RtspServer:
         rtp_port: int = 0,
         authorize_publish: AuthorizePublish | None = None,
         authorize_play: AuthorizePublish | None = None,
+        viewer_queue_frames: int = VIEWER_QUEUE_FRAMES,
         connection_limits: ConnectionLimits | None = None,
     ) -> None:
         """``rtp_port`` is the UDP RTP port (RTCP on the next one; 0: any free even pair),
@@ -143,6 +152,7 @@ class RtspServer:
         self.rtp_port = rtp_port
         self.authorize_publish = authorize_publish
         self.authorize_play = authorize_play
+        self.viewer_queue_frames = viewer_queue_frames
         self.connection_limits = connection_limits
         self.viewers: set[RtspViewer] = set()
         self.pushes: set[RtspPush] = set()
@@ -255,7 +265,8 @@ class _Connection:
         self.viewer: RtspViewer | None = None
         self.push: RtspPush | None = None
         self.allowed_plays: set[str] = set()  # names this connection may play
-        self.wanted: set[str] = set()  # on-demand sources (drone cameras) this player counts for
+        # On-demand sources (drone cameras) this player counts for, by name.
+        self.viewings: dict[str, Viewing] = {}
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._registered: list[tuple[bool, Address, Callable[[bytes], None]]] = []
@@ -326,9 +337,9 @@ class _Connection:
         if self.push is not None:
             self.server._end_push(self.push, reason)
             self.push = None
-        for name in self.wanted:
-            self.server.registry.unwant(name)
-        self.wanted = set()
+        for viewing in self.viewings.values():
+            viewing.close()
+        self.viewings = {}
 
     def _touch(self, data: bytes) -> None:
         """A datagram from the session's client ports (RTCP, a NAT punch): it is alive."""
@@ -399,17 +410,18 @@ class _Connection:
         registry = self.server.registry
         if not isinstance(event, DescribeRequested | SetupRequested | PlayRequested):
             return True
-        if event.name in self.wanted or registry.on_demand_for(event.name) is None:
+        if event.name in self.viewings or registry.on_demand_for(event.name) is None:
             return True
+        viewing = registry.viewing(event.name)
         try:
             async with asyncio.timeout(ON_DEMAND_START_TIMEOUT):
-                await registry.want(event.name)
+                await viewing.open()
         except (StreamUnavailable, TimeoutError) as exc:
             reason = exc.info if isinstance(exc, StreamUnavailable) else "the source did not start in time"
             log.info("rtsp_on_demand_failed", stream=event.name, peer=self.peer, reason=reason[:200])
             self.rtsp.refuse(event.request, 404, f"Not Found: {reason}")
             return False
-        self.wanted.add(event.name)
+        self.viewings[event.name] = viewing
         return True
 
     async def _announce(self, event: AnnounceRequested) -> None:
@@ -420,6 +432,10 @@ class _Connection:
             return
         try:
             push = RtspPush(server.registry, event.name, event.tracks, self.peer)
+        except StreamNameReserved:
+            log.info("rtsp_publish_refused", stream=event.name, peer=self.peer, reason=INFO_NAME_RESERVED)
+            rtsp.refuse(event.request, 403, f"Forbidden: {INFO_NAME_RESERVED}")
+            return
         except StreamNameInUse:
             log.info("rtsp_publish_refused", stream=event.name, peer=self.peer, reason="name in use")
             rtsp.refuse(event.request, 409, "Conflict: the stream already has a source")
@@ -488,6 +504,7 @@ class _Connection:
                 on_end=self.writer.transport.close,
                 audio=outputs.get(AUDIO_TRACK),
                 audio_ssrc=rtsp.audio_ssrc,
+                queue_frames=server.viewer_queue_frames,
             )
             self.viewer = viewer
             base = server._content_base(event.request.uri, self.address, stream.name)

@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from gateway.log import get_logger
-from gateway.media.registry import StreamRegistry, StreamUnavailable
+from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import Remuxer
 from gateway.media.stream import MediaFrame, Stream
@@ -35,7 +35,8 @@ log = get_logger(__name__)
 # Segments kept beyond the playlist window: a player that loaded the previous playlist may
 # still ask for them (RFC 8216 6.2.2).
 EXTRA_SEGMENTS = 2
-SUBSCRIPTION_FRAMES = 300  # about 10 s of 30 fps video: remuxing never falls behind that far
+# About 10 s of 30 fps video: remuxing never falls behind that far (setting remux_queue_frames).
+SUBSCRIPTION_FRAMES = 300
 
 __all__ = ["Fmp4Muxer", "HlsPackager", "HlsService"]
 
@@ -63,6 +64,7 @@ class HlsPackager(Remuxer):
         segment_target: float,
         window: int,
         clock: Callable[[], float] = time.monotonic,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         super().__init__(stream)
         self.segment_target = segment_target
@@ -81,7 +83,7 @@ class HlsPackager(Remuxer):
         self._segment_start: Fraction | None = None  # seconds on it where the open segment starts
         self._pending = bytearray()  # fragments of the open segment
         self._pending_discontinuity = False
-        self._subscribe(self, SUBSCRIPTION_FRAMES)
+        self._subscribe(self, queue_frames)
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
     # --- frames -----------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class HlsService:
         idle_timeout: float = 30.0,
         first_segment_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         if segment_target <= 0 or window < 1 or idle_timeout <= 0:
             raise ValueError("segment_target and idle_timeout must be positive, window at least 1")
@@ -245,6 +248,7 @@ class HlsService:
         self.segment_target = segment_target
         self.window = window
         self.idle_timeout = idle_timeout
+        self.queue_frames = queue_frames
         # A first segment needs a keyframe, then segment_target, then the next keyframe.
         self.first_segment_timeout = (
             first_segment_timeout if first_segment_timeout is not None else max(4 * segment_target, 6.0)
@@ -252,7 +256,7 @@ class HlsService:
         self.packagers: dict[str, HlsPackager] = {}
         # On-demand sources (drone cameras, rtsp:// names) this service counts as a viewer
         # while it packages them; a start in progress is shared by concurrent requests.
-        self._wanted: set[str] = set()
+        self._viewings: dict[str, Viewing] = {}
         self._starting: dict[str, asyncio.Future[object]] = {}
         self._clock = clock
         self._reaper: asyncio.Task[None] | None = None
@@ -277,7 +281,11 @@ class HlsService:
             if not start:
                 raise HlsNotFound(f"stream {name!r} is not being packaged: load its playlist first")
             packager = HlsPackager(
-                stream, segment_target=self.segment_target, window=self.window, clock=self._clock
+                stream,
+                segment_target=self.segment_target,
+                window=self.window,
+                clock=self._clock,
+                queue_frames=self.queue_frames,
             )
             self.packagers[stream.name] = packager
             log.info("hls_started", stream=stream.name)
@@ -315,26 +323,27 @@ class HlsService:
         """A drone camera (or an rtsp:// name) nobody watches yet: start it, as a player
         would, and wait for it to play."""
         resolved = self.registry.resolve(name)
-        if resolved in self._wanted or self.registry.on_demand_for(name) is None:
+        if resolved in self._viewings or self.registry.on_demand_for(name) is None:
             return
         starting = self._starting.get(resolved)
         if starting is None:
-            starting = self._starting[resolved] = asyncio.ensure_future(self.registry.want(name))
-            starting.add_done_callback(lambda done: self._started(resolved, done))
+            viewing = self.registry.viewing(name)
+            starting = self._starting[resolved] = asyncio.ensure_future(viewing.open())
+            starting.add_done_callback(lambda done: self._started(resolved, viewing, done))
         try:
             await asyncio.shield(starting)
         except StreamUnavailable as exc:
             raise HlsNotFound(exc.info) from None
 
-    def _started(self, name: str, done: asyncio.Future[object]) -> None:
+    def _started(self, name: str, viewing: Viewing, done: asyncio.Future[object]) -> None:
         self._starting.pop(name, None)
         if not done.cancelled() and done.exception() is None:
-            self._wanted.add(name)
+            self._viewings[name] = viewing
 
     def _unwant(self, name: str) -> None:
-        if name in self._wanted:
-            self._wanted.discard(name)
-            self.registry.unwant(name)
+        viewing = self._viewings.pop(name, None)
+        if viewing is not None:
+            viewing.close()
 
     async def _reap(self) -> None:
         """Stop packaging streams nobody reads and streams that ended."""
@@ -350,7 +359,7 @@ class HlsService:
                     log.info("hls_stopped", stream=name, reason="idle" if idle else "stream ended")
 
     async def stop(self) -> None:
-        for name in list(self._wanted):
+        for name in list(self._viewings):
             self._unwant(name)
         if self._reaper is not None:
             self._reaper.cancel()

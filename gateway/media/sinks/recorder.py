@@ -162,10 +162,12 @@ class Recorder(Remuxer):
         fragment_seconds: float = 1.0,
         store: RecordingStore | None = None,
         clock: Callable[[], float] = time.time,
+        queue_frames: int = SUBSCRIPTION_FRAMES,
     ) -> None:
         if segment_seconds <= 0 or fragment_seconds <= 0:
             raise ValueError("segment_seconds and fragment_seconds must be positive")
         super().__init__(stream, fragment_seconds=fragment_seconds)
+        self.queue_frames = queue_frames
         self.directory = Path(directory) / stream_dirname(stream.name)
         self.segment_seconds = segment_seconds
         self.store = store
@@ -195,7 +197,7 @@ class Recorder(Remuxer):
 
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
-        self._subscribe(self, SUBSCRIPTION_FRAMES)
+        self._subscribe(self, self.queue_frames)
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
 

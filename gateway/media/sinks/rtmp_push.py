@@ -38,6 +38,7 @@ from gateway.media.rtmp.client import (
 from gateway.media.rtmp.flv import AAC_SOUND_FORMAT, AVC_CODEC_ID, AacTagWriter, AvcTagWriter
 from gateway.media.stream import FrameQueue, Stream, Subscription
 from gateway.reconnect import ReconnectDelay
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -473,7 +474,7 @@ class RtmpRepublishes:
         self.reconnect = reconnect
         self.timeout = timeout
         self.republishes: dict[str, RtmpRepublish] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._watchers = TaskSet("rtmp_republishes")
 
     async def startup(self, name: str, url: str) -> RtmpRepublish:
         """Republish stream ``name`` to ``url``. Raises ValueError for a bad URL or a stream
@@ -493,9 +494,7 @@ class RtmpRepublishes:
                 return existing
         await republish.start()
         self.republishes[republish.id] = republish
-        watcher = asyncio.create_task(self._forget_when_stream_ends(republish))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._watchers.spawn(self._forget_when_stream_ends(republish))
         log.info("rtmp_republish_started", stream=name, url=republish.rtmp_url, id=republish.id)
         return republish
 
@@ -517,9 +516,7 @@ class RtmpRepublishes:
         republishes, self.republishes = list(self.republishes.values()), {}
         for republish in republishes:
             await republish.stop()
-        for watcher in list(self._watchers):
-            watcher.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self._watchers.cancel()
 
     async def _forget_when_stream_ends(self, republish: RtmpRepublish) -> None:
         await republish.done.wait()

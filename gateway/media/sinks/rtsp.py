@@ -41,7 +41,7 @@ H264_RTP = RTCRtpCodecParameters(
 )
 # RTP waiting in a player's socket buffer beyond which it skips to the next keyframe.
 MAX_UNSENT_BYTES = 1024 * 1024
-VIEWER_QUEUE_FRAMES = 90
+VIEWER_QUEUE_FRAMES = 90  # the default of the viewer_queue_frames setting, as for WebRTC viewers
 
 Address = tuple[str, int]
 
@@ -118,6 +118,7 @@ class RtspViewer:
         on_end: Callable[[], None],
         audio: RtpOutput | None = None,
         audio_ssrc: int = 0,
+        queue_frames: int = VIEWER_QUEUE_FRAMES,
     ) -> None:
         self.stream = stream
         self.output = video
@@ -133,7 +134,7 @@ class RtspViewer:
         self._audio_sequence = random.randint(0, 0xFFFF)
         self._audio_rtptime = random.getrandbits(32)  # of the first audio frame (RTP-Info)
         self._audio_origin: int | None = None  # set by the first audio frame
-        self.subscription: Subscription = stream.subscribe(self, VIEWER_QUEUE_FRAMES)
+        self.subscription: Subscription = stream.subscribe(self, queue_frames)
 
     @property
     def udp(self) -> bool:

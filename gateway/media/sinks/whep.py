@@ -6,30 +6,19 @@ to stop; a session whose peer fails or whose stream ends is closed by the gatewa
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.log import get_logger
 from gateway.media.names import BadStreamName, validate_stream_name
-from gateway.media.registry import StreamRegistry, StreamUnavailable
+from gateway.media.offers import OfferRefused, answer_offer, check_offer_size
+from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.webrtc.peer import RtcSettings
-from gateway.media.webrtc.sdp import OfferError
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
-
-MAX_OFFER_BYTES = 64 * 1024
-
-
-class WhepRefused(Exception):
-    """An offer the gateway will not answer; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, info: str) -> None:
-        super().__init__(info)
-        self.status = status
-        self.info = info
 
 
 @dataclass(eq=False)
@@ -37,7 +26,7 @@ class WhepSession:
     resource: str
     name: str
     viewer: WebRtcViewer
-    on_demand: bool  # counted by the stream's on-demand source: tell it when this ends
+    viewing: Viewing  # closed when this ends (an on-demand source counts this viewer)
 
 
 class WhepViewerEvents:
@@ -67,38 +56,24 @@ class WhepEgress:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[str, WhepSession] = {}
-        self._endings: set[asyncio.Task[None]] = set()
+        self._endings = TaskSet("whep")
 
     async def play(self, name: str, offer_sdp: str) -> tuple[str, str]:
         """Answer a player's offer for ``name``: the new resource id and the SDP answer."""
-        if len(offer_sdp) > MAX_OFFER_BYTES:
-            raise WhepRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+        check_offer_size(offer_sdp)
         try:
             validate_stream_name(name)  # before it reaches an on-demand source (a pull by URL)
         except BadStreamName as exc:
-            raise WhepRefused(400, str(exc)) from None
-        on_demand = self.registry.on_demand_for(name) is not None
-        if on_demand:
-            try:
-                stream = await self.registry.want(name)
-            except StreamUnavailable as exc:
-                raise WhepRefused(404, exc.info) from None
-        else:
-            found = self.registry.get(name)
-            if found is None:
-                raise WhepRefused(404, "Stream not found")
-            stream = found
+            raise OfferRefused(400, str(exc)) from None
+        viewing = self.registry.viewing(name)
+        try:
+            stream = await viewing.open()
+        except StreamUnavailable as exc:
+            raise OfferRefused(404, exc.info) from None
         resource = secrets.token_urlsafe(12)
         viewer = WebRtcViewer(stream, self.settings, WhepViewerEvents(self, resource))
-        session = self.sessions[resource] = WhepSession(resource, name, viewer, on_demand)
-        try:
-            answer = await viewer.accept(offer_sdp)
-        except OfferError as exc:
-            await self._end(session, f"bad offer: {exc}")
-            raise WhepRefused(400, str(exc)) from None
-        except Exception as exc:  # aiortc rejects some offers with its own errors
-            await self._end(session, f"offer not usable: {exc}")
-            raise WhepRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        session = self.sessions[resource] = WhepSession(resource, name, viewer, viewing)
+        answer = await answer_offer(viewer.accept(offer_sdp), lambda reason: self._end(session, reason))
         log.info("whep_offer_accepted", stream=name, resource=resource)
         return resource, answer
 
@@ -116,14 +91,11 @@ class WhepEgress:
     def end_later(self, resource: str, reason: str) -> None:
         session = self.sessions.get(resource)
         if session is not None:
-            task = asyncio.ensure_future(self._end(session, reason))
-            self._endings.add(task)
-            task.add_done_callback(self._endings.discard)
+            self._endings.spawn(self._end(session, reason))
 
     async def _end(self, session: WhepSession, reason: str) -> None:
         if self.sessions.pop(session.resource, None) is None:
             return
         await session.viewer.close()
-        if session.on_demand:
-            self.registry.unwant(session.name)
+        session.viewing.close()
         log.info("whep_session_ended", stream=session.name, resource=session.resource, reason=reason)

@@ -16,7 +16,7 @@ from gateway.log import get_logger
 from gateway.media.audio_transcode import OPUS, OPUS_TIME_BASE, AacToOpus
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.names import BadStreamName, validate_stream_name
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.registry import INFO_NAME_RESERVED, StreamNameInUse, StreamNameReserved, StreamRegistry
 from gateway.media.rtmp.flv import (
     AAC_SOUND_FORMAT,
     G711_RATE,
@@ -38,7 +38,7 @@ from gateway.media.rtmp.protocol import (
     RtmpError,
     RtmpServerConnection,
 )
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
@@ -113,6 +113,9 @@ class RtmpPush:
             )
         self._g711_pts += whole
         self._g711_pending = data[whole:]
+
+    async def feedback(self) -> SourceFeedback:
+        return NO_FEEDBACK  # TCP: nothing is lost on the way
 
     def request_keyframe(self) -> None:
         """RTMP has no way to ask for one: new viewers start from the cached keyframe."""
@@ -250,7 +253,7 @@ class RtmpIngestServer:
     async def _publish(
         self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str
     ) -> RtmpPush | None:
-        grant = self.keys.claim(request.key)
+        grant = issued = self.keys.claim(request.key)
         if grant is None:
             grant, reason = await self._named(request.key, request.query)
             if grant is None:
@@ -258,7 +261,14 @@ class RtmpIngestServer:
                 rtmp.reject_publish(request, reason)
                 return None
         try:
-            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
+            # A key the device camera's source issued may take its name; nothing else may.
+            stream = self.registry.claim(
+                grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
+            )
+        except StreamNameReserved:
+            log.warning("rtmp_publish_refused", peer=peer, app=request.app, reason=INFO_NAME_RESERVED)
+            rtmp.reject_publish(request, INFO_NAME_RESERVED)
+            return None
         except StreamNameInUse:
             self.keys.release(grant.key)
             rtmp.reject_publish(request, "stream already has a source")
@@ -279,8 +289,6 @@ class RtmpIngestServer:
             validate_stream_name(name)
         except BadStreamName as exc:
             return None, str(exc)
-        if self.registry.on_demand_for(name) is not None:
-            return None, "the name belongs to a device camera"
         token = urllib.parse.parse_qs(query).get("token", [None])[0]
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
         if reason is not None:

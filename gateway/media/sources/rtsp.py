@@ -26,7 +26,7 @@ from gateway.media.rtsp.message import RtspError
 from gateway.media.rtsp.record import AudioUnit
 from gateway.media.rtsp.rtp import AccessUnit
 from gateway.media.sources.rtsp_audio import RtspAudioFeed
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import Codec, MediaFrame, SourceFeedback, Stream
 from gateway.reconnect import ReconnectDelay
 
 log = get_logger(__name__)
@@ -143,6 +143,9 @@ class RtspPull:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             self._log.info("rtsp_pull_stopped", frames=self.frames)
+
+    async def feedback(self) -> SourceFeedback:
+        return SourceFeedback(lost_packets=self.lost_packets)  # no feedback in RTSP: the gaps seen
 
     def request_keyframe(self) -> None:
         """RTSP has no way to ask a camera for one: viewers start from the cached keyframe."""
@@ -299,7 +302,7 @@ class RtspPull:
 
     def _playing(self, event: Playing, client: RtspClientConnection) -> None:
         track = client.track
-        stream = self.registry.claim(self.name, resume=True)
+        stream = self.registry.claim(self.name, resume=True, on_demand=True)  # its own name
         self.stream = stream
         # Audio as a publisher's: relayed, or AAC to Opus once for every viewer.
         self.audio_feed = RtspAudioFeed(client.audio) if client.audio is not None else None

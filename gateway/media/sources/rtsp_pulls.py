@@ -9,6 +9,7 @@ pulls exist, and tells waiting viewers when a source does not start playing in t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from gateway.log import get_logger
 from gateway.media.names import URL_SCHEMES, BadStreamName, validate_stream_name
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sources.rtsp import RtspPull
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -48,7 +50,7 @@ class RtspSource:
     pull: RtspPull
     on_demand: bool  # started by a play (stops after its viewers) or by the REST API
     viewers: int = 0
-    timers: set[asyncio.Task[None]] = field(default_factory=set)  # start, start watchdog
+    timers: TaskSet = field(default_factory=lambda: TaskSet("rtsp_pull"))  # start, start watchdog
     linger: asyncio.Task[None] | None = None  # after the last viewer of an on-demand pull
 
     def describe(self, registry: StreamRegistry) -> dict[str, object]:
@@ -167,10 +169,8 @@ class RtspPulls:
         await source.pull.start()
         return source
 
-    def _later(self, source: RtspSource, work: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
-        source.timers.add(task)
-        task.add_done_callback(source.timers.discard)
+    def _later(self, source: RtspSource, work: Awaitable[None]) -> None:
+        source.timers.spawn(work)
 
     async def _expect_playing(self, source: RtspSource) -> None:
         """Viewers waiting for a source that never plays fail after start_timeout."""

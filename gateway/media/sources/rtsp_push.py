@@ -21,7 +21,7 @@ from gateway.media.registry import StreamRegistry
 from gateway.media.rtsp.record import AudioUnit, PushTrack
 from gateway.media.rtsp.rtp import AccessUnit
 from gateway.media.sources.rtsp_audio import RtspAudioFeed
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 
 log = get_logger(__name__)
 
@@ -60,6 +60,9 @@ class RtspPush:
             audio=audio.name if audio else None,
             dropped=[f"{t.kind}/{t.encoding}" for t in self.dropped_tracks],
         )
+
+    async def feedback(self) -> SourceFeedback:
+        return NO_FEEDBACK  # not counted for pushes
 
     def request_keyframe(self) -> None:
         """RTSP has no way to ask a publisher for one: viewers start from the cached keyframe."""

@@ -16,7 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from gateway.log import get_logger
 from gateway.media import h264, vp8
 from gateway.media.rates import VideoRates
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.stream import Codec, MediaFrame, SourceFeedback, Stream
 from gateway.media.webrtc import aiortc_compat, passthrough
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import (
@@ -27,6 +27,7 @@ from gateway.media.webrtc.sdp import (
     negotiated_codecs,
     parse_offer,
 )
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -50,7 +51,7 @@ class WebRtcPublisher:
         self._started = False
         self._video_receiver: RTCRtpReceiver | None = None
         self._parameter_sets = h264.ParameterSetCache()
-        self._pli_tasks: set[asyncio.Task[None]] = set()
+        self._pli_tasks = TaskSet("webrtc_publisher")
         self.nack_sent = 0
         self.pli_sent = 0
 
@@ -151,9 +152,11 @@ class WebRtcPublisher:
             pli = aiortc_compat.send_pli(receiver, ssrc)
         except AttributeError:
             return  # another aiortc (see aiortc_compat): viewers wait for the next keyframe
-        task = asyncio.ensure_future(pli)
-        self._pli_tasks.add(task)
-        task.add_done_callback(self._pli_tasks.discard)
+        self._pli_tasks.spawn(pli)
+
+    async def feedback(self) -> SourceFeedback:
+        rates = await self.rates()
+        return SourceFeedback(rates.nack, rates.pli, rates.lost_packets)
 
     async def rates(self) -> VideoRates:
         bits, fps = self.stream.inbound.sample()

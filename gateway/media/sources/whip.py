@@ -9,7 +9,6 @@ when it stops; a publisher that fails or goes silent is ended by the gateway.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass, field
 
@@ -17,24 +16,14 @@ from gateway.access import AccessPolicy, AccessRequest, Action
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.names import BadStreamName, validate_stream_name
-from gateway.media.registry import StreamNameInUse, StreamRegistry
+from gateway.media.offers import OfferRefused, answer_offer, check_offer_size
+from gateway.media.registry import INFO_NAME_RESERVED, StreamNameInUse, StreamNameReserved, StreamRegistry
 from gateway.media.sources.webrtc import WebRtcPublisher
 from gateway.media.stream import Stream
 from gateway.media.webrtc.peer import RtcSettings
-from gateway.media.webrtc.sdp import OfferError
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
-
-MAX_OFFER_BYTES = 64 * 1024
-
-
-class WhipRefused(Exception):
-    """An offer the gateway will not accept; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, info: str) -> None:
-        super().__init__(info)
-        self.status = status
-        self.info = info
 
 
 @dataclass(eq=False)
@@ -63,19 +52,24 @@ class WhipIngest:
         self.access = access
         self.settings = settings
         self.pushes: dict[str, WhipPush] = {}  # by resource id
-        self._endings: set[asyncio.Task[None]] = set()
+        self._endings = TaskSet("whip")
 
     async def publish(self, key: str, offer_sdp: str, token: str | None = None) -> tuple[str, str]:
         """Accept an offer for ``key`` (an ingest key, or a stream name the access policy
         allows): returns the new resource id and the SDP answer."""
-        if len(offer_sdp) > MAX_OFFER_BYTES:
-            raise WhipRefused(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        grant = self.keys.claim(key) or await self._named(key, token)
+        check_offer_size(offer_sdp)
+        issued = self.keys.claim(key)
+        grant = issued or await self._named(key, token)
         try:
-            stream = self.registry.claim(grant.stream_name, resume=grant.keep_stream)
+            # A key the device camera's source issued may take its name; nothing else may.
+            stream = self.registry.claim(
+                grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
+            )
+        except StreamNameReserved:
+            raise OfferRefused(403, INFO_NAME_RESERVED) from None
         except StreamNameInUse:
             self.keys.release(grant.key)
-            raise WhipRefused(409, "stream already has a source") from None
+            raise OfferRefused(409, "stream already has a source") from None
         resource = secrets.token_urlsafe(12)
         publisher = WebRtcPublisher(
             stream,
@@ -85,30 +79,21 @@ class WhipIngest:
             ingest="whip",
         )
         push = self.pushes[resource] = WhipPush(resource, grant, stream, publisher)
-        try:
-            answer = await publisher.accept(offer_sdp)
-        except OfferError as exc:
-            await self._end(push, f"bad offer: {exc}")
-            raise WhipRefused(400, str(exc)) from None
-        except Exception as exc:  # aiortc rejects some offers with its own errors
-            await self._end(push, f"offer not usable: {exc}")
-            raise WhipRefused(400, f"SDP offer not usable: {type(exc).__name__}: {exc}"[:300]) from None
+        answer = await answer_offer(publisher.accept(offer_sdp), lambda reason: self._end(push, reason))
         log.info("whip_offer_accepted", stream=stream.name, resource=resource)
         return resource, answer
 
     async def _named(self, name: str, token: str | None) -> IngestKey:
         if self.access is None or self.keys.is_key(name):
             log.warning("whip_publish_refused", reason="unknown or used key")
-            raise WhipRefused(403, "unknown, used or expired stream key")
+            raise OfferRefused(403, "unknown, used or expired stream key")
         try:
             validate_stream_name(name)
         except BadStreamName as exc:
-            raise WhipRefused(400, str(exc)) from None
-        if self.registry.on_demand_for(name) is not None:
-            raise WhipRefused(403, "the name belongs to a device camera")
+            raise OfferRefused(400, str(exc)) from None
         reason = await self.access.check(AccessRequest(Action.PUBLISH, name, token))
         if reason is not None:
-            raise WhipRefused(403, reason)
+            raise OfferRefused(403, reason)
         return IngestKey(name, name, keep_stream=False)
 
     async def delete(self, key: str, resource: str) -> bool:
@@ -132,9 +117,7 @@ class WhipIngest:
     def _failed(self, resource: str, info: str) -> None:
         push = self.pushes.get(resource)
         if push is not None:
-            task = asyncio.ensure_future(self._end(push, info))
-            self._endings.add(task)
-            task.add_done_callback(self._endings.discard)
+            self._endings.spawn(self._end(push, info))
 
     async def _end(self, push: WhipPush, reason: str) -> None:
         if self.pushes.pop(push.resource, None) is None:
