@@ -84,6 +84,10 @@ class Request(_Headers):
     body: bytes = b""
 
     def encode(self) -> bytes:
+        # A "$" first is interleaved data to the reader (RFC 2326 10.12): such a method could
+        # not be told apart (found by the property tests, test_fuzz_rtsp).
+        if not _TOKEN.fullmatch(self.method) or self.method.startswith("$"):
+            raise ValueError(f"method {self.method[:20]!r} cannot be sent")
         return _encode(f"{self.method} {self.uri} {VERSION}", self.headers, self.body)
 
 
