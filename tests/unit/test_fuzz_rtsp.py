@@ -143,7 +143,8 @@ def test_a_content_length_of_5000_digits_is_a_bad_request() -> None:
     assert caught.value.status == 400
     with pytest.raises(m.RtspError):
         m.parse_int("1" * 5000, "CSeq")
-    assert m.RtspParser().receive_data(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")[0].cseq == 1
+    (request,) = m.RtspParser().receive_data(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+    assert isinstance(request, m.Request) and request.cseq == 1
 
 
 def test_a_method_starting_with_dollar_cannot_be_sent() -> None:
