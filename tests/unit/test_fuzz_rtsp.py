@@ -1,5 +1,6 @@
 """Property tests of the RTSP decoders (messages, interleaved frames, header values, RTP and
-the H.264 depacketizer) against hostile bytes.
+the H.264 depacketizer, and the server side of a connection that uses them all) against
+hostile bytes.
 
 For any bytes each returns or raises its own error (RtspError, RtpError), never anything
 else, and what it buffers stays under its documented bounds. What the encoders write
@@ -9,6 +10,7 @@ packetizer) reads back the same. Budget: the Hypothesis profile (tests/unit/conf
 
 from __future__ import annotations
 
+import base64
 import fractions
 from typing import Any
 
@@ -21,6 +23,15 @@ from hypothesis import strategies as st
 from gateway.media import h264
 from gateway.media.rtsp import message as m
 from gateway.media.rtsp import rtp
+from gateway.media.rtsp.server import (
+    SERVED,
+    AnnounceRequested,
+    DescribeRequested,
+    PlayRequested,
+    RecordRequested,
+    RtspServerConnection,
+    SetupRequested,
+)
 
 # --- strategies -----------------------------------------------------------------------------
 
@@ -321,3 +332,161 @@ def _header(packet: rtp.RtpPacket) -> dict[str, Any]:
         "timestamp": packet.timestamp,
         "ssrc": packet.ssrc,
     }
+
+
+# --- the server side of a connection --------------------------------------------------------
+
+SPS = bytes.fromhex("6742c00dd90141fb011000000300100000030320f142a480")  # 320x240 baseline, x264
+PPS = bytes.fromhex("68cb83cb20")
+ANNOUNCE_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=cam\r\nt=0 0\r\n"
+    "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n"
+    "a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+    "indexdeltalength=3;config=1190\r\na=control:trackID=1\r\n"
+    "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={base64.b64encode(SPS).decode()},"
+    f"{base64.b64encode(PPS).decode()}\r\na=control:trackID=2\r\n"
+)
+server_uris = (
+    st.sampled_from(
+        [
+            "rtsp://127.0.0.1/cam",
+            "rtsp://127.0.0.1/cam/trackID=0",
+            "rtsp://127.0.0.1/cam/trackID=1",
+            "rtsp://127.0.0.1/cam/trackID=2",
+            "rtsp://127.0.0.1:99999/x",
+            "rtsp://[::1/x",
+            "/cam/../x",
+            "*",
+            "rtsp://h/%00",
+        ]
+    )
+    | uris
+)
+server_headers = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("Transport"),
+            st.sampled_from(
+                [
+                    "RTP/AVP/TCP;unicast;interleaved=0-1",
+                    "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record",
+                    "RTP/AVP;unicast;client_port=5000-5001",
+                    "RTP/AVP;unicast;client_port=5000-5001;mode=record",
+                    "RTP/AVP;multicast",
+                    "RTP/AVP/TCP;interleaved=255",
+                ]
+            )
+            | header_values,
+        ),
+        st.tuples(st.just("Session"), st.sampled_from(["S1", "S1;timeout=60"]) | header_values),
+        st.tuples(st.just("Content-Type"), st.just("application/sdp")),
+        st.tuples(st.sampled_from(["Authorization", "Range", "Accept"]), header_values),
+    ),
+    max_size=3,
+)
+server_requests = st.builds(
+    lambda method, uri, cseq, extra, body: m.Request(method, uri, (("CSeq", cseq), *extra), body),
+    st.sampled_from([*SERVED, "PAUSE", "FLY"]) | methods,
+    server_uris,
+    st.sampled_from(["1", "2", "-1", "", "99999999999"]),
+    server_headers,
+    st.sampled_from([b"", ANNOUNCE_SDP.encode()]) | mutated(st.just(ANNOUNCE_SDP.encode())),
+)
+
+
+def request(method: str, uri: str, cseq: int, *headers: tuple[str, str], body: bytes = b"") -> bytes:
+    return m.Request(method, uri, (("CSeq", str(cseq)), *headers), body).encode()
+
+
+CAM = "rtsp://127.0.0.1/cam"
+# The requests of a whole session, as ffmpeg sends them: playing, or publishing (recording).
+PLAY_SCRIPT = [
+    request("OPTIONS", CAM, 1),
+    request("DESCRIBE", CAM, 2, ("Accept", "application/sdp")),
+    request("SETUP", CAM + "/trackID=0", 3, ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")),
+    request(
+        "SETUP",
+        CAM + "/trackID=1",
+        4,
+        ("Transport", "RTP/AVP;unicast;client_port=5000-5001"),
+        ("Session", "S1"),
+    ),
+    request("PLAY", CAM, 5, ("Session", "S1"), ("Range", "npt=0.000-")),
+    request("GET_PARAMETER", CAM, 6, ("Session", "S1")),
+    request("TEARDOWN", CAM, 7, ("Session", "S1")),
+]
+RECORD_SCRIPT = [
+    request("ANNOUNCE", CAM, 1, ("Content-Type", "application/sdp"), body=ANNOUNCE_SDP.encode()),
+    request("SETUP", CAM + "/trackID=1", 2, ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")),
+    request(
+        "SETUP",
+        CAM + "/trackID=2",
+        3,
+        ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"),
+        ("Session", "S1"),
+    ),
+    request("RECORD", CAM, 4, ("Session", "S1")),
+]
+
+
+@st.composite
+def server_traffic(draw: st.DrawFn) -> list[bytes]:
+    """A whole session with a few things changed: messages left out, repeated, replaced by a
+    random request, damaged; RTP of any payload on the channels; garbage at the end."""
+    script = list(draw(st.sampled_from([PLAY_SCRIPT, RECORD_SCRIPT])))
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(script)))
+        action = draw(st.sampled_from(["drop", "repeat", "insert", "damage"]))
+        if action == "insert" or not script:
+            script.insert(pos, encode(draw(server_requests)))
+            continue
+        pos = min(pos, len(script) - 1)
+        if action == "drop":
+            del script[pos]
+        elif action == "repeat":
+            script.insert(pos, script[pos])
+        else:
+            script[pos] = draw(mutated(st.just(script[pos])))
+    for _ in range(draw(st.integers(0, 6))):
+        header = rtp.rtp_header(
+            payload_type=draw(st.sampled_from([96, 97])),
+            marker=draw(st.booleans()),
+            sequence=draw(st.integers(0, 20)),
+            timestamp=draw(st.integers(0, 9000)),
+            ssrc=1,
+        )
+        payload = header + draw(nal_payloads | st.binary(max_size=40))
+        script.append(m.encode_interleaved(draw(st.sampled_from([0, 1, 2, 3])), payload))
+    if draw(st.booleans()):
+        script.append(draw(st.binary(max_size=30)))
+    return script
+
+
+def answer(conn: RtspServerConnection, event: object) -> None:
+    """What a caller says: yes to everything it is asked."""
+    if isinstance(event, DescribeRequested):
+        conn.describe(event, ANNOUNCE_SDP, "rtsp://127.0.0.1/cam/")
+    elif isinstance(event, AnnounceRequested):
+        conn.accept_announce(event)
+    elif isinstance(event, SetupRequested):
+        conn.accept_setup(event, (6000, 6001) if event.udp else None)
+    elif isinstance(event, PlayRequested):
+        conn.accept_play(event)
+    elif isinstance(event, RecordRequested):
+        conn.accept_record(event)
+
+
+@given(server_traffic(), st.lists(st.integers(0, 3000), max_size=6))
+@example([b"OPTIONS * RTSP/1.0\r\nCSeq: " + b"1" * 5000 + b"\r\n\r\n"], [])
+def test_server_connection_raises_only_rtsp_error(traffic: list[bytes], cuts: list[int]) -> None:
+    """A player or publisher sending anything: replies, events, or RtspError (then close)."""
+    conn = RtspServerConnection(session_id="S1", ssrc=1, audio_ssrc=2)
+    try:
+        for item in traffic:  # each request once the one before was answered, as players do
+            for piece in splits(item, cuts):
+                for event in conn.receive_data(piece):
+                    answer(conn, event)
+                conn.data_to_send()
+    except m.RtspError:
+        assert conn.closed
