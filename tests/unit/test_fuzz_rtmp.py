@@ -20,7 +20,7 @@ from gateway.media import h264
 from gateway.media.rtmp import amf0, chunks, flv
 from gateway.media.rtmp.chunks import HANDSHAKE_SIZE, ChunkReader, ChunkWriter, RtmpError
 from gateway.media.rtmp.client import RtmpClientConnection
-from gateway.media.rtmp.protocol import RtmpServerConnection
+from gateway.media.rtmp.protocol import MediaMessage, PublishRequested, RtmpServerConnection
 
 # --- strategies -----------------------------------------------------------------------------
 
@@ -309,6 +309,79 @@ def test_server_connection_raises_only_rtmp_error(data: bytes, cuts: list[int]) 
             if conn._requested is not None and conn.publishing is None:
                 conn.accept_publish(conn._requested)
         conn.receive_data(b"")
+    except RtmpError:
+        pass
+
+
+def command(csid: int, stream_id: int, *values: Any) -> bytes:
+    return ChunkWriter().message(csid, chunks.COMMAND_AMF0, stream_id, 0, amf0.encode(*values))
+
+
+@st.composite
+def publish_session(draw: st.DrawFn) -> list[bytes]:
+    """A publish as ffmpeg does it (connect, createStream, publish, metadata, FLV tags), with
+    a few things changed: messages left out, repeated, damaged or replaced by other chunks."""
+    writer = ChunkWriter()
+    metadata = draw(st.dictionaries(st.sampled_from(["width", "audiocodecid", "framerate", "x"]), amf_values))
+    script = [
+        command(3, 0, "connect", 1.0, {"app": "live", "tcUrl": "rtmp://127.0.0.1/live"}),
+        command(3, 0, "createStream", 2.0, None),
+        command(8, 1, "publish", 3.0, None, draw(st.sampled_from(["key", "key?token=x", ""])), "live"),
+        writer.message(
+            5, chunks.DATA_AMF0, 1, 0, amf0.encode("@setDataFrame", "onMetaData", amf0.EcmaArray(metadata))
+        ),
+    ]
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from([chunks.VIDEO, chunks.AUDIO]))
+        if kind == chunks.VIDEO:
+            tag = draw(
+                st.sampled_from([b"\x17\x00\x00\x00\x00", b"\x17\x01\x00\x00\x00", b"\x27\x01\x00\x00\x00"])
+            )
+        else:
+            tag = draw(st.sampled_from([b"\xaf\x00", b"\xaf\x01", b"\x72", b"\x82"]))
+        body = tag + draw(st.binary(max_size=60))
+        script.append(
+            writer.message(6 if kind == chunks.VIDEO else 4, kind, 1, draw(st.integers(0, 10**6)), body)
+        )
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(script) - 1))
+        action = draw(st.sampled_from(["drop", "repeat", "insert", "damage"]))
+        if action == "drop":
+            del script[pos]
+        elif action == "repeat":
+            script.insert(pos, script[pos])
+        elif action == "insert":
+            script.insert(pos, draw(chunk_traffic()))
+        else:
+            script[pos] = draw(mutated(st.just(script[pos])))
+        if not script:
+            break
+    script.append(command(8, 1, draw(st.sampled_from(["FCUnpublish", "deleteStream"])), 4.0, None, "key"))
+    return script
+
+
+@given(publish_session())
+@example([command(3, 0, "connect", 1.0, {"app": "live"}), command(8, 1, "publish", 2.0, None, "k")] * 2)
+def test_a_publish_session_raises_only_its_errors(script: list[bytes]) -> None:
+    """What a publisher sends, through the server connection and the FLV readers as the RTMP
+    source reads it: events, or RtmpError (then close); FlvError for a bad tag."""
+    conn, video = RtmpServerConnection(), flv.AvcTagReader()
+    conn.receive_data(HANDSHAKE)
+    try:
+        for item in script:
+            for event in conn.receive_data(item):
+                if isinstance(event, PublishRequested):
+                    conn.accept_publish(event)
+                elif isinstance(event, MediaMessage):
+                    try:
+                        if event.kind == chunks.VIDEO:
+                            video.read(event.payload)
+                        else:
+                            flv.read_audio_tag(event.payload)
+                    except flv.FlvError:
+                        pass
+            conn.data_to_send()
+            check_reader_bounds(conn._chunks)
     except RtmpError:
         pass
 
