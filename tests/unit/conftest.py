@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from .helpers import seed_sdps
+
+# Hypothesis budgets. "ci" (the default) is the fixed budget of every run of the suite: the
+# Hypothesis default of 100 examples, no deadline (two shared cores make timings meaningless).
+# "fuzz" is scripts/fuzz's long run; HYPOTHESIS_MAX_EXAMPLES sets its budget. Tests that pin
+# max_examples themselves (the broker codec, the WebRTC demux) keep their own.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "5000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

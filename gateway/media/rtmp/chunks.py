@@ -2,8 +2,10 @@
 
 `ChunkReader` reassembles messages from chunks of any size on any chunk stream, with
 extended timestamps, and applies the chunk-layer control messages (Set Chunk Size, Abort)
-itself. `ChunkWriter` cuts messages into chunks. The server (protocol.py) and the
-publishing client (client.py) share both.
+itself. What it holds is bounded: at most MAX_CHUNK_STREAMS chunk streams, and
+``max_pending_bytes`` of unfinished messages across them (RtmpError past either).
+`ChunkWriter` cuts messages into chunks. The server (protocol.py) and the publishing client
+(client.py) share both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ DEFAULT_CHUNK_SIZE = 128
 MAX_CHUNK_SIZE = 0xFFFFFF
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # a single video frame larger than this is an attack
 EXTENDED_TIMESTAMP = 0xFFFFFF
+# Encoders use a handful of chunk stream ids (ffmpeg 2-8, OBS 2-6); the protocol allows 65599,
+# each with its own state and unfinished message. nginx-rtmp refuses ids past 32 (max_streams).
+MAX_CHUNK_STREAMS = 64
+# Unfinished messages across all chunk streams: one frame at the limit and its audio, twice.
+MAX_PENDING_BYTES = 2 * MAX_MESSAGE_SIZE
 
 # message types
 SET_CHUNK_SIZE, ABORT, ACK, USER_CONTROL, WINDOW_ACK, PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
@@ -47,9 +54,11 @@ class _ChunkStream:
 
 
 class ChunkReader:
-    def __init__(self) -> None:
+    def __init__(self, *, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
+        self.max_pending_bytes = max_pending_bytes
         self._streams: dict[int, _ChunkStream] = {}
+        self._pending = 0  # bytes of unfinished messages, all chunk streams together
 
     def read(self, buf: bytearray) -> Message | None:
         """Consume one complete chunk from the front of ``buf`` if it is all there; return the
@@ -72,6 +81,10 @@ class ChunkReader:
         if stream is None:
             if fmt != 0:
                 raise RtmpError(f"chunk stream {csid} starts without a full header")
+            # Bounded since the property tests (test_fuzz_rtmp): each id kept state, up to
+            # 65599 of them per connection.
+            if len(self._streams) >= MAX_CHUNK_STREAMS:
+                raise RtmpError(f"more than {MAX_CHUNK_STREAMS} chunk streams")
             stream = self._streams[csid] = _ChunkStream()
         header = buf[pos : pos + header_size]
         pos += header_size
@@ -91,11 +104,19 @@ class ChunkReader:
             type_id = header[6]
             if length > MAX_MESSAGE_SIZE:
                 raise RtmpError(f"message of {length} bytes is over the limit")
+            if length < len(stream.body):
+                # Found by the property tests (test_fuzz_rtmp): a header shortening the message
+                # under way gave a negative chunk, taken from bytes that were never consumed.
+                raise RtmpError(f"chunk stream {csid}: a header shortens the message under way")
         if fmt == 0:
             stream_id = int.from_bytes(header[7:11], "little")
         need = min(self.chunk_size, length - len(stream.body))
         if len(buf) < pos + need:
             return None
+        if need < length - len(stream.body) and self._pending + need > self.max_pending_bytes:
+            # Bounded since the property tests (test_fuzz_rtmp): every chunk stream could hold
+            # most of an 8 MiB message at once.
+            raise RtmpError(f"over {self.max_pending_bytes} bytes of messages pending")
         # The whole chunk is here: commit the header, then take the payload.
         stream.extended = extended
         stream.length, stream.type_id, stream.stream_id = length, type_id, stream_id
@@ -111,7 +132,9 @@ class ChunkReader:
         stream.body += buf[pos : pos + need]
         del buf[: pos + need]
         if len(stream.body) < stream.length:
+            self._pending += need
             return None
+        self._pending -= len(stream.body) - need
         body, stream.body = bytes(stream.body), bytearray()
         message = Message(stream.type_id, stream.stream_id, stream.timestamp, body)
         self._control(message)
@@ -131,6 +154,7 @@ class ChunkReader:
         elif message.type_id == ABORT and len(body) >= 4:
             aborted = self._streams.get(int.from_bytes(body[:4], "big"))
             if aborted is not None:
+                self._pending -= len(aborted.body)
                 aborted.body = bytearray()
 
 

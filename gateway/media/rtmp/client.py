@@ -14,6 +14,7 @@ server's Set Chunk Size; `close` unpublishes politely.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import struct
 import urllib.parse
@@ -312,7 +313,9 @@ class RtmpClientConnection:
         # ffmpeg's server sends onFCPublish with no transaction id: only the name is required.
         name, txid = values[0], values[1] if len(values) > 1 else None
         args = values[2:]
-        if name in ("_result", "_error") and isinstance(txid, int | float):
+        # A NaN or infinite transaction id answers nothing we asked (int() of it raised: the
+        # property tests, test_fuzz_rtmp).
+        if name in ("_result", "_error") and isinstance(txid, int | float) and math.isfinite(txid):
             command = self._pending.pop(int(txid), "")
             info = args[1] if len(args) > 1 else None
             if name == "_error":
@@ -335,7 +338,9 @@ class RtmpClientConnection:
             self.state = ClientState.CREATING_STREAM
             return [Connected(details)]
         if command == "createStream" and self.state is ClientState.CREATING_STREAM:
-            if not isinstance(info, int | float) or info < 0:
+            # A message stream id is 32 bits; NaN, infinity or more raised out of int() or the
+            # chunk writer (the property tests, test_fuzz_rtmp).
+            if not isinstance(info, int | float) or not 0 <= info <= 0xFFFFFFFF:
                 return self._refused("createStream", {"description": "no stream id in the answer"})
             self.stream_id = int(info)
             self._command("publish", None, self.name, "live", csid=STREAM_CSID, stream_id=self.stream_id)
