@@ -109,7 +109,7 @@ class DockSimulator:
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            await self._command(client, bytes(message.payload))  # type: ignore[arg-type]
+            await self._command(client, bytes(message.payload))
 
     async def go_offline(self, seconds: float = 0.0) -> None:
         """Lose the network: MQTT and the push stop, for ``seconds`` (0: for good)."""

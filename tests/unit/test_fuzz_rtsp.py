@@ -236,7 +236,7 @@ def test_rtp_header_round_trip(
     header = rtp.rtp_header(
         payload_type=payload_type, marker=marker, sequence=sequence, timestamp=timestamp, ssrc=ssrc
     )
-    assert rtp.parse_rtp(header + payload) == rtp.RtpPacket(
+    assert rtp.parse_rtp(header + payload) == rtp.RtspRtpPacket(
         payload_type, marker, sequence, timestamp, ssrc, payload
     )
 
@@ -260,7 +260,7 @@ nal_payloads = st.one_of(
     ),
 )
 packets = st.builds(
-    rtp.RtpPacket,
+    rtp.RtspRtpPacket,
     st.just(96),
     st.booleans(),
     st.integers(0, 40) | st.integers(0, 0xFFFF),
@@ -271,7 +271,7 @@ packets = st.builds(
 
 
 @given(st.lists(packets, max_size=40))
-def test_depacketizer_never_raises_and_stays_bounded(received: list[rtp.RtpPacket]) -> None:
+def test_depacketizer_never_raises_and_stays_bounded(received: list[rtp.RtspRtpPacket]) -> None:
     """Bad payloads are counted and their units dropped; nothing raises, nothing grows."""
     depacketizer = rtp.H264Depacketizer()
     for packet in received:
@@ -316,7 +316,7 @@ def test_aiortc_packetizer_to_depacketizer_round_trip(units: list[list[bytes]], 
         data = b"".join(h264.START_CODE + n for n in nals)
         payloads, timestamp = pack(encoder, data, index * 3000)
         for number, payload in enumerate(payloads):
-            packet = rtp.RtpPacket(96, number == len(payloads) - 1, sequence, timestamp, 1, payload)
+            packet = rtp.RtspRtpPacket(96, number == len(payloads) - 1, sequence, timestamp, 1, payload)
             sequence = (sequence + 1) & 0xFFFF
             out += depacketizer.receive(rtp.parse_rtp(rtp.rtp_header(**_header(packet)) + payload))
     assert [unit.data for unit in out] == [b"".join(h264.START_CODE + n for n in nals) for nals in units]
@@ -324,7 +324,7 @@ def test_aiortc_packetizer_to_depacketizer_round_trip(units: list[list[bytes]], 
     assert depacketizer.lost_packets == depacketizer.bad_packets == depacketizer.dropped_units == 0
 
 
-def _header(packet: rtp.RtpPacket) -> dict[str, Any]:
+def _header(packet: rtp.RtspRtpPacket) -> dict[str, Any]:
     return {
         "payload_type": packet.payload_type,
         "marker": packet.marker,

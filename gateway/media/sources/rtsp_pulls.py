@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from gateway.log import get_logger
@@ -159,7 +160,7 @@ class RtspPulls:
     # --- internals -----------------------------------------------------------------------------
 
     def _new_source(self, name: str, uri: str, *, on_demand: bool, transport: str = "tcp") -> RtspSource:
-        over = "udp" if transport == "udp" else "tcp"
+        over: Literal["tcp", "udp"] = "udp" if transport == "udp" else "tcp"
         pull = RtspPull(self.registry, name, uri, timeout=self.pull_timeout, transport=over)
         log.info("rtsp_source_started", stream=redacted(name), uri=redacted(uri), on_demand=on_demand)
         return RtspSource(name, uri, pull, on_demand)
