@@ -60,6 +60,7 @@ from gateway.media.sources.rtsp import open_udp_pair
 from gateway.media.sources.rtsp_push import AuthorizePublish, RtspPush
 from gateway.media.stream import Stream
 from gateway.net_limits import ConnectionLimits
+from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
 
@@ -158,7 +159,7 @@ class RtspServer:
         self.pushes: set[RtspPush] = set()
         self.udp = _UdpPorts() if udp else None
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections = TaskSet("rtsp")
 
     @property
     def udp_ports(self) -> tuple[int, int] | None:
@@ -192,10 +193,7 @@ class RtspServer:
             await self._server.wait_closed()
             self._server = None
         # Closing the listener leaves accepted connections open: end them too.
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._connections.cancel()
         if self.udp is not None:
             self.udp.close()
         log.info("rtsp_stopped", port=self.port)
@@ -210,10 +208,7 @@ class RtspServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        try:
-            await _Connection(self, reader, writer).run()
-        finally:
-            self._connections.discard(task)
+        await _Connection(self, reader, writer).run()
 
     def _content_base(self, uri: str, address: str, name: str) -> str:
         """The player's own URL of the stream (it knows how it reached us), ending in a slash
