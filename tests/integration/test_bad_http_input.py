@@ -20,9 +20,9 @@ from yarl import URL
 from gateway.app import Gateway
 from gateway.media.rtmp.client import PublishStarted, Refused, RtmpClientConnection
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import ClientStream, WcsClient
-from tests.integration.conftest import AccessUnits, FrameCounter, local_config
+from tests.integration.conftest import AccessUnits, local_config
 from tests.integration.test_bad_input import offer_sdp
+from tests.integration.witness import Witness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,20 +49,6 @@ REST_CALLS = [
 ]
 
 
-class Witness:
-    """A WebSocket publisher and player on the gateway that must keep streaming."""
-
-    def __init__(self, gateway: Gateway, publisher: ClientStream, counter: FrameCounter) -> None:
-        self.gateway, self.publisher, self.counter = gateway, publisher, counter
-
-    async def assert_streaming(self) -> None:
-        before = len(self.counter.pts)
-        await self.counter.wait_frames(before + 10, timeout=10)
-        assert self.publisher.status == "PUBLISHING"
-        status, health = await call(self.gateway, "GET", "/healthz")
-        assert status == 200 and health["status"] == "ok"
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway() -> AsyncIterator[Gateway]:
     started = Gateway(local_config())
@@ -74,17 +60,9 @@ async def gateway() -> AsyncIterator[Gateway]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def witness(gateway: Gateway, clip_units: AccessUnits) -> AsyncIterator[Witness]:
     ws = f"ws://127.0.0.1:{gateway.config.ws_port}"
-    pub_client, play_client = await WcsClient.connect(ws), await WcsClient.connect(ws)
-    publisher = await pub_client.publish("witness", [EncodedVideoTrack(clip_units, fps=30)])
-    await publisher.wait_status("PUBLISHING")
-    player = await play_client.play("witness")
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(5)
-    yield Witness(gateway, publisher, counter)
-    await counter.stop()
-    await play_client.close()
-    await pub_client.close()
+    started = await Witness.start(ws, EncodedVideoTrack(clip_units, fps=30), gateway)
+    yield started
+    await started.stop()
 
 
 async def call(

@@ -15,43 +15,21 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import ClientStream, WcsClient
+from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
 from tests.integration.conftest import FrameCounter
+from tests.integration.witness import Witness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 
 
-class Witness:
-    """A publisher and a player that must keep streaming whatever other clients send."""
-
-    def __init__(self, publisher: ClientStream, counter: FrameCounter) -> None:
-        self.publisher = publisher
-        self.counter = counter
-
-    async def assert_streaming(self, gateway: GatewayProcess) -> None:
-        before = len(self.counter.pts)
-        await self.counter.wait_frames(before + 10, timeout=10)
-        assert self.publisher.status == "PUBLISHING"
-        assert gateway.health()["status"] == "ok"
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def witness(gateway: GatewayProcess, clip_units: Any) -> AsyncIterator[Witness]:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    publisher = await pub_client.publish("witness", [EncodedVideoTrack(clip_units, fps=30)])
-    await publisher.wait_status("PUBLISHING")
-    player = await play_client.play("witness")
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(5)
-    yield Witness(publisher, counter)
-    await counter.stop()
-    await play_client.close()
-    await pub_client.close()
+    started = await Witness.start(gateway.ws_url, EncodedVideoTrack(clip_units, fps=30), gateway)
+    yield started
+    await started.stop()
 
 
 async def connected(gateway: GatewayProcess) -> WcsClient:

@@ -22,9 +22,9 @@ import pytest_asyncio
 
 from gateway.media.rtmp.protocol import HANDSHAKE_SIZE
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
-from tests.integration.conftest import AccessUnits, FrameCounter
+from tests.integration.conftest import AccessUnits
+from tests.integration.witness import Witness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -50,25 +50,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIterator[FrameCounter]:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    publisher = await pub_client.publish("witness", [EncodedVideoTrack(clip_units, fps=30)])
-    await publisher.wait_status("PUBLISHING")
-    player = await play_client.play("witness")
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(5)
-    yield counter
-    await counter.stop()
-    await play_client.close()
-    await pub_client.close()
-
-
-async def assert_streaming(gateway: GatewayProcess, counter: FrameCounter) -> None:
-    before = len(counter.pts)
-    await counter.wait_frames(before + 10, timeout=20)
-    assert gateway.health()["status"] == "ok"
+async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIterator[Witness]:
+    started = await Witness.start(gateway.ws_url, EncodedVideoTrack(clip_units, fps=30), gateway)
+    yield started
+    await started.stop()
 
 
 def port_of(gateway: GatewayProcess, kind: str) -> int:
@@ -152,7 +137,7 @@ def refused_metric(gateway: GatewayProcess, kind: str) -> float:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_one_address_over_the_limit_is_refused_and_the_others_go_on(
-    gateway: GatewayProcess, witness: FrameCounter, kind: str
+    gateway: GatewayProcess, witness: Witness, kind: str
 ) -> None:
     assert refused_metric(gateway, kind) == 0
     held = [await open_one(gateway, kind, HOSTILE, i) for i in range(LIMIT)]
@@ -181,7 +166,7 @@ async def test_one_address_over_the_limit_is_refused_and_the_others_go_on(
         for h in held:
             await h.close()
     assert gateway.proc is not None and gateway.proc.poll() is None
-    await assert_streaming(gateway, witness)
+    await witness.assert_streaming()
 
 
 async def test_every_port_kind_is_counted_in_metrics(gateway: GatewayProcess) -> None:

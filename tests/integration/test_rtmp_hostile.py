@@ -24,6 +24,7 @@ from gateway.media.synthetic import EncodedVideoTrack
 from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
 from tests.integration.conftest import AccessUnits, FrameCounter
+from tests.integration.witness import Witness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,30 +49,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         gw.stop()
 
 
-class Witness:
-    def __init__(self, counter: FrameCounter) -> None:
-        self.counter = counter
-
-    async def assert_streaming(self, gateway: GatewayProcess) -> None:
-        before = len(self.counter.pts)
-        await self.counter.wait_frames(before + 10, timeout=20)
-        assert gateway.health()["status"] == "ok"
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIterator[Witness]:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    publisher = await pub_client.publish("witness", [EncodedVideoTrack(clip_units, fps=30)])
-    await publisher.wait_status("PUBLISHING")
-    player = await play_client.play("witness")
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(5)
-    yield Witness(counter)
-    await counter.stop()
-    await play_client.close()
-    await pub_client.close()
+    started = await Witness.start(gateway.ws_url, EncodedVideoTrack(clip_units, fps=30), gateway)
+    yield started
+    await started.stop()
 
 
 class CraftedPush:

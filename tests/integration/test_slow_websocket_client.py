@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
-from tests.integration.conftest import AccessUnits, FrameCounter
+from tests.integration.conftest import AccessUnits
+from tests.integration.witness import Witness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -33,19 +33,10 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIterator[FrameCounter]:
-    pub_client = await WcsClient.connect(gateway.ws_url)
-    play_client = await WcsClient.connect(gateway.ws_url)
-    publisher = await pub_client.publish("witness", [EncodedVideoTrack(clip_units, fps=30)])
-    await publisher.wait_status("PUBLISHING")
-    player = await play_client.play("witness")
-    await player.wait_status("PLAYING")
-    counter = FrameCounter(player).start()
-    await counter.wait_frames(5)
-    yield counter
-    await counter.stop()
-    await play_client.close()
-    await pub_client.close()
+async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIterator[Witness]:
+    started = await Witness.start(gateway.ws_url, EncodedVideoTrack(clip_units, fps=30), gateway)
+    yield started
+    await started.stop()
 
 
 def log_events(gateway: GatewayProcess, name: str) -> list[dict[str, Any]]:
@@ -76,7 +67,7 @@ async def flooding_client(port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
 
 
 async def test_a_client_that_floods_and_never_reads_is_logged_once_and_closed_once(
-    gateway: GatewayProcess, witness: FrameCounter
+    gateway: GatewayProcess, witness: Witness
 ) -> None:
     connected = len(log_events(gateway, "client_connected"))
     _, writer = await flooding_client(gateway.ws_port)
@@ -119,5 +110,4 @@ async def test_a_client_that_floods_and_never_reads_is_logged_once_and_closed_on
     assert len(slow) == 1 and slow[0]["session"] == session
     assert close_tasks and max(close_tasks) <= 1
     assert gateway.proc is not None and gateway.proc.poll() is None
-    before = len(witness.pts)
-    await witness.wait_frames(before + 10, timeout=20)
+    await witness.assert_streaming()

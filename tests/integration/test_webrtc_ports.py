@@ -27,6 +27,7 @@ from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import GatewayProcess, free_port
 from tests.integration.conftest import FrameCounter, local_config
 from tests.integration.ice_tcp import IceTcpPath
+from tests.integration.witness import Witness
 
 Connect = Callable[[], Awaitable[WcsClient]]
 TrackFactory = Callable[[], EncodedVideoTrack]
@@ -145,31 +146,10 @@ async def until_metric(gateway: GatewayProcess, at_least: float, name: str, **la
             await asyncio.sleep(0.1)
 
 
-class Witness:
-    """A publisher and a decoding player that must keep streaming through an attack."""
-
-    async def start(self, connect: Connect, video_track: TrackFactory, name: str) -> Witness:
-        self.publisher = await (await connect()).publish(name, [video_track()])
-        await self.publisher.wait_status("PUBLISHING")
-        self.player = await (await connect()).play(name, kinds=("video",))
-        await self.player.wait_status("PLAYING")
-        self.counter = FrameCounter(self.player).start()
-        await self.counter.wait_frames(10)
-        return self
-
-    async def still_streaming(self) -> None:
-        """30 more frames decoded, and neither side told of a failure."""
-        await self.counter.wait_frames(len(self.counter.pts) + 30)
-        assert self.publisher.status == "PUBLISHING" and self.player.status == "PLAYING"
-
-    async def stop(self) -> None:
-        await self.counter.stop()
-
-
 async def test_bad_datagrams_on_the_udp_port_are_dropped_and_counted(
     gateway: GatewayProcess, connect: Connect, video_track: TrackFactory
 ) -> None:
-    witness = await Witness().start(connect, video_track, "udp-witness")
+    witness = await Witness.start(gateway.ws_url, video_track(), gateway, "udp-witness")
     ufrag, _ = ice_credentials(witness.player.pc.remoteDescription.sdp)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     target = ("127.0.0.1", gateway.webrtc_port)
@@ -187,7 +167,7 @@ async def test_bad_datagrams_on_the_udp_port_are_dropped_and_counted(
     await until_metric(gateway, 50, counter, transport="udp", reason="bad_integrity")
     await until_metric(gateway, 50, counter, transport="udp", reason="malformed_stun")
     await until_metric(gateway, 50, counter, transport="udp", reason="not_stun")
-    await witness.still_streaming()
+    await witness.assert_streaming()
     assert gateway.health()["webrtc_ports"]["udp_addresses"] == 2  # nothing bound the attacker
     await witness.stop()
 
@@ -197,13 +177,7 @@ async def test_bad_tcp_clients_are_closed_and_counted(
 ) -> None:
     raise_fd_limit(4096)
     gateway = make_gateway({"SKYRELAY_ICE_TIMEOUT": "3"})
-    opened: list[WcsClient] = []
-
-    async def connect() -> WcsClient:
-        opened.append(await WcsClient.connect(gateway.ws_url))
-        return opened[-1]
-
-    witness = await Witness().start(connect, video_track, "tcp-witness")
+    witness = await Witness.start(gateway.ws_url, video_track(), gateway, "tcp-witness")
     ufrag, _ = ice_credentials(witness.player.pc.remoteDescription.sdp)
     port = gateway.webrtc_port
     closed = "skyrelay_webrtc_tcp_closed_total"
@@ -239,10 +213,8 @@ async def test_bad_tcp_clients_are_closed_and_counted(
     assert await metric(gateway, "skyrelay_webrtc_tcp_connections", state="pending") == 0
     for _reader, writer in crowd:
         writer.close()
-    await witness.still_streaming()
+    await witness.assert_streaming()
     await witness.stop()
-    for client in opened:
-        await client.close()
 
 
 def raise_fd_limit(wanted: int) -> None:
