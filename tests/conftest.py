@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -120,6 +121,29 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def log_events(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """The JSON log lines of ``event`` whose fields have these values."""
+        found = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("event") == event:
+                    if all(entry.get(key) == value for key, value in fields.items()):
+                        found.append(entry)
+        return found
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of ``/metrics`` (0 when absent)."""
+        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as reply:
+            body = reply.read().decode()
+        text = ",".join(f'{key}="{value}"' for key, value in labels.items())
+        wanted = f"{name}{{{text}}}" if text else name
+        for line in body.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == wanted:
+                return float(value)
+        return 0.0
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -21,7 +21,15 @@ from pathlib import Path
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS, START_CODE, iter_nal_units
+from gateway.media.h264 import (
+    NAL_AUD,
+    NAL_IDR,
+    NAL_PPS,
+    NAL_SPS,
+    START_CODE,
+    find_parameter_sets,
+    iter_nal_units,
+)
 from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 
 __all__ = [
@@ -171,13 +179,7 @@ def _parameter_sets_from_extradata(extradata: bytes | None) -> tuple[bytes | Non
         if pos < len(extradata):
             pps, _ = _avcc_first_set(extradata, pos + 1, extradata[pos])
         return sps, pps
-    for nal in iter_nal_units(extradata):
-        kind = nal[0] & 0x1F
-        if kind == NAL_SPS and sps is None:
-            sps = nal
-        elif kind == NAL_PPS and pps is None:
-            pps = nal
-    return sps, pps
+    return find_parameter_sets(iter_nal_units(extradata))
 
 
 def _avcc_first_set(extradata: bytes, pos: int, count: int) -> tuple[bytes | None, int]:

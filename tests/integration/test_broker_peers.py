@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -269,7 +268,7 @@ async def test_log_in_is_required_when_set(make_gateway: Callable[[dict[str, str
         assert rc != 0, out
         rc, out = await pub(gateway, version, "-t", "t", "-m", "x", "-u", "dock", "-P", "s3cret")
         assert rc == 0, out
-    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="bad_credentials") == 4
+    assert gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="bad_credentials") == 4
 
 
 # Bad input over raw sockets
@@ -329,24 +328,6 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-def log_events(gateway: GatewayProcess, event: str, client: str) -> list[dict[str, Any]]:
-    found = []
-    for line in gateway.log_text().splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if entry.get("event") == event and entry.get("client") == client:
-                found.append(entry)
-    return found
-
-
-def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{name}{{{wanted}}} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def _publish_body(properties: bytes) -> bytes:
     return c._fixed(c.PUBLISH, 0, b"\x00\x03bad" + properties + b"payload")
 
@@ -383,7 +364,7 @@ async def test_bad_input_is_refused_with_its_reason_logged_once_and_counted_and_
     gateway: GatewayProcess, request: pytest.FixtureRequest, data: bytes, reason: int, label: str
 ) -> None:
     client_id = f"bad-{request.node.callspec.id}"
-    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason=label)
+    before = gateway.metric("skyrelay_mqtt_broker_rejected_total", reason=label)
     async with subscriber(gateway, V311, "-t", "still/#") as bystander:
         bad = await RawClient.connect(gateway, client_id)
         await bad.send_raw(data)
@@ -395,8 +376,8 @@ async def test_bad_input_is_refused_with_its_reason_logged_once_and_counted_and_
         assert rc == 0, out
         (message,) = await bystander.count(1)
         assert message["payload"] == client_id
-    assert len(log_events(gateway, "mqtt_client_rejected", client_id)) == 1
-    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason=label) == before + 1
+    assert len(gateway.log_events("mqtt_client_rejected", client=client_id)) == 1
+    assert gateway.metric("skyrelay_mqtt_broker_rejected_total", reason=label) == before + 1
 
 
 @pytest.mark.parametrize("version", [c.MQTT5, c.MQTT311])
@@ -404,7 +385,7 @@ async def test_the_same_client_id_twice_the_older_is_taken_over(
     gateway: GatewayProcess, version: int
 ) -> None:
     client_id = f"twice-{version}"
-    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="session_taken_over")
+    before = gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="session_taken_over")
     older = await RawClient.connect(gateway, client_id, version=version)
     newer = await RawClient.connect(gateway, client_id, version=version)
     if version == c.MQTT5:
@@ -417,8 +398,8 @@ async def test_the_same_client_id_twice_the_older_is_taken_over(
     await newer.send(c.Disconnect())
     await newer.close()
     await older.close()
-    assert len(log_events(gateway, "mqtt_session_taken_over", client_id)) == 1
-    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="session_taken_over") == before + 1
+    assert len(gateway.log_events("mqtt_session_taken_over", client=client_id)) == 1
+    assert gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="session_taken_over") == before + 1
 
 
 def test_the_demo_dock_logs_in_to_the_embedded_broker(tmp_path: Path) -> None:
@@ -481,7 +462,7 @@ async def test_a_connect_with_protocol_level_99_is_refused_then_closed_as_mosqui
     """A level the broker does not know says nothing of the client's version: the 3.1.1 CONNACK
     with return code 1 (unacceptable protocol version; 0x84 in MQTT 5 terms), then close.
     Mosquitto answers the same bytes with the same bytes."""
-    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol")
+    before = gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol")
     async with subscriber(gateway, V311, "-t", "still/#") as bystander:
         answer, closed = await _answer_to_raw_connect(gateway.mqtt_broker_port, LEVEL_99)
         assert (answer, closed) == (c.encode(c.ConnAck(False, c.V3_BAD_PROTOCOL), c.MQTT311), True)
@@ -491,7 +472,7 @@ async def test_a_connect_with_protocol_level_99_is_refused_then_closed_as_mosqui
         assert rc == 0, out
         (message,) = await bystander.count(1)
         assert message["payload"] == "after level 99"
-    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol") == before + 1
+    assert gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="unsupported_protocol") == before + 1
 
 
 @pytest.mark.parametrize("version", [c.MQTT5, c.MQTT311])
@@ -502,7 +483,7 @@ async def test_a_publish_topic_with_u0000_is_malformed_and_the_client_is_closed(
     v5 client gets DISCONNECT 0x81 (not 0x90, which is for a well-formed name the server does
     not accept); 3.1.1 [MQTT-1.5.3-2]: the connection is closed."""
     client_id = f"nul-topic-{version}"
-    before = metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="malformed")
+    before = gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="malformed")
     properties = b"\x00" if version == c.MQTT5 else b""
     publish = c._fixed(c.PUBLISH, 0, b"\x00\x03a\x00b" + properties + b"payload")
     async with subscriber(gateway, V311, "-t", "#") as bystander:
@@ -516,5 +497,5 @@ async def test_a_publish_topic_with_u0000_is_malformed_and_the_client_is_closed(
         assert rc == 0, out
         (message,) = await bystander.count(1)  # the bad PUBLISH went nowhere
         assert (message["topic"], message["payload"]) == ("still/here", client_id)
-    assert len(log_events(gateway, "mqtt_client_rejected", client_id)) == 1
-    assert metric(gateway, "skyrelay_mqtt_broker_rejected_total", reason="malformed") == before + 1
+    assert len(gateway.log_events("mqtt_client_rejected", client=client_id)) == 1
+    assert gateway.metric("skyrelay_mqtt_broker_rejected_total", reason="malformed") == before + 1

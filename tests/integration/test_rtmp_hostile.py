@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -114,16 +113,6 @@ class CraftedPush:
             await self.writer.wait_closed()
 
 
-def log_events(gateway: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    events = []
-    for line in gateway.log_text().splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                events.append(entry)
-    return events
-
-
 async def play_frames(gateway: GatewayProcess, name: str, frames: int) -> None:
     client = await WcsClient.connect(gateway.ws_url)
     try:
@@ -152,7 +141,7 @@ async def test_metadata_with_nan_or_infinite_numbers_is_ignored_and_the_push_pla
     finally:
         await push.close()
     text = gateway.log_text()
-    assert "Traceback" not in text and not log_events(gateway, "rtmp_connection_failed")
+    assert "Traceback" not in text and not gateway.log_events("rtmp_connection_failed")
     await witness.assert_streaming(gateway)
 
 
@@ -177,7 +166,7 @@ async def test_connections_that_never_publish_are_closed_and_give_back_their_fds
     gateway: GatewayProcess, witness: Witness, behaviour: Any
 ) -> None:
     baseline = gateway.health()["fds"]
-    timed_out = len(log_events(gateway, "rtmp_connection_timed_out"))
+    timed_out = len(gateway.log_events("rtmp_connection_timed_out"))
     closed = 0
 
     async def one() -> None:
@@ -198,14 +187,14 @@ async def test_connections_that_never_publish_are_closed_and_give_back_their_fds
     async with asyncio.timeout(30):  # the gateway's side of each socket is gone too
         while gateway.health()["fds"] > baseline + 5:
             await asyncio.sleep(0.2)
-    reasons = {e["reason"] for e in log_events(gateway, "rtmp_connection_timed_out")[timed_out:]}
+    reasons = {e["reason"] for e in gateway.log_events("rtmp_connection_timed_out")[timed_out:]}
     expected = {
         "idle": {"no RTMP handshake in time"},
         "c0c1_only": {"no RTMP handshake in time"},
         "connect_only": {"no publish in time"},
     }[behaviour.__name__]
     assert reasons == expected
-    assert len(log_events(gateway, "rtmp_connection_timed_out")) - timed_out == CONNECTIONS
+    assert len(gateway.log_events("rtmp_connection_timed_out")) - timed_out == CONNECTIONS
     await witness.assert_streaming(gateway)
 
 

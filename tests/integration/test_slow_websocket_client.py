@@ -9,7 +9,6 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -39,16 +38,6 @@ async def witness(gateway: GatewayProcess, clip_units: AccessUnits) -> AsyncIter
     await started.stop()
 
 
-def log_events(gateway: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    events = []
-    for line in gateway.log_text().splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                events.append(entry)
-    return events
-
-
 async def flooding_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket connection with a tiny receive buffer, upgraded, that will read no more."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -69,12 +58,12 @@ async def flooding_client(port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
 async def test_a_client_that_floods_and_never_reads_is_logged_once_and_closed_once(
     gateway: GatewayProcess, witness: Witness
 ) -> None:
-    connected = len(log_events(gateway, "client_connected"))
+    connected = len(gateway.log_events("client_connected"))
     _, writer = await flooding_client(gateway.ws_port)
     async with asyncio.timeout(10):
-        while len(log_events(gateway, "client_connected")) == connected:
+        while len(gateway.log_events("client_connected")) == connected:
             await asyncio.sleep(0.05)
-    session = log_events(gateway, "client_connected")[-1]["session"]
+    session = gateway.log_events("client_connected")[-1]["session"]
     frame = masked_text_frame(FRAME)
     sent = 0
 
@@ -90,11 +79,11 @@ async def test_a_client_that_floods_and_never_reads_is_logged_once_and_closed_on
     close_tasks = []
     try:
         async with asyncio.timeout(120):
-            while not log_events(gateway, "client_too_slow"):
+            while not gateway.log_events("client_too_slow"):
                 await asyncio.sleep(0.1)
             # While the gateway closes it (its close handshake waits for a client that does
             # not read, then gives up), there is one close task for it, not one per frame.
-            while not [e for e in log_events(gateway, "client_disconnected") if e["session"] == session]:
+            while not [e for e in gateway.log_events("client_disconnected") if e["session"] == session]:
                 try:
                     health = gateway.health()
                 except OSError:
@@ -106,7 +95,7 @@ async def test_a_client_that_floods_and_never_reads_is_logged_once_and_closed_on
         await asyncio.gather(flooder, return_exceptions=True)
         writer.close()
     assert sent > 1000  # it did flood
-    slow = log_events(gateway, "client_too_slow")
+    slow = gateway.log_events("client_too_slow")
     assert len(slow) == 1 and slow[0]["session"] == session
     assert close_tasks and max(close_tasks) <= 1
     assert gateway.proc is not None and gateway.proc.poll() is None

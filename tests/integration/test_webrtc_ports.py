@@ -127,22 +127,9 @@ def ice_credentials(sdp: str) -> tuple[str, str]:
     return ufrag.group(1), pwd.group(1)
 
 
-async def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
-    """One sample of /metrics (0 when absent)."""
-    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    wanted = f"{name}{{{text}}}" if text else name
-    async with aiohttp.ClientSession() as session, session.get(f"{gateway.http_url}/metrics") as reply:
-        body = await reply.text()
-    for line in body.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == wanted:
-            return float(value)
-    return 0.0
-
-
 async def until_metric(gateway: GatewayProcess, at_least: float, name: str, **labels: str) -> None:
     async with asyncio.timeout(20):
-        while await metric(gateway, name, **labels) < at_least:
+        while gateway.metric(name, **labels) < at_least:
             await asyncio.sleep(0.1)
 
 
@@ -210,7 +197,7 @@ async def test_bad_tcp_clients_are_closed_and_counted(
     crowd = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1000)]
     await until_metric(gateway, 1000, "skyrelay_webrtc_tcp_connections", state="pending")
     await until_metric(gateway, 1002, closed, reason="ice_timeout")
-    assert await metric(gateway, "skyrelay_webrtc_tcp_connections", state="pending") == 0
+    assert gateway.metric("skyrelay_webrtc_tcp_connections", state="pending") == 0
     for _reader, writer in crowd:
         writer.close()
     await witness.assert_streaming()
