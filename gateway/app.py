@@ -106,7 +106,13 @@ class Gateway:
         RTMP, RTSP (server and pulls)."""
         config, access = self.config, self.access
         authorize_play = None if isinstance(access, OpenAccess) else query_authorizer(access, Action.PLAY)
-        self.ice_mux = IceMux(config.host, config.webrtc_udp_port, config.webrtc_tcp_port, config.ice_timeout)
+        self.ice_mux = IceMux(
+            config.host,
+            config.webrtc_udp_port,
+            config.webrtc_tcp_port,
+            config.ice_timeout,
+            connection_limits=self.connection_limits,
+        )
         settings = RtcSettings(
             ice_mux=self.ice_mux if self.ice_mux.enabled else None,
             stun_servers=config.stun_servers,

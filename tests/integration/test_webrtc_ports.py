@@ -13,6 +13,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import aioice.ice
 import pytest
 from aioice import stun
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -163,7 +164,8 @@ async def test_bad_tcp_clients_are_closed_and_counted(
     make_gateway: Callable[[dict[str, str]], GatewayProcess], video_track: TrackFactory
 ) -> None:
     raise_fd_limit(4096)
-    gateway = make_gateway({"SKYRELAY_ICE_TIMEOUT": "3"})
+    # A thousand connections from one address are what this test sends on purpose.
+    gateway = make_gateway({"SKYRELAY_ICE_TIMEOUT": "3", "SKYRELAY_MAX_CONNECTIONS_PER_IP": "2000"})
     witness = await Witness.start(gateway.ws_url, video_track(), gateway, "tcp-witness")
     ufrag, _ = ice_credentials(witness.player.pc.remoteDescription.sdp)
     port = gateway.webrtc_port
@@ -317,7 +319,11 @@ def ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
-async def test_ipv6_publish_over_udp_and_play_over_tcp(video_track: TrackFactory) -> None:
+async def test_ipv6_publish_over_udp_and_play_over_tcp(
+    video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ICE addresses are process-wide (aioice's): this test's ::1 must not outlive it.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
     gateway = Gateway(local_config(host="::1", ice_addresses=("::1",)))
     await gateway.start()
     client = await WcsClient.connect(f"ws://[::1]:{gateway.config.ws_port}")
@@ -339,3 +345,24 @@ async def test_ipv6_publish_over_udp_and_play_over_tcp(video_track: TrackFactory
     finally:
         await client.close()
         await gateway.stop()
+
+
+async def test_ice_tcp_connections_from_one_address_are_limited(
+    make_gateway: Callable[[dict[str, str]], GatewayProcess], video_track: TrackFactory
+) -> None:
+    gateway = make_gateway({"SKYRELAY_MAX_CONNECTIONS_PER_IP": "5"})
+    witness = await Witness.start(gateway.ws_url, video_track(), gateway, "limit-witness")
+    held = [await asyncio.open_connection("127.0.0.1", gateway.webrtc_port) for _ in range(5)]
+    await until_metric(gateway, 5, "skyrelay_webrtc_tcp_connections", state="pending")
+    over = [await asyncio.open_connection("127.0.0.1", gateway.webrtc_port) for _ in range(3)]
+    await until_metric(gateway, 3, "skyrelay_connections_refused_total", port_kind="webrtc_tcp")
+    for reader, _writer in over:  # refused at once: closed by the gateway
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionError):
+                assert await reader.read() == b""
+    assert gateway.metric("skyrelay_webrtc_tcp_connections", state="pending") == 5
+    assert len(gateway.log_events("connections_refused", port_kind="webrtc_tcp")) == 1
+    for _reader, writer in held + over:
+        writer.close()
+    await witness.assert_streaming()
+    await witness.stop()

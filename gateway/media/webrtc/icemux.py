@@ -42,6 +42,7 @@ from aiortc import RTCPeerConnection
 from gateway.log import get_logger
 from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.demux import Demux, Drop, FrameError, FrameReader, frame
+from gateway.net_limits import ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -407,8 +408,16 @@ class IceMux:
     """The shared WebRTC ports: ``udp_port`` (0: each peer connection opens its own
     sockets, as aioice does) and ``tcp_port`` for ICE-TCP (0: none)."""
 
-    def __init__(self, host: str, udp_port: int, tcp_port: int, ice_timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        udp_port: int,
+        tcp_port: int,
+        ice_timeout: float,
+        connection_limits: ConnectionLimits | None = None,
+    ) -> None:
         self.host = host
+        self.connection_limits = connection_limits  # per remote address, as on every TCP port
         self.udp_port = udp_port
         self.tcp_port = tcp_port
         self.ice_timeout = ice_timeout
@@ -471,7 +480,7 @@ class IceMux:
                 for address in addresses:
                     try:
                         server = await loop.create_server(
-                            lambda: _TcpLink(self), address, self.tcp_port, reuse_address=True
+                            self._link_factory(), address, self.tcp_port, reuse_address=True
                         )
                     except OSError as exc:
                         if _family(address) == socket.AF_INET6 and len(addresses) > 1 and _no_ipv6(exc):
@@ -506,6 +515,12 @@ class IceMux:
             if port.transport is not None:
                 port.transport.close()
         self.udp_ports.clear()
+
+    def _link_factory(self) -> Callable[[], asyncio.Protocol]:
+        """ICE-TCP connections, behind the per-address limit of every TCP port if one is set."""
+        factory: Callable[[], asyncio.Protocol] = lambda: _TcpLink(self)  # noqa: E731
+        limits = self.connection_limits
+        return factory if limits is None else limits.guard_factory("webrtc_tcp", factory)
 
     def adopt(self, pc: RTCPeerConnection, tcp_only: bool = False) -> None:
         """Put ``pc``'s ICE on the shared ports; call between setRemoteDescription and
