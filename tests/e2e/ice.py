@@ -3,29 +3,20 @@ RTCPeerConnections did (read through rtc_recorder.js, which the harness must inj
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from playwright.async_api import Page
 
+from tests.conftest import free_port
+
 from .harness import Harness
 
 
 def free_tcp_udp_port() -> int:
     """A loopback port free for both TCP and UDP (the WebRTC UDP and TCP ports may be one number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
+    return free_port()
 
 
 def webrtc_env(udp_port: int, tcp_port: int, ice_timeout: float) -> dict[str, str]:
