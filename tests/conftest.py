@@ -24,37 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _ephemeral_start() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            return int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-# Ports for test servers come from just below the kernel's ephemeral range, each handed out
-# once per run: a port the kernel picked (bind to 0) could be taken by some client socket's
-# ephemeral port before the server binds it, and once was (RTMP, "address already in use").
-_EPHEMERAL = _ephemeral_start()
-_PORTS = iter(range(max(1024, _EPHEMERAL - 12000) + (os.getpid() * 7919) % 6000, _EPHEMERAL))
-
-
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP now (the WebRTC ports share one number),
-    outside the ephemeral range, never handed out before in this run."""
-    for port in _PORTS:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind(("127.0.0.1", port))
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port left below the ephemeral range")
 
 
 def dominant_frequency(samples: Any, rate: int) -> float:
