@@ -9,6 +9,7 @@ from typing import Protocol
 
 from gateway.log import get_logger
 from gateway.media.stream import Stream
+from gateway.telemetry.hub import TelemetryHub
 
 log = get_logger(__name__)
 
@@ -74,6 +75,8 @@ class StreamRegistry:
         self._keyframe_interval = keyframe_interval
         self._on_demand: list[OnDemandSource] = []
         self._waiting: dict[str, list[asyncio.Future[Stream]]] = {}
+        # Telemetry meets its streams' viewers here too, by stream name.
+        self.telemetry = TelemetryHub(self.find)
 
     # --- on-demand sources ----------------------------------------------------------------
 

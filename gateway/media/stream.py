@@ -244,6 +244,7 @@ class Stream:
         self.keyframe: MediaFrame | None = None
         self._gop: list[MediaFrame] = []  # the last keyframe and the video since, while short
         self.last_video_pts = 0
+        self._video_time_base: Fraction | None = None  # None: no video yet
         # A source that takes over a live stream (a push that reconnected) continues its
         # timestamps: per kind, the offset from the new source's clock to the stream's.
         self._resuming = False
@@ -303,6 +304,7 @@ class Stream:
         if frame.kind == "video":
             self.inbound.add(len(frame.data))
             self.last_video_pts = frame.pts
+            self._video_time_base = frame.time_base
             if frame.keyframe:
                 self.keyframe, self._gop = frame, [frame]
             elif 0 < len(self._gop) < GOP_CACHE_FRAMES:
@@ -330,6 +332,16 @@ class Stream:
             "keyframe_requests": self.keyframe_requests,
             "viewers": len(self.subscriptions),
         }
+
+    def media_clock(self) -> int | None:
+        """The stream's latest video timestamp in 90 kHz units (the clock of H.264 and VP8
+        over RTP), or None before any video: what telemetry is stamped with."""
+        time_base = self._video_time_base
+        if time_base is None:
+            return None
+        if time_base.denominator == 90_000 and time_base.numerator == 1:
+            return self.last_video_pts
+        return round(self.last_video_pts * time_base * 90_000)
 
     def set_dimensions(self, width: int, height: int) -> None:
         if (width, height) == (self.width, self.height):
