@@ -20,6 +20,7 @@ from gateway.http.hls import hls_routes
 from gateway.http.recordings import recording_routes
 from gateway.http.rest_api import WcsRestApi
 from gateway.http.server import HttpServer
+from gateway.http.telemetry import TelemetryHttp
 from gateway.http.thumbnails import thumbnail_routes
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
@@ -139,6 +140,7 @@ class Gateway:
             snapshot=self.thumbnails.png,
             republish=self.republishes.startup,
             connection_limits=self.connection_limits,
+            telemetry_rate=config.telemetry_rate,
         )
         self.rtmp = (
             RtmpIngestServer(
@@ -169,7 +171,7 @@ class Gateway:
         )
         self.whip = WhipIngest(self.registry, self.ingest_keys, settings, access)
         self.rtsp_pulls = RtspPulls(self.registry)
-        self.whep = WhepEgress(self.registry, settings)
+        self.whep = WhepEgress(self.registry, settings, config.telemetry_rate)
 
     def _build_dji(self) -> None:
         """The embedded MQTT broker, the DJI bridge and the SD view, on the MQTT link."""
@@ -228,8 +230,15 @@ class Gateway:
             self.thumbnails,
             republishes=self.republishes,
         )
+        self.telemetry_http = TelemetryHttp(self.registry, config.telemetry_rate, self.access)
         outputs = metrics.Outputs(
-            self.thumbnails, self.hls, self.recorders, self.sdview, self.broker, self.connection_limits
+            self.thumbnails,
+            self.hls,
+            self.recorders,
+            self.sdview,
+            self.broker,
+            self.connection_limits,
+            self.telemetry_http,
         )
         self.http = HttpServer(
             host=config.host,
@@ -246,6 +255,7 @@ class Gateway:
             connection_limits=self.connection_limits,
             routes=[
                 *thumbnail_routes(self.thumbnails),
+                *self.telemetry_http.routes(),
                 *rest_api.routes(),
                 *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
@@ -265,6 +275,7 @@ class Gateway:
             ("WebRTC ports", self.ice_mux.start, self.ice_mux.stop),
             ("WebSocket API", self.wcs.start, self.wcs.stop),
             ("HTTP server", self.http.start, self.http.stop),
+            ("telemetry streams", None, self.telemetry_http.stop),
             ("RTSP pulls", None, self.rtsp_pulls.stop),
             ("WHEP", None, self.whep.stop),
             ("recorders", self.recorders.start_retention, self.recorders.stop_all),

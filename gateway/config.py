@@ -119,6 +119,9 @@ class Config:
     remux_queue_frames: int = 300  # HLS's and the recorder's: they may fall behind further
     keyframe_request_interval: float = 1.0
     fast_fanout: bool = True
+    # The most telemetry messages a player (WebSocket or data channel) or an SSE client gets
+    # per second per stream; the newest sample wins. A player may ask for fewer.
+    telemetry_rate: float = 10.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
@@ -306,6 +309,9 @@ def validate(config: Config) -> None:
     ):
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
+    if not math.isfinite(config.telemetry_rate) or not 0 < config.telemetry_rate <= 1000:
+        rate = config.telemetry_rate
+        raise ConfigError(f"setting 'telemetry_rate': messages per second above 0, at most 1000, not {rate}")
     if not 16 <= config.sd_view_width <= 3840:
         raise ConfigError("setting 'sd_view_width': from 16 to 3840 pixels")
     if (config.tls_cert is None) != (config.tls_key is None):

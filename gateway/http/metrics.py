@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.broker.server import Broker
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.devices import TOO_MANY_DEVICES, TOO_MANY_GATEWAYS
+from gateway.http.telemetry import TelemetryHttp
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
 from gateway.media.sinks.hls import HlsService
@@ -22,6 +23,7 @@ from gateway.media.thumbnails import Thumbnails
 from gateway.media.webrtc.icemux import IceMux
 from gateway.net_limits import ConnectionLimits
 from gateway.sdview.service import SdViewService
+from gateway.telemetry.hub import TelemetryHub
 from gateway.wcs.server import WcsServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,6 +63,7 @@ class Outputs:
     sdview: SdViewService | None = None
     broker: Broker | None = None  # the embedded MQTT broker
     connections: ConnectionLimits | None = None  # the per-address limit of the TCP ports
+    telemetry: TelemetryHttp | None = None
 
 
 def render(
@@ -78,6 +81,7 @@ def render(
         *(_dji(dji) if dji is not None else []),
         *(_rtsp(rtsp) if rtsp is not None else []),
         *_outputs(outputs or Outputs()),
+        *_telemetry(registry.telemetry, (outputs or Outputs()).telemetry),
     ]
     return "\n".join(line for family in families for line in family.lines()) + "\n"
 
@@ -156,6 +160,37 @@ def _dji(dji: DjiBridge) -> list[Family]:
     for phase, number in sorted(phases.items()):
         live.add(number, phase=phase)
     return [link, gateways, commands, messages, replies, live]
+
+
+# A device's latest telemetry as gauges: the sample's gauges() key -> (metric, help).
+DEVICE_GAUGES = {
+    "battery_percent": ("skyrelay_device_battery_percent", "Battery of a device, percent (latest osd)."),
+    "height_m": ("skyrelay_device_height_meters", "Height of an aircraft, metres (latest osd)."),
+    "link_quality": ("skyrelay_device_link_quality", "Radio link quality of a device, 0-5 (latest osd)."),
+}
+
+
+def _telemetry(hub: TelemetryHub, sse: TelemetryHttp | None) -> list[Family]:
+    samples = Family("skyrelay_telemetry_samples_total", "counter", "Telemetry samples from devices.")
+    samples.add(hub.samples)
+    delivered = Family(
+        "skyrelay_telemetry_deliveries_total", "counter", "Telemetry messages to receivers (pre rate limit)."
+    )
+    delivered.add(hub.delivered)
+    receivers = Family("skyrelay_telemetry_receivers", "gauge", "Receivers of telemetry.")
+    receivers.add(hub.subscribers())
+    families = [samples, delivered, receivers]
+    if sse is not None:
+        clients = Family("skyrelay_telemetry_sse_clients", "gauge", "Open telemetry SSE streams.")
+        clients.add(sse.clients)
+        families.append(clients)
+    gauges = {key: Family(name, "gauge", text) for key, (name, text) in DEVICE_GAUGES.items()}
+    for sn, sample in sorted(hub.devices().items()):
+        for key, value in sample.gauges().items():
+            family = gauges.get(key)
+            if family is not None:
+                family.add(value, sn=sn)
+    return families + list(gauges.values())
 
 
 def _rtsp(rtsp: RtspPulls) -> list[Family]:

@@ -94,7 +94,8 @@ class TelemetryHub:
         self._find_stream = find_stream
         self._clock = clock
         self._subscribers: dict[str, dict[TelemetrySubscription, None]] = {}
-        self._latest: dict[str, TelemetrySample] = {}
+        self._latest: dict[str, TelemetrySample] = {}  # by device
+        self._latest_by_stream: dict[str, TelemetrySample] = {}
         self.samples = 0  # published
         self.messages = 0  # stream messages made (a sample times the streams with subscribers)
         self.delivered = 0  # handed to subscribers
@@ -110,6 +111,7 @@ class TelemetryHub:
         body: str | None = None
         now = self._clock()
         for name in streams:
+            self._latest_by_stream[name] = sample
             subscribers = self._subscribers.get(name)
             if not subscribers:
                 continue
@@ -130,9 +132,12 @@ class TelemetryHub:
                         self._failure_logged.add(name)
                         log.exception("telemetry_delivery_failed", stream=name, error=repr(exc)[:200])
 
-    def forget(self, sn: str) -> None:
-        """The device is gone: drop its latest sample (and its gauges)."""
+    def forget(self, sn: str, streams: Iterable[str] = ()) -> None:
+        """The device is gone: drop its latest sample (and its gauges), also as the latest
+        of its ``streams``."""
         self._latest.pop(sn, None)
+        for name in streams:
+            self._latest_by_stream.pop(name, None)
 
     # --- sinks -----------------------------------------------------------------------------
 
@@ -142,7 +147,20 @@ class TelemetryHub:
         return subscription
 
     def latest(self, sn: str) -> TelemetrySample | None:
+        """The latest sample of device ``sn``."""
         return self._latest.get(sn)
+
+    def current(self, stream: str) -> TelemetryMessage | None:
+        """The latest sample of ``stream`` as a message stamped now, for a receiver that
+        joins (a page reloaded wants the gimbal and zoom state at once, not at the next
+        sample, which a dock on the ground sends every two seconds)."""
+        sample = self._latest_by_stream.get(stream)
+        if sample is None:
+            return None
+        found = self._find_stream(stream)
+        pts = found.media_clock() if found is not None else None
+        body = orjson.dumps(sample.to_json()).decode()
+        return TelemetryMessage.make(stream, sample, body, pts, self._clock())
 
     def devices(self) -> dict[str, TelemetrySample]:
         return dict(self._latest)

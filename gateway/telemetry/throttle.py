@@ -31,7 +31,9 @@ class Throttle(Generic[T]):
 
     def offer(self, message: T, now: float) -> T | None:
         """``message`` arrived: the message to send now, or None (it waits)."""
-        if self._held is None and now - self._last_sent >= self.interval:
+        # Compared as `next_due` computes it: `now - last >= interval` can be false at
+        # now == last + interval, by rounding.
+        if self._held is None and now >= self._last_sent + self.interval:
             self._last_sent = now
             return message
         if self._held is not None:
@@ -42,7 +44,7 @@ class Throttle(Generic[T]):
     def due(self, now: float) -> T | None:
         """The waiting message if its time has come (it is then sent), else None."""
         held = self._held
-        if held is None or now - self._last_sent < self.interval:
+        if held is None or now < self._last_sent + self.interval:
             return None
         self._held = None
         self._last_sent = now

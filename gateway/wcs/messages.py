@@ -94,6 +94,10 @@ class PlayStream:
     has_video: bool = True
     fields: dict[str, Any] = field(default_factory=dict)
     transport: str = "UDP"
+    # custom.telemetry: false opts out of the stream's telemetry; custom.telemetryRate asks
+    # for fewer messages per second than the server's rate (never more).
+    telemetry: bool = True
+    telemetry_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +269,41 @@ def _parse_media(name: str, first: Any) -> PublishStream | PlayStream:
     if name == "publishStream":
         record = _flag(name, obj, "record", False, msid)
         return PublishStream(msid, stream_name, sdp, has_audio, has_video, record, dict(obj), transport)
-    return PlayStream(msid, stream_name, sdp, has_audio, has_video, dict(obj), transport)
+    telemetry, telemetry_rate = _telemetry_options(name, obj, msid)
+    return PlayStream(
+        msid, stream_name, sdp, has_audio, has_video, dict(obj), transport, telemetry, telemetry_rate
+    )
+
+
+MAX_TELEMETRY_RATE = 1000.0
+
+
+def _telemetry_options(api: str, obj: dict[str, Any], msid: str) -> tuple[bool, float | None]:
+    """A player's telemetry options, in its ``custom`` object (the WebSDK's
+    ``createStream({custom})``): ``telemetry`` (true/false) and ``telemetryRate`` (messages per
+    second, a positive number)."""
+    custom = obj.get("custom")
+    if not isinstance(custom, dict):
+        return True, None  # absent, or a WebSDK custom value of another shape: defaults
+    enabled = custom.get("telemetry", True)
+    if enabled is None:
+        enabled = True
+    if not isinstance(enabled, bool):
+        raise ProtocolError(
+            f"'{api}': 'custom.telemetry' must be true or false", api_method=api, media_session_id=msid
+        )
+    rate = custom.get("telemetryRate")
+    if rate is not None and (
+        isinstance(rate, bool)
+        or not isinstance(rate, int | float)
+        or not 0 < rate <= MAX_TELEMETRY_RATE  # NaN fails this too
+    ):
+        raise ProtocolError(
+            f"'{api}': 'custom.telemetryRate' must be a number of messages per second above 0",
+            api_method=api,
+            media_session_id=msid,
+        )
+    return enabled, None if rate is None else float(rate)
 
 
 def _parse_stop(name: str, first: Any) -> UnpublishStream | StopStream:
@@ -433,6 +471,13 @@ def stream_event(media_session_id: str, event_type: str, payload: Any) -> str:
     return encode(
         "notifyStreamEvent", {"mediaSessionId": media_session_id, "type": event_type, "payload": payload}
     )
+
+
+def stream_event_json(media_session_id: str, event_type: str, payload_json: str) -> str:
+    """`stream_event` with a payload already encoded (telemetry: the JSON is made once per
+    sample, and only the receiver's stamp differs)."""
+    head = orjson.dumps({"mediaSessionId": media_session_id, "type": event_type}).decode()
+    return '{"message":"notifyStreamEvent","data":[' + head[:-1] + ',"payload":' + payload_json + "}]}"
 
 
 def audio_codec(media_session_id: str, codec: str) -> str:

@@ -84,7 +84,10 @@ class WcsServer:
         snapshot: Callable[[str], Awaitable[bytes]] | None = None,
         republish: Callable[[str, str], Awaitable[object]] | None = None,
         connection_limits: ConnectionLimits | None = None,
+        telemetry_rate: float = 10.0,
     ) -> None:
+        # The most telemetry messages a player gets per second (it may ask for fewer).
+        self.telemetry_rate = telemetry_rate
         # Pushes a live stream to an RTMP server (publishStream with `rtmpUrl`); it stops by
         # itself when the stream ends.
         self.republish = republish
@@ -478,9 +481,18 @@ class Connection:
         viewer = WebRtcViewer(stream, self.server.settings, PlayerEvents(self, msid, stream))
         self.media[msid] = viewer
         self.log.info("play_requested", stream=request.name, media_session=msid)
+        if request.telemetry:
+            rate = min(self.server.telemetry_rate, request.telemetry_rate or self.server.telemetry_rate)
+            viewer.start_telemetry(
+                self.server.registry.telemetry,
+                rate,
+                send_text=lambda payload: self.dispatch(self.session.telemetry(msid, payload)),
+            )
         audio = stream.audio_codec.name if stream.audio_codec and request.has_audio else None
         tcp_only = request.transport == "TCP"
-        answer = functools.partial(self._answer, msid, viewer, request.sdp, audio, tcp_only=tcp_only)
+        answer = functools.partial(
+            self._answer, msid, viewer, request.sdp, audio, tcp_only=tcp_only, data_channel=request.telemetry
+        )
         self._spawn(self._media_task(msid, answer))
 
     async def _answer(
@@ -490,9 +502,13 @@ class Connection:
         sdp: str,
         audio_codec: str | None = None,
         tcp_only: bool = False,
+        data_channel: bool = False,
     ) -> None:
         try:
-            answer = await media.accept(sdp, tcp_only=tcp_only)
+            if isinstance(media, WebRtcViewer):
+                answer = await media.accept(sdp, tcp_only=tcp_only, data_channel=data_channel)
+            else:
+                answer = await media.accept(sdp, tcp_only=tcp_only)
         except OfferError as exc:
             self.dispatch(self.session.media_failed(msid, str(exc)))
             return

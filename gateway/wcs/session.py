@@ -378,6 +378,14 @@ class Session:
             return []
         return [Send(m.stream_event(media_session_id, event_type, payload))]
 
+    def telemetry(self, media_session_id: str, payload_json: str) -> list[Output]:
+        """A telemetry sample for a player, as ``notifyStreamEvent`` type ``telemetry``: only
+        once it is PLAYING (before, its video has no timeline the stamp could refer to)."""
+        media = self.media.get(media_session_id)
+        if media is None or media.published or not media.started:
+            return []
+        return [Send(m.stream_event_json(media_session_id, "telemetry", payload_json))]
+
     def snapshot_taken(self, media_session_id: str, png_base64: str) -> list[Output]:
         return self.stream_event(media_session_id, "snapshotCompleted", {"snapshot": png_base64})
 

@@ -3,15 +3,20 @@
 Each viewer gets aiortc senders fed with the Stream's encoded frames (``encoder.pack``, no
 encoding) from its own bounded queues. Its PLI/FIR become (rate-limited) keyframe requests
 to the Stream's source; its NACKs are answered by aiortc from the sender's history.
+
+A player whose offer has an ``m=application`` section also gets a data channel labelled
+``telemetry`` (ordered, no retransmissions: a late sample is worth nothing), which carries
+the stream's telemetry stamped with the RTP timestamps of this viewer's own video.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import av
-from aiortc import MediaStreamTrack, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import (
@@ -27,7 +32,13 @@ from gateway.media.stream import FrameQueue, MediaKind, Stream, StreamListener, 
 from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.fanout import DirectRtpWriter
 from gateway.media.webrtc.peer import Peer, RtcSettings
-from gateway.media.webrtc.sdp import capabilities, check_play_offer, parse_offer
+from gateway.media.webrtc.sdp import capabilities, check_play_offer, data_channel_offered, parse_offer
+from gateway.telemetry.delivery import RateLimitedTelemetry
+from gateway.telemetry.hub import TelemetryHub, TelemetryMessage
+
+TELEMETRY_LABEL = "telemetry"
+# A data channel with this much queued is not keeping up: telemetry for it is skipped.
+MAX_DATA_CHANNEL_BUFFERED = 256 * 1024
 
 
 class ViewerListener(StreamListener, Protocol):
@@ -43,12 +54,14 @@ class RelayTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._frames = frames
+        self.last_pts: int | None = None  # of the last frame handed to the sender
 
     async def recv(self) -> av.Packet:
         frame = await self._frames.get()
         if frame is None:
             self.stop()
             raise MediaStreamError
+        self.last_pts = frame.pts
         return frame.packet()
 
 
@@ -79,12 +92,18 @@ class WebRtcViewer:
         self.peer = Peer(settings, on_connected=listener.on_started, on_failed=listener.on_failed)
         self.subscription: Subscription | None = None
         self._video_sender: RTCRtpSender | None = None
+        self._video_track: RelayTrack | None = None  # the stock path's
         self.writers: dict[MediaKind, DirectRtpWriter] = {}
         self.nack_received = 0
         self.pli_received = 0
+        self.data_channel: RTCDataChannel | None = None
+        self.telemetry: RateLimitedTelemetry | None = None
+        self._send_telemetry_text: Callable[[str], None] | None = None
+        self.telemetry_skipped = 0  # not sent: the data channel was not open or was backed up
 
-    async def accept(self, offer_sdp: str, tcp_only: bool = False) -> str:
-        """Answer the player's offer. Raises OfferError if it cannot receive the stream."""
+    async def accept(self, offer_sdp: str, tcp_only: bool = False, data_channel: bool = True) -> str:
+        """Answer the player's offer. Raises OfferError if it cannot receive the stream.
+        ``data_channel``: open the telemetry channel if the offer can carry one."""
         stream = self.stream
         offered = parse_offer(offer_sdp)
         check_play_offer(offered, stream.video_codec, stream.audio_codec)
@@ -96,6 +115,8 @@ class WebRtcViewer:
             if codec is None:
                 continue
             track = IdleTrack(kind) if self.settings.fast_fanout else RelayTrack(kind, sub.queue(kind))
+            if kind == "video" and isinstance(track, RelayTrack):
+                self._video_track = track
             transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(capabilities((f"{kind}/{codec.name}",), kind))
             if self.settings.fast_fanout:
@@ -103,7 +124,55 @@ class WebRtcViewer:
             if kind == "video":
                 self._video_sender = transceiver.sender
                 self._hook_feedback(transceiver.sender)
-        return await self.peer.answer(offer_sdp, tcp_only=tcp_only)
+        opens_channel = data_channel and data_channel_offered(offer_sdp)
+        return await self.peer.answer(
+            offer_sdp, tcp_only=tcp_only, before_answer=self._open_data_channel if opens_channel else None
+        )
+
+    def _open_data_channel(self) -> None:
+        self.data_channel = self.peer.pc.createDataChannel(TELEMETRY_LABEL, ordered=True, maxRetransmits=0)
+
+    # --- telemetry -------------------------------------------------------------------------
+
+    def start_telemetry(
+        self, hub: TelemetryHub, rate: float, send_text: Callable[[str], None] | None = None
+    ) -> None:
+        """Deliver the stream's telemetry to this viewer, at most ``rate`` messages per second
+        (newest wins): on its data channel if it has one, and to ``send_text`` (a WCS player's
+        WebSocket). Call after `accept`."""
+        if self.telemetry is None:
+            self._send_telemetry_text = send_text
+            self.telemetry = RateLimitedTelemetry(hub, self.stream.name, rate, self._deliver_telemetry)
+
+    def _deliver_telemetry(self, message: TelemetryMessage) -> None:
+        pts = message.stream_pts
+        payload = message.payload(None if pts is None else self.rtp_timestamp(pts))
+        if self._send_telemetry_text is not None:
+            self._send_telemetry_text(payload)
+        channel = self.data_channel
+        if channel is None:
+            return
+        if channel.readyState != "open" or channel.bufferedAmount > MAX_DATA_CHANNEL_BUFFERED:
+            self.telemetry_skipped += 1
+            return
+        channel.send(payload)
+
+    def rtp_timestamp(self, stream_pts: int) -> int | None:
+        """The RTP timestamp this viewer's video carries for the stream's timestamp
+        ``stream_pts`` (90 kHz), or None before its video is sent. Each viewer's RTP timeline
+        starts at a random origin, so a stamp means something only to its own viewer."""
+        writer = self.writers.get("video")
+        if writer is not None:
+            return (writer.timestamp_origin + stream_pts) & 0xFFFFFFFF
+        track, sender = self._video_track, self._video_sender
+        if track is None or track.last_pts is None or sender is None:
+            return None
+        try:
+            last_rtp = aiortc_compat.sender_counters(sender).rtp_timestamp
+        except AttributeError:
+            return None
+        # The stock sender's origin is not exposed: infer it from the last frame it sent.
+        return (last_rtp - track.last_pts + stream_pts) & 0xFFFFFFFF
 
     def _write_directly_once_started(self, kind: MediaKind, sender: RTCRtpSender, queue: FrameQueue) -> None:
         """When aiortc starts the sender (DTLS up, parameters known), switch its queue to a
@@ -169,6 +238,8 @@ class WebRtcViewer:
         }
 
     async def close(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.close()
         for writer in self.writers.values():
             writer.closed = True
         if self.subscription is not None:

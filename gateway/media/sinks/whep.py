@@ -1,7 +1,8 @@
 """WHEP egress: a player POSTs an SDP offer to ``/whep/{name}`` and receives the stream
 over WebRTC, relayed like a WCS player's (no decoding). A drone camera or an ``rtsp://``
 name starts on demand, as for a WebSocket play. The player DELETEs its session resource
-to stop; a session whose peer fails or whose stream ends is closed by the gateway.
+to stop; a session whose peer fails or whose stream ends is closed by the gateway. An
+offer with a data channel section gets the stream's telemetry on a ``telemetry`` channel.
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ class WhepViewerEvents:
 
 
 class WhepEgress:
-    def __init__(self, registry: StreamRegistry, settings: RtcSettings) -> None:
+    def __init__(self, registry: StreamRegistry, settings: RtcSettings, telemetry_rate: float = 10.0) -> None:
         self.registry = registry
         self.settings = settings
+        self.telemetry_rate = telemetry_rate  # on the data channel, for offers with one
         self.sessions: dict[str, WhepSession] = {}
         self._endings = TaskSet("whep")
 
@@ -74,6 +76,8 @@ class WhepEgress:
         viewer = WebRtcViewer(stream, self.settings, WhepViewerEvents(self, resource))
         session = self.sessions[resource] = WhepSession(resource, name, viewer, viewing)
         answer = await answer_offer(viewer.accept(offer_sdp), lambda reason: self._end(session, reason))
+        if viewer.data_channel is not None:
+            viewer.start_telemetry(self.registry.telemetry, self.telemetry_rate)
         log.info("whep_offer_accepted", stream=name, resource=resource)
         return resource, answer
 

@@ -82,7 +82,7 @@ class DirectRtpWriter:
         self._rtx = rtx
         self._rtx_sequence = random.randint(0, 0xFFFF)
         self._sequence = random.randint(0, 0xFFFF)
-        self._timestamp_origin = random.getrandbits(32)
+        self.timestamp_origin = random.getrandbits(32)
         self._history: list[tuple[int, int, bool, bytes] | None] = [None] * HISTORY
         self.packets = 0
         self.octets = 0
@@ -140,7 +140,7 @@ class DirectRtpWriter:
             if self._socket.get_write_buffer_size() > MAX_UNSENT_BYTES:
                 return False
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
-            timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
+            timestamp = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
             for sequence, marker, payload in frame_packets(payloads, self._sequence):
                 self._send(sequence, timestamp, marker, payload)
                 self.octets += len(payload)

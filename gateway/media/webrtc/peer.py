@@ -52,11 +52,16 @@ class Peer:
         self._deadline: asyncio.TimerHandle | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
-    async def answer(self, offer_sdp: str, tcp_only: bool = False) -> str:
+    async def answer(
+        self, offer_sdp: str, tcp_only: bool = False, before_answer: Callable[[], None] | None = None
+    ) -> str:
         """Apply the offer, answer it with all local candidates included (the WebSDK does
         no trickle ICE), and start the connect deadline. ``tcp_only``: offer ICE-TCP
-        candidates only (a client that cannot use UDP, WCS ``transport: "TCP"``)."""
+        candidates only (a client that cannot use UDP, WCS ``transport: "TCP"``).
+        ``before_answer`` runs once the offer is applied, before the answer is made."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        if before_answer is not None:
+            before_answer()  # e.g. open a data channel on the offer's SCTP section
         mux = self.settings.ice_mux
         if tcp_only and mux is None:
             raise OfferError("WebRTC over TCP is off on this server (webrtc_tcp_port = 0)")

@@ -50,6 +50,12 @@ def parse_offer(sdp: str) -> list[OfferedMedia]:
     return media
 
 
+def data_channel_offered(sdp: str) -> bool:
+    """Whether an offer has an SCTP ``m=application`` section (the peer can take data
+    channels: the telemetry channel is only opened then)."""
+    return any(line.startswith("m=application ") and "SCTP" in line.upper() for line in sdp.splitlines())
+
+
 def negotiated_codecs(sdp: str) -> dict[str, list[RTCRtpCodecParameters]]:
     """The codecs of each media section (by its mid) of a description, in its order: for
     the gateway's own answer, what was negotiated, first choice first."""
