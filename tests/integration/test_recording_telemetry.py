@@ -2,12 +2,15 @@
 two `Recorder`s at once, one with the stream's telemetry and one without; the sidecars read
 back and set against the video PyAV finds in each file; the MP4s byte for byte the same; the
 recording routes list and download the sidecar and retention deletes it; a recording process
-killed with SIGKILL leaves a sidecar whose whole lines all parse."""
+killed with SIGKILL leaves a sidecar whose whole lines all parse; a sidecar whose writes fail
+costs its telemetry only."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import signal
 import sys
 import textwrap
@@ -21,10 +24,12 @@ import aiohttp
 import av
 import pytest
 import pytest_asyncio
+import structlog
 from aiohttp import web
 
 from gateway.http.recordings import recording_routes
 from gateway.media.recordings import TELEMETRY_SUFFIX, RecordingStore, sidecar_path, stream_dirname
+from gateway.media.sinks import recorder as recorder_module
 from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Codec, MediaFrame, Stream
 from gateway.telemetry.hub import TelemetryHub
@@ -293,3 +298,46 @@ async def test_sigkill_leaves_a_sidecar_readable_to_its_last_whole_line(clip: Pa
     # A gateway started afterwards lists them with their recordings.
     listed = RecordingStore(tmp_path).recordings(name=NAME)
     assert [r.telemetry_path for r in listed if r.telemetry_path is not None] == sidecars()
+
+
+class FullDiskForSidecars:
+    """The recorder module's `os`, whose writes to telemetry sidecars fail (ENOSPC)."""
+
+    def __init__(self) -> None:
+        self.sidecar_fds: set[int] = set()
+
+    def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
+        fd = os.open(path, flags, mode)
+        if str(path).endswith(TELEMETRY_SUFFIX):
+            self.sidecar_fds.add(fd)
+        return fd
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if fd in self.sidecar_fds:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    def close(self, fd: int) -> None:
+        self.sidecar_fds.discard(fd)
+        os.close(fd)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+
+async def test_a_failing_sidecar_is_given_up_alone(
+    clip_units: AccessUnits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sidecar writes fail: the telemetry of that file is given up, the video is recorded
+    whole (the same bytes as without telemetry) and the next file tries again."""
+    monkeypatch.setattr(recorder_module, "os", FullDiskForSidecars())
+    with structlog.testing.capture_logs() as logs:
+        recorded = await record_both(clip_units, tmp_path)
+    files = recorded.with_telemetry.files
+    assert len(files) == 4 and recorded.with_telemetry.errors == 0
+    for mine, theirs in zip(files, recorded.without.files, strict=True):
+        assert mine.read_bytes() == theirs.read_bytes()
+    failures = [e for e in logs if e["event"] == "recording_telemetry_failed"]
+    assert len(failures) == 4  # once a file: each new file's sidecar is tried again
+    assert recorded.with_telemetry.sidecars == [sidecar_path(f) for f in files]
+    assert all(path.stat().st_size == 0 for path in recorded.with_telemetry.sidecars)
