@@ -105,6 +105,8 @@ def log(msg: str) -> None:
 
 
 class Bench:
+    script = SCRIPT  # the file that runs the child roles (``--role ...``)
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run_dir = Path(tempfile.mkdtemp(prefix="skyrelay-bench-"))
@@ -118,7 +120,7 @@ class Bench:
     # --- processes ------------------------------------------------------------
 
     def child(self, name: str, *role_args: str) -> Child:
-        cmd = [sys.executable, str(SCRIPT), "--role", *role_args]
+        cmd = [sys.executable, str(self.script), "--role", *role_args]
         child = Child(name, cmd, self.run_dir / f"{name}.log", cwd=ROOT, env=self.env)
         self.processes.append(child)
         return child

@@ -8,6 +8,7 @@ import itertools
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -157,6 +158,40 @@ def fan_out(children: Iterable[Child], cmd: str, timeout: float, **args: Any) ->
     pending = [(child, child.send(cmd, **args)) for child in children]
     deadline = time.monotonic() + timeout
     return [child.wait_reply(rid, max(0.1, deadline - time.monotonic())) for child, rid in pending]
+
+
+MOSQUITTO = "/usr/sbin/mosquitto"  # Debian's package
+
+
+def wait_tcp(port: int, proc: Process, timeout: float = 15.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:`port`; fail if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ChildError(f"{proc.name} exited:\n{proc.log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise ChildError(f"{proc.name} did not listen on {port} in time")
+
+
+def start_mosquitto(run_dir: Path, env: dict[str, str], port: int) -> Process:
+    """A Mosquitto on 127.0.0.1:`port`, anonymous, no persistence; its log in `run_dir`."""
+    config = run_dir / "mosquitto.conf"
+    # set_tcp_nodelay: Mosquitto leaves Nagle on by default, which delays commands to the dock
+    # by ~40 ms (docs/dji.md recommends it for production too).
+    settings = ["allow_anonymous true", "persistence false", "set_tcp_nodelay true"]
+    config.write_text("\n".join([f"listener {port} 127.0.0.1", *settings]) + "\n")
+    cmd = [MOSQUITTO, "-c", str(config)]
+    proc = Process("mosquitto", cmd, run_dir / "mosquitto.log", cwd=run_dir, env=env)
+    try:
+        wait_tcp(port, proc)
+    except ChildError:
+        proc.stop()
+        raise
+    return proc
 
 
 # --- /proc accounting -------------------------------------------------------

@@ -1,10 +1,12 @@
 """Viewer worker role: hosts many receive-only aiortc peers that do not decode.
 
 Commands (see `common.serve_commands`):
-  add    {mode: "wcs"|"ref", url, name, count, timeout} -> {added, total}
-         "wcs": play `name` through the WCS API at `url` (the gateway);
+  add    {mode: "wcs"|"ref", url, name, count, timeout, custom, data_channel} -> {added, total}
+         "wcs": play `name` through the WCS API at `url` (the gateway), with `custom` (if
+         given) in playStream and, with `data_channel`, an m=application section;
          "ref": send an offer to the reference sender's signalling socket at `url`.
-  stats  {} -> {received: [int], lost: [int]}  (inbound-rtp video, one entry per viewer)
+  stats  {} -> {received: [int], lost: [int], telemetry: [int]}  (inbound-rtp video, and
+         telemetry messages on the WebSocket or the data channel; one entry per viewer)
   close  {} -> {closed}
 """
 
@@ -19,19 +21,42 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.rtcsessiondescription import RTCSessionDescription
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.wcs.client import WcsClient
+from gateway.wcs.client import ClientStream, WcsClient
 
 from .common import disable_decoding, lighten_receivers, run_role
 
 CONNECT_CONCURRENCY = 8
+TELEMETRY = "telemetry"
 
 
 class Viewer:
     """One viewer: its peer connection and whatever keeps its signalling alive."""
 
-    def __init__(self, pc: RTCPeerConnection, closer: Any) -> None:
+    def __init__(self, pc: RTCPeerConnection, closer: Any, stream: ClientStream | None = None) -> None:
         self.pc = pc
         self._closer = closer
+        self._stream = stream
+        self._telemetry = 0
+
+    def telemetry(self) -> int:
+        """Telemetry messages received so far (``notifyStreamEvent`` type ``telemetry`` or on
+        the ``telemetry`` data channel). What the client kept of them is dropped once
+        counted: at 10 a second per viewer the lists would grow for the whole run."""
+        stream = self._stream
+        if stream is None:
+            return 0
+        self._telemetry += sum(
+            1
+            for message, data in stream.events
+            if message == "notifyStreamEvent"
+            and isinstance(data[0], dict)
+            and data[0].get("type") == TELEMETRY
+        )
+        self._telemetry += sum(1 for label, _ in stream.data_messages if label == TELEMETRY)
+        stream.events.clear()
+        stream.data_messages.clear()
+        stream.client.messages.clear()
+        return self._telemetry
 
     async def stats(self) -> tuple[int, int]:
         received = lost = 0
@@ -52,10 +77,11 @@ class Viewer:
             await self.pc.close()
 
 
-async def _connect_wcs(url: str, name: str) -> Viewer:
+async def _connect_wcs(url: str, name: str, custom: dict[str, Any] | None, data_channel: bool) -> Viewer:
     client = await WcsClient.connect(url)
     try:
-        view = await client.play(name)
+        fields = {} if custom is None else {"custom": custom}
+        view = await client.play(name, data_channel=data_channel, **fields)
         await view.wait_status("PLAYING", timeout=20.0)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -67,7 +93,7 @@ async def _connect_wcs(url: str, name: str) -> Viewer:
             await view.stop()
         await client.close()
 
-    return Viewer(view.pc, closer)
+    return Viewer(view.pc, closer, view)
 
 
 async def _connect_ref(url: str) -> Viewer:
@@ -107,7 +133,11 @@ class ViewerWorker:
             return await self.add(request)
         if cmd == "stats":
             results = await asyncio.gather(*(v.stats() for v in self.viewers))
-            return {"received": [r for r, _ in results], "lost": [lo for _, lo in results]}
+            return {
+                "received": [r for r, _ in results],
+                "lost": [lo for _, lo in results],
+                "telemetry": [v.telemetry() for v in self.viewers],
+            }
         if cmd == "close":
             closed = len(self.viewers)
             await self.close()
@@ -120,12 +150,14 @@ class ViewerWorker:
         name = str(request.get("name", ""))
         count = int(request["count"])
         timeout = float(request.get("timeout", 60.0))
+        custom = request.get("custom")
+        data_channel = bool(request.get("data_channel", False))
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
         async def one() -> Viewer:
             async with gate:
                 if mode == "wcs":
-                    return await _connect_wcs(url, name)
+                    return await _connect_wcs(url, name, custom, data_channel)
                 return await _connect_ref(url)
 
         tasks = [asyncio.create_task(one()) for _ in range(count)]
