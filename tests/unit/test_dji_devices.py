@@ -459,6 +459,13 @@ def test_requests_topic_makes_no_events() -> None:
         (STATE, b"[]"),
         (STATUS, b'{"bid":"b"}'),
         (OSD, b'{"tid":"t","bid":"b","data":[]}'),
+        (OSD, b"not json"),
+        (f"thing/product/{AIRCRAFT2}/osd", b'{"tid":"t","bid":"b","data":"flying"}'),
+        (f"thing/product/{AIRCRAFT2}/osd", b"[" * 5000 + b"]" * 5000),
+        (
+            f"thing/product/{AIRCRAFT2}/osd",
+            b'{"tid":"t","bid":"b","data":{"x":"' + b"x" * p.MAX_PAYLOAD_BYTES + b'"}}',
+        ),
         (EVENTS, b'{"tid":"t","bid":"b","gateway":"bad/sn"}'),
         (SERVICES_REPLY, b"\xff"),
         (STATE, b"x" * (p.MAX_PAYLOAD_BYTES + 1)),
