@@ -3,8 +3,10 @@
 The payloads have the shape of DJI's documented osd properties, as the official demo
 (github.com/dji-sdk/DJI-Cloud-API-Demo, cloud-sdk .../cloudapi/device: OsdDockDrone,
 OsdDock, OsdRemoteControl, OsdCamera, DockDronePayload, DroneBattery, NetworkState,
-WirelessLink) reads them; the aircraft's is DJI's published Dock 2 aircraft (M3D) osd
-example, trimmed, and the dock's and RC's the property examples of the Cloud API docs.
+WirelessLink) reads them. The aircraft's follows a recorded Dock 2 aircraft osd reproduced
+in a public third-party demo's README (payload-index object, battery, cameras; trimmed);
+the dock's a Dock osd example with network_state and wireless_link, the RC's an RC osd
+as the demo's OsdRemoteControl reads it. Values were changed, the shapes kept.
 """
 
 from __future__ import annotations
