@@ -54,6 +54,7 @@ class Window:
     late_ms_max: float  # the generator's worst wake-up delay since it started
     samples: int  # telemetry samples the gateway made (skyrelay_telemetry_samples_total)
     rejected: int  # osd the gateway refused by its per-device rate limit
+    unknown: int  # osd of devices the gateway does not know (must stay 0)
     telemetry: list[int]  # telemetry messages per viewer
     rtp: list[int]  # video RTP packets per viewer
     lost: list[int]
@@ -83,6 +84,7 @@ def metrics(http_port: int) -> dict[str, float]:
 
 SAMPLES = "skyrelay_telemetry_samples_total"
 REJECTED = 'skyrelay_dji_messages_rejected_total{reason="osd_rate"}'
+UNKNOWN = 'skyrelay_dji_messages_rejected_total{reason="osd_unknown_device"}'
 
 
 class TelemetryBench(Bench):
@@ -211,6 +213,7 @@ class TelemetryBench(Bench):
             late_ms_max=g1["late_ms_max"],
             samples=int(m1.get(SAMPLES, 0) - m0.get(SAMPLES, 0)),
             rejected=int(m1.get(REJECTED, 0) - m0.get(REJECTED, 0)),
+            unknown=int(m1.get(UNKNOWN, 0) - m0.get(UNKNOWN, 0)),
             telemetry=per_viewer("telemetry", v0, v1),
             rtp=per_viewer("received", v0, v1),
             lost=per_viewer("lost", v0, v1),
@@ -251,16 +254,21 @@ class TelemetryBench(Bench):
         )  # fmt: skip
         self.wait_devices(args.devices)
         log(f"{args.devices} devices online")
-        windows = self.windows
         self.attach(telemetry=False)
-        windows.append(self.window("A", "no aircraft osd, viewers opted out"))
+        self.windows.append(self.window("A", "no aircraft osd, viewers opted out"))
         self.devices.request("osd", rate=args.rate)
-        windows.append(self.window("B", f"aircraft osd {args.rate:g} Hz, viewers opted out"))
-        fan_out(self.workers, "close", timeout=60.0)
-        self.attach(telemetry=True)
-        windows.append(self.window("C", f"aircraft osd {args.rate:g} Hz, viewers take telemetry"))
+        for pair in range(1, args.repeat + 1):
+            if pair > 1:
+                fan_out(self.workers, "close", timeout=60.0)
+                self.attach(telemetry=False)
+            self.windows.append(self.window(f"B{pair}", f"aircraft osd {args.rate:g} Hz, viewers opted out"))
+            fan_out(self.workers, "close", timeout=60.0)
+            self.attach(telemetry=True)
+            self.windows.append(
+                self.window(f"C{pair}", f"aircraft osd {args.rate:g} Hz, viewers take telemetry")
+            )
         self.devices.request("osd", rate=0)
-        windows.append(self.window("A2", "no aircraft osd, viewers take telemetry"))
+        self.windows.append(self.window("A2", "no aircraft osd, viewers take telemetry"))
         fan_out(self.workers, "close", timeout=60.0)
 
 
@@ -290,46 +298,58 @@ def report(windows: list[Window], args: argparse.Namespace) -> tuple[str, dict[s
             f" {telemetry:10.0f} {spread:>17s} {video:12.0f} {w.generator_cpu_pct:5.0f}"
             f" {w.viewers_cpu_pct:7.0f}"
         )
+    described: dict[str, str] = {}
     for w in windows:
-        out.append(f"  {w.label}: {w.what}")
-    by = {w.label: w for w in windows}
+        described.setdefault(w.label if w.label.startswith("A") else w.label[0] + "n", w.what)
+    out.extend(f"  {label}: {what}" for label, what in described.items())
     results: dict[str, float] = {}
-    a, b, c, a2 = by.get("A"), by.get("B"), by.get("C"), by.get("A2")
+    base = [w for w in windows if w.label in ("A", "A2")]
+    intake = [w for w in windows if w.label.startswith("B")]
+    pairs = [(b, c) for b in intake for c in windows if c.label == "C" + b.label[1:]]
     out.append("")
-    if a and b and b.aircraft_osd:
-        intake = b.cpu_per_s - a.cpu_per_s
-        results["us_per_osd"] = 1000.0 * intake / b.per_s(b.aircraft_osd)
-        results["b_over_a"] = b.cpu_per_s / a.cpu_per_s
+    if base and intake:
+        base_cpu = statistics.mean(w.cpu_per_s for w in base)
+        added = statistics.mean(w.cpu_per_s for w in intake) - base_cpu
+        osd = statistics.mean(w.per_s(w.aircraft_osd) for w in intake)
+        results["us_per_osd"] = 1000.0 * added / osd
+        each = ", ".join(f"{1000.0 * (w.cpu_per_s - base_cpu) / w.per_s(w.aircraft_osd):.0f}" for w in intake)
         out.append(
             f"intake:   (B - A) / osd       = {results['us_per_osd']:6.1f} us gateway CPU per osd message "
-            f"({intake:.1f} ms/s for {b.per_s(b.aircraft_osd):.0f} osd/s)"
+            f"({added:.1f} ms/s for {osd:.0f} osd/s; A = mean of {'/'.join(w.label for w in base)}; "
+            f"each B: {each})"
         )
-    if b and c and sum(c.telemetry):
-        delivery = c.cpu_per_s - b.cpu_per_s
-        delivered = c.per_s(sum(c.telemetry))
+    if pairs:
+        delivery = statistics.mean(c.cpu_per_s - b.cpu_per_s for b, c in pairs)
+        delivered = statistics.mean(c.per_s(sum(c.telemetry)) for _, c in pairs)
         results["us_per_delivered"] = 1000.0 * delivery / delivered
         results["ms_per_viewer_s"] = delivery / args.viewers
+        each = ", ".join(
+            f"{1000.0 * (c.cpu_per_s - b.cpu_per_s) / max(1e-9, c.per_s(sum(c.telemetry))):.1f}"
+            for b, c in pairs
+        )
         out.append(
             f"delivery: (C - B) / delivered = {results['us_per_delivered']:6.1f} us per telemetry message "
-            f"to a viewer ({delivery:.1f} ms/s for {delivered:.0f} msg/s); "
-            f"{results['ms_per_viewer_s']:.2f} ms/s per viewer at {delivered / args.viewers:.1f} msg/s"
+            f"to a viewer ({delivery:.1f} ms/s for {delivered:.0f} msg/s; each pair: {each}); "
+            f"{results['ms_per_viewer_s']:.3f} ms/s per viewer at {delivered / args.viewers:.1f} msg/s"
         )
-    if a and c:
-        results["c_over_a"] = c.cpu_per_s / a.cpu_per_s
-        ratios = f"ratios: C/A {results['c_over_a']:.2f}"
-        if "b_over_a" in results:
-            ratios += f", B/A {results['b_over_a']:.2f}"
-        if a2:
-            results["drift"] = a2.cpu_per_s / a.cpu_per_s
-            ratios += f"; drift A2/A {results['drift']:.2f} (baseline again at the end, viewers subscribed)"
+    first = windows[0] if windows and windows[0].label == "A" else None
+    if first is not None and pairs:
+        results["c_over_a"] = statistics.mean(c.cpu_per_s for _, c in pairs) / first.cpu_per_s
+        results["b_over_a"] = statistics.mean(b.cpu_per_s for b, _ in pairs) / first.cpu_per_s
+        ratios = f"ratios: C/A {results['c_over_a']:.2f}, B/A {results['b_over_a']:.2f}"
+        last = windows[-1]
+        if last.label == "A2":
+            results["drift"] = last.cpu_per_s / first.cpu_per_s
+            ratios += f"; drift A2/A {results['drift']:.2f} (the baseline again at the end)"
         out.append(ratios)
     loaded = [w for w in windows if w.aircraft_osd]
     rejected = sum(w.rejected for w in loaded)
+    unknown = sum(w.unknown for w in windows)
     skipped = sum(w.skipped for w in windows)
     late = max((w.late_ms_max for w in windows), default=0.0)
     out.append(
-        f"osd dropped by the gateway's rate limit: {rejected}; skipped by the generator (behind schedule): "
-        f"{skipped}; generator's worst wake-up delay {late:.0f} ms"
+        f"osd dropped by the gateway's rate limit: {rejected}; of unknown devices: {unknown}; skipped by "
+        f"the generator (behind schedule): {skipped}; generator's worst wake-up delay {late:.0f} ms"
     )
     return "\n".join(out), results
 
@@ -347,6 +367,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per phase (20)")
     parser.add_argument("--settle", type=float, default=3.0, help="pause before each window (3)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="B/C pairs (2): their spread shows the noise of C - B"
+    )
     parser.add_argument("--viewer-procs", type=int, default=2, help="viewer processes (2)")
     parser.add_argument(
         "--telemetry-rate", type=float, help="the gateway's telemetry_rate (default: its own, 10 a second)"
@@ -369,8 +392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    if min(args.devices, args.viewers, args.cameras, args.viewer_procs) <= 0:
-        parser.error("--devices, --viewers, --cameras and --viewer-procs must be positive")
+    if min(args.devices, args.viewers, args.cameras, args.viewer_procs, args.repeat) <= 0:
+        parser.error("--devices, --viewers, --cameras, --viewer-procs and --repeat must be positive")
     if args.cameras > min(args.devices, args.viewers):
         parser.error("--cameras: at most --devices and at most --viewers")
     if args.seconds <= 0 or args.rate <= 0:
