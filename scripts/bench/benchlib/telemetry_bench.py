@@ -7,8 +7,9 @@ Phases, one gateway, one run:
       telemetry off (``custom: {telemetry: false}``), no aircraft osd;
   B   the aircraft send osd at ``--rate`` each: the intake cost;
   C   the same, the viewers (re-attached) taking telemetry: the delivery cost;
-  A2  aircraft osd stopped, viewers still taking telemetry: the baseline again, to see how
-      far the machine drifted during the run.
+  A2  aircraft osd stopped: the baseline again, to see how far the machine drifted during
+      the run.
+B and C are measured ``--repeat`` times each, in the order B1 C1 C2 B2 B3 C3 ...
 """
 
 from __future__ import annotations
@@ -257,18 +258,21 @@ class TelemetryBench(Bench):
         self.attach(telemetry=False)
         self.windows.append(self.window("A", "no aircraft osd, viewers opted out"))
         self.devices.request("osd", rate=args.rate)
+        # B and C alternate as B1 C1 C2 B2 B3 C3 ...: a steady drift of the machine (it shows
+        # as A2 - A) then adds as much to the Bs as to the Cs, and each switch of the
+        # viewers' telemetry re-attaches them once.
+        taking = False
         for pair in range(1, args.repeat + 1):
-            if pair > 1:
-                fan_out(self.workers, "close", timeout=60.0)
-                self.attach(telemetry=False)
-            self.windows.append(self.window(f"B{pair}", f"aircraft osd {args.rate:g} Hz, viewers opted out"))
-            fan_out(self.workers, "close", timeout=60.0)
-            self.attach(telemetry=True)
-            self.windows.append(
-                self.window(f"C{pair}", f"aircraft osd {args.rate:g} Hz, viewers take telemetry")
-            )
+            for kind in ("B", "C") if pair % 2 else ("C", "B"):
+                if taking != (kind == "C"):
+                    taking = kind == "C"
+                    fan_out(self.workers, "close", timeout=60.0)
+                    self.attach(telemetry=taking)
+                viewers = "viewers take telemetry" if taking else "viewers opted out"
+                self.windows.append(self.window(f"{kind}{pair}", f"aircraft osd {args.rate:g} Hz, {viewers}"))
         self.devices.request("osd", rate=0)
-        self.windows.append(self.window("A2", "no aircraft osd, viewers take telemetry"))
+        viewers = "viewers take telemetry" if taking else "viewers opted out"
+        self.windows.append(self.window("A2", f"no aircraft osd, {viewers}"))
         fan_out(self.workers, "close", timeout=60.0)
 
 
