@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,12 @@ class Schedule:
 
     def due(self, now: float) -> list[int]:
         target = int((now - self.start) * self.total_rate)
-        behind = target - self.position
-        limit = int(self.total_rate * MAX_BEHIND)
-        if behind > limit:
-            self.skipped += behind - limit
-            self.position += behind - limit
+        # Slot k falls due at (k + 1) / total_rate; those due more than MAX_BEHIND ago are
+        # skipped (and counted), not sent in a burst.
+        oldest = math.ceil((now - self.start - MAX_BEHIND) * self.total_rate) - 1
+        if self.position < oldest:
+            self.skipped += oldest - self.position
+            self.position = oldest
         indices = [slot % self.count for slot in range(self.position, target)]
         self.position = max(self.position, target)
         return indices
