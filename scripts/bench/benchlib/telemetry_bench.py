@@ -179,7 +179,7 @@ class TelemetryBench(Bench):
         generator = self.devices.request("stats", timeout=10.0)
         return generator, metrics(self.http_port), fan_out(self.workers, "stats", timeout=30.0)
 
-    def window(self, label: str, what: str) -> Window:
+    def measure_window(self, label: str, what: str) -> Window:
         assert self.gateway is not None and self.devices is not None
         time.sleep(self.args.settle)
         g0, m0, v0 = self.counters()
@@ -256,7 +256,7 @@ class TelemetryBench(Bench):
         self.wait_devices(args.devices)
         log(f"{args.devices} devices online")
         self.attach(telemetry=False)
-        self.windows.append(self.window("A", "no aircraft osd, viewers opted out"))
+        self.windows.append(self.measure_window("A", "no aircraft osd, viewers opted out"))
         self.devices.request("osd", rate=args.rate)
         # B and C alternate as B1 C1 C2 B2 B3 C3 ...: a steady drift of the machine (it shows
         # as A2 - A) then adds as much to the Bs as to the Cs, and each switch of the
@@ -269,10 +269,11 @@ class TelemetryBench(Bench):
                     fan_out(self.workers, "close", timeout=60.0)
                     self.attach(telemetry=taking)
                 viewers = "viewers take telemetry" if taking else "viewers opted out"
-                self.windows.append(self.window(f"{kind}{pair}", f"aircraft osd {args.rate:g} Hz, {viewers}"))
+                what = f"aircraft osd {args.rate:g} Hz, {viewers}"
+                self.windows.append(self.measure_window(f"{kind}{pair}", what))
         self.devices.request("osd", rate=0)
         viewers = "viewers take telemetry" if taking else "viewers opted out"
-        self.windows.append(self.window("A2", f"no aircraft osd, {viewers}"))
+        self.windows.append(self.measure_window("A2", f"no aircraft osd, {viewers}"))
         fan_out(self.workers, "close", timeout=60.0)
 
 

@@ -80,7 +80,7 @@ class Viewer:
 async def _connect_wcs(url: str, name: str, custom: dict[str, Any] | None, data_channel: bool) -> Viewer:
     client = await WcsClient.connect(url)
     try:
-        fields = {} if custom is None else {"custom": custom}
+        fields: dict[str, Any] = {} if custom is None else {"custom": custom}
         view = await client.play(name, data_channel=data_channel, **fields)
         await view.wait_status("PLAYING", timeout=20.0)
     except BaseException:
