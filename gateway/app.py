@@ -200,6 +200,7 @@ class Gateway:
                 offline_after=config.device_offline_after,
                 max_gateways=config.dji_max_gateways,
                 max_devices_per_gateway=config.dji_max_devices_per_gateway,
+                max_osd_rate=config.dji_max_osd_rate,
                 state_file=config.device_state_path,
             )
             if mqtt_address

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--drop-for", type=float, default=0.0, help="... for this many seconds")
     sim.add_argument("--offline-after", type=float, default=0.0, help="go offline after this long")
     sim.add_argument("--offline-for", type=float, default=0.0, help="... for this long (0: for good)")
+    sim.add_argument("--osd-rate", type=float, default=5.0, help="aircraft osd messages a second (default 5)")
     return parser
 
 
@@ -220,6 +221,7 @@ def _dock_sim(args: argparse.Namespace) -> int:
         drop_for=args.drop_for,
         offline_after=args.offline_after,
         offline_for=args.offline_for,
+        osd_rate=args.osd_rate,
     )
     simulator = DockSimulator(broker, clip, args.gateway_sn, args.aircraft_sn, behaviour)
     with contextlib.suppress(KeyboardInterrupt):

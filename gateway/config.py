@@ -98,6 +98,8 @@ class Config:
     # Bounds of the DJI device registry: anyone who may publish on the broker can announce devices.
     dji_max_gateways: int = 1000
     dji_max_devices_per_gateway: int = 64
+    # osd messages a second one DJI device may send; past it they are refused unparsed.
+    dji_max_osd_rate: float = 50.0
     # Address announced in ICE candidates besides the host addresses (1:1 NAT, containers).
     public_ip: str | None = None
     # One UDP port for the media of every WebRTC session (0: each peer connection opens its
@@ -291,6 +293,10 @@ def validate(config: Config) -> None:
             key, sep, value = entry.partition("=")
             if not sep or not key.strip() or not value.strip():
                 raise ConfigError(f"setting {name!r}: entries are NAME=VALUE, not {entry!r}")
+    if not math.isfinite(config.dji_max_osd_rate) or config.dji_max_osd_rate <= 0:
+        raise ConfigError(
+            f"setting 'dji_max_osd_rate': must be a positive rate (Hz), not {config.dji_max_osd_rate}"
+        )
     for url_type in (config.live_url_type, *pairs(config.live_url_types).values()):
         if url_type not in URL_TYPES:
             raise ConfigError(f"setting 'live_url_type(s)': one of {', '.join(URL_TYPES)}, not {url_type!r}")

@@ -50,6 +50,7 @@ class DjiBridge:
         offline_after: float = 60.0,
         max_gateways: int = 1000,
         max_devices_per_gateway: int = 64,
+        max_osd_rate: float = 50.0,
         state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +63,10 @@ class DjiBridge:
         self.rtsp_port = rtsp_port
         self.clock = clock
         self.devices = DeviceRegistry(
-            offline_after, max_gateways=max_gateways, max_devices_per_gateway=max_devices_per_gateway
+            offline_after,
+            max_gateways=max_gateways,
+            max_devices_per_gateway=max_devices_per_gateway,
+            max_osd_rate=max_osd_rate,
         )
         self.state = DeviceStateFile(state_file) if state_file is not None else None
         self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock, state=self.state)

@@ -9,14 +9,27 @@ bridge started later would otherwise know no camera until then.
 Anyone who can publish on the broker can announce gateways and aircraft, so both are
 bounded: a message that would add a gateway past ``max_gateways``, or give one more than
 ``max_devices_per_gateway`` aircraft or video devices, raises `DeviceLimitExceeded` and
-changes nothing."""
+changes nothing.
+
+Telemetry: an ``osd`` message of a known device (a gateway that announced itself with
+``update_topo``, a device listed in a topology, or one owning videos in its gateway's
+``live_capacity``) yields `TelemetryReceived` with its `osd.OsdSample`; an osd of an unknown
+serial number yields none (counted in ``osd_unknown``). Each device may send osd at most
+``max_osd_rate`` times a second (with a small burst): past it, a message is refused by its
+topic alone, before its JSON is parsed, with `OsdRateLimited` (counted in ``osd_limited``),
+so a flood costs little and changes nothing else."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dji import protocol as p
+from gateway.dji.osd import OsdSample, parse_osd
 from gateway.dji.protocol import DjiProtocolError
 
 
@@ -59,7 +72,22 @@ class ServiceReplied:
     reply: p.ServiceReply
 
 
-Event = Publish | GatewayOnline | GatewayOffline | VideosChanged | LiveStatusChanged | ServiceReplied
+@dataclass(frozen=True, slots=True)
+class TelemetryReceived:
+    """An osd message of a known device, as a typed sample."""
+
+    sample: OsdSample
+
+
+Event = (
+    Publish
+    | GatewayOnline
+    | GatewayOffline
+    | VideosChanged
+    | LiveStatusChanged
+    | ServiceReplied
+    | TelemetryReceived
+)
 
 
 class DeviceLimitExceeded(DjiProtocolError):
@@ -71,8 +99,22 @@ class DeviceLimitExceeded(DjiProtocolError):
         self.gateway_sn = gateway_sn
 
 
+class OsdRateLimited(DeviceLimitExceeded):
+    """An osd message refused unparsed: its device sends faster than ``max_osd_rate``.
+    ``first_of_burst`` is set on the first refusal after a quiet spell (`OSD_QUIET`), so the
+    bridge logs a flood once, not once per message."""
+
+    def __init__(self, sn: str, rate: float, first_of_burst: bool) -> None:
+        super().__init__(OSD_RATE, sn, f"osd faster than {rate:g} Hz")
+        self.sn = sn
+        self.first_of_burst = first_of_burst
+
+
 TOO_MANY_GATEWAYS = "too_many_gateways"
 TOO_MANY_DEVICES = "too_many_devices"
+OSD_RATE = "osd_rate"
+# Seconds without a refused osd after which the next refusal starts a new burst (logged).
+OSD_QUIET = 10.0
 # A camera offers a handful of videos (normal, wide, zoom, ir); more per device is not a camera.
 MAX_VIDEOS_PER_DEVICE = 16
 
@@ -89,15 +131,41 @@ class Gateway:
     topology: p.Topology | None = None
     capacity: p.LiveCapacity = field(default_factory=p.LiveCapacity)
     live_status: dict[p.VideoId, p.LiveStatus] = field(default_factory=dict)
+    link_quality: int | None = None  # of its wireless link, from its latest osd that had one
+
+
+@dataclass(slots=True)
+class _OsdBucket:
+    """A token bucket: one token per accepted osd, refilled at ``max_osd_rate``."""
+
+    tokens: float
+    last: float
+    last_refused: float = -math.inf
 
 
 class DeviceRegistry:
     def __init__(
-        self, offline_after: float = 60.0, *, max_gateways: int = 1000, max_devices_per_gateway: int = 64
+        self,
+        offline_after: float = 60.0,
+        *,
+        max_gateways: int = 1000,
+        max_devices_per_gateway: int = 64,
+        max_osd_rate: float = 50.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.offline_after = offline_after
         self.max_gateways = max_gateways
         self.max_devices_per_gateway = max_devices_per_gateway
+        self.max_osd_rate = max_osd_rate  # per device, Hz; 0: no limit
+        # A short burst over the rate passes (a device catching up after a hiccup).
+        self.osd_burst = max(2.0, max_osd_rate / 10)
+        self.wall_clock = wall_clock  # for OsdSample.received_at_ms
+        self.osd_limited = 0  # osd refused past max_osd_rate
+        self.osd_unknown = 0  # osd of a device no topology or capacity names
+        # One bucket per device that sent osd, least recently used first; at most as many
+        # as the registry can hold devices (gateways and their devices), the oldest dropped.
+        self._osd_buckets: OrderedDict[str, _OsdBucket] = OrderedDict()
+        self.max_osd_buckets = max_gateways * (max_devices_per_gateway + 1)
         self.gateways: dict[str, Gateway] = {}
         self._gateway_of_device: dict[str, str] = {}  # aircraft sn -> gateway sn
         # Counts the changes a `snapshot` holds (topology, capacity): save when it moves.
@@ -109,11 +177,14 @@ class DeviceRegistry:
         where = p.parse_topic(topic)
         if where is None:
             return []
+        if where.kind is p.TopicKind.OSD and self.max_osd_rate > 0:
+            self._admit_osd(where.sn, now)  # by the topic alone: a flood is not parsed
         envelope = p.parse_envelope(payload)
         # Parse everything first: a bad message must not leave half its effects behind.
         content = _Content.parse(where, envelope)
         gateway_sn = where.sn if where.kind is p.TopicKind.STATUS else self._gateway_sn(where.sn, envelope)
         self._check_bounds(gateway_sn, content)
+        sample = self._telemetry(where.sn, gateway_sn, envelope) if where.kind is p.TopicKind.OSD else None
         events: list[Event] = self._seen(gateway_sn, now)
         gateway = self.gateways[gateway_sn]
         if content.topology is not None:
@@ -132,6 +203,10 @@ class DeviceRegistry:
             events.append(ServiceReplied(gateway_sn, content.reply))
         if envelope.need_reply and where.kind in (p.TopicKind.STATE, p.TopicKind.EVENTS):
             events.append(Publish(p.reply_topic(where), p.reply_to(envelope)))
+        if sample is not None:
+            if sample.sn == gateway_sn and sample.link_quality is not None:
+                gateway.link_quality = sample.link_quality  # for its aircraft's samples
+            events.append(TelemetryReceived(sample))
         return events
 
     def tick(self, now: float) -> list[Event]:
@@ -210,6 +285,62 @@ class DeviceRegistry:
                 self._set_topology(gateway, topology)
             restored.append(sn)
         return restored
+
+    # --- telemetry ------------------------------------------------------------------------
+
+    def _admit_osd(self, sn: str, now: float) -> None:
+        """Take a token from ``sn``'s bucket, or raise OsdRateLimited."""
+        bucket = self._osd_buckets.get(sn)
+        if bucket is None:
+            if len(self._osd_buckets) >= self.max_osd_buckets:
+                self._osd_buckets.popitem(last=False)
+            bucket = self._osd_buckets[sn] = _OsdBucket(self.osd_burst, now)
+        else:
+            self._osd_buckets.move_to_end(sn)
+            bucket.tokens = min(self.osd_burst, bucket.tokens + (now - bucket.last) * self.max_osd_rate)
+            bucket.last = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return
+        self.osd_limited += 1
+        first = now - bucket.last_refused > OSD_QUIET
+        bucket.last_refused = now
+        raise OsdRateLimited(sn, self.max_osd_rate, first)
+
+    def is_known_device(self, sn: str, gateway_sn: str) -> bool:
+        """A gateway that announced itself, a device in a topology, or one owning videos
+        in the capacity of the gateway it speaks through."""
+        if sn in self._gateway_of_device:
+            return True
+        own = self.gateways.get(sn)
+        if own is not None and own.topology is not None:
+            return True
+        gateway = self.gateways.get(gateway_sn)
+        return gateway is not None and any(video.video_id.sn == sn for video in gateway.capacity.videos)
+
+    def _telemetry(self, sn: str, gateway_sn: str, envelope: p.Envelope) -> OsdSample | None:
+        if not self.is_known_device(sn, gateway_sn):
+            self.osd_unknown += 1
+            return None
+        gateway = self.gateways.get(gateway_sn)
+        topology = lenses = link_quality = None
+        if gateway is not None:
+            topology = gateway.topology
+            link_quality = gateway.link_quality
+            lenses = {
+                status.video_id.camera_index: status.video_type
+                for status in gateway.live_status.values()
+                if status.streaming and status.video_id.sn == sn and status.video_type
+            }
+        return parse_osd(
+            sn,
+            envelope,
+            received_at_ms=int(self.wall_clock() * 1000),
+            gateway_sn=gateway_sn,
+            topology=topology,
+            lenses=lenses,
+            gateway_link_quality=link_quality,
+        )
 
     # --- message kinds --------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 It speaks the DJI Cloud API over MQTT 5.0 (3.1.1 with `--mqtt-protocol 3.1.1`) like a dock
 with one aircraft: ``update_topo`` on start, ``live_capacity`` and ``live_status`` state,
 periodic ``osd``, and answers the live commands on ``services_reply`` with the same tid and
-bid. On a successful
+bid. Its aircraft flies a loop around the dock (`flight_state`) and reports it in its own
+``osd`` at `DockBehaviour.osd_rate`, with DJI's field names. On a successful
 ``live_start_push`` it pushes an H.264 test pattern (1 s GOP, no B-frames) over RTMP from
 PyAV or over WHIP, or serves it over RTSP like a remote controller (`camera_sim`). It can
 fail the first N starts with a given code, delay its replies, hang, drop its push, and go
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import orjson
@@ -37,6 +40,104 @@ from gateway.tasks import TaskSet
 log = get_logger(__name__)
 
 LENSES = ("normal", "wide", "zoom", "ir")  # what the simulated camera can switch to
+AIRCRAFT_CAMERA = "53-0-0"  # the payload index of the aircraft's camera (its video ids' camera_index)
+
+# --- the flight -------------------------------------------------------------------------------
+
+HOME = (22.5790, 113.9370, 36.6)  # the dock: latitude, longitude, height (m)
+LOOP_SECONDS = 120.0  # one loop around the dock
+LOOP_RADIUS = 150.0  # m
+TAKEOFF_SECONDS = 10.0
+_METRES_PER_DEGREE = 111_320.0
+
+
+def _position(t: float) -> tuple[float, float, float]:
+    """East and north of the dock (m) and elevation above it (m), ``t`` s into the flight.
+    The aircraft takes off from the dock, climbing and moving out to the loop in the first
+    10 s; then the angle advances unevenly (faster and slower through the loop), the radius
+    breathes, and the aircraft rises and sinks around 60 m."""
+    phase = 2 * math.pi * t / LOOP_SECONDS
+    angle = phase + 0.3 * math.sin(phase)
+    ramp = min(1.0, max(0.0, t) / TAKEOFF_SECONDS)
+    out = ramp * ramp * (3 - 2 * ramp)  # eased in and out: no jerk at the end of take-off
+    radius = out * (LOOP_RADIUS + 30 * math.sin(2 * math.pi * t / 50))
+    elevation = out * (60 + 20 * math.sin(2 * math.pi * t / 45))
+    return radius * math.cos(angle), radius * math.sin(angle), elevation
+
+
+def flight_state(t: float, home: tuple[float, float, float] = HOME) -> dict[str, Any]:
+    """The aircraft's osd ``data`` ``t`` seconds into its flight: a loop around the dock
+    at ``home``, as DJI's aircraft properties name it (see docs/dji.md), with the gimbal of
+    camera "53-0-0" in its payload-index object and the camera in ``cameras``. Pure, so
+    tests can follow the path."""
+    dt = 0.05
+    (x0, y0, z0), (x, y, z), (x1, y1, z1) = _position(t - dt), _position(t), _position(t + dt)
+    east, north, up = (x1 - x0) / (2 * dt), (y1 - y0) / (2 * dt), (z1 - z0) / (2 * dt)  # m/s
+    speed = math.hypot(east, north)
+    heading = math.degrees(math.atan2(east, north))  # from north, clockwise, -180..180
+    latitude, longitude, height = home
+    battery = max(20, 100 - int(t / 18))  # about 1 % every 18 s, landing reserve kept
+    gimbal_pitch = -40 + 15 * math.sin(2 * math.pi * t / 30)
+    zoom = round(1 + 3 * (0.5 + 0.5 * math.sin(2 * math.pi * t / 60)), 1)
+    half = 0.5 / zoom  # the zoom lens's view within the wide one, centred
+    return {
+        "latitude": latitude + y / _METRES_PER_DEGREE,
+        "longitude": longitude + x / (_METRES_PER_DEGREE * math.cos(math.radians(latitude))),
+        "height": round(height + z, 2),
+        "elevation": round(z, 2),
+        "attitude_pitch": round(-0.8 * speed, 1),  # nose down to fly forward
+        "attitude_roll": round(8 * math.sin(2 * math.pi * t / LOOP_SECONDS), 1),
+        "attitude_head": round(heading, 1),
+        "horizontal_speed": round(speed, 2),
+        "vertical_speed": round(up, 2),
+        "battery": {
+            "capacity_percent": battery,
+            "remain_flight_time": battery * 18,
+            "return_home_power": 25,
+            "landing_power": 10,
+        },
+        "mode_code": 4 if t < TAKEOFF_SECONDS else 5,  # auto take-off, then wayline
+        "gear": 1,
+        "home_distance": round(math.hypot(x, y), 1),
+        "wind_speed": 3.2,
+        AIRCRAFT_CAMERA: {
+            "payload_index": AIRCRAFT_CAMERA,
+            "gimbal_pitch": round(gimbal_pitch, 1),
+            "gimbal_roll": 0.0,
+            "gimbal_yaw": round(heading, 1),
+            "zoom_factor": zoom,
+        },
+        "cameras": [
+            {
+                "payload_index": AIRCRAFT_CAMERA,
+                "camera_mode": 1,
+                "photo_state": 0,
+                "recording_state": 0,
+                "zoom_factor": zoom,
+                "liveview_world_region": {
+                    "left": round(0.5 - half, 4),
+                    "top": round(0.5 - half, 4),
+                    "right": round(0.5 + half, 4),
+                    "bottom": round(0.5 + half, 4),
+                },
+            }
+        ],
+    }
+
+
+def dock_state(home: tuple[float, float, float] = HOME) -> dict[str, Any]:
+    """The dock's own osd ``data``: working, its aircraft out, a good network."""
+    latitude, longitude, height = home
+    return {
+        "mode_code": 4,  # working: its aircraft is flying
+        "network_state": {"type": 2, "quality": 5, "rate": 1250.0},
+        "drone_in_dock": 0,
+        "cover_state": 1,
+        "latitude": latitude,
+        "longitude": longitude,
+        "height": height,
+        "wireless_link": {"sdr_quality": 5, "4g_quality": 4, "sdr_link_state": 1, "4g_link_state": 1},
+    }
 
 
 @dataclass
@@ -54,6 +155,7 @@ class DockBehaviour:
     unresponsive: bool = False  # take commands but neither act nor answer (a hung dock)
     offline_after: float = 0.0  # seconds after starting, lose the network (MQTT and push) ...
     offline_for: float = 0.0  # ... for this long (0: for good)
+    osd_rate: float = 5.0  # aircraft osd messages a second (0: none)
 
 
 @dataclass
@@ -74,6 +176,7 @@ class DockSimulator:
     _glitch: asyncio.Task[None] | None = None
     _offline_timer: asyncio.Task[None] | None = None
     _offline: asyncio.Event = field(default_factory=asyncio.Event)
+    _flight_start: float | None = None  # time.monotonic() at take-off: the flight outlives reconnects
 
     @property
     def videos(self) -> list[p.VideoId]:
@@ -94,17 +197,18 @@ class DockSimulator:
             await client.subscribe(f"thing/product/{self.gateway_sn}/services", qos=1)
             await self._announce(client)
             osd = asyncio.create_task(self._osd(client))
+            flight = asyncio.create_task(self._aircraft_osd(client))
             commands = asyncio.create_task(self._commands(client))
             offline: asyncio.Task[object] = asyncio.create_task(self._offline.wait())
             try:
                 # A command may be held (reply_delay) when the broker goes: the next osd
                 # publish notices the lost link too, and the held reply is dropped with it.
-                await asyncio.wait((commands, osd, offline), return_when=asyncio.FIRST_COMPLETED)
-                for task in (commands, osd):
+                await asyncio.wait((commands, osd, flight, offline), return_when=asyncio.FIRST_COMPLETED)
+                for task in (commands, osd, flight):
                     if task.done():
                         task.result()  # the broker was lost: aiomqtt.MqttError
             finally:
-                for pending in (osd, commands, offline):
+                for pending in (osd, flight, commands, offline):
                     pending.cancel()
 
     async def _commands(self, client: aiomqtt.Client) -> None:
@@ -170,11 +274,26 @@ class DockSimulator:
     async def _osd(self, client: aiomqtt.Client) -> None:
         last_announce = time.monotonic()
         while True:
-            await client.publish(f"thing/product/{self.gateway_sn}/osd", self._message("", {"mode_code": 0}))
+            await client.publish(f"thing/product/{self.gateway_sn}/osd", self._message("", dock_state()))
             await asyncio.sleep(self.behaviour.osd_interval)
             if time.monotonic() - last_announce >= self.behaviour.announce_interval:
                 last_announce = time.monotonic()
                 await self._announce(client)
+
+    async def _aircraft_osd(self, client: aiomqtt.Client) -> None:
+        """The aircraft's osd at ``osd_rate``, on a steady schedule (no drift)."""
+        rate = self.behaviour.osd_rate
+        if rate <= 0:
+            await asyncio.Event().wait()  # none: wait to be cancelled with the session
+        if self._flight_start is None:
+            self._flight_start = time.monotonic()
+        topic = f"thing/product/{self.aircraft_sn}/osd"
+        due = time.monotonic()
+        while True:
+            data = flight_state(time.monotonic() - self._flight_start)
+            await client.publish(topic, self._message("", data))
+            due = max(due + 1 / rate, time.monotonic() - 1 / rate)  # after a stall, no catch-up burst
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
@@ -262,7 +381,7 @@ class DockSimulator:
             if isinstance(push, BackgroundCamera):  # its connections close in the background
                 self._closing.spawn(push.closed())
 
-    def _message(self, method: str, data: dict[str, object]) -> bytes:
+    def _message(self, method: str, data: dict[str, Any]) -> bytes:
         envelope = p.new_request(method, data)
         return orjson.dumps(
             {

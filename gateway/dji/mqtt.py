@@ -20,7 +20,14 @@ import aiomqtt
 
 from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
-from gateway.dji.devices import TOO_MANY_GATEWAYS, DeviceLimitExceeded, DeviceRegistry, Event, Publish
+from gateway.dji.devices import (
+    TOO_MANY_GATEWAYS,
+    DeviceLimitExceeded,
+    DeviceRegistry,
+    Event,
+    OsdRateLimited,
+    Publish,
+)
 from gateway.log import get_logger
 from gateway.mqtt_link import BrokerAddress
 
@@ -116,6 +123,11 @@ class DjiMqtt:
 
     def _limit_reached(self, exc: DeviceLimitExceeded) -> None:
         self.limited[exc.reason] += 1
+        if isinstance(exc, OsdRateLimited):
+            # A flood is logged once per burst of refusals per device, not per message.
+            if exc.first_of_burst:
+                log.warning("dji_osd_rate_limited", sn=exc.sn, max_rate=self.registry.max_osd_rate)
+            return
         if exc.reason == TOO_MANY_GATEWAYS:
             if self._gateway_limit_logged:
                 return

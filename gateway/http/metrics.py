@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.broker.server import Broker
 from gateway.dji.bridge import DjiBridge
-from gateway.dji.devices import TOO_MANY_DEVICES, TOO_MANY_GATEWAYS
+from gateway.dji.devices import OSD_RATE, TOO_MANY_DEVICES, TOO_MANY_GATEWAYS
 from gateway.http.telemetry import TelemetryHttp
 from gateway.media.recorders import Recorders
 from gateway.media.registry import StreamRegistry
@@ -148,7 +148,7 @@ def _dji(dji: DjiBridge) -> list[Family]:
     messages = Family("skyrelay_dji_messages_rejected_total", "counter", "Device messages not acted on.")
     messages.add(dji.mqtt.dropped_messages, reason="malformed")
     messages.add(dji.mqtt.failed_messages, reason="handler_error")
-    for reason in (TOO_MANY_GATEWAYS, TOO_MANY_DEVICES):
+    for reason in (TOO_MANY_GATEWAYS, TOO_MANY_DEVICES, OSD_RATE):
         messages.add(dji.mqtt.limited[reason], reason=reason)
     replies = Family("skyrelay_dji_replies_total", "counter", "DJI services_reply by method and result code.")
     for (method, result), number in sorted(dji.replies.items()):

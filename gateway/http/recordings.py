@@ -1,6 +1,7 @@
 """Recording routes: ``GET /api/recordings?name=&from=&to=`` lists the recordings on disk and
-``GET /api/recordings/{id}`` downloads one. Ids are resolved by `RecordingStore`, which only
-accepts the ids it makes; ``from``/``to`` are ISO-8601 times or epoch seconds."""
+``GET /api/recordings/{id}`` downloads one, ``GET /api/recordings/{id}/telemetry`` its telemetry
+sidecar (JSON Lines). Ids are resolved by `RecordingStore`, which only accepts the ids it
+makes; ``from``/``to`` are ISO-8601 times or epoch seconds."""
 
 from __future__ import annotations
 
@@ -55,9 +56,21 @@ def recording_routes(store: RecordingStore) -> list[web.RouteDef]:
         headers = {"Content-Disposition": f'attachment; filename="{recording.id}.mp4"'}
         return web.FileResponse(recording.path, headers={**headers, "Content-Type": "video/mp4"})
 
+    async def download_telemetry(request: web.Request) -> web.StreamResponse:
+        recording = store.resolve(request.match_info["id"])
+        path = recording.telemetry_path if recording is not None else None
+        if recording is None or path is None:
+            return _error(404, "no such recording, or it has no telemetry")
+        headers = {
+            "Content-Disposition": f'attachment; filename="{recording.id}.telemetry.jsonl"',
+            "Content-Type": "application/jsonl",
+        }
+        return web.FileResponse(path, headers=headers)
+
     return [
         web.get("/api/recordings", list_recordings),
         web.get("/api/recordings/{id}", download),
+        web.get("/api/recordings/{id}/telemetry", download_telemetry),
     ]
 
 

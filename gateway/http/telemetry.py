@@ -24,6 +24,8 @@ from gateway.telemetry.hub import TelemetryMessage
 log = get_logger(__name__)
 
 KEEPALIVE_S = 15.0
+# aiohttp does not cancel a handler whose client left; a quiet stream looks this often.
+GONE_CHECK_S = 1.0
 MAX_SSE_CLIENTS = 1000  # across streams; each holds a connection and a subscription
 CORS = {"Access-Control-Allow-Origin": "*"}
 
@@ -87,13 +89,18 @@ class TelemetryHttp:
         self._streams.add(task)
         log.info("telemetry_sse_opened", stream=name, peer=request.remote)
         try:
-            while True:
+            quiet = 0.0
+            while not _gone(request):
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(KEEPALIVE_S):
+                    async with asyncio.timeout(GONE_CHECK_S):
                         await ready.wait()
                 if not latest:
-                    await response.write(b": keepalive\n\n")
+                    quiet += GONE_CHECK_S
+                    if quiet >= KEEPALIVE_S:
+                        quiet = 0.0
+                        await response.write(b": keepalive\n\n")
                     continue
+                quiet = 0.0
                 message = latest.pop()
                 ready.clear()
                 data = message.media_payload()
@@ -107,3 +114,7 @@ class TelemetryHttp:
             log.info("telemetry_sse_closed", stream=name, sent=receiver.sent)
         return response
 
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

@@ -51,6 +51,7 @@ class Recorders:
             segment_seconds=self.segment_seconds,
             store=self.store,
             queue_frames=self.queue_frames,
+            telemetry=self.registry.telemetry,
         )
         recorder.start()
         self.running[stream.name] = recorder

@@ -6,12 +6,19 @@ strict, reversible escape of the stream name (``[A-Za-z0-9_-]`` kept, every othe
 UTF-8 as ``~XX``: no dots, no slashes) and ``start`` the UTC time of the first frame. A
 restarted gateway lists what an earlier one wrote. Nothing from a request is joined to a
 path before it matched these patterns.
+
+A recording of a stream with telemetry has a sidecar beside it, ``{start}.telemetry.jsonl``
+(`sidecar_path`): the MP4's name with another suffix, so the pair needs no index (a restarted
+gateway finds it by name alone), ``.jsonl`` for JSON Lines, and a suffix that is not
+``.mp4``, so it is never listed as a recording of its own. It is listed, downloaded and
+deleted with its recording.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{3}Z")
 STAMP_FORMAT = "%Y%m%dT%H%M%S"
 RECORDING_ID_RE = re.compile(rf"({DIRNAME_RE.pattern})\.({STAMP_RE.pattern})")
 SUFFIX = ".mp4"
+TELEMETRY_SUFFIX = ".telemetry.jsonl"
 
 
 class UnsafeStreamName(ValueError):
@@ -56,6 +64,13 @@ def stream_name(dirname: str) -> str | None:
         return None
     # Only the canonical escape: one name, one directory.
     return name if stream_dirname(name) == dirname else None
+
+
+def sidecar_path(recording: Path) -> Path:
+    """The telemetry sidecar of the recording file ``recording`` (``….mp4``)."""
+    name = recording.name
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return recording.with_name(stem + TELEMETRY_SUFFIX)
 
 
 def format_stamp(epoch: float) -> str:
@@ -85,8 +100,18 @@ class Recording:
     end: float  # epoch seconds: the last write (the file's mtime)
     size: int  # bytes
     path: Path
+    telemetry_size: int | None = None  # bytes of its telemetry sidecar; None: it has none
+
+    @property
+    def telemetry_path(self) -> Path | None:
+        return sidecar_path(self.path) if self.telemetry_size is not None else None
 
     def to_json(self) -> dict[str, Any]:
+        telemetry = (
+            None
+            if self.telemetry_size is None
+            else {"url": f"/api/recordings/{self.id}/telemetry", "size": self.telemetry_size}
+        )
         return {
             "id": self.id,
             "name": self.stream,
@@ -96,6 +121,7 @@ class Recording:
             "end_epoch": self.end,
             "duration": round(max(0.0, self.end - self.start), 3),
             "size": self.size,
+            "telemetry": telemetry,
         }
 
 
@@ -138,7 +164,16 @@ class RecordingStore:
             return None
         if not path.is_file() or path.is_symlink():
             return None
-        return Recording(f"{dirname}.{stamp}", name, start, max(start, info.st_mtime), info.st_size, path)
+        telemetry_size: int | None = None
+        try:
+            sidecar = sidecar_path(path).lstat()
+            if stat.S_ISREG(sidecar.st_mode):  # a symlink is not a sidecar either
+                telemetry_size = sidecar.st_size
+        except OSError:
+            pass
+        return Recording(
+            f"{dirname}.{stamp}", name, start, max(start, info.st_mtime), info.st_size, path, telemetry_size
+        )
 
     def recordings(
         self, *, name: str | None = None, start: float | None = None, end: float | None = None
@@ -199,9 +234,10 @@ class RecordingStore:
 
     def apply_retention(self) -> list[Recording]:
         """Delete the recordings older than ``max_age_s`` (by their end), then the oldest
-        until the rest fit in ``max_total_bytes``. Files being written are kept."""
+        until the rest fit in ``max_total_bytes`` (telemetry sidecars count). Files being
+        written are kept. A recording's sidecar goes with it."""
         every = self._files(None, None, None)
-        total = sum(r.size for r in every)
+        total = sum(r.size + (r.telemetry_size or 0) for r in every)
         recordings = [r for r in every if r.path not in self._writing]
         removed: list[Recording] = []
         now = self._clock()
@@ -219,6 +255,14 @@ class RecordingStore:
                 log.warning("recording_delete_failed", id=recording.id, error=str(exc))
                 continue
             total -= recording.size
+            if recording.telemetry_path is not None:
+                try:
+                    recording.telemetry_path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("recording_delete_failed", id=recording.id, error=str(exc))
+                total -= recording.telemetry_size or 0
             removed.append(recording)
             reason = "empty" if empty else "age" if too_old else "size"
             log.info("recording_deleted", id=recording.id, reason=reason)

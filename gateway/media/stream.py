@@ -341,7 +341,8 @@ class Stream:
             return None
         if time_base.denominator == 90_000 and time_base.numerator == 1:
             return self.last_video_pts
-        return round(self.last_video_pts * time_base * 90_000)
+        # Truncated, as aiortc's packetizer converts a frame's pts to its RTP timestamp.
+        return int(self.last_video_pts * time_base * 90_000)
 
     def set_dimensions(self, width: int, height: int) -> None:
         if (width, height) == (self.width, self.height):

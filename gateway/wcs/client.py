@@ -17,6 +17,7 @@ import orjson
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -46,9 +47,23 @@ class ClientStream:
         self.rates: list[dict[str, Any]] = []
         self.events: list[tuple[str, Any]] = []  # (message name, data) of anything else
         self.tracks: list[MediaStreamTrack] = []
+        # Data channels the server opened (the telemetry channel), and what came on them.
+        self.data_channels: list[RTCDataChannel] = []
+        self.data_messages: list[tuple[str, str | bytes]] = []  # (channel label, message)
         self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
         self.pc.on("track", self.tracks.append)
+        self.pc.on("datachannel", self._data_channel)
+
+    def _data_channel(self, channel: RTCDataChannel) -> None:
+        self.data_channels.append(channel)
+
+        def message(data: str | bytes) -> None:
+            self.data_messages.append((channel.label, data))
+            self._changed.set()
+
+        channel.on("message", message)
+        self._changed.set()
 
     @property
     def status(self) -> str | None:
@@ -233,13 +248,18 @@ class WcsClient:
         kinds: Sequence[str] = ("audio", "video"),
         timeout: float = 20.0,
         before_answer: BeforeAnswer | None = None,
+        data_channel: bool = False,
         **fields: Any,
     ) -> ClientStream:
         """Ask to play ``name`` with recvonly transceivers (``fields`` go into the request,
-        e.g. ``custom``). Raises WcsError if refused."""
+        e.g. ``custom``). ``data_channel``: open one before the offer, so that the offer has
+        an m=application section and the server may open its own (telemetry). Raises
+        WcsError if refused."""
         stream = self._new_stream(name, published=False)
         for kind in kinds:
             stream.pc.addTransceiver(kind, direction="recvonly")
+        if data_channel:
+            stream.pc.createDataChannel("client")
         await self._negotiate(
             stream, "playStream", timeout, {"record": False, **fields}, set(kinds), before_answer
         )

@@ -268,6 +268,9 @@ def test_with_overrides() -> None:
         ("ping_probes", "0", "ping_probes"),
         ("log_format", "xml", "log_format"),
         ("log_format", "JSON", "log_format"),
+        ("dji_max_osd_rate", "0", "dji_max_osd_rate"),
+        ("dji_max_osd_rate", "nan", "dji_max_osd_rate"),
+        ("dji_max_osd_rate", "-3", "dji_max_osd_rate"),
     ],
 )
 def test_out_of_range_values(key: str, value: str, words: str) -> None:
@@ -388,3 +391,13 @@ def test_off_and_enum_settings_as_the_parts_use_them() -> None:
     assert config.device_state_path is None
     assert Config().device_state_path == Path("state/devices.json")
     assert (config.live_push_type, config.live_push_types) == (UrlType.WHIP, {"DOCK1": UrlType.RTSP})
+
+
+def test_osd_rate_setting_reaches_the_device_registry() -> None:
+    from gateway.app import Gateway
+
+    config = load({}, environ={"SKYRELAY_DJI_MAX_OSD_RATE": "12.5"})
+    assert config.dji_max_osd_rate == 12.5
+    assert load({}, environ={}).dji_max_osd_rate == 50.0
+    gateway = Gateway(config)  # built, not started
+    assert gateway.dji is not None and gateway.dji.devices.max_osd_rate == 12.5

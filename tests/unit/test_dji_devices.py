@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 from typing import Any
 
 import pytest
+import structlog
 
 from gateway.dji import protocol as p
 from gateway.dji.devices import (
     MAX_VIDEOS_PER_DEVICE,
+    OSD_RATE,
     TOO_MANY_DEVICES,
     TOO_MANY_GATEWAYS,
     DeviceLimitExceeded,
@@ -19,10 +23,16 @@ from gateway.dji.devices import (
     GatewayOffline,
     GatewayOnline,
     LiveStatusChanged,
+    OsdRateLimited,
     Publish,
     ServiceReplied,
+    TelemetryReceived,
     VideosChanged,
 )
+from gateway.dji.mqtt import DjiMqtt
+from gateway.dji.osd import DeviceKind
+from gateway.dji.protocol import DjiProtocolError
+from gateway.mqtt_link import BrokerAddress
 from tests.unit.helpers import DJI_LIVE_CAPACITY
 
 GW = "1ZMDGBW0000135"
@@ -85,6 +95,11 @@ def online(registry: DeviceRegistry, now: float = 0.0, gateway: str = GW) -> lis
     """update_topo (with the aircraft) then the official live_capacity."""
     registry.receive(f"sys/product/{gateway}/status", update_topo(AIRCRAFT), now)
     return registry.receive(f"thing/product/{gateway}/state", state(gateway, live_capacity=CAPACITY), now)
+
+
+def without_telemetry(events: list[Event]) -> list[Event]:
+    """The events other than TelemetryReceived (an osd of a known device adds one)."""
+    return [event for event in events if not isinstance(event, TelemetryReceived)]
 
 
 def snapshot(registry: DeviceRegistry) -> Any:
@@ -200,8 +215,8 @@ def test_live_status_is_kept_and_announced() -> None:
 def test_live_status_in_osd_is_accepted_too() -> None:
     registry = DeviceRegistry()
     online(registry)
-    (changed,) = registry.receive(OSD, state(live_status=LIVE_STATUS), 1.0)
-    assert isinstance(changed, LiveStatusChanged)
+    changed, telemetry = registry.receive(OSD, state(live_status=LIVE_STATUS), 1.0)
+    assert isinstance(changed, LiveStatusChanged) and isinstance(telemetry, TelemetryReceived)
 
 
 def test_capacity_and_status_in_one_message() -> None:
@@ -263,7 +278,8 @@ def test_events_without_need_reply_are_not_answered() -> None:
 def test_osd_with_need_reply_is_not_answered() -> None:
     registry = DeviceRegistry()
     online(registry)
-    assert registry.receive(OSD, payload("", {"x": 1}, gateway=GW, need_reply=1), 1.0) == []
+    events = registry.receive(OSD, payload("", {"x": 1}, gateway=GW, need_reply=1), 1.0)
+    assert without_telemetry(events) == []
 
 
 # --- aircraft messages -----------------------------------------------------------------------
@@ -273,7 +289,7 @@ def test_aircraft_osd_refreshes_its_gateway() -> None:
     registry = DeviceRegistry(offline_after=60.0)
     online(registry, 0.0)
     events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload("", {"height": 10}), 50.0)
-    assert events == []
+    assert without_telemetry(events) == []
     assert set(registry.gateways) == {GW}
     assert registry.gateways[GW].last_seen == 50.0
     assert registry.tick(100.0) == []  # 50 s after the osd: still online
@@ -302,7 +318,7 @@ def test_aircraft_moved_to_another_gateway_stays_there() -> None:
     registry.receive(f"sys/product/{GW2}/status", update_topo(AIRCRAFT), 1.0)  # now behind GW2
     registry.receive(STATUS, update_topo(), 2.0)  # GW loses it
     events = registry.receive(f"thing/product/{AIRCRAFT}/osd", payload(), 3.0)
-    assert events == []
+    assert without_telemetry(events) == []
     assert registry.gateways[GW2].last_seen == 3.0
     assert AIRCRAFT not in registry.gateways
 
@@ -375,7 +391,9 @@ def test_gateway_comes_back_with_its_old_videos() -> None:
     registry = DeviceRegistry(offline_after=60.0)
     online(registry, 0.0)
     registry.tick(100.0)
-    events = registry.receive(f"thing/product/{GW}/osd", payload("", {}, gateway=GW), 120.0)
+    events = without_telemetry(
+        registry.receive(f"thing/product/{GW}/osd", payload("", {}, gateway=GW), 120.0)
+    )
     assert events[0] == GatewayOnline(GW)
     assert isinstance(events[1], VideosChanged) and events[1].sn == GW
     assert [v.video_id for v in events[1].videos] == VIDEO_IDS
@@ -441,6 +459,13 @@ def test_requests_topic_makes_no_events() -> None:
         (STATE, b"[]"),
         (STATUS, b'{"bid":"b"}'),
         (OSD, b'{"tid":"t","bid":"b","data":[]}'),
+        (OSD, b"not json"),
+        (f"thing/product/{AIRCRAFT2}/osd", b'{"tid":"t","bid":"b","data":"flying"}'),
+        (f"thing/product/{AIRCRAFT2}/osd", b"[" * 5000 + b"]" * 5000),
+        (
+            f"thing/product/{AIRCRAFT2}/osd",
+            b'{"tid":"t","bid":"b","data":{"x":"' + b"x" * p.MAX_PAYLOAD_BYTES + b'"}}',
+        ),
         (EVENTS, b'{"tid":"t","bid":"b","gateway":"bad/sn"}'),
         (SERVICES_REPLY, b"\xff"),
         (STATE, b"x" * (p.MAX_PAYLOAD_BYTES + 1)),
@@ -532,7 +557,9 @@ def test_a_restored_registry_offers_the_videos_as_soon_as_the_gateway_speaks() -
     assert after.gateways[GW].last_seen is None
     assert after.tick(10_000.0) == []  # never heard from: not "went offline" again
     # The aircraft's osd names no gateway: the restored topology says whose it is.
-    events = after.receive(f"thing/product/{AIRCRAFT}/osd", payload("", {"height": 10}), 5.0)
+    events = without_telemetry(
+        after.receive(f"thing/product/{AIRCRAFT}/osd", payload("", {"height": 10}), 5.0)
+    )
     assert events == [GatewayOnline(GW), VideosChanged(GW, tuple(after.gateways[GW].capacity.videos))]
     assert [str(v.video_id) for _, v in after.videos()] == [str(v) for v in VIDEO_IDS]
     assert after.gateways[GW].capacity == before.gateways[GW].capacity
@@ -641,3 +668,168 @@ def test_restore_keeps_to_the_bounds() -> None:
     small = DeviceRegistry(max_gateways=3, max_devices_per_gateway=5)
     restored = small.restore(full.snapshot())
     assert len(restored) == 3 and crowded not in restored and len(small.gateways) == 3
+
+
+# --- telemetry (osd) -------------------------------------------------------------------------
+
+AIRCRAFT_OSD = f"thing/product/{AIRCRAFT}/osd"
+# An aircraft's osd, the shape of DJI's documented aircraft properties (see test_dji_osd.py).
+FLYING = {
+    "latitude": 22.579,
+    "longitude": 113.937,
+    "height": 120.5,
+    "elevation": 60.2,
+    "attitude_head": 87.0,
+    "attitude_pitch": -1.2,
+    "attitude_roll": 0.4,
+    "horizontal_speed": 8.1,
+    "vertical_speed": 0.3,
+    "battery": {"capacity_percent": 76},
+    "mode_code": 5,
+    "39-0-7": {"gimbal_pitch": -30.0, "gimbal_roll": 0.0, "gimbal_yaw": 87.0, "payload_index": "39-0-7"},
+}
+
+
+def telemetry(events: list[Event]) -> list[TelemetryReceived]:
+    return [event for event in events if isinstance(event, TelemetryReceived)]
+
+
+def test_osd_of_a_known_aircraft_is_a_sample_with_its_gateway_and_lens() -> None:
+    registry = DeviceRegistry(wall_clock=lambda: 1701940000.150)
+    online(registry)
+    registry.receive(STATE, state(live_status=LIVE_STATUS), 1.0)  # 39-0-7 live with its normal lens
+    events = registry.receive(AIRCRAFT_OSD, payload("", FLYING, gateway=GW), 2.0)
+    (received,) = telemetry(events)
+    sample = received.sample
+    assert (sample.sn, sample.gateway_sn, sample.kind) == (AIRCRAFT, GW, DeviceKind.AIRCRAFT)
+    assert sample.device_time_ms == 1654070968655 and sample.received_at_ms == 1701940000150
+    assert sample.aircraft is not None and sample.aircraft.height == 120.5 and sample.aircraft.battery == 76
+    (camera,) = sample.cameras
+    assert camera.payload_index == "39-0-7" and camera.lens == "normal"
+    assert registry.gateways[GW].last_seen == 2.0  # liveness as before
+
+
+def test_a_dock_osd_is_a_dock_sample_and_its_link_quality_goes_to_its_aircraft() -> None:
+    registry = DeviceRegistry()
+    online(registry)  # update_topo with domain "3": a dock
+    dock_osd = {
+        "mode_code": 4,
+        "network_state": {"type": 2, "quality": 5, "rate": 1200.5},
+        "wireless_link": {"sdr_quality": 3, "4g_quality": 65535},
+    }
+    (dock,) = telemetry(registry.receive(OSD, payload("", dock_osd, gateway=GW), 1.0))
+    assert dock.sample.kind is DeviceKind.DOCK and dock.sample.dock is not None
+    assert dock.sample.dock.mode_code == 4 and dock.sample.gauges() == {"link_quality": 5.0}
+    (aircraft,) = telemetry(registry.receive(AIRCRAFT_OSD, payload("", FLYING, gateway=GW), 2.0))
+    assert aircraft.sample.aircraft is not None and aircraft.sample.aircraft.link_quality == 3
+
+
+def test_the_gateways_update_topo_decides_dock_or_remote_controller() -> None:
+    registry = DeviceRegistry()
+    rc_topo = update_topo(AIRCRAFT)
+    rc_topo = rc_topo.replace(b'"domain": "3"', b'"domain": "2"').replace(b'"type": 98', b'"type": 144')
+    registry.receive(STATUS, rc_topo, 0.0)
+    # An RC's osd: nothing in it says "dock" or "RC" but the topology.
+    (rc,) = telemetry(registry.receive(OSD, payload("", {"latitude": 22.5, "height": 10.0}, gateway=GW), 1.0))
+    assert rc.sample.kind is DeviceKind.RC and rc.sample.rc is not None and rc.sample.rc.latitude == 22.5
+
+
+def test_a_device_owning_videos_in_a_capacity_is_known() -> None:
+    registry = DeviceRegistry()
+    registry.receive(STATE, state(live_capacity=CAPACITY), 0.0)  # no update_topo: only the capacity
+    (received,) = telemetry(registry.receive(AIRCRAFT_OSD, payload("", FLYING, gateway=GW), 1.0))
+    assert received.sample.sn == AIRCRAFT
+
+
+def test_osd_of_an_unknown_device_gives_no_telemetry_and_is_counted() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    events = registry.receive(f"thing/product/{AIRCRAFT2}/osd", payload("", FLYING, gateway=GW), 3.0)
+    assert events == [] and registry.osd_unknown == 1
+    assert registry.gateways[GW].last_seen == 3.0  # it still says the gateway is there
+    # A gateway known only from its osd (never announced itself) is not a known device either.
+    events = registry.receive(f"thing/product/{GW2}/osd", payload("", {"mode_code": 0}, gateway=GW2), 4.0)
+    assert events == [GatewayOnline(GW2)] and registry.osd_unknown == 2
+    # The known aircraft still gets its samples.
+    assert telemetry(registry.receive(AIRCRAFT_OSD, payload("", FLYING, gateway=GW), 5.0))
+
+
+def test_malformed_osd_values_are_dropped_field_by_field() -> None:
+    registry = DeviceRegistry()
+    online(registry)
+    bad = {
+        **FLYING,
+        "latitude": 200,
+        "height": "high",
+        "battery": {"capacity_percent": 300},
+        "mode_code": True,
+    }
+    (received,) = telemetry(registry.receive(AIRCRAFT_OSD, payload("", bad, gateway=GW), 1.0))
+    sample = received.sample
+    assert set(sample.dropped) == {"latitude", "height", "battery.capacity_percent", "mode_code"}
+    assert sample.aircraft is not None and sample.aircraft.longitude == 113.937
+    assert sample.aircraft.latitude is None and sample.aircraft.battery is None
+
+
+def test_osd_past_the_rate_is_refused_unparsed_and_counted_and_liveness_goes_on() -> None:
+    registry = DeviceRegistry(max_osd_rate=50)
+    online(registry)
+    message = payload("", FLYING, gateway=GW)
+    accepted, firsts = 0, 0
+    for i in range(1000):  # 1,000 messages in one second
+        try:
+            events = registry.receive(AIRCRAFT_OSD, message, 10.0 + i / 1000)
+        except OsdRateLimited as exc:
+            firsts += exc.first_of_burst
+            assert exc.reason == OSD_RATE and exc.sn == AIRCRAFT
+            continue
+        accepted += 1
+        assert telemetry(events)
+    assert 50 <= accepted <= 50 + registry.osd_burst + 1
+    assert registry.osd_limited == 1000 - accepted
+    assert firsts == 1  # one burst: logged once, not once per message
+    assert registry.gateways[GW].last_seen is not None and registry.gateways[GW].last_seen > 10.9
+    # Refused by the topic alone: not even parsed (garbage refused as rate, not as bad JSON).
+    with pytest.raises(OsdRateLimited):
+        registry.receive(AIRCRAFT_OSD, b"not json at all", 10.999)
+    # Other devices are not limited by it, and the dock's own osd passes.
+    assert registry.receive(OSD, payload("", {"mode_code": 0}, gateway=GW), 11.0)
+    # A second later the device has its rate again; a later flood is a new burst.
+    assert telemetry(registry.receive(AIRCRAFT_OSD, message, 12.0))
+    refusals = []
+    for i in range(100):
+        with contextlib.suppress(OsdRateLimited):
+            registry.receive(AIRCRAFT_OSD, message, 30.0)
+            continue
+        refusals.append(i)
+    assert refusals  # refused past the burst
+
+
+def test_osd_rate_limit_state_is_bounded_by_the_registry_limits() -> None:
+    registry = DeviceRegistry(max_gateways=3, max_devices_per_gateway=1, max_osd_rate=5)
+    for n in range(100):
+        with contextlib.suppress(DjiProtocolError):
+            registry.receive(f"thing/product/{gateway_sn(n)}/osd", payload("", {}), float(n))
+    assert len(registry._osd_buckets) <= registry.max_osd_buckets == 3 * 2
+    assert len(registry.gateways) == 3
+
+
+def test_rate_refusals_are_logged_once_per_burst_by_the_mqtt_side() -> None:
+    registry = DeviceRegistry(max_osd_rate=10)
+    online(registry)
+    now = [0.0]
+    mqtt = DjiMqtt(
+        BrokerAddress.parse("mqtt://127.0.0.1:1"), registry, lambda event: None, clock=lambda: now[0]
+    )
+    message = payload("", FLYING, gateway=GW)
+
+    async def flood() -> None:
+        for i in range(1000):
+            now[0] = 5.0 + i / 1000
+            await mqtt._receive(AIRCRAFT_OSD, message)
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(flood())
+    assert mqtt.limited[OSD_RATE] == registry.osd_limited > 900
+    assert [entry["event"] for entry in logs] == ["dji_osd_rate_limited"]
+    assert mqtt.dropped_messages == 0 and mqtt.failed_messages == 0

@@ -1,8 +1,9 @@
 """Property tests of the DJI Cloud API parsers (gateway/dji/protocol.py) against hostile input.
 
 For any bytes, text or JSON value, the envelope parser and the parsers of what envelopes
-carry (services replies, live_capacity, live_status, update_topo, video ids, qualities,
-topics) return or raise DjiProtocolError, never anything else. The builders read back the
+carry (services replies, live_capacity, live_status, update_topo, osd telemetry, video ids,
+qualities, topics) return or raise DjiProtocolError, never anything else; an osd sample
+always serialises, bounded. The builders read back the
 same. Budget: the Hypothesis profile (tests/unit/conftest.py).
 """
 
@@ -15,6 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.dji import protocol as p
+from gateway.dji.osd import parse_osd
 
 # JSON values as orjson writes them (64-bit integers, finite floats).
 json_scalars = (
@@ -58,11 +60,20 @@ def parse_everything(payload: bytes | str) -> None:
         lambda: p.parse_update_topo("GW1", envelope),
         lambda: p.parse_live_capacity(envelope.data.get("live_capacity")),
         lambda: p.parse_live_status(envelope.data.get("live_status")),
+        lambda: check_osd(envelope),
     ):
         try:
             parse()
         except p.DjiProtocolError:
             pass
+
+
+def check_osd(envelope: p.Envelope) -> None:
+    """As the registry calls it, for an aircraft and for the gateway's own osd."""
+    for sn in ("AIRCRAFT1", "GW1"):
+        sample = parse_osd(sn, envelope, received_at_ms=1, gateway_sn="GW1")
+        assert len(orjson.dumps(sample.to_json())) < 64 * 1024
+        sample.gauges()
 
 
 @given(st.binary(max_size=200) | st.text(max_size=200))
@@ -147,3 +158,20 @@ def test_update_topo_round_trip(gateway: str, domain: str, kind: int, subs: tupl
 def test_video_id_round_trip(sn: str, camera: str, video: str) -> None:
     video_id = p.VideoId(sn, camera, video)
     assert p.VideoId.parse(str(video_id)) == video_id
+
+
+osd_keys = st.sampled_from(
+    ["latitude", "height", "attitude_head", "battery", "mode_code", "wireless_link", "network_state"]
+    + ["capacity_percent", "cameras", "39-0-7", "53-0-0", "liveview_world_region", "x"]
+)
+
+
+@given(st.dictionaries(osd_keys | st.text(max_size=8), json_values, max_size=12))
+@example({"cameras": [{"payload_index": "39-0-7", "liveview_world_region": {"left": True}}]})
+@example({"39-0-7": {"gimbal_pitch": 2**63}, "battery": {"capacity_percent": 1e308}})
+def test_osd_parser_gives_a_sample_for_any_data(data: dict[str, Any]) -> None:
+    try:
+        envelope = p.parse_envelope(orjson.dumps({"tid": "t", "bid": "b", "data": data}))
+    except p.DjiProtocolError:
+        return
+    check_osd(envelope)

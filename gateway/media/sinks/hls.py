@@ -11,6 +11,12 @@ writes before the first fragment. A stream with Opus audio has it in the same se
 the video's timeline (see `gateway.media.sinks.fmp4`); G.711 audio cannot go in MP4 and is
 left out (logged once). Nothing touches the disk: segment names are built here, never taken
 from a request.
+
+A stream with telemetry has each sample in its segments as timed ID3 in an ``emsg`` box
+(`gateway.media.emsg`), which hls.js turns into a metadata cue: the box goes before the
+``moof`` of the fragment that holds the frame the sample was stamped with
+(`TelemetryTrack`), its presentation time on the segments' media timeline (the fragments'
+``tfdt``: 0 is the muxer's first frame), at 90 kHz.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from fractions import Fraction
 from typing import Any
 
 from gateway.log import get_logger
+from gateway.media.emsg import telemetry_emsg
 from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import Remuxer
+from gateway.media.sinks.telemetry import TelemetryTrack, to_clock
 from gateway.media.stream import MediaFrame, Stream
+from gateway.telemetry.hub import RTP_CLOCK, TelemetryHub
 
 log = get_logger(__name__)
 
@@ -65,6 +74,7 @@ class HlsPackager(Remuxer):
         window: int,
         clock: Callable[[], float] = time.monotonic,
         queue_frames: int = SUBSCRIPTION_FRAMES,
+        telemetry: TelemetryHub | None = None,
     ) -> None:
         super().__init__(stream)
         self.segment_target = segment_target
@@ -83,6 +93,12 @@ class HlsPackager(Remuxer):
         self._segment_start: Fraction | None = None  # seconds on it where the open segment starts
         self._pending = bytearray()  # fragments of the open segment
         self._pending_discontinuity = False
+        # Telemetry: samples (pts on the muxer's timeline, 90 kHz; JSON) waiting for their fragment.
+        self.telemetry = TelemetryTrack(telemetry, stream.name) if telemetry is not None else None
+        self._events: list[tuple[int, str]] = []
+        self._event_id = 0
+        self.emsg_boxes = 0
+        self.telemetry_dropped = 0  # samples with no muxer to time them by
         self._subscribe(self, queue_frames)
         self._task = asyncio.create_task(self._run(), name=f"hls:{stream.name}")
 
@@ -99,14 +115,51 @@ class HlsPackager(Remuxer):
         # keyframe rather than stop serving the stream.
         log.warning("hls_mux_error", stream=self.stream.name, error=str(exc)[:200])
 
+    def _check(self, frame: MediaFrame) -> None:
+        """Telemetry that came before this video frame waits for its fragment."""
+        if self.telemetry is None or frame.kind != "video":
+            return
+        due = self.telemetry.due(to_clock(frame.pts, frame.time_base))
+        if not due:
+            return
+        muxer = self.muxer
+        if muxer is None or muxer.origin is None:
+            self.telemetry_dropped += len(due)
+            return
+        origin = to_clock(muxer.origin, muxer.time_base)
+        self._events += [(max(0, pts - origin), body) for pts, body in due]
+
+    def _emsgs(self, end: Fraction | None) -> bytes:
+        """``emsg`` boxes of the samples before ``end`` (seconds; None: all that wait)."""
+        events = self._events
+        count = len(events) if end is None else 0
+        if end is not None:
+            limit = end * RTP_CLOCK
+            while count < len(events) and events[count][0] < limit:
+                count += 1
+        if not count:
+            return b""
+        boxes = []
+        for pts, body in events[:count]:
+            boxes.append(
+                telemetry_emsg(body, presentation_time=pts, timescale=RTP_CLOCK, event_id=self._event_id)
+            )
+            self._event_id = (self._event_id + 1) & 0xFFFFFFFF
+        del events[:count]
+        self.emsg_boxes += count
+        return b"".join(boxes)
+
     def _take(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
         """Fragments (one a GOP) into segments: one is cut after the fragment that ends
-        ``segment_target`` or more after the open segment's start."""
+        ``segment_target`` or more after the open segment's start. Telemetry of a fragment
+        goes before its ``moof``."""
         if self._init_version not in self.inits and muxer.header is not None:
             self.inits[self._init_version] = muxer.header
         for fragment in fragments:
             if self._segment_start is None:
                 self._segment_start = fragment.start
+            if self._events and (fragment.start is not None or fragment.end is not None):
+                self._pending += self._emsgs(fragment.end)
             self._pending += fragment.data
             end = fragment.end
             if (
@@ -128,6 +181,8 @@ class HlsPackager(Remuxer):
             self._finish_segment(self.video_end)
         self._pending.clear()
         self._segment_start = None
+        self.telemetry_dropped += len(self._events)  # the muxer closed before their fragment
+        self._events.clear()
 
     def _finish_segment(self, end: Fraction) -> None:
         """The open segment ends at ``end`` (seconds on the muxer's timeline)."""
@@ -200,6 +255,8 @@ class HlsPackager(Remuxer):
         if self.closed:
             return
         self.closed = True
+        if self.telemetry is not None:
+            self.telemetry.close()
         self._unsubscribe()
         self._drop_muxer()
         self.first_segment.set()  # wake waiting requests: they see `closed`
@@ -286,6 +343,7 @@ class HlsService:
                 window=self.window,
                 clock=self._clock,
                 queue_frames=self.queue_frames,
+                telemetry=self.registry.telemetry,
             )
             self.packagers[stream.name] = packager
             log.info("hls_started", stream=stream.name)

@@ -15,6 +15,16 @@ The files are created, written and closed by a worker thread, in order (`Segment
 slow or full disk never holds the event loop, and every other stream with it, back. When
 more than `MAX_PENDING_BYTES` wait for the disk, the file is closed and recording resumes
 at a keyframe once the disk has caught up.
+
+With a telemetry hub, the samples of the stream go to a sidecar beside each file
+(``{start}.telemetry.jsonl``, see `gateway.media.recordings`): one JSON line a sample,
+``{"t": seconds, "pts": 90 kHz, "sample": {...}}``, on the file's timeline (0 is its first
+video frame, as the MP4's presentation times). A sample goes to the file that holds the
+frame it was stamped with (`TelemetryTrack`). The sidecar is created with the first sample
+of its file (no empty sidecars for cameras without telemetry), by the same worker thread, and
+each batch of whole lines goes to it with one unbuffered ``write``: a killed gateway leaves it
+readable up to its last whole line. A sidecar that fails (a full disk) is given up alone;
+the video goes on.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.log import get_logger
-from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, stream_dirname
+from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, sidecar_path, stream_dirname
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import REMUX_ERRORS, Remuxer
+from gateway.media.sinks.telemetry import TelemetryTrack, to_clock
 from gateway.media.stream import MediaFrame, Stream
+from gateway.telemetry.hub import RTP_CLOCK, TelemetryHub
 
 log = get_logger(__name__)
 
@@ -51,8 +63,12 @@ class SegmentFiles:
         self.pending_bytes = 0  # asked for, not written yet (counted on the event loop only)
         self.error: OSError | None = None
         self.path: Path | None = None  # the file being written
+        self.sidecars: list[Path] = []  # every telemetry sidecar created, oldest first
+        self.telemetry_lines = 0  # written to sidecars
         self._fd: int | None = None
         self._broken = False  # a write to the current file failed
+        self._sidecar_fd: int | None = None
+        self._sidecar_broken = False  # a write to the current sidecar failed
         self._ops: asyncio.Queue[tuple[Callable[[], None], int] | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name=f"recording-files:{stream}")
 
@@ -62,6 +78,10 @@ class SegmentFiles:
 
     def write(self, data: bytes) -> None:
         self._ask(lambda: self._write(data), len(data))
+
+    def telemetry(self, lines: bytes, count: int) -> None:
+        """``count`` whole lines for the current file's sidecar (created with the first)."""
+        self._ask(lambda: self._write_telemetry(lines, count), len(lines))
 
     def close(self) -> None:
         self._ask(self._close, 0)
@@ -129,8 +149,36 @@ class SegmentFiles:
             view = view[written:]
         self.bytes_written += len(data)
 
+    def _write_telemetry(self, lines: bytes, count: int) -> None:
+        if self.path is None or self._fd is None or self._broken or self._sidecar_broken:
+            return  # no file to go with (it failed)
+        try:
+            if self._sidecar_fd is None:
+                path = sidecar_path(self.path)
+                # O_TRUNC: only a stale sidecar whose recording is gone can be there (the
+                # recording's name was new).
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+                self._sidecar_fd = os.open(path, flags, 0o644)
+                self.sidecars.append(path)
+                log.info("recording_telemetry_file", stream=self.stream, path=str(path))
+            # Unbuffered: each batch of whole lines is in the kernel once `write` returns.
+            view = memoryview(lines)
+            while view:
+                view = view[os.write(self._sidecar_fd, view) :]
+            self.telemetry_lines += count
+        except OSError as exc:
+            self._sidecar_broken = True
+            log.warning("recording_telemetry_failed", stream=self.stream, error=str(exc)[:200])
+
     def _close(self) -> None:
         self._broken = False
+        self._sidecar_broken = False
+        sidecar, self._sidecar_fd = self._sidecar_fd, None
+        if sidecar is not None:
+            try:
+                os.close(sidecar)
+            except OSError:
+                pass
         fd, self._fd = self._fd, None
         path, self.path = self.path, None
         if fd is None or path is None:
@@ -163,6 +211,7 @@ class Recorder(Remuxer):
         store: RecordingStore | None = None,
         clock: Callable[[], float] = time.time,
         queue_frames: int = SUBSCRIPTION_FRAMES,
+        telemetry: TelemetryHub | None = None,
     ) -> None:
         if segment_seconds <= 0 or fragment_seconds <= 0:
             raise ValueError("segment_seconds and fragment_seconds must be positive")
@@ -180,6 +229,10 @@ class Recorder(Remuxer):
         self._file_open = False  # asked for: the worker may not have created it yet
         self._files: SegmentFiles | None = None
         self._finishing: asyncio.Future[None] | None = None
+        self._hub = telemetry
+        self.telemetry: TelemetryTrack | None = None
+        self._lines: list[bytes] = []  # for the current file, until it is created
+        self.telemetry_dropped = 0  # samples with no file to go in (before the first keyframe)
 
     @property
     def current(self) -> Path | None:
@@ -192,11 +245,18 @@ class Recorder(Remuxer):
         return self._files.files if self._files is not None else []
 
     @property
+    def sidecars(self) -> list[Path]:
+        """Every telemetry sidecar this recorder created, oldest first."""
+        return self._files.sidecars if self._files is not None else []
+
+    @property
     def bytes_written(self) -> int:
         return self._files.bytes_written if self._files is not None else 0
 
     def start(self) -> None:
         self._files = SegmentFiles(self.stream.name, self.directory, self.store)
+        if self._hub is not None:
+            self.telemetry = TelemetryTrack(self._hub, self.stream.name)
         self._subscribe(self, self.queue_frames)
         self._task = asyncio.create_task(self._run(), name=f"recorder:{self.stream.name}")
         log.info("recording_started", stream=self.stream.name, directory=str(self.directory))
@@ -216,6 +276,9 @@ class Recorder(Remuxer):
     def _check(self, frame: MediaFrame) -> None:
         files = self._files
         assert files is not None
+        if self.telemetry is not None and frame.kind == "video":
+            # Before the frame: a keyframe that cuts the file has not closed it yet.
+            self._place(self.telemetry.due(to_clock(frame.pts, frame.time_base)))
         if files.error is not None:
             error, files.error = files.error, None
             raise error
@@ -236,6 +299,26 @@ class Recorder(Remuxer):
         self._segment_start = keyframe.pts
         self._start_epoch = self._clock()
 
+    def _place(self, samples: list[tuple[int, str]]) -> None:
+        """Samples into the current file's sidecar, on its timeline."""
+        if not samples:
+            return
+        muxer = self.muxer
+        if muxer is None or muxer.origin is None:
+            self.telemetry_dropped += len(samples)  # no file now: between files, or before the first
+            return
+        origin = to_clock(muxer.origin, muxer.time_base)
+        lines = []
+        for pts, body in samples:
+            at = pts - origin
+            # The sample's JSON as the hub encoded it: not decoded, not encoded again.
+            lines.append(f'{{"t":{at / RTP_CLOCK:.6f},"pts":{at},"sample":{body}}}\n'.encode())
+        if self._file_open:
+            assert self._files is not None
+            self._files.telemetry(b"".join(lines), len(lines))
+        else:
+            self._lines += lines  # the file is created with its first fragment
+
     def _take(self, muxer: Fmp4Muxer, fragments: list[Fragment]) -> None:
         """Write complete fragments (with the header first, in the same write)."""
         if not fragments:
@@ -247,11 +330,16 @@ class Recorder(Remuxer):
             assert muxer.header is not None
             files.create(self._start_epoch, muxer.header + data)
             self._file_open = True
+            if self._lines:
+                lines, self._lines = self._lines, []
+                files.telemetry(b"".join(lines), len(lines))
         else:
             files.write(data)
 
     def _closed(self) -> None:
         self._segment_start = None
+        self.telemetry_dropped += len(self._lines)  # a file that never got a fragment
+        self._lines = []
         if self._file_open:
             self._file_open = False
             assert self._files is not None
@@ -264,6 +352,12 @@ class Recorder(Remuxer):
         await asyncio.shield(self._finishing)
 
     async def _finish_once(self) -> None:
+        telemetry = self.telemetry
+        if telemetry is not None:
+            # What came after the last frame taken, stamped with a frame in this file.
+            last = telemetry.last_pts
+            self._place(telemetry.up_to(last) if last is not None else [])
+            telemetry.close()
         try:
             self._close_muxer(flush_held=True)
         except REMUX_ERRORS as exc:
