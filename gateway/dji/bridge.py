@@ -22,7 +22,14 @@ from typing import Any
 from gateway.dji import live
 from gateway.dji import protocol as p
 from gateway.dji.device_state import DeviceStateFile
-from gateway.dji.devices import DeviceRegistry, Event, GatewayOffline, ServiceReplied, VideosChanged
+from gateway.dji.devices import (
+    DeviceRegistry,
+    Event,
+    GatewayOffline,
+    ServiceReplied,
+    TelemetryReceived,
+    VideosChanged,
+)
 from gateway.dji.mqtt import DjiMqtt, LinkLost
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
@@ -71,6 +78,9 @@ class DjiBridge:
         self.state = DeviceStateFile(state_file) if state_file is not None else None
         self.mqtt = DjiMqtt(broker, self.devices, self._device_event, clock=clock, state=self.state)
         self.sources: dict[str, tuple[str, p.VideoId]] = {}  # stream name -> gateway, video
+        # Device sn -> the stream names of its cameras (an osd sample goes to these), kept
+        # with `sources`: looked up for every osd message.
+        self._streams_of_device: dict[str, tuple[str, ...]] = {}
         self.controllers: dict[str, live.LiveController] = {}
         self._keys: dict[str, str] = {}  # stream name -> its open ingest key
         self.pulls: dict[str, RtspPull] = {}  # stream name -> RTSP pull from the device
@@ -86,6 +96,7 @@ class DjiBridge:
             for sn in self.state.load(self.devices):
                 videos = self.devices.gateways[sn].capacity.videos
                 self.sources.update({str(video.video_id): (sn, video.video_id) for video in videos})
+            self._index_streams()
         self._tasks.spawn(self.mqtt.run())
         self._tasks.spawn(self._tick())
 
@@ -253,6 +264,11 @@ class DjiBridge:
                         if dropped is not None:
                             self._apply(dropped, dropped.device_offline())
                 self.sources.update(offered)
+                self._index_streams()
+            case TelemetryReceived(sample=sample):
+                # The device's flight data travels with the video of each of its cameras.
+                streams = self._streams_of_device.get(sample.sn, ())
+                self.registry.telemetry.publish(sample, streams)
             case GatewayOffline(sn=sn):
                 log.info("dji_gateway_offline", gateway_sn=sn)
                 for controller in list(self.controllers.values()):
@@ -266,6 +282,12 @@ class DjiBridge:
                     return
                 for controller in list(self.controllers.values()):
                     self._apply(controller, controller.reply(reply, self.clock()))
+
+    def _index_streams(self) -> None:
+        by_device: dict[str, list[str]] = {}
+        for name, (_, video_id) in self.sources.items():
+            by_device.setdefault(video_id.sn, []).append(name)
+        self._streams_of_device = {sn: tuple(names) for sn, names in by_device.items()}
 
     async def _tick(self) -> None:
         while True:

@@ -150,6 +150,8 @@ def _dji(dji: DjiBridge) -> list[Family]:
     messages.add(dji.mqtt.failed_messages, reason="handler_error")
     for reason in (TOO_MANY_GATEWAYS, TOO_MANY_DEVICES, OSD_RATE):
         messages.add(dji.mqtt.limited[reason], reason=reason)
+    # osd of a device no gateway announced: liveness only, its telemetry goes nowhere.
+    messages.add(dji.devices.osd_unknown, reason="osd_unknown_device")
     replies = Family("skyrelay_dji_replies_total", "counter", "DJI services_reply by method and result code.")
     for (method, result), number in sorted(dji.replies.items()):
         replies.add(number, method=method, result=str(result))
