@@ -370,6 +370,24 @@ CLIENT_LOGIC = """async () => {
   session._telemetry(p(20, 2), 'datachannel');
   session.pc.close();
   out.events = got;
+  // followFrames without requestVideoFrameCallback, or with frames that carry no RTP
+  // timestamp (not WebRTC): the newest sample.
+  const f = new m.TelemetryBuffer();
+  f.add(p(100, 1)); f.add(p(50, 2));
+  const seen = [];
+  const record = kind => (x, rtp) => seen.push([kind, x.sample.receivedAt, rtp ?? null]);
+  const stopPlain = m.followFrames({}, f, record('plain'));
+  const frames = [];
+  const video = { requestVideoFrameCallback: cb => frames.push(cb) };
+  const stopRvfc = m.followFrames(video, f, record('rvfc'));
+  frames.shift()(0, { mediaTime: 1 });
+  frames.shift()(0, { rtpTimestamp: 120 });
+  await new Promise(r => setTimeout(r, 250));
+  stopPlain(); stopRvfc();
+  frames.shift()(0, { rtpTimestamp: 200 });  // after stop: not shown, not asked again
+  out.follow = [
+    seen.filter(s => s[0] === 'rvfc'), seen.some(s => s[0] === 'plain' && s[1] === 2), frames.length,
+  ];
   return out;
 }"""
 
@@ -387,5 +405,6 @@ async def test_client_telemetry_logic(demo: Harness) -> None:
     assert out["restart"] == [2, 1]
     assert out["capped"] == [6, 7, 8, 9]
     assert out["events"] == [[1, "websocket"], [2, "datachannel"]]
+    assert out["follow"] == [[["rvfc", 2, None], ["rvfc", 1, 120]], True, 0]
     errors = [line for line in demo.console if "pageerror" in line]
     assert not errors, demo.report(f"page errors: {errors}")
