@@ -40,7 +40,7 @@ from gateway.wcs.client import WcsClient, WcsError
 from tests.conftest import ROOT, MosquittoProcess, free_port
 from tests.integration.conftest import AccessUnits
 from tests.integration.drone import AIRCRAFT_VIDEO
-from tests.integration.test_dvr import until
+from tests.integration.test_dvr import kill_once_writing, until
 from tests.telemetry_boxes import Sample
 
 NAME = "SN/53-0-0/normal-0"
@@ -277,19 +277,7 @@ async def test_sigkill_leaves_a_sidecar_readable_to_its_last_whole_line(clip: Pa
     def sidecars() -> list[Path]:
         return sorted(directory.glob(f"*{TELEMETRY_SUFFIX}")) if directory.is_dir() else []
 
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            while (line := await proc.stdout.readline()).strip() != b"recording":
-                assert line, "the recording process exited"
-        await until(lambda: len(sidecars()) >= 2 and sidecars()[-1].stat().st_size > 0)
-        await asyncio.sleep(0.7)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    await kill_once_writing(proc, lambda: len(sidecars()) >= 2 and sidecars()[-1].stat().st_size > 0, 0.7)
     numbers: list[int] = []
     for path in sidecars():
         text = path.read_text()
