@@ -247,21 +247,11 @@ class RecordingStore:
             too_big = self.max_total_bytes is not None and total > self.max_total_bytes
             if not (empty or too_old or too_big):
                 continue
-            try:
-                recording.path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("recording_delete_failed", id=recording.id, error=str(exc))
+            if not _delete(recording.path, recording.id):
                 continue
             total -= recording.size
             if recording.telemetry_path is not None:
-                try:
-                    recording.telemetry_path.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("recording_delete_failed", id=recording.id, error=str(exc))
+                _delete(recording.telemetry_path, recording.id)
                 total -= recording.telemetry_size or 0
             removed.append(recording)
             reason = "empty" if empty else "age" if too_old else "size"
@@ -272,3 +262,15 @@ class RecordingStore:
             except OSError:
                 pass
         return removed
+
+
+def _delete(path: Path, recording_id: str) -> bool:
+    """Delete a file of a recording; False if it is still there (logged)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("recording_delete_failed", id=recording_id, error=str(exc))
+        return False
+    return True

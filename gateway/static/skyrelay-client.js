@@ -8,7 +8,13 @@
 //   const tcp = await client.play("camera", { transport: "TCP" }); // media over ICE-TCP only
 //   view.addEventListener("status", e => console.log(e.detail.status, e.detail.info));
 //   view.addEventListener("metrics", e => console.log(e.detail.videoRate));
+//   view.addEventListener("telemetry", e => console.log(e.detail.rtpTimestamp, e.detail.sample));
+//   const quiet = await client.play("camera", { telemetry: false }); // no telemetry
 //   view.stop();
+//
+// Telemetry (a drone's flight data, see docs/protocol.md) comes on the player's `telemetry`
+// data channel, or as notifyStreamEvent type "telemetry"; `TelemetryBuffer` and
+// `followFrames` pick, for the frame on screen, the sample stamped at or before it.
 //
 // Every frame is JSON {"message": NAME, "data": [...]} in both directions.
 
@@ -23,9 +29,109 @@ export function uuid() {
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+function parseJson(text) {
+    try {
+        return JSON.parse(text);
+    } catch (err) {
+        return null;
+    }
+}
+
+// --- telemetry timed to the frame on screen ---------------------------------------------
+
+/** Whether RTP timestamp `a` is at or before `b` on a 32-bit clock that wraps (every 13 h
+ *  at 90 kHz): the shorter way round decides, as RFC 3550 sequence numbers do. */
+export function rtpAtOrBefore(a, b) {
+    return rtpDiff(a, b) >= 0;
+}
+
+/** Ticks from RTP timestamp `a` forward to `b` (negative if `b` is before `a`), wrap-aware. */
+export function rtpDiff(a, b) {
+    return (b - a) | 0; // the difference modulo 2**32, as a signed 32-bit number
+}
+
+// A sample stamped this far (10 s of 90 kHz) ahead of the frame on screen belongs to an
+// earlier RTP timeline (the stream restarted): it would never be reached, so it goes.
+const FUTURE_LIMIT = 10 * 90000;
+
+/** The received samples of one player, ordered by rtpTimestamp, and the choice of the one
+ *  that goes with a frame: the latest stamped at or before it. */
+export class TelemetryBuffer {
+    constructor(capacity = 64) {
+        this.capacity = capacity;
+        this.timed = []; // payloads with an rtpTimestamp, oldest stamp first
+        this.newest = null; // the last payload received (timed or not): the fallback
+    }
+
+    add(payload) {
+        this.newest = payload;
+        const stamp = payload.rtpTimestamp;
+        if (!Number.isInteger(stamp)) {
+            return; // no video sent yet when it arrived: only good as "newest"
+        }
+        // Samples arrive nearly in order: walk back from the end to the insertion point.
+        let i = this.timed.length;
+        while (i > 0 && !rtpAtOrBefore(this.timed[i - 1].rtpTimestamp, stamp)) {
+            i -= 1;
+        }
+        this.timed.splice(i, 0, payload);
+        if (this.timed.length > this.capacity) {
+            this.timed.shift();
+        }
+    }
+
+    /** The payload for a frame with RTP timestamp `frameRtp` (undefined/null: unknown, the
+     *  newest one), or null if every sample is stamped after the frame. Older ones than the
+     *  choice are dropped: frames only move forward. */
+    pick(frameRtp) {
+        if (!Number.isInteger(frameRtp)) {
+            return this.newest;
+        }
+        this.timed = this.timed.filter((p) => rtpDiff(frameRtp, p.rtpTimestamp) <= FUTURE_LIMIT);
+        let chosen = -1;
+        for (let i = 0; i < this.timed.length && rtpAtOrBefore(this.timed[i].rtpTimestamp, frameRtp); i++) {
+            chosen = i;
+        }
+        if (chosen < 0) {
+            // Every stamped sample is after the frame (keep what is shown); none stamped: the
+            // newest, unstamped.
+            return this.timed.length || !this.newest || Number.isInteger(this.newest.rtpTimestamp)
+                ? null
+                : this.newest;
+        }
+        this.timed.splice(0, chosen);
+        return this.timed[0];
+    }
+}
+
+/** Calls `show(payload, frameRtp)` for each frame `video` presents, with the telemetry that
+ *  goes with it (`buffer.pick`); frameRtp is undefined where the browser does not tell it.
+ *  Without requestVideoFrameCallback, the newest sample about 10 times a second. Returns a
+ *  function that stops it. */
+export function followFrames(video, buffer, show) {
+    let stopped = false;
+    if (typeof video.requestVideoFrameCallback !== "function") {
+        const timer = setInterval(() => show(buffer.pick(undefined), undefined), 100);
+        return () => clearInterval(timer);
+    }
+    const onFrame = (now, metadata) => {
+        if (stopped) {
+            return;
+        }
+        // Chromium gives rtpTimestamp for WebRTC video; other sources lack it.
+        const frameRtp = metadata ? metadata.rtpTimestamp : undefined;
+        show(buffer.pick(frameRtp), frameRtp);
+        video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    return () => {
+        stopped = true;
+    };
+}
+
 /** One publish or play: a peer connection plus the server's view of its status. */
 export class MediaSession extends EventTarget {
-    constructor(client, name, published, { transport = null } = {}) {
+    constructor(client, name, published, { transport = null, telemetry = true, telemetryRate = null } = {}) {
         super();
         this.client = client;
         this.id = uuid();
@@ -34,6 +140,12 @@ export class MediaSession extends EventTarget {
         // "TCP": the server answers with ICE-TCP candidates only (networks that block UDP);
         // null: UDP and TCP both, UDP preferred.
         this.transport = transport;
+        // Players: false asks the server for no telemetry; telemetryRate for fewer per second.
+        this.telemetry = telemetry;
+        this.telemetryRate = telemetryRate;
+        this.telemetryChannel = null; // the server's `telemetry` data channel, once it opens one
+        this._seen = new Set(); // keys of recent samples: each comes on the channel and the WebSocket
+        this._seenOrder = [];
         this.status = "NEW";
         this.info = "";
         this.metrics = null;
@@ -88,6 +200,28 @@ export class MediaSession extends EventTarget {
         this.dispatchEvent(new CustomEvent("status", { detail: { status, info: this.info } }));
     }
 
+    /** A telemetry payload {rtpTimestamp, stream, sample} from the data channel or the WebSocket.
+     *  The server sends each sample on both (the channel only once open): the first copy wins. */
+    _telemetry(payload, via) {
+        if (!payload || typeof payload !== "object" || !payload.sample || typeof payload.sample !== "object") {
+            return;
+        }
+        if (via === "websocket" && this.telemetryChannel && this.telemetryChannel.readyState === "open") {
+            return; // the channel carries the same samples: take them from there
+        }
+        const s = payload.sample;
+        const key = `${payload.rtpTimestamp}|${s.sn}|${s.receivedAt}|${s.deviceTime}`;
+        if (this._seen.has(key)) {
+            return;
+        }
+        this._seen.add(key);
+        this._seenOrder.push(key);
+        if (this._seenOrder.length > 64) {
+            this._seen.delete(this._seenOrder.shift());
+        }
+        this.dispatchEvent(new CustomEvent("telemetry", { detail: { ...payload, via } }));
+    }
+
     _request(message, sdp) {
         this.status = "PENDING";
         this.client.sessions.set(this.id, this);
@@ -104,6 +238,12 @@ export class MediaSession extends EventTarget {
         };
         if (this.transport) {
             request.transport = this.transport;
+        }
+        if (!this.published && (!this.telemetry || this.telemetryRate)) {
+            request.custom = { telemetry: this.telemetry };
+            if (this.telemetryRate) {
+                request.custom.telemetryRate = this.telemetryRate;
+            }
         }
         this.client.send(message, request);
         this.dispatchEvent(new CustomEvent("status", { detail: { status: "PENDING", info: "" } }));
@@ -198,8 +338,9 @@ export class SkyrelayClient extends EventTarget {
         return session;
     }
 
-    /** Plays stream `name`; its tracks arrive in `session.mediaStream`.
-     *  `options.transport` as for publish. */
+    /** Plays stream `name`; its tracks arrive in `session.mediaStream`, its telemetry as
+     *  "telemetry" events. `options.transport` as for publish; `options.telemetry`: false for
+     *  none; `options.telemetryRate`: at most this many samples per second. */
     async play(name, options = {}) {
         const session = new MediaSession(this, name, false, options);
         session.pc.addTransceiver("audio", { direction: "recvonly" });
@@ -210,6 +351,19 @@ export class SkyrelayClient extends EventTarget {
             session.mediaStream.addTrack(event.track);
             session.dispatchEvent(new CustomEvent("track", { detail: event.track }));
         };
+        if (session.telemetry) {
+            // Only so that the offer has an m=application section: the server then opens its
+            // own `telemetry` channel (unreliable: a late sample is worth nothing).
+            session.pc.createDataChannel("skyrelay");
+            session.pc.ondatachannel = (event) => {
+                const channel = event.channel;
+                if (channel.label !== "telemetry") {
+                    return;
+                }
+                session.telemetryChannel = channel;
+                channel.onmessage = (e) => session._telemetry(parseJson(e.data), "datachannel");
+            };
+        }
         await this._offer(session, "playStream");
         return session;
     }
@@ -275,7 +429,9 @@ export class SkyrelayClient extends EventTarget {
             }
             case "notifyStreamEvent": {
                 const session = this.sessions.get(obj.mediaSessionId);
-                if (session) {
+                if (session && obj.type === "telemetry") {
+                    session._telemetry(obj.payload, "websocket");
+                } else if (session) {
                     session.dispatchEvent(new CustomEvent("streamEvent", { detail: obj }));
                 }
                 break;

@@ -23,7 +23,7 @@ class RateLimitedTelemetry:
         self._send = send
         self._timer: asyncio.TimerHandle | None = None
         self.sent = 0
-        self._subscription = hub.subscribe(stream, self._arrived)
+        self._subscription = hub.subscribe(stream, self.offer)
 
     @property
     def replaced(self) -> int:
@@ -36,7 +36,9 @@ class RateLimitedTelemetry:
             self._timer.cancel()
             self._timer = None
 
-    def _arrived(self, message: TelemetryMessage) -> None:
+    def offer(self, message: TelemetryMessage) -> None:
+        """A message for this receiver (from the hub, or the stream's current sample when the
+        receiver becomes able to take one)."""
         ready = self._throttle.offer(message, self._loop.time())
         if ready is not None:
             self._deliver(ready)

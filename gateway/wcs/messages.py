@@ -473,11 +473,12 @@ def stream_event(media_session_id: str, event_type: str, payload: Any) -> str:
     )
 
 
-def stream_event_json(media_session_id: str, event_type: str, payload_json: str) -> str:
-    """`stream_event` with a payload already encoded (telemetry: the JSON is made once per
-    sample, and only the receiver's stamp differs)."""
+def stream_event_frame(media_session_id: str, event_type: str) -> tuple[str, str]:
+    """The text before and after the payload of a `stream_event` frame, for a payload
+    already encoded (telemetry: the JSON is made once per sample, and only the receiver's
+    stamp differs): ``head + payload_json + tail`` is the frame."""
     head = orjson.dumps({"mediaSessionId": media_session_id, "type": event_type}).decode()
-    return '{"message":"notifyStreamEvent","data":[' + head[:-1] + ',"payload":' + payload_json + "}]}"
+    return '{"message":"notifyStreamEvent","data":[' + head[:-1] + ',"payload":', "}]}"
 
 
 def audio_codec(media_session_id: str, codec: str) -> str:

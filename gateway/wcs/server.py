@@ -190,6 +190,9 @@ class PlayerEvents:
             out += c.session.video_format(self._msid, s.width, s.height)
         c.dispatch(out)
         c.log.info("playing", stream=s.name, media_session=self._msid, keyframe_cached=s.keyframe is not None)
+        viewer = c.media.get(self._msid)
+        if isinstance(viewer, WebRtcViewer):
+            viewer.telemetry_joined()
 
     def on_failed(self, info: str) -> None:
         self._connection.log.info(

@@ -143,6 +143,8 @@ CONTROL_EVENTS = {
 class MediaSession:
     description: m.StreamDescription
     started: bool = False  # PUBLISHING/PLAYING sent
+    # The frame around this player's telemetry payloads, made on the first one.
+    telemetry_frame: tuple[str, str] | None = None
 
     @property
     def published(self) -> bool:
@@ -384,7 +386,10 @@ class Session:
         media = self.media.get(media_session_id)
         if media is None or media.published or not media.started:
             return []
-        return [Send(m.stream_event_json(media_session_id, "telemetry", payload_json))]
+        if media.telemetry_frame is None:
+            media.telemetry_frame = m.stream_event_frame(media_session_id, "telemetry")
+        head, tail = media.telemetry_frame
+        return [Send(head + payload_json + tail)]
 
     def snapshot_taken(self, media_session_id: str, png_base64: str) -> list[Output]:
         return self.stream_event(media_session_id, "snapshotCompleted", {"snapshot": png_base64})

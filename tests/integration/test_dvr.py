@@ -47,6 +47,26 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def kill_once_writing(
+    proc: asyncio.subprocess.Process, writing: Callable[[], bool], more: float
+) -> None:
+    """Wait until the recording process prints "recording" and then until ``writing``; let
+    it write ``more`` seconds and kill it with SIGKILL."""
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):  # the log goes to stdout too
+            while (line := await proc.stdout.readline()).strip() != b"recording":
+                assert line, "the recording process exited"
+        await until(writing)
+        await asyncio.sleep(more)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(10):
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def probe_streams(path: Path) -> tuple[list[dict], float]:
     """ffprobe decoding every frame of ``path``: its streams and duration."""
     done = subprocess.run(
@@ -172,21 +192,9 @@ async def test_sigkill_mid_recording_leaves_playable_files(clip: Path, tmp_path:
     def files() -> list[Path]:
         return sorted(directory.glob("*.mp4")) if directory.is_dir() else []
 
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):  # the log goes to stdout too
-            while (line := await proc.stdout.readline()).strip() != b"recording":
-                assert line, "the recording process exited"
-        # Killed while a segment is being written: the newest file has fragments but is not
-        # finished (segments are 2 s, fragments 1 s).
-        await until(lambda: len(files()) >= 2 and files()[-1].stat().st_size > 0)
-        await asyncio.sleep(1.2)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # Killed while a segment is being written: the newest file has fragments but is not
+    # finished (segments are 2 s, fragments 1 s).
+    await kill_once_writing(proc, lambda: len(files()) >= 2 and files()[-1].stat().st_size > 0, 1.2)
     left = files()
     assert len(left) >= 2
     for path in left:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -27,15 +28,19 @@ import pytest_asyncio
 import structlog
 from aiohttp import web
 
+from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
 from gateway.http.recordings import recording_routes
 from gateway.media.recordings import TELEMETRY_SUFFIX, RecordingStore, sidecar_path, stream_dirname
 from gateway.media.sinks import recorder as recorder_module
 from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.mqtt_link import BrokerAddress
 from gateway.telemetry.hub import TelemetryHub
-from tests.conftest import ROOT, free_port
+from gateway.wcs.client import WcsClient, WcsError
+from tests.conftest import ROOT, MosquittoProcess, free_port
 from tests.integration.conftest import AccessUnits
-from tests.integration.test_dvr import until
+from tests.integration.drone import AIRCRAFT_VIDEO
+from tests.integration.test_dvr import kill_once_writing, until
 from tests.telemetry_boxes import Sample
 
 NAME = "SN/53-0-0/normal-0"
@@ -260,8 +265,9 @@ RECORD_SCRIPT = textwrap.dedent(
 
 
 async def test_sigkill_leaves_a_sidecar_readable_to_its_last_whole_line(clip: Path, tmp_path: Path) -> None:
-    """No gateway wiring of the DJI bridge to the hub yet: the recording runs in a process of
-    its own (a Recorder with a hub fed in it), killed with SIGKILL while it writes."""
+    """A Recorder in a process of its own, fed long lines at 60 Hz so that the kill can land
+    in the middle of one, killed with SIGKILL while it writes (the whole gateway is killed in
+    the test below)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", RECORD_SCRIPT, str(tmp_path), str(clip), NAME,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -271,19 +277,7 @@ async def test_sigkill_leaves_a_sidecar_readable_to_its_last_whole_line(clip: Pa
     def sidecars() -> list[Path]:
         return sorted(directory.glob(f"*{TELEMETRY_SUFFIX}")) if directory.is_dir() else []
 
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            while (line := await proc.stdout.readline()).strip() != b"recording":
-                assert line, "the recording process exited"
-        await until(lambda: len(sidecars()) >= 2 and sidecars()[-1].stat().st_size > 0)
-        await asyncio.sleep(0.7)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    await kill_once_writing(proc, lambda: len(sidecars()) >= 2 and sidecars()[-1].stat().st_size > 0, 0.7)
     numbers: list[int] = []
     for path in sidecars():
         text = path.read_text()
@@ -341,3 +335,66 @@ async def test_a_failing_sidecar_is_given_up_alone(
     assert len(failures) == 4  # once a file: each new file's sidecar is tried again
     assert recorded.with_telemetry.sidecars == [sidecar_path(f) for f in files]
     assert all(path.stat().st_size == 0 for path in recorded.with_telemetry.sidecars)
+
+
+async def test_a_killed_gateway_leaves_the_drone_recordings_sidecar_readable(
+    make_gateway: Any, mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+) -> None:
+    """`skyrelay serve` records a drone camera whose dock sends osd at 30 Hz, and is killed
+    with SIGKILL: every line of the sidecar but possibly a torn last one parses, and each is
+    an aircraft sample on its recording's timeline."""
+    recordings = tmp_path / "recordings"
+    gateway = make_gateway(
+        {
+            "SKYRELAY_MQTT": mosquitto.url,
+            "SKYRELAY_RECORDINGS_DIR": str(recordings),
+            "SKYRELAY_RECORD_SEGMENT_SECONDS": "2",
+        }
+    )
+    address = BrokerAddress.parse(mosquitto.url)
+    sim = DockSimulator(address, clip, behaviour=DockBehaviour(osd_rate=30))
+    dock_task = asyncio.create_task(run_forever(sim, retry=0.5))
+    client = await WcsClient.connect(gateway.ws_url)
+    try:
+        async with asyncio.timeout(30):
+            while True:  # until the dock is announced
+                try:
+                    player = await client.play(AIRCRAFT_VIDEO, timeout=30)
+                    break
+                except WcsError as exc:
+                    assert "Stream not found" in str(exc)
+                    await asyncio.sleep(0.3)
+        await player.wait_status("PLAYING", timeout=30)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gateway.http_url}/rest-api/stream/startRecording", json={"name": AIRCRAFT_VIDEO}
+            ) as reply,
+        ):
+            assert reply.status == 200, await reply.text()
+        directory = recordings / stream_dirname(AIRCRAFT_VIDEO)
+
+        def sidecars() -> list[Path]:
+            return sorted(directory.glob(f"*{TELEMETRY_SUFFIX}")) if directory.is_dir() else []
+
+        await until(lambda: len(sidecars()) >= 2 and sidecars()[-1].stat().st_size > 0, timeout=30)
+        await asyncio.sleep(0.5)
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(gateway.proc.wait, 10)
+    finally:
+        dock_task.cancel()
+        await asyncio.gather(dock_task, return_exceptions=True)
+        await client.close()
+    lines = 0
+    for path in sidecars():
+        whole, _, torn = path.read_text().rpartition("\n")
+        for line in whole.split("\n"):
+            entry = json.loads(line)
+            assert entry["sample"]["sn"] == sim.aircraft_sn and entry["sample"]["kind"] == "aircraft"
+            assert entry["t"] == pytest.approx(entry["pts"] / 90_000)
+            lines += 1
+        if torn:
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(torn)
+    assert lines > 20

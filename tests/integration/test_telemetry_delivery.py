@@ -310,3 +310,33 @@ async def test_sse_and_latest_sample_over_http(local_gateway: Gateway, video_tra
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_joining_player_gets_the_latest_sample_at_once(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    """A dock on the ground sends osd every two seconds: a player (a page reloaded) gets the
+    stream's latest sample when it starts playing and when its data channel opens, not at
+    the next sample."""
+    clients = [await publish(local_gateway, video_track())]
+    try:
+        local_gateway.registry.telemetry.publish(Sample("DOCK1", 7, {"dock": {"modeCode": 4}}), ["cam"])
+        client = await WcsClient.connect(ws_url(local_gateway))
+        clients.append(client)
+        player = await client.play("cam", data_channel=True)
+        events: list[dict[str, Any]] = []
+
+        def taken() -> bool:
+            events[:] = [
+                data[0]
+                for message, data in player.events
+                if message == "notifyStreamEvent" and data[0]["type"] == "telemetry"
+            ]
+            return bool(events) and bool(player.data_messages)
+
+        await player.wait_for(taken, timeout=15)
+        assert events[0]["payload"]["sample"]["seq"] == 7
+        assert orjson.loads(player.data_messages[0][1])["sample"]["seq"] == 7
+    finally:
+        for client in clients:
+            await client.close()

@@ -98,6 +98,7 @@ class WebRtcViewer:
         self.pli_received = 0
         self.data_channel: RTCDataChannel | None = None
         self.telemetry: RateLimitedTelemetry | None = None
+        self._telemetry_hub: TelemetryHub | None = None
         self._send_telemetry_text: Callable[[str], None] | None = None
         self.telemetry_skipped = 0  # not sent: the data channel was not open or was backed up
 
@@ -130,7 +131,9 @@ class WebRtcViewer:
         )
 
     def _open_data_channel(self) -> None:
-        self.data_channel = self.peer.pc.createDataChannel(TELEMETRY_LABEL, ordered=True, maxRetransmits=0)
+        channel = self.peer.pc.createDataChannel(TELEMETRY_LABEL, ordered=True, maxRetransmits=0)
+        channel.on("open", self.telemetry_joined)
+        self.data_channel = channel
 
     # --- telemetry -------------------------------------------------------------------------
 
@@ -142,7 +145,19 @@ class WebRtcViewer:
         WebSocket). Call after `accept`."""
         if self.telemetry is None:
             self._send_telemetry_text = send_text
+            self._telemetry_hub = hub
             self.telemetry = RateLimitedTelemetry(hub, self.stream.name, rate, self._deliver_telemetry)
+
+    def telemetry_joined(self) -> None:
+        """The player can take telemetry now (it is PLAYING, or its data channel opened): it
+        gets the stream's latest sample at once, not at the next one (a dock on the ground
+        sends one every two seconds). It may come twice, once per way."""
+        hub = self._telemetry_hub
+        if self.telemetry is None or hub is None:
+            return
+        current = hub.current(self.stream.name)
+        if current is not None:
+            self.telemetry.offer(current)
 
     def _deliver_telemetry(self, message: TelemetryMessage) -> None:
         pts = message.stream_pts

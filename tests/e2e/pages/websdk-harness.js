@@ -33,7 +33,11 @@
         document.getElementById("displays").appendChild(display);
         // `events` lists every callback fired; `status` is stream.status() after it (RESIZE,
         // PLAYBACK_PROBLEM, ... are events with their own callbacks, not statuses).
-        const record = { name: name, kind: kind, status: "NEW", info: "", events: [] };
+        // `streamEvents` counts STREAM_EVENT callbacks by type; `telemetry` keeps the last
+        // telemetry payloads (rtpTimestamp and the sample's identity, not the whole sample).
+        const record = {
+            name: name, kind: kind, status: "NEW", info: "", events: [], streamEvents: {}, telemetry: [],
+        };
         state.streams[label] = record;
         const stream = session.createStream(Object.assign({}, options || {}, { name: name, display: display }));
         for (const event of Object.values(STREAM_STATUS)) {
@@ -43,6 +47,24 @@
                 record.events.push(event + (record.info ? " (" + record.info + ")" : ""));
             });
         }
+        stream.on(Flashphoner.constants.STREAM_EVENT, function (event) {
+            record.streamEvents[event.type] = (record.streamEvents[event.type] || 0) + 1;
+            if (event.type !== "telemetry") {
+                return;
+            }
+            const payload = event.payload || {};
+            const sample = payload.sample || {};
+            record.telemetry.push({
+                rtpTimestamp: payload.rtpTimestamp,
+                stream: payload.stream,
+                sn: sample.sn,
+                kind: sample.kind,
+                aircraft: sample.aircraft || null,
+            });
+            if (record.telemetry.length > 200) {
+                record.telemetry.shift();
+            }
+        });
         streams[label] = stream;
         if (kind === "publish") {
             stream.publish();
