@@ -387,18 +387,21 @@ class _Reader:
 
     # --- values, each checked on its own
 
+    # ``within`` names the object holding ``key`` ("battery" for battery.capacity_percent):
+    # the dropped field's name is only spelled out when a value is dropped, not per message.
+
     def number(
-        self, source: Mapping[str, Any], key: str, low: float, high: float, name: str | None = None
+        self, source: Mapping[str, Any], key: str, low: float, high: float, within: str = ""
     ) -> float | None:
         value = source.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.drop(name or key)
+            self.drop(f"{within}.{key}" if within else key)
             return None
         number = float(value)
         if not math.isfinite(number) or not low <= number <= high:
-            self.drop(name or key)
+            self.drop(f"{within}.{key}" if within else key)
             return None
         return number
 
@@ -408,7 +411,7 @@ class _Reader:
         key: str,
         low: int,
         high: int,
-        name: str | None = None,
+        within: str = "",
         *,
         no_value: int | None = None,
     ) -> int | None:
@@ -418,7 +421,7 @@ class _Reader:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.drop(name or key)
+            self.drop(f"{within}.{key}" if within else key)
             return None
         return value
 
@@ -448,7 +451,7 @@ class _Reader:
         if link is None:
             return None
         qualities = [
-            self.integer(link, name, 0, 5, f"{key}.{name}", no_value=_NO_VALUE)
+            self.integer(link, name, 0, 5, key, no_value=_NO_VALUE)
             for name in ("sdr_quality", "4g_quality")
         ]
         found = [q for q in qualities if q is not None]
@@ -461,7 +464,7 @@ class _Reader:
         battery_object = self.object("battery")
         battery = None
         if battery_object is not None:
-            battery = self.integer(battery_object, "capacity_percent", 0, 100, "battery.capacity_percent")
+            battery = self.integer(battery_object, "capacity_percent", 0, 100, "battery")
         link = self.link_quality()
         aircraft = Aircraft(
             latitude=self.top("latitude", -90, 90),
@@ -483,9 +486,9 @@ class _Reader:
         state = self.object("network_state")
         if state is not None:
             network = NetworkState(
-                self.integer(state, "type", 0, 255, "network_state.type"),
-                self.integer(state, "quality", 0, 5, "network_state.quality", no_value=_NO_VALUE),
-                self.number(state, "rate", 0, 1e9, "network_state.rate"),
+                self.integer(state, "type", 0, 255, "network_state"),
+                self.integer(state, "quality", 0, 5, "network_state", no_value=_NO_VALUE),
+                self.number(state, "rate", 0, 1e9, "network_state"),
             )
             if network == NetworkState():
                 network = None
@@ -507,7 +510,8 @@ class _Reader:
         index, and mode, zoom and live view region from the ``cameras`` list."""
         found: dict[str, dict[str, Any]] = {}
         for key, value in self.data.items():
-            if not (isinstance(key, str) and _PAYLOAD_INDEX.fullmatch(key)):
+            # Most keys are property names: the digit test spares them the regex.
+            if not (isinstance(key, str) and key[:1].isdigit() and _PAYLOAD_INDEX.fullmatch(key)):
                 continue
             self.used.add(key)
             if not isinstance(value, dict):
@@ -517,12 +521,12 @@ class _Reader:
                 self.cut += 1
                 continue
             camera = found.setdefault(key, {})
-            pitch = self.number(value, "gimbal_pitch", -360, 360, f"{key}.gimbal_pitch")
-            roll = self.number(value, "gimbal_roll", -360, 360, f"{key}.gimbal_roll")
-            yaw = self.number(value, "gimbal_yaw", -360, 360, f"{key}.gimbal_yaw")
+            pitch = self.number(value, "gimbal_pitch", -360, 360, key)
+            roll = self.number(value, "gimbal_roll", -360, 360, key)
+            yaw = self.number(value, "gimbal_yaw", -360, 360, key)
             if (pitch, roll, yaw) != (None, None, None):
                 camera["gimbal"] = Gimbal(pitch, roll, yaw)
-            zoom = self.number(value, "zoom_factor", 0, 1000, f"{key}.zoom_factor")
+            zoom = self.number(value, "zoom_factor", 0, 1000, key)
             if zoom is not None:
                 camera["zoom_factor"] = zoom
         listed = self.data.get("cameras")
@@ -540,10 +544,10 @@ class _Reader:
                     continue
                 camera = found.setdefault(index, {})
                 name = f"cameras[{i}]"
-                zoom = self.number(item, "zoom_factor", 0, 1000, f"{name}.zoom_factor")
+                zoom = self.number(item, "zoom_factor", 0, 1000, name)
                 if zoom is not None:  # the camera's own zoom wins over the gimbal object's
                     camera["zoom_factor"] = zoom
-                mode = self.integer(item, "camera_mode", -1, 255, f"{name}.camera_mode")
+                mode = self.integer(item, "camera_mode", -1, 255, name)
                 if mode is not None:
                     camera["camera_mode"] = mode
                 region = item.get("liveview_world_region")
@@ -551,7 +555,7 @@ class _Reader:
                     self.drop(f"{name}.liveview_world_region")
                 elif isinstance(region, dict):
                     where = f"{name}.liveview_world_region"
-                    parsed = Region(*(self.number(region, side, 0, 1, f"{where}.{side}") for side in _SIDES))
+                    parsed = Region(*(self.number(region, side, 0, 1, where) for side in _SIDES))
                     if parsed != Region():
                         camera["liveview_world_region"] = parsed
         return tuple(Camera(index, lens=lenses.get(index), **fields) for index, fields in found.items())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -83,8 +84,13 @@ def reply_topic(topic: Topic) -> str:
     return f"{prefix}/product/{topic.sn}/{topic.kind.value}_reply"
 
 
+_SN = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def valid_sn(sn: str) -> bool:
-    return 0 < len(sn) <= MAX_SN and all(c.isascii() and (c.isalnum() or c in "-_") for c in sn)
+    """ASCII letters, digits, '-' and '_' (checked on every device message: a regex, not a
+    loop over the characters)."""
+    return len(sn) <= MAX_SN and _SN.fullmatch(sn) is not None
 
 
 # --- envelopes --------------------------------------------------------------------------------

@@ -85,11 +85,13 @@ async def test_players_of_a_drone_camera_get_its_flight_data_on_their_video_time
 
             stamps = [payload["rtpTimestamp"] for payload in observed.events]
             received = {packet.timestamp for _, packet in observed.packets}
-            assert all(stamp in received for stamp in stamps)
+            assert all(stamp in received for stamp in stamps), [s for s in stamps if s not in received]
             assert all(ticks_after(b, a) > 0 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
-            for payload in observed.events:
+            for i, payload in enumerate(observed.events):
                 then = observed.video_at(arrivals[payload["sample"]["receivedAt"]])
-                assert then is not None
+                if then is None:  # the latest sample, given at the join: it came before this video
+                    assert i == 0
+                    continue
                 assert abs(ticks_after(payload["rtpTimestamp"], then)) <= FRAME_TICKS, (then, payload)
 
             on_channel = [orjson.loads(m) for label, m in player.data_messages if label == "telemetry"]

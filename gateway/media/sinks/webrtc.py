@@ -99,6 +99,7 @@ class WebRtcViewer:
         self.data_channel: RTCDataChannel | None = None
         self.telemetry: RateLimitedTelemetry | None = None
         self._telemetry_hub: TelemetryHub | None = None
+        self._join_when_writing = False
         self._send_telemetry_text: Callable[[str], None] | None = None
         self.telemetry_skipped = 0  # not sent: the data channel was not open or was backed up
 
@@ -155,6 +156,13 @@ class WebRtcViewer:
         hub = self._telemetry_hub
         if self.telemetry is None or hub is None:
             return
+        if (
+            self.stream.video_codec is not None
+            and self.writers.get("video") is None
+            and self.settings.fast_fanout
+        ):
+            self._join_when_writing = True  # stamped once its video is written, not null
+            return
         current = hub.current(self.stream.name)
         if current is not None:
             self.telemetry.offer(current)
@@ -202,6 +210,9 @@ class WebRtcViewer:
                 return
             self.writers[kind] = writer
             queue.attach(writer.write)
+            if kind == "video" and self._join_when_writing:
+                self._join_when_writing = False
+                self.telemetry_joined()
 
         sender.send = send  # type: ignore[method-assign]
 
