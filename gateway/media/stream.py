@@ -220,6 +220,18 @@ class Subscription:
         self.audio.close()
 
 
+VIDEO_CLOCK_RATE = 90_000  # H.264 and VP8 over RTP, and every telemetry stamp
+VIDEO_CLOCK = Fraction(1, VIDEO_CLOCK_RATE)
+
+
+def to_90khz(pts: int, time_base: Fraction) -> int:
+    """A timestamp in ``time_base`` on the 90 kHz clock of video over RTP: truncated, as
+    aiortc's packetizer converts a frame's pts, so a stamp equals the frame's RTP time."""
+    if time_base == VIDEO_CLOCK:
+        return pts
+    return int(pts * time_base * VIDEO_CLOCK_RATE)
+
+
 class Stream:
     def __init__(
         self,
@@ -337,12 +349,7 @@ class Stream:
         """The stream's latest video timestamp in 90 kHz units (the clock of H.264 and VP8
         over RTP), or None before any video: what telemetry is stamped with."""
         time_base = self._video_time_base
-        if time_base is None:
-            return None
-        if time_base.denominator == 90_000 and time_base.numerator == 1:
-            return self.last_video_pts
-        # Truncated, as aiortc's packetizer converts a frame's pts to its RTP timestamp.
-        return int(self.last_video_pts * time_base * 90_000)
+        return None if time_base is None else to_90khz(self.last_video_pts, time_base)
 
     def set_dimensions(self, width: int, height: int) -> None:
         if (width, height) == (self.width, self.height):

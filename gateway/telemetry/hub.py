@@ -28,8 +28,6 @@ from gateway.media.stream import Stream
 
 log = get_logger(__name__)
 
-RTP_CLOCK = 90_000
-
 
 class TelemetrySample(Protocol):
     """What the hub needs of a sample (the DJI one is `gateway.dji.osd.OsdSample`)."""

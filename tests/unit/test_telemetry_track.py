@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-from gateway.media.sinks.telemetry import TelemetryTrack, to_clock
-from gateway.media.stream import Codec, MediaFrame, Stream
+from gateway.media.sinks.telemetry import TelemetryTrack
+from gateway.media.stream import Codec, MediaFrame, Stream, to_90khz
 from gateway.telemetry.hub import TelemetryHub
 from tests.telemetry_boxes import Sample
 
@@ -69,7 +69,7 @@ def test_a_timeline_going_back_releases_what_waits() -> None:
     track.close()
 
 
-def test_to_clock() -> None:
-    assert to_clock(123, TB) == 123
-    assert to_clock(1000, Fraction(1, 1000)) == 90_000
-    assert to_clock(1, Fraction(1, 48000)) == 2
+def test_to_90khz() -> None:
+    assert to_90khz(123, TB) == 123
+    assert to_90khz(1000, Fraction(1, 1000)) == 90_000
+    assert to_90khz(1, Fraction(1, 48000)) == 1  # truncated, as aiortc stamps RTP

@@ -35,9 +35,9 @@ from gateway.media.emsg import telemetry_emsg
 from gateway.media.registry import StreamRegistry, StreamUnavailable, Viewing
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import Remuxer
-from gateway.media.sinks.telemetry import TelemetryTrack, to_clock
-from gateway.media.stream import MediaFrame, Stream
-from gateway.telemetry.hub import RTP_CLOCK, TelemetryHub
+from gateway.media.sinks.telemetry import TelemetryTrack
+from gateway.media.stream import VIDEO_CLOCK_RATE, MediaFrame, Stream, to_90khz
+from gateway.telemetry.hub import TelemetryHub
 
 log = get_logger(__name__)
 
@@ -119,14 +119,14 @@ class HlsPackager(Remuxer):
         """Telemetry that came before this video frame waits for its fragment."""
         if self.telemetry is None or frame.kind != "video":
             return
-        due = self.telemetry.due(to_clock(frame.pts, frame.time_base))
+        due = self.telemetry.due(to_90khz(frame.pts, frame.time_base))
         if not due:
             return
         muxer = self.muxer
         if muxer is None or muxer.origin is None:
             self.telemetry_dropped += len(due)
             return
-        origin = to_clock(muxer.origin, muxer.time_base)
+        origin = to_90khz(muxer.origin, muxer.time_base)
         self._events += [(max(0, pts - origin), body) for pts, body in due]
 
     def _emsgs(self, end: Fraction | None) -> bytes:
@@ -134,7 +134,7 @@ class HlsPackager(Remuxer):
         events = self._events
         count = len(events) if end is None else 0
         if end is not None:
-            limit = end * RTP_CLOCK
+            limit = end * VIDEO_CLOCK_RATE
             while count < len(events) and events[count][0] < limit:
                 count += 1
         if not count:
@@ -142,7 +142,9 @@ class HlsPackager(Remuxer):
         boxes = []
         for pts, body in events[:count]:
             boxes.append(
-                telemetry_emsg(body, presentation_time=pts, timescale=RTP_CLOCK, event_id=self._event_id)
+                telemetry_emsg(
+                    body, presentation_time=pts, timescale=VIDEO_CLOCK_RATE, event_id=self._event_id
+                )
             )
             self._event_id = (self._event_id + 1) & 0xFFFFFFFF
         del events[:count]

@@ -39,9 +39,9 @@ from gateway.log import get_logger
 from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, sidecar_path, stream_dirname
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import REMUX_ERRORS, Remuxer
-from gateway.media.sinks.telemetry import TelemetryTrack, to_clock
-from gateway.media.stream import MediaFrame, Stream
-from gateway.telemetry.hub import RTP_CLOCK, TelemetryHub
+from gateway.media.sinks.telemetry import TelemetryTrack
+from gateway.media.stream import VIDEO_CLOCK_RATE, MediaFrame, Stream, to_90khz
+from gateway.telemetry.hub import TelemetryHub
 
 log = get_logger(__name__)
 
@@ -278,7 +278,7 @@ class Recorder(Remuxer):
         assert files is not None
         if self.telemetry is not None and frame.kind == "video":
             # Before the frame: a keyframe that cuts the file has not closed it yet.
-            self._place(self.telemetry.due(to_clock(frame.pts, frame.time_base)))
+            self._place(self.telemetry.due(to_90khz(frame.pts, frame.time_base)))
         if files.error is not None:
             error, files.error = files.error, None
             raise error
@@ -307,12 +307,12 @@ class Recorder(Remuxer):
         if muxer is None or muxer.origin is None:
             self.telemetry_dropped += len(samples)  # no file now: between files, or before the first
             return
-        origin = to_clock(muxer.origin, muxer.time_base)
+        origin = to_90khz(muxer.origin, muxer.time_base)
         lines = []
         for pts, body in samples:
             at = pts - origin
             # The sample's JSON as the hub encoded it: not decoded, not encoded again.
-            lines.append(f'{{"t":{at / RTP_CLOCK:.6f},"pts":{at},"sample":{body}}}\n'.encode())
+            lines.append(f'{{"t":{at / VIDEO_CLOCK_RATE:.6f},"pts":{at},"sample":{body}}}\n'.encode())
         if self._file_open:
             assert self._files is not None
             self._files.telemetry(b"".join(lines), len(lines))

@@ -11,19 +11,11 @@ keyframe has not happened yet.
 from __future__ import annotations
 
 from collections import deque
-from fractions import Fraction
 
-from gateway.telemetry.hub import RTP_CLOCK, TelemetryHub, TelemetryMessage
+from gateway.telemetry.hub import TelemetryHub, TelemetryMessage
 
 # Samples waiting for their frame: about as long as the remuxer's frame queue at 30 Hz.
 MAX_WAITING = 1024
-
-
-def to_clock(pts: int, time_base: Fraction) -> int:
-    """A timestamp in ``time_base`` in 90 kHz units, rounded as `Stream.media_clock` does."""
-    if time_base == Fraction(1, RTP_CLOCK):
-        return pts
-    return round(pts * time_base * RTP_CLOCK)
 
 
 class TelemetryTrack:
