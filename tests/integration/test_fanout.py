@@ -194,7 +194,7 @@ def test_written_packets_match_aiortc_serialisation_byte_for_byte() -> None:
         expected = RtpPacket(
             payload_type=102,
             sequence_number=(writer._sequence - len(payloads) + index) & 0xFFFF,
-            timestamp=(writer._timestamp_origin + timestamp) & 0xFFFFFFFF,
+            timestamp=(writer.timestamp_origin + timestamp) & 0xFFFFFFFF,
             marker=int(index == len(payloads) - 1),
             ssrc=0x11223344,
             payload=payload,
