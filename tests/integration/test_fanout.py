@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import structlog
 from aiortc.rtp import RtpPacket
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
@@ -286,3 +289,25 @@ async def test_floor_on_aioices_own_sockets(video_track: TrackFactory) -> None:
         assert writer.floor is not None and writer.floor.fd >= 0 and writer.floor.bursts >= 30
     finally:
         await gateway.stop()
+
+
+@given(
+    units=st.lists(st.integers(0, 40), min_size=1, max_size=80),
+    first=st.integers(0, 0xFFFF),
+)
+def test_history_keeps_the_last_packets_per_access_unit(units: list[int], first: int) -> None:
+    """The NACK history holds whole access units (their shared payload lists): every one
+    of the last HISTORY packets is found with its timestamp and marker, and it holds no
+    more than HISTORY packets plus one unit."""
+    writer = fanout.DirectRtpWriter.__new__(fanout.DirectRtpWriter)
+    writer._history, writer._history_packets = deque(), 0
+    sent: list[tuple[int, int, bool, bytes]] = []
+    sequence = first
+    for number, count in enumerate(units):
+        payloads = [f"{number}:{i}".encode() for i in range(count)]
+        writer._remember(sequence, number, payloads)
+        sent += [((sequence + i) & 0xFFFF, number, i == count - 1, p) for i, p in enumerate(payloads)]
+        sequence = (sequence + count) & 0xFFFF
+    assert writer._history_packets < fanout.HISTORY + max(units) + 1
+    for seq, timestamp, marker, payload in sent[-fanout.HISTORY :]:
+        assert writer._find(seq) == (timestamp, marker, payload)
