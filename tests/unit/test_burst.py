@@ -336,3 +336,18 @@ async def test_check_logs_the_floor_and_why_it_is_off(monkeypatch: pytest.Monkey
     assert not floor.available()
     monkeypatch.undo()
     assert floor.self_test() is None
+
+
+def test_a_libc_without_sendmmsg_turns_the_floor_off_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cffi raises AttributeError for a symbol libc lacks (an old libc, another OS)."""
+
+    class NoSendmmsg:
+        def __init__(self) -> None:
+            raise AttributeError("function/symbol 'sendmmsg' not found in library '<None>'")
+
+    monkeypatch.setattr(floor, "_scratch", None)
+    monkeypatch.setattr(floor, "_Libc", NoSendmmsg)
+    reason = floor.self_test()
+    assert reason is not None and "sendmmsg" in reason and not floor.available()
+    monkeypatch.undo()
+    assert floor.self_test() is None and floor.available()
