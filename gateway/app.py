@@ -35,6 +35,7 @@ from gateway.media.sources.rtmp import RtmpDeadlines, RtmpIngestServer
 from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
 from gateway.media.thumbnails import Thumbnails
+from gateway.media.webrtc import floor
 from gateway.media.webrtc.ice import configure_host_addresses, guard_consent_task
 from gateway.media.webrtc.icemux import IceMux
 from gateway.media.webrtc.peer import RtcSettings
@@ -121,7 +122,9 @@ class Gateway:
             ice_timeout=config.ice_timeout,
             viewer_queue_frames=config.viewer_queue_frames,
             fast_fanout=config.fast_fanout,
+            fanout_floor=config.fanout_floor,
         )
+        floor.want_gso(config.fanout_gso)
         self.wcs = WcsServer(
             self.registry,
             settings,

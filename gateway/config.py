@@ -121,6 +121,11 @@ class Config:
     remux_queue_frames: int = 300  # HLS's and the recorder's: they may fall behind further
     keyframe_request_interval: float = 1.0
     fast_fanout: bool = True
+    # With the fast fan-out: each viewer's access unit in one burst (libsrtp in place, one
+    # sendmmsg or ICE-TCP write); false: per packet Session.protect and sendto.
+    fanout_floor: bool = True
+    # The floor sends a burst whose packet sizes allow it with one UDP GSO sendmsg.
+    fanout_gso: bool = False
     # The most telemetry messages a player (WebSocket or data channel) or an SSE client gets
     # per second per stream; the newest sample wins. A player may ask for fewer.
     telemetry_rate: float = 10.0

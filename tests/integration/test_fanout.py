@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
 from aiortc.rtp import RtpPacket
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.media.webrtc import aiortc_compat, fanout
+from gateway.media.webrtc import aiortc_compat, burst, fanout, floor
 from gateway.wcs.client import ClientStream, WcsClient
-from tests.integration.conftest import FrameCounter, capture_rtp
+from tests.integration.conftest import FrameCounter, capture_rtp, local_config
+from tests.integration.ice_tcp import IceTcpPath
 
 TrackFactory = Callable[[], EncodedVideoTrack]
 
@@ -62,6 +67,8 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
         for viewer in viewers(local_gateway):
             writer = viewer.writers["video"]
             assert writer.packets > 40 and not writer.closed
+            # Written by the floor: one burst per access unit (sendmmsg on the UDP port).
+            assert writer.floor is not None and writer.floor.bursts > 0
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # aiortc's RTCP loop reports what the writer sent.
             reported = aiortc_compat.sender_counters(viewer._video_sender)
@@ -93,6 +100,7 @@ async def test_nack_is_answered_from_the_writers_history(
         await counter.wait_frames(20)
         (viewer,) = viewers(local_gateway)
         writer = viewer.writers["video"]
+        assert writer.floor is not None  # the floor's history holds the unprotected packets
         lost = [packets[-5].sequence_number, packets[-3].sequence_number]
         before = len(packets)
         receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
@@ -208,3 +216,98 @@ def test_written_packets_match_aiortc_serialisation_byte_for_byte() -> None:
 
     writer._socket = Congested()
     assert not writer.write(frame), "a congested socket refuses the frame"
+
+
+async def play_decoded(gateway: Gateway, track: EncodedVideoTrack, **play: Any) -> list[WebRtcViewer]:
+    """Publish ``track``, play it once (``play``: WcsClient.play's options) until 30 frames
+    decode; the gateway's viewers."""
+    clients = [await WcsClient.connect(ws_url(gateway)) for _ in range(2)]
+    try:
+        publisher = await clients[0].publish("floor", [track])
+        await publisher.wait_status("PUBLISHING")
+        player = await clients[1].play("floor", kinds=("video",), **play)
+        await player.wait_status("PLAYING")
+        counter = FrameCounter(player).start()
+        await counter.wait_frames(30)
+        await counter.stop()
+        return viewers(gateway)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_an_ice_tcp_viewer_gets_one_framed_write_per_access_unit(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    (viewer,) = await play_decoded(local_gateway, video_track(), transport="TCP", before_answer=IceTcpPath())
+    writer = viewer.writers["video"]
+    assert writer.floor is not None and writer.floor.fd == -1, "the TCP link's framed writes"
+    assert writer.floor.bursts >= 30 and writer.floor.handed_to_asyncio == 0
+
+
+async def test_floor_off_by_setting_keeps_the_per_packet_path(video_track: TrackFactory) -> None:
+    gateway = Gateway(local_config(fanout_floor=False))
+    await gateway.start()
+    try:
+        (viewer,) = await play_decoded(gateway, video_track())
+        writer = viewer.writers["video"]
+        assert writer.floor is None and writer.packets > 30
+    finally:
+        await gateway.stop()
+
+
+async def test_floor_off_when_its_start_check_fails(
+    video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A floor whose bytes differ from pylibsrtp's is not used: the start logs why, and
+    viewers play through the per-packet path."""
+    monkeypatch.setattr(burst, "RTP_PATCH", struct.Struct("<BHI"))  # a broken header patch
+    gateway = Gateway(local_config())
+    with structlog.testing.capture_logs() as logs:
+        await gateway.start()
+    try:
+        (entry,) = [e for e in logs if e["event"] == "aiortc_internals"]
+        assert entry["fanout_floor"] is False
+        assert any("differ from Session.protect" in name for name in entry["missing"])
+        (viewer,) = await play_decoded(gateway, video_track())
+        writer = viewer.writers["video"]
+        assert writer.floor is None and writer.packets > 30
+    finally:
+        await gateway.stop()
+        monkeypatch.undo()
+        assert floor.self_test() is None  # on again for the tests after this one
+
+
+async def test_floor_on_aioices_own_sockets(video_track: TrackFactory) -> None:
+    """Without the shared port (webrtc_udp_port = 0) each peer connection has its own
+    asyncio socket: the floor's bursts go there."""
+    gateway = Gateway(local_config(webrtc_udp_port=0, webrtc_tcp_port=0))
+    await gateway.start()
+    try:
+        (viewer,) = await play_decoded(gateway, video_track())
+        writer = viewer.writers["video"]
+        assert writer.floor is not None and writer.floor.fd >= 0 and writer.floor.bursts >= 30
+    finally:
+        await gateway.stop()
+
+
+@given(
+    units=st.lists(st.integers(0, 40), min_size=1, max_size=80),
+    first=st.integers(0, 0xFFFF),
+)
+def test_history_keeps_the_last_packets_per_access_unit(units: list[int], first: int) -> None:
+    """The NACK history holds whole access units (their shared payload lists): every one
+    of the last HISTORY packets is found with its timestamp and marker, and it holds no
+    more than HISTORY packets plus one unit."""
+    writer = fanout.DirectRtpWriter.__new__(fanout.DirectRtpWriter)
+    writer._history, writer._history_packets = deque(), 0
+    sent: list[tuple[int, int, bool, bytes]] = []
+    sequence = first
+    for number, count in enumerate(units):
+        payloads = [f"{number}:{i}".encode() for i in range(count)]
+        writer._remember(sequence, number, payloads)
+        sent += [((sequence + i) & 0xFFFF, number, i == count - 1, p) for i, p in enumerate(payloads)]
+        sequence = (sequence + count) & 0xFFFF
+    assert writer._history_packets < fanout.HISTORY + max(units) + 1
+    for seq, timestamp, marker, payload in sent[-fanout.HISTORY :]:
+        assert writer._find(seq) == (timestamp, marker, payload)

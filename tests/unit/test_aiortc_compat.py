@@ -112,6 +112,26 @@ async def test_fast_fanout_accessors(pair: Pair) -> None:
     assert aiortc_compat.receiver_stream_statistics(receiver) == {}  # no RTP yet
 
 
+async def test_fanout_floor_accessors_protect_in_place_as_session_protect_does(pair: Pair) -> None:
+    """The negotiated session's srtp_t through pylibsrtp's cffi binding: srtp_protect in a
+    buffer of our own gives what the receiving peer's SRTP session accepts."""
+    sender = pair.transceiver(pair.offerer, "video").sender
+    srtp = aiortc_compat.tx_srtp(sender.transport)
+    ffi, lib = aiortc_compat.srtp_binding()
+    context = aiortc_compat.srtp_context(srtp)
+    ssrc, _ = aiortc_compat.sender_ssrcs(sender)
+    packet = bytes([0x80, 0x60, 0, 1, 0, 0, 0, 9]) + ssrc.to_bytes(4, "big") + b"payload" * 20
+    buf = ffi.new("unsigned char[]", len(packet) + 144)
+    buf[0 : len(packet)] = packet
+    length = ffi.new("int *", len(packet))
+    assert lib.srtp_protect(context, buf, length) == 0
+    protected = bytes(ffi.buffer(buf, length[0]))
+    assert length[0] > len(packet) and protected[:12] == packet[:12] and protected[12:] != packet[12:]
+    # The answerer's inbound session (a test-side private: the gateway never decrypts this way).
+    rx = pair.transceiver(pair.answerer, "video").receiver.transport._rx_srtp
+    assert rx.unprotect(protected) == packet
+
+
 async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
     sender = pair.transceiver(pair.offerer, "video").sender
     receiver = pair.transceiver(pair.answerer, "video").receiver

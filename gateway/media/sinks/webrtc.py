@@ -204,7 +204,7 @@ class WebRtcViewer:
 
         async def send(parameters: RTCRtpSendParameters) -> None:
             await start(parameters)
-            writer = DirectRtpWriter.attach(self.stream, sender, parameters)
+            writer = DirectRtpWriter.attach(self.stream, sender, parameters, self.settings.fanout_floor)
             if writer is None:
                 sender.replaceTrack(RelayTrack(kind, queue))
                 return

@@ -18,17 +18,23 @@ What each feature falls back to when its internals are missing:
   packets lost per SSRC): not counted, no keyframe requests;
 - ``ice_workarounds`` (host address choice, consent-task leak guard): aioice's defaults;
 - ``port_mux`` (all sessions on one UDP and one TCP port): none; when the ports are
-  configured the start fails naming what is missing.
+  configured the start fails naming what is missing;
+- ``fanout_floor`` (each viewer's access unit protected in place by libsrtp and written with
+  one ``sendmmsg``/GSO ``sendmsg``/TCP write, `floor.py`): the fast fan-out's per-packet
+  ``Session.protect`` and ``sendto``. Besides the names, `check()` runs the floor once on a
+  known packet and compares its bytes with ``Session.protect``'s (`floor.self_test`).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import aioice.ice
+import pylibsrtp
 from aiortc import (
     RTCConfiguration,
     RTCDtlsTransport,
@@ -153,6 +159,20 @@ def cancel_consent_task(connection: aioice.ice.Connection) -> None:
         connection._query_consent_task = None
 
 
+# --- pylibsrtp ---------------------------------------------------------------------------------
+
+
+def srtp_binding() -> tuple[Any, Any]:
+    """pylibsrtp's cffi ``ffi`` and ``lib`` (libsrtp 2: ``srtp_protect(srtp_t, void *, int *)``)."""
+    binding = importlib.import_module("pylibsrtp._binding")  # compiled: no stubs for mypy
+    return binding.ffi, binding.lib
+
+
+def srtp_context(session: pylibsrtp.Session) -> Any:
+    """The libsrtp ``srtp_t`` of a pylibsrtp ``Session`` (valid while the session lives)."""
+    return session._srtp[0]
+
+
 # --- RTCRtpReceiver ----------------------------------------------------------------------------
 
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
@@ -202,7 +222,7 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 # --- the start-up check ------------------------------------------------------------------------
 
-FEATURES = ("fast_fanout", "decoder_tap", "rtcp_feedback", "ice_workarounds", "port_mux")
+FEATURES = ("fast_fanout", "decoder_tap", "rtcp_feedback", "ice_workarounds", "port_mux", "fanout_floor")
 
 
 _OWNERS = {
@@ -214,6 +234,9 @@ _OWNERS = {
     "connection": "aioice Connection",
     "protocol": "aioice StunProtocol",
     "module": "aioice ice",
+    "srtp": "pylibsrtp Session",
+    "srtp_binding": "pylibsrtp _binding",
+    "srtp_lib": "pylibsrtp _binding.lib",
 }
 
 
@@ -270,6 +293,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("port_mux", "protocol", "datagram_received"),
     Internal("port_mux", "protocol", "connection_lost"),
     Internal("port_mux", "module", "server_reflexive_candidate"),
+    Internal("fanout_floor", "srtp", "_srtp"),
+    Internal("fanout_floor", "srtp_binding", "ffi"),
+    Internal("fanout_floor", "srtp_binding", "lib"),
+    Internal("fanout_floor", "srtp_lib", "srtp_protect"),
 )
 
 
@@ -309,6 +336,11 @@ def probed_objects(pc: RTCPeerConnection) -> dict[str, Any]:
     connection = getattr(ice, "_connection", None)
     if not isinstance(connection, aioice.ice.Connection):
         connection = aioice.ice.Connection(ice_controlling=False)
+    binding: Any = None
+    try:
+        binding = importlib.import_module("pylibsrtp._binding")
+    except ImportError:
+        pass
     return {
         "pc": pc,
         "sender": transceiver.sender,
@@ -318,19 +350,33 @@ def probed_objects(pc: RTCPeerConnection) -> dict[str, Any]:
         "connection": connection,
         "protocol": aioice.ice.StunProtocol,
         "module": aioice.ice,
+        "srtp": pylibsrtp.Session(
+            pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        ),
+        "srtp_binding": binding,
+        "srtp_lib": getattr(binding, "lib", None),
     }
 
 
 async def check(port_mux: bool) -> Report:
     """Probe the installed aiortc/aioice, log once which fast paths are available, and raise
     InternalsMissing (naming them) when the port mux is wanted (``port_mux``) and cannot work,
-    the one feature without a fallback."""
+    the one feature without a fallback. Also runs the fan-out floor once (`floor.self_test`):
+    it is used only if its bytes match pylibsrtp's and the kernel took its sends."""
+    from gateway.media.webrtc import floor
+
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         pc.addTransceiver("video", direction="sendrecv")
         report = probe(pc)
     finally:
         await pc.close()
+    if report.available("fanout_floor"):
+        floor_problem = floor.self_test()
+        if floor_problem is not None:
+            report.missing.setdefault("fanout_floor", []).append(floor_problem)
+    else:
+        floor.disable("missing: " + ", ".join(report.missing["fanout_floor"]))
     level = log.warning if report.missing else log.info
     level(
         "aiortc_internals",
@@ -341,6 +387,8 @@ async def check(port_mux: bool) -> Report:
         rtcp_feedback=report.available("rtcp_feedback"),
         ice_workarounds=report.available("ice_workarounds"),
         port_mux=report.available("port_mux") if port_mux else "off",
+        fanout_floor=report.available("fanout_floor"),
+        floor_gso=floor.gso_available(),
         missing=report.all_missing() or None,
     )
     if port_mux and not report.available("port_mux"):

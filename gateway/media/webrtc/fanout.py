@@ -12,12 +12,19 @@ written here; receiver reports, PLI and NACK arrive through it). NACKs are answe
 this writer's own history. The writer relies on private attributes of aiortc 1.16 and
 aioice 0.13 (through `aiortc_compat`), all read in `DirectRtpWriter.attach`: if any is
 missing it returns None and the viewer keeps aiortc's stock sender path.
+
+On top of that, the floor (`floor.py`, on unless ``fanout_floor = false`` or its start
+check failed): per access unit one burst that protects in place with libsrtp and sends
+with one ``sendmmsg`` (UDP) or one write (ICE-TCP). Without it, each packet is protected
+with pylibsrtp's ``Session.protect`` and sent with its own ``sendto``.
 """
 
 from __future__ import annotations
 
 import random
 import struct
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from aiortc import RTCRtpSender
@@ -29,11 +36,12 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from gateway.log import get_logger
 from gateway.media.rtp_frames import frame_packets, sequence_after
 from gateway.media.stream import MediaFrame, Stream
-from gateway.media.webrtc import aiortc_compat
+from gateway.media.webrtc import aiortc_compat, floor
 
 log = get_logger(__name__)
 
-# Packets remembered per viewer for retransmission (about 2 s of 2.5 Mbit/s video).
+# Packets remembered per viewer for retransmission (about 2 s of 2.5 Mbit/s video), kept
+# as the access units' payload lists (shared by all viewers), not a tuple per packet.
 HISTORY = 512
 # A viewer whose socket has this much unsent data is congested: it skips to a keyframe.
 MAX_UNSENT_BYTES = 512 * 1024
@@ -54,6 +62,14 @@ def rtp_payloads(stream: Stream, frame: MediaFrame, codec: RTCRtpCodecParameters
     return cached
 
 
+def payload_bytes(frame: MediaFrame, payloads: Sequence[bytes]) -> int:
+    """The bytes of ``frame``'s RTP payloads (computed once for all viewers)."""
+    size: int | None = frame.derived.get("rtp-bytes")
+    if size is None:
+        size = frame.derived["rtp-bytes"] = sum(map(len, payloads))
+    return size
+
+
 class DirectRtpWriter:
     """One viewer's RTP for one media kind, written straight to its SRTP session and socket."""
 
@@ -67,6 +83,7 @@ class DirectRtpWriter:
         srtp: Any,
         socket: Any,
         address: tuple[str, int],
+        burst: floor.FloorPath | None = None,
     ) -> None:
         self.stream = stream
         self.sender = sender
@@ -77,13 +94,16 @@ class DirectRtpWriter:
         self._protect = srtp.protect
         self._socket = socket
         self._address = address
+        self.floor = burst  # None: per-packet protect and sendto
         # Retransmissions go as RTX (RFC 4588): a plain resend repeats an SRTP index, which
         # the receiver's replay protection drops.
         self._rtx = rtx
         self._rtx_sequence = random.randint(0, 0xFFFF)
         self._sequence = random.randint(0, 0xFFFF)
         self.timestamp_origin = random.getrandbits(32)
-        self._history: list[tuple[int, int, bool, bytes] | None] = [None] * HISTORY
+        # (first sequence number, RTP timestamp, payloads) per access unit, oldest first.
+        self._history: deque[tuple[int, int, Sequence[bytes]]] = deque()
+        self._history_packets = 0
         self.packets = 0
         self.octets = 0
         self.last_timestamp = 0
@@ -92,10 +112,11 @@ class DirectRtpWriter:
 
     @classmethod
     def attach(
-        cls, stream: Stream, sender: RTCRtpSender, parameters: RTCRtpSendParameters
+        cls, stream: Stream, sender: RTCRtpSender, parameters: RTCRtpSendParameters, use_floor: bool = True
     ) -> DirectRtpWriter | None:
         """A writer for a started sender, or None if this aiortc/aioice does not expose
-        what the fast path needs (the caller then keeps the stock path)."""
+        what the fast path needs (the caller then keeps the stock path). ``use_floor``: write
+        in bursts (`floor.py`) if its start check passed and the viewer's socket allows."""
         try:
             codec = parameters.codecs[0]
             if codec.payloadType is None:
@@ -129,7 +150,13 @@ class DirectRtpWriter:
         except (AttributeError, KeyError, IndexError, TypeError) as exc:
             log.warning("fast_fanout_unavailable", stream=stream.name, reason=str(exc))
             return None
-        return cls(stream, sender, codec, header, rtx, srtp, socket, address)
+        burst = None
+        if use_floor and floor.available():
+            try:
+                burst = floor.FloorPath(srtp, socket, address)
+            except (AttributeError, OSError, ValueError) as exc:
+                floor.log_once("fanout_floor_unavailable", str(exc), stream=stream.name)
+        return cls(stream, sender, codec, header, rtx, srtp, socket, address, burst)
 
     def write(self, frame: MediaFrame) -> bool:
         """Send ``frame`` to this viewer. False when the viewer's socket is congested (the
@@ -141,9 +168,21 @@ class DirectRtpWriter:
                 return False
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
             timestamp = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
-            for sequence, marker, payload in frame_packets(payloads, self._sequence):
-                self._send(sequence, timestamp, marker, payload)
-                self.octets += len(payload)
+            size = payload_bytes(frame, payloads)
+            self._remember(self._sequence, timestamp, payloads)
+            burst = self.floor
+            if burst is not None and len(payloads) <= floor.MAX_MESSAGES:
+                try:
+                    burst.send(self._header, self._payload_type, payloads, self._sequence, timestamp, size)
+                except floor.FloorError as exc:
+                    # libsrtp refused a packet: the rest of this unit is lost (its indexes
+                    # may be used), the next ones go packet by packet.
+                    self.floor = None
+                    floor.log_once("fanout_floor_stopped", str(exc), stream=self.stream.name)
+            else:
+                for sequence, marker, payload in frame_packets(payloads, self._sequence):
+                    self._send(sequence, timestamp, marker, payload)
+            self.octets += size
             self._sequence = sequence_after(self._sequence, len(payloads))
             self.packets += len(payloads)
         except (OSError, RuntimeError, AttributeError) as exc:
@@ -156,8 +195,22 @@ class DirectRtpWriter:
         self._update_sender_report()
         return True
 
+    def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
+        history = self._history
+        history.append((sequence, timestamp, payloads))
+        self._history_packets += len(payloads)
+        while self._history_packets - len(history[0][2]) >= HISTORY:
+            self._history_packets -= len(history.popleft()[2])
+
+    def _find(self, sequence: int) -> tuple[int, bool, bytes] | None:
+        """(timestamp, marker, payload) of a packet still in the history."""
+        for first, timestamp, payloads in reversed(self._history):
+            index = (sequence - first) & 0xFFFF
+            if index < len(payloads):
+                return timestamp, index == len(payloads) - 1, payloads[index]
+        return None
+
     def _send(self, sequence: int, timestamp: int, marker: bool, payload: bytes) -> None:
-        self._history[sequence % HISTORY] = (sequence, timestamp, marker, payload)
         packet = _patched(self._header, self._payload_type, marker, sequence, timestamp)
         packet += payload
         self._socket.sendto(self._protect(bytes(packet)), self._address)
@@ -169,10 +222,10 @@ class DirectRtpWriter:
             return
         payload_type, header = self._rtx
         for sequence in sequences:
-            entry = self._history[sequence % HISTORY]
-            if entry is None or entry[0] != sequence:
+            entry = self._find(sequence)
+            if entry is None:
                 continue
-            _, timestamp, marker, payload = entry
+            timestamp, marker, payload = entry
             packet = _patched(header, payload_type, marker, self._rtx_sequence, timestamp)
             packet += struct.pack("!H", sequence) + payload
             self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF

@@ -107,10 +107,14 @@ class _UdpShare:
         return transport.get_write_buffer_size() if transport is not None else 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":  # the fan-out floor sends its bursts on it (sendmmsg)
+            transport = self._port.transport
+            return transport.get_extra_info("socket") if transport is not None else default
         return self._sockname if name == "sockname" else default
 
     def is_closing(self) -> bool:
-        return self._closed
+        transport = self._port.transport
+        return self._closed or transport is None or transport.is_closing()
 
     def close(self) -> None:
         self._closed = True
@@ -155,6 +159,16 @@ class _FramedTcp:
             self._link.mux.dropped[("tcp", "send_buffer_full")] += 1
             return
         transport.write(frame(data))
+
+    def write_framed(self, data: bytes) -> None:
+        """Packets already framed (RFC 4571), in one write: the fan-out floor's burst."""
+        transport = self._link.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > MAX_TCP_UNSENT:
+            self._link.mux.dropped[("tcp", "send_buffer_full")] += 1
+            return
+        transport.write(data)
 
     def get_write_buffer_size(self) -> int:
         transport = self._link.transport

@@ -22,6 +22,8 @@ class RtcSettings:
     # Packetize once per stream and write each viewer's RTP directly (see fanout.py); off
     # means aiortc's stock sender per viewer.
     fast_fanout: bool = True
+    # With it, each viewer's access unit in one burst (floor.py); off: per packet.
+    fanout_floor: bool = True
     # The shared WebRTC UDP/TCP ports (None: each peer connection opens its own sockets).
     ice_mux: IceMux | None = None
 

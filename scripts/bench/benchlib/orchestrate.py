@@ -28,7 +28,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 ROOT = BENCH_DIR.parent.parent
 SCRIPT = BENCH_DIR / "fanout"
 STREAM = "bench"
-PHASES = ("gateway", "gateway-sockets", "gateway-stock", "reference")
+PHASES = ("gateway", "gateway-direct", "gateway-sockets", "gateway-stock", "reference")
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -90,8 +90,12 @@ def log_notes(path: Path) -> str:
     except OSError:
         return f"{path} unreadable"
     unavailable = sum("fast_fanout_unavailable" in line for line in lines)
+    floor_off = sum("fanout_floor" in line and "unavailable" in line for line in lines)
     bad = sum(any(w in line.lower() for w in ("warning", "error", "traceback")) for line in lines)
-    return f"{unavailable} fast_fanout_unavailable, {bad} warning/error lines ({path.name})"
+    return (
+        f"{unavailable} fast_fanout_unavailable, {floor_off} fanout_floor_unavailable, "
+        f"{bad} warning/error lines ({path.name})"
+    )
 
 
 def free_port() -> int:
@@ -232,10 +236,12 @@ class Bench:
     # --- phases ---------------------------------------------------------------
 
     def run_gateway(self, label: str) -> Phase:
-        """``gateway``: skyrelay as configured by default (fast fan-out, every session on one
-        UDP port); ``gateway-sockets``: the same with sockets of its own per peer connection
-        (--webrtc-udp-port 0); ``gateway-stock``: one stock aiortc sender per viewer
-        (SKYRELAY_FAST_FANOUT=false), on the one UDP port."""
+        """``gateway``: skyrelay as configured by default (fast fan-out with the floor: one
+        burst per access unit and viewer, every session on one UDP port);
+        ``gateway-direct``: the fast fan-out without the floor (SKYRELAY_FANOUT_FLOOR=false:
+        per packet Session.protect and sendto); ``gateway-sockets``: the default with sockets
+        of its own per peer connection (--webrtc-udp-port 0); ``gateway-stock``: one stock
+        aiortc sender per viewer (SKYRELAY_FAST_FANOUT=false), on the one UDP port."""
         phase = Phase(label)
         assert self.clip is not None
         ws_port, http_port = free_port(), free_port()
@@ -266,7 +272,11 @@ class Bench:
             "--log-level",
             "warning",
         ]
-        env = {**self.env, "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true"}
+        env = {
+            **self.env,
+            "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true",
+            "SKYRELAY_FANOUT_FLOOR": "false" if label == "gateway-direct" else "true",
+        }
         gateway = Process(label, cmd, self.run_dir / f"{label}.log", cwd=ROOT, env=env)
         self.processes.append(gateway)
         publisher: Child | None = None
@@ -393,21 +403,19 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"{kg:13.0f} {kr:5.0f} {kratio:6.2f} | "
                 f"{100 * g.delivered(packets_per_s):11.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
             )
-    mux, sockets = by_label.get("gateway"), by_label.get("gateway-sockets")
-    if mux and sockets and mux.steps and sockets.steps:
-        out.append("")
-        out.append("== gateway (one UDP port) / gateway-sockets (sockets per peer connection) ==")
-        out.append("   N | ms/viewer-s mux  sockets  ratio | us/packet mux  sockets  ratio")
-        socket_steps = {s.viewers: s for s in sockets.steps}
-        for g in mux.steps:
-            r = socket_steps.get(g.viewers)
-            if r is None:
-                continue
-            out.append(
-                f"{g.viewers:4d} | {g.ms_per_viewer_s:15.2f} {r.ms_per_viewer_s:8.2f} "
-                f"{g.ms_per_viewer_s / r.ms_per_viewer_s:6.2f} | "
-                f"{g.us_per_packet:13.1f} {r.us_per_packet:8.1f} {g.us_per_packet / r.us_per_packet:6.2f}"
-            )
+    for first, second, title in (
+        (
+            "gateway",
+            "gateway-direct",
+            "gateway (floor: one burst per access unit) / gateway-direct (per packet)",
+        ),
+        (
+            "gateway",
+            "gateway-sockets",
+            "gateway (one UDP port) / gateway-sockets (sockets per peer connection)",
+        ),
+    ):
+        out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
         out.append("")
         out.append("marginal CPU per added viewer (ms per viewer-second, between steps):")
@@ -418,6 +426,29 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 parts.append(f"{a.viewers}->{b.viewers}: {ms:.2f}")
             out.append(f"  {phase.label:13s} " + ", ".join(parts))
     return "\n".join(out)
+
+
+def _pair_table(a: Phase | None, b: Phase | None, title: str, packets_per_s: float) -> list[str]:
+    """Two gateway phases side by side, per viewer count (first / second)."""
+    if not (a and b and a.steps and b.steps):
+        return []
+    out = [
+        "",
+        f"== {title} ==",
+        "   N | ms/viewer-s 1st    2nd  ratio | us/packet 1st    2nd  ratio | delivered 1st    2nd",
+    ]
+    second = {s.viewers: s for s in b.steps}
+    for g in a.steps:
+        r = second.get(g.viewers)
+        if r is None:
+            continue
+        out.append(
+            f"{g.viewers:4d} | {g.ms_per_viewer_s:15.2f} {r.ms_per_viewer_s:6.2f} "
+            f"{g.ms_per_viewer_s / r.ms_per_viewer_s:6.2f} | "
+            f"{g.us_per_packet:13.1f} {r.us_per_packet:6.1f} {g.us_per_packet / r.us_per_packet:6.2f} | "
+            f"{100 * g.delivered(packets_per_s):12.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
+        )
+    return out
 
 
 def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
@@ -466,7 +497,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--viewers needs positive counts")
     if args.seconds <= 0 or args.viewer_procs <= 0:
         parser.error("--seconds and --viewer-procs must be positive")
-    order = ["reference", *PHASES[:3]] if args.reference_first else list(PHASES)
+    order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.only and not set(args.only) <= set(PHASES):
         parser.error(f"--only: choose from {', '.join(PHASES)}")
     args.order = args.only or order

@@ -1,0 +1,440 @@
+"""The floor of a viewer's cost: one synchronous burst per access unit and viewer.
+
+The fast fan-out (`fanout.py`) made per viewer and packet a header copy, a ``bytes`` for
+pylibsrtp's ``Session.protect`` (which copies it in and out of its own buffer) and a
+``sendto`` through asyncio. Here, per viewer and access unit:
+
+- every packet is laid out (header template, patched; payload) in one reused buffer and
+  protected in place by libsrtp's ``srtp_protect`` through pylibsrtp's cffi binding, on
+  the viewer's own ``srtp_t`` (`aiortc_compat.srtp_context`);
+- UDP: one ``sendmmsg`` (its ``mmsghdr``/``iovec`` arrays are reused too: a burst only
+  writes each packet's base and length), or one ``sendmsg`` with UDP GSO when enabled and
+  the packets' sizes allow it (`burst.gso_segment`);
+- ICE-TCP: the packets are laid out with their RFC 4571 length prefixes, and the whole
+  burst is one write on the connection's asyncio transport.
+
+What the kernel does not take (a full socket buffer: ``EAGAIN``, or any error) goes
+through the viewer's asyncio transport packet by packet, as before: asyncio queues it and
+reports errors as it always did, so its write-buffer size still tells the fan-out that a
+viewer is congested (the 512 KiB check) and the order of packets on the socket is kept
+(a burst goes the old way whole while asyncio still holds unsent data).
+
+`self_test()` runs at start (from `aiortc_compat.check()`): the floor's bytes for a known
+packet must equal ``Session.protect``'s, and a burst sent to a local socket must arrive as
+its packets; otherwise the floor is off, with the reason logged once, and every viewer
+keeps the fast fan-out's per-packet path.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cffi  # type: ignore[import-untyped]  # no stubs (types-cffi is not a dependency)
+import pylibsrtp
+
+from gateway.log import get_logger
+from gateway.media.webrtc import aiortc_compat, burst
+
+log = get_logger(__name__)
+
+# Messages one sendmmsg call carries at most (the kernel's UIO_MAXIOV); a larger access
+# unit (over about 1.3 MB) takes the per-packet path.
+MAX_MESSAGES = 1024
+# Room libsrtp may write after a packet (SRTP_MAX_TRAILER_LEN: tag and MKI).
+TRAILER = 16 + 128
+# What each packet may grow by when protected and framed (tag, RFC 4571 prefix).
+PER_PACKET_GROWTH = 16 + 2
+INITIAL_CAPACITY = 256 * 1024
+
+_CDEF = """
+struct iovec { void *iov_base; size_t iov_len; };
+struct msghdr {
+    void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
+    void *msg_control; size_t msg_controllen; int msg_flags;
+};
+struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
+int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
+ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);
+"""
+
+
+class FloorError(RuntimeError):
+    """libsrtp refused a packet (the burst stops there)."""
+
+
+@dataclass
+class _State:
+    checked: bool = False
+    available: bool = False
+    gso: bool = False  # the kernel took a GSO burst in the self-test
+    want_gso: bool = False  # the gateway's setting (fanout_gso)
+    use_gso: bool = False  # both
+    reason: str | None = None
+
+
+STATE = _State()
+_logged: set[str] = set()
+
+
+def available() -> bool:
+    """Whether the floor passed its start check in this process."""
+    return STATE.available
+
+
+def gso_available() -> bool:
+    return STATE.gso
+
+
+def want_gso(enabled: bool) -> None:
+    """Send bursts whose sizes allow it with one GSO ``sendmsg`` (if the kernel has it)."""
+    STATE.want_gso = enabled
+    STATE.use_gso = enabled and STATE.gso
+
+
+def disable(reason: str) -> None:
+    STATE.checked, STATE.available, STATE.gso, STATE.reason = True, False, False, reason
+
+
+def log_once(event: str, reason: str, **fields: Any) -> None:
+    """One log line per distinct reason in this process (never per packet or viewer)."""
+    if reason not in _logged:
+        _logged.add(reason)
+        log.warning(event, reason=reason, **fields)
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_CDEF)
+        self.lib: Any = self.ffi.dlopen(None)
+        self.sendmmsg = self.lib.sendmmsg  # AttributeError when libc lacks them
+        self.sendmsg = self.lib.sendmsg
+
+
+class Scratch:
+    """The process's reused buffers. One event loop thread writes one burst at a time."""
+
+    def __init__(self, libc: _Libc) -> None:
+        self.libc = libc
+        self.srtp_ffi, self.srtp_lib = aiortc_compat.srtp_binding()
+        self.protect = self.srtp_lib.srtp_protect
+        self.len_p = self.srtp_ffi.new("int *")
+        self.capacity = 0
+        self.buf: Any = None
+        self.view = memoryview(b"")
+        self.address = 0
+        self.grow(INITIAL_CAPACITY)
+        f = libc.ffi
+        self._iov = f.new("struct iovec[]", MAX_MESSAGES)
+        self.iov_view = memoryview(f.buffer(self._iov))
+        self.iov_address = _address(f, self._iov)
+        # Per sockaddr length (IPv4, IPv6): the address area and the mmsghdr array naming it.
+        self._names: dict[int, tuple[Any, memoryview, Any]] = {}
+        self._gso_msg = f.new("struct msghdr *")
+        self._gso_msg_view = memoryview(f.buffer(self._gso_msg))
+        self._gso_iov = f.new("struct iovec *")
+        self._gso_iov_view = memoryview(f.buffer(self._gso_iov))
+        self._gso_control = f.new("char[]", burst.GSO_CONTROL.size)
+        self._gso_control_view = memoryview(f.buffer(self._gso_control))
+        self._gso_name = f.new("char[]", 32)
+        self._gso_name_view = memoryview(f.buffer(self._gso_name))
+
+    def grow(self, capacity: int) -> None:
+        """Room for a burst of ``capacity`` bytes (a new buffer: bases are written per burst)."""
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+        self.buf = self.srtp_ffi.new("unsigned char[]", capacity)
+        self.view = memoryview(self.srtp_ffi.buffer(self.buf))
+        self.address = _address(self.srtp_ffi, self.buf)
+        self.capacity = capacity
+
+    def messages(self, name: bytes) -> Any:
+        """The mmsghdr array whose entries all name ``name`` (a sockaddr), written into it."""
+        entry = self._names.get(len(name))
+        if entry is None:
+            f = self.libc.ffi
+            area = f.new("char[]", 32)
+            msgs = f.new("struct mmsghdr[]", MAX_MESSAGES)
+            burst.pack_mmsghdrs(
+                memoryview(f.buffer(msgs)), MAX_MESSAGES, self.iov_address, _address(f, area), len(name)
+            )
+            entry = self._names[len(name)] = (area, memoryview(f.buffer(area)), msgs)
+        area_view = entry[1]
+        area_view[: len(name)] = name
+        return entry[2]
+
+    def send_gso(self, fd: int, name: bytes, length: int, segment: int) -> int:
+        """One sendmsg of ``length`` bytes from the buffer's start, cut in ``segment``-byte
+        datagrams by the kernel. The kernel's result (-1: see errno)."""
+        f = self.libc.ffi
+        self._gso_name_view[: len(name)] = name
+        burst.IOVEC.pack_into(self._gso_iov_view, 0, self.address, length)
+        burst.pack_gso_control(self._gso_control_view, segment)
+        burst.pack_gso_msghdr(
+            self._gso_msg_view,
+            _address(f, self._gso_name),
+            len(name),
+            _address(f, self._gso_iov),
+            _address(f, self._gso_control),
+        )
+        result: int = self.libc.sendmsg(fd, self._gso_msg, 0)
+        return result
+
+    def errno(self) -> int:
+        value: int = self.libc.ffi.errno
+        return value
+
+
+def _srtp_error(status: int) -> str:
+    errors: list[str] = pylibsrtp.ERRORS
+    return errors[status] if 0 <= status < len(errors) else str(status)
+
+
+def _address(ffi: Any, cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+_scratch: Scratch | None = None
+
+
+def scratch() -> Scratch:
+    global _scratch
+    if _scratch is None:
+        _scratch = Scratch(_Libc())
+    return _scratch
+
+
+class FloorPath:
+    """One viewer's bursts on one socket: the shared UDP socket (or aioice's own), or an
+    ICE-TCP connection of the mux (``framed``: it has ``write_framed``)."""
+
+    def __init__(self, session: pylibsrtp.Session, transport: Any, address: tuple[str, int]) -> None:
+        self.scratch = scratch()
+        self._session = session  # keeps the srtp_t alive
+        self._context = aiortc_compat.srtp_context(session)
+        self.transport = transport
+        self.address = address
+        self._write_framed = getattr(transport, "write_framed", None)
+        self.fd = -1
+        self.name = b""
+        if self._write_framed is None:
+            sock = transport.get_extra_info("socket")
+            if sock is None or sock.type != socket.SOCK_DGRAM:
+                raise AttributeError("the viewer's transport has no UDP socket")
+            family, self.name = burst.sockaddr(address[0], address[1])
+            if family != sock.family:
+                raise AttributeError("the viewer's address is not of its socket's family")
+            self.fd = sock.fileno()
+        self.bursts = 0
+        self.gso_bursts = 0
+        self.handed_to_asyncio = 0  # packets the kernel did not take at once
+
+    def send(
+        self,
+        header: bytes,
+        payload_type: int,
+        payloads: Sequence[bytes],
+        sequence: int,
+        timestamp: int,
+        size: int,
+    ) -> None:
+        """Protect and send one access unit's packets (``size``: their payloads' bytes),
+        numbered from ``sequence``, the marker on the last. Raises OSError when the
+        transport is gone, FloorError when libsrtp refuses a packet."""
+        transport = self.transport
+        if transport.is_closing():
+            raise OSError("the viewer's transport is closed")
+        count = len(payloads)
+        if count == 0:
+            return
+        framed = self._write_framed is not None
+        if count > MAX_MESSAGES and not framed:
+            raise FloorError("too many packets for one burst")
+        s = self.scratch
+        header_length = len(header)
+        s.grow(size + count * (header_length + PER_PACKET_GROWTH) + TRAILER)
+        view, buf, len_p, protect, context = s.view, s.buf, s.len_p, s.protect, self._context
+        patch, iov_pack, iov_view, base = (
+            burst.RTP_PATCH.pack_into,
+            burst.IOVEC.pack_into,
+            s.iov_view,
+            s.address,
+        )
+        prefix_pack = burst.TCP_LENGTH.pack_into
+        prefix = 2 if framed else 0
+        last = count - 1
+        offset = 0
+        segment = -1
+        equal = True
+        for index, payload in enumerate(payloads):
+            start = offset + prefix
+            body = start + header_length
+            view[start:body] = header
+            marker = 0x80 if index == last else 0
+            patch(view, start + 1, marker | payload_type, (sequence + index) & 0xFFFF, timestamp)
+            length = header_length + len(payload)
+            view[body : start + length] = payload
+            len_p[0] = length
+            status = protect(context, buf + start, len_p)
+            if status:
+                raise FloorError(f"srtp_protect: {_srtp_error(status)}")
+            length = len_p[0]
+            if framed:
+                prefix_pack(view, offset, length)
+            else:
+                iov_pack(iov_view, index * 16, base + start, length)
+                if index == 0:
+                    segment = length
+                elif length != segment and (index != last or length > segment):
+                    equal = False
+            offset = start + length
+        self.bursts += 1
+        if self._write_framed is not None:
+            self._write_framed(bytes(view[:offset]))
+            return
+        if transport.get_write_buffer_size():
+            self._to_asyncio(0, count)  # asyncio holds unsent packets: keep the order
+            return
+        sent = -1
+        if STATE.use_gso and equal and 1 < count <= burst.GSO_MAX_SEGMENTS and offset <= burst.GSO_MAX_BYTES:
+            if s.send_gso(self.fd, self.name, offset, segment) == offset:
+                self.gso_bursts += 1
+                return
+            code = s.errno()
+            if code not in (errno.EAGAIN, errno.ENOBUFS):
+                STATE.use_gso = False
+                log_once("fanout_floor_gso_off", f"GSO send failed: {errno.errorcode.get(code, code)}")
+            else:
+                sent = 0
+        if sent < 0:
+            sent = s.libc.sendmmsg(self.fd, s.messages(self.name), count, 0)
+        if sent < count:
+            self._to_asyncio(max(sent, 0), count)
+
+    def _to_asyncio(self, first: int, count: int) -> None:
+        """Packets ``first``.. of the burst through the asyncio transport (it queues them
+        when the socket is full, and handles errors as for any datagram)."""
+        s = self.scratch
+        view, iov_view, base = s.view, s.iov_view, s.address
+        sendto = self.transport.sendto
+        for index in range(first, count):
+            address, length = burst.IOVEC.unpack_from(iov_view, index * 16)
+            start = address - base
+            sendto(bytes(view[start : start + length]), self.address)
+        self.handed_to_asyncio += count - first
+
+
+# --- the start check ---------------------------------------------------------------------
+
+_TEST_KEY = bytes(range(1, 31))  # 16-byte key + 14-byte salt (AES-CM)
+_TEST_KEY_GCM = bytes(range(1, 45))  # 32-byte key + 12-byte salt (AEAD_AES_256_GCM)
+
+
+class _TestTransport:
+    """The floor's view of a socket for the self-test: a real UDP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append(data)
+        self.sock.sendto(data, address)
+
+
+def _test_packets(header: bytes, payloads: Sequence[bytes], sequence: int, timestamp: int) -> list[bytes]:
+    packets = []
+    for index, payload in enumerate(payloads):
+        packet = bytearray(header)
+        marker = 0x80 if index == len(payloads) - 1 else 0
+        # Spelt out, not burst.RTP_PATCH: the check must not share what it checks.
+        struct.pack_into("!BHI", packet, 1, marker | 96, (sequence + index) & 0xFFFF, timestamp)
+        packets.append(bytes(packet) + payload)
+    return packets
+
+
+def _session(key: bytes, profile: int) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    return pylibsrtp.Session(policy)
+
+
+def self_test() -> str | None:
+    """Run the floor once on known packets; None if it works (then it is on), else why not
+    (then it is off). Logged by `aiortc_compat.check()`."""
+    try:
+        problem = _self_test()
+    except (AttributeError, OSError, ImportError, FloorError, TypeError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        disable(problem)
+        return problem
+    STATE.checked, STATE.available, STATE.reason = True, True, None
+    STATE.use_gso = STATE.want_gso and STATE.gso
+    return None
+
+
+def _self_test() -> str | None:
+    # A header as aiortc serialises it (with a one-byte extension), payloads of a GSO-able
+    # burst: equal sizes, the last shorter; an FU-A-like wrap of the sequence number.
+    header = bytes.fromhex("906000000000000011223344bede000110300000")
+    payloads = [bytes((i * 7 + j) & 0xFF for j in range(1100)) for i in range(3)] + [b"\x05" * 300]
+    sequence, timestamp = 0xFFFE, 0x01020304
+    expected_plain = _test_packets(header, payloads, sequence, timestamp)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(1.0)
+        sender.bind(("127.0.0.1", 0))
+        sender.setblocking(False)
+        address = receiver.getsockname()
+        for key, profile in (
+            (_TEST_KEY, pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80),
+            (_TEST_KEY_GCM, pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM),
+        ):
+            # sendmmsg, then the same packets framed for TCP, then GSO; each on a fresh
+            # session pair (a session protects each index once).
+            for mode in ("mmsg", "framed", "gso"):
+                reference = _session(key, profile)
+                expected = [reference.protect(p) for p in expected_plain]
+                transport = _TestTransport(sender)
+                path = FloorPath(_session(key, profile), transport, address)
+                framed: list[bytes] = []
+                if mode == "framed":
+                    path._write_framed = framed.append
+                saved = STATE.use_gso
+                STATE.use_gso = mode == "gso"
+                try:
+                    path.send(header, 96, payloads, sequence, timestamp, sum(map(len, payloads)))
+                finally:
+                    STATE.use_gso = saved
+                if mode == "framed":
+                    if burst.split_framed(framed[0]) != expected:
+                        return "the floor's framed bytes differ from Session.protect's"
+                    continue
+                got = [receiver.recv(2048) for _ in expected]
+                if got != expected:
+                    return f"the floor's bytes ({mode}) differ from Session.protect's"
+                if mode == "gso":
+                    STATE.gso = path.gso_bursts == 1
+                elif path.handed_to_asyncio:
+                    return "sendmmsg did not take a burst to 127.0.0.1"
+    finally:
+        receiver.close()
+        sender.close()
+    return None
