@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.access import Action, OpenAccess, policy_from, query_authorizer
 from gateway.broker.server import Broker
+from gateway.cluster.worker import WorkerLink, WorkerPlace
 from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
 from gateway.dji.bridge import DjiBridge
 from gateway.dji.live import LiveSettings
@@ -62,8 +64,11 @@ class Gateway:
     """Builds the parts from the configuration (media, outputs, DJI, HTTP), starts them in
     order and stops them in the reverse order."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, place: WorkerPlace | None = None) -> None:
+        """``place``: this gateway is one worker of several (`gateway.cluster`): it accepts on
+        the sockets the control process bound and shares stream names with the others."""
         self.config = config
+        self.place = place
         configure_host_addresses(config.ice_addresses)
         guard_consent_task()
         self.tls = tls_context(config)
@@ -71,6 +76,7 @@ class Gateway:
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
+        self.cluster = WorkerLink(place, self.registry) if place is not None else None
         self.ingest_keys = IngestKeys()
         self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
         self._build_outputs()
@@ -144,6 +150,7 @@ class Gateway:
             republish=self.republishes.startup,
             connection_limits=self.connection_limits,
             telemetry_rate=config.telemetry_rate,
+            sock=self._listener("ws"),
         )
         self.rtmp = (
             RtmpIngestServer(
@@ -154,6 +161,7 @@ class Gateway:
                 access=access,
                 deadlines=RtmpDeadlines(config.rtmp_handshake_timeout, config.rtmp_publish_timeout),
                 limits=self.connection_limits,
+                sock=self._listener("rtmp"),
             )
             if config.rtmp_port
             else None
@@ -168,6 +176,7 @@ class Gateway:
                 authorize_play=authorize_play,
                 viewer_queue_frames=config.viewer_queue_frames,
                 connection_limits=self.connection_limits,
+                sock=self._listener("rtsp"),
             )
             if config.rtsp_port
             else None
@@ -257,6 +266,7 @@ class Gateway:
             api_token=config.api_token,
             tls=self.tls,
             connection_limits=self.connection_limits,
+            sock=self._listener("http"),
             routes=[
                 *thumbnail_routes(self.thumbnails),
                 *self.telemetry_http.routes(),
@@ -297,7 +307,14 @@ class Gateway:
             parts.append(("DJI bridge", self.dji.start, self.dji.stop))
         if self.sdview is not None:
             parts.append(("SD view", self.sdview.start, self.sdview.stop))
+        if self.cluster is not None:
+            # Last: its hello tells the control process this worker is up.
+            parts.append(("worker link", self.cluster.start, self.cluster.stop))
         return parts
+
+    def _listener(self, name: str) -> socket.socket | None:
+        """The control process's listening socket ``name`` for a worker; None: bind our own."""
+        return self.place.listener(name) if self.place is not None else None
 
     async def start(self) -> None:
         """Start every part. When one fails, those already started are stopped and

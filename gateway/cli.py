@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-connections-per-ip", type=int, help="open connections per address on each TCP port (256)"
     )
+    serve.add_argument("--workers", type=int, help="worker processes (default 1; 0: one per core)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
 
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid (3600)")
     token.add_argument("--config", type=Path, help="TOML configuration file with auth_secret")
 
+    worker = sub.add_parser("_worker")  # started by `serve --workers N`, not by people
+    worker.add_argument("--control-fd", type=int, required=True)
     sim = sub.add_parser("dock-sim", help="simulate a DJI dock: MQTT Cloud API and an RTMP push")
     sim.add_argument("--mqtt", required=True, help="broker URL: mqtt[s]://user:pass@host:port")
     sim.add_argument("--mqtt-ca-file", help="CA certificates to check an mqtts:// broker with")
@@ -137,9 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         ignored = unknown_environment(os.environ)
         if ignored:
             log.get_logger(__name__).warning("unknown_environment_variables", names=ignored)
+        if config.worker_count > 1:
+            from gateway.cluster.supervisor import Supervisor
+
+            return asyncio.run(_serve(Supervisor(config, config.worker_count)))
         from gateway.app import Gateway
 
         return asyncio.run(_serve(Gateway(config)))
+    if args.command == "_worker":
+        from gateway.cluster.supervisor import run_worker
+
+        raise_open_files_limit()
+        return asyncio.run(run_worker(args.control_fd))
     if args.command == "dock-sim":
         return _dock_sim(args)
     if args.command == "token":
@@ -246,13 +258,14 @@ async def _serve(gateway: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     from gateway.app import StartError
+    from gateway.cluster.supervisor import ListenError, WorkersFailed
     from gateway.media.webrtc.icemux import IceMuxError
 
     try:
         # A part that fails to start has stopped those started before it (nothing listens).
         await gateway.start()
         await stop.wait()
-    except (StartError, IceMuxError) as exc:
+    except (StartError, IceMuxError, ListenError, WorkersFailed) as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -129,6 +129,10 @@ class Config:
     # The most telemetry messages a player (WebSocket or data channel) or an SSE client gets
     # per second per stream; the newest sample wins. A player may ask for fewer.
     telemetry_rate: float = 10.0
+    # Worker processes (0: one per core). With more than one, a control process holds the
+    # ports, the MQTT broker and the stream names, and each worker its own WebRTC ports from
+    # webrtc_udp_port/webrtc_tcp_port up (and RTSP UDP pairs from rtsp_udp_port up).
+    workers: int = 1
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
@@ -159,6 +163,11 @@ class Config:
     def live_push_types(self) -> dict[str, UrlType]:
         """How each gateway SN named in `live_url_types` pushes."""
         return {sn: UrlType[kind.upper()] for sn, kind in pairs(self.live_url_types).items()}
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `workers` means on this machine."""
+        return self.workers or len(os.sched_getaffinity(0))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         values = {k: v for k, v in overrides.items() if v is not None}
@@ -266,6 +275,19 @@ def validate(config: Config) -> None:
         port = getattr(config, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"setting {name!r}: port {port} out of range")
+    if not 0 <= config.workers <= MAX_WORKERS:
+        raise ConfigError(f"setting 'workers': from 0 (one per core) to {MAX_WORKERS}, not {config.workers}")
+    last = config.worker_count - 1  # each worker's own ports come after the configured ones
+    for name, step in (("webrtc_udp_port", 1), ("webrtc_tcp_port", 1), ("rtsp_udp_port", 2)):
+        port = getattr(config, name)
+        highest = port + step * last + step - 1
+        if port and highest > 65535:
+            raise ConfigError(f"setting {name!r}: {config.worker_count} workers need ports up to {highest}")
+    if config.worker_count > 1 and (config.mqtt is not None or config.mqtt_broker_bind is not None):
+        raise ConfigError(
+            "setting 'workers': the DJI bridge does not run with several workers yet; "
+            "use workers = 1 for drone cameras, or set mqtt_broker = off"
+        )
     if config.max_frame_bytes < 1024:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
     if config.mqtt is not None and not config.mqtt.startswith(("mqtt://", "mqtts://")):
@@ -334,6 +356,7 @@ def validate(config: Config) -> None:
 
 
 MQTT_PROTOCOLS = ("5", "3.1.1")
+MAX_WORKERS = 64
 
 
 def mqtt_broker_credentials(config: Config) -> tuple[str, str] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,8 +58,10 @@ class HttpServer:
         tls: ssl.SSLContext | None = None,
         routes: Sequence[web.RouteDef] = (),
         connection_limits: ConnectionLimits | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.sock = sock  # a listening socket to accept on (workers share one), else host:port
         self.static_dir = static_dir
         self.health = health
         self.registry = registry
@@ -109,7 +112,12 @@ class HttpServer:
             else self.connection_limits.guard_factory("http", handler)
         )
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(factory, self.host, self.port, ssl=self.tls, backlog=128)
+        if self.sock is not None:
+            self._listener = await loop.create_server(factory, sock=self.sock, ssl=self.tls)
+        else:
+            self._listener = await loop.create_server(
+                factory, self.host, self.port, ssl=self.tls, backlog=128
+            )
         log.info("http_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:

@@ -67,9 +67,31 @@ class OnDemandSource(Protocol):
         ...
 
 
+class NameDirectory(Protocol):
+    """The machine's stream names when several workers share them (`gateway.cluster`)."""
+
+    def owner_elsewhere(self, name: str) -> int | None:
+        """The other worker holding ``name``, if one does."""
+        ...
+
+    def claimed(self, name: str) -> None: ...
+
+    def released(self, name: str) -> None: ...
+
+
 class StreamRegistry:
-    def __init__(self, *, keyframe_interval: float = 1.0, aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keyframe_interval: float = 1.0,
+        aliases: Mapping[str, str] | None = None,
+        directory: NameDirectory | None = None,
+    ) -> None:
         self._streams: dict[str, Stream] = {}
+        # With several workers: names are unique across them (None: this process only).
+        self.directory = directory
+        # Copies of streams another worker holds: here for local viewers, not a claim.
+        self._mirrors: set[Stream] = set()
         # Other names viewers may use (a friendly name for a drone camera's video_id).
         self.aliases = dict(aliases or {})
         self._keyframe_interval = keyframe_interval
@@ -160,12 +182,18 @@ class StreamRegistry:
 
     # --- sources and sinks ----------------------------------------------------------------
 
-    def claim(self, name: str, *, resume: bool = False, on_demand: bool = False) -> Stream:
-        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken, and
-        StreamNameReserved if an on-demand source owns it, unless ``on_demand`` says the claim
-        is that source's own (its pull, a push with an ingest key it issued). With ``resume``,
-        a stream of that name whose source went away (and that has not ended) is handed back
-        instead, with its viewers."""
+    def claim(
+        self, name: str, *, resume: bool = False, on_demand: bool = False, mirror: bool = False
+    ) -> Stream:
+        """Reserve ``name`` for a new source. Raises StreamNameInUse if it is taken (here or,
+        with several workers, in another one), and StreamNameReserved if an on-demand source
+        owns it, unless ``on_demand`` says the claim is that source's own (its pull, a push
+        with an ingest key it issued). With ``resume``, a stream of that name whose source went
+        away (and that has not ended) is handed back instead, with its viewers. A ``mirror``
+        is this worker's copy of a stream another worker holds (not a claim on the name)."""
+        directory = self.directory
+        if not mirror and directory is not None and directory.owner_elsewhere(name) is not None:
+            raise StreamNameInUse(name)
         if not on_demand and self.on_demand_for(name) is not None:
             raise StreamNameReserved(name)
         if name in self.aliases:
@@ -178,7 +206,11 @@ class StreamRegistry:
         stream = Stream(name, keyframe_interval=self._keyframe_interval)
         stream.on_live = self._stream_live
         self._streams[name] = stream
-        log.info("stream_claimed", stream=name)
+        if mirror:
+            self._mirrors.add(stream)
+        elif directory is not None:
+            directory.claimed(name)
+        log.info("stream_claimed", stream=name, mirror=mirror)
         return stream
 
     def get(self, name: str) -> Stream | None:
@@ -194,7 +226,15 @@ class StreamRegistry:
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
             log.info("stream_released", stream=stream.name, viewers=len(stream.subscriptions), info=info)
+            if stream in self._mirrors:
+                self._mirrors.discard(stream)
+            elif self.directory is not None:
+                self.directory.released(stream.name)
         stream.end(info)
+
+    def is_mirror(self, stream: Stream) -> bool:
+        """A copy of a stream another worker holds (its figures are that worker's)."""
+        return stream in self._mirrors
 
     def find(self, name: str) -> Stream | None:
         """The stream of that name, playable or not (a source may be away)."""

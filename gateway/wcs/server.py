@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import socket
 import ssl
 import time
 import uuid
@@ -85,7 +86,9 @@ class WcsServer:
         republish: Callable[[str, str], Awaitable[object]] | None = None,
         connection_limits: ConnectionLimits | None = None,
         telemetry_rate: float = 10.0,
+        sock: socket.socket | None = None,
     ) -> None:
+        self.sock = sock  # a listening socket to accept on (workers share one), else host:port
         # The most telemetry messages a player gets per second (it may ask for fewer).
         self.telemetry_rate = telemetry_rate
         # Pushes a live stream to an RTMP server (publishStream with `rtmpUrl`); it stops by
@@ -106,10 +109,12 @@ class WcsServer:
         self._server: Server | None = None
 
     async def start(self) -> None:
+        address: dict[str, Any] = (
+            {"sock": self.sock} if self.sock is not None else {"host": self.host, "port": self.port}
+        )
         self._server = await serve(
             self._handle,
-            self.host,
-            self.port,
+            **address,
             create_connection=self._guarded_connection(),
             ssl=self.tls,
             max_size=self.max_frame_bytes,

@@ -136,7 +136,9 @@ class RtspServer:
         authorize_play: AuthorizePublish | None = None,
         viewer_queue_frames: int = VIEWER_QUEUE_FRAMES,
         connection_limits: ConnectionLimits | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        self.sock = sock  # a listening socket to accept on (workers share one), else host:port
         """``rtp_port`` is the UDP RTP port (RTCP on the next one; 0: any free even pair),
         ``udp`` False answers 461 to UDP. ``authorize_publish(name, query)`` returns None to
         let a publisher ANNOUNCE ``name``, or the reason it may not (403); without it
@@ -169,7 +171,10 @@ class RtspServer:
     async def start(self) -> None:
         limits = self.connection_limits
         handler = self._connection if limits is None else limits.guard_streams("rtsp", self._connection)
-        self._server = await asyncio.start_server(handler, self.host, self.port)
+        if self.sock is not None:
+            self._server = await asyncio.start_server(handler, sock=self.sock)
+        else:
+            self._server = await asyncio.start_server(handler, self.host, self.port)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.udp is not None:

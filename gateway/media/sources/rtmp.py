@@ -7,6 +7,7 @@ which WebRTC cannot carry, is transcoded to Opus (audio only, once per stream); 
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.parse
 from dataclasses import dataclass
 from fractions import Fraction
@@ -167,7 +168,9 @@ class RtmpIngestServer:
         access: AccessPolicy | None = None,
         deadlines: RtmpDeadlines | None = None,
         limits: ConnectionLimits | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        self.sock = sock  # a listening socket to accept on (workers share one), else host:port
         self.registry = registry
         self.keys = keys
         # With a policy, a push whose key is not an ingest key publishes under that name
@@ -183,7 +186,10 @@ class RtmpIngestServer:
         handler = (
             self._connection if self.limits is None else self.limits.guard_streams("rtmp", self._connection)
         )
-        self._server = await asyncio.start_server(handler, self.host, self.port)
+        if self.sock is not None:
+            self._server = await asyncio.start_server(handler, sock=self.sock)
+        else:
+            self._server = await asyncio.start_server(handler, self.host, self.port)
         log.info("rtmp_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:

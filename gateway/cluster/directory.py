@@ -1,0 +1,88 @@
+"""Sans-I/O: the machine's stream names across workers.
+
+The control process keeps the `Directory` (which worker holds which name, first claim
+wins); every worker keeps a `Replica` of it, told of every change, so that its registry
+refuses a name another worker holds without a round trip. Two workers claiming one name in
+the same instant both pass their replica; the directory grants the first and refuses the
+second, whose registry then ends that stream ("already in use").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A control message for one worker (``to``) or for all (``to`` None)."""
+
+    to: int | None
+    message: dict[str, Any]
+
+
+class Directory:
+    def __init__(self) -> None:
+        self.owners: dict[str, int] = {}
+        self.endpoints: dict[int, str] = {}  # worker -> its media link's socket path
+
+    def hello(self, worker: int, endpoint: str) -> list[Notice]:
+        """A worker (re)started: everyone learns its media link; it learns every name."""
+        self.endpoints[worker] = endpoint
+        return [
+            Notice(None, {"op": "workers", "endpoints": {str(w): p for w, p in self.endpoints.items()}}),
+            Notice(worker, {"op": "names", "owners": dict(self.owners)}),
+        ]
+
+    def claim(self, worker: int, name: str) -> list[Notice]:
+        owner = self.owners.get(name)
+        if owner is not None and owner != worker:
+            return [Notice(worker, {"op": "refused", "name": name, "owner": owner})]
+        self.owners[name] = worker
+        return [Notice(None, {"op": "owner", "name": name, "worker": worker})]
+
+    def release(self, worker: int, name: str) -> list[Notice]:
+        if self.owners.get(name) != worker:
+            return []  # a refused claim's release, or already gone with its worker
+        del self.owners[name]
+        return [Notice(None, {"op": "released", "name": name})]
+
+    def worker_gone(self, worker: int) -> list[Notice]:
+        """A worker died: its names are free again."""
+        self.endpoints.pop(worker, None)
+        notices = [
+            Notice(None, {"op": "workers", "endpoints": {str(w): p for w, p in self.endpoints.items()}})
+        ]
+        for name in [n for n, w in self.owners.items() if w == worker]:
+            notices += self.release(worker, name)
+        return notices
+
+
+class Replica:
+    """A worker's copy of the directory, and the endpoints of the other workers."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+        self.owners: dict[str, int] = {}
+        self.endpoints: dict[int, str] = {}
+
+    def owner_elsewhere(self, name: str) -> int | None:
+        """The other worker holding ``name``, if one does."""
+        owner = self.owners.get(name)
+        return None if owner is None or owner == self.worker else owner
+
+    def apply(self, message: dict[str, Any]) -> str | None:
+        """Take in a directory message; returns the name it refused to this worker, if so."""
+        match message:
+            case {"op": "workers", "endpoints": dict(endpoints)}:
+                self.endpoints = {int(w): str(p) for w, p in endpoints.items()}
+            case {"op": "names", "owners": dict(owners)}:
+                self.owners = {str(n): int(w) for n, w in owners.items()}
+            case {"op": "owner", "name": str(name), "worker": int(worker)}:
+                self.owners[name] = worker
+            case {"op": "released", "name": str(name)}:
+                self.owners.pop(name, None)
+            case {"op": "refused", "name": str(name), "owner": int(owner)}:
+                self.owners[name] = owner
+                return name
+        return None

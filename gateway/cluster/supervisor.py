@@ -1,0 +1,362 @@
+"""The control process of ``--workers N``: it owns what there is one of per machine and
+supervises the media workers.
+
+- The listening sockets (WebSocket, HTTP, RTMP, RTSP) are bound here once and inherited by
+  every worker, which all accept on them: the kernel hands each connection to one worker,
+  a busy port fails the start once with the part's name, port 0 means one port for all, and
+  a restarted worker accepts on the same socket (nothing queued is lost with a worker).
+- The embedded MQTT broker runs here (one per machine, whatever N).
+- The stream-name directory (`directory.Directory`): a name is unique across workers.
+- Each worker is a process (``python -m gateway _worker``) with a control channel (a socket
+  pair); one that dies is started again after a capped backoff and its names are freed.
+  Workers stop when the control process goes (their channel closes).
+
+Per-worker settings (each its own WebRTC UDP/TCP port, RTSP UDP pair) are made in one
+place, `worker_config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.cluster import wire
+from gateway.cluster.directory import Directory, Notice
+from gateway.config import Config
+from gateway.log import get_logger
+from gateway.reconnect import ReconnectDelay
+from gateway.tasks import TaskSet
+
+log = get_logger(__name__)
+
+# A worker that ran this long before it died is restarted at once (not a crash loop).
+STABLE_RUN_S = 30.0
+STOP_GRACE_S = 10.0
+START_TIMEOUT_S = 60.0
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """The settings of worker ``index``: its own WebRTC ports and RTSP UDP pair (from the
+    configured ones up: a range), and no MQTT of its own (the control process has the one
+    broker; the DJI bridge and SD view do not run in workers)."""
+
+    def shifted(port: int, step: int) -> int:
+        return port + step * index if port else 0
+
+    return dataclasses.replace(
+        config,
+        webrtc_udp_port=shifted(config.webrtc_udp_port, 1),
+        webrtc_tcp_port=shifted(config.webrtc_tcp_port, 1),
+        rtsp_udp_port=shifted(config.rtsp_udp_port, 2),
+        mqtt=None,
+        mqtt_broker="off",
+        sd_view_hub_key=None,
+        device_state_file="off",
+    )
+
+
+def config_message(config: Config) -> dict[str, Any]:
+    """``config`` as JSON (read back with `config_from_message`)."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values[field.name] = (
+            str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        )
+    return values
+
+
+def config_from_message(values: dict[str, Any]) -> Config:
+    return Config().with_overrides(values)
+
+
+# name -> (setting of its port, the part's name for errors)
+LISTENERS = {
+    "ws": ("ws_port", "WebSocket API"),
+    "http": ("http_port", "HTTP server"),
+    "rtmp": ("rtmp_port", "RTMP ingest"),
+    "rtsp": ("rtsp_port", "RTSP server"),
+}
+
+
+class ListenError(OSError):
+    """A listening port could not be bound; the message names the part."""
+
+
+class WorkersFailed(RuntimeError):
+    """A worker could not start (its own log line says why)."""
+
+
+def bind_listeners(config: Config) -> dict[str, socket.socket]:
+    """Every TCP port workers accept on, bound and listening (a port of 0 is off for RTMP
+    and RTSP, any free port for the others)."""
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name, (setting, part) in LISTENERS.items():
+            port = getattr(config, setting)
+            if port == 0 and name in ("rtmp", "rtsp"):
+                continue
+            try:
+                sockets[name] = _listen(config.host, port)
+            except OSError as exc:
+                raise ListenError(f"{part} could not start: {exc}") from exc
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class WorkerProcess:
+    """One worker: its process, its control channel, its restarts."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()  # said hello (its gateway started)
+        self.restarts = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._delay = ReconnectDelay(0.5, 10.0)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(wire.json_frame(wire.Kind.CONTROL, message))
+
+    async def run(self) -> None:
+        """Start the worker, and again each time it dies, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            code = await self._run_once()
+            self.ready.clear()
+            for notice in self.supervisor.directory.worker_gone(self.index):
+                self.supervisor.deliver(notice)
+            if loop.time() - started > STABLE_RUN_S:
+                self._delay.reset()
+            delay = self._delay.next()
+            self.restarts += 1
+            log.error("worker_died", worker=self.index, exit_code=code, restart_in=delay)
+            await asyncio.sleep(delay)
+
+    async def _run_once(self) -> int | None:
+        supervisor = self.supervisor
+        ours, theirs = socket.socketpair()
+        listeners = {name: sock.fileno() for name, sock in supervisor.listeners.items()}
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway",
+                "_worker",
+                "--control-fd",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno(), *listeners.values()],
+                start_new_session=True,  # a Ctrl-C reaches the control process only
+            )
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        self.send(
+            {
+                "op": "start",
+                "index": self.index,
+                "config": config_message(worker_config(supervisor.config, self.index)),
+                "listeners": listeners,
+                "runtime_dir": str(supervisor.runtime_dir),
+            }
+        )
+        log.info("worker_started", worker=self.index, pid=self.process.pid)
+        frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
+        try:
+            while data := await reader.read(65536):
+                for _, payload in frames.feed(data):
+                    self._message(wire.json_payload(payload))
+        except (ConnectionError, wire.WireError) as exc:
+            log.error("worker_control_broken", worker=self.index, error=str(exc))
+            self.process.kill()
+        finally:
+            self._writer.close()
+            self._writer = None
+        return await self.process.wait()
+
+    def _message(self, message: dict[str, Any]) -> None:
+        directory = self.supervisor.directory
+        match message:
+            case {"op": "hello", "endpoint": str(endpoint)}:
+                notices = directory.hello(self.index, endpoint)
+                self.ready.set()
+            case {"op": "claim", "name": str(name)}:
+                notices = directory.claim(self.index, name)
+            case {"op": "release", "name": str(name)}:
+                notices = directory.release(self.index, name)
+            case _:
+                log.warning("worker_message_unknown", worker=self.index, op=message.get("op"))
+                return
+        for notice in notices:
+            self.supervisor.deliver(notice)
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+class Supervisor:
+    """``skyrelay serve --workers N``: the control process (see the module's text)."""
+
+    def __init__(self, config: Config, workers: int) -> None:
+        from gateway.app import embedded_broker  # one broker per machine, built as the gateway does
+
+        self.config = config
+        self.directory = Directory()
+        self.workers = [WorkerProcess(self, index) for index in range(workers)]
+        self.listeners: dict[str, socket.socket] = {}
+        self.runtime_dir = Path()
+        self.broker = embedded_broker(config)
+        self._tasks = TaskSet("supervisor")
+
+    def deliver(self, notice: Notice) -> None:
+        """Send a directory notice; a worker that has not said hello yet gets the whole
+        directory with its hello instead."""
+        for worker in self.workers:
+            if worker.ready.is_set() and notice.to in (None, worker.index):
+                worker.send(notice.message)
+
+    async def start(self) -> None:
+        """Bind the ports, start the broker and the workers; returns once every worker's
+        gateway runs. Raises ListenError (a port) or WorkersFailed (a worker that would not
+        start), having undone the rest."""
+        self.listeners = bind_listeners(self.config)
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="skyrelay-"))
+        try:
+            if self.broker is not None:
+                try:
+                    await self.broker.start()
+                except OSError as exc:
+                    log.warning("mqtt_broker_not_started", bind=self.config.mqtt_broker, error=str(exc))
+                    self.broker = None
+            for worker in self.workers:
+                self._tasks.spawn(worker.run())
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while not all(worker.ready.is_set() for worker in self.workers):
+                    # A worker that fails to start dies (and would be restarted): the start failed.
+                    if any(worker.restarts for worker in self.workers):
+                        raise WorkersFailed("a worker could not start (its log says why)")
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "gateway_started",
+            workers=len(self.workers),
+            pids=[worker.pid for worker in self.workers],
+            ws_port=self.listeners["ws"].getsockname()[1],
+            http_port=self.listeners["http"].getsockname()[1],
+        )
+
+    async def stop(self) -> None:
+        await self._tasks.cancel()
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+        if self.broker is not None:
+            await self.broker.stop()
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners = {}
+        if self.runtime_dir != Path():
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        log.info("gateway_stopped")
+
+
+async def run_worker(control_fd: int) -> int:
+    """A worker process: read its place and settings from the control channel, run a
+    gateway until SIGTERM or until the control process is gone."""
+    from gateway import log as logging_
+    from gateway.app import Gateway, StartError
+    from gateway.cluster.worker import WorkerPlace
+    from gateway.media.webrtc.icemux import IceMuxError
+
+    sock = socket.socket(fileno=control_fd)
+    sock.setblocking(True)
+    start = _read_start(sock)
+    sock.setblocking(False)
+    config = config_from_message(start["config"])
+    logging_.configure(config.log_level, config.log_format)
+    import structlog
+
+    structlog.contextvars.bind_contextvars(worker=start["index"])
+    place = WorkerPlace(
+        int(start["index"]),
+        sock.detach(),
+        {str(k): int(v) for k, v in start["listeners"].items()},
+        Path(start["runtime_dir"]),
+    )
+    gateway = Gateway(config, place=place)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the control process decides
+    try:
+        await gateway.start()
+        assert gateway.cluster is not None
+        lost = asyncio.ensure_future(gateway.cluster.lost.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([lost, stopping], return_when=asyncio.FIRST_COMPLETED)
+        lost.cancel()
+        stopping.cancel()
+    except (StartError, IceMuxError) as exc:
+        print(f"skyrelay worker {start['index']}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await gateway.stop()
+    return 0
+
+
+def _read_start(sock: socket.socket) -> dict[str, Any]:
+    frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit("skyrelay worker: the control process went away before starting it")
+        got = frames.feed(data)
+        if got:
+            message = wire.json_payload(got[0][1])
+            if message.get("op") != "start" or got[1:]:
+                raise SystemExit("skyrelay worker: unexpected first control message")
+            return message

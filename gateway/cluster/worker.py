@@ -1,0 +1,356 @@
+"""A worker's side of the cluster: its link to the control process (the name directory), its
+media link (other workers' viewers of the streams it holds), and the mirrors of streams
+other workers hold (`RemoteStreams`, an on-demand source of this worker's registry).
+
+A stream is owned by the worker that holds its source. A worker with viewers of a stream it
+does not own receives that stream's frames once, over a Unix socket from the owner, into a
+local mirror `Stream`, and fans out from there: the link starts with the cached keyframe
+(the owner's subscription does that), carries keyframe requests back, and ends with the
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.cluster import wire
+from gateway.cluster.directory import Replica
+from gateway.log import get_logger
+from gateway.media.registry import (
+    ControlRefusal,
+    StreamControlError,
+    StreamNameInUse,
+    StreamRegistry,
+    StreamUnavailable,
+)
+from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
+from gateway.tasks import TaskSet
+
+log = get_logger(__name__)
+
+# What a viewer of a stream whose worker died hears (its own connection is elsewhere).
+INFO_OWNER_GONE = "The worker holding the stream stopped"
+INFO_NAME_TAKEN = "Stream name already in use (claimed by another worker at the same time)"
+# A link that says nothing this long after connecting is not a worker of ours.
+SUBSCRIBE_TIMEOUT = 5.0
+# Unsent bytes on a link past which frames are skipped to the next keyframe (a worker that
+# cannot keep up loses time, as a slow viewer does, never a broken GOP).
+LINK_HIGH_WATER = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlace:
+    """Where a worker is in its machine: its index, the control channel's descriptor, the
+    inherited listening sockets by name, and the directory for its media link's socket."""
+
+    index: int
+    control_fd: int
+    listeners: dict[str, int]
+    runtime_dir: Path
+
+    def listener(self, name: str) -> socket.socket | None:
+        fd = self.listeners.get(name)
+        return None if fd is None else socket.socket(fileno=fd)
+
+
+class WorkerLink:
+    """The worker's end of the control channel and its `Replica` of the directory: the
+    registry's `NameDirectory`. Claims go to the control process; a refused one (another
+    worker claimed the name in the same instant) ends that stream here."""
+
+    def __init__(self, place: WorkerPlace, registry: StreamRegistry) -> None:
+        self.place = place
+        self.registry = registry
+        self.replica = Replica(place.index)
+        self.media_path = str(place.runtime_dir / f"worker-{place.index}.sock")
+        self.remote = RemoteStreams(registry, self.replica)
+        self.lost = asyncio.Event()  # the control process went away: this worker stops
+        self._writer: asyncio.StreamWriter | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks = TaskSet("cluster")
+        registry.directory = self
+        registry.add_on_demand(self.remote)
+
+    # --- NameDirectory ---------------------------------------------------------------------
+
+    def owner_elsewhere(self, name: str) -> int | None:
+        return self.replica.owner_elsewhere(name)
+
+    def claimed(self, name: str) -> None:
+        self.replica.owners[name] = self.place.index
+        self._send({"op": "claim", "name": name})
+
+    def released(self, name: str) -> None:
+        if self.replica.owners.get(name) == self.place.index:
+            del self.replica.owners[name]
+        self._send({"op": "release", "name": name})
+
+    # --- I/O -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.media_path)  # left by this worker's predecessor
+        self._server = await asyncio.start_unix_server(self._serve_link, self.media_path)
+        os.chmod(self.media_path, 0o600)
+        sock = socket.socket(fileno=self.place.control_fd)
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        self._tasks.spawn(self._read_control(reader))
+        self._send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
+        log.info("worker_linked", worker=self.place.index, media=self.media_path)
+
+    async def stop(self) -> None:
+        await self.remote.stop()
+        if self._server is not None:
+            self._server.close()
+        await self._tasks.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.media_path)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(wire.json_frame(wire.Kind.CONTROL, message))
+
+    async def _read_control(self, reader: asyncio.StreamReader) -> None:
+        frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
+        try:
+            while data := await reader.read(65536):
+                for _, payload in frames.feed(data):
+                    self._control(wire.json_payload(payload))
+        except (ConnectionError, wire.WireError) as exc:
+            log.error("worker_control_lost", worker=self.place.index, error=str(exc))
+        finally:
+            self.lost.set()
+
+    def _control(self, message: dict[str, Any]) -> None:
+        refused = self.replica.apply(message)
+        if refused is not None:
+            stream = self.registry.find(refused)
+            log.warning("stream_name_refused", stream=refused, owner=self.replica.owners.get(refused))
+            if stream is not None and not self.registry.is_mirror(stream):
+                self.registry.release(stream, INFO_NAME_TAKEN)
+
+    # --- the media link: other workers' viewers of streams held here -------------------------
+
+    async def _serve_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                first: list[tuple[wire.Kind, bytes]] = []
+                while not first:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    first = frames.feed(data)
+            kind, payload = first[0]
+            name = wire.json_payload(payload).get("name")
+            if kind is not wire.Kind.SUBSCRIBE or not isinstance(name, str):
+                raise wire.WireError("a link must start with SUBSCRIBE {name}")
+            await _feed_link(self.registry, name, reader, writer, frames)
+        except (TimeoutError, wire.WireError, ConnectionError) as exc:
+            log.warning("media_link_refused", error=str(exc) or "no SUBSCRIBE in time")
+        finally:
+            writer.close()
+
+
+async def _feed_link(
+    registry: StreamRegistry,
+    name: str,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    frames: wire.FrameReader,
+) -> None:
+    """Send one stream held here to another worker until either side ends."""
+    viewing = registry.viewing(name)  # a device camera held here counts this worker's viewers
+    try:
+        stream = await viewing.open()
+    except StreamUnavailable as exc:
+        writer.write(wire.json_frame(wire.Kind.END, {"info": exc.info}))
+        return
+    try:
+        sink = _LinkSink(writer)
+        writer.write(wire.json_frame(wire.Kind.INFO, _stream_info(stream)))
+        sub = stream.subscribe(sink, max_frames=90)
+        sub.video.attach(sink.deliver)
+        sub.audio.attach(sink.deliver)
+        log.info("media_link_opened", stream=name)
+        try:
+            while data := await reader.read(4096):
+                for kind, _ in frames.feed(data):
+                    if kind is wire.Kind.KEYFRAME_REQUEST:
+                        stream.request_keyframe()
+        finally:
+            stream.unsubscribe(sub)
+            log.info("media_link_closed", stream=name, video_dropped=sub.video.dropped)
+    finally:
+        viewing.close()
+
+
+def _codec(codec: Codec | None) -> dict[str, Any] | None:
+    if codec is None:
+        return None
+    return {"name": codec.name, "clock_rate": codec.clock_rate, "parameters": codec.parameters}
+
+
+def _parse_codec(value: Any) -> Codec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise wire.WireError("bad codec in INFO")
+    parameters = value.get("parameters")
+    return Codec(
+        value["name"], int(value.get("clock_rate", 0)), parameters if isinstance(parameters, dict) else {}
+    )
+
+
+def _stream_info(stream: Stream) -> dict[str, Any]:
+    return {
+        "video": _codec(stream.video_codec),
+        "audio": _codec(stream.audio_codec),
+        "width": stream.width,
+        "height": stream.height,
+        "ingest": stream.ingest,
+    }
+
+
+class _LinkSink:
+    """The owner's subscriber for one link: frames and stream news, written as they come."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.transport = writer.transport
+
+    def deliver(self, frame: MediaFrame) -> bool:
+        if self.transport.is_closing() or self.transport.get_write_buffer_size() > LINK_HIGH_WATER:
+            return False
+        # Encoded once per frame, whatever the number of workers watching it.
+        encoded = frame.derived.get("link")
+        if encoded is None:
+            encoded = frame.derived["link"] = wire.media_frame(frame)
+        self.transport.write(encoded)
+        return True
+
+    def on_video_format(self, width: int, height: int) -> None:
+        self.writer.write(wire.json_frame(wire.Kind.FORMAT, {"width": width, "height": height}))
+
+    def on_stream_event(self, event_type: str, payload: Any) -> None:
+        self.writer.write(wire.json_frame(wire.Kind.EVENT, {"type": event_type, "payload": payload}))
+
+    def on_stream_end(self, info: str | None) -> None:
+        self.writer.write(wire.json_frame(wire.Kind.END, {"info": info}))
+        self.writer.close()
+
+
+class _LinkSource:
+    """The source of a mirror: keyframe requests go back to the owner."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def request_keyframe(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.frame(wire.Kind.KEYFRAME_REQUEST))
+
+    async def feedback(self) -> SourceFeedback:
+        return NO_FEEDBACK
+
+
+class RemoteStreams:
+    """The on-demand source of the names other workers hold: the first local viewer opens a
+    link to the owner and a mirror stream; the last one leaving closes both."""
+
+    def __init__(self, registry: StreamRegistry, replica: Replica) -> None:
+        self.registry = registry
+        self.replica = replica
+        self._wanted: dict[str, int] = {}
+        self._links: dict[str, asyncio.Task[None]] = {}
+
+    def serves(self, name: str) -> bool:
+        return self.replica.owner_elsewhere(name) is not None or name in self._links
+
+    def wanted(self, name: str) -> None:
+        owner = self.replica.owner_elsewhere(name)
+        self._wanted[name] = self._wanted.get(name, 0) + 1
+        if name in self._links:
+            return
+        path = None if owner is None else self.replica.endpoints.get(owner)
+        if path is None:
+            self._wanted[name] -= 1
+            raise StreamUnavailable("Stream not found")
+        self._links[name] = asyncio.ensure_future(self._mirror(name, owner, path))
+
+    def unwanted(self, name: str) -> None:
+        count = self._wanted.get(name, 0) - 1
+        if count > 0:
+            self._wanted[name] = count
+            return
+        self._wanted.pop(name, None)
+        link = self._links.pop(name, None)
+        if link is not None:
+            link.cancel()
+
+    async def control(self, name: str, action: str, value: object) -> None:
+        raise StreamControlError(ControlRefusal.UNKNOWN_STREAM, f"No device behind stream {name!r}")
+
+    async def stop(self) -> None:
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            link.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
+
+    async def _mirror(self, name: str, owner: int | None, path: str) -> None:
+        stream: Stream | None = None
+        info: str | None = INFO_OWNER_GONE
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(wire.json_frame(wire.Kind.SUBSCRIBE, {"name": name}))
+            frames = wire.FrameReader(wire.MEDIA_MAX_BYTES)
+            source = _LinkSource(writer)
+            while data := await reader.read(1 << 18):
+                for kind, payload in frames.feed(data):
+                    if kind is wire.Kind.FRAME and stream is not None:
+                        stream.push(wire.parse_media_frame(payload))
+                    elif kind is wire.Kind.INFO and stream is None:
+                        stream = self._open_mirror(name, wire.json_payload(payload), source, owner)
+                    elif kind is wire.Kind.FORMAT and stream is not None:
+                        message = wire.json_payload(payload)
+                        stream.set_dimensions(int(message["width"]), int(message["height"]))
+                    elif kind is wire.Kind.EVENT and stream is not None:
+                        message = wire.json_payload(payload)
+                        stream.broadcast_event(str(message["type"]), message.get("payload"))
+                    elif kind is wire.Kind.END:
+                        ended = wire.json_payload(payload).get("info")
+                        info = ended if isinstance(ended, str) else None
+                        return
+        except asyncio.CancelledError:
+            info = None  # the last local viewer left
+            raise
+        except (OSError, wire.WireError, KeyError, ValueError, StreamNameInUse) as exc:
+            log.warning("media_link_failed", stream=name, owner=owner, error=str(exc))
+        finally:
+            if writer is not None:
+                writer.close()
+            if self._links.get(name) is asyncio.current_task():
+                del self._links[name]
+            if stream is not None:
+                self.registry.release(stream, info)
+            else:
+                self.registry.fail_waiting(name, info or "Stream not found")
+
+    def _open_mirror(
+        self, name: str, message: dict[str, Any], source: _LinkSource, owner: int | None
+    ) -> Stream:
+        stream = self.registry.claim(name, on_demand=True, mirror=True)
+        stream.set_codecs(_parse_codec(message.get("video")), _parse_codec(message.get("audio")))
+        stream.attach_source(source, f"worker {owner}")
+        stream.set_dimensions(int(message.get("width", 0)), int(message.get("height", 0)))
+        return stream

@@ -1,0 +1,189 @@
+"""`skyrelay serve --workers 2`: a control process and two media workers, with real aiortc
+peers over the WCS WebSocket API.
+
+Which worker a connection lands on is the kernel's choice (both accept on one socket), so
+the tests find out: each worker has its own WebRTC port (the configured one, then +1), and
+the gateway's answer names it in its candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.wcs.client import ClientStream, WcsClient, WcsError
+from gateway.wcs.session import INFO_NAME_IN_USE
+from tests.conftest import GatewayProcess
+from tests.integration.conftest import FrameCounter
+
+Connect = Callable[[], Awaitable[WcsClient]]
+# Connections are spread by the kernel; this many tries land on both workers in practice
+# (each try is a coin toss: 2^-30 to miss one).
+TRIES = 30
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
+    gw.start(tmp_path_factory.mktemp("workers"))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest_asyncio.fixture
+async def clients(workers: GatewayProcess) -> AsyncIterator[Connect]:
+    opened: list[WcsClient] = []
+
+    async def connect() -> WcsClient:
+        client = await WcsClient.connect(workers.ws_url)
+        opened.append(client)
+        return client
+
+    yield connect
+    await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
+
+
+def worker_of(stream: ClientStream, gateway: GatewayProcess) -> int:
+    """Which worker answered: its WebRTC port in the answer's candidates."""
+    answer = stream.pc.remoteDescription
+    assert answer is not None
+    ports = {int(port) for port in re.findall(r"a=candidate:\S+ \d+ udp \d+ \S+ (\d+)", answer.sdp, re.I)}
+    assert len(ports) == 1, ports
+    return ports.pop() - gateway.webrtc_port
+
+
+async def play_on(
+    connect: Connect, gateway: GatewayProcess, name: str, worker: int
+) -> tuple[WcsClient, ClientStream]:
+    """A player of ``name`` whose connection landed on ``worker``."""
+    for _ in range(TRIES):
+        client = await connect()
+        player = await client.play(name)
+        if worker_of(player, gateway) == worker:
+            return client, player
+        await client.close()
+    raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
+
+
+async def publish_on(
+    connect: Connect, gateway: GatewayProcess, name: str, worker: int, track: object
+) -> tuple[WcsClient, ClientStream]:
+    for _ in range(TRIES):
+        client = await connect()
+        publisher = await client.publish(name, [track])
+        if worker_of(publisher, gateway) == worker:
+            return client, publisher
+        await client.close()
+    raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
+
+
+def worker_pids(gateway: GatewayProcess) -> dict[int, int]:
+    """Each worker's process id, the latest start of each."""
+    return {event["worker"]: event["pid"] for event in gateway.log_events("worker_started")}
+
+
+async def test_publish_on_one_worker_play_on_both(
+    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+) -> None:
+    pub_client = await clients()
+    publisher = await pub_client.publish("w-cross", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    owner = worker_of(publisher, workers)
+    other = 1 - owner
+
+    counters = []
+    for worker in (other, owner):
+        _, player = await play_on(clients, workers, "w-cross", worker)
+        await player.wait_status("PLAYING")
+        counters.append(FrameCounter(player).start())
+    for counter in counters:
+        await counter.wait_frames(30)  # decoded: the mirror starts at a keyframe
+    assert len(workers.log_events("media_link_opened", stream="w-cross")) == 1
+
+    # A second player on the other worker shares the one link.
+    _, second = await play_on(clients, workers, "w-cross", other)
+    await second.wait_status("PLAYING")
+    extra = FrameCounter(second).start()
+    await extra.wait_frames(10)
+    assert len(workers.log_events("media_link_opened", stream="w-cross")) == 1
+
+    await publisher.stop()
+    stopped = await second.wait_status("STOPPED", "FAILED")
+    assert stopped["status"] == "STOPPED", stopped  # the publisher stopped: not a failure
+    for counter in [*counters, extra]:
+        await counter.stop()
+
+
+async def test_a_name_is_unique_across_workers(
+    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+) -> None:
+    pub_client = await clients()
+    publisher = await pub_client.publish("w-unique", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    owner = worker_of(publisher, workers)
+    for worker in (1 - owner, owner):
+        # A connection on that worker (its play says where it is) publishing the same name.
+        client, player = await play_on(clients, workers, "w-unique", worker)
+        with pytest.raises(WcsError, match=INFO_NAME_IN_USE):
+            await client.publish("w-unique", [video_track()])
+    # The first one is untouched, and after it the name is free on either worker.
+    await player.wait_status("PLAYING")
+    await publisher.stop()
+    await player.wait_status("STOPPED")
+    _, anew = await publish_on(clients, workers, "w-unique", 1 - owner, video_track())
+    await anew.wait_status("PUBLISHING")
+
+
+async def test_a_killed_worker_is_restarted_and_the_other_keeps_streaming(
+    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+) -> None:
+    pids = worker_pids(workers)
+    _, doomed_pub = await publish_on(clients, workers, "w-doomed", 0, video_track())
+    await doomed_pub.wait_status("PUBLISHING")
+    _, survivor_pub = await publish_on(clients, workers, "w-survivor", 1, video_track())
+    await survivor_pub.wait_status("PUBLISHING")
+    # On worker 1: a viewer of worker 0's stream (a mirror) and one of its own.
+    _, mirror_player = await play_on(clients, workers, "w-doomed", 1)
+    await mirror_player.wait_status("PLAYING")
+    _, survivor_player = await play_on(clients, workers, "w-survivor", 1)
+    await survivor_player.wait_status("PLAYING")
+    survivor = FrameCounter(survivor_player).start()
+    await survivor.wait_frames(10)
+
+    os.kill(pids[0], signal.SIGKILL)
+
+    failed = await mirror_player.wait_status("FAILED", "STOPPED")
+    assert failed["status"] == "FAILED" and "worker" in failed["info"], failed
+    before = len(survivor.pts)
+    await survivor.wait_frames(before + 30)  # undisturbed
+    assert survivor_player.status == "PLAYING"
+
+    async with asyncio.timeout(30):  # restarted, with its name freed
+        while worker_pids(workers).get(0) in (None, pids[0]) or not workers.log_events(
+            "worker_linked", worker=0
+        )[1:]:
+            await asyncio.sleep(0.1)
+    assert workers.log_events("worker_died", worker=0)
+    _, again = await publish_on(clients, workers, "w-doomed", 1, video_track())
+    await again.wait_status("PUBLISHING")
+    assert workers.health()["status"] == "ok"
+    await survivor.stop()
+
+
+def test_a_busy_port_fails_the_start_naming_it(tmp_path: Path) -> None:
+    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", gw.rtsp_port))
+        busy.listen()
+        with pytest.raises(RuntimeError, match="RTSP server could not start"):
+            gw.start(tmp_path, timeout=20)
