@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cluster import wire
+from gateway.cluster.channel import CallFailed, Channel, Handler
 from gateway.cluster.directory import Directory, Notice
 from gateway.config import Config
 from gateway.log import get_logger
@@ -139,7 +140,7 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()  # said hello (its gateway started)
         self.restarts = 0
-        self._writer: asyncio.StreamWriter | None = None
+        self.channel: Channel | None = None
         self._delay = ReconnectDelay(0.5, 10.0)
 
     @property
@@ -147,8 +148,14 @@ class WorkerProcess:
         return None if self.process is None else self.process.pid
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(wire.json_frame(wire.Kind.CONTROL, message))
+        if self.channel is not None:
+            self.channel.send(message)
+
+    async def call(self, op: str, **fields: Any) -> Any:
+        """Ask this worker (CallFailed if it cannot answer)."""
+        if self.channel is None or not self.ready.is_set():
+            raise CallFailed(f"worker {self.index} is not running")
+        return await self.channel.call(op, **fields)
 
     async def run(self) -> None:
         """Start the worker, and again each time it dies, until cancelled."""
@@ -183,7 +190,9 @@ class WorkerProcess:
             )
         finally:
             theirs.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        handlers = supervisor.handlers(self)
+        self.channel = Channel(reader, writer, self._message, handlers, f"worker {self.index}")
         self.send(
             {
                 "op": "start",
@@ -194,17 +203,14 @@ class WorkerProcess:
             }
         )
         log.info("worker_started", worker=self.index, pid=self.process.pid)
-        frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
         try:
-            while data := await reader.read(65536):
-                for _, payload in frames.feed(data):
-                    self._message(wire.json_payload(payload))
+            await self.channel.run()
         except (ConnectionError, wire.WireError) as exc:
             log.error("worker_control_broken", worker=self.index, error=str(exc))
             self.process.kill()
         finally:
-            self._writer.close()
-            self._writer = None
+            self.channel.close()
+            self.channel = None
         return await self.process.wait()
 
     def _message(self, message: dict[str, Any]) -> None:
@@ -251,6 +257,10 @@ class Supervisor:
         self.runtime_dir = Path()
         self.broker = embedded_broker(config)
         self._tasks = TaskSet("supervisor")
+
+    def handlers(self, worker: WorkerProcess) -> dict[str, Handler]:
+        """The calls a worker may make of the control process."""
+        return {}
 
     def deliver(self, notice: Notice) -> None:
         """Send a directory notice; a worker that has not said hello yet gets the whole

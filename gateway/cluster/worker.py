@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cluster import wire
+from gateway.cluster.channel import CallFailed, Channel, Handler
 from gateway.cluster.directory import Replica
 from gateway.log import get_logger
 from gateway.media.registry import (
@@ -71,7 +72,9 @@ class WorkerLink:
         self.media_path = str(place.runtime_dir / f"worker-{place.index}.sock")
         self.remote = RemoteStreams(registry, self.replica)
         self.lost = asyncio.Event()  # the control process went away: this worker stops
-        self._writer: asyncio.StreamWriter | None = None
+        # Calls the control process makes of this worker, by op (other parts add theirs).
+        self.handlers: dict[str, Handler] = {}
+        self.channel: Channel | None = None
         self._server: asyncio.Server | None = None
         self._tasks = TaskSet("cluster")
         registry.directory = self
@@ -99,8 +102,9 @@ class WorkerLink:
         self._server = await asyncio.start_unix_server(self._serve_link, self.media_path)
         os.chmod(self.media_path, 0o600)
         sock = socket.socket(fileno=self.place.control_fd)
-        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
-        self._tasks.spawn(self._read_control(reader))
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self.channel = Channel(reader, writer, self._control, self.handlers, "control")
+        self._tasks.spawn(self._read_control(self.channel))
         self._send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
         log.info("worker_linked", worker=self.place.index, media=self.media_path)
 
@@ -109,21 +113,24 @@ class WorkerLink:
         if self._server is not None:
             self._server.close()
         await self._tasks.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        if self.channel is not None:
+            self.channel.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.media_path)
 
     def _send(self, message: dict[str, Any]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(wire.json_frame(wire.Kind.CONTROL, message))
+        if self.channel is not None:
+            self.channel.send(message)
 
-    async def _read_control(self, reader: asyncio.StreamReader) -> None:
-        frames = wire.FrameReader(wire.CONTROL_MAX_BYTES)
+    async def call(self, op: str, **fields: Any) -> Any:
+        """Ask the control process (CallFailed if it cannot answer)."""
+        if self.channel is None:
+            raise CallFailed("not linked to the control process")
+        return await self.channel.call(op, **fields)
+
+    async def _read_control(self, channel: Channel) -> None:
         try:
-            while data := await reader.read(65536):
-                for _, payload in frames.feed(data):
-                    self._control(wire.json_payload(payload))
+            await channel.run()
         except (ConnectionError, wire.WireError) as exc:
             log.error("worker_control_lost", worker=self.place.index, error=str(exc))
         finally:
