@@ -12,7 +12,7 @@ from gateway.access import Action, OpenAccess, policy_from, query_authorizer
 from gateway.broker.server import Broker
 from gateway.cluster.worker import WorkerLink, WorkerPlace
 from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
-from gateway.dji.bridge import DjiBridge
+from gateway.dji.bridge import DjiBridge, MakePull, Streams
 from gateway.dji.live import LiveSettings
 from gateway.dji.protocol import UrlType
 from gateway.dji.push_urls import default_push_url
@@ -34,6 +34,7 @@ from gateway.media.sinks.hls import HlsService
 from gateway.media.sinks.rtmp_push import RtmpRepublishes
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.rtmp import RtmpDeadlines, RtmpIngestServer
+from gateway.media.sources.rtsp import RtspPull
 from gateway.media.sources.rtsp_pulls import RtspPulls
 from gateway.media.sources.whip import WhipIngest
 from gateway.media.thumbnails import Thumbnails
@@ -76,8 +77,8 @@ class Gateway:
         self.registry = StreamRegistry(
             keyframe_interval=config.keyframe_request_interval, aliases=pairs(config.aliases)
         )
-        self.cluster = WorkerLink(place, self.registry) if place is not None else None
         self.ingest_keys = IngestKeys()
+        self.cluster = WorkerLink(place, self.registry, self.ingest_keys) if place is not None else None
         self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
         self._build_outputs()
         self._build_media()
@@ -190,33 +191,9 @@ class Gateway:
         config = self.config
         self.broker = embedded_broker(config, self.connection_limits)
         mqtt_address = own_broker_address(config)
-        self.dji = (
-            DjiBridge(
-                self.registry,
-                self.ingest_keys,
-                mqtt_address,
-                push_urls={
-                    UrlType.RTMP: config.rtmp_push_url or default_push_url(config, "rtmp"),
-                    UrlType.WHIP: config.whip_push_url or default_push_url(config, "whip"),
-                },
-                settings=LiveSettings(
-                    url_type=config.live_push_type,
-                    reply_timeout=config.live_reply_timeout,
-                    max_attempts=config.live_max_attempts,
-                    retry_backoff=config.live_retry_backoff,
-                    push_timeout=config.live_push_timeout,
-                    linger=config.live_linger,
-                ),
-                url_types=config.live_push_types,
-                rtsp_port=config.live_rtsp_port,
-                offline_after=config.device_offline_after,
-                max_gateways=config.dji_max_gateways,
-                max_devices_per_gateway=config.dji_max_devices_per_gateway,
-                max_osd_rate=config.dji_max_osd_rate,
-                state_file=config.device_state_path,
-            )
-            if mqtt_address
-            else None
+        registry = self.registry
+        self.dji = dji_bridge(
+            config, registry, self.ingest_keys, lambda name, url: RtspPull(registry, name, url)
         )
         self.sdview = (
             SdViewService(
@@ -370,6 +347,41 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"settings 'tls_cert'/'tls_key': cannot load them: {exc}") from None
     return context
+
+
+def dji_bridge(
+    config: Config, streams: Streams, ingest_keys: IngestKeys, make_pull: MakePull
+) -> DjiBridge | None:
+    """The DJI bridge on skyrelay's own MQTT link (None without one): in the gateway's
+    process, or with several workers in the control process."""
+    mqtt_address = own_broker_address(config)
+    if mqtt_address is None:
+        return None
+    return DjiBridge(
+        streams,
+        ingest_keys,
+        mqtt_address,
+        make_pull=make_pull,
+        push_urls={
+            UrlType.RTMP: config.rtmp_push_url or default_push_url(config, "rtmp"),
+            UrlType.WHIP: config.whip_push_url or default_push_url(config, "whip"),
+        },
+        settings=LiveSettings(
+            url_type=config.live_push_type,
+            reply_timeout=config.live_reply_timeout,
+            max_attempts=config.live_max_attempts,
+            retry_backoff=config.live_retry_backoff,
+            push_timeout=config.live_push_timeout,
+            linger=config.live_linger,
+        ),
+        url_types=config.live_push_types,
+        rtsp_port=config.live_rtsp_port,
+        offline_after=config.device_offline_after,
+        max_gateways=config.dji_max_gateways,
+        max_devices_per_gateway=config.dji_max_devices_per_gateway,
+        max_osd_rate=config.dji_max_osd_rate,
+        state_file=config.device_state_path,
+    )
 
 
 def embedded_broker(config: Config, connection_limits: ConnectionLimits | None = None) -> Broker | None:

@@ -47,7 +47,7 @@ START_TIMEOUT_S = 60.0
 def worker_config(config: Config, index: int) -> Config:
     """The settings of worker ``index``: its own WebRTC ports and RTSP UDP pair (from the
     configured ones up: a range), and no MQTT of its own (the control process has the one
-    broker; the DJI bridge and SD view do not run in workers)."""
+    broker and the one DJI bridge)."""
 
     def shifted(port: int, step: int) -> int:
         return port + step * index if port else 0
@@ -166,6 +166,8 @@ class WorkerProcess:
             self.ready.clear()
             for notice in self.supervisor.directory.worker_gone(self.index):
                 self.supervisor.deliver(notice)
+                if notice.message["op"] == "released":
+                    self.supervisor.streams.report(notice.message["name"], playing=False)
             if loop.time() - started > STABLE_RUN_S:
                 self._delay.reset()
             delay = self._delay.next()
@@ -219,10 +221,15 @@ class WorkerProcess:
             case {"op": "hello", "endpoint": str(endpoint)}:
                 notices = directory.hello(self.index, endpoint)
                 self.ready.set()
+                for message in self.supervisor.snapshot():
+                    self.send(message)
             case {"op": "claim", "name": str(name)}:
                 notices = directory.claim(self.index, name)
             case {"op": "release", "name": str(name)}:
                 notices = directory.release(self.index, name)
+            case {"op": "want" | "unwant" | "playing" as op, "name": str(name)}:
+                self.supervisor.devices_message(op, name, message.get("playing") is True)
+                return
             case _:
                 log.warning("worker_message_unknown", worker=self.index, op=message.get("op"))
                 return
@@ -248,7 +255,9 @@ class Supervisor:
     """``skyrelay serve --workers N``: the control process (see the module's text)."""
 
     def __init__(self, config: Config, workers: int) -> None:
-        from gateway.app import embedded_broker  # one broker per machine, built as the gateway does
+        # One broker and one DJI bridge per machine, built as the gateway builds its own.
+        from gateway.app import dji_bridge, embedded_broker
+        from gateway.cluster.devices import MachineStreams, RemotePull, SharedIngestKeys
 
         self.config = config
         self.directory = Directory()
@@ -256,11 +265,54 @@ class Supervisor:
         self.listeners: dict[str, socket.socket] = {}
         self.runtime_dir = Path()
         self.broker = embedded_broker(config)
+        self.streams = MachineStreams(self)
+        self.ingest_keys = SharedIngestKeys(self)
+        self.dji = dji_bridge(
+            config, self.streams, self.ingest_keys, lambda name, url: RemotePull(self, name, url)
+        )
+        if self.dji is not None:
+            self.dji.on_sources_changed = lambda: self.broadcast(self._cameras())
         self._tasks = TaskSet("supervisor")
 
     def handlers(self, worker: WorkerProcess) -> dict[str, Handler]:
         """The calls a worker may make of the control process."""
-        return {}
+
+        async def control(message: dict[str, Any]) -> Any:
+            name, action = str(message["name"]), str(message["action"])
+            return await self.streams.control(name, action, message.get("value"))
+
+        async def devices(message: dict[str, Any]) -> Any:
+            return self.dji.describe() if self.dji is not None else None
+
+        return {"control": control, "devices": devices}
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        self.deliver(Notice(None, message))
+
+    def send_to(self, index: int, message: dict[str, Any]) -> None:
+        self.deliver(Notice(index, message))
+
+    def running_worker(self) -> WorkerProcess | None:
+        return next((worker for worker in self.workers if worker.ready.is_set()), None)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """What a worker that (re)started must know besides the names: the device cameras
+        and the open push keys."""
+        if self.dji is None:
+            return []
+        return [self._cameras(), *self.ingest_keys.messages()]
+
+    def _cameras(self) -> dict[str, Any]:
+        assert self.dji is not None
+        return {"op": "cameras", "names": sorted(self.dji.sources)}
+
+    def devices_message(self, op: str, name: str, playing: bool) -> None:
+        if op == "want":
+            self.streams.want(name)
+        elif op == "unwant":
+            self.streams.unwant(name)
+        else:
+            self.streams.report(name, playing)
 
     def deliver(self, notice: Notice) -> None:
         """Send a directory notice; a worker that has not said hello yet gets the whole
@@ -282,6 +334,8 @@ class Supervisor:
                 except OSError as exc:
                     log.warning("mqtt_broker_not_started", bind=self.config.mqtt_broker, error=str(exc))
                     self.broker = None
+            if self.dji is not None:
+                await self.dji.start()
             for worker in self.workers:
                 self._tasks.spawn(worker.run())
             async with asyncio.timeout(START_TIMEOUT_S):
@@ -304,6 +358,8 @@ class Supervisor:
     async def stop(self) -> None:
         await self._tasks.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers))
+        if self.dji is not None:
+            await self.dji.stop()
         if self.broker is not None:
             await self.broker.stop()
         for sock in self.listeners.values():

@@ -21,8 +21,10 @@ from typing import Any
 
 from gateway.cluster import wire
 from gateway.cluster.channel import CallFailed, Channel, Handler
+from gateway.cluster.devices import RelayedSample
 from gateway.cluster.directory import Replica
 from gateway.log import get_logger
+from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import (
     ControlRefusal,
     StreamControlError,
@@ -30,6 +32,7 @@ from gateway.media.registry import (
     StreamRegistry,
     StreamUnavailable,
 )
+from gateway.media.sources.rtsp import RtspPull
 from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 from gateway.tasks import TaskSet
 
@@ -43,6 +46,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 # Unsent bytes on a link past which frames are skipped to the next keyframe (a worker that
 # cannot keep up loses time, as a slow viewer does, never a broken GOP).
 LINK_HIGH_WATER = 8 << 20
+# How often a worker compares its camera streams' playing state with what it last reported.
+PLAYING_REPORT_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +70,22 @@ class WorkerLink:
     registry's `NameDirectory`. Claims go to the control process; a refused one (another
     worker claimed the name in the same instant) ends that stream here."""
 
-    def __init__(self, place: WorkerPlace, registry: StreamRegistry) -> None:
+    def __init__(self, place: WorkerPlace, registry: StreamRegistry, ingest_keys: IngestKeys) -> None:
         self.place = place
         self.registry = registry
+        self.ingest_keys = ingest_keys
         self.replica = Replica(place.index)
         self.media_path = str(place.runtime_dir / f"worker-{place.index}.sock")
-        self.remote = RemoteStreams(registry, self.replica)
+        self.remote = ClusterStreams(registry, self.replica, self)
+        self.pulls: dict[str, RtspPull] = {}  # device cameras served over RTSP, pulled here
+        self._reported: dict[str, bool] = {}  # camera name -> playing, as last told
         self.lost = asyncio.Event()  # the control process went away: this worker stops
         # Calls the control process makes of this worker, by op (other parts add theirs).
         self.handlers: dict[str, Handler] = {}
         self.channel: Channel | None = None
         self._server: asyncio.Server | None = None
         self._tasks = TaskSet("cluster")
+        self.handlers["pull"] = self._pull
         registry.directory = self
         registry.add_on_demand(self.remote)
 
@@ -105,11 +114,15 @@ class WorkerLink:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self.channel = Channel(reader, writer, self._control, self.handlers, "control")
         self._tasks.spawn(self._read_control(self.channel))
+        self._tasks.spawn(self._report_playing())
         self._send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
         log.info("worker_linked", worker=self.place.index, media=self.media_path)
 
     async def stop(self) -> None:
         await self.remote.stop()
+        pulls, self.pulls = list(self.pulls.values()), {}
+        for pull in pulls:
+            await pull.stop()
         if self._server is not None:
             self._server.close()
         await self._tasks.cancel()
@@ -139,10 +152,57 @@ class WorkerLink:
     def _control(self, message: dict[str, Any]) -> None:
         refused = self.replica.apply(message)
         if refused is not None:
-            stream = self.registry.find(refused)
+            taken = self.registry.find(refused)
             log.warning("stream_name_refused", stream=refused, owner=self.replica.owners.get(refused))
-            if stream is not None and not self.registry.is_mirror(stream):
-                self.registry.release(stream, INFO_NAME_TAKEN)
+            if taken is not None and not self.registry.is_mirror(taken):
+                self.registry.release(taken, INFO_NAME_TAKEN)
+        match message:
+            case {"op": "owner", "name": str(name)}:
+                self.remote.mirror_if_wanted(name)  # a camera a viewer here waits for
+            case {"op": "cameras", "names": list(names)}:
+                self.remote.cameras = {str(name) for name in names}
+            case {"op": "key", "key": str(key), "stream": str(stream_name), "keep": bool(keep)}:
+                self.ingest_keys.adopt(IngestKey(key, stream_name, keep))
+            case {"op": "revoke", "key": str(key)}:
+                self.ingest_keys.revoke(key)
+            case {"op": "fail_waiting", "name": str(name), "info": str(info)}:
+                self.registry.fail_waiting(name, info)
+            case {"op": "end_stream", "name": str(name)}:
+                why = message.get("info")
+                self.registry.end_stream(name, why if isinstance(why, str) else None)
+            case {"op": "telemetry", "sn": str(sn), "sample": dict(body), "streams": list(streams)}:
+                gauges = message.get("gauges")
+                sample = RelayedSample(sn, body, gauges if isinstance(gauges, dict) else {})
+                self.registry.telemetry.publish(sample, [str(name) for name in streams])
+            case {"op": "unpull", "name": str(name)}:
+                pull = self.pulls.pop(name, None)
+                if pull is not None:
+                    self._tasks.spawn(pull.stop())
+
+    async def _pull(self, message: dict[str, Any]) -> None:
+        """The control process's DJI bridge asks this worker to pull a device's RTSP."""
+        name, url = str(message["name"]), str(message["url"])
+        old = self.pulls.pop(name, None)
+        if old is not None:
+            await old.stop()
+        pull = self.pulls[name] = RtspPull(self.registry, name, url)
+        await pull.start()
+
+    async def _report_playing(self) -> None:
+        """Tell the control process's DJI bridge whether each camera stream held here plays
+        (it decides on retries and timeouts by it); only changes are sent."""
+        while True:
+            await asyncio.sleep(PLAYING_REPORT_S)
+            for name in self.remote.cameras | set(self._reported):
+                stream = self.registry.find(name)
+                held = stream is not None and not self.registry.is_mirror(stream)
+                playing = held and self.registry.playing(name)
+                if self._reported.get(name, False) != playing:
+                    self._send({"op": "playing", "name": name, "playing": playing})
+                if playing:
+                    self._reported[name] = True
+                else:
+                    self._reported.pop(name, None)
 
     # --- the media link: other workers' viewers of streams held here -------------------------
 
@@ -269,31 +329,37 @@ class _LinkSource:
         return NO_FEEDBACK
 
 
-class RemoteStreams:
-    """The on-demand source of the names other workers hold: the first local viewer opens a
-    link to the owner and a mirror stream; the last one leaving closes both."""
+class ClusterStreams:
+    """This worker's on-demand source for what it does not hold itself: the names other
+    workers hold, and the device cameras of the control process's DJI bridge.
 
-    def __init__(self, registry: StreamRegistry, replica: Replica) -> None:
+    A viewer of a device camera is told to the control process (``want``/``unwant``, one per
+    viewer), whose bridge starts the device's push; the push lands on some worker. Wherever
+    the stream is held by another worker, the first local viewer opens a link to it and a
+    mirror stream here; the last one leaving closes both."""
+
+    def __init__(self, registry: StreamRegistry, replica: Replica, link: WorkerLink) -> None:
         self.registry = registry
         self.replica = replica
+        self.link = link
+        self.cameras: set[str] = set()  # the DJI bridge's stream names, from the control process
         self._wanted: dict[str, int] = {}
         self._links: dict[str, asyncio.Task[None]] = {}
 
     def serves(self, name: str) -> bool:
-        return self.replica.owner_elsewhere(name) is not None or name in self._links
+        return name in self.cameras or self.replica.owner_elsewhere(name) is not None or name in self._links
 
     def wanted(self, name: str) -> None:
-        owner = self.replica.owner_elsewhere(name)
+        if not self.serves(name):
+            raise StreamUnavailable("Stream not found")  # gone since the viewer looked
         self._wanted[name] = self._wanted.get(name, 0) + 1
-        if name in self._links:
-            return
-        path = None if owner is None else self.replica.endpoints.get(owner)
-        if path is None:
-            self._wanted[name] -= 1
-            raise StreamUnavailable("Stream not found")
-        self._links[name] = asyncio.ensure_future(self._mirror(name, owner, path))
+        if name in self.cameras:
+            self.link._send({"op": "want", "name": name})
+        self.mirror_if_wanted(name)
 
     def unwanted(self, name: str) -> None:
+        if name in self.cameras:
+            self.link._send({"op": "unwant", "name": name})
         count = self._wanted.get(name, 0) - 1
         if count > 0:
             self._wanted[name] = count
@@ -303,8 +369,23 @@ class RemoteStreams:
         if link is not None:
             link.cancel()
 
+    def mirror_if_wanted(self, name: str) -> None:
+        """Open the link to the worker holding ``name`` if viewers here want it and none is
+        open (a camera whose push just landed on another worker)."""
+        owner = self.replica.owner_elsewhere(name)
+        path = None if owner is None else self.replica.endpoints.get(owner)
+        if self._wanted.get(name) and name not in self._links and path is not None:
+            self._links[name] = asyncio.ensure_future(self._mirror(name, owner, path))
+
     async def control(self, name: str, action: str, value: object) -> None:
-        raise StreamControlError(ControlRefusal.UNKNOWN_STREAM, f"No device behind stream {name!r}")
+        if name not in self.cameras:
+            raise StreamControlError(ControlRefusal.UNKNOWN_STREAM, f"No device behind stream {name!r}")
+        try:
+            answer = await self.link.call("control", name=name, action=action, value=value)
+        except CallFailed as exc:
+            raise StreamControlError(ControlRefusal.NO_REPLY, str(exc)) from None
+        if isinstance(answer, dict) and "refusal" in answer:
+            raise StreamControlError(ControlRefusal(answer["refusal"]), str(answer.get("info")))
 
     async def stop(self) -> None:
         links = list(self._links.values())

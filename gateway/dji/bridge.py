@@ -15,9 +15,9 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.dji import live
 from gateway.dji import protocol as p
@@ -33,23 +33,56 @@ from gateway.dji.devices import (
 from gateway.dji.mqtt import DjiMqtt, LinkLost
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKeys
-from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
-from gateway.media.sources.rtsp import RtspPull
+from gateway.media.registry import ControlRefusal, OnDemandSource, StreamControlError
 from gateway.mqtt_link import BrokerAddress
 from gateway.tasks import TaskSet
+from gateway.telemetry.hub import TelemetrySample
 
 log = get_logger(__name__)
 
 TICK = 0.2
 
 
+class Telemetry(Protocol):
+    def publish(self, sample: TelemetrySample, streams: Iterable[str]) -> None: ...
+
+
+class Streams(Protocol):
+    """What the bridge needs of streams: the `StreamRegistry` of its process, or with
+    several workers the machine's streams as the control process sees them."""
+
+    @property
+    def telemetry(self) -> Telemetry: ...
+
+    def add_on_demand(self, source: OnDemandSource) -> None: ...
+
+    def fail_waiting(self, name: str, info: str) -> None: ...
+
+    def playing(self, name: str) -> bool: ...
+
+    def end_stream(self, name: str, info: str | None = None) -> None: ...
+
+
+class Pull(Protocol):
+    """An RTSP pull from a device that serves its camera (url_type RTSP)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# (stream name, rtsp:// URL) -> its pull
+MakePull = Callable[[str, str], Pull]
+
+
 class DjiBridge:
     def __init__(
         self,
-        registry: StreamRegistry,
+        registry: Streams,
         ingest_keys: IngestKeys,
         broker: BrokerAddress,
         *,
+        make_pull: MakePull,
         push_urls: Mapping[p.UrlType, str],
         settings: live.LiveSettings | None = None,
         url_types: Mapping[str, p.UrlType] | None = None,
@@ -63,6 +96,9 @@ class DjiBridge:
     ) -> None:
         self.registry = registry
         self.ingest_keys = ingest_keys
+        self.make_pull = make_pull
+        # Told when the set of camera stream names changes (workers learn it so).
+        self.on_sources_changed: Callable[[], None] | None = None
         # Ingest URL prefixes by url_type (RTMP, WHIP); a key is appended.
         self.push_urls = {kind: url.rstrip("/") for kind, url in push_urls.items()}
         self.settings = settings or live.LiveSettings()
@@ -83,7 +119,7 @@ class DjiBridge:
         self._streams_of_device: dict[str, tuple[str, ...]] = {}
         self.controllers: dict[str, live.LiveController] = {}
         self._keys: dict[str, str] = {}  # stream name -> its open ingest key
-        self.pulls: dict[str, RtspPull] = {}  # stream name -> RTSP pull from the device
+        self.pulls: dict[str, Pull] = {}  # stream name -> RTSP pull from the device
         self._replies: dict[tuple[str, str], asyncio.Future[p.ServiceReply]] = {}
         self.replies: Counter[tuple[str, int]] = Counter()  # (method, result) for /metrics
         self._tasks = TaskSet("dji_bridge")
@@ -288,14 +324,15 @@ class DjiBridge:
         for name, (_, video_id) in self.sources.items():
             by_device.setdefault(video_id.sn, []).append(name)
         self._streams_of_device = {sn: tuple(names) for sn, names in by_device.items()}
+        if self.on_sources_changed is not None:
+            self.on_sources_changed()
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK)
             now = self.clock()
             for name, controller in list(self.controllers.items()):
-                stream = self.registry.find(name)
-                playing = stream is not None and stream.live and stream.source is not None
+                playing = self.registry.playing(name)
                 if playing and controller.phase in (live.Phase.WAITING, live.Phase.LINGERING):
                     self._apply(controller, controller.media_started(now))
                 elif not playing and controller.phase is live.Phase.LIVE:
@@ -321,7 +358,7 @@ class DjiBridge:
                     pull = self.pulls.pop(name, None)
                     if pull is not None:
                         self._spawn(pull.stop())
-                    pull = self.pulls[name] = RtspPull(self.registry, name, url)
+                    pull = self.pulls[name] = self.make_pull(name, url)
                     self._spawn(pull.start())
                 case live.SendCommand(gateway_sn=sn, envelope=envelope):
                     self._spawn(self._send(controller, sn, envelope))
@@ -332,15 +369,11 @@ class DjiBridge:
                     open_key = self._keys.pop(name, None)
                     if open_key is not None:
                         self.ingest_keys.revoke(open_key)
-                    stream = self.registry.find(name)
-                    if stream is not None:
-                        self.registry.release(stream)
+                    self.registry.end_stream(name)
                 case live.Failed(info=info):
                     log.info("dji_live_failed", stream=name, info=info)
                     self.registry.fail_waiting(name, info)
-                    stream = self.registry.find(name)
-                    if stream is not None:
-                        self.registry.release(stream, info)  # its viewers fail with the reason
+                    self.registry.end_stream(name, info)  # its viewers fail with the reason
 
     async def _send(self, controller: live.LiveController, gateway_sn: str, envelope: p.Envelope) -> None:
         if not await self.mqtt.send_command(gateway_sn, envelope):

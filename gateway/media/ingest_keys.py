@@ -38,6 +38,10 @@ class IngestKeys:
         self._open[issued.key] = issued
         return issued
 
+    def adopt(self, key: IngestKey) -> None:
+        """A key issued elsewhere (another process's bridge) that pushes may use here too."""
+        self._open[key.key] = key
+
     def claim(self, key: str) -> IngestKey | None:
         """The key's grant if it is open and no push is using it; in use from now on."""
         grant = self._open.get(key)

@@ -240,6 +240,18 @@ class StreamRegistry:
         """The stream of that name, playable or not (a source may be away)."""
         return self._streams.get(name)
 
+    def playing(self, name: str) -> bool:
+        """A source is feeding ``name`` and its video has started (what an on-demand source
+        waits for before it calls its push a success)."""
+        stream = self._streams.get(name)
+        return stream is not None and stream.live and stream.source is not None and not stream.ended
+
+    def end_stream(self, name: str, info: str | None = None) -> None:
+        """End the stream of that name if there is one (see `release`)."""
+        stream = self._streams.get(name)
+        if stream is not None:
+            self.release(stream, info)
+
     def __len__(self) -> int:
         return len(self._streams)
 

@@ -1,0 +1,99 @@
+"""Drone cameras with `skyrelay serve --workers 2`: one DJI MQTT client for the machine (in
+the control process), a real Mosquitto, the dock simulator pushing RTMP to whichever worker
+its connection lands on, and players pinned to each worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
+from gateway.mqtt_link import BrokerAddress
+from gateway.wcs.client import ClientStream, WcsClient, WcsError
+from tests.conftest import GatewayProcess, MosquittoProcess
+from tests.integration.conftest import FrameCounter
+from tests.integration.drone import AIRCRAFT_VIDEO
+from tests.integration.test_workers import play_on
+
+
+@pytest_asyncio.fixture
+async def machine(
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
+    gw = GatewayProcess(
+        extra_args=["--workers", "2", "--mqtt", mosquitto.url, "--live-linger", "1"],
+    )
+    gw.start(tmp_path)
+    sim = DockSimulator(BrokerAddress.parse(mosquitto.url), clip, behaviour=DockBehaviour(osd_rate=10))
+    task = asyncio.create_task(run_forever(sim, retry=0.5))
+    try:
+        yield gw, sim
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gw.stop()
+
+
+async def play_camera(client: WcsClient) -> ClientStream:
+    """Play the aircraft's camera once the dock has announced it."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await client.play(AIRCRAFT_VIDEO, timeout=30)
+            except WcsError as exc:
+                assert "Stream not found" in str(exc), exc
+                await asyncio.sleep(0.3)
+
+
+async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
+    machine: tuple[GatewayProcess, DockSimulator], video_track: Callable[[], Any]
+) -> None:
+    gw, sim = machine
+    opened: list[WcsClient] = []
+
+    async def connect() -> WcsClient:
+        client = await WcsClient.connect(gw.ws_url)
+        opened.append(client)
+        return client
+
+    try:
+        # A stream to find out where each connection landed.
+        probe_client = await connect()
+        probe = await probe_client.publish("w-probe", [video_track()])
+        await probe.wait_status("PUBLISHING")
+        pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
+
+        players = await asyncio.gather(*(play_camera(client) for client in pinned))
+        counters = []
+        for player in players:
+            await player.wait_status("PLAYING", timeout=30)
+            counters.append(FrameCounter(player).start())
+        for counter in counters:
+            await counter.wait_frames(30)
+        assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
+        # The push landed on one worker; the other one's player watches a mirror of it.
+        assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
+
+        # The flight data reaches the players of both workers.
+        for client in pinned:
+            await client.wait_message(
+                "notifyStreamEvent", lambda data: data[0].get("type") == "telemetry", timeout=10
+            )
+
+        # The last viewer leaving (in either worker) stops the push after the linger.
+        for counter in counters:
+            await counter.stop()
+        for player in players:
+            await player.stop()
+        async with asyncio.timeout(15):
+            while not sim.stops:
+                await asyncio.sleep(0.1)
+        assert len(sim.starts) == 1
+    finally:
+        await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
