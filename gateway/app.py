@@ -236,7 +236,7 @@ class Gateway:
             static_dir=config.static_dir,
             health=self.health,
             registry=self.registry,
-            devices=self.dji.describe if self.dji is not None else None,
+            devices=self._devices(),
             whip=self.whip,
             whep=self.whep,
             access=self.access,
@@ -262,7 +262,11 @@ class Gateway:
         """Every part in start order (stopped in the reverse): the WebRTC ports first, so a
         busy one stops the start before anything listens (their start also runs
         aiortc_compat.check(), which logs the WebRTC fast paths this aiortc offers)."""
-        parts: list[Part] = [
+        parts: list[Part] = []
+        if self.cluster is not None:
+            # First: a worker knows the machine's stream names before it accepts anything.
+            parts.append(("worker link", self.cluster.start, self.cluster.stop))
+        parts += [
             ("WebRTC ports", self.ice_mux.start, self.ice_mux.stop),
             ("WebSocket API", self.wcs.start, self.wcs.stop),
             ("HTTP server", self.http.start, self.http.stop),
@@ -285,9 +289,22 @@ class Gateway:
         if self.sdview is not None:
             parts.append(("SD view", self.sdview.start, self.sdview.stop))
         if self.cluster is not None:
-            # Last: its hello tells the control process this worker is up.
-            parts.append(("worker link", self.cluster.start, self.cluster.stop))
+            # Last: the control process counts this worker up (and down first when it stops).
+            parts.append(("worker started", self.cluster.started, self.cluster.stopping))
         return parts
+
+    def _devices(self) -> Callable[[], Awaitable[Any]] | None:
+        """What /api/devices shows: this process's DJI bridge, or the control process's."""
+        if self.cluster is not None:
+            return self.cluster.devices
+        dji = self.dji
+        if dji is None:
+            return None
+
+        async def describe() -> Any:
+            return dji.describe()
+
+        return describe
 
     def _listener(self, name: str) -> socket.socket | None:
         """The control process's listening socket ``name`` for a worker; None: bind our own."""

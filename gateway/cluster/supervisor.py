@@ -138,7 +138,9 @@ class WorkerProcess:
         self.supervisor = supervisor
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
-        self.ready = asyncio.Event()  # said hello (its gateway started)
+        # Said hello: it gets directory changes from now on (and the whole directory first).
+        self.linked = asyncio.Event()
+        self.ready = asyncio.Event()  # its gateway started: it accepts connections
         self.restarts = 0
         self.channel: Channel | None = None
         self._delay = ReconnectDelay(0.5, 10.0)
@@ -164,6 +166,7 @@ class WorkerProcess:
             started = loop.time()
             code = await self._run_once()
             self.ready.clear()
+            self.linked.clear()
             for notice in self.supervisor.directory.worker_gone(self.index):
                 self.supervisor.deliver(notice)
                 if notice.message["op"] == "released":
@@ -219,10 +222,16 @@ class WorkerProcess:
         directory = self.supervisor.directory
         match message:
             case {"op": "hello", "endpoint": str(endpoint)}:
-                notices = directory.hello(self.index, endpoint)
-                self.ready.set()
+                self.linked.set()
                 for message in self.supervisor.snapshot():
                     self.send(message)
+                notices = directory.hello(self.index, endpoint)  # the names come last: "synced"
+            case {"op": "started"}:
+                self.ready.set()
+                return
+            case {"op": "stopping"}:
+                self.ready.clear()
+                return
             case {"op": "claim", "name": str(name)}:
                 notices = directory.claim(self.index, name)
             case {"op": "release", "name": str(name)}:
@@ -318,7 +327,7 @@ class Supervisor:
         """Send a directory notice; a worker that has not said hello yet gets the whole
         directory with its hello instead."""
         for worker in self.workers:
-            if worker.ready.is_set() and notice.to in (None, worker.index):
+            if worker.linked.is_set() and notice.to in (None, worker.index):
                 worker.send(notice.message)
 
     async def start(self) -> None:

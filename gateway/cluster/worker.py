@@ -48,6 +48,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 LINK_HIGH_WATER = 8 << 20
 # How often a worker compares its camera streams' playing state with what it last reported.
 PLAYING_REPORT_S = 0.2
+SYNC_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class WorkerLink:
         self.pulls: dict[str, RtspPull] = {}  # device cameras served over RTSP, pulled here
         self._reported: dict[str, bool] = {}  # camera name -> playing, as last told
         self.lost = asyncio.Event()  # the control process went away: this worker stops
+        self.synced = asyncio.Event()  # the whole directory arrived: names can be decided here
         # Calls the control process makes of this worker, by op (other parts add theirs).
         self.handlers: dict[str, Handler] = {}
         self.channel: Channel | None = None
@@ -116,7 +118,21 @@ class WorkerLink:
         self._tasks.spawn(self._read_control(self.channel))
         self._tasks.spawn(self._report_playing())
         self._send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
+        # Before any listener accepts: a play or publish here needs the machine's names.
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT_S):
+                await self.synced.wait()
+        except TimeoutError:
+            raise OSError(f"the control process sent no directory in {SYNC_TIMEOUT_S:.0f} s") from None
         log.info("worker_linked", worker=self.place.index, media=self.media_path)
+
+    async def started(self) -> None:
+        """Every part of this worker's gateway runs: the control process may count it up."""
+        self._send({"op": "started"})
+
+    async def stopping(self) -> None:
+        """This worker's gateway is stopping: the control process sends it no more work."""
+        self._send({"op": "stopping"})
 
     async def stop(self) -> None:
         await self.remote.stop()
@@ -141,6 +157,10 @@ class WorkerLink:
             raise CallFailed("not linked to the control process")
         return await self.channel.call(op, **fields)
 
+    async def devices(self) -> Any:
+        """The control process's DJI devices (for /api/devices), or None without a bridge."""
+        return await self.call("devices")
+
     async def _read_control(self, channel: Channel) -> None:
         try:
             await channel.run()
@@ -157,6 +177,8 @@ class WorkerLink:
             if taken is not None and not self.registry.is_mirror(taken):
                 self.registry.release(taken, INFO_NAME_TAKEN)
         match message:
+            case {"op": "names"}:
+                self.synced.set()
             case {"op": "owner", "name": str(name)}:
                 self.remote.mirror_if_wanted(name)  # a camera a viewer here waits for
             case {"op": "cameras", "names": list(names)}:

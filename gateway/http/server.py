@@ -10,7 +10,7 @@ import hmac
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.access import AccessPolicy, AccessRequest, Action, OpenAccess
+from gateway.cluster.channel import CallFailed
 from gateway.http.json_body import BadJson, read_json
 from gateway.log import get_logger
 from gateway.media.offers import OfferRefused
@@ -50,7 +51,7 @@ class HttpServer:
         static_dir: Path,
         health: Callable[[], dict[str, Any]],
         registry: StreamRegistry,
-        devices: Callable[[], dict[str, Any]] | None = None,
+        devices: Callable[[], Awaitable[Any]] | None = None,
         whip: WhipIngest | None = None,
         whep: WhepEgress | None = None,
         access: AccessPolicy | None = None,
@@ -149,9 +150,13 @@ class HttpServer:
         return web.json_response({"status": "ok", **self.health()})
 
     async def _devices(self, request: web.Request) -> web.Response:
-        if self.devices is None:
+        try:
+            described = None if self.devices is None else await self.devices()
+        except CallFailed as exc:  # the control process holds the DJI bridge and did not answer
+            return web.json_response({"error": str(exc)}, status=503)
+        if described is None:
             return web.json_response({"mqtt_connected": False, "gateways": [], "info": "no --mqtt broker"})
-        return web.json_response(self.devices())
+        return web.json_response(described)
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         index = self.static_dir / "index.html"

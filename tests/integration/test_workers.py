@@ -140,7 +140,15 @@ async def test_a_name_is_unique_across_workers(
     await player.wait_status("PLAYING")
     await publisher.stop()
     await player.wait_status("STOPPED")
-    _, anew = await publish_on(clients, workers, "w-unique", 1 - owner, video_track())
+    # The release reaches the other worker a moment after the player heard STOPPED.
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, anew = await publish_on(clients, workers, "w-unique", 1 - owner, video_track())
+                break
+            except WcsError as exc:
+                assert INFO_NAME_IN_USE in str(exc)
+                await asyncio.sleep(0.05)
     await anew.wait_status("PUBLISHING")
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest_asyncio
 
 from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
@@ -79,6 +80,17 @@ async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
         assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
         # The push landed on one worker; the other one's player watches a mirror of it.
         assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
+
+        # The devices and the camera's controls answer from whichever worker takes the request.
+        async with aiohttp.ClientSession() as http:
+            for _ in range(4):
+                async with http.get(f"{gw.http_url}/api/devices") as reply:
+                    described = await reply.json()
+                assert [g["sn"] for g in described["gateways"]] == [sim.gateway_sn]
+                url = f"{gw.http_url}/api/streams/{AIRCRAFT_VIDEO}/quality"
+                async with http.post(url, json={"video_quality": 1}) as reply:
+                    assert reply.status == 200, await reply.text()
+        assert [c for c, _ in sim.controls] == ["live_set_quality"] * 4
 
         # The flight data reaches the players of both workers.
         for client in pinned:
