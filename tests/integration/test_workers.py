@@ -15,14 +15,17 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from gateway.dji.camera_sim import RtmpCameraPush
 from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from gateway.wcs.session import INFO_NAME_IN_USE
 from tests.conftest import GatewayProcess
 from tests.integration.conftest import FrameCounter
+from tests.integration.test_rtsp import ffprobe
 
 Connect = Callable[[], Awaitable[WcsClient]]
 # Connections are spread by the kernel; this many tries land on both workers in practice
@@ -195,3 +198,29 @@ def test_a_busy_port_fails_the_start_naming_it(tmp_path: Path) -> None:
         busy.listen()
         with pytest.raises(RuntimeError, match="RTSP server could not start"):
             gw.start(tmp_path, timeout=20)
+
+
+async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
+    workers: GatewayProcess, clients: Connect, clip_units: Any
+) -> None:
+    push = RtmpCameraPush(f"rtmp://127.0.0.1:{workers.rtmp_port}/live/w-rtmp", clip_units, fps=30)
+    push.start()
+    try:
+        async with asyncio.timeout(20):
+            while not workers.log_events("stream_claimed", stream="w-rtmp", mirror=False):
+                await asyncio.sleep(0.1)
+        counters = []
+        for worker in (0, 1):
+            _, player = await play_on(clients, workers, "w-rtmp", worker)
+            await player.wait_status("PLAYING")
+            counters.append(FrameCounter(player).start())
+        for counter in counters:
+            await counter.wait_frames(30)
+            await counter.stop()
+        # RTSP readers, on whichever worker they land: the stream as the push sends it.
+        for _ in range(2):
+            code, probe, err = await ffprobe(f"rtsp://127.0.0.1:{workers.rtsp_port}/w-rtmp")
+            assert code == 0, err
+            assert probe["streams"][0]["codec_name"] == "h264"
+    finally:
+        push.stop()
