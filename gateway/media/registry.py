@@ -240,6 +240,13 @@ class StreamRegistry:
         """The stream of that name, playable or not (a source may be away)."""
         return self._streams.get(name)
 
+    def available(self, name: str) -> bool:
+        """``name`` (or alias) can be played here or, with several workers, is held by another
+        worker (WCS availableStream)."""
+        if self.get(name) is not None:
+            return True
+        return self.directory is not None and self.directory.owner_elsewhere(self.resolve(name)) is not None
+
     def playing(self, name: str) -> bool:
         """A source is feeding ``name`` and its video has started (what an on-demand source
         waits for before it calls its push a success)."""

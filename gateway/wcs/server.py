@@ -299,7 +299,7 @@ class Connection:
                 case ControlStream():
                     self._spawn(self._control(out))
                 case QueryAvailable(msid, name):
-                    found = self.server.registry.get(name) is not None
+                    found = self.server.registry.available(name)
                     self.dispatch(self.session.available(msid, found, "" if found else INFO_NOT_FOUND))
                 case Close(code, reason):
                     self.log.info("client_dropped", reason=reason)

@@ -25,6 +25,7 @@ from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from gateway.wcs.session import INFO_NAME_IN_USE
 from tests.conftest import GatewayProcess
 from tests.integration.conftest import FrameCounter
+from tests.integration.test_relay import count_plis
 from tests.integration.test_rtsp import ffprobe
 
 Connect = Callable[[], Awaitable[WcsClient]]
@@ -81,11 +82,14 @@ async def play_on(
 async def publish_on(
     connect: Connect, gateway: GatewayProcess, name: str, worker: int, track: object
 ) -> tuple[WcsClient, ClientStream]:
-    for _ in range(TRIES):
+    """A publisher of ``name`` whose connection landed on ``worker`` (found with a throwaway
+    publish first: a name published on the wrong worker would be busy for a moment)."""
+    for attempt in range(TRIES):
         client = await connect()
-        publisher = await client.publish(name, [track])
-        if worker_of(publisher, gateway) == worker:
-            return client, publisher
+        probe = await client.publish(f"{name}-probe-{attempt}", [track])
+        if worker_of(probe, gateway) == worker:
+            await probe.stop()
+            return client, await client.publish(name, [track])
         await client.close()
     raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
 
@@ -206,9 +210,15 @@ async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
     push = RtmpCameraPush(f"rtmp://127.0.0.1:{workers.rtmp_port}/live/w-rtmp", clip_units, fps=30)
     push.start()
     try:
-        async with asyncio.timeout(20):
-            while not workers.log_events("stream_claimed", stream="w-rtmp", mirror=False):
-                await asyncio.sleep(0.1)
+        async with asyncio.timeout(20):  # claimed at the RTMP publish, playable from its first keyframe
+            while True:
+                try:
+                    probe_client = await clients()
+                    await probe_client.play("w-rtmp")
+                    break
+                except WcsError as exc:
+                    assert "Stream not found" in str(exc)
+                    await asyncio.sleep(0.2)
         counters = []
         for worker in (0, 1):
             _, player = await play_on(clients, workers, "w-rtmp", worker)
@@ -224,3 +234,40 @@ async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
             assert probe["streams"][0]["codec_name"] == "h264"
     finally:
         push.stop()
+
+
+async def test_keyframe_requests_events_and_availability_cross_workers(
+    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+) -> None:
+    pub_client = await clients()
+    publisher = await pub_client.publish("w-events", [video_track()])
+    plis = count_plis(publisher.pc)
+    await publisher.wait_status("PUBLISHING")
+    owner = worker_of(publisher, workers)
+    play_client, player = await play_on(clients, workers, "w-events", 1 - owner)
+    await player.wait_status("PLAYING")
+    counter = FrameCounter(player).start()
+    await counter.wait_frames(5)
+
+    # availableStream from the other worker: the stream is there.
+    await play_client.send("availableStream", {"mediaSessionId": "av1", "name": "w-events"})
+    reply = await play_client.wait_message("availableStream", lambda d: d[0]["id"] == "av1")
+    assert reply[0]["status"] == "true"
+
+    # The player's PLI crosses the link to the publisher (rate-limited there and here).
+    await asyncio.sleep(1.5)  # past the rate-limit window of the join-time requests
+    before = len(plis)
+    receiver = next(t.receiver for t in player.pc.getTransceivers() if t.kind == "video")
+    ssrc = receiver.getSynchronizationSources()[0].source
+    await receiver._send_rtcp_pli(ssrc)
+    async with asyncio.timeout(5):
+        while len(plis) == before:
+            await asyncio.sleep(0.05)
+
+    # The publisher's stream event reaches the player on the other worker.
+    event = {"mediaSessionId": publisher.media_session_id, "type": "audioMuted", "payload": {"muted": True}}
+    await pub_client.send("sendStreamEvent", event)
+    await player.wait_for(
+        lambda: any(e[0] == "notifyStreamEvent" and e[1][0]["type"] == "audioMuted" for e in player.events)
+    )
+    await counter.stop()
