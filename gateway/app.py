@@ -79,7 +79,9 @@ class Gateway:
         )
         self.ingest_keys = IngestKeys()
         self.cluster = WorkerLink(place, self.registry, self.ingest_keys) if place is not None else None
-        self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
+        self.connection_limits = ConnectionLimits(
+            config.max_connections_per_ip, others=place.connection_counts() if place is not None else None
+        )
         self._build_outputs()
         self._build_media()
         self._build_dji()

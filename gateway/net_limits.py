@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gateway.log import get_logger
 
@@ -37,19 +38,30 @@ def peer_ip(transport: asyncio.BaseTransport) -> str:
     return "?"
 
 
+class OtherProcesses(Protocol):
+    """The connections other worker processes hold (`gateway.cluster.shared_counts`)."""
+
+    def elsewhere(self, kind: str, ip: str) -> int: ...
+
+    def add_own(self, kind: str, ip: str, delta: int) -> None: ...
+
+
 class ConnectionLimits:
     """Open connections by (port kind, remote address), and the refusals over the limit.
-    Sans-I/O at its core (`admit`/`release`, an injected clock); `guard*` are the hooks."""
+    Sans-I/O at its core (`admit`/`release`, an injected clock); `guard*` are the hooks.
+    With several workers, ``others`` adds their connections, so the limit is the machine's."""
 
     def __init__(
         self,
         max_per_ip: int = DEFAULT_MAX_PER_IP,
         *,
         clock: Callable[[], float] = time.monotonic,
+        others: OtherProcesses | None = None,
     ) -> None:
         if max_per_ip < 1:
             raise ValueError("max_per_ip must be at least 1")
         self.max_per_ip = max_per_ip
+        self.others = others
         self._clock = clock
         self.open: dict[tuple[str, str], int] = {}  # only addresses with a connection open
         self.refused: dict[str, int] = {}  # by port kind, since start: a counter
@@ -65,13 +77,18 @@ class ConnectionLimits:
         when that address already holds the limit there."""
         key = (kind, ip)
         held = self.open.get(key, 0)
-        if held < self.max_per_ip:
+        others = self.others
+        if held + (others.elsewhere(kind, ip) if others is not None else 0) < self.max_per_ip:
             self.open[key] = held + 1
+            if others is not None:
+                others.add_own(kind, ip, 1)
             return True
         self._refuse(kind, ip)
         return False
 
     def release(self, kind: str, ip: str) -> None:
+        if self.others is not None and (kind, ip) in self.open:
+            self.others.add_own(kind, ip, -1)
         key = (kind, ip)
         held = self.open.get(key, 0) - 1
         if held > 0:

@@ -31,8 +31,10 @@ from typing import Any
 from gateway.cluster import wire
 from gateway.cluster.channel import CallFailed, Channel, Handler
 from gateway.cluster.directory import Directory, Notice
+from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
 from gateway.config import Config
 from gateway.log import get_logger
+from gateway.net_limits import ConnectionLimits
 from gateway.reconnect import ReconnectDelay
 from gateway.tasks import TaskSet
 
@@ -167,6 +169,8 @@ class WorkerProcess:
             code = await self._run_once()
             self.ready.clear()
             self.linked.clear()
+            if self.supervisor.counts is not None:
+                self.supervisor.counts.clear_worker(self.index)  # its connections died with it
             for notice in self.supervisor.directory.worker_gone(self.index):
                 self.supervisor.deliver(notice)
                 if notice.message["op"] == "released":
@@ -205,6 +209,7 @@ class WorkerProcess:
                 "config": config_message(worker_config(supervisor.config, self.index)),
                 "listeners": listeners,
                 "runtime_dir": str(supervisor.runtime_dir),
+                "workers": len(supervisor.workers),
             }
         )
         log.info("worker_started", worker=self.index, pid=self.process.pid)
@@ -273,7 +278,8 @@ class Supervisor:
         self.workers = [WorkerProcess(self, index) for index in range(workers)]
         self.listeners: dict[str, socket.socket] = {}
         self.runtime_dir = Path()
-        self.broker = embedded_broker(config)
+        self.broker = embedded_broker(config, ConnectionLimits(config.max_connections_per_ip))
+        self.counts: SharedCounts | None = None
         self.streams = MachineStreams(self)
         self.ingest_keys = SharedIngestKeys(self)
         self.dji = dji_bridge(
@@ -337,6 +343,7 @@ class Supervisor:
         self.listeners = bind_listeners(self.config)
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="skyrelay-"))
         try:
+            self.counts = SharedCounts(self.runtime_dir / COUNTS_FILE, len(self.workers), -1, create=True)
             if self.broker is not None:
                 try:
                     await self.broker.start()
@@ -373,6 +380,9 @@ class Supervisor:
             await self.broker.stop()
         for sock in self.listeners.values():
             sock.close()
+        if self.counts is not None:
+            self.counts.close()
+            self.counts = None
         self.listeners = {}
         if self.runtime_dir != Path():
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -401,6 +411,7 @@ async def run_worker(control_fd: int) -> int:
         sock.detach(),
         {str(k): int(v) for k, v in start["listeners"].items()},
         Path(start["runtime_dir"]),
+        int(start["workers"]),
     )
     gateway = Gateway(config, place=place)
     stop = asyncio.Event()

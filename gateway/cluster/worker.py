@@ -23,6 +23,7 @@ from gateway.cluster import wire
 from gateway.cluster.channel import CallFailed, Channel, Handler
 from gateway.cluster.devices import RelayedSample
 from gateway.cluster.directory import Replica
+from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
 from gateway.log import get_logger
 from gateway.media.ingest_keys import IngestKey, IngestKeys
 from gateway.media.registry import (
@@ -60,10 +61,15 @@ class WorkerPlace:
     control_fd: int
     listeners: dict[str, int]
     runtime_dir: Path
+    workers: int
 
     def listener(self, name: str) -> socket.socket | None:
         fd = self.listeners.get(name)
         return None if fd is None else socket.socket(fileno=fd)
+
+    def connection_counts(self) -> SharedCounts:
+        """The machine's connections per address (for the per-address limit)."""
+        return SharedCounts(self.runtime_dir / COUNTS_FILE, self.workers, self.index)
 
 
 class WorkerLink:

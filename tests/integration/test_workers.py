@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import websockets
 
 from gateway.dji.camera_sim import RtmpCameraPush
 from gateway.wcs.client import ClientStream, WcsClient, WcsError
@@ -271,3 +272,35 @@ async def test_keyframe_requests_events_and_availability_cross_workers(
         lambda: any(e[0] == "notifyStreamEvent" and e[1][0]["type"] == "audioMuted" for e in player.events)
     )
     await counter.stop()
+
+
+async def test_the_per_address_limit_counts_the_connections_of_every_worker(tmp_path: Path) -> None:
+    """Ten WebSocket connections from one address against a limit of four: four are taken
+    whichever workers they land on (each worker counting only its own would take up to eight)."""
+    gw = GatewayProcess(
+        extra_args=["--workers", "2", "--mqtt-broker", "off", "--max-connections-per-ip", "4"]
+    )
+    gw.start(tmp_path)
+    opened: list[Any] = []
+    try:
+        refused = 0
+        for _ in range(10):
+            try:
+                opened.append(await websockets.connect(gw.ws_url, local_addr=("127.0.0.2", 0)))
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):
+                refused += 1
+        assert (len(opened), refused) == (4, 6)
+        for ws in opened[:2]:  # closing some frees their share, whichever worker held them
+            await ws.close()
+        async with asyncio.timeout(10):
+            while len(opened) < 6:
+                try:
+                    opened.append(await websockets.connect(gw.ws_url, local_addr=("127.0.0.2", 0)))
+                except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed):
+                    await asyncio.sleep(0.05)  # the close is still on its way to the worker
+        assert len(opened) == 6
+        with pytest.raises((OSError, websockets.InvalidHandshake, websockets.ConnectionClosed)):
+            await websockets.connect(gw.ws_url, local_addr=("127.0.0.2", 0))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+        gw.stop()
