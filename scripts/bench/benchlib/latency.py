@@ -92,6 +92,7 @@ class LatencyStep:
     """What one window measured (times in ms, loopback in µs)."""
 
     sampled: int = 0  # sampled viewers
+    sampled_by_worker: list[int] = field(default_factory=list)  # per viewer process
     units: int = 0  # (viewer, access unit) pairs matched
     unmatched: int = 0  # units a sampled viewer got that matched none the publisher sent
     loopback_us: dict[str, float] = field(default_factory=dict)  # p50, p95, max
@@ -138,6 +139,7 @@ class LatencyMeter:
         last: list[float] = []
         per_viewer: list[tuple[int, float]] = []
         for w, reply in enumerate(workers):
+            step.sampled_by_worker.append(len(reply.get("viewers", [])))
             for viewer in reply.get("viewers", []):
                 step.sampled += 1
                 step.user_stamps += int(viewer.get("fallbacks", 0))
