@@ -62,6 +62,7 @@ def test_tiny_run_reports_latency(tmp_path: Path) -> None:
             assert latency["joins"] == joined and latency["joins_missing"] == 0
             assert ordered(latency["join_first_ms"], ("p50", "p95", "max"))
             assert ordered(latency["join_complete_ms"], ("p50", "p95", "max"))
+            assert ordered(latency["join_read_ms"], ("p50", "p95", "max"))
         assert phase["steps"][1]["latency"]["last_sampled"] > 0  # the viewers attached last
     finally:
         left = processes_with(marker)

@@ -81,7 +81,13 @@ def test_compute_reports_latency_and_joins() -> None:
         {
             "viewers": [{"id": 0, "playing": 1, "units": viewer, "fallbacks": 0}],
             "joins": [
-                {"id": 0, "playing": 10_000_000, "key_first": 8_000_000, "key_last": 12_000_000},
+                {
+                    "id": 0,
+                    "playing": 10_000_000,
+                    "key_first": 8_000_000,
+                    "key_read": 11_000_000,
+                    "key_last": 12_000_000,
+                },
                 {"id": 1, "playing": 10_000_000, "key_first": None, "key_last": None},
             ],
         }
@@ -92,6 +98,10 @@ def test_compute_reports_latency_and_joins() -> None:
     assert step.loopback_us["p50"] == 5.0
     assert step.joins == 2 and step.joins_missing == 1
     assert step.join_first_ms["p50"] == -2.0 and step.join_complete_ms["p50"] == 2.0
+    assert step.join_read_ms["p50"] == 1.0
+    # each unit arrived 1 ms after its last packet was sent, before the next unit was
+    assert step.before_next == 39 and step.hold_ms["p50"] == (FRAME_NS - 1000) / 1e6
+    assert step.released_ms["p50"] == (1_000_000 - FRAME_NS + 1000 - 5000) / 1e6
     assert meter.compute(published, workers).last_sampled == 0  # seen in an earlier step
 
 

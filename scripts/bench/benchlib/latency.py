@@ -100,6 +100,7 @@ class LatencyStep:
     # the same from the next unit's first packet (once aiortc's jitter buffer gives the unit up)
     released_ms: dict[str, float] = field(default_factory=dict)
     hold_ms: dict[str, float] = field(default_factory=dict)  # that wait: next first - last sent
+    before_next: int = 0  # units a viewer had before the next one was sent (0 if aiortc holds)
     last_ms: dict[str, float] = field(default_factory=dict)  # the sampled viewers of this step
     last_sampled: int = 0
     by_join_order_p50_ms: list[float] = field(default_factory=list)  # per sampled viewer
@@ -108,6 +109,8 @@ class LatencyStep:
     joins_missing: int = 0  # of them, no keyframe (or no PLAYING) seen
     join_first_ms: dict[str, float] = field(default_factory=dict)  # PLAYING -> keyframe's 1st packet
     join_complete_ms: dict[str, float] = field(default_factory=dict)  # -> its last packet
+    # PLAYING -> the keyframe's first packet, both as the viewer's event loop read them
+    join_read_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -120,11 +123,14 @@ class LatencyMeter:
         self._seen: set[tuple[int, int]] = set()  # (worker, viewer) sampled in earlier steps
 
     def start(self) -> None:
-        fan_out([self.publisher, *self.workers], "latency_start", timeout=30.0)
+        # The publisher records first and stops last, so that every unit a viewer recorded
+        # was recorded when sent (only units the viewers' own start or stop cut can fail to match).
+        self.publisher.request("latency_start", timeout=30.0)
+        fan_out(self.workers, "latency_start", timeout=30.0)
 
     def stop(self) -> LatencyStep:
-        replies = fan_out([self.publisher, *self.workers], "latency_stop", timeout=60.0)
-        return self.compute(replies[0], replies[1:])
+        replies = fan_out(self.workers, "latency_stop", timeout=60.0)
+        return self.compute(self.publisher.request("latency_stop", timeout=60.0), replies)
 
     def compute(self, published: dict[str, Any], workers: Sequence[dict[str, Any]]) -> LatencyStep:
         step = LatencyStep()
@@ -151,9 +157,12 @@ class LatencyMeter:
                 relay.extend(ms)
                 for s, r in pairs:
                     at = released_at.get(s[0])
-                    if at is not None and at <= r[2]:
-                        released.append((r[2] - at) / 1e6)
-                        hold.append((at - s[2]) / 1e6)
+                    if at is None:
+                        continue
+                    if at > r[2]:
+                        step.before_next += 1
+                    released.append((r[2] - at - base) / 1e6)
+                    hold.append((at - s[2]) / 1e6)
                 key = (w, int(viewer["id"]))
                 if key not in self._seen:
                     self._seen.add(key)
@@ -168,6 +177,7 @@ class LatencyMeter:
         step.by_join_order_p50_ms = [round(p50, 2) for _, p50 in sorted(per_viewer)]
         first: list[float] = []
         complete: list[float] = []
+        read: list[float] = []
         for reply in workers:
             for join in reply.get("joins", []):
                 step.joins += 1
@@ -177,8 +187,11 @@ class LatencyMeter:
                     continue
                 first.append((key_first - playing) / 1e6)
                 complete.append((key_last - playing) / 1e6)
+                if join.get("key_read") is not None:
+                    read.append((join["key_read"] - playing) / 1e6)
         step.join_first_ms = summary(first, JOIN_QS)
         step.join_complete_ms = summary(complete, JOIN_QS)
+        step.join_read_ms = summary(read, JOIN_QS)
         if not step.units:
             step.error = "no access unit matched"
         return step
@@ -203,10 +216,14 @@ def report_lines(step: LatencyStep | None) -> list[str]:
         + " ".join(f"{v:.1f}" for v in step.by_join_order_p50_ms),
         f"       first keyframe after PLAYING, ms ({step.joins} viewers joining the live stream): "
         f"first packet {_fmt(step.join_first_ms, 1)}; complete {_fmt(step.join_complete_ms, 1)}",
+        f"         (negative: before PLAYING) first packet as the viewer's loop read it, after it read "
+        f"PLAYING: {_fmt(step.join_read_ms, 1)}",
     ]
     notes = []
     if step.unmatched:
-        notes.append(f"{step.unmatched} units unmatched (those the window's edges cut)")
+        notes.append(f"{step.unmatched} units unmatched (cut by the window's edges, or a packet lost)")
+    if step.before_next:
+        notes.append(f"{step.before_next} units reached a viewer before the next unit was sent")
     if step.user_stamps:
         notes.append(f"{step.user_stamps} packets without a kernel stamp")
     if step.joins_missing:

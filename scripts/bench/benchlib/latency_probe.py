@@ -223,9 +223,11 @@ class ViewerProbe:
         self._receiver: RTCRtpReceiver | None = None
         self._joining = True
         self._recording = False
-        self._pending: dict[int, int] = {}  # sequence number -> stamp, until the keyframe
+        # sequence number -> (kernel stamp, time read), until the keyframe
+        self._pending: dict[int, tuple[int, int]] = {}
         self._key_timestamp: int | None = None
         self.key_first: int | None = None
+        self.key_read: int | None = None  # when the event loop read that first packet
         self.key_last: int | None = None
         self.units: dict[int, Unit] = {}
 
@@ -272,7 +274,7 @@ class ViewerProbe:
                 if self._recording:
                     add_to_unit(units, data, stamp)
                 if self._joining and len(pending) < PENDING_MAX:
-                    pending[int.from_bytes(data[2:4], "big")] = stamp
+                    pending[int.from_bytes(data[2:4], "big")] = (stamp, time.time_ns())
             receive(data, addr)
 
         protocol.datagram_received = datagram_received
@@ -289,9 +291,9 @@ class ViewerProbe:
             if not starts_keyframe(packet.payload):
                 return
             self._key_timestamp = packet.timestamp
-            self.key_first = self._pending.get(packet.sequence_number)
+            self.key_first, self.key_read = self._pending.get(packet.sequence_number, (None, None))
         if packet.timestamp == self._key_timestamp and packet.marker:
-            self.key_last = self._pending.get(packet.sequence_number)
+            self.key_last = self._pending.get(packet.sequence_number, (None, None))[0]
             self._joining = False
             self._pending.clear()
             if self._receiver is not None:
@@ -308,6 +310,7 @@ class ViewerProbe:
             "id": self.ident,
             "playing": self.playing,
             "key_first": self.key_first,
+            "key_read": self.key_read,
             "key_last": self.key_last,
         }
 
