@@ -8,18 +8,13 @@ is the benchmark's job, not a test's)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_bench_telemetry import processes_with
+from tests.integration.test_bench_telemetry import ROOT, assert_none_left, run_tiny
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench" / "fanout"
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,19 +26,10 @@ def ordered(figures: dict[str, float], names: tuple[str, ...]) -> bool:
 
 def test_tiny_run_reports_latency(tmp_path: Path) -> None:
     marker = f"bench-test-{uuid.uuid4().hex}"
-    env = {**os.environ, "BENCH_TEST_MARK": marker}
     out = tmp_path / "result.json"
     args = ["--only", "gateway", "--viewers", "2,6", "--seconds", "2", "--settle", "0.5"]
     args += ["--viewer-procs", "2", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_tiny(SCRIPT, args, marker)
     try:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "relay-added latency" in done.stdout and "first keyframe after PLAYING" in done.stdout
@@ -65,9 +51,4 @@ def test_tiny_run_reports_latency(tmp_path: Path) -> None:
             assert ordered(latency["join_read_ms"], ("p50", "p95", "max"))
         assert phase["steps"][1]["latency"]["last_sampled"] > 0  # the viewers attached last
     finally:
-        left = processes_with(marker)
-        deadline = time.monotonic() + 10
-        while left and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = processes_with(marker)
-        assert left == [], "the benchmark left processes behind"
+        assert_none_left(marker)
