@@ -233,9 +233,12 @@ class ViewerProbe:
 
     async def before_answer(self, stream: ClientStream, answer: str) -> None:
         """`WcsClient.play`'s hook: the answer is in, the peer connection not started."""
+        try:
+            self._payload_type = video_payload_type(answer)
+            receiver, _ = video_dtls(stream.pc)
+        except ValueError:
+            return  # no video to time: the viewer plays unprobed
         self.stream = stream
-        self._payload_type = video_payload_type(answer)
-        receiver, _ = video_dtls(stream.pc)
         self._receiver = receiver
         handle = receiver._handle_rtp_packet
 
