@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -44,6 +45,9 @@ class ClientStream:
         self.published = published
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.statuses: list[dict[str, Any]] = []
+        # When each status first came (time.time_ns(), as it was read): the fan-out
+        # benchmark's time from PLAYING to the first keyframe.
+        self.status_times: dict[str, int] = {}
         self.rates: list[dict[str, Any]] = []
         self.events: list[tuple[str, Any]] = []  # (message name, data) of anything else
         self.tracks: list[MediaStreamTrack] = []
@@ -76,6 +80,7 @@ class ClientStream:
     def _receive(self, message: str, data: list[Any]) -> None:
         if message == "notifyStreamStatusEvent":
             self.statuses.append(data[0])
+            self.status_times.setdefault(str(data[0].get("status")), time.time_ns())
             if data[0].get("status") in TERMINAL and not self.answer.done():
                 self.answer.set_exception(WcsError(f"{data[0]['status']}: {data[0].get('info')}"))
         elif message in ("inboundVideoRate", "outboundVideoRate"):

@@ -36,21 +36,34 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_tiny_run(tmp_path: Path) -> None:
-    marker = f"bench-test-{uuid.uuid4().hex}"
-    env = {**os.environ, "BENCH_TEST_MARK": marker}
-    out = tmp_path / "result.json"
-    args = ["--devices", "3", "--viewers", "2", "--cameras", "1", "--rate", "10", "--repeat", "1"]
-    args += ["--seconds", "1", "--settle", "0.5", "--viewer-procs", "1", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+def run_tiny(script: Path, args: list[str], marker: str) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark, every process it starts marked with ``marker`` in its environment."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "BENCH_TEST_MARK": marker},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def assert_none_left(marker: str) -> None:
+    left = processes_with(marker)
+    deadline = time.monotonic() + 10  # a process killed a moment ago may still be reaped
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = processes_with(marker)
+    assert left == [], "the benchmark left processes behind"
+
+
+def test_tiny_run(tmp_path: Path) -> None:
+    marker = f"bench-test-{uuid.uuid4().hex}"
+    out = tmp_path / "result.json"
+    args = ["--devices", "3", "--viewers", "2", "--cameras", "1", "--rate", "10", "--repeat", "1"]
+    args += ["--seconds", "1", "--settle", "0.5", "--viewer-procs", "1", "--json", str(out)]
+    done = run_tiny(SCRIPT, args, marker)
     try:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "intake:" in done.stdout and "delivery:" in done.stdout, done.stdout
@@ -68,9 +81,4 @@ def test_tiny_run(tmp_path: Path) -> None:
         assert sum(w["rejected"] + w["unknown"] + w["skipped"] for w in windows.values()) == 0
         assert {"us_per_osd", "us_per_delivered", "c_over_a"} <= set(result["results"])
     finally:
-        left = processes_with(marker)
-        deadline = time.monotonic() + 10  # a process killed a moment ago may still be reaped
-        while left and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = processes_with(marker)
-        assert left == [], "the benchmark left processes behind"
+        assert_none_left(marker)

@@ -22,6 +22,7 @@ import orjson
 
 from gateway.media.synthetic import make_h264_clip
 
+from .latency import LatencyMeter, LatencyStep, report_lines
 from .procs import Child, ChildError, CpuSample, Process, cpu_sample, fan_out, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ class Step:
     viewer_cpu_pct: float  # all viewer workers together, % of one core
     received: list[int]  # RTP packets per viewer over the window
     lost: list[int]  # packets lost per viewer over the window
+    latency: LatencyStep | None = None  # gateway phases (latency.py)
 
     @property
     def ms_per_viewer_s(self) -> float:
@@ -120,6 +122,7 @@ class Bench:
         self.workers: list[Child] = []
         self.clip: Path | None = None
         self.packets_per_s = 0.0
+        self.latency: LatencyMeter | None = None  # while a gateway phase publishes
 
     # --- processes ------------------------------------------------------------
 
@@ -213,9 +216,12 @@ class Bench:
         workers = [w.pid for w in self.workers]
         v0 = [cpu_sample(pid) for pid in workers]
         r0, l0 = self.viewer_stats()
+        if self.latency is not None:
+            self.latency.start()
         c0 = cpu_sample(server_pid)
         time.sleep(self.args.seconds)
         c1: CpuSample = cpu_sample(server_pid)
+        latency = self.latency.stop() if self.latency is not None else None
         r1, l1 = self.viewer_stats()
         v1 = [cpu_sample(pid) for pid in workers]
         window_s = c1.at - c0.at
@@ -231,6 +237,7 @@ class Bench:
             viewer_cpu_pct=100.0 * viewer_cpu / viewer_span,
             received=[b - a for a, b in zip(r0, r1, strict=True)],
             lost=[b - a for a, b in zip(l0, l1, strict=True)],
+            latency=latency,
         )
 
     # --- phases ---------------------------------------------------------------
@@ -288,11 +295,13 @@ class Bench:
                 "publish", timeout=45.0, url=url, name=STREAM, clip=str(self.clip), fps=CLIP["fps"]
             )
             log(f"{label}: publishing")
+            self.latency = LatencyMeter(publisher, self.workers)
             self.measure(phase, gateway.pid, mode="wcs", url=url, name=STREAM)
         except (ChildError, OSError) as exc:
             phase.error = f"{exc}\n--- gateway log ---\n{gateway.log_tail()}"
             log(f"{label} phase failed: {exc}")
         finally:
+            self.latency = None
             if publisher is not None:
                 with contextlib.suppress(ChildError):
                     publisher.request("stop", timeout=15.0)
@@ -378,6 +387,7 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"lost (sum) {sum(step.lost)}"
             )
             out.append(f"       received: {' '.join(str(n) for n in rec)}")
+            out.extend(report_lines(step.latency))
     ref = by_label.get("reference")
     for gw in [p for p in phases if p.label != "reference"]:
         if not (ref and gw.steps and ref.steps):

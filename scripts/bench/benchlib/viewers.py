@@ -8,6 +8,7 @@ Commands (see `common.serve_commands`):
   stats  {} -> {received: [int], lost: [int], telemetry: [int]}  (inbound-rtp video, and
          telemetry messages on the WebSocket or the data channel; one entry per viewer)
   close  {} -> {closed}
+  latency_start, latency_stop: see `latency_probe.ViewerStamps` (WCS viewers only)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from gateway.wcs.client import ClientStream, WcsClient
 
 from .common import disable_decoding, lighten_receivers, run_role
+from .latency_probe import ViewerProbe, ViewerStamps
 
 CONNECT_CONCURRENCY = 8
 TELEMETRY = "telemetry"
@@ -77,10 +79,14 @@ class Viewer:
             await self.pc.close()
 
 
-async def _connect_wcs(url: str, name: str, custom: dict[str, Any] | None, data_channel: bool) -> Viewer:
+async def _connect_wcs(
+    url: str, name: str, custom: dict[str, Any] | None, data_channel: bool, probe: ViewerProbe | None = None
+) -> Viewer:
     client = await WcsClient.connect(url)
     try:
         fields: dict[str, Any] = {} if custom is None else {"custom": custom}
+        if probe is not None:
+            fields["before_answer"] = probe.before_answer
         view = await client.play(name, data_channel=data_channel, **fields)
         await view.wait_status("PLAYING", timeout=20.0)
     except BaseException:
@@ -126,6 +132,7 @@ async def _connect_ref(url: str) -> Viewer:
 class ViewerWorker:
     def __init__(self) -> None:
         self.viewers: list[Viewer] = []
+        self.latency = ViewerStamps()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
@@ -138,6 +145,8 @@ class ViewerWorker:
                 "lost": [lo for _, lo in results],
                 "telemetry": [v.telemetry() for v in self.viewers],
             }
+        if cmd in ViewerStamps.COMMANDS:
+            return self.latency.handle(request)
         if cmd == "close":
             closed = len(self.viewers)
             await self.close()
@@ -154,13 +163,14 @@ class ViewerWorker:
         data_channel = bool(request.get("data_channel", False))
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def one() -> Viewer:
+        async def one(index: int) -> Viewer:
             async with gate:
                 if mode == "wcs":
-                    return await _connect_wcs(url, name, custom, data_channel)
+                    probe = self.latency.probe(index, count)
+                    return await _connect_wcs(url, name, custom, data_channel, probe)
                 return await _connect_ref(url)
 
-        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        tasks = [asyncio.create_task(one(i)) for i in range(count)]
         try:
             async with asyncio.timeout(timeout):
                 results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -181,6 +191,7 @@ class ViewerWorker:
 
     async def close(self) -> None:
         viewers, self.viewers = self.viewers, []
+        self.latency.clear()
         await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
 
 
