@@ -10,6 +10,8 @@ from typing import Any
 
 from gateway.access import Action, OpenAccess, policy_from, query_authorizer
 from gateway.broker.server import Broker
+from gateway.cluster.forward import Forwarder
+from gateway.cluster.machine import LocalFigures, MachineView, worker_health
 from gateway.cluster.worker import WorkerLink, WorkerPlace
 from gateway.config import Config, ConfigError, mqtt_broker_credentials, pairs
 from gateway.dji.bridge import DjiBridge, MakePull, Streams
@@ -21,7 +23,7 @@ from gateway.http import metrics
 from gateway.http.hls import hls_routes
 from gateway.http.recordings import recording_routes
 from gateway.http.rest_api import WcsRestApi
-from gateway.http.server import HttpServer
+from gateway.http.server import HttpServer, stream_list
 from gateway.http.telemetry import TelemetryHttp
 from gateway.http.thumbnails import thumbnail_routes
 from gateway.log import get_logger
@@ -232,6 +234,27 @@ class Gateway:
             self.connection_limits,
             self.telemetry_http,
         )
+
+        def scrape() -> str:
+            return metrics.render(self.registry, self.wcs, self.dji, self.rtsp_pulls, outputs, self.ice_mux)
+
+        # One worker of several: the machine's figures, and requests passed to a stream's worker.
+        self.machine = (
+            MachineView(
+                self.cluster,
+                LocalFigures(
+                    lambda: worker_health(self.health(), self.registry),
+                    scrape,
+                    lambda: stream_list(self.registry),
+                    rest_api.entries,
+                ),
+            )
+            if self.cluster is not None
+            else None
+        )
+        if self.machine is not None:
+            rest_api.machine = self.machine.rest_streams
+        self.forwarder = Forwarder(self.cluster) if self.cluster is not None else None
         self.http = HttpServer(
             host=config.host,
             port=config.http_port,
@@ -246,17 +269,16 @@ class Gateway:
             tls=self.tls,
             connection_limits=self.connection_limits,
             sock=self._listener("http"),
+            machine=self.machine,
+            middlewares=[self.forwarder.middleware] if self.forwarder is not None else [],
+            private_path=self.forwarder.path if self.forwarder is not None else None,
             routes=[
                 *thumbnail_routes(self.thumbnails),
                 *self.telemetry_http.routes(),
                 *rest_api.routes(),
                 *hls_routes(self.hls, self.access),
                 *recording_routes(self.recordings),
-                *metrics.metrics_routes(
-                    lambda: metrics.render(
-                        self.registry, self.wcs, self.dji, self.rtsp_pulls, outputs, self.ice_mux
-                    )
-                ),
+                *metrics.metrics_routes(scrape, self.machine.metrics if self.machine else None),
             ],
         )
 

@@ -28,7 +28,8 @@ def figures(
     (None: not running), reported up or not (the broker may be down; a link keeps trying)."""
     tasks = asyncio.all_tasks()
     return {
-        "streams": len(registry),
+        # A mirror (another worker's stream relayed here) is counted by the worker holding it.
+        "streams": sum(1 for stream in registry.streams() if not registry.is_mirror(stream)),
         "sessions": sessions,
         "peer_connections": Peer.open_count,
         "tasks": len(tasks),

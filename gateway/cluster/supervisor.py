@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.cluster import wire
+from gateway.cluster import machine, wire
 from gateway.cluster.channel import CallFailed, Channel, Handler
 from gateway.cluster.directory import Directory, Notice
 from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
@@ -150,6 +151,11 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Its gateway started and it has not died since."""
+        return self.ready.is_set()
 
     def send(self, message: dict[str, Any]) -> None:
         if self.channel is not None:
@@ -299,7 +305,7 @@ class Supervisor:
         async def devices(message: dict[str, Any]) -> Any:
             return self.dji.describe() if self.dji is not None else None
 
-        return {"control": control, "devices": devices}
+        return {"control": control, "devices": devices, "gather": self._gather}
 
     def broadcast(self, message: dict[str, Any]) -> None:
         self.deliver(Notice(None, message))
@@ -328,6 +334,22 @@ class Supervisor:
             self.streams.unwant(name)
         else:
             self.streams.report(name, playing)
+
+    async def _gather(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Every worker's report (``what``) for a worker answering for the machine (`machine`)."""
+        return {
+            "control": self.figures(message.get("what")),
+            "workers": await machine.collect(self.workers, message),
+        }
+
+    def figures(self, what: object) -> dict[str, Any]:
+        """The control process's own part of the machine's figures."""
+        from gateway.http import metrics  # what workers import; the control process rarely needs it
+
+        figures: dict[str, Any] = {"pid": os.getpid(), "mqtt_broker": self.broker is not None}
+        if what == "metrics":
+            figures["metrics"] = metrics.render_outputs(metrics.Outputs(broker=self.broker))
+        return figures
 
     def deliver(self, notice: Notice) -> None:
         """Send a directory notice; a worker that has not said hello yet gets the whole

@@ -6,7 +6,7 @@ objects at scrape time; nothing is kept here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -94,7 +94,8 @@ def _streams(registry: StreamRegistry) -> list[Family]:
     source = Family("skyrelay_stream_source_connected", "gauge", "1 while the stream's source delivers.")
     frames = Family("skyrelay_stream_video_frames_total", "counter", "Video frames received.")
     requests = Family("skyrelay_stream_keyframe_requests_total", "counter", "Keyframes asked upstream.")
-    streams = registry.streams()
+    # A mirror (another worker's stream relayed here) is counted by the worker holding it.
+    streams = [stream for stream in registry.streams() if not registry.is_mirror(stream)]
     count.add(len(streams))
     for stream in streams:
         figures = stream.figures()
@@ -106,6 +107,11 @@ def _streams(registry: StreamRegistry) -> list[Family]:
         frames.add(figures["frames"], **labels)
         requests.add(figures["keyframe_requests"], **labels)
     return [count, viewers, bitrate, fps, source, frames, requests]
+
+
+def render_outputs(outputs: Outputs) -> str:
+    """The outputs' series alone (the control process of several workers: its broker's)."""
+    return "".join(line + "\n" for family in _outputs(outputs) for line in family.lines())
 
 
 def _sessions(wcs: WcsServer) -> list[Family]:
@@ -254,8 +260,14 @@ def _outputs(outputs: Outputs) -> list[Family]:
     return families
 
 
-def metrics_routes(scrape: Callable[[], str]) -> list[web.RouteDef]:
+def metrics_routes(
+    scrape: Callable[[], str], machine: Callable[[], Awaitable[str]] | None = None
+) -> list[web.RouteDef]:
+    """``scrape``: this process's exposition; ``machine``: the whole machine's, when this
+    process is one worker of several (`gateway.cluster.machine`)."""
+
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=scrape().encode(), headers={"Content-Type": CONTENT_TYPE})
+        text = await machine() if machine is not None else scrape()
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     return [web.get("/metrics", metrics)]

@@ -29,6 +29,14 @@ APP_KEY = "defaultApp"
 MEDIA_PROVIDERS = {"webrtc": "WebRTC", "whip": "WebRTC", "rtmp": "Flash", "rtsp": "RTSP", "camera": "RTSP"}
 
 Handler = Callable[[dict[str, Any]], Awaitable[web.Response]]
+# The calls about one stream by its name, and the body fields that may name it (first
+# found wins): with several workers, the worker holding that stream answers them.
+STREAM_NAME_FIELDS = {
+    "stream/snapshot": ("streamName", "name"),
+    "stream/startRecording": ("name",),
+    "stream/stopRecording": ("name",),
+    "push/startup": ("streamName",),
+}
 
 
 class RestError(Exception):
@@ -47,7 +55,11 @@ class WcsRestApi:
         recorders: Recorders | None = None,
         thumbnails: Thumbnails | None = None,
         republishes: RtmpRepublishes | None = None,
+        machine: Callable[[bool], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
+        """``machine``: this gateway is one worker of several; the stream list (with
+        metrics or not) of the whole machine (`gateway.cluster.machine`)."""
+        self.machine = machine
         self.thumbnails = thumbnails
         self.republishes = republishes
         self.registry = registry
@@ -93,7 +105,7 @@ class WcsRestApi:
     # --- streams -----------------------------------------------------------------------------
 
     async def _stream_find_all(self, body: dict[str, Any]) -> web.Response:
-        return web.json_response(await self._streams(metrics=False))
+        return web.json_response(await self._listed(metrics=False))
 
     async def _stream_find(self, body: dict[str, Any]) -> web.Response:
         display = body.get("display") or []
@@ -103,7 +115,7 @@ class WcsRestApi:
         wanted = {key: body[key] for key in keys if body.get(key) is not None}
         found = [
             entry
-            for entry in await self._streams(metrics="metrics" in display)
+            for entry in await self._listed(metrics="metrics" in display)
             if all(entry.get(key) == value for key, value in wanted.items())
         ]
         if not found:
@@ -116,9 +128,13 @@ class WcsRestApi:
             raise RestError(404, f"no media session {media_session_id!r}")
         return web.json_response({"mediaSessionId": media_session_id, "status": "terminated"})
 
-    async def _streams(self, *, metrics: bool) -> list[dict[str, Any]]:
+    async def _listed(self, *, metrics: bool) -> list[dict[str, Any]]:
+        return await self.machine(metrics) if self.machine is not None else await self.entries(metrics)
+
+    async def entries(self, metrics: bool) -> list[dict[str, Any]]:
         """WebSocket media sessions (publishers and players), then every stream that came
-        in another way (RTMP, WHIP, RTSP, drones), as WCS lists them."""
+        in another way (RTMP, WHIP, RTSP, drones), as WCS lists them; this process's
+        only, without mirrors (another worker's streams, listed by that worker)."""
         entries = []
         for session_id, desc in self.wcs.media_sessions():
             entry = {"appKey": APP_KEY, "sessionId": session_id, "mediaProvider": "WebRTC", **desc.as_dict()}
@@ -136,8 +152,8 @@ class WcsRestApi:
                     )
             entries.append(entry)
         for stream in self.registry.streams():
-            if stream.ingest == "webrtc":
-                continue  # listed above as its publisher's media session
+            if stream.ingest == "webrtc" or self.registry.is_mirror(stream):
+                continue  # listed above as its publisher's media session, or by its worker
             entry = {
                 "appKey": APP_KEY,
                 "sessionId": stream.ingest,

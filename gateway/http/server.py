@@ -6,13 +6,15 @@ hands WHIP offers to the WHIP ingest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -42,6 +44,22 @@ SDP = "application/sdp"
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Location"}
 
 
+class Machine(Protocol):
+    """The answers for the whole machine of a gateway that is one worker of several
+    (`gateway.cluster.machine.MachineView`)."""
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def streams(self) -> list[dict[str, Any]]: ...
+
+
+def stream_list(registry: StreamRegistry) -> list[dict[str, Any]]:
+    """``/api/streams`` of this process: its streams by name, without mirrors (another
+    worker's streams relayed here, listed by that worker)."""
+    streams = sorted(registry.streams(), key=lambda stream: stream.name)
+    return [stream.figures() for stream in streams if not registry.is_mirror(stream)]
+
+
 class HttpServer:
     def __init__(
         self,
@@ -60,7 +78,15 @@ class HttpServer:
         routes: Sequence[web.RouteDef] = (),
         connection_limits: ConnectionLimits | None = None,
         sock: socket.socket | None = None,
+        machine: Machine | None = None,
+        middlewares: Sequence[Any] = (),
+        private_path: str | None = None,
     ) -> None:
+        """``machine``, ``middlewares``, ``private_path``: this gateway is one worker of
+        several: /healthz and /api/streams answer for the machine, ``middlewares`` see each
+        request before the access checks (`gateway.cluster.forward` passes requests about
+        another worker's stream on), and the same app answers on the Unix socket
+        ``private_path`` too (for the other workers)."""
         self.host, self.port = host, port
         self.sock = sock  # a listening socket to accept on (workers share one), else host:port
         self.static_dir = static_dir
@@ -75,11 +101,17 @@ class HttpServer:
         # Other parts' routes (REST API, metrics, ...), matched before the generic ones here.
         self.routes = list(routes)
         self.connection_limits = connection_limits
+        self.machine = machine
+        self.middlewares = list(middlewares)
+        self.private_path = private_path
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self._private: asyncio.Server | None = None
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[json_errors, self._bearer])
+        app = web.Application(
+            client_max_size=1024 * 1024, middlewares=[json_errors, *self.middlewares, self._bearer]
+        )
         app.router.add_routes(self.routes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/devices", self._devices)
@@ -119,16 +151,25 @@ class HttpServer:
             self._listener = await loop.create_server(
                 factory, self.host, self.port, ssl=self.tls, backlog=128
             )
-        log.info("http_listening", host=self.host, port=self.port)
+        if self.private_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.private_path)  # left by this worker's predecessor
+            self._private = await loop.create_unix_server(handler, self.private_path)
+            os.chmod(self.private_path, 0o600)
+        log.info("http_listening", host=self.host, port=self.port, private=self.private_path)
 
     async def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
+        listeners = [server for server in (self._listener, self._private) if server is not None]
+        self._listener = self._private = None
+        for listener in listeners:
             listener.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
-        if listener is not None:
+        for listener in listeners:
             await listener.wait_closed()
+        if self.private_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.private_path)
 
     @web.middleware
     async def _bearer(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -147,6 +188,8 @@ class HttpServer:
         return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.machine is not None:
+            return web.json_response(await self.machine.health())
         return web.json_response({"status": "ok", **self.health()})
 
     async def _devices(self, request: web.Request) -> web.Response:
@@ -181,8 +224,9 @@ class HttpServer:
     # --- streams --------------------------------------------------------------------------
 
     async def _streams(self, request: web.Request) -> web.Response:
-        streams = sorted(self.registry.streams(), key=lambda stream: stream.name)
-        return web.json_response({"streams": [stream.figures() for stream in streams]})
+        if self.machine is not None:
+            return web.json_response({"streams": await self.machine.streams()})
+        return web.json_response({"streams": stream_list(self.registry)})
 
     async def _stream(self, request: web.Request) -> web.Response:
         name = self.registry.resolve(request.match_info["name"])
