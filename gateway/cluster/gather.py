@@ -124,7 +124,7 @@ def parse_families(parts: Iterable[tuple[str | None, str]]) -> Families:
     families: Families = {}
     for worker, text in parts:
         current: tuple[list[str], list[str]] | None = None
-        for line in text.splitlines():
+        for line in text.split("\n"):  # not splitlines(): a label value may hold \r, \x1e, ...
             if not line:
                 continue
             if line.startswith("#"):
