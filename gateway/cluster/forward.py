@@ -33,6 +33,9 @@ from gateway.log import get_logger
 log = get_logger(__name__)
 
 PEER_HEADER = "X-Skyrelay-Peer"
+# On every answer: the worker the request landed on, and the one it was passed to (if so).
+WORKER_HEADER = "X-Skyrelay-Worker"
+FORWARDED_HEADER = "X-Skyrelay-Forwarded-To"
 # Route templates under which the {name} part is a stream's name.
 STREAM_ROUTES = ("/api/streams/{name}/", "/hls/{name}/")
 STREAM_ROUTE_EXACT = "/api/streams/{name}"
@@ -82,6 +85,8 @@ class Forwarder:
         owner, name = await self._owner(request)
         if owner is None or name is None:
             response = await handler(request)
+            if not response.prepared:  # an SSE stream has sent its headers already
+                response.headers[WORKER_HEADER] = str(self.link.place.index)
             return response
         return await self._forward(request, owner, name)
 
@@ -93,7 +98,7 @@ class Forwarder:
         resource = request.match_info.route.resource
         template = resource.canonical if resource is not None else None
         body = None
-        if template is not None and template.startswith(REST_PREFIX + "/") and request.can_read_body:
+        if template is not None and template.startswith(REST_PREFIX + "/") and request.body_exists:
             with contextlib.suppress(BadJson):
                 body = await read_json(request)  # kept by aiohttp: the handler reads it again
         name = stream_named(template, request.match_info, body)
@@ -105,7 +110,7 @@ class Forwarder:
     async def _forward(self, request: web.Request, owner: int, name: str) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         headers[PEER_HEADER] = request.remote or ""
-        body = await request.read() if request.can_read_body else None
+        body = await request.read() if request.body_exists else None
         path = http_socket(self.link.place.runtime_dir, owner)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
         async with aiohttp.ClientSession(
@@ -125,15 +130,22 @@ class Forwarder:
                     {"error": f"the worker holding stream {name[:200]!r} does not answer"}, status=502
                 )
             async with upstream:
-                return await _relay(request, upstream)
+                return await _relay(
+                    request,
+                    upstream,
+                    {WORKER_HEADER: str(self.link.place.index), FORWARDED_HEADER: str(owner)},
+                )
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, extra: dict[str, str]
+) -> web.StreamResponse:
     """Stream ``upstream``'s answer to the client until it ends or the client leaves."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     for key, value in upstream.headers.items():
         if key.lower() not in HOP_HEADERS:
             response.headers.add(key, value)
+    response.headers.update(extra)
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     await response.prepare(request)

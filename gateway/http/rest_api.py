@@ -338,7 +338,9 @@ def _metrics(stream: Stream | None, nack: int, pli: int, lost: int) -> dict[str,
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.method == "GET" or not request.can_read_body:
+    # body_exists, not can_read_body: a worker of several may have read it already to see
+    # which stream it names (aiohttp keeps it for read()).
+    if request.method == "GET" or not request.body_exists:
         return {}
     try:
         body = await read_json(request)
