@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,17 @@ async def connect(gateway: GatewayProcess) -> AsyncIterator[Callable[[], Awaitab
     yield open_client
     for client in opened:
         await client.close()
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """`skyrelay serve --workers 2` (no MQTT broker), one per test module."""
+    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
+    gw.start(tmp_path_factory.mktemp("workers"))
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture

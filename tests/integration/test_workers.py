@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,6 @@ Connect = Callable[[], Awaitable[WcsClient]]
 # Connections are spread by the kernel; this many tries land on both workers in practice
 # (each try is a coin toss: 2^-30 to miss one).
 TRIES = 30
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
-    gw.start(tmp_path_factory.mktemp("workers"))
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 @pytest_asyncio.fixture

@@ -15,11 +15,10 @@ import json
 import os
 import signal
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import pytest
 import pytest_asyncio
 
 from gateway.wcs.client import WcsClient
@@ -28,16 +27,6 @@ from tests.integration.test_workers import TRIES, play_on, worker_of, worker_pid
 
 Reply = tuple[int, dict[str, str], bytes]
 NAMES = (f"w-http-{n}" for n in itertools.count())  # each test its own: a name is freed a little later
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
-    gw.start(tmp_path_factory.mktemp("workers-http"))
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 class Asker:
