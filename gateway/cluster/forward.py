@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.cluster.worker import WorkerLink
 from gateway.http.json_body import BadJson, read_json
@@ -108,7 +109,8 @@ class Forwarder:
         return self.link.owner_elsewhere(registry.resolve(name)), name
 
     async def _forward(self, request: web.Request, owner: int, name: str) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # Set, not added: a client's own X-Skyrelay-Peer (any case) goes, only ours says who it is.
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS)
         headers[PEER_HEADER] = request.remote or ""
         body = await request.read() if request.body_exists else None
         path = http_socket(self.link.place.runtime_dir, owner)

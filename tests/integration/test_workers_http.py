@@ -156,7 +156,13 @@ async def test_requests_about_a_stream_are_answered_by_its_worker(
 
     # A control (loopback only without api_token): the worker holding it sees the client's
     # address, so it is not refused (403) but answered (no device behind this stream: 404).
-    control = await ask.on_both("POST", f"/api/streams/{quoted}/quality", json={"video_quality": 1})
+    # A client cannot pose as another address (here one that would be refused) either.
+    control = await ask.on_both(
+        "POST",
+        f"/api/streams/{quoted}/quality",
+        json={"video_quality": 1},
+        headers={"x-skyrelay-peer": "203.0.113.9"},
+    )
     for worker, (status, headers, body) in control.items():
         assert status == 404 and b"No device" in body, body
         assert answered_by(worker, headers) == owner
