@@ -347,8 +347,10 @@ class Supervisor:
         from gateway.http import metrics  # what workers import; the control process rarely needs it
 
         figures: dict[str, Any] = {"pid": os.getpid(), "mqtt_broker": self.broker is not None}
+        if self.dji is not None:
+            figures["mqtt_links"] = {"dji": self.dji.mqtt.connected.is_set()}
         if what == "metrics":
-            figures["metrics"] = metrics.render_outputs(metrics.Outputs(broker=self.broker))
+            figures["metrics"] = metrics.render_control(self.dji, metrics.Outputs(broker=self.broker))
         return figures
 
     def deliver(self, notice: Notice) -> None:

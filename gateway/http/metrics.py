@@ -109,9 +109,11 @@ def _streams(registry: StreamRegistry) -> list[Family]:
     return [count, viewers, bitrate, fps, source, frames, requests]
 
 
-def render_outputs(outputs: Outputs) -> str:
-    """The outputs' series alone (the control process of several workers: its broker's)."""
-    return "".join(line + "\n" for family in _outputs(outputs) for line in family.lines())
+def render_control(dji: DjiBridge | None, outputs: Outputs) -> str:
+    """The series of the control process of several workers: its DJI bridge's and its
+    outputs' (the embedded broker)."""
+    families = [*(_dji(dji) if dji is not None else []), *_outputs(outputs)]
+    return "".join(line + "\n" for family in families for line in family.lines())
 
 
 def _sessions(wcs: WcsServer) -> list[Family]:
