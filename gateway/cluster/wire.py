@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.jsonobj import loads_object
 from gateway.media.stream import MediaFrame
 
 _LENGTH = struct.Struct("!I")
@@ -52,13 +53,7 @@ def json_frame(kind: Kind, message: dict[str, Any]) -> bytes:
 
 
 def json_payload(payload: bytes) -> dict[str, Any]:
-    try:
-        message = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise WireError(f"not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise WireError("not a JSON object")
-    return message
+    return loads_object(payload, WireError, "not JSON", "not a JSON object")
 
 
 class FrameReader:

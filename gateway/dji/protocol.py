@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from gateway.jsonobj import loads_object
+
 # A device message larger than this is not a live-streaming message: refuse it unparsed.
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SN = 64
@@ -112,12 +114,7 @@ def parse_envelope(payload: bytes | str) -> Envelope:
     size = len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
     if size > MAX_PAYLOAD_BYTES:
         raise DjiProtocolError(f"message of {size} bytes is over {MAX_PAYLOAD_BYTES}")
-    try:
-        message = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise DjiProtocolError(f"message is not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise DjiProtocolError("message is not a JSON object")
+    message = loads_object(payload, DjiProtocolError, "message is not JSON", "message is not a JSON object")
     tid, bid = message.get("tid"), message.get("bid")
     if not isinstance(tid, str) or not tid:
         raise DjiProtocolError("message has no 'tid' string")

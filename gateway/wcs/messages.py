@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from gateway.jsonobj import loads_object
+
 # The name rule is shared by every ingress; re-exported (``as``) for this module's users.
 from gateway.media.names import MAX_STREAM_NAME as MAX_STREAM_NAME
 from gateway.media.names import validate_stream_name as validate_stream_name
@@ -171,12 +173,9 @@ def api_name(msg: ClientMessage) -> str:
 
 def parse_frame(text: str | bytes) -> ClientMessage:
     """Parse one client text frame. Raises ProtocolError with a readable ``info``."""
-    try:
-        frame = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"Frame is not JSON: {exc}") from None
-    if not isinstance(frame, dict):
-        raise ProtocolError("Frame must be a JSON object with 'message' and 'data'")
+    frame = loads_object(
+        text, ProtocolError, "Frame is not JSON", "Frame must be a JSON object with 'message' and 'data'"
+    )
     name = frame.get("message")
     if not isinstance(name, str) or not name:
         raise ProtocolError("Frame has no 'message' name")

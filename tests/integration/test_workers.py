@@ -13,12 +13,11 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import websockets
 
 from gateway.dji.camera_sim import RtmpCameraPush
@@ -35,17 +34,10 @@ Connect = Callable[[], Awaitable[WcsClient]]
 TRIES = 30
 
 
-@pytest_asyncio.fixture
-async def clients(workers: GatewayProcess) -> AsyncIterator[Connect]:
-    opened: list[WcsClient] = []
-
-    async def connect() -> WcsClient:
-        client = await WcsClient.connect(workers.ws_url)
-        opened.append(client)
-        return client
-
-    yield connect
-    await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
+@pytest.fixture(scope="module")
+def gateway(workers: GatewayProcess) -> GatewayProcess:
+    """The module's gateway is the two-worker one (the `connect` fixture opens clients to it)."""
+    return workers
 
 
 def worker_of(stream: ClientStream, gateway: GatewayProcess) -> int:
@@ -57,17 +49,28 @@ def worker_of(stream: ClientStream, gateway: GatewayProcess) -> int:
     return ports.pop() - gateway.webrtc_port
 
 
+OpenStream = Callable[[WcsClient, int], Awaitable[ClientStream]]
+
+
+async def landed_on(
+    connect: Connect, gateway: GatewayProcess, worker: int, start: OpenStream
+) -> tuple[WcsClient, ClientStream]:
+    """A client whose connection landed on ``worker``, with the stream ``start`` opened on it
+    (told the attempt's number)."""
+    for attempt in range(TRIES):
+        client = await connect()
+        stream = await start(client, attempt)
+        if worker_of(stream, gateway) == worker:
+            return client, stream
+        await client.close()
+    raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
+
+
 async def play_on(
     connect: Connect, gateway: GatewayProcess, name: str, worker: int
 ) -> tuple[WcsClient, ClientStream]:
     """A player of ``name`` whose connection landed on ``worker``."""
-    for _ in range(TRIES):
-        client = await connect()
-        player = await client.play(name)
-        if worker_of(player, gateway) == worker:
-            return client, player
-        await client.close()
-    raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
+    return await landed_on(connect, gateway, worker, lambda client, _: client.play(name))
 
 
 async def publish_on(
@@ -75,14 +78,13 @@ async def publish_on(
 ) -> tuple[WcsClient, ClientStream]:
     """A publisher of ``name`` whose connection landed on ``worker`` (found with a throwaway
     publish first: a name published on the wrong worker would be busy for a moment)."""
-    for attempt in range(TRIES):
-        client = await connect()
-        probe = await client.publish(f"{name}-probe-{attempt}", [track])
-        if worker_of(probe, gateway) == worker:
-            await probe.stop()
-            return client, await client.publish(name, [track])
-        await client.close()
-    raise AssertionError(f"no connection landed on worker {worker} in {TRIES} tries")
+
+    async def probe(client: WcsClient, attempt: int) -> ClientStream:
+        return await client.publish(f"{name}-probe-{attempt}", [track])
+
+    client, found = await landed_on(connect, gateway, worker, probe)
+    await found.stop()
+    return client, await client.publish(name, [track])
 
 
 def worker_pids(gateway: GatewayProcess) -> dict[int, int]:
@@ -91,9 +93,9 @@ def worker_pids(gateway: GatewayProcess) -> dict[int, int]:
 
 
 async def test_publish_on_one_worker_play_on_both(
-    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+    workers: GatewayProcess, connect: Connect, video_track: Callable[[], object]
 ) -> None:
-    pub_client = await clients()
+    pub_client = await connect()
     publisher = await pub_client.publish("w-cross", [video_track()])
     await publisher.wait_status("PUBLISHING")
     owner = worker_of(publisher, workers)
@@ -101,7 +103,7 @@ async def test_publish_on_one_worker_play_on_both(
 
     counters = []
     for worker in (other, owner):
-        _, player = await play_on(clients, workers, "w-cross", worker)
+        _, player = await play_on(connect, workers, "w-cross", worker)
         await player.wait_status("PLAYING")
         counters.append(FrameCounter(player).start())
     for counter in counters:
@@ -109,7 +111,7 @@ async def test_publish_on_one_worker_play_on_both(
     assert len(workers.log_events("media_link_opened", stream="w-cross")) == 1
 
     # A second player on the other worker shares the one link.
-    _, second = await play_on(clients, workers, "w-cross", other)
+    _, second = await play_on(connect, workers, "w-cross", other)
     await second.wait_status("PLAYING")
     extra = FrameCounter(second).start()
     await extra.wait_frames(10)
@@ -123,15 +125,15 @@ async def test_publish_on_one_worker_play_on_both(
 
 
 async def test_a_name_is_unique_across_workers(
-    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+    workers: GatewayProcess, connect: Connect, video_track: Callable[[], object]
 ) -> None:
-    pub_client = await clients()
+    pub_client = await connect()
     publisher = await pub_client.publish("w-unique", [video_track()])
     await publisher.wait_status("PUBLISHING")
     owner = worker_of(publisher, workers)
     for worker in (1 - owner, owner):
         # A connection on that worker (its play says where it is) publishing the same name.
-        client, player = await play_on(clients, workers, "w-unique", worker)
+        client, player = await play_on(connect, workers, "w-unique", worker)
         with pytest.raises(WcsError, match=INFO_NAME_IN_USE):
             await client.publish("w-unique", [video_track()])
     # The first one is untouched, and after it the name is free on either worker.
@@ -142,7 +144,7 @@ async def test_a_name_is_unique_across_workers(
     async with asyncio.timeout(10):
         while True:
             try:
-                _, anew = await publish_on(clients, workers, "w-unique", 1 - owner, video_track())
+                _, anew = await publish_on(connect, workers, "w-unique", 1 - owner, video_track())
                 break
             except WcsError as exc:
                 assert INFO_NAME_IN_USE in str(exc)
@@ -151,17 +153,17 @@ async def test_a_name_is_unique_across_workers(
 
 
 async def test_a_killed_worker_is_restarted_and_the_other_keeps_streaming(
-    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+    workers: GatewayProcess, connect: Connect, video_track: Callable[[], object]
 ) -> None:
     pids = worker_pids(workers)
-    _, doomed_pub = await publish_on(clients, workers, "w-doomed", 0, video_track())
+    _, doomed_pub = await publish_on(connect, workers, "w-doomed", 0, video_track())
     await doomed_pub.wait_status("PUBLISHING")
-    _, survivor_pub = await publish_on(clients, workers, "w-survivor", 1, video_track())
+    _, survivor_pub = await publish_on(connect, workers, "w-survivor", 1, video_track())
     await survivor_pub.wait_status("PUBLISHING")
     # On worker 1: a viewer of worker 0's stream (a mirror) and one of its own.
-    _, mirror_player = await play_on(clients, workers, "w-doomed", 1)
+    _, mirror_player = await play_on(connect, workers, "w-doomed", 1)
     await mirror_player.wait_status("PLAYING")
-    _, survivor_player = await play_on(clients, workers, "w-survivor", 1)
+    _, survivor_player = await play_on(connect, workers, "w-survivor", 1)
     await survivor_player.wait_status("PLAYING")
     survivor = FrameCounter(survivor_player).start()
     await survivor.wait_frames(10)
@@ -180,7 +182,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_keeps_streaming(
         )[1:]:
             await asyncio.sleep(0.1)
     assert workers.log_events("worker_died", worker=0)
-    _, again = await publish_on(clients, workers, "w-doomed", 1, video_track())
+    _, again = await publish_on(connect, workers, "w-doomed", 1, video_track())
     await again.wait_status("PUBLISHING")
     assert workers.health()["status"] == "ok"
     await survivor.stop()
@@ -196,7 +198,7 @@ def test_a_busy_port_fails_the_start_naming_it(tmp_path: Path) -> None:
 
 
 async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
-    workers: GatewayProcess, clients: Connect, clip_units: Any
+    workers: GatewayProcess, connect: Connect, clip_units: Any
 ) -> None:
     push = RtmpCameraPush(f"rtmp://127.0.0.1:{workers.rtmp_port}/live/w-rtmp", clip_units, fps=30)
     push.start()
@@ -204,7 +206,7 @@ async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
         async with asyncio.timeout(20):  # claimed at the RTMP publish, playable from its first keyframe
             while True:
                 try:
-                    probe_client = await clients()
+                    probe_client = await connect()
                     await probe_client.play("w-rtmp")
                     break
                 except WcsError as exc:
@@ -212,7 +214,7 @@ async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
                     await asyncio.sleep(0.2)
         counters = []
         for worker in (0, 1):
-            _, player = await play_on(clients, workers, "w-rtmp", worker)
+            _, player = await play_on(connect, workers, "w-rtmp", worker)
             await player.wait_status("PLAYING")
             counters.append(FrameCounter(player).start())
         for counter in counters:
@@ -228,14 +230,14 @@ async def test_an_rtmp_push_plays_over_webrtc_in_both_workers_and_over_rtsp(
 
 
 async def test_keyframe_requests_events_and_availability_cross_workers(
-    workers: GatewayProcess, clients: Connect, video_track: Callable[[], object]
+    workers: GatewayProcess, connect: Connect, video_track: Callable[[], object]
 ) -> None:
-    pub_client = await clients()
+    pub_client = await connect()
     publisher = await pub_client.publish("w-events", [video_track()])
     plis = count_plis(publisher.pc)
     await publisher.wait_status("PUBLISHING")
     owner = worker_of(publisher, workers)
-    play_client, player = await play_on(clients, workers, "w-events", 1 - owner)
+    play_client, player = await play_on(connect, workers, "w-events", 1 - owner)
     await player.wait_status("PLAYING")
     counter = FrameCounter(player).start()
     await counter.wait_frames(5)
