@@ -26,11 +26,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from gateway.media.synthetic import make_h264_clip
 
-from .orchestrate import CLIP, Bench, free_port, log
+from .orchestrate import CLIP, Bench, _raise_interrupt, free_port, log
 from .procs import Child, ChildError, Process, cpu_sample
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -366,10 +366,6 @@ def report(bench: IngestBench) -> str:
             + ", ".join(f"{kind} {ratio:.2f}" for kind, ratio in ratios.items())
         )
     return "\n".join(out)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
