@@ -134,6 +134,7 @@ class Gateway:
             viewer_queue_frames=config.viewer_queue_frames,
             fast_fanout=config.fast_fanout,
             fanout_floor=config.fanout_floor,
+            fast_receive=config.fast_receive,
         )
         floor.want_gso(config.fanout_gso)
         self.wcs = WcsServer(

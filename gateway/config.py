@@ -126,6 +126,9 @@ class Config:
     fanout_floor: bool = True
     # The floor sends a burst whose packet sizes allow it with one UDP GSO sendmsg.
     fanout_gso: bool = False
+    # A publisher's SRTP packets handled as they arrive, synchronously (aiortc_compat's fast
+    # receive path); false: through aiortc's receive task, packet by packet.
+    fast_receive: bool = True
     # The most telemetry messages a player (WebSocket or data channel) or an SSE client gets
     # per second per stream; the newest sample wins. A player may ask for fewer.
     telemetry_rate: float = 10.0

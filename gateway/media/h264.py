@@ -15,6 +15,13 @@ START_CODE = b"\x00\x00\x00\x01"
 
 def iter_nal_units(data: bytes) -> Iterator[bytes]:
     """Yield the NAL units (without start codes) of an Annex-B byte string."""
+    for start, end in _nal_spans(data):
+        yield data[start:end]
+
+
+def _nal_spans(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each non-empty NAL unit of an Annex-B byte string: `iter_nal_units`
+    without copying the units, for scans that only read their headers."""
     n = len(data)
     i = data.find(b"\x00\x00\x01")
     while 0 <= i < n:
@@ -23,11 +30,10 @@ def iter_nal_units(data: bytes) -> Iterator[bytes]:
         if j < 0:
             end = n
         else:
+            # a 4-byte start code leaves a zero at the end of the previous unit
             end = j - 1 if data[j - 1] == 0 else j
-        # a 4-byte start code leaves a zero at the end of the previous unit
-        nal = data[start:end]
-        if nal:
-            yield nal
+        if end > start:
+            yield start, end
         i = j
 
 
@@ -162,28 +168,39 @@ class ParameterSetCache:
     def __init__(self) -> None:
         self.sps: bytes | None = None
         self.pps: bytes | None = None
+        # The last SPS parsed and its picture size: encoders repeat the same SPS before
+        # every IDR, so it is parsed once, not once per keyframe.
+        self._parsed_sps: bytes | None = None
+        self._parsed_dims: tuple[int, int] | None = None
 
     def process(self, access_unit: bytes) -> tuple[bytes, bool, tuple[int, int] | None]:
         """Return (access unit, is keyframe, dimensions if an SPS was seen)."""
         has_sps = has_pps = idr = False
         dims: tuple[int, int] | None = None
-        for nal in iter_nal_units(access_unit):
-            kind = nal[0] & 0x1F
+        # Per access unit: only the NAL headers are read; SPS/PPS alone are copied out.
+        for start, end in _nal_spans(access_unit):
+            kind = access_unit[start] & 0x1F
             if kind == NAL_SPS:
                 has_sps = True
-                self.sps = nal
-                try:
-                    dims = sps_dimensions(nal)
-                except (ValueError, IndexError):
-                    dims = None
+                self.sps = access_unit[start:end]
+                dims = self._dimensions(self.sps)
             elif kind == NAL_PPS:
                 has_pps = True
-                self.pps = nal
+                self.pps = access_unit[start:end]
             elif kind == NAL_IDR:
                 idr = True
         if idr and not (has_sps and has_pps) and self.sps and self.pps:
             access_unit = self._with_parameter_sets(access_unit, has_sps, has_pps)
         return access_unit, idr, dims
+
+    def _dimensions(self, sps: bytes) -> tuple[int, int] | None:
+        if sps != self._parsed_sps:
+            try:
+                self._parsed_dims = sps_dimensions(sps)
+            except (ValueError, IndexError):
+                self._parsed_dims = None
+            self._parsed_sps = sps
+        return self._parsed_dims
 
     def _with_parameter_sets(self, access_unit: bytes, has_sps: bool, has_pps: bool) -> bytes:
         """Insert the missing SPS before the first PPS or slice and the missing PPS before

@@ -278,6 +278,27 @@ def test_latest_parameter_sets_win(encoded: dict[str, bytes]) -> None:
     assert h264.sps_dimensions(first_nal(out, NAL_SPS)) == (1920, 1080)
 
 
+def test_a_repeated_sps_is_parsed_once_and_a_new_one_again(
+    encoded: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The picture size is read from each distinct SPS once (encoders repeat the same SPS
+    before every IDR); a different SPS, and the first one again after it, are read anew."""
+    parsed: list[bytes] = []
+    real = h264.sps_dimensions
+
+    def counting(sps: bytes) -> tuple[int, int]:
+        parsed.append(sps)
+        return real(sps)
+
+    monkeypatch.setattr(h264, "sps_dimensions", counting)
+    cache = ParameterSetCache()
+    small = annexb(access_units(encoded["320x240-baseline"])[0])
+    large = annexb(access_units(encoded["1920x1080-high"])[0])
+    sizes = [cache.process(unit)[2] for unit in (small, small, small, large, large, small)]
+    assert sizes == [(320, 240)] * 3 + [(1920, 1080)] * 2 + [(320, 240)]
+    assert [real(sps) for sps in parsed] == [(320, 240), (1920, 1080), (320, 240)]
+
+
 def test_unparsable_sps_is_cached_without_dimensions() -> None:
     cache = ParameterSetCache()
     out, key, dims = cache.process(SC4 + b"\x67" + SC4 + b"\x68\xbb" + SC4 + b"\x65\x01")

@@ -61,6 +61,7 @@ from gateway.media.sources.rtsp_push import AuthorizePublish, RtspPush
 from gateway.media.stream import Stream
 from gateway.net_limits import ConnectionLimits
 from gateway.tasks import TaskSet
+from gateway.watchdog import ReadWatchdog
 
 log = get_logger(__name__)
 
@@ -277,18 +278,16 @@ class _Connection:
         if server.socket_send_buffer is not None and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.socket_send_buffer)
         reason = "closed by the peer"
+        # UDP datagrams of the session keep it alive as well as the connection does.
+        watchdog = ReadWatchdog(
+            self.reader, writer.transport, lambda: self.last_activity + server.session_timeout
+        )
         try:
             while not rtsp.closed:
-                # UDP datagrams of the session keep it alive as well as the connection does.
-                remaining = self.last_activity + server.session_timeout - self.loop.time()
-                if remaining <= 0:
+                data = await self.reader.read(65536)
+                if watchdog.expired:
                     reason = "session timeout"
                     break
-                try:
-                    async with asyncio.timeout(remaining):
-                        data = await self.reader.read(65536)
-                except TimeoutError:
-                    continue
                 if not data:
                     break
                 self.last_activity = self.loop.time()
@@ -310,6 +309,7 @@ class _Connection:
         except asyncio.CancelledError:
             reason = "server stopped"
         finally:
+            watchdog.cancel()
             self._end(reason)
             writer.close()
             # A peer that reads nothing would hold the close (and the server's stop) forever.

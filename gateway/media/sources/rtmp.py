@@ -41,6 +41,7 @@ from gateway.media.rtmp.protocol import (
 )
 from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
 from gateway.net_limits import ConnectionLimits
+from gateway.watchdog import ReadWatchdog
 
 log = get_logger(__name__)
 
@@ -203,14 +204,16 @@ class RtmpIngestServer:
         push: RtmpPush | None = None
         loop = asyncio.get_running_loop()
         opened = last_data = loop.time()
+
+        def deadline() -> tuple[float, str]:
+            return self.deadlines.next(opened, last_data, rtmp.handshake_done, push is not None)
+
+        watchdog = ReadWatchdog(reader, writer.transport, lambda: deadline()[0])
         try:
             while not rtmp.closed:
-                deadline, why = self.deadlines.next(opened, last_data, rtmp.handshake_done, push is not None)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        data = await reader.read(65536)
-                except TimeoutError:
-                    log.info("rtmp_connection_timed_out", peer=peer, reason=why)
+                data = await reader.read(65536)
+                if watchdog.expired:
+                    log.info("rtmp_connection_timed_out", peer=peer, reason=deadline()[1])
                     break
                 last_data = loop.time()
                 for event in rtmp.receive_data(data):
@@ -229,11 +232,8 @@ class RtmpIngestServer:
                 if out:
                     writer.write(out)
                     # A peer that sends commands and reads no reply is held to the same deadline.
-                    deadline, why = self.deadlines.next(
-                        opened, last_data, rtmp.handshake_done, push is not None
-                    )
                     try:
-                        async with asyncio.timeout_at(deadline):
+                        async with asyncio.timeout_at(deadline()[0]):
                             await writer.drain()
                     except TimeoutError:
                         log.info("rtmp_connection_timed_out", peer=peer, reason="the peer reads nothing")
@@ -246,6 +246,7 @@ class RtmpIngestServer:
             # A bug must end this connection in the JSON log, not as a bare traceback.
             log.exception("rtmp_connection_failed", peer=peer)
         finally:
+            watchdog.cancel()
             if push is not None:
                 self._end(push, "connection closed")
             writer.close()

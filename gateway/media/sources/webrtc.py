@@ -88,7 +88,8 @@ class WebRtcPublisher:
         if kind == "video":
             self._video_receiver = receiver
             self._count_feedback(receiver)
-        passthrough.install(receiver, self._on_video_frame if kind == "video" else self._on_audio_frame)
+        deliver = self._on_video_frame if kind == "video" else self._on_audio_frame
+        passthrough.install(receiver, deliver, fast=self.peer.settings.fast_receive)
 
     def _count_feedback(self, receiver: RTCRtpReceiver) -> None:
         feedback = aiortc_compat.receiver_feedback(receiver)

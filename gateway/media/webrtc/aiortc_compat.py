@@ -19,6 +19,8 @@ What each feature falls back to when its internals are missing:
 - ``ice_workarounds`` (host address choice, consent-task leak guard): aioice's defaults;
 - ``port_mux`` (all sessions on one UDP and one TCP port): none; when the ports are
   configured the start fails naming what is missing;
+- ``fast_receive`` (a publisher's SRTP unprotected, parsed and handled in the datagram's
+  own callback, `install_fast_receive`): aiortc's receive task, packet by packet;
 - ``fanout_floor`` (each viewer's access unit protected in place by libsrtp and written with
   one ``sendmmsg``/GSO ``sendmsg``/TCP write, `floor.py`): the fast fan-out's per-packet
   ``Session.protect`` and ``sendto``. Besides the names, `check()` runs the floor once on a
@@ -27,6 +29,7 @@ What each feature falls back to when its internals are missing:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 from collections.abc import Awaitable, Callable, Iterator
@@ -220,9 +223,178 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
     return receiver._send_rtcp_pli(media_ssrc)
 
 
+# --- the fast receive path ---------------------------------------------------------------------
+
+# What a receiver's RTP handling reads and writes (name-mangled privates of RTCRtpReceiver).
+_RECEIVER_STATE = (
+    "_RTCRtpReceiver__remote_bitrate_estimator",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    "_RTCRtpReceiver__active_ssrc",
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__nack_generator",
+    "_RTCRtpReceiver__jitter_buffer",
+    "_RTCRtpReceiver__timestamp_mapper",
+)
+_FAST_HANDLERS = "_skyrelay_fast_rtp"  # on the DTLS transport: receiver -> its handler
+
+RtpHandler = Callable[[Any, int], None]
+
+
+def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -> RtpHandler:
+    """A synchronous stand-in for ``RTCRtpReceiver._handle_rtp_packet`` (aiortc 1.16) that
+    hands each complete ``(codec, JitterFrame)`` to ``deliver`` instead of the decoder
+    queue. It keeps what a relayed publisher needs, in aiortc's order: REMB from the
+    bitrate estimator, the active-SSRC stamps, the per-SSRC statistics (loss, receiver
+    reports), RTX unwrapping, NACKs, depayloading, the jitter buffer and its PLIs. The RTCP
+    it sends (rare: NACK, PLI, REMB) goes out as tasks. Not done: the per-packet debug log
+    and the decoder-error PLI (nothing decodes). Raises AttributeError if this aiortc lacks
+    a name (the caller keeps the stock path)."""
+    import aiortc.rtcrtpreceiver as rr
+    from aiortc.codecs import depayload, is_rtx
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unwrap_rtx
+
+    (estimator, _, active, codecs, streams, rtx_ssrcs, nacks, jitter, mapper) = (
+        getattr(receiver, name) for name in _RECEIVER_STATE
+    )
+    stream_statistics, current_datetime = rr.StreamStatistics, rr.clock.current_datetime
+    send_rtcp = receiver._send_rtcp
+    rtcp_ssrc_name = _RECEIVER_STATE[1]
+    pending: set[asyncio.Future[None]] = set()  # the RTCP sends in flight, held until done
+
+    def spawn(work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def handle(packet: Any, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            rtcp_ssrc = getattr(receiver, rtcp_ssrc_name)  # set late, by the first RTCP
+            if rtcp_ssrc is not None and remb is not None:
+                fci = pack_remb_fci(*remb)
+                spawn(send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci)))
+        active[packet.ssrc] = current_datetime()
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = stream_statistics(codec.clockRate)
+        stats.add(packet)
+        if is_rtx(codec):
+            original_ssrc = rtx_ssrcs.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if (
+                original_ssrc is None
+                or len(packet.payload) < 2
+                or not isinstance(apt, int)
+                or apt not in codecs
+            ):
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+            codec = codecs[apt]
+        if nacks is not None and nacks.add(packet):
+            # Looked up per call: the publisher counts them by wrapping this name.
+            spawn(receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing)))
+        try:
+            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+        except ValueError:
+            return
+        pli_flag, frame = jitter.add(packet)
+        if pli_flag:
+            spawn(receiver._send_rtcp_pli(packet.ssrc))
+        if frame is not None:
+            frame.timestamp = mapper.map(frame.timestamp)
+            deliver((codec, frame))
+
+    return handle
+
+
+def install_fast_receive(receiver: RTCRtpReceiver, handler: RtpHandler) -> bool:
+    """Have SRTP packets for ``receiver`` taken off its ICE connection as they arrive
+    (``Connection.data_received``, on the instance): unprotected, parsed, routed and handed
+    to ``handler`` synchronously, instead of queued for the DTLS transport's receive task
+    (one task wake-up and a coroutine chain per packet). DTLS, SRTCP and anything before
+    SRTP is keyed still take aiortc's path; so do packets routed to a receiver without a
+    handler, and any datagram while earlier ones still wait in the connection's queue (so
+    order is kept across the switch). Call once the receiver has started (DTLS connected).
+    False (nothing changed) if this aiortc lacks a name."""
+    from aiortc import clock
+    from aiortc.rtcdtlstransport import State
+    from aiortc.rtp import RtpPacket, is_rtcp
+
+    dtls = receiver.transport
+    try:
+        connection = dtls.transport._connection
+        backlog: asyncio.Queue[Any] = connection._queue
+        router, extensions = dtls._rtp_router, dtls._rtp_header_extensions_map
+        if dtls._rx_srtp is None or not callable(connection.data_received):
+            return False
+    except AttributeError:
+        return False
+    handlers: dict[Any, RtpHandler] | None = getattr(dtls, _FAST_HANDLERS, None)
+    if handlers is not None:
+        handlers[receiver] = handler
+        return True
+    handlers = {receiver: handler}
+    setattr(dtls, _FAST_HANDLERS, handlers)
+    stock = connection.data_received
+    now_ms = clock.current_ms
+    connected = State.CONNECTED
+    parse = RtpPacket.parse
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = dtls._rx_srtp
+        # While datagrams wait for the receive task (DTLS, SRTCP, RTP from before the switch),
+        # this one queues behind them: the jitter buffer must see RTP in arrival order.
+        if (
+            not (127 < data[0] < 192)
+            or is_rtcp(data)
+            or backlog.qsize()
+            or srtp is None
+            or dtls._state != connected
+        ):
+            stock(data, component)
+            return
+        arrival_ms = now_ms()
+        try:
+            packet = parse(srtp.unprotect(data), extensions)
+        except (pylibsrtp.Error, ValueError):
+            return  # what aiortc does: dropped (replayed, forged, truncated)
+        target = router.route_rtp(packet)
+        if target is None:
+            return
+        fast = handlers.get(target)
+        if fast is not None:
+            fast(packet, arrival_ms)
+        else:
+            # Not ours: aiortc's own handling, as a task in arrival order.
+            asyncio.ensure_future(target._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
+
+    connection.data_received = data_received  # type: ignore[method-assign]
+    return True
+
+
 # --- the start-up check ------------------------------------------------------------------------
 
-FEATURES = ("fast_fanout", "decoder_tap", "rtcp_feedback", "ice_workarounds", "port_mux", "fanout_floor")
+FEATURES = (
+    "fast_fanout",
+    "decoder_tap",
+    "rtcp_feedback",
+    "ice_workarounds",
+    "port_mux",
+    "fanout_floor",
+    "fast_receive",
+)
 
 
 _OWNERS = {
@@ -297,6 +469,17 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fanout_floor", "srtp_binding", "ffi"),
     Internal("fanout_floor", "srtp_binding", "lib"),
     Internal("fanout_floor", "srtp_lib", "srtp_protect"),
+    *(Internal("fast_receive", "receiver", name) for name in _RECEIVER_STATE),
+    Internal("fast_receive", "receiver", "_enabled", bool),
+    Internal("fast_receive", "receiver", "_send_rtcp"),
+    Internal("fast_receive", "receiver", "_handle_rtp_packet"),
+    Internal("fast_receive", "dtls", "_rx_srtp"),
+    Internal("fast_receive", "dtls", "_state"),
+    Internal("fast_receive", "dtls", "_rtp_router"),
+    Internal("fast_receive", "dtls", "_rtp_header_extensions_map"),
+    Internal("fast_receive", "ice", "_connection", aioice.ice.Connection),
+    Internal("fast_receive", "connection", "data_received"),
+    Internal("fast_receive", "connection", "_queue", asyncio.Queue),
 )
 
 
@@ -388,6 +571,7 @@ async def check(port_mux: bool) -> Report:
         ice_workarounds=report.available("ice_workarounds"),
         port_mux=report.available("port_mux") if port_mux else "off",
         fanout_floor=report.available("fanout_floor"),
+        fast_receive=report.available("fast_receive"),
         floor_gso=floor.gso_available(),
         missing=report.all_missing() or None,
     )

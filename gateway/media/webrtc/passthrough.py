@@ -45,9 +45,11 @@ class EncodedFrameTap:
         return self._stop.get()
 
 
-def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
+def install(receiver: RTCRtpReceiver, deliver: FrameCallback, *, fast: bool = True) -> None:
     """Make ``receiver`` hand encoded frames to ``deliver``. Call before it starts. Raises
-    `aiortc_compat.InternalsMissing` (a RuntimeError) if this aiortc has no decoder queue."""
+    `aiortc_compat.InternalsMissing` (a RuntimeError) if this aiortc has no decoder queue.
+    With ``fast``, once started its RTP is handled synchronously as each datagram arrives
+    (`aiortc_compat.install_fast_receive`), where this aiortc allows it."""
     tap = EncodedFrameTap(deliver)
     aiortc_compat.replace_decoder_queue(receiver, tap)
     start = receiver.receive
@@ -57,8 +59,28 @@ def install(receiver: RTCRtpReceiver, deliver: FrameCallback) -> None:
         # aiortc has just started its decoder thread; with nothing to decode, let it end
         # now rather than idle for the life of the stream (frames keep coming to the tap).
         tap.put(None)
+        if fast:
+            _fast_receive(receiver, tap)
 
     receiver.receive = receive  # type: ignore[method-assign]
+
+
+def _fast_receive(receiver: RTCRtpReceiver, tap: EncodedFrameTap) -> None:
+    """Per packet, aiortc's path costs a queue hand-over to the DTLS transport's receive task
+    and a chain of coroutines; the synchronous one does the same work in the datagram's own
+    callback. Without it (another aiortc), the stock path stays, logged once."""
+    global _fast_receive_missing_logged
+    try:
+        handler = aiortc_compat.fast_rtp_handler(receiver, tap.put)
+        installed = aiortc_compat.install_fast_receive(receiver, handler)
+    except AttributeError:
+        installed = False
+    if not installed and not _fast_receive_missing_logged:
+        _fast_receive_missing_logged = True
+        log.warning("fast_receive_unavailable", reason="this aiortc lacks what it needs")
+
+
+_fast_receive_missing_logged = False
 
 
 def packets_lost(receiver: RTCRtpReceiver) -> int:

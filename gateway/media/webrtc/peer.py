@@ -24,6 +24,9 @@ class RtcSettings:
     fast_fanout: bool = True
     # With it, each viewer's access unit in one burst (floor.py); off: per packet.
     fanout_floor: bool = True
+    # A publisher's RTP handled synchronously as it arrives (passthrough.py); off: aiortc's
+    # receive task per packet.
+    fast_receive: bool = True
     # The shared WebRTC UDP/TCP ports (None: each peer connection opens its own sockets).
     ice_mux: IceMux | None = None
 
