@@ -21,7 +21,7 @@ import structlog
 from aioice.candidate import Candidate
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
 
 from gateway.media import h264
 from gateway.media.synthetic import EncodedVideoTrack, make_h264_clip, read_access_units
@@ -386,3 +386,38 @@ async def test_fast_receive_nacks_a_lost_packet_and_counts_it() -> None:
             while len(got.frames) < before + 30:  # frames still come after the loss
                 await asyncio.sleep(0.02)
         assert len(got.nacks[0]) == 1
+
+
+def rtp(seq: int, timestamp: int, marker: bool = False, data: bytes = b"") -> RtpPacket:
+    packet = RtpPacket(sequence_number=seq, timestamp=timestamp, marker=int(marker))
+    packet._data = data or bytes([seq & 0xFF])  # type: ignore[attr-defined]  # where aiortc's receiver depayloads to
+    return packet
+
+
+def test_a_video_frame_is_out_at_its_marker_once_every_packet_is_in() -> None:
+    jitter = aiortc_compat.PassthroughJitterBuffer(64, is_video=True)
+    assert jitter.add(rtp(10, 3000))[1] is None
+    assert jitter.add(rtp(12, 3000, marker=True))[1] is None  # 11 is missing
+    frame = jitter.add(rtp(11, 3000))[1]  # late (a retransmission): the frame is whole
+    assert frame is not None and (frame.data, frame.timestamp) == (bytes([10, 11, 12]), 3000)
+    frame = jitter.add(rtp(13, 6000, marker=True))[1]  # a one-packet frame: out at once
+    assert frame is not None and frame.data == bytes([13])
+    # A sender that sets no marker: the frame is out when the next one begins, as in aiortc.
+    assert jitter.add(rtp(14, 9000))[1] is None
+    frame = jitter.add(rtp(15, 12000))[1]
+    assert frame is not None and (frame.data, frame.timestamp) == (bytes([14]), 9000)
+
+
+def test_an_audio_packet_is_out_at_once_and_a_late_one_dropped() -> None:
+    jitter = aiortc_compat.PassthroughJitterBuffer(16)
+    for seq in (1, 2, 4):  # 3 lost: 4 is not held back for it
+        frame = jitter.add(rtp(seq, seq * 960))[1]
+        assert frame is not None and frame.timestamp == seq * 960
+    assert jitter.add(rtp(3, 3 * 960))[1] is None  # too late: the stream went on
+
+
+async def test_a_tapped_receiver_completes_frames_early(pair: Pair) -> None:
+    for transceiver in pair.answerer.getTransceivers():
+        jitter = transceiver.receiver._RTCRtpReceiver__jitter_buffer
+        assert isinstance(jitter, aiortc_compat.PassthroughJitterBuffer)
+        assert jitter._is_video == (transceiver.kind == "video")

@@ -46,6 +46,8 @@ from aiortc import (
     RTCRtpReceiver,
     RTCRtpSender,
 )
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.utils import uint16_add
 
 from gateway.log import get_logger
 
@@ -223,6 +225,63 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
     return receiver._send_rtcp_pli(media_ssrc)
 
 
+# --- frames completed as soon as they can be -------------------------------------------------
+
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+
+
+class PassthroughJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer (reordering, loss and NACK handling, its PLI on overflow) with
+    frames handed out as soon as they are complete: a video frame at its RTP marker bit
+    (the last packet of an access unit, RFC 6184 and 7741) once every packet before it is
+    in, an audio packet at once. aiortc's own completes a frame only when the next frame's
+    first packet arrives (one frame interval, 33 ms at 30 fps) and holds 4 audio packets
+    (80 ms): what a decoder may want, only delay for a relay. A video frame whose sender
+    sets no marker is still completed by the next timestamp, as aiortc does. It reads the
+    depayloaded bytes where aiortc's receiver puts them (``RtpPacket._data``)."""
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if not self._is_video:
+            # One packet is one audio frame: out as it comes, a gap holds nothing back (a
+            # late packet is older than the origin and dropped by `add`).
+            pos = sequence_number % self._capacity
+            packet: Any = self._packets[pos]
+            self._packets[pos] = None
+            self._origin = uint16_add(sequence_number, 1)
+            return None if packet is None else JitterFrame(data=packet._data, timestamp=packet.timestamp)
+        assert self._origin is not None  # set by `add` before it calls this
+        packets: list[Any] = []
+        timestamp: int | None = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None  # a packet of this frame is missing (its NACK is out)
+            if timestamp is not None and packet.timestamp != timestamp:
+                return self._take(packets, timestamp, count)  # ended without a marker
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker:
+                return self._take(packets, timestamp, count + 1)
+        return None
+
+    def _take(self, packets: list[Any], timestamp: int, count: int) -> JitterFrame:
+        frame = JitterFrame(data=b"".join(packet._data for packet in packets), timestamp=timestamp)
+        self.remove(count)
+        return frame
+
+
+def complete_frames_early(receiver: RTCRtpReceiver) -> bool:
+    """Give ``receiver`` a `PassthroughJitterBuffer` like the one it has (call before it
+    starts). False (nothing changed) if this aiortc lacks what that needs."""
+    current = getattr(receiver, _JITTER_BUFFER, None)
+    if type(current) is not JitterBuffer or not all(
+        hasattr(current, name) for name in ("_capacity", "_origin", "_packets", "_is_video", "_remove_frame")
+    ):
+        return False
+    setattr(receiver, _JITTER_BUFFER, PassthroughJitterBuffer(current.capacity, is_video=current._is_video))
+    return True
+
+
 # --- the fast receive path ---------------------------------------------------------------------
 
 # What a receiver's RTP handling reads and writes (name-mangled privates of RTCRtpReceiver).
@@ -394,6 +453,7 @@ FEATURES = (
     "port_mux",
     "fanout_floor",
     "fast_receive",
+    "early_frames",
 )
 
 
@@ -409,6 +469,7 @@ _OWNERS = {
     "srtp": "pylibsrtp Session",
     "srtp_binding": "pylibsrtp _binding",
     "srtp_lib": "pylibsrtp _binding.lib",
+    "jitter": "aiortc JitterBuffer",
 }
 
 
@@ -480,6 +541,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fast_receive", "ice", "_connection", aioice.ice.Connection),
     Internal("fast_receive", "connection", "data_received"),
     Internal("fast_receive", "connection", "_queue", asyncio.Queue),
+    Internal("early_frames", "receiver", _JITTER_BUFFER, JitterBuffer),
+    *(Internal("early_frames", "jitter", name) for name in ("_capacity", "_origin", "_packets", "_is_video")),
+    Internal("early_frames", "jitter", "_remove_frame"),
 )
 
 
@@ -538,6 +602,7 @@ def probed_objects(pc: RTCPeerConnection) -> dict[str, Any]:
         ),
         "srtp_binding": binding,
         "srtp_lib": getattr(binding, "lib", None),
+        "jitter": JitterBuffer(capacity=16, is_video=True),
     }
 
 
@@ -572,6 +637,7 @@ async def check(port_mux: bool) -> Report:
         port_mux=report.available("port_mux") if port_mux else "off",
         fanout_floor=report.available("fanout_floor"),
         fast_receive=report.available("fast_receive"),
+        early_frames=report.available("early_frames"),
         floor_gso=floor.gso_available(),
         missing=report.all_missing() or None,
     )

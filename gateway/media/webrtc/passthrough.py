@@ -52,6 +52,8 @@ def install(receiver: RTCRtpReceiver, deliver: FrameCallback, *, fast: bool = Tr
     (`aiortc_compat.install_fast_receive`), where this aiortc allows it."""
     tap = EncodedFrameTap(deliver)
     aiortc_compat.replace_decoder_queue(receiver, tap)
+    # Frames out at their last packet, not one frame later (where this aiortc allows it).
+    aiortc_compat.complete_frames_early(receiver)
     start = receiver.receive
 
     async def receive(parameters: RTCRtpReceiveParameters) -> None:
