@@ -1,6 +1,6 @@
 """A worker's side of the cluster: its link to the control process (the name directory), its
 media link (other workers' viewers of the streams it holds), and the mirrors of streams
-other workers hold (`RemoteStreams`, an on-demand source of this worker's registry).
+other workers hold (`ClusterStreams`, an on-demand source of this worker's registry).
 
 A stream is owned by the worker that holds its source. A worker with viewers of a stream it
 does not own receives that stream's frames once, over a Unix socket from the owner, into a
@@ -104,12 +104,12 @@ class WorkerLink:
 
     def claimed(self, name: str) -> None:
         self.replica.owners[name] = self.place.index
-        self._send({"op": "claim", "name": name})
+        self.send({"op": "claim", "name": name})
 
     def released(self, name: str) -> None:
         if self.replica.owners.get(name) == self.place.index:
             del self.replica.owners[name]
-        self._send({"op": "release", "name": name})
+        self.send({"op": "release", "name": name})
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class WorkerLink:
         self.channel = Channel(reader, writer, self._control, self.handlers, "control")
         self._tasks.spawn(self._read_control(self.channel))
         self._tasks.spawn(self._report_playing())
-        self._send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
+        self.send({"op": "hello", "worker": self.place.index, "endpoint": self.media_path})
         # Before any listener accepts: a play or publish here needs the machine's names.
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
@@ -134,11 +134,11 @@ class WorkerLink:
 
     async def started(self) -> None:
         """Every part of this worker's gateway runs: the control process may count it up."""
-        self._send({"op": "started"})
+        self.send({"op": "started"})
 
     async def stopping(self) -> None:
         """This worker's gateway is stopping: the control process sends it no more work."""
-        self._send({"op": "stopping"})
+        self.send({"op": "stopping"})
 
     async def stop(self) -> None:
         await self.remote.stop()
@@ -153,7 +153,8 @@ class WorkerLink:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.media_path)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> None:
+        """A message to the control process (dropped if the channel is gone)."""
         if self.channel is not None:
             self.channel.send(message)
 
@@ -226,7 +227,7 @@ class WorkerLink:
                 held = stream is not None and not self.registry.is_mirror(stream)
                 playing = held and self.registry.playing(name)
                 if self._reported.get(name, False) != playing:
-                    self._send({"op": "playing", "name": name, "playing": playing})
+                    self.send({"op": "playing", "name": name, "playing": playing})
                 if playing:
                     self._reported[name] = True
                 else:
@@ -263,7 +264,9 @@ async def _feed_link(
     frames: wire.FrameReader,
 ) -> None:
     """Send one stream held here to another worker until either side ends."""
-    viewing = registry.viewing(name)  # a device camera held here counts this worker's viewers
+    # As a viewer does: a device camera whose push just landed here is waited for until it
+    # plays (the link counts as one viewer of it, for as long as it is open).
+    viewing = registry.viewing(name)
     try:
         stream = await viewing.open()
     except StreamUnavailable as exc:
@@ -382,12 +385,12 @@ class ClusterStreams:
             raise StreamUnavailable("Stream not found")  # gone since the viewer looked
         self._wanted[name] = self._wanted.get(name, 0) + 1
         if name in self.cameras:
-            self.link._send({"op": "want", "name": name})
+            self.link.send({"op": "want", "name": name})
         self.mirror_if_wanted(name)
 
     def unwanted(self, name: str) -> None:
         if name in self.cameras:
-            self.link._send({"op": "unwant", "name": name})
+            self.link.send({"op": "unwant", "name": name})
         count = self._wanted.get(name, 0) - 1
         if count > 0:
             self._wanted[name] = count
