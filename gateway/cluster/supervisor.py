@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,8 @@ class WorkerProcess:
         self.ready = asyncio.Event()  # its gateway started: it accepts connections
         self.restarts = 0
         self.channel: Channel | None = None
+        # Its viewers of device cameras, by stream name: let go when it dies.
+        self.wants: Counter[str] = Counter()
         self._delay = ReconnectDelay(0.5, 10.0)
 
     @property
@@ -181,6 +184,11 @@ class WorkerProcess:
                 self.supervisor.deliver(notice)
                 if notice.message["op"] == "released":
                     self.supervisor.streams.report(notice.message["name"], playing=False)
+            # Its viewers went with it: the cameras they watched may linger and stop.
+            wants, self.wants = self.wants, Counter()
+            for name, count in wants.items():
+                for _ in range(count):
+                    self.supervisor.streams.unwant(name)
             if loop.time() - started > STABLE_RUN_S:
                 self._delay.reset()
             delay = self._delay.next()
@@ -247,8 +255,17 @@ class WorkerProcess:
                 notices = directory.claim(self.index, name)
             case {"op": "release", "name": str(name)}:
                 notices = directory.release(self.index, name)
-            case {"op": "want" | "unwant" | "playing" as op, "name": str(name)}:
-                self.supervisor.devices_message(op, name, message.get("playing") is True)
+            case {"op": "want", "name": str(name)}:
+                self.wants[name] += 1
+                self.supervisor.streams.want(name)
+                return
+            case {"op": "unwant", "name": str(name)}:
+                if self.wants[name] > 0:
+                    self.wants[name] -= 1
+                    self.supervisor.streams.unwant(name)
+                return
+            case {"op": "playing", "name": str(name)}:
+                self.supervisor.streams.report(name, message.get("playing") is True)
                 return
             case _:
                 log.warning("worker_message_unknown", worker=self.index, op=message.get("op"))
@@ -327,13 +344,6 @@ class Supervisor:
         assert self.dji is not None
         return {"op": "cameras", "names": sorted(self.dji.sources)}
 
-    def devices_message(self, op: str, name: str, playing: bool) -> None:
-        if op == "want":
-            self.streams.want(name)
-        elif op == "unwant":
-            self.streams.unwant(name)
-        else:
-            self.streams.report(name, playing)
 
     async def _gather(self, message: dict[str, Any]) -> dict[str, Any]:
         """Every worker's report (``what``) for a worker answering for the machine (`machine`)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import FrameCounter
 from tests.integration.drone import AIRCRAFT_VIDEO
-from tests.integration.test_workers import play_on
+from tests.integration.test_workers import play_on, worker_of, worker_pids
 
 
 @pytest_asyncio.fixture
@@ -28,6 +30,8 @@ async def machine(
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
     gw = GatewayProcess(
         extra_args=["--workers", "2", "--mqtt", mosquitto.url, "--live-linger", "1"],
+        # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
+        extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
     )
     gw.start(tmp_path)
     sim = DockSimulator(BrokerAddress.parse(mosquitto.url), clip, behaviour=DockBehaviour(osd_rate=10))
@@ -107,5 +111,35 @@ async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
             while not sim.stops:
                 await asyncio.sleep(0.1)
         assert len(sim.starts) == 1
+    finally:
+        await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
+
+
+async def test_a_killed_workers_camera_viewers_let_the_push_stop(
+    machine: tuple[GatewayProcess, DockSimulator], video_track: Callable[[], Any]
+) -> None:
+    """The viewers of a worker that dies are no longer counted: the push lingers, then stops."""
+    gw, sim = machine
+    opened: list[WcsClient] = []
+
+    async def connect() -> WcsClient:
+        client = await WcsClient.connect(gw.ws_url)
+        opened.append(client)
+        return client
+
+    try:
+        probe_client = await connect()
+        probe = await probe_client.publish("w-probe", [video_track()])
+        await probe.wait_status("PUBLISHING")
+        doomed = 1 - worker_of(probe, gw)  # not the probe's worker: its publisher stays
+        client, _ = await play_on(connect, gw, "w-probe", doomed)
+        player = await play_camera(client)
+        await player.wait_status("PLAYING", timeout=30)
+        assert len(sim.starts) == 1 and not sim.stops
+
+        os.kill(worker_pids(gw)[doomed], signal.SIGKILL)
+        async with asyncio.timeout(20):  # the linger is 1 s
+            while not sim.stops:
+                await asyncio.sleep(0.1)
     finally:
         await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
