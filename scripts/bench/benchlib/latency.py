@@ -80,9 +80,9 @@ def match_units(sent: dict[int, Unit], received: Sequence[Unit]) -> tuple[int | 
 
 
 def next_first_stamps(sent: dict[int, Unit]) -> dict[int, int]:
-    """Per publisher unit (timestamp), the first stamp of the unit sent after it: when
-    aiortc's jitter buffer, which completes a frame only on the next frame's first packet,
-    lets the gateway have it."""
+    """Per publisher unit (timestamp), the first stamp of the unit sent after it: when a
+    jitter buffer that completes a frame only on the next frame's first packet (aiortc's
+    own) lets the gateway have it."""
     order = sorted(sent.values(), key=lambda u: u[1])
     return {a[0]: b[1] for a, b in zip(order, order[1:], strict=False)}
 
@@ -210,8 +210,16 @@ def report_lines(step: LatencyStep | None) -> list[str]:
         f"unit; {step.sampled} sampled viewers, {step.units} units, loopback "
         f"{step.loopback_us.get('p50', 0):.0f} us subtracted): {_fmt(step.relay_ms)}",
         f"         the {step.last_sampled} sampled viewers attached last: {_fmt(step.last_ms)}",
-        f"         from the next unit's first packet (aiortc's jitter buffer holds a frame until "
-        f"then: {_fmt(step.hold_ms)}): {_fmt(step.released_ms)}",
+        *(
+            # A gateway whose jitter buffer completes a frame only on the next frame's first
+            # packet (aiortc's own, before early_frames): the delay apart from that wait.
+            [
+                f"         from the next unit's first packet (the gateway held frames until then: "
+                f"{_fmt(step.hold_ms)}): {_fmt(step.released_ms)}"
+            ]
+            if step.before_next * 2 < step.units
+            else []
+        ),
         "         median per sampled viewer, in join order: "
         + " ".join(f"{v:.1f}" for v in step.by_join_order_p50_ms),
         f"       first keyframe after PLAYING, ms ({step.joins} viewers joining the live stream): "
