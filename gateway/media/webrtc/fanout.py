@@ -34,8 +34,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from gateway.log import get_logger
-from gateway.media.rtp_frames import frame_packets, sequence_after
-from gateway.media.stream import MediaFrame, Stream
+from gateway.media.rtp_frames import frame_packets, h264_payloads, sequence_after
+from gateway.media.stream import MediaFrame, Stream, to_90khz
 from gateway.media.webrtc import aiortc_compat, floor
 
 log = get_logger(__name__)
@@ -49,11 +49,15 @@ MAX_UNSENT_BYTES = 512 * 1024
 
 def rtp_payloads(stream: Stream, frame: MediaFrame, codec: RTCRtpCodecParameters) -> tuple[list[bytes], int]:
     """The RTP payloads and RTP timestamp (codec clock) of ``frame``, computed once for all
-    viewers. One packetizer per stream and kind keeps codec state such as VP8 picture ids
+    viewers. H.264 is cut by `h264_payloads`; other codecs by aiortc's packetizer: one
+    per stream and kind keeps codec state such as VP8 picture ids
     continuous for the live frames; replayed keyframes for joining viewers use another, so
     they never put a gap in what the other viewers receive."""
     cached = frame.derived.get("rtp")
-    if cached is None:
+    if cached is None and codec.mimeType.lower() == "video/h264":
+        # Our own packetizer: FU-A fragments of one size (GSO-able bursts), same timestamps.
+        cached = frame.derived["rtp"] = (h264_payloads(frame.data), to_90khz(frame.pts, frame.time_base))
+    elif cached is None:
         key = f"rtp-packetizer-{frame.kind}{'-replay' if frame.replay else ''}"
         packetizer = stream.shared.get(key)
         if packetizer is None:

@@ -32,6 +32,8 @@ STREAM = "bench"
 PHASES = ("gateway", "gateway-direct", "gateway-sockets", "gateway-stock", "reference")
 # Not in the default order: needs --baseline COMMIT (the gateway of that commit, same run).
 BASELINE = "baseline"
+# Not in the default order either (--only): the gateway with UDP GSO forced on or off.
+GSO_PHASES = {"gateway-gso": "true", "gateway-nogso": "false"}
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -283,6 +285,8 @@ class Bench:
             "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true",
             "SKYRELAY_FANOUT_FLOOR": "false" if label == "gateway-direct" else "true",
         }
+        if label in GSO_PHASES:
+            env["SKYRELAY_FANOUT_GSO"] = GSO_PHASES[label]
         root = ROOT
         if label == BASELINE:
             # The gateway of --baseline COMMIT, as configured by default there.
@@ -437,6 +441,7 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
             "gateway (one UDP port) / gateway-sockets (sockets per peer connection)",
         ),
         ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
+        ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
     ):
         out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
@@ -529,8 +534,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.baseline:
         order.append(BASELINE)
-    if args.only and not set(args.only) <= {*PHASES, BASELINE}:
-        parser.error(f"--only: choose from {', '.join(PHASES)}, {BASELINE}")
+    if args.only and not set(args.only) <= {*PHASES, BASELINE, *GSO_PHASES}:
+        parser.error(f"--only: choose from {', '.join([*PHASES, BASELINE, *GSO_PHASES])}")
     if args.only and BASELINE in args.only and not args.baseline:
         parser.error("--only baseline needs --baseline COMMIT")
     args.order = args.only or order
