@@ -124,8 +124,8 @@ class Config:
     # With the fast fan-out: each viewer's access unit in one burst (libsrtp in place, one
     # sendmmsg or ICE-TCP write); false: per packet Session.protect and sendto.
     fanout_floor: bool = True
-    # The floor sends a burst whose packet sizes allow it with one UDP GSO sendmsg.
-    fanout_gso: bool = False
+    # The floor sends runs of packets of one size (but a shorter last) as UDP GSO messages.
+    fanout_gso: bool = True
     # The most telemetry messages a player (WebSocket or data channel) or an SSE client gets
     # per second per stream; the newest sample wins. A player may ask for fewer.
     telemetry_rate: float = 10.0

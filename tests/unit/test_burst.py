@@ -85,7 +85,8 @@ def test_gso_control() -> None:
 @given(st.lists(st.integers(1, 1500), max_size=150))
 def test_gso_runs_cover_the_packets_in_order_each_sendable_as_one(lengths: list[int]) -> None:
     runs = burst.gso_runs(lengths)
-    assert [i for first, count, _, _ in runs for i in range(first, first + count)] == list(range(len(lengths)))
+    covered = [i for first, count, _, _ in runs for i in range(first, first + count)]
+    assert covered == list(range(len(lengths)))
     for first, count, segment, size in runs:
         run = lengths[first : first + count]
         assert segment == run[0] and size == sum(run)

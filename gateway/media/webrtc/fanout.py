@@ -196,7 +196,12 @@ class DirectRtpWriter:
             log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
             return False
         self.last_timestamp = timestamp
-        self._update_sender_report()
+        ntp = frame.derived.get("ntp")
+        if ntp is None:
+            # When the frame was first sent, once for all viewers: the wall clock that
+            # goes with its RTP timestamp in every viewer's sender reports.
+            ntp = frame.derived["ntp"] = rtc_clock.current_ntp_time()
+        self._update_sender_report(ntp)
         return True
 
     def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
@@ -240,11 +245,11 @@ class DirectRtpWriter:
                 return
             self.retransmitted += 1
 
-    def _update_sender_report(self) -> None:
+    def _update_sender_report(self, ntp: int) -> None:
         # aiortc's RTCP loop builds sender reports from these; keep them true.
         aiortc_compat.set_sender_counters(
             self.sender,
-            ntp_timestamp=rtc_clock.current_ntp_time(),
+            ntp_timestamp=ntp,
             rtp_timestamp=self.last_timestamp,
             octets=self.octets,
             packets=self.packets,
