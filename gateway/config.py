@@ -124,8 +124,8 @@ class Config:
     # With the fast fan-out: each viewer's access unit in one burst (libsrtp in place, one
     # sendmmsg or ICE-TCP write); false: per packet Session.protect and sendto.
     fanout_floor: bool = True
-    # The floor sends a burst whose packet sizes allow it with one UDP GSO sendmsg.
-    fanout_gso: bool = False
+    # The floor sends runs of packets of one size (but a shorter last) as UDP GSO messages.
+    fanout_gso: bool = True
     # A publisher's SRTP packets handled as they arrive, synchronously (aiortc_compat's fast
     # receive path); false: through aiortc's receive task, packet by packet.
     fast_receive: bool = True

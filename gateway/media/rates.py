@@ -29,6 +29,7 @@ class RateMeter:
     __slots__ = ("_clock", "_recent", "_window_bytes", "total_bytes", "total_frames")
 
     WINDOW = 1.0  # seconds
+    TRIM_AT = 256  # entries kept before `add` trims (more than a second of any frame rate)
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -43,7 +44,8 @@ class RateMeter:
         self._window_bytes += size
         self.total_bytes += size
         self.total_frames += 1
-        self._trim(now)
+        if len(self._recent) > self.TRIM_AT:  # else `sample` trims: one call less per frame
+            self._trim(now)
 
     def sample(self) -> tuple[int, int]:
         self._trim(self._clock())

@@ -69,6 +69,8 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             assert writer.packets > 40 and not writer.closed
             # Written by the floor: one burst per access unit (sendmmsg on the UDP port).
             assert writer.floor is not None and writer.floor.bursts > 0
+            if floor.gso_available():  # fanout_gso is on by default: FU-A runs went as GSO
+                assert writer.floor.gso_bursts > 0
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # aiortc's RTCP loop reports what the writer sent.
             reported = aiortc_compat.sender_counters(viewer._video_sender)

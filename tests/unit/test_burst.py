@@ -48,12 +48,13 @@ def test_struct_layouts_are_cffis() -> None:
     iov=st.integers(0, 2**48),
     name=st.integers(0, 2**48),
     namelen=st.sampled_from([16, 28]),
+    control=st.one_of(st.just(0), st.integers(1, 2**48)),
 )
 def test_mmsghdr_array_is_byte_for_byte_what_c_would_build(
-    count: int, iov: int, name: int, namelen: int
+    count: int, iov: int, name: int, namelen: int, control: int
 ) -> None:
     ours = bytearray(burst.MMSGHDR.size * count)
-    burst.pack_mmsghdrs(memoryview(ours), count, iov, name, namelen)
+    burst.pack_mmsghdrs(memoryview(ours), count, iov, name, namelen, control)
     theirs = ffi.new("struct mmsghdr[]", count)
     for index in range(count):
         hdr = theirs[index].msg_hdr
@@ -61,6 +62,9 @@ def test_mmsghdr_array_is_byte_for_byte_what_c_would_build(
         hdr.msg_namelen = namelen
         hdr.msg_iov = ffi.cast("struct iovec *", iov + index * ffi.sizeof("struct iovec"))
         hdr.msg_iovlen = 1
+        if control:  # GSO: message i carries UDP_SEGMENT message i
+            hdr.msg_control = ffi.cast("void *", control + index * 24)
+            hdr.msg_controllen = 24
     assert bytes(ours) == bytes(ffi.buffer(theirs))
 
 
@@ -70,17 +74,32 @@ def test_iovec_is_cffis(base: int, length: int) -> None:
     assert burst.IOVEC.pack(base, length) == bytes(ffi.buffer(theirs))
 
 
-def test_gso_msghdr_and_control() -> None:
-    view = bytearray(burst.MSGHDR.size)
-    burst.pack_gso_msghdr(memoryview(view), 0x1000, 16, 0x2000, 0x3000)
-    theirs = ffi.new("struct msghdr *")
-    theirs.msg_name, theirs.msg_namelen = ffi.cast("void *", 0x1000), 16
-    theirs.msg_iov, theirs.msg_iovlen = ffi.cast("struct iovec *", 0x2000), 1
-    theirs.msg_control, theirs.msg_controllen = ffi.cast("void *", 0x3000), 24
-    assert bytes(view) == bytes(ffi.buffer(theirs))
-    control = bytearray(24)
-    burst.pack_gso_control(memoryview(control), 1210)
-    assert struct.unpack_from("@NiiH", control) == (18, 17, 103, 1210)
+def test_gso_control() -> None:
+    control = bytearray(48)
+    burst.pack_gso_control(memoryview(control), 1210, 24)
+    assert struct.unpack_from("@NiiH", control, 24) == (18, 17, 103, 1210)
+    burst.GSO_SEGMENT.pack_into(control, 24 + burst.CMSGHDR.size, 999)
+    assert struct.unpack_from("@NiiH", control, 24) == (18, 17, 103, 999)
+
+
+@given(st.lists(st.integers(1, 1500), max_size=150))
+def test_gso_runs_cover_the_packets_in_order_each_sendable_as_one(lengths: list[int]) -> None:
+    runs = burst.gso_runs(lengths)
+    covered = [i for first, count, _, _ in runs for i in range(first, first + count)]
+    assert covered == list(range(len(lengths)))
+    for first, count, segment, size in runs:
+        run = lengths[first : first + count]
+        assert segment == run[0] and size == sum(run)
+        assert count == 1 or burst.gso_segment(run) == segment
+    # Fewest: a run ends only where the next packet could not join it.
+    for (first, count, segment, size), following in zip(runs, runs[1:], strict=False):
+        nxt = lengths[following[0]]
+        assert (
+            lengths[first + count - 1] < segment
+            or nxt > segment
+            or count == burst.GSO_MAX_SEGMENTS
+            or size + nxt > burst.GSO_MAX_BYTES
+        )
 
 
 @given(st.lists(st.integers(1, 1500), max_size=80))
@@ -269,14 +288,17 @@ def test_gso_burst_when_enabled(sockets: tuple[socket.socket, socket.socket]) ->
         path = floor.FloorPath(outbound(), Transport(sender), receiver.getsockname())
         path.send(HEADER, 102, payloads, 10, 20, sum(map(len, payloads)))
         assert path.gso_bursts == 1
-        uneven = [b"\x01" * 1000, b"\x02" * 999, b"\x03" * 1000]  # not GSO-able: sendmmsg
+        uneven = [b"\x01" * 1000, b"\x02" * 999, b"\x03" * 1000]  # two runs: one sendmmsg of two
         path.send(HEADER, 102, uneven, 16, 21, 2999)
-        assert path.gso_bursts == 1 and path.bursts == 2
+        assert path.gso_bursts == 2 and path.bursts == 2
+        single = [b"\x01" * 1000, b"\x02" * 1001]  # as many runs as packets: plain sendmmsg
+        path.send(HEADER, 102, single, 19, 22, 2001)
+        assert path.gso_bursts == 2 and path.bursts == 3
     finally:
         floor.want_gso(False)
     session = inbound()
-    got = [session.unprotect(receiver.recv(2048)) for _ in range(len(payloads) + len(uneven))]
-    assert got == plain(payloads, 10, 20) + plain(uneven, 16, 21)
+    got = [session.unprotect(receiver.recv(2048)) for _ in range(len(payloads) + len(uneven) + len(single))]
+    assert got == plain(payloads, 10, 20) + plain(uneven, 16, 21) + plain(single, 19, 22)
 
 
 def test_asyncio_keeps_the_order_while_it_holds_unsent_packets(

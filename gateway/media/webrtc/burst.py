@@ -29,6 +29,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103  # <linux/udp.h>: the GSO segment size, a u16 control message
 GSO_CONTROL = struct.Struct("@Nii H6x")  # one UDP_SEGMENT message: CMSG_SPACE(2) = 24 bytes
 GSO_CONTROL_LEN = CMSGHDR.size + 2  # CMSG_LEN(2)
+GSO_SEGMENT = struct.Struct("@H")  # the segment size, at CMSGHDR.size in a GSO_CONTROL
 # The kernel's limits for one GSO send: UDP_MAX_SEGMENTS (64 before Linux 6.x raised it) and
 # one IP datagram's worth of payload.
 GSO_MAX_SEGMENTS = 64
@@ -40,10 +41,14 @@ TCP_LENGTH = struct.Struct("!H")
 RTP_PATCH = struct.Struct("!BHI")
 
 
-def pack_mmsghdrs(view: memoryview, count: int, iov_address: int, name_address: int, namelen: int) -> None:
+def pack_mmsghdrs(
+    view: memoryview, count: int, iov_address: int, name_address: int, namelen: int, control_address: int = 0
+) -> None:
     """Fill ``count`` mmsghdr entries of ``view``: entry i sends iovec i (of the array at
-    ``iov_address``) to the socket address at ``name_address``. Written once per buffer: a
-    burst only changes the iovecs' lengths and bases."""
+    ``iov_address``) to the socket address at ``name_address``, with UDP_SEGMENT message i
+    of the array at ``control_address`` if given (GSO). Written once per buffer: a burst
+    only changes the iovecs' lengths and bases and the segment sizes."""
+    control_length = GSO_CONTROL.size if control_address else 0
     for index in range(count):
         MMSGHDR.pack_into(
             view,
@@ -52,23 +57,37 @@ def pack_mmsghdrs(view: memoryview, count: int, iov_address: int, name_address: 
             namelen,
             iov_address + index * IOVEC.size,
             1,
-            0,
-            0,
+            control_address + index * control_length,
+            control_length,
             0,
             0,
         )
 
 
-def pack_gso_msghdr(
-    view: memoryview, name_address: int, namelen: int, iov_address: int, control_address: int
-) -> None:
-    """One msghdr for a GSO send: one iovec (the whole burst) and one UDP_SEGMENT message."""
-    MSGHDR.pack_into(view, 0, name_address, namelen, iov_address, 1, control_address, GSO_CONTROL.size, 0)
-
-
-def pack_gso_control(view: memoryview, segment: int) -> None:
+def pack_gso_control(view: memoryview, segment: int, offset: int = 0) -> None:
     """The UDP_SEGMENT control message naming the segment size."""
-    GSO_CONTROL.pack_into(view, 0, GSO_CONTROL_LEN, SOL_UDP, UDP_SEGMENT, segment)
+    GSO_CONTROL.pack_into(view, offset, GSO_CONTROL_LEN, SOL_UDP, UDP_SEGMENT, segment)
+
+
+def gso_runs(lengths: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Packets of these lengths, in order, cut into the fewest runs that one UDP GSO send
+    each can carry (every packet of a run of one size but a shorter last, within the
+    kernel's limits): (first packet, packets, segment size, bytes) per run. A run of one
+    packet is a plain datagram (its segment size is its length)."""
+    runs: list[tuple[int, int, int, int]] = []
+    first = count = segment = size = 0
+    closed = True
+    for index, length in enumerate(lengths):
+        if closed or length > segment or count == GSO_MAX_SEGMENTS or size + length > GSO_MAX_BYTES:
+            if count:
+                runs.append((first, count, segment, size))
+            first, count, segment, size = index, 0, length, 0
+        count += 1
+        size += length
+        closed = length < segment
+    if count:
+        runs.append((first, count, segment, size))
+    return runs
 
 
 def gso_segment(lengths: Sequence[int]) -> int | None:

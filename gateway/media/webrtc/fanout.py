@@ -34,8 +34,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from gateway.log import get_logger
-from gateway.media.rtp_frames import frame_packets, sequence_after
-from gateway.media.stream import MediaFrame, Stream
+from gateway.media.rtp_frames import frame_packets, h264_payloads, sequence_after
+from gateway.media.stream import MediaFrame, Stream, to_90khz
 from gateway.media.webrtc import aiortc_compat, floor
 
 log = get_logger(__name__)
@@ -49,11 +49,15 @@ MAX_UNSENT_BYTES = 512 * 1024
 
 def rtp_payloads(stream: Stream, frame: MediaFrame, codec: RTCRtpCodecParameters) -> tuple[list[bytes], int]:
     """The RTP payloads and RTP timestamp (codec clock) of ``frame``, computed once for all
-    viewers. One packetizer per stream and kind keeps codec state such as VP8 picture ids
+    viewers. H.264 is cut by `h264_payloads`; other codecs by aiortc's packetizer: one
+    per stream and kind keeps codec state such as VP8 picture ids
     continuous for the live frames; replayed keyframes for joining viewers use another, so
     they never put a gap in what the other viewers receive."""
     cached = frame.derived.get("rtp")
-    if cached is None:
+    if cached is None and codec.mimeType.lower() == "video/h264":
+        # Our own packetizer: FU-A fragments of one size (GSO-able bursts), same timestamps.
+        cached = frame.derived["rtp"] = (h264_payloads(frame.data), to_90khz(frame.pts, frame.time_base))
+    elif cached is None:
         key = f"rtp-packetizer-{frame.kind}{'-replay' if frame.replay else ''}"
         packetizer = stream.shared.get(key)
         if packetizer is None:
@@ -192,7 +196,12 @@ class DirectRtpWriter:
             log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
             return False
         self.last_timestamp = timestamp
-        self._update_sender_report()
+        ntp = frame.derived.get("ntp")
+        if ntp is None:
+            # When the frame was first sent, once for all viewers: the wall clock that
+            # goes with its RTP timestamp in every viewer's sender reports.
+            ntp = frame.derived["ntp"] = rtc_clock.current_ntp_time()
+        self._update_sender_report(ntp)
         return True
 
     def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
@@ -236,11 +245,11 @@ class DirectRtpWriter:
                 return
             self.retransmitted += 1
 
-    def _update_sender_report(self) -> None:
+    def _update_sender_report(self, ntp: int) -> None:
         # aiortc's RTCP loop builds sender reports from these; keep them true.
         aiortc_compat.set_sender_counters(
             self.sender,
-            ntp_timestamp=rtc_clock.current_ntp_time(),
+            ntp_timestamp=ntp,
             rtp_timestamp=self.last_timestamp,
             octets=self.octets,
             packets=self.packets,

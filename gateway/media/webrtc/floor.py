@@ -8,8 +8,10 @@ pylibsrtp's ``Session.protect`` (which copies it in and out of its own buffer) a
   protected in place by libsrtp's ``srtp_protect`` through pylibsrtp's cffi binding, on
   the viewer's own ``srtp_t`` (`aiortc_compat.srtp_context`);
 - UDP: one ``sendmmsg`` (its ``mmsghdr``/``iovec`` arrays are reused too: a burst only
-  writes each packet's base and length), or one ``sendmsg`` with UDP GSO when enabled and
-  the packets' sizes allow it (`burst.gso_segment`);
+  writes each packet's base and length); with UDP GSO (``fanout_gso``) its messages are
+  runs of packets the kernel cuts itself (`burst.gso_runs`: each of one size but a shorter
+  last, as `rtp_frames.h264_payloads` cuts a NAL unit), so an access unit of two slices
+  is two datagrams' worth of work for the socket layer instead of eight;
 - ICE-TCP: the packets are laid out with their RFC 4571 length prefixes, and the whole
   burst is one write on the connection's asyncio transport.
 
@@ -50,6 +52,7 @@ TRAILER = 16 + 128
 # What each packet may grow by when protected and framed (tag, RFC 4571 prefix).
 PER_PACKET_GROWTH = 16 + 2
 INITIAL_CAPACITY = 256 * 1024
+GSO_AT = burst.CMSGHDR.size  # where a UDP_SEGMENT message holds its segment size
 
 _CDEF = """
 struct iovec { void *iov_base; size_t iov_len; };
@@ -59,7 +62,6 @@ struct msghdr {
 };
 struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
 int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
-ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);
 """
 
 
@@ -91,7 +93,7 @@ def gso_available() -> bool:
 
 
 def want_gso(enabled: bool) -> None:
-    """Send bursts whose sizes allow it with one GSO ``sendmsg`` (if the kernel has it)."""
+    """Send runs of packets whose sizes allow it as GSO messages (if the kernel has it)."""
     STATE.want_gso = enabled
     STATE.use_gso = enabled and STATE.gso
 
@@ -112,8 +114,7 @@ class _Libc:
         self.ffi = cffi.FFI()
         self.ffi.cdef(_CDEF)
         self.lib: Any = self.ffi.dlopen(None)
-        self.sendmmsg = self.lib.sendmmsg  # AttributeError when libc lacks them
-        self.sendmsg = self.lib.sendmsg
+        self.sendmmsg = self.lib.sendmmsg  # AttributeError when libc lacks it
 
 
 class Scratch:
@@ -133,16 +134,16 @@ class Scratch:
         self._iov = f.new("struct iovec[]", MAX_MESSAGES)
         self.iov_view = memoryview(f.buffer(self._iov))
         self.iov_address = _address(f, self._iov)
-        # Per sockaddr length (IPv4, IPv6): the address area and the mmsghdr array naming it.
-        self._names: dict[int, tuple[Any, memoryview, Any]] = {}
-        self._gso_msg = f.new("struct msghdr *")
-        self._gso_msg_view = memoryview(f.buffer(self._gso_msg))
-        self._gso_iov = f.new("struct iovec *")
-        self._gso_iov_view = memoryview(f.buffer(self._gso_iov))
-        self._gso_control = f.new("char[]", burst.GSO_CONTROL.size)
-        self._gso_control_view = memoryview(f.buffer(self._gso_control))
-        self._gso_name = f.new("char[]", 32)
-        self._gso_name_view = memoryview(f.buffer(self._gso_name))
+        # GSO: one iovec per run of packets and one UDP_SEGMENT message each.
+        self._run_iov = f.new("struct iovec[]", MAX_MESSAGES)
+        self.run_iov_view = memoryview(f.buffer(self._run_iov))
+        self._controls = f.new("char[]", MAX_MESSAGES * burst.GSO_CONTROL.size)
+        self.controls_view = memoryview(f.buffer(self._controls))
+        for index in range(MAX_MESSAGES):
+            burst.pack_gso_control(self.controls_view, 0, index * burst.GSO_CONTROL.size)
+        # Per sockaddr length (IPv4, IPv6) and GSO or not: the address area and the
+        # mmsghdr array naming it.
+        self._names: dict[tuple[int, bool], tuple[Any, memoryview, Any]] = {}
 
     def grow(self, capacity: int) -> None:
         """Room for a burst of ``capacity`` bytes (a new buffer: bases are written per burst)."""
@@ -154,37 +155,27 @@ class Scratch:
         self.address = _address(self.srtp_ffi, self.buf)
         self.capacity = capacity
 
-    def messages(self, name: bytes) -> Any:
-        """The mmsghdr array whose entries all name ``name`` (a sockaddr), written into it."""
-        entry = self._names.get(len(name))
+    def messages(self, name: bytes, gso: bool = False) -> Any:
+        """The mmsghdr array whose entries all name ``name`` (a sockaddr), written into it:
+        one per packet (the iovecs), or with ``gso`` one per run (the run iovecs, each with
+        its UDP_SEGMENT message)."""
+        entry = self._names.get((len(name), gso))
         if entry is None:
             f = self.libc.ffi
             area = f.new("char[]", 32)
             msgs = f.new("struct mmsghdr[]", MAX_MESSAGES)
             burst.pack_mmsghdrs(
-                memoryview(f.buffer(msgs)), MAX_MESSAGES, self.iov_address, _address(f, area), len(name)
+                memoryview(f.buffer(msgs)),
+                MAX_MESSAGES,
+                _address(f, self._run_iov) if gso else self.iov_address,
+                _address(f, area),
+                len(name),
+                _address(f, self._controls) if gso else 0,
             )
-            entry = self._names[len(name)] = (area, memoryview(f.buffer(area)), msgs)
+            entry = self._names[(len(name), gso)] = (area, memoryview(f.buffer(area)), msgs)
         area_view = entry[1]
         area_view[: len(name)] = name
         return entry[2]
-
-    def send_gso(self, fd: int, name: bytes, length: int, segment: int) -> int:
-        """One sendmsg of ``length`` bytes from the buffer's start, cut in ``segment``-byte
-        datagrams by the kernel. The kernel's result (-1: see errno)."""
-        f = self.libc.ffi
-        self._gso_name_view[: len(name)] = name
-        burst.IOVEC.pack_into(self._gso_iov_view, 0, self.address, length)
-        burst.pack_gso_control(self._gso_control_view, segment)
-        burst.pack_gso_msghdr(
-            self._gso_msg_view,
-            _address(f, self._gso_name),
-            len(name),
-            _address(f, self._gso_iov),
-            _address(f, self._gso_control),
-        )
-        result: int = self.libc.sendmsg(fd, self._gso_msg, 0)
-        return result
 
     def errno(self) -> int:
         value: int = self.libc.ffi.errno
@@ -270,8 +261,8 @@ class FloorPath:
         prefix = 2 if framed else 0
         last = count - 1
         offset = 0
-        segment = -1
-        equal = True
+        gso = STATE.use_gso and not framed
+        lengths: list[int] = []
         for index, payload in enumerate(payloads):
             start = offset + prefix
             body = start + header_length
@@ -289,10 +280,8 @@ class FloorPath:
                 prefix_pack(view, offset, length)
             else:
                 iov_pack(iov_view, index * 16, base + start, length)
-                if index == 0:
-                    segment = length
-                elif length != segment and (index != last or length > segment):
-                    equal = False
+                if gso:
+                    lengths.append(length)
             offset = start + length
         self.bursts += 1
         if self._write_framed is not None:
@@ -302,16 +291,24 @@ class FloorPath:
             self._to_asyncio(0, count)  # asyncio holds unsent packets: keep the order
             return
         sent = -1
-        if STATE.use_gso and equal and 1 < count <= burst.GSO_MAX_SEGMENTS and offset <= burst.GSO_MAX_BYTES:
-            if s.send_gso(self.fd, self.name, offset, segment) == offset:
+        runs = burst.gso_runs(lengths) if gso else []
+        if gso and len(runs) < count:  # fewer messages than packets: GSO
+            run_iov, controls, start = s.run_iov_view, s.controls_view, base
+            for index, (_, _, segment, length) in enumerate(runs):
+                iov_pack(run_iov, index * 16, start, length)
+                burst.GSO_SEGMENT.pack_into(controls, index * burst.GSO_CONTROL.size + GSO_AT, segment)
+                start += length
+            messages = s.libc.sendmmsg(self.fd, s.messages(self.name, gso=True), len(runs), 0)
+            if messages == len(runs):
                 self.gso_bursts += 1
                 return
-            code = s.errno()
-            if code not in (errno.EAGAIN, errno.ENOBUFS):
+            if messages >= 0:
+                sent = runs[messages][0]  # the kernel's buffer is full from this run on
+            elif (code := s.errno()) in (errno.EAGAIN, errno.ENOBUFS):
+                sent = 0
+            else:
                 STATE.use_gso = False
                 log_once("fanout_floor_gso_off", f"GSO send failed: {errno.errorcode.get(code, code)}")
-            else:
-                sent = 0
         if sent < 0:
             sent = s.libc.sendmmsg(self.fd, s.messages(self.name), count, 0)
         if sent < count:
@@ -389,10 +386,15 @@ def self_test() -> str | None:
 
 
 def _self_test() -> str | None:
-    # A header as aiortc serialises it (with a one-byte extension), payloads of a GSO-able
-    # burst: equal sizes, the last shorter; an FU-A-like wrap of the sequence number.
+    # A header as aiortc serialises it (with a one-byte extension), payloads of three GSO
+    # runs (a single packet; equal sizes, the last shorter; equal sizes); an FU-A-like
+    # wrap of the sequence number.
     header = bytes.fromhex("906000000000000011223344bede000110300000")
-    payloads = [bytes((i * 7 + j) & 0xFF for j in range(1100)) for i in range(3)] + [b"\x05" * 300]
+    payloads = (
+        [b"\x06" * 200]
+        + [bytes((i * 7 + j) & 0xFF for j in range(1100)) for i in range(3)]
+        + [b"\x05" * 300, b"\x04" * 900, b"\x03" * 900]
+    )
     sequence, timestamp = 0xFFFE, 0x01020304
     expected_plain = _test_packets(header, payloads, sequence, timestamp)
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -22,6 +22,7 @@ import orjson
 
 from gateway.media.synthetic import make_h264_clip
 
+from .baseline import Baseline
 from .latency import LatencyMeter, LatencyStep, report_lines
 from .procs import Child, ChildError, CpuSample, Process, cpu_sample, fan_out, rss_kib
 
@@ -30,6 +31,10 @@ ROOT = BENCH_DIR.parent.parent
 SCRIPT = BENCH_DIR / "fanout"
 STREAM = "bench"
 PHASES = ("gateway", "gateway-direct", "gateway-sockets", "gateway-stock", "reference")
+# Not in the default order: needs --baseline COMMIT (the gateway of that commit, same run).
+BASELINE = "baseline"
+# Not in the default order either (--only): the gateway with UDP GSO forced on or off.
+GSO_PHASES = {"gateway-gso": "true", "gateway-nogso": "false"}
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -123,6 +128,7 @@ class Bench:
         self.clip: Path | None = None
         self.packets_per_s = 0.0
         self.latency: LatencyMeter | None = None  # while a gateway phase publishes
+        self.baseline: Baseline | None = None  # the baseline phase's checkout
 
     # --- processes ------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class Bench:
             with contextlib.suppress(Exception):
                 proc.stop(grace=3.0)
         self.processes.clear()
+        if self.baseline is not None:
+            self.baseline.close()
 
     # --- viewers --------------------------------------------------------------
 
@@ -284,7 +292,16 @@ class Bench:
             "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true",
             "SKYRELAY_FANOUT_FLOOR": "false" if label == "gateway-direct" else "true",
         }
-        gateway = Process(label, cmd, self.run_dir / f"{label}.log", cwd=ROOT, env=env)
+        if label in GSO_PHASES:
+            env["SKYRELAY_FANOUT_GSO"] = GSO_PHASES[label]
+        root = ROOT
+        if label == BASELINE:
+            # The gateway of --baseline COMMIT, as configured by default there.
+            assert self.baseline is not None
+            root = self.baseline.path
+            cmd = self.baseline.command(cmd)
+            env = self.baseline.environment({**self.env, "SKYRELAY_FAST_FANOUT": "true"})
+        gateway = Process(label, cmd, self.run_dir / f"{label}.log", cwd=root, env=env)
         self.processes.append(gateway)
         publisher: Child | None = None
         try:
@@ -308,6 +325,12 @@ class Bench:
                 self.stop(publisher)
             self.stop(gateway)
             phase.log_notes = log_notes(gateway.log_path)
+            if label == BASELINE and self.baseline is not None:
+                phase.log_notes += f"; commit {self.baseline.describe()}" + (
+                    f"; flags it lacks, left out: {' '.join(self.baseline.dropped)}"
+                    if self.baseline.dropped
+                    else ""
+                )
         return phase
 
     def wait_healthy(self, gateway: Process, url: str) -> None:
@@ -341,6 +364,9 @@ class Bench:
         self.clip = make_h264_clip(args.clip_dir, **CLIP)
         self.packets_per_s = rtp_packets_per_second(self.clip, CLIP["fps"])
         log(f"clip {self.clip}: {self.packets_per_s:.1f} RTP packets/s")
+        if BASELINE in args.order:
+            self.baseline = Baseline(ROOT, args.baseline, self.run_dir).__enter__()
+            log(f"baseline: {self.baseline.describe()} checked out in {self.baseline.path}")
         viewer_args = ["--full-viewers"] if args.full_viewers else []
         self.workers = [self.child(f"viewers{i}", "viewers", *viewer_args) for i in range(args.viewer_procs)]
         phases: list[Phase] = []
@@ -424,6 +450,8 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
             "gateway-sockets",
             "gateway (one UDP port) / gateway-sockets (sockets per peer connection)",
         ),
+        ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
+        ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
     ):
         out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
@@ -502,14 +530,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the test clip is cached",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="also measure the gateway of COMMIT (a temporary git worktree) as phase 'baseline', "
+        "after the others unless --only orders it, with a gateway/baseline ratio table",
+    )
     args = parser.parse_args(argv)
     if not args.viewers or min(args.viewers) <= 0:
         parser.error("--viewers needs positive counts")
     if args.seconds <= 0 or args.viewer_procs <= 0:
         parser.error("--seconds and --viewer-procs must be positive")
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
-    if args.only and not set(args.only) <= set(PHASES):
-        parser.error(f"--only: choose from {', '.join(PHASES)}")
+    if args.baseline:
+        order.append(BASELINE)
+    if args.only and not set(args.only) <= {*PHASES, BASELINE, *GSO_PHASES}:
+        parser.error(f"--only: choose from {', '.join([*PHASES, BASELINE, *GSO_PHASES])}")
+    if args.only and BASELINE in args.only and not args.baseline:
+        parser.error("--only baseline needs --baseline COMMIT")
     args.order = args.only or order
     return args
 
