@@ -55,6 +55,7 @@ class ScaleStep:
     viewer_cores: float = 0.0  # every viewer process
     publisher_cores: float = 0.0
     machine_cores: float = 0.0  # all CPUs busy (from /proc/stat), in cores
+    kernel_cores: float = 0.0  # of which irq + softirq (charged to no process) and steal
     received: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     error: str | None = None  # the step could not be measured (viewers did not start, ...)
@@ -80,9 +81,9 @@ class ScaleStep:
 
     @property
     def other_cores(self) -> float:
-        """CPU the machine spent on none of the bench's processes (other work, the kernel's
-        softirq time charged to no process)."""
-        return max(0.0, self.machine_cores - self.gateway_cores - self.viewer_cores - self.publisher_cores)
+        """CPU the machine's other processes took (not the bench's, not irq/softirq/steal)."""
+        bench = self.gateway_cores + self.viewer_cores + self.publisher_cores
+        return max(0.0, self.machine_cores - self.kernel_cores - bench)
 
 
 @dataclass
@@ -105,14 +106,27 @@ class ScalePhase:
     def first_failed(self, packets_per_s: float) -> ScaleStep | None:
         return next((s for s in self.steps if not s.held(packets_per_s)), None)
 
+    def projected(self, packets_per_s: float) -> float | None:
+        """Viewers at which the busiest worker would reach one full core, linear through the
+        origin from the largest held step (an extrapolation: what the gateway could hold with
+        a core per worker to itself and the viewers elsewhere)."""
+        best = self.held(packets_per_s)
+        if best is None:
+            return None
+        busiest = max(
+            v for k, v in best.process_cores.items() if k != "control" or len(best.process_cores) == 1
+        )
+        return best.viewers / busiest if busiest > 0 else None
 
-def machine_busy_s() -> float:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait), and
+    of those the ones in irq, softirq and steal (which no process is charged with)."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal guest guest_nice: guest is in user
     busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / CLK_TCK
+    return busy / CLK_TCK, sum(fields[5:8]) / CLK_TCK
 
 
 def process_cpu_s(pid: int) -> float:
@@ -238,7 +252,8 @@ class ScalingBench(Bench):
         step.process_cores = {name: (p1[pid] - p0[pid]) / span for name, pid in zip(names, tree, strict=True)}
         step.viewer_cores = (v1 - v0) / span
         step.publisher_cores = (u1 - u0) / span
-        step.machine_cores = (m1 - m0) / span
+        step.machine_cores = (m1[0] - m0[0]) / span
+        step.kernel_cores = (m1[1] - m0[1]) / span
         if len(r0) != step.viewers or len(r1) != step.viewers:
             step.error = f"expected {step.viewers} viewers, viewer processes report {len(r0)} then {len(r1)}"
             return
@@ -305,7 +320,7 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
         out.append(f"0 viewers: gateway {phase.idle_cores:.3f} cores")
         out.append(
             "    N | median  >=99% | lost: sum  max  viewers | gateway (per process)        "
-            "| viewers publisher other | machine"
+            "| viewers publisher other kernel | machine"
         )
         for s in phase.steps:
             if s.error:
@@ -317,7 +332,8 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
                 f"{s.viewers:5d} | {100 * s.median_delivery(pps):5.1f}% {100 * s.share_held(pps):5.1f}% | "
                 f"{sum(s.lost):9d} {max(s.lost, default=0):4d} {lossy:8d} | "
                 f"{s.gateway_cores:.2f} ({per}) | {s.viewer_cores:7.2f} {s.publisher_cores:9.2f} "
-                f"{s.other_cores:5.2f} | {s.machine_cores:.2f}{'' if s.held(pps) else '  NOT HELD'}"
+                f"{s.other_cores:5.2f} {s.kernel_cores:6.2f} | "
+                f"{s.machine_cores:.2f}{'' if s.held(pps) else '  NOT HELD'}"
             )
     out.append("")
     out.append("most viewers held at >= 99 % delivery:")
@@ -344,6 +360,20 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
             continue
         ratio = held[k] / base if base else float("nan")
         out.append(f"ratio --workers {k} / --workers {min(held)}: {ratio:.2f} ({held[k]} / {base})")
+    projected = {p.workers: p.projected(pps) for p in phases}
+    first = projected.get(min(projected)) if projected else None
+    if first:
+        out.append(
+            "extrapolated, not measured: viewers at which the busiest worker would reach a full core "
+            "(linear from the largest held step): "
+            + ", ".join(f"--workers {k}: {v:.0f}" for k, v in projected.items() if v)
+            + "; ratio "
+            + ", ".join(
+                f"{k}/{min(projected)} {v / first:.2f}"
+                for k, v in projected.items()
+                if v and k != min(projected)
+            )
+        )
     return "\n".join(out)
 
 
