@@ -311,12 +311,8 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
         f"{args.viewer_kind} viewer processes; {cpus} CPUs; cores = CPU seconds per second",
     ]
     for phase in phases:
-        out.append("")
-        out.append(f"== --workers {phase.workers} ==")
-        if phase.error:
-            out.append(f"FAILED: {phase.error}")
-        if phase.log_notes:
-            out.append(f"log: {phase.log_notes}")
+        failed = [f"FAILED: {phase.error}"] if phase.error else []
+        out += ["", f"== --workers {phase.workers} ==", *failed, f"log: {phase.log_notes}"]
         out.append(f"0 viewers: gateway {phase.idle_cores:.3f} cores")
         out.append(
             "    N | median  >=99% | lost: sum  max  viewers | gateway (per process)        "
@@ -401,12 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="lean (default): count RTP headers off the socket (benchlib/lean.py); counting: "
         "decrypt and count (the fan-out phases' default); full: aiortc's whole receive path",
     )
-    parser.add_argument(
-        "--clip-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "skyrelay-clips",
-        help="where the test clip is cached",
-    )
+    clips = Path(tempfile.gettempdir()) / "skyrelay-clips"
+    parser.add_argument("--clip-dir", type=Path, default=clips, help="the test clip's cache")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if not args.scaling or min(args.scaling) <= 0:
@@ -420,8 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     bench = ScalingBench(args)
-    started = time.monotonic()
-    phases: list[ScalePhase] = []
     try:
         phases = bench.run_scaling()
     except KeyboardInterrupt:
@@ -430,12 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop_all()
     print(report(phases, args, bench.packets_per_s))
-    log(f"total {time.monotonic() - started:.0f} s")
     if args.json:
-        data = {
-            "args": {k: str(v) for k, v in vars(args).items()},
+        results = {
+            "args": vars(args),
             "rtp_packets_per_s": bench.packets_per_s,
-            "phases": [{**asdict(p), "steps": [asdict(s) for s in p.steps]} for p in phases],
+            "phases": map(asdict, phases),
         }
-        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        args.json.write_bytes(orjson.dumps(results, default=str, option=orjson.OPT_INDENT_2))
     return 1 if any(p.error for p in phases) else 0
