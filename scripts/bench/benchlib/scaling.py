@@ -376,7 +376,7 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench/fanout --scaling",
-        description="The most viewers skyrelay holds at >= 99 %% delivery, per --workers count.",
+        description="The most viewers skyrelay holds at >= 99 % delivery, per --workers count.",
     )
     parser.add_argument(
         "--scaling",
@@ -384,12 +384,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
         help="worker counts to compare, e.g. 1,2 (the ratio is against the smallest)",
     )
-    parser.add_argument("--start", type=int, default=20, help="viewers at the first step (20)")
-    parser.add_argument("--step", type=int, default=20, help="viewers added per step (20)")
-    parser.add_argument("--max-viewers", type=int, default=1000, help="stop here if still held (1000)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window (10)")
-    parser.add_argument("--settle", type=float, default=3.0, help="pause before windows (3)")
-    parser.add_argument("--viewer-procs", type=int, default=2, help="viewer processes (2)")
+    for flag, kind, default, text in (
+        ("--start", int, 20, "viewers at the first step"),
+        ("--step", int, 20, "viewers added per step"),
+        ("--max-viewers", int, 1000, "stop here if still held"),
+        ("--seconds", float, 10.0, "measurement window"),
+        ("--settle", float, 3.0, "pause before windows"),
+        ("--viewer-procs", int, 2, "viewer processes"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} ({default:g})")
     parser.add_argument(
         "--viewer-kind",
         choices=["lean", "counting", "full"],
