@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "args": vars(args),
             "rtp_packets_per_s": bench.packets_per_s,
-            "phases": map(asdict, phases),
+            "phases": [asdict(p) for p in phases],
         }
         args.json.write_bytes(orjson.dumps(results, default=str, option=orjson.OPT_INDENT_2))
     return 1 if any(p.error for p in phases) else 0
