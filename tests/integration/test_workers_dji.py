@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
 from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
@@ -21,7 +22,7 @@ from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import FrameCounter
 from tests.integration.drone import AIRCRAFT_VIDEO
-from tests.integration.test_workers import play_on, worker_of, worker_pids
+from tests.integration.test_workers import Connect, play_on, worker_of, worker_pids
 
 
 @pytest_asyncio.fixture
@@ -45,6 +46,12 @@ async def machine(
         gw.stop()
 
 
+@pytest.fixture
+def gateway(machine: tuple[GatewayProcess, DockSimulator]) -> GatewayProcess:
+    """The module's gateway (the `connect` fixture opens clients to it)."""
+    return machine[0]
+
+
 async def play_camera(client: WcsClient) -> ClientStream:
     """Play the aircraft's camera once the dock has announced it."""
     async with asyncio.timeout(30):
@@ -57,89 +64,69 @@ async def play_camera(client: WcsClient) -> ClientStream:
 
 
 async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
-    machine: tuple[GatewayProcess, DockSimulator], video_track: Callable[[], Any]
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
     gw, sim = machine
-    opened: list[WcsClient] = []
+    # A stream to find out where each connection landed.
+    probe_client = await connect()
+    probe = await probe_client.publish("w-probe", [video_track()])
+    await probe.wait_status("PUBLISHING")
+    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
 
-    async def connect() -> WcsClient:
-        client = await WcsClient.connect(gw.ws_url)
-        opened.append(client)
-        return client
+    players = await asyncio.gather(*(play_camera(client) for client in pinned))
+    counters = []
+    for player in players:
+        await player.wait_status("PLAYING", timeout=30)
+        counters.append(FrameCounter(player).start())
+    for counter in counters:
+        await counter.wait_frames(30)
+    assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
+    # The push landed on one worker; the other one's player watches a mirror of it.
+    assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
 
-    try:
-        # A stream to find out where each connection landed.
-        probe_client = await connect()
-        probe = await probe_client.publish("w-probe", [video_track()])
-        await probe.wait_status("PUBLISHING")
-        pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
+    # The devices and the camera's controls answer from whichever worker takes the request.
+    async with aiohttp.ClientSession() as http:
+        for _ in range(4):
+            async with http.get(f"{gw.http_url}/api/devices") as reply:
+                described = await reply.json()
+            assert [g["sn"] for g in described["gateways"]] == [sim.gateway_sn]
+            url = f"{gw.http_url}/api/streams/{AIRCRAFT_VIDEO}/quality"
+            async with http.post(url, json={"video_quality": 1}) as reply:
+                assert reply.status == 200, await reply.text()
+    assert [c for c, _ in sim.controls] == ["live_set_quality"] * 4
 
-        players = await asyncio.gather(*(play_camera(client) for client in pinned))
-        counters = []
-        for player in players:
-            await player.wait_status("PLAYING", timeout=30)
-            counters.append(FrameCounter(player).start())
-        for counter in counters:
-            await counter.wait_frames(30)
-        assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
-        # The push landed on one worker; the other one's player watches a mirror of it.
-        assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
+    # The flight data reaches the players of both workers.
+    for client in pinned:
+        await client.wait_message(
+            "notifyStreamEvent", lambda data: data[0].get("type") == "telemetry", timeout=10
+        )
 
-        # The devices and the camera's controls answer from whichever worker takes the request.
-        async with aiohttp.ClientSession() as http:
-            for _ in range(4):
-                async with http.get(f"{gw.http_url}/api/devices") as reply:
-                    described = await reply.json()
-                assert [g["sn"] for g in described["gateways"]] == [sim.gateway_sn]
-                url = f"{gw.http_url}/api/streams/{AIRCRAFT_VIDEO}/quality"
-                async with http.post(url, json={"video_quality": 1}) as reply:
-                    assert reply.status == 200, await reply.text()
-        assert [c for c, _ in sim.controls] == ["live_set_quality"] * 4
-
-        # The flight data reaches the players of both workers.
-        for client in pinned:
-            await client.wait_message(
-                "notifyStreamEvent", lambda data: data[0].get("type") == "telemetry", timeout=10
-            )
-
-        # The last viewer leaving (in either worker) stops the push after the linger.
-        for counter in counters:
-            await counter.stop()
-        for player in players:
-            await player.stop()
-        async with asyncio.timeout(15):
-            while not sim.stops:
-                await asyncio.sleep(0.1)
-        assert len(sim.starts) == 1
-    finally:
-        await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
+    # The last viewer leaving (in either worker) stops the push after the linger.
+    for counter in counters:
+        await counter.stop()
+    for player in players:
+        await player.stop()
+    async with asyncio.timeout(15):
+        while not sim.stops:
+            await asyncio.sleep(0.1)
+    assert len(sim.starts) == 1
 
 
 async def test_a_killed_workers_camera_viewers_let_the_push_stop(
-    machine: tuple[GatewayProcess, DockSimulator], video_track: Callable[[], Any]
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
     """The viewers of a worker that dies are no longer counted: the push lingers, then stops."""
     gw, sim = machine
-    opened: list[WcsClient] = []
+    probe_client = await connect()
+    probe = await probe_client.publish("w-probe", [video_track()])
+    await probe.wait_status("PUBLISHING")
+    doomed = 1 - worker_of(probe, gw)  # not the probe's worker: its publisher stays
+    client, _ = await play_on(connect, gw, "w-probe", doomed)
+    player = await play_camera(client)
+    await player.wait_status("PLAYING", timeout=30)
+    assert len(sim.starts) == 1 and not sim.stops
 
-    async def connect() -> WcsClient:
-        client = await WcsClient.connect(gw.ws_url)
-        opened.append(client)
-        return client
-
-    try:
-        probe_client = await connect()
-        probe = await probe_client.publish("w-probe", [video_track()])
-        await probe.wait_status("PUBLISHING")
-        doomed = 1 - worker_of(probe, gw)  # not the probe's worker: its publisher stays
-        client, _ = await play_on(connect, gw, "w-probe", doomed)
-        player = await play_camera(client)
-        await player.wait_status("PLAYING", timeout=30)
-        assert len(sim.starts) == 1 and not sim.stops
-
-        os.kill(worker_pids(gw)[doomed], signal.SIGKILL)
-        async with asyncio.timeout(20):  # the linger is 1 s
-            while not sim.stops:
-                await asyncio.sleep(0.1)
-    finally:
-        await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
+    os.kill(worker_pids(gw)[doomed], signal.SIGKILL)
+    async with asyncio.timeout(20):  # the linger is 1 s
+        while not sim.stops:
+            await asyncio.sleep(0.1)

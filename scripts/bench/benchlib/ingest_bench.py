@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.media.synthetic import make_h264_clip
 
-from .orchestrate import CLIP, Bench, _raise_interrupt, free_port, log
+from .orchestrate import CLIP, Bench, _raise_interrupt, free_port, int_list, log
 from .procs import Child, ChildError, Process, cpu_sample
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -380,7 +380,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--streams",
         default="1,8",
-        type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+        type=int_list,
         help="streams published at once (default 1,8)",
     )
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per window (10)")

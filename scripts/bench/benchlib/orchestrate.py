@@ -489,6 +489,11 @@ def _pair_table(a: Phase | None, b: Phase | None, title: str, packets_per_s: flo
     return out
 
 
+def int_list(text: str) -> list[int]:
+    """A flag's comma-separated counts ("10,40,100"), sorted, each once."""
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
 def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -501,7 +506,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--viewers",
         default="10,40,100",
-        type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+        type=int_list,
         help="viewer counts to measure, attached incrementally (default 10,40,100)",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window (15)")

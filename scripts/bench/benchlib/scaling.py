@@ -36,6 +36,7 @@ from .orchestrate import (
     Bench,
     _raise_interrupt,
     free_port,
+    int_list,
     log,
     log_notes,
     rtp_packets_per_second,
@@ -381,7 +382,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scaling",
         required=True,
-        type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+        type=int_list,
         help="worker counts to compare, e.g. 1,2 (the ratio is against the smallest)",
     )
     for flag, kind, default, text in (
