@@ -6,14 +6,12 @@ benchmark's job)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 
 import pytest
 
-from tests.integration.test_bench_telemetry import ROOT, processes_with
+from tests.integration.test_bench_telemetry import ROOT, processes_with, run_tiny
 
 SCRIPT = ROOT / "scripts" / "bench" / "ingest"
 KINDS = ("webrtc", "whip", "rtmp", "rtsp-push", "rtsp-pull")
@@ -34,21 +32,12 @@ TINY_KINDS = ("webrtc", "rtmp")
 
 def test_tiny_run() -> None:
     marker = f"bench-test-{uuid.uuid4().hex}"
-    env = {**os.environ, "BENCH_TEST_MARK": marker}
     before = worktrees()
     # Two kinds keep the suite short: a WebRTC publish (the fast receive path) and RTMP (ffmpeg).
-    cmd = [sys.executable, str(SCRIPT), "--baseline", "HEAD", "--streams", "1"]
-    cmd += ["--kinds", ",".join(TINY_KINDS)]
-    done = subprocess.run(
-        [*cmd, "--window", "1", "--settle", "0.5", "--rounds", "1"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    out = done.stdout.decode()
+    args = ["--baseline", "HEAD", "--streams", "1", "--kinds", ",".join(TINY_KINDS)]
+    done = run_tiny(SCRIPT, [*args, "--window", "1", "--settle", "0.5", "--rounds", "1"], marker)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
     rows = {
         line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in ([k] for k in KINDS)
     }

@@ -52,6 +52,14 @@ def gateway(machine: tuple[GatewayProcess, DockSimulator]) -> GatewayProcess:
     return machine[0]
 
 
+async def publish_probe(connect: Connect, track: Any) -> ClientStream:
+    """A published stream whose players' answers say which worker each connection landed on."""
+    client = await connect()
+    probe = await client.publish("w-probe", [track])
+    await probe.wait_status("PUBLISHING")
+    return probe
+
+
 async def play_camera(client: WcsClient) -> ClientStream:
     """Play the aircraft's camera once the dock has announced it."""
     async with asyncio.timeout(30):
@@ -67,10 +75,7 @@ async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
     machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
     gw, sim = machine
-    # A stream to find out where each connection landed.
-    probe_client = await connect()
-    probe = await probe_client.publish("w-probe", [video_track()])
-    await probe.wait_status("PUBLISHING")
+    await publish_probe(connect, video_track())  # to find out where each connection landed
     pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
 
     players = await asyncio.gather(*(play_camera(client) for client in pinned))
@@ -117,9 +122,7 @@ async def test_a_killed_workers_camera_viewers_let_the_push_stop(
 ) -> None:
     """The viewers of a worker that dies are no longer counted: the push lingers, then stops."""
     gw, sim = machine
-    probe_client = await connect()
-    probe = await probe_client.publish("w-probe", [video_track()])
-    await probe.wait_status("PUBLISHING")
+    probe = await publish_probe(connect, video_track())
     doomed = 1 - worker_of(probe, gw)  # not the probe's worker: its publisher stays
     client, _ = await play_on(connect, gw, "w-probe", doomed)
     player = await play_camera(client)
