@@ -3,9 +3,45 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+from typing import TextIO
 
 import structlog
+
+
+class LineLogger:
+    """Writes each event as one line in ONE write(2): with ``--workers N`` every process
+    shares stderr, and structlog's PrintLogger (``print``: the text, then the newline, two
+    writes) let lines of two processes run into each other."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = file.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # not a real file (a test's capture): its own write
+
+    def msg(self, message: str) -> None:
+        line = message + "\n"
+        with self._lock:
+            if self._fd is None:
+                self._file.write(line)
+                self._file.flush()
+                return
+            self._file.flush()  # anything written through the file object goes first
+            data = memoryview(line.encode("utf-8", "backslashreplace"))
+            while data:
+                try:
+                    data = data[os.write(self._fd, data) :]
+                except InterruptedError:
+                    continue
+                except OSError:
+                    return  # stderr gone: nothing to tell it
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -17,6 +53,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
+    line_logger = LineLogger(sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -26,7 +63,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_args: line_logger,
         cache_logger_on_first_use=True,
     )
     # aiortc/aioice log through the standard library; keep their noise out of INFO.

@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.ports import free_port
+from tests.ports import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,25 @@ def dominant_frequency(samples: Any, rate: int) -> float:
 
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
     return float(np.fft.rfftfreq(len(samples), 1 / rate)[np.argmax(spectrum)])
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_sum(body: str, name: str, labels: dict[str, str]) -> float:
+    """The samples of ``name`` in a Prometheus text ``body`` whose labels, less ``worker``,
+    are exactly ``labels``, summed (0 when there is none)."""
+    total = 0.0
+    for line in body.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(_LABEL.findall(match.group(2) or ""))
+        found.pop("worker", None)
+        if found == labels:
+            total += float(match.group(3))
+    return total
 
 
 @dataclass
@@ -48,9 +68,19 @@ class GatewayProcess:
     rtmp_port: int = field(default_factory=free_port)
     rtsp_port: int = field(default_factory=free_port)
     mqtt_broker_port: int = field(default_factory=free_port)
-    webrtc_port: int = field(default_factory=free_port)  # UDP and ICE-TCP
+    # Worker processes (`--workers`); None: the product's default (one per core).
+    workers: int | None = None
+    webrtc_port: int = 0  # UDP and ICE-TCP (worker i: + i); 0: free ones picked
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.webrtc_port:
+            self.webrtc_port = free_port_block(self.worker_count)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0))
 
     @property
     def ws_url(self) -> str:
@@ -88,6 +118,7 @@ class GatewayProcess:
             "127.0.0.1",
             "--log-format",
             "json",
+            *(["--workers", str(self.workers)] if self.workers is not None else []),
             *self.extra_args,
         ]
         # A free WebRTC port of its own, unless the test chose them (flags beat the environment).
@@ -104,10 +135,12 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
-                self.health()
-                return
+                # With several workers: once every one answers (the first may answer alone).
+                if all(worker.get("answering") for worker in self.health().get("workers", [])):
+                    return
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError("gateway did not become healthy in time")
 
@@ -130,16 +163,11 @@ class GatewayProcess:
         return found
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample of ``/metrics`` (0 when absent)."""
+        """The sample of ``/metrics`` with exactly these labels (0 when absent), summed over
+        the workers (with several, each worker's sample carries a ``worker`` label)."""
         with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as reply:
             body = reply.read().decode()
-        text = ",".join(f'{key}="{value}"' for key, value in labels.items())
-        wanted = f"{name}{{{text}}}" if text else name
-        for line in body.splitlines():
-            key, _, value = line.rpartition(" ")
-            if key == wanted:
-                return float(value)
-        return 0.0
+        return metric_sum(body, name, labels)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -152,10 +180,18 @@ class GatewayProcess:
             self.proc.wait(timeout=5)
 
 
+def module_workers(request: pytest.FixtureRequest) -> int | None:
+    """A module's `GATEWAY_WORKERS`: the worker count its gateways run with (a module about
+    one process's internals sets 1, saying why); without it, the product's default."""
+    return getattr(request.module, "GATEWAY_WORKERS", None)
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     """One gateway per test module (starting aiortc costs about a second)."""
-    gw = GatewayProcess()
+    gw = GatewayProcess(workers=module_workers(request))
     gw.start(tmp_path_factory.mktemp("gateway"))
     try:
         yield gw
@@ -164,12 +200,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], GatewayProcess]]:
+def make_gateway(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[dict[str, str]], GatewayProcess]]:
     """Starts gateways with extra SKYRELAY_* settings for one test; stops them after it."""
     started: list[GatewayProcess] = []
 
     def start(env: dict[str, str]) -> GatewayProcess:
-        gw = GatewayProcess(extra_env=env)
+        gw = GatewayProcess(extra_env=env, workers=module_workers(request))
         started.append(gw)
         gw.start(tmp_path)
         return gw

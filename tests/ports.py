@@ -36,3 +36,16 @@ def free_port() -> int:
             continue
         return port
     raise RuntimeError("no free port left below the ephemeral range")
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive ports, each as `free_port` hands them out (a
+    gateway with several workers gives worker i the WebRTC port + i)."""
+    if count == 1:
+        return free_port()
+    for _ in range(1000):
+        first = free_port()
+        rest = [free_port() for _ in range(count - 1)]
+        if rest == list(range(first + 1, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports left below the ephemeral range")

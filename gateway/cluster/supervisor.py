@@ -301,7 +301,9 @@ class Supervisor:
         self.workers = [WorkerProcess(self, index) for index in range(workers)]
         self.listeners: dict[str, socket.socket] = {}
         self.runtime_dir = Path()
-        self.broker = embedded_broker(config, ConnectionLimits(config.max_connections_per_ip))
+        # The broker's port is the control process's alone: its per-address count is too.
+        self.connection_limits = ConnectionLimits(config.max_connections_per_ip)
+        self.broker = embedded_broker(config, self.connection_limits)
         self.counts: SharedCounts | None = None
         self.streams = MachineStreams(self)
         self.ingest_keys = SharedIngestKeys(self)
@@ -344,7 +346,6 @@ class Supervisor:
         assert self.dji is not None
         return {"op": "cameras", "names": sorted(self.dji.sources)}
 
-
     async def _gather(self, message: dict[str, Any]) -> dict[str, Any]:
         """Every worker's report (``what``) for a worker answering for the machine (`machine`)."""
         return {
@@ -360,7 +361,8 @@ class Supervisor:
         if self.dji is not None:
             figures["mqtt_links"] = {"dji": self.dji.mqtt.connected.is_set()}
         if what == "metrics":
-            figures["metrics"] = metrics.render_control(self.dji, metrics.Outputs(broker=self.broker))
+            outputs = metrics.Outputs(broker=self.broker, connections=self.connection_limits)
+            figures["metrics"] = metrics.render_control(self.dji, outputs)
         return figures
 
     def deliver(self, notice: Notice) -> None:

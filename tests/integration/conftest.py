@@ -93,7 +93,7 @@ async def connect(gateway: GatewayProcess) -> AsyncIterator[Callable[[], Awaitab
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """`skyrelay serve --workers 2` (no MQTT broker), one per test module."""
-    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
+    gw = GatewayProcess(workers=2, extra_args=["--mqtt-broker", "off"])
     gw.start(tmp_path_factory.mktemp("workers"))
     try:
         yield gw

@@ -128,11 +128,7 @@ def refusal_lines(gateway: GatewayProcess, kind: str) -> list[dict[str, Any]]:
 
 
 def refused_metric(gateway: GatewayProcess, kind: str) -> float:
-    with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf'^skyrelay_connections_refused_total{{port_kind="{kind}"}} (\S+)$', text, re.M)
-    assert found is not None, f"no refusal counter for {kind}"
-    return float(found.group(1))
+    return gateway.metric("skyrelay_connections_refused_total", port_kind=kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -147,7 +143,8 @@ async def test_one_address_over_the_limit_is_refused_and_the_others_go_on(
         refused = [await open_one(gateway, kind, HOSTILE, LIMIT + i) for i in range(3)]
         assert not any(r.answered for r in refused)
         assert refused_metric(gateway, kind) == 3
-        assert len(refusal_lines(gateway, kind)) == 1
+        # (With several workers, one line from each worker that refused some.)
+        assert 1 <= len(refusal_lines(gateway, kind)) <= gateway.worker_count
         line = refusal_lines(gateway, kind)[0]
         assert (line["peer"], line["limit"], line["level"]) == (HOSTILE, LIMIT, "warning")
         # Another address is served; so is this one once one of its connections ends.
@@ -173,5 +170,5 @@ async def test_every_port_kind_is_counted_in_metrics(gateway: GatewayProcess) ->
     with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "# TYPE skyrelay_connections_refused_total counter" in text
-    kinds = set(re.findall(r'^skyrelay_connections_refused_total{port_kind="(\w+)"}', text, re.M))
+    kinds = set(re.findall(r'^skyrelay_connections_refused_total{.*port_kind="(\w+)"}', text, re.M))
     assert kinds == {*KINDS, "webrtc_tcp"}  # ICE-TCP's limit: test_webrtc_ports.py

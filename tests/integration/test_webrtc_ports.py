@@ -30,6 +30,10 @@ from tests.integration.conftest import FrameCounter, local_config
 from tests.integration.ice_tcp import IceTcpPath
 from tests.integration.witness import Witness
 
+# The ports of one process (its sockets, candidates and tables); with several workers each
+# has its own pair, port + i: tests/integration/test_workers.py.
+GATEWAY_WORKERS = 1
+
 Connect = Callable[[], Awaitable[WcsClient]]
 TrackFactory = Callable[[], EncodedVideoTrack]
 CANDIDATE = re.compile(r"a=candidate:\S+ 1 (udp|tcp) \d+ (\S+) (\d+) typ (\S+)(?: tcptype (\S+))?", re.I)

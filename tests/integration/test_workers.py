@@ -177,9 +177,10 @@ async def test_a_killed_worker_is_restarted_and_the_other_keeps_streaming(
     assert survivor_player.status == "PLAYING"
 
     async with asyncio.timeout(30):  # restarted, with its name freed
-        while worker_pids(workers).get(0) in (None, pids[0]) or not workers.log_events(
-            "worker_linked", worker=0
-        )[1:]:
+        while (
+            worker_pids(workers).get(0) in (None, pids[0])
+            or not workers.log_events("worker_linked", worker=0)[1:]
+        ):
             await asyncio.sleep(0.1)
     assert workers.log_events("worker_died", worker=0)
     _, again = await publish_on(connect, workers, "w-doomed", 1, video_track())
@@ -189,7 +190,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_keeps_streaming(
 
 
 def test_a_busy_port_fails_the_start_naming_it(tmp_path: Path) -> None:
-    gw = GatewayProcess(extra_args=["--workers", "2", "--mqtt-broker", "off"])
+    gw = GatewayProcess(workers=2, extra_args=["--mqtt-broker", "off"])
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", gw.rtsp_port))
         busy.listen()
@@ -269,9 +270,7 @@ async def test_keyframe_requests_events_and_availability_cross_workers(
 async def test_the_per_address_limit_counts_the_connections_of_every_worker(tmp_path: Path) -> None:
     """Ten WebSocket connections from one address against a limit of four: four are taken
     whichever workers they land on (each worker counting only its own would take up to eight)."""
-    gw = GatewayProcess(
-        extra_args=["--workers", "2", "--mqtt-broker", "off", "--max-connections-per-ip", "4"]
-    )
+    gw = GatewayProcess(workers=2, extra_args=["--mqtt-broker", "off", "--max-connections-per-ip", "4"])
     gw.start(tmp_path)
     opened: list[Any] = []
     try:

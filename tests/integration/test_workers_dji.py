@@ -30,7 +30,8 @@ async def machine(
     mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
     gw = GatewayProcess(
-        extra_args=["--workers", "2", "--mqtt", mosquitto.url, "--live-linger", "1"],
+        workers=2,
+        extra_args=["--mqtt", mosquitto.url, "--live-linger", "1"],
         # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
         extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
     )
