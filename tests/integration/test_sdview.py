@@ -307,6 +307,7 @@ async def test_with_two_workers_the_worker_holding_the_stream_sends_its_pictures
     """Each worker runs an SD view on the machine's broker; only the one holding the stream
     publishes, though the other has a mirror of it (a player there): each keyframe once."""
     await wait_until(lambda: len(gateway.log_events("sd_view_connected")) == 2)
+    assert gateway.health()["mqtt_links"] == {"dji": True, "sd_view": True}
     publisher = await (await connect()).publish("front", [video_track()])
     await publisher.wait_status("PUBLISHING")
     owner = worker_of(publisher, gateway)
