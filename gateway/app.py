@@ -192,14 +192,19 @@ class Gateway:
         self.whep = WhepEgress(self.registry, settings, config.telemetry_rate)
 
     def _build_dji(self) -> None:
-        """The embedded MQTT broker, the DJI bridge and the SD view, on the MQTT link."""
+        """The embedded MQTT broker, the DJI bridge and the SD view, on the MQTT link. A
+        worker has only its SD view: the machine's broker and bridge are the control
+        process's."""
         config = self.config
-        self.broker = embedded_broker(config, self.connection_limits)
         mqtt_address = own_broker_address(config)
         registry = self.registry
-        self.dji = dji_bridge(
-            config, registry, self.ingest_keys, lambda name, url: RtspPull(registry, name, url)
-        )
+        self.broker: Broker | None = None
+        self.dji: DjiBridge | None = None
+        if self.place is None:
+            self.broker = embedded_broker(config, self.connection_limits)
+            self.dji = dji_bridge(
+                config, registry, self.ingest_keys, lambda name, url: RtspPull(registry, name, url)
+            )
         self.sdview = (
             SdViewService(
                 self.registry,

@@ -286,8 +286,6 @@ def validate(config: Config) -> None:
         highest = port + step * last + step - 1
         if port and highest > 65535:
             raise ConfigError(f"setting {name!r}: {config.worker_count} workers need ports up to {highest}")
-    if config.worker_count > 1 and config.sd_view_hub_key:
-        raise ConfigError("setting 'workers': the SD view runs with one worker only (workers = 1) for now")
     if config.max_frame_bytes < 1024:
         raise ConfigError("setting 'max_frame_bytes': must be at least 1024")
     if config.mqtt is not None and not config.mqtt.startswith(("mqtt://", "mqtts://")):

@@ -9,6 +9,7 @@ up over the workers lives in this module:
   relayed to its viewers here, is not reported), so sums never count a stream twice;
 - a worker that is not running or did not answer in time is listed as such, and the
   machine's status is ``degraded`` (the figures are those of the workers that answered);
+- an MQTT link the workers each have (the SD view's) is up when it is up in every one;
 - in ``/metrics`` every worker sample gets a ``worker`` label, each family's HELP and TYPE
   come once, and the control process adds the workers' own series.
 
@@ -58,7 +59,8 @@ def merge_health(reports: Sequence[WorkerReport], control: dict[str, Any]) -> di
     mqtt_links: dict[str, bool] = dict(control.get("mqtt_links") or {})
     for figures in answered:
         task_kinds.update(figures.get("task_kinds") or {})
-        mqtt_links.update(figures.get("mqtt_links") or {})
+        for name, up in (figures.get("mqtt_links") or {}).items():
+            mqtt_links[name] = mqtt_links.get(name, True) and up is True
     trouble = problems(reports)
     return {
         "status": "degraded" if trouble else "ok",

@@ -50,8 +50,9 @@ START_TIMEOUT_S = 60.0
 
 def worker_config(config: Config, index: int) -> Config:
     """The settings of worker ``index``: its own WebRTC ports and RTSP UDP pair (from the
-    configured ones up: a range), and no MQTT of its own (the control process has the one
-    broker and the one DJI bridge)."""
+    configured ones up: a range). The MQTT settings stay: they say where the machine's broker
+    is, for the worker's SD view; the broker and the DJI bridge run only here (a worker's
+    gateway builds neither)."""
 
     def shifted(port: int, step: int) -> int:
         return port + step * index if port else 0
@@ -61,9 +62,6 @@ def worker_config(config: Config, index: int) -> Config:
         webrtc_udp_port=shifted(config.webrtc_udp_port, 1),
         webrtc_tcp_port=shifted(config.webrtc_tcp_port, 1),
         rtsp_udp_port=shifted(config.rtsp_udp_port, 2),
-        mqtt=None,
-        mqtt_broker="off",
-        sd_view_hub_key=None,
         device_state_file="off",
     )
 

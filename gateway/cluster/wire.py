@@ -39,7 +39,9 @@ class Kind(enum.IntEnum):
     INFO = 0x11  # owner -> viewer worker: the stream's codecs and format
     FRAME = 0x12  # owner -> viewer worker: one access unit
     FORMAT = 0x13  # {"width", "height"}
-    EVENT = 0x14  # {"type", "payload"}: a stream event (WCS notifyStreamEvent)
+    # {"type", "payload"}: a stream event (WCS notifyStreamEvent); owner -> viewer worker to
+    # broadcast, and viewer worker -> owner for an event sent on a mirror (a stream control's news)
+    EVENT = 0x14
     END = 0x15  # {"info"}: the stream ended (info None: its publisher stopped)
     KEYFRAME_REQUEST = 0x16  # viewer worker -> owner
 
@@ -54,6 +56,19 @@ def json_frame(kind: Kind, message: dict[str, Any]) -> bytes:
 
 def json_payload(payload: bytes) -> dict[str, Any]:
     return loads_object(payload, WireError, "not JSON", "not a JSON object")
+
+
+def event_frame(event_type: str, payload: Any) -> bytes:
+    return json_frame(Kind.EVENT, {"type": event_type, "payload": payload})
+
+
+def parse_event(payload: bytes) -> tuple[str, Any]:
+    """An EVENT's type and payload; WireError if it is not a JSON object with a type."""
+    message = json_payload(payload)
+    event_type = message.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise WireError("an EVENT needs a type")
+    return event_type, message.get("payload")
 
 
 class FrameReader:

@@ -281,14 +281,27 @@ async def _feed_link(
         log.info("media_link_opened", stream=name)
         try:
             while data := await reader.read(4096):
-                for kind, _ in frames.feed(data):
+                for kind, payload in frames.feed(data):
                     if kind is wire.Kind.KEYFRAME_REQUEST:
                         stream.request_keyframe()
+                    elif kind is wire.Kind.EVENT:
+                        _relayed_event(stream, payload)
         finally:
             stream.unsubscribe(sub)
             log.info("media_link_closed", stream=name, video_dropped=sub.video.dropped)
     finally:
         viewing.close()
+
+
+def _relayed_event(stream: Stream, payload: bytes) -> None:
+    """An event sent on a mirror of ``stream``: for every subscriber, the mirrors included
+    (the sender's too: it did not broadcast it itself). A bad one is refused alone."""
+    try:
+        event_type, body = wire.parse_event(payload)
+    except wire.WireError as exc:
+        log.warning("media_link_event_refused", stream=stream.name, error=str(exc))
+        return
+    stream.broadcast_event(event_type, body)
 
 
 def _codec(codec: Codec | None) -> dict[str, Any] | None:
@@ -339,7 +352,7 @@ class _LinkSink:
         self.writer.write(wire.json_frame(wire.Kind.FORMAT, {"width": width, "height": height}))
 
     def on_stream_event(self, event_type: str, payload: Any) -> None:
-        self.writer.write(wire.json_frame(wire.Kind.EVENT, {"type": event_type, "payload": payload}))
+        self.writer.write(wire.event_frame(event_type, payload))
 
     def on_stream_end(self, info: str | None) -> None:
         self.writer.write(wire.json_frame(wire.Kind.END, {"info": info}))
@@ -347,7 +360,8 @@ class _LinkSink:
 
 
 class _LinkSource:
-    """The source of a mirror: keyframe requests go back to the owner."""
+    """The source of a mirror: keyframe requests and events sent on it go back to the owner
+    (an `EventRelay`)."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -355,6 +369,10 @@ class _LinkSource:
     def request_keyframe(self) -> None:
         if not self.writer.is_closing():
             self.writer.write(wire.frame(wire.Kind.KEYFRAME_REQUEST))
+
+    def relay_event(self, event_type: str, payload: Any) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.event_frame(event_type, payload))
 
     async def feedback(self) -> SourceFeedback:
         return NO_FEEDBACK
@@ -444,8 +462,7 @@ class ClusterStreams:
                         message = wire.json_payload(payload)
                         stream.set_dimensions(int(message["width"]), int(message["height"]))
                     elif kind is wire.Kind.EVENT and stream is not None:
-                        message = wire.json_payload(payload)
-                        stream.broadcast_event(str(message["type"]), message.get("payload"))
+                        stream.broadcast_event(*wire.parse_event(payload))
                     elif kind is wire.Kind.END:
                         ended = wire.json_payload(payload).get("info")
                         info = ended if isinstance(ended, str) else None

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import av
 
@@ -82,6 +82,14 @@ class SourceFeedback:
 
 
 NO_FEEDBACK = SourceFeedback()
+
+
+@runtime_checkable
+class EventRelay(Protocol):
+    """A source that carries its stream's events to where the stream is held: a mirror's
+    link to the worker that owns the stream (`gateway.cluster`)."""
+
+    def relay_event(self, event_type: str, payload: Any) -> None: ...
 
 
 class Source(Protocol):
@@ -359,8 +367,19 @@ class Stream:
             sub.listener.on_video_format(width, height)
 
     def broadcast_event(self, event_type: str, payload: Any) -> None:
+        """Tell this stream's own subscribers (`send_event` is for every subscriber)."""
         for sub in list(self.subscriptions):
             sub.listener.on_stream_event(event_type, payload)
+
+    def send_event(self, event_type: str, payload: Any) -> None:
+        """A stream event for every subscriber of the stream, on whichever worker: a mirror
+        hands it to the owner (whose broadcast comes back to the mirror once, over its link),
+        any other stream broadcasts it."""
+        source = self.source
+        if isinstance(source, EventRelay):
+            source.relay_event(event_type, payload)
+        else:
+            self.broadcast_event(event_type, payload)
 
     def end(self, info: str | None = None) -> None:
         """The stream is over: close every queue and tell every subscriber (``info`` says

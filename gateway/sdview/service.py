@@ -180,7 +180,9 @@ class SdViewService:
 
     def _keyframe_mark(self, name: str) -> Hashable | None:
         stream = self.registry.get(name)
-        if stream is None or stream.keyframe is None:
+        # A mirror's pictures are sent by the worker holding its stream (each keyframe once
+        # on the machine, whichever workers have viewers of it).
+        if stream is None or stream.keyframe is None or self.registry.is_mirror(stream):
             return None
         # Keyframe timestamps rise within a stream; the id tells a new stream of that name.
         return (stream.id, stream.keyframe.pts)

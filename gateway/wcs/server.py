@@ -295,7 +295,7 @@ class Connection:
                 case RelayStreamEvent(name, event_type, payload):
                     stream = self.server.registry.get(name)
                     if stream is not None:
-                        stream.broadcast_event(event_type, payload)
+                        stream.send_event(event_type, payload)
                 case ControlStream():
                     self._spawn(self._control(out))
                 case QueryAvailable(msid, name):
@@ -363,7 +363,7 @@ class Connection:
         stream = registry.find(registry.resolve(request.stream_name))
         if stream is not None:
             field = CONTROL_EVENTS[request.event_type][1][0]
-            stream.broadcast_event(request.event_type, {field: request.value, "status": "OK"})
+            stream.send_event(request.event_type, {field: request.value, "status": "OK"})
 
     def _send(self, text: str) -> None:
         if self.too_slow:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from gateway.sdview.protocol import SdImage, parse_sd_image, request_sd_stream
 from gateway.sdview.service import SdViewService
 from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import AccessUnits
+from tests.integration.test_workers import Connect, play_on, worker_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -122,7 +123,13 @@ class Hub:
 
 @contextlib.asynccontextmanager
 async def hub(mosquitto: MosquittoProcess) -> AsyncIterator[Hub]:
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+    async with hub_at(mosquitto.port) as viewer:
+        yield viewer
+
+
+@contextlib.asynccontextmanager
+async def hub_at(port: int, **login: str) -> AsyncIterator[Hub]:
+    async with aiomqtt.Client("127.0.0.1", port, **login) as client:  # type: ignore[arg-type]
         viewer = await Hub(client).start()
         try:
             yield viewer
@@ -272,3 +279,57 @@ async def test_through_a_running_skyrelay_serve(
 def _metrics(gateway: GatewayProcess) -> str:
     with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=5) as reply:
         return str(reply.read().decode())
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """`skyrelay serve --workers 2` with the SD view on, on its embedded broker (with a log-in)."""
+    gw = GatewayProcess(
+        extra_args=["--workers", "2"],
+        extra_env={
+            "SKYRELAY_MQTT_BROKER_USER": "relay",
+            "SKYRELAY_MQTT_BROKER_PASSWORD": "secret",
+            "SKYRELAY_SD_VIEW_HUB_KEY": HUB_KEY,
+            "SKYRELAY_SD_VIEW_DEVICES": "cam-1=front",
+            "SKYRELAY_SD_VIEW_WIDTH": str(WIDTH),
+        },
+    )
+    gw.start(tmp_path)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+async def test_with_two_workers_the_worker_holding_the_stream_sends_its_pictures(
+    gateway: GatewayProcess, connect: Connect, video_track: Callable[[], object]
+) -> None:
+    """Each worker runs an SD view on the machine's broker; only the one holding the stream
+    publishes, though the other has a mirror of it (a player there): each keyframe once."""
+    await wait_until(lambda: len(gateway.log_events("sd_view_connected")) == 2)
+    assert gateway.health()["mqtt_links"] == {"dji": True, "sd_view": True}
+    publisher = await (await connect()).publish("front", [video_track()])
+    await publisher.wait_status("PUBLISHING")
+    owner = worker_of(publisher, gateway)
+    _, player = await play_on(connect, gateway, "front", 1 - owner)
+    await player.wait_status("PLAYING")
+
+    async with hub_at(gateway.mqtt_broker_port, username="relay", password="secret") as viewer:
+        viewer.ask()
+        await viewer.wait_images(3)
+        viewer.quiet()
+        for image in viewer.images:
+            assert decoded_size(image.jpeg) == (WIDTH, WIDTH * 240 // 320)
+
+        def published() -> list[float]:
+            metric = "skyrelay_sd_view_images_total"
+            return [gateway.metric(metric, worker=str(worker)) for worker in (owner, 1 - owner)]
+
+        # Every picture sent has arrived (the view closes without keep-alives): all the owner's.
+        async with asyncio.timeout(15):
+            while sum(sent := await asyncio.to_thread(published)) != (arrived := len(viewer.images)):
+                await asyncio.sleep(0.2)
+    assert sent == [arrived, 0]
+    # The machine has one DJI MQTT client (the control process's), and one broker.
+    assert len(gateway.log_events("mqtt_connected")) == 1
+    assert not gateway.log_events("mqtt_broker_not_started")

@@ -99,7 +99,27 @@ async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
             url = f"{gw.http_url}/api/streams/{AIRCRAFT_VIDEO}/quality"
             async with http.post(url, json={"video_quality": 1}) as reply:
                 assert reply.status == 200, await reply.text()
+        async with http.get(f"{gw.http_url}/api/streams") as reply:
+            listed = (await reply.json())["streams"]
     assert [c for c, _ in sim.controls] == ["live_set_quality"] * 4
+
+    # A player's control is announced to the players of both workers, once each, whichever
+    # worker carried it out: the mirror's worker first (its announcement goes to the owner
+    # and back), then the owner's, whose announcement follows the first on the link.
+    owner = next(s["worker"] for s in listed if s["name"] == AIRCRAFT_VIDEO)
+    for asker, quality in ((pinned[1 - owner], 2), (pinned[owner], 0)):
+        player = next(s for s in asker.streams.values() if s.name == AIRCRAFT_VIDEO)
+        event = {"mediaSessionId": player.media_session_id, "type": "setQuality"}
+        await asker.send("sendStreamEvent", {**event, "payload": {"video_quality": quality}})
+        for client in pinned:
+            await client.wait_message(
+                "notifyStreamEvent",
+                lambda data, q=quality: data[0].get("payload") == {"video_quality": q, "status": "OK"},
+            )
+    for client in pinned:
+        events = [data[0] for data in client.received("notifyStreamEvent")]
+        announced = [e["payload"]["video_quality"] for e in events if e["type"] == "setQuality"]
+        assert announced == [2, 0], events
 
     # The flight data reaches the players of both workers.
     for client in pinned:

@@ -159,11 +159,14 @@ def test_the_registry_refuses_a_name_held_elsewhere_and_reports_its_own() -> Non
     assert names.log == [("claimed", "mine"), ("released", "mine")]
 
 
-def test_each_worker_has_its_own_webrtc_and_rtsp_udp_ports_and_no_mqtt() -> None:
-    config = Config(webrtc_udp_port=8189, webrtc_tcp_port=8200, rtsp_udp_port=9000, mqtt="mqtt://x:1")
+def test_each_worker_has_its_own_webrtc_and_rtsp_udp_ports_and_the_machines_broker() -> None:
+    config = Config(
+        webrtc_udp_port=8189, webrtc_tcp_port=8200, rtsp_udp_port=9000, mqtt="mqtt://x:1", sd_view_hub_key="k"
+    )
     second = worker_config(config, 1)
     assert (second.webrtc_udp_port, second.webrtc_tcp_port, second.rtsp_udp_port) == (8190, 8201, 9002)
-    assert (second.mqtt, second.mqtt_broker, second.sd_view_hub_key) == (None, "off", None)
+    # Where its SD view connects (the gateway of a worker builds no broker or DJI bridge).
+    assert (second.mqtt, second.mqtt_broker, second.sd_view_hub_key) == ("mqtt://x:1", "127.0.0.1:1883", "k")
     assert worker_config(Config(webrtc_udp_port=0, rtsp_udp_port=0), 3).webrtc_udp_port == 0  # any port
 
 

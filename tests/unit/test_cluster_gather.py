@@ -51,6 +51,19 @@ def test_health_sums_the_workers_and_lists_each() -> None:
     assert second["answering"] and second["sessions"] == 4 and second["webrtc_ports"] == {"udp_port": 5000}
 
 
+def test_a_link_of_every_worker_is_up_when_it_is_up_in_each() -> None:
+    def linked(sd_view: bool) -> dict[str, Any]:
+        return {**figures(0, 0, {}), "mqtt_links": {"sd_view": sd_view}}
+
+    control = {"mqtt_links": {"dji": True}}
+    both = gather.merge_health([report(0, linked(True)), report(1, linked(True))], control)
+    assert both["mqtt_links"] == {"dji": True, "sd_view": True}
+    for first, second in ((False, True), (True, False)):
+        merged = gather.merge_health([report(0, linked(first)), report(1, linked(second))], control)
+        assert merged["mqtt_links"] == {"dji": True, "sd_view": False}
+        assert [w["mqtt_links"]["sd_view"] for w in merged["workers"]] == [first, second]
+
+
 def test_a_worker_down_or_silent_is_listed_and_the_status_says_so() -> None:
     reports = [
         report(0, figures(2, 3, {})),
