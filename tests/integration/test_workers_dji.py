@@ -22,7 +22,7 @@ from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import FrameCounter
 from tests.integration.drone import AIRCRAFT_VIDEO
-from tests.integration.test_workers import Connect, play_on, worker_of, worker_pids
+from tests.integration.test_workers import TRIES, Connect, play_on, worker_of, worker_pids
 
 
 @pytest_asyncio.fixture
@@ -133,3 +133,55 @@ async def test_a_killed_workers_camera_viewers_let_the_push_stop(
     async with asyncio.timeout(20):  # the linger is 1 s
         while not sim.stops:
             await asyncio.sleep(0.1)
+
+
+def holder(gw: GatewayProcess) -> int:
+    """The worker the camera's latest push landed on."""
+    return int(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)[-1]["worker"])
+
+
+async def test_a_push_that_comes_back_on_the_other_worker_takes_its_stream_over(
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
+) -> None:
+    """The dock's push drops and returns until it lands on the other worker: that worker
+    takes the name over; the viewers of both workers go on without playing again."""
+    gw, sim = machine
+    await publish_probe(connect, video_track())
+    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
+    players = [await play_camera(client) for client in pinned]
+    counters = []
+    for player in players:
+        await player.wait_status("PLAYING", timeout=30)
+        counters.append(FrameCounter(player).start())
+    for counter in counters:
+        await counter.wait_frames(20)
+    answers = [len(client.received("setRemoteSDP")) for client in pinned]
+    first = holder(gw)
+
+    # Each return is a new connection, on the worker the kernel picks (a coin toss each).
+    for _ in range(TRIES):
+        pushes = len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO))
+        await sim.drop_push(0.1)
+        async with asyncio.timeout(10):
+            while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
+                await asyncio.sleep(0.05)
+        if holder(gw) != first:
+            break
+    else:
+        raise AssertionError(f"the push came back on worker {first} {TRIES} times in a row")
+    taker = holder(gw)
+    assert gw.log_events("stream_handed_over", stream=AIRCRAFT_VIDEO, worker=first, to=taker)
+    assert gw.log_events("stream_taken_over", stream=AIRCRAFT_VIDEO, worker=taker, owner=first)
+    assert not gw.log_events("stream_takeover_refused")
+
+    # Both viewers go on: the taker's directly, the old holder's through a link to the taker.
+    for counter in counters:
+        before = len(counter.pts)
+        await counter.wait_frames(before + 30)
+        resumed = counter.pts[before - 1 :]
+        assert all(b > a for a, b in zip(resumed, resumed[1:], strict=False))
+    assert [len(client.received("setRemoteSDP")) for client in pinned] == answers
+    assert [player.status for player in players] == ["PLAYING", "PLAYING"]
+    assert len(sim.starts) == 1 and not sim.stops
+    for counter in counters:
+        await counter.stop()
