@@ -162,9 +162,12 @@ async def test_a_push_that_comes_back_on_the_other_worker_takes_its_stream_over(
     for _ in range(TRIES):
         pushes = len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO))
         await sim.drop_push(0.1)
-        async with asyncio.timeout(10):
-            while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
-                await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(10):
+                while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError("the returning push was not accepted (refused?)") from None
         if holder(gw) != first:
             break
     else:
