@@ -23,17 +23,21 @@ from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import FrameCounter
 from tests.integration.drone import AIRCRAFT_VIDEO
 from tests.integration.test_workers import TRIES, Connect, play_on, worker_of, worker_pids
+from tests.ports import free_port
 
 
 @pytest_asyncio.fixture
 async def machine(
-    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
+    workers = getattr(request, "param", 2)
     gw = GatewayProcess(
-        extra_args=["--workers", "2", "--mqtt", mosquitto.url, "--live-linger", "1"],
+        extra_args=["--workers", str(workers), "--mqtt", mosquitto.url, "--live-linger", "1"],
         # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
         extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
     )
+    for _ in range(workers - 2):
+        free_port()  # the WebRTC ports of the workers past the second (the range from gw's)
     gw.start(tmp_path)
     sim = DockSimulator(BrokerAddress.parse(mosquitto.url), clip, behaviour=DockBehaviour(osd_rate=10))
     task = asyncio.create_task(run_forever(sim, retry=0.5))
@@ -140,14 +144,17 @@ def holder(gw: GatewayProcess) -> int:
     return int(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)[-1]["worker"])
 
 
-async def test_a_push_that_comes_back_on_the_other_worker_takes_its_stream_over(
+@pytest.mark.parametrize("machine", [2, 3], indirect=True, ids=["2-workers", "3-workers"])
+async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
     machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
-    """The dock's push drops and returns until it lands on the other worker: that worker
-    takes the name over; the viewers of both workers go on without playing again."""
+    """The dock's push drops and returns until it lands on another worker: that worker
+    takes the name over; the viewers of every worker go on without playing again (with
+    three, the third worker's mirror follows the name to the new worker)."""
     gw, sim = machine
+    workers = len(worker_pids(gw))
     await publish_probe(connect, video_track())
-    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
+    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in range(workers)]
     players = [await play_camera(client) for client in pinned]
     counters = []
     for player in players:
@@ -177,14 +184,18 @@ async def test_a_push_that_comes_back_on_the_other_worker_takes_its_stream_over(
     assert gw.log_events("stream_taken_over", stream=AIRCRAFT_VIDEO, worker=taker, owner=first)
     assert not gw.log_events("stream_takeover_refused")
 
-    # Both viewers go on: the taker's directly, the old holder's through a link to the taker.
+    # Every viewer goes on: the taker's directly, the others through a link to the taker.
     for counter in counters:
         before = len(counter.pts)
         await counter.wait_frames(before + 30)
         resumed = counter.pts[before - 1 :]
         assert all(b > a for a, b in zip(resumed, resumed[1:], strict=False))
     assert [len(client.received("setRemoteSDP")) for client in pinned] == answers
-    assert [player.status for player in players] == ["PLAYING", "PLAYING"]
+    assert [player.status for player in players] == ["PLAYING"] * workers
     assert len(sim.starts) == 1 and not sim.stops
+    # One link from each other worker to the taker: the old holder's, and (three workers)
+    # the third's, re-pointed there from the old holder.
+    opened = gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO, worker=taker)
+    assert len(opened) == workers - 1
     for counter in counters:
         await counter.stop()
