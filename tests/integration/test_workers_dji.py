@@ -75,20 +75,28 @@ async def play_camera(client: WcsClient) -> ClientStream:
                 await asyncio.sleep(0.3)
 
 
-async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
-    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
-) -> None:
-    gw, sim = machine
-    await publish_probe(connect, video_track())  # to find out where each connection landed
-    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
-
+async def camera_on_each_worker(
+    connect: Connect, gw: GatewayProcess, workers: int, frames: int
+) -> tuple[list[WcsClient], list[ClientStream], list[FrameCounter]]:
+    """A player of the aircraft's camera on each worker (all at once), each past ``frames``
+    frames (a probe publisher says where each connection lands)."""
+    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in range(workers)]
     players = await asyncio.gather(*(play_camera(client) for client in pinned))
     counters = []
     for player in players:
         await player.wait_status("PLAYING", timeout=30)
         counters.append(FrameCounter(player).start())
     for counter in counters:
-        await counter.wait_frames(30)
+        await counter.wait_frames(frames)
+    return pinned, list(players), counters
+
+
+async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
+) -> None:
+    gw, sim = machine
+    await publish_probe(connect, video_track())  # to find out where each connection landed
+    pinned, players, counters = await camera_on_each_worker(connect, gw, 2, frames=30)
     assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
     # The push landed on one worker; the other one's player watches a mirror of it.
     assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
@@ -154,14 +162,7 @@ async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
     gw, sim = machine
     workers = len(worker_pids(gw))
     await publish_probe(connect, video_track())
-    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in range(workers)]
-    players = [await play_camera(client) for client in pinned]
-    counters = []
-    for player in players:
-        await player.wait_status("PLAYING", timeout=30)
-        counters.append(FrameCounter(player).start())
-    for counter in counters:
-        await counter.wait_frames(20)
+    pinned, players, counters = await camera_on_each_worker(connect, gw, workers, frames=20)
     answers = [len(client.received("setRemoteSDP")) for client in pinned]
     first = holder(gw)
 

@@ -195,17 +195,17 @@ def test_workers_settings_are_checked() -> None:
     assert load({"workers": 0, "mqtt_broker": "off"}, environ={}).worker_count >= 1
 
 
-def two_workers() -> Directory:
+def cam_held_by_0() -> Directory:
+    """Three workers; worker 0 holds "cam"."""
     directory = Directory()
-    directory.hello(0, "/run/w0")
-    directory.hello(1, "/run/w1")
-    directory.hello(2, "/run/w2")
+    for worker in range(3):
+        directory.hello(worker, f"/run/w{worker}")
     directory.claim(0, "cam")
     return directory
 
 
 def test_a_takeover_asks_the_owner_then_moves_the_name_in_one_step() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     assert directory.take_over(1, "cam") == Takeover(False, [], ask=0)
     # While the owner is asked, the name is still its: nobody else gets it.
     assert directory.claim(2, "cam") == [Notice(2, {"op": "refused", "name": "cam", "owner": 0})]
@@ -218,7 +218,7 @@ def test_a_takeover_asks_the_owner_then_moves_the_name_in_one_step() -> None:
 
 
 def test_an_owner_whose_stream_has_a_source_keeps_the_name() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     directory.take_over(1, "cam")
     refused = directory.handed_over(1, "cam", 0, agreed=False)
     # The owner hears that it keeps the name (had it let its stream go, it takes it back).
@@ -230,7 +230,7 @@ def test_an_owner_whose_stream_has_a_source_keeps_the_name() -> None:
 
 
 def test_an_owner_that_did_not_answer_keeps_the_name_and_the_push_hears_why() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     directory.take_over(1, "cam")
     refused = directory.handed_over(1, "cam", 0, agreed=False, info="worker 0 did not answer")
     assert (refused.granted, refused.info) == (False, "worker 0 did not answer")
@@ -240,7 +240,7 @@ def test_an_owner_that_did_not_answer_keeps_the_name_and_the_push_hears_why() ->
 
 def test_an_owner_gone_midway_leaves_no_stuck_name() -> None:
     # Its answer fails first (its channel closed), then its names are freed.
-    directory = two_workers()
+    directory = cam_held_by_0()
     directory.take_over(1, "cam")
     refused = directory.handed_over(1, "cam", 0, agreed=False, info="worker 0 went away")
     assert not refused.granted and refused.info == "worker 0 went away"
@@ -248,7 +248,7 @@ def test_an_owner_gone_midway_leaves_no_stuck_name() -> None:
     assert directory.owners == {} and directory.handovers == {}
     assert directory.claim(1, "cam")[0].message == {"op": "owner", "name": "cam", "worker": 1}
     # Freed before its answer failed: the name is free, the push takes it.
-    directory = two_workers()
+    directory = cam_held_by_0()
     directory.take_over(1, "cam")
     directory.worker_gone(0)
     assert directory.handed_over(1, "cam", 0, agreed=False).granted
@@ -256,7 +256,7 @@ def test_an_owner_gone_midway_leaves_no_stuck_name() -> None:
 
 
 def test_a_taker_gone_midway_gives_the_owner_its_stream_back() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     directory.take_over(1, "cam")
     directory.worker_gone(1)
     back = directory.handed_over(1, "cam", 0, agreed=True)
@@ -267,7 +267,7 @@ def test_a_taker_gone_midway_gives_the_owner_its_stream_back() -> None:
 
 
 def test_two_takeovers_at_once_one_wins_the_other_is_refused() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     first, second = directory.take_over(1, "cam"), directory.take_over(2, "cam")
     assert first.ask == 0 and second == Takeover(False, [], info=INFO_TAKEOVER_UNDER_WAY)
     # The refused one's answer never comes; a late one for it changes nothing.
@@ -277,7 +277,7 @@ def test_two_takeovers_at_once_one_wins_the_other_is_refused() -> None:
 
 
 def test_a_free_or_own_name_is_taken_at_once() -> None:
-    directory = two_workers()
+    directory = cam_held_by_0()
     assert directory.take_over(1, "free") == Takeover(
         True, [Notice(None, {"op": "owner", "name": "free", "worker": 1})]
     )
