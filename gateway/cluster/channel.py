@@ -49,17 +49,17 @@ class Channel:
         if not self._writer.is_closing():
             self._writer.write(wire.json_frame(wire.Kind.CONTROL, message))
 
-    async def call(self, op: str, **fields: Any) -> Any:
+    async def call(self, op: str, *, timeout: float = CALL_TIMEOUT_S, **fields: Any) -> Any:
         """Ask the other end; its handler's value, or CallFailed."""
         call_id = next(self._ids)
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = reply
         self.send({"op": op, "id": call_id, **fields})
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with asyncio.timeout(timeout):
                 return await reply
         except TimeoutError:
-            raise CallFailed(f"{self.name} did not answer {op!r} in {CALL_TIMEOUT_S:.0f} s") from None
+            raise CallFailed(f"{self.name} did not answer {op!r} in {timeout:.0f} s") from None
         finally:
             self._pending.pop(call_id, None)
 

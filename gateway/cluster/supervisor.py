@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cluster import machine, wire
-from gateway.cluster.channel import CallFailed, Channel, Handler
+from gateway.cluster.channel import CALL_TIMEOUT_S, CallFailed, Channel, Handler
 from gateway.cluster.directory import Directory, Notice
 from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
 from gateway.config import Config
@@ -46,6 +46,9 @@ log = get_logger(__name__)
 STABLE_RUN_S = 30.0
 STOP_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
+# How long the owner of a name may take to hand it over: shorter than the taker's own call,
+# so the directory decides (and puts things back) before the taker gives up.
+HAND_OVER_TIMEOUT_S = CALL_TIMEOUT_S / 2
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -263,7 +266,9 @@ class WorkerProcess:
                     self.supervisor.streams.unwant(name)
                 return
             case {"op": "playing", "name": str(name)}:
-                self.supervisor.streams.report(name, message.get("playing") is True)
+                # A worker that handed the name over may still report it stopped: not its own.
+                if directory.owners.get(name, self.index) == self.index:
+                    self.supervisor.streams.report(name, message.get("playing") is True)
                 return
             case _:
                 log.warning("worker_message_unknown", worker=self.index, op=message.get("op"))
@@ -322,7 +327,38 @@ class Supervisor:
         async def devices(message: dict[str, Any]) -> Any:
             return self.dji.describe() if self.dji is not None else None
 
-        return {"control": control, "devices": devices, "gather": self._gather}
+        async def take_over(message: dict[str, Any]) -> dict[str, Any]:
+            return await self._take_over(worker.index, str(message["name"]))
+
+        return {"control": control, "devices": devices, "gather": self._gather, "take_over": take_over}
+
+    async def _take_over(self, taker: int, name: str) -> dict[str, Any]:
+        """A returning push on worker ``taker`` wants ``name``, which another worker holds:
+        that worker is asked to hand it over; the directory decides in one step."""
+        step = self.directory.take_over(taker, name)
+        owner = step.ask
+        if owner is not None:
+            agreed, info = False, ""
+            try:
+                agreed = (
+                    await self.workers[owner].call(
+                        "hand_over", name=name, to=taker, timeout=HAND_OVER_TIMEOUT_S
+                    )
+                    is True
+                )
+            except CallFailed as exc:
+                info = str(exc)
+            finally:  # whatever happened (even this call cancelled): the name is decided
+                step = self.directory.handed_over(taker, name, owner, agreed, info)
+                for notice in step.notices:
+                    self.deliver(notice)
+        else:
+            for notice in step.notices:
+                self.deliver(notice)
+        log.info(
+            "stream_takeover", stream=name, taker=taker, owner=owner, granted=step.granted, info=step.info
+        )
+        return {"granted": step.granted, "owner": owner, "info": step.info}
 
     def broadcast(self, message: dict[str, Any]) -> None:
         self.deliver(Notice(None, message))

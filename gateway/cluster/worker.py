@@ -7,6 +7,11 @@ does not own receives that stream's frames once, over a Unix socket from the own
 local mirror `Stream`, and fans out from there: the link starts with the cached keyframe
 (the owner's subscription does that), carries keyframe requests back, and ends with the
 stream.
+
+A returning drone push that lands on another worker than the one that kept its stream takes
+the name over (`WorkerLink.take_over`, asked by the registry's `claim_push`): the control
+process asks the owner (`_hand_over`), whose stream, if it has no source, becomes a mirror of
+the taker's, its viewers kept; other workers' mirrors re-point their link to the new owner.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ class WorkerLink:
         self._server: asyncio.Server | None = None
         self._tasks = TaskSet("cluster")
         self.handlers["pull"] = self._pull
+        self.handlers["hand_over"] = self._hand_over
         registry.directory = self
         registry.add_on_demand(self.remote)
 
@@ -110,6 +116,33 @@ class WorkerLink:
         if self.replica.owners.get(name) == self.place.index:
             del self.replica.owners[name]
         self.send({"op": "release", "name": name})
+
+    async def take_over(self, name: str) -> None:
+        try:
+            answer = await self.call("take_over", name=name)
+        except CallFailed as exc:
+            answer = {"granted": False, "info": str(exc)}
+        owner, info = answer.get("owner"), answer.get("info")
+        if not answer.get("granted"):
+            log.warning("stream_takeover_refused", stream=name, owner=owner, info=info)
+            raise StreamNameInUse(name)
+        # The directory's notice came first: the replica names this worker, a mirror here is ours.
+        log.info("stream_taken_over", stream=name, owner=owner)
+
+    async def _hand_over(self, message: dict[str, Any]) -> bool:
+        """The control process asks for a name held here, for a returning push on worker
+        ``to``: agreed if the stream has no source (it stays, a mirror of ``to``'s from now
+        on), or if nothing is held here any more. The directory's notice follows either way."""
+        name, to = str(message["name"]), int(message["to"])
+        stream = self.registry.find(name)
+        if stream is None or self.registry.is_mirror(stream):
+            return True
+        if self.registry.resumable(name) is not stream:
+            return False  # its push is live here
+        self.registry.hand_over(stream)
+        self.replica.owners[name] = to  # no push here may take it back while the directory decides
+        log.info("stream_handed_over", stream=name, to=to, viewers=len(stream.subscriptions))
+        return True
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -186,8 +219,13 @@ class WorkerLink:
         match message:
             case {"op": "names"}:
                 self.synced.set()
+            case {"op": "owner", "name": str(name), "worker": self.place.index}:
+                self.remote.adopt(name)  # taken over by a push here, or a handover undone
             case {"op": "owner", "name": str(name)}:
-                self.remote.mirror_if_wanted(name)  # a camera a viewer here waits for
+                # A camera a viewer here waits for, or a name taken over from the worker a
+                # link here follows.
+                moved_from = message.get("from")
+                self.remote.mirror_if_wanted(name, moved_from if isinstance(moved_from, int) else None)
             case {"op": "cameras", "names": list(names)}:
                 self.remote.cameras = {str(name) for name in names}
             case {"op": "key", "key": str(key), "stream": str(stream_name), "keep": bool(keep)}:
@@ -394,6 +432,10 @@ class ClusterStreams:
         self.cameras: set[str] = set()  # the DJI bridge's stream names, from the control process
         self._wanted: dict[str, int] = {}
         self._links: dict[str, asyncio.Task[None]] = {}
+        self._link_owners: dict[str, int] = {}  # the worker each link follows
+        # Links replaced by one to a new owner (or whose name is this worker's now): their
+        # mirror stream goes on without them.
+        self._superseded: set[asyncio.Task[None]] = set()
 
     def serves(self, name: str) -> bool:
         return name in self.cameras or self.replica.owner_elsewhere(name) is not None or name in self._links
@@ -415,16 +457,46 @@ class ClusterStreams:
             return
         self._wanted.pop(name, None)
         link = self._links.pop(name, None)
+        self._link_owners.pop(name, None)
         if link is not None:
             link.cancel()
 
-    def mirror_if_wanted(self, name: str) -> None:
+    def mirror_if_wanted(self, name: str, moved_from: int | None = None) -> None:
         """Open the link to the worker holding ``name`` if viewers here want it and none is
-        open (a camera whose push just landed on another worker)."""
+        open (a camera whose push just landed on another worker). A name taken over from
+        the worker a link follows (``moved_from``) re-points the link, the mirror kept; a
+        mirror here nobody wants any more (this worker handed the name over) ends."""
         owner = self.replica.owner_elsewhere(name)
         path = None if owner is None else self.replica.endpoints.get(owner)
-        if self._wanted.get(name) and name not in self._links and path is not None:
+        if owner is None or path is None:
+            return
+        old = self._links.get(name)
+        if old is not None and (moved_from is None or self._link_owners.get(name) != moved_from):
+            return
+        if self._wanted.get(name):
             self._links[name] = asyncio.ensure_future(self._mirror(name, owner, path))
+            self._link_owners[name] = owner
+            if old is not None:
+                self._superseded.add(old)
+                old.cancel()
+        elif (mirror := self._mirror_stream(name)) is not None:
+            self.registry.release(mirror)
+
+    def adopt(self, name: str) -> None:
+        """The directory gave ``name`` to this worker: a mirror of it here becomes this
+        worker's stream (a returning push attaches to it), its link dropped."""
+        link = self._links.pop(name, None)
+        self._link_owners.pop(name, None)
+        if link is not None:
+            self._superseded.add(link)
+            link.cancel()
+        mirror = self._mirror_stream(name)
+        if mirror is not None:
+            self.registry.adopt(mirror)
+
+    def _mirror_stream(self, name: str) -> Stream | None:
+        stream = self.registry.find(name)
+        return stream if stream is not None and self.registry.is_mirror(stream) else None
 
     async def control(self, name: str, action: str, value: object) -> None:
         if name not in self.cameras:
@@ -475,9 +547,13 @@ class ClusterStreams:
         finally:
             if writer is not None:
                 writer.close()
-            if self._links.get(name) is asyncio.current_task():
+            task = asyncio.current_task()
+            if self._links.get(name) is task:
                 del self._links[name]
-            if stream is not None:
+                self._link_owners.pop(name, None)
+            if task in self._superseded:
+                self._superseded.discard(task)  # the mirror goes on (see `adopt`, `mirror_if_wanted`)
+            elif (stream := stream or self._mirror_stream(name)) is not None:
                 self.registry.release(stream, info)
             else:
                 self.registry.fail_waiting(name, info or "Stream not found")
@@ -485,7 +561,9 @@ class ClusterStreams:
     def _open_mirror(
         self, name: str, message: dict[str, Any], source: _LinkSource, owner: int | None
     ) -> Stream:
-        stream = self.registry.claim(name, on_demand=True, mirror=True)
+        # A mirror here already (a stream this worker handed over, or a link re-pointed to a
+        # new owner) goes on with its viewers: they resume at the next keyframe.
+        stream = self._mirror_stream(name) or self.registry.claim(name, on_demand=True, mirror=True)
         stream.set_codecs(_parse_codec(message.get("video")), _parse_codec(message.get("audio")))
         stream.attach_source(source, f"worker {owner}")
         stream.set_dimensions(int(message.get("width", 0)), int(message.get("height", 0)))

@@ -78,6 +78,12 @@ class NameDirectory(Protocol):
 
     def released(self, name: str) -> None: ...
 
+    async def take_over(self, name: str) -> None:
+        """A returning push here wants ``name``, which another worker holds: that worker
+        hands it over if its stream has no source (`StreamRegistry.resumable` there), and
+        this worker holds the name on return. Raises StreamNameInUse if it does not."""
+        ...
+
 
 class StreamRegistry:
     def __init__(
@@ -199,7 +205,7 @@ class StreamRegistry:
         if name in self.aliases:
             raise StreamNameInUse(name)  # a publisher there could never be played
         existing = self._streams.get(name)
-        if existing is not None and resume and existing.source is None and not existing.ended:
+        if resume and existing is not None and existing is self.resumable(name):
             return existing
         if existing is not None:
             raise StreamNameInUse(name)
@@ -212,6 +218,45 @@ class StreamRegistry:
             directory.claimed(name)
         log.info("stream_claimed", stream=name, mirror=mirror)
         return stream
+
+    async def claim_push(self, name: str, *, resume: bool, on_demand: bool) -> Stream:
+        """A push's `claim` (RTMP, WHIP). A returning push (``resume``) whose name another
+        worker holds takes it over from there if that worker's stream has no source (its
+        viewers go on, fed from here); StreamNameInUse if it has one."""
+        directory = self.directory
+        try:
+            return self.claim(name, resume=resume, on_demand=on_demand)
+        except StreamNameReserved:
+            raise
+        except StreamNameInUse:
+            if not resume or directory is None or directory.owner_elsewhere(name) is None:
+                raise
+        await directory.take_over(name)
+        return self.claim(name, resume=resume, on_demand=on_demand)
+
+    def resumable(self, name: str) -> Stream | None:
+        """The stream a returning push may take back: held here (not a mirror), without a
+        source, not ended. The one rule of resuming, in one worker or from another one."""
+        stream = self._streams.get(name)
+        if stream is None or stream.source is not None or stream.ended or stream in self._mirrors:
+            return None
+        return stream
+
+    def hand_over(self, stream: Stream) -> None:
+        """Another worker took ``stream``'s name over: the stream stays, with its viewers, as
+        a mirror of that worker's (the directory moved the name; nothing to release)."""
+        if self._streams.get(stream.name) is stream:
+            self._mirrors.add(stream)
+
+    def adopt(self, stream: Stream) -> None:
+        """The directory gave this worker the name of a mirror here (a push taking it over,
+        or a handover undone): the stream is this worker's, without a source until a push
+        attaches, its viewers kept."""
+        if stream in self._mirrors:
+            self._mirrors.discard(stream)
+            if stream.source is not None:
+                stream.detach_source(stream.source)
+            log.info("stream_adopted", stream=stream.name, viewers=len(stream.subscriptions))
 
     def get(self, name: str) -> Stream | None:
         """The stream of that name (or alias) if it can be played: codecs negotiated, media

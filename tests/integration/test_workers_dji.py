@@ -22,15 +22,16 @@ from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import GatewayProcess, MosquittoProcess
 from tests.integration.conftest import FrameCounter
 from tests.integration.drone import AIRCRAFT_VIDEO
-from tests.integration.test_workers import Connect, play_on, worker_of, worker_pids
+from tests.integration.test_workers import TRIES, Connect, play_on, worker_of, worker_pids
 
 
 @pytest_asyncio.fixture
 async def machine(
-    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path
+    mosquitto: MosquittoProcess, clip: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
+    workers = getattr(request, "param", 2)
     gw = GatewayProcess(
-        workers=2,
+        workers=workers,
         extra_args=["--mqtt", mosquitto.url, "--live-linger", "1"],
         # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
         extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
@@ -72,20 +73,28 @@ async def play_camera(client: WcsClient) -> ClientStream:
                 await asyncio.sleep(0.3)
 
 
-async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
-    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
-) -> None:
-    gw, sim = machine
-    await publish_probe(connect, video_track())  # to find out where each connection landed
-    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in (0, 1)]
-
+async def camera_on_each_worker(
+    connect: Connect, gw: GatewayProcess, workers: int, frames: int
+) -> tuple[list[WcsClient], list[ClientStream], list[FrameCounter]]:
+    """A player of the aircraft's camera on each worker (all at once), each past ``frames``
+    frames (a probe publisher says where each connection lands)."""
+    pinned = [(await play_on(connect, gw, "w-probe", worker))[0] for worker in range(workers)]
     players = await asyncio.gather(*(play_camera(client) for client in pinned))
     counters = []
     for player in players:
         await player.wait_status("PLAYING", timeout=30)
         counters.append(FrameCounter(player).start())
     for counter in counters:
-        await counter.wait_frames(30)
+        await counter.wait_frames(frames)
+    return pinned, list(players), counters
+
+
+async def test_a_drone_camera_played_in_both_workers_at_once_starts_one_push(
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
+) -> None:
+    gw, sim = machine
+    await publish_probe(connect, video_track())  # to find out where each connection landed
+    pinned, players, counters = await camera_on_each_worker(connect, gw, 2, frames=30)
     assert len(sim.starts) == 1, sim.starts  # one live_start_push for the machine
     # The push landed on one worker; the other one's player watches a mirror of it.
     assert len(gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO)) == 1
@@ -154,3 +163,58 @@ async def test_a_killed_workers_camera_viewers_let_the_push_stop(
     async with asyncio.timeout(20):  # the linger is 1 s
         while not sim.stops:
             await asyncio.sleep(0.1)
+
+
+def holder(gw: GatewayProcess) -> int:
+    """The worker the camera's latest push landed on."""
+    return int(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)[-1]["worker"])
+
+
+@pytest.mark.parametrize("machine", [2, 3], indirect=True, ids=["2-workers", "3-workers"])
+async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
+) -> None:
+    """The dock's push drops and returns until it lands on another worker: that worker
+    takes the name over; the viewers of every worker go on without playing again (with
+    three, the third worker's mirror follows the name to the new worker)."""
+    gw, sim = machine
+    workers = len(worker_pids(gw))
+    await publish_probe(connect, video_track())
+    pinned, players, counters = await camera_on_each_worker(connect, gw, workers, frames=20)
+    answers = [len(client.received("setRemoteSDP")) for client in pinned]
+    first = holder(gw)
+
+    # Each return is a new connection, on the worker the kernel picks (a coin toss each).
+    for _ in range(TRIES):
+        pushes = len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO))
+        await sim.drop_push(0.1)
+        try:
+            async with asyncio.timeout(10):
+                while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError("the returning push was not accepted (refused?)") from None
+        if holder(gw) != first:
+            break
+    else:
+        raise AssertionError(f"the push came back on worker {first} {TRIES} times in a row")
+    taker = holder(gw)
+    assert gw.log_events("stream_handed_over", stream=AIRCRAFT_VIDEO, worker=first, to=taker)
+    assert gw.log_events("stream_taken_over", stream=AIRCRAFT_VIDEO, worker=taker, owner=first)
+    assert not gw.log_events("stream_takeover_refused")
+
+    # Every viewer goes on: the taker's directly, the others through a link to the taker.
+    for counter in counters:
+        before = len(counter.pts)
+        await counter.wait_frames(before + 30)
+        resumed = counter.pts[before - 1 :]
+        assert all(b > a for a, b in zip(resumed, resumed[1:], strict=False))
+    assert [len(client.received("setRemoteSDP")) for client in pinned] == answers
+    assert [player.status for player in players] == ["PLAYING"] * workers
+    assert len(sim.starts) == 1 and not sim.stops
+    # One link from each other worker to the taker: the old holder's, and (three workers)
+    # the third's, re-pointed there from the old holder.
+    opened = gw.log_events("media_link_opened", stream=AIRCRAFT_VIDEO, worker=taker)
+    assert len(opened) == workers - 1
+    for counter in counters:
+        await counter.stop()

@@ -269,7 +269,7 @@ class RtmpIngestServer:
                 return None
         try:
             # A key the device camera's source issued may take its name; nothing else may.
-            stream = self.registry.claim(
+            stream = await self.registry.claim_push(
                 grant.stream_name, resume=grant.keep_stream, on_demand=issued is not None
             )
         except StreamNameReserved:
