@@ -135,7 +135,7 @@ class Config:
     # Worker processes (0: one per core). With more than one, a control process holds the
     # ports, the MQTT broker and the stream names, and each worker its own WebRTC ports from
     # webrtc_udp_port/webrtc_tcp_port up (and RTSP UDP pairs from rtsp_udp_port up).
-    workers: int = 1
+    workers: int = 0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
@@ -170,7 +170,7 @@ class Config:
     @property
     def worker_count(self) -> int:
         """How many worker processes `workers` means on this machine."""
-        return self.workers or len(os.sched_getaffinity(0))
+        return self.workers or usable_cores()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         values = {k: v for k, v in overrides.items() if v is not None}
@@ -402,3 +402,33 @@ def pairs(entries: tuple[str, ...]) -> dict[str, str]:
 
 
 __all__ = ["Config", "ConfigError", "load", "pairs"]
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: those it may run on, fewer when its cgroup's CPU
+    quota allows less (a container started with ``--cpus 2`` on a 64-core host runs on 64
+    but may use 2)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota = cores_of_quota(cpu_max.read_text())
+    except OSError:
+        return cores
+    return min(cores, quota) if quota is not None else cores
+
+
+def cores_of_quota(cpu_max: str) -> int | None:
+    """Whole cores a cgroup v2 ``cpu.max`` ("QUOTA PERIOD", "max PERIOD": none) allows,
+    rounded up and at least one; None without a quota or when it cannot be read."""
+    words = cpu_max.split()
+    if len(words) != 2 or words[0] == "max":
+        return None
+    try:
+        quota, period = int(words[0]), int(words[1])
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))

@@ -43,15 +43,16 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def metric_sum(body: str, name: str, labels: dict[str, str]) -> float:
-    """The samples of ``name`` in a Prometheus text ``body`` whose labels, less ``worker``,
-    are exactly ``labels``, summed (0 when there is none)."""
+    """The samples of ``name`` in a Prometheus text ``body`` whose labels are exactly
+    ``labels`` (less ``worker``, unless asked for), summed (0 when there is none)."""
     total = 0.0
     for line in body.splitlines():
         match = _SAMPLE.match(line)
         if match is None or match.group(1) != name:
             continue
         found = dict(_LABEL.findall(match.group(2) or ""))
-        found.pop("worker", None)
+        if "worker" not in labels:
+            found.pop("worker", None)
         if found == labels:
             total += float(match.group(3))
     return total

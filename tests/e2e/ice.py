@@ -9,22 +9,26 @@ from typing import Any
 import pytest
 from playwright.async_api import Page
 
-from tests.conftest import free_port
+from gateway.config import usable_cores
+from tests.ports import free_port_block
 
 from .harness import Harness
 
 
-def free_tcp_udp_port() -> int:
-    """A loopback port free for both TCP and UDP (the WebRTC UDP and TCP ports may be one number)."""
-    return free_port()
+def free_port_range() -> range:
+    """Loopback ports free for both TCP and UDP, one per worker of a gateway started with the
+    default worker count (worker i listens on the first + i)."""
+    count = usable_cores()
+    first = free_port_block(count)
+    return range(first, first + count)
 
 
-def webrtc_env(udp_port: int, tcp_port: int, ice_timeout: float) -> dict[str, str]:
-    """Gateway settings (environment) for the shared WebRTC UDP port and the ICE-TCP port.
+def webrtc_env(udp_ports: range, tcp_ports: range, ice_timeout: float) -> dict[str, str]:
+    """Gateway settings (environment) for the shared WebRTC UDP ports and the ICE-TCP ports.
     Never the defaults (8189): other gateways may run on this machine at the same time."""
     return {
-        "SKYRELAY_WEBRTC_UDP_PORT": str(udp_port),
-        "SKYRELAY_WEBRTC_TCP_PORT": str(tcp_port),
+        "SKYRELAY_WEBRTC_UDP_PORT": str(udp_ports.start),
+        "SKYRELAY_WEBRTC_TCP_PORT": str(tcp_ports.start),
         "SKYRELAY_ICE_TIMEOUT": str(ice_timeout),
     }
 
@@ -85,40 +89,47 @@ async def requests(page: Page) -> list[dict[str, Any]]:
     return sent
 
 
-def assert_tcp_only(harness: Harness, sdp: str, tcp_port: int, what: str) -> None:
-    """An answer to `transport: "TCP"`: only ICE-TCP passive candidates, on the WebRTC TCP port."""
+def assert_tcp_only(harness: Harness, sdp: str, tcp_ports: range, what: str) -> None:
+    """An answer to `transport: "TCP"`: only ICE-TCP passive candidates, on the WebRTC TCP port
+    of the worker that answered (one of ``tcp_ports``)."""
     candidates = sdp_candidates(sdp)
-    ok = bool(candidates) and all(
-        c.transport == "tcp" and c.tcptype == "passive" and c.port == tcp_port for c in candidates
+    ok = (
+        bool(candidates)
+        and all(c.transport == "tcp" and c.tcptype == "passive" and c.port in tcp_ports for c in candidates)
+        and len({c.port for c in candidates}) == 1
     )
     if not ok:
         found = ", ".join(map(str, candidates)) or "none"
         pytest.fail(
             harness.report(
-                f"{what}: the answer must carry only `tcp ... tcptype passive` candidates on port "
-                f"{tcp_port}; it has: {found}"
+                f"{what}: the answer must carry only `tcp ... tcptype passive` candidates on one "
+                f"port of {tcp_ports}; it has: {found}"
             )
         )
 
 
-def assert_udp_and_tcp(harness: Harness, sdp: str, udp_port: int, tcp_port: int, what: str) -> None:
+def assert_udp_and_tcp(harness: Harness, sdp: str, udp_ports: range, tcp_ports: range, what: str) -> None:
     """An answer to the default transport: UDP candidates on the shared UDP port and ICE-TCP
-    passive candidates on the TCP port, UDP first by priority."""
+    passive candidates on the TCP port of the worker that answered (the same worker: the
+    same place in ``udp_ports`` and ``tcp_ports``), UDP first by priority."""
     candidates = sdp_candidates(sdp)
     udp = [c for c in candidates if c.transport == "udp"]
     tcp = [c for c in candidates if c.transport == "tcp"]
+    workers = {c.port - udp_ports.start for c in udp if c.type == "host"}
+    workers |= {c.port - tcp_ports.start for c in tcp}
     ok = (
         bool(udp)
         and bool(tcp)
-        and all(c.port == udp_port for c in udp if c.type == "host")
-        and all(c.port == tcp_port and c.tcptype == "passive" for c in tcp)
+        and all(c.port in udp_ports for c in udp if c.type == "host")
+        and all(c.port in tcp_ports and c.tcptype == "passive" for c in tcp)
+        and len(workers) == 1
     )
     if not ok:
         found = ", ".join(map(str, candidates)) or "none"
         pytest.fail(
             harness.report(
-                f"{what}: the answer must carry UDP host candidates on port {udp_port} and "
-                f"`tcp ... tcptype passive` ones on port {tcp_port}; it has: {found}"
+                f"{what}: the answer must carry UDP host candidates on a port of {udp_ports} and "
+                f"`tcp ... tcptype passive` ones on the same worker's of {tcp_ports}; it has: {found}"
             )
         )
     priorities = candidate_priorities(sdp)

@@ -16,7 +16,7 @@ from playwright.async_api import Browser
 
 from .conftest import RTC_RECORDER
 from .harness import Harness, StaticServer
-from .ice import free_tcp_udp_port, remote_sdp, sdp_candidates
+from .ice import free_port_range, remote_sdp, sdp_candidates
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -28,7 +28,7 @@ PUBLISH = "([label, name]) => e2e.publish(label, name)"
 def udp_only_gateway(make_gateway: Callable[[dict[str, str]], Any]) -> Any:
     return make_gateway(
         {
-            "SKYRELAY_WEBRTC_UDP_PORT": str(free_tcp_udp_port()),
+            "SKYRELAY_WEBRTC_UDP_PORT": str(free_port_range().start),
             "SKYRELAY_WEBRTC_TCP_PORT": "0",
             "SKYRELAY_ICE_TIMEOUT": str(ICE_TIMEOUT),
         }

@@ -22,7 +22,8 @@ def test_tiny_run() -> None:
     marker = f"bench-test-{uuid.uuid4().hex}"
     env = {**os.environ, "BENCH_TEST_MARK": marker}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--steps", "50,100", "--window", "1", "--client-procs", "1"],
+        [sys.executable, str(SCRIPT), "--steps", "50,100", "--window", "1", "--client-procs", "1"]
+        + ["--ping-interval", "1"],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import STATIC_DIR, Config, ConfigError, load
+from gateway.config import STATIC_DIR, Config, ConfigError, cores_of_quota, load, usable_cores
 from gateway.dji.protocol import UrlType
 
 
@@ -401,3 +402,33 @@ def test_osd_rate_setting_reaches_the_device_registry() -> None:
     assert load({}, environ={}).dji_max_osd_rate == 50.0
     gateway = Gateway(config)  # built, not started
     assert gateway.dji is not None and gateway.dji.devices.max_osd_rate == 12.5
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"),
+    [
+        ("max 100000\n", None),  # no quota
+        ("200000 100000\n", 2),  # docker --cpus 2
+        ("150000 100000", 2),  # 1.5 cores: a second worker for the half
+        ("50000 100000", 1),  # half a core: still one
+        ("1 100000", 1),
+        ("", None),
+        ("garbage here", None),
+        ("-1 100000", None),
+        ("100000 0", None),
+        ("100000", None),
+    ],
+)
+def test_a_cgroup_quota_in_whole_cores(cpu_max: str, cores: int | None) -> None:
+    assert cores_of_quota(cpu_max) == cores
+
+
+def test_the_default_workers_are_the_usable_cores(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    assert Config().workers == 0
+    assert usable_cores(tmp_path / "no such file") == affinity
+    quota = tmp_path / "cpu.max"
+    quota.write_text("100000 100000\n")
+    assert usable_cores(quota) == 1
+    quota.write_text(f"{(affinity + 3) * 100000} 100000\n")  # a quota above the cores: the cores
+    assert usable_cores(quota) == affinity

@@ -30,7 +30,11 @@ class IdleBench(Bench):
 
     def start_gateway(self) -> tuple[Process, int]:
         ws, http = free_port(), free_port()
-        env = {**self.env, "SKYRELAY_MAX_CONNECTIONS_PER_IP": str(self.args.sessions * 2 + 100)}
+        env = {
+            **self.env,
+            "SKYRELAY_MAX_CONNECTIONS_PER_IP": str(self.args.sessions * 2 + 100),
+            "SKYRELAY_PING_INTERVAL": str(self.args.ping_interval),
+        }
         cmd = [
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
             "--ws-port", str(ws), "--http-port", str(http),
@@ -111,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="1000,5000,10000", help="total sessions at each step")
     parser.add_argument("--window", type=float, default=10.0, help="seconds of CPU measured per step")
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--ping-interval", type=float, default=5.0, help="the gateway's ping_interval (its default: 5)"
+    )
     args = parser.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",")]
     args.sessions = max(args.steps)
-    args.ping_interval = 5.0  # the gateway's default `ping_interval`
     bench = IdleBench(args)
     try:
         baseline, steps = bench.run_steps()

@@ -122,6 +122,9 @@ class Bench:
         self.args = args
         self.run_dir = Path(tempfile.mkdtemp(prefix="skyrelay-bench-"))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SKYRELAY_")}
+        # One process (the figures recorded so far are of one); the scaling phases pass
+        # --workers, which beats the environment. Older baselines ignore the setting.
+        self.env["SKYRELAY_WORKERS"] = "1"
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.processes: list[Process] = []
         self.workers: list[Child] = []
