@@ -169,8 +169,9 @@ class Config:
 
     @property
     def worker_count(self) -> int:
-        """How many worker processes `workers` means on this machine."""
-        return self.workers or usable_cores()
+        """How many worker processes `workers` means on this machine (0: one per usable
+        core, at most `MAX_WORKERS`)."""
+        return self.workers or min(usable_cores(), MAX_WORKERS)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         values = {k: v for k, v in overrides.items() if v is not None}

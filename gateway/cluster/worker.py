@@ -313,7 +313,7 @@ async def _feed_link(
     try:
         sink = _LinkSink(writer)
         writer.write(wire.json_frame(wire.Kind.INFO, _stream_info(stream)))
-        sub = stream.subscribe(sink, max_frames=90)
+        sub = stream.subscribe(sink, max_frames=90, first=True)
         sub.video.attach(sink.deliver)
         sub.audio.attach(sink.deliver)
         log.info("media_link_opened", stream=name)

@@ -395,7 +395,10 @@ class Stream:
 
     # --- subscriber side -----------------------------------------------------------------
 
-    def subscribe(self, listener: StreamListener, max_frames: int = 90) -> Subscription:
+    def subscribe(self, listener: StreamListener, max_frames: int = 90, *, first: bool = False) -> Subscription:
+        """A new subscriber, served after those before it; ``first``: before every other
+        (a link to another worker, so that its viewers are fanned out there while this
+        worker's loop still writes to its own)."""
         sub = Subscription(self, listener, max_frames)
         gop = self._gop
         if gop and (self.last_video_pts - gop[0].pts) * gop[0].time_base <= JOIN_WITH_GOP_S:
@@ -411,7 +414,10 @@ class Stream:
                 self.keyframe, pts=self.last_video_pts, replay=True, derived={}, _packet=None
             )
             sub.video.start_with(replay)
-        self.subscriptions.append(sub)
+        if first:
+            self.subscriptions.insert(0, sub)
+        else:
+            self.subscriptions.append(sub)
         self.request_keyframe()
         return sub
 

@@ -247,6 +247,17 @@ async def test_push_fans_out_to_every_subscription() -> None:
     assert all(frame is got[0] for frame in got)
 
 
+def test_a_first_subscriber_is_served_before_the_others() -> None:
+    # A link to another worker goes first: that worker fans out while this one still writes.
+    stream, _, _ = new_stream()
+    order: list[str] = []
+    for label, first in (("viewer-1", False), ("viewer-2", False), ("link", True), ("viewer-3", False)):
+        sub = stream.subscribe(Listener(), first=first)
+        sub.video.attach(lambda frame, label=label: order.append(label) is None)
+    stream.push(video(0, True))
+    assert order == ["link", "viewer-1", "viewer-2", "viewer-3"]
+
+
 async def test_keyframe_cache_and_inbound_meter() -> None:
     stream, _, _ = new_stream()
     assert stream.keyframe is None

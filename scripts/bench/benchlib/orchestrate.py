@@ -35,6 +35,9 @@ PHASES = ("gateway", "gateway-direct", "gateway-sockets", "gateway-stock", "refe
 BASELINE = "baseline"
 # Not in the default order either (--only): the gateway with UDP GSO forced on or off.
 GSO_PHASES = {"gateway-gso": "true", "gateway-nogso": "false"}
+# Nor this (--only): the gateway with two workers (the default on a 2-core machine); the
+# viewers spread over both as the kernel hands out their connections.
+WORKERS_PHASES = {"gateway-w2": 2}
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -109,6 +112,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """A port P such that P .. P+count-1 are free for UDP and TCP on 127.0.0.1 (each worker
+    has its own WebRTC port, the configured one + its index)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise ChildError(f"no run of {count} free ports found")
 
 
 def log(msg: str) -> None:
@@ -263,7 +285,8 @@ class Bench:
         phase = Phase(label)
         assert self.clip is not None
         ws_port, http_port = free_port(), free_port()
-        webrtc_port = "0" if label == "gateway-sockets" else str(free_port())
+        workers = WORKERS_PHASES.get(label, 1)
+        webrtc_port = "0" if label == "gateway-sockets" else str(free_port_run(workers))
         cmd = [
             sys.executable,
             "-m",
@@ -290,6 +313,8 @@ class Bench:
             "--log-level",
             "warning",
         ]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]  # beats SKYRELAY_WORKERS=1
         env = {
             **self.env,
             "SKYRELAY_FAST_FANOUT": "false" if label == "gateway-stock" else "true",
@@ -455,6 +480,7 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
         ),
         ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
         ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
+        ("gateway-w2", "gateway", "gateway-w2 (--workers 2) / gateway (one process)"),
     ):
         out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
@@ -552,8 +578,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.baseline:
         order.append(BASELINE)
-    if args.only and not set(args.only) <= {*PHASES, BASELINE, *GSO_PHASES}:
-        parser.error(f"--only: choose from {', '.join([*PHASES, BASELINE, *GSO_PHASES])}")
+    extra = [BASELINE, *GSO_PHASES, *WORKERS_PHASES]
+    if args.only and not set(args.only) <= {*PHASES, *extra}:
+        parser.error(f"--only: choose from {', '.join([*PHASES, *extra])}")
     if args.only and BASELINE in args.only and not args.baseline:
         parser.error("--only baseline needs --baseline COMMIT")
     args.order = args.only or order

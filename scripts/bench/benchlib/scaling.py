@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from .orchestrate import (
     Bench,
     _raise_interrupt,
     free_port,
+    free_port_run,
     int_list,
     log,
     log_notes,
@@ -134,25 +134,6 @@ def process_cpu_s(pid: int) -> float:
     """utime + stime of one process (0 if gone)."""
     fields = _stat_fields(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def free_port_run(count: int) -> int:
-    """A port P such that P .. P+count-1 are free for UDP and TCP on 127.0.0.1 (each worker
-    has its own WebRTC port, the configured one + its index)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise ChildError(f"no run of {count} free ports found")
 
 
 class ScalingBench(Bench):
