@@ -395,7 +395,9 @@ class Stream:
 
     # --- subscriber side -----------------------------------------------------------------
 
-    def subscribe(self, listener: StreamListener, max_frames: int = 90, *, first: bool = False) -> Subscription:
+    def subscribe(
+        self, listener: StreamListener, max_frames: int = 90, *, first: bool = False
+    ) -> Subscription:
         """A new subscriber, served after those before it; ``first``: before every other
         (a link to another worker, so that its viewers are fanned out there while this
         worker's loop still writes to its own)."""
