@@ -92,6 +92,15 @@ class EventRelay(Protocol):
     def relay_event(self, event_type: str, payload: Any) -> None: ...
 
 
+@runtime_checkable
+class StoppableSource(Protocol):
+    """A source that can be told its stream was ended by someone else while it still fed it
+    (the name lost to another worker's claim in the same instant, the device's push given
+    up): it stops and tells its publisher why, instead of feeding a stream no one sees."""
+
+    def stream_ended(self, info: str) -> None: ...
+
+
 class Source(Protocol):
     def request_keyframe(self) -> None: ...
 
@@ -260,6 +269,7 @@ class Stream:
         self.live = False  # the first keyframe has arrived: viewers may subscribe
         self.on_live: Callable[[Stream], None] | None = None  # the registry's, once
         self.ended = False
+        self.end_info: str | None = None  # why it ended, when it failed
         self.inbound = RateMeter()
         self.keyframe: MediaFrame | None = None
         self._gop: list[MediaFrame] = []  # the last keyframe and the video since, while short
@@ -291,6 +301,11 @@ class Stream:
         viewers: timestamps go on from where they were, and video waits for the new
         source's first keyframe."""
         self.source, self.ingest = source, ingest
+        if self.ended:
+            # Ended before its source came (its name lost while the publisher negotiated).
+            if self.end_info is not None and isinstance(source, StoppableSource):
+                source.stream_ended(self.end_info)
+            return
         self._gop = []
         if self.live:
             self._resuming, self._offsets = True, {}
@@ -386,7 +401,10 @@ class Stream:
         why when it failed; None for a publisher that stopped)."""
         if self.ended:
             return
-        self.ended = True
+        self.ended, self.end_info = True, info
+        source = self.source
+        if info is not None and isinstance(source, StoppableSource):
+            source.stream_ended(info)  # a source ending its own stream detached or said None
         subs, self.subscriptions = self.subscriptions, []
         for sub in subs:
             sub.close()

@@ -649,3 +649,48 @@ def test_joining_subscriber_with_direct_delivery_gets_the_replayed_keyframe_then
     first = receiver.frames[0]
     assert first.keyframe and first.replay and first.pts == 49 * STEP  # cached IDR 30, stamped live
     assert frame_numbers(receiver.frames[1:]) == list(range(60, 65))
+
+
+class StoppingSource(Source):
+    """A source that can be stopped by its stream (`StoppableSource`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[str] = []
+
+    def stream_ended(self, info: str) -> None:
+        self.told.append(info)
+
+
+def test_a_stream_ended_under_its_source_tells_it_why() -> None:
+    stream, _, _ = new_stream()
+    source = StoppingSource()
+    stream.attach_source(source, "test")
+    stream.end("Stream name already in use")
+    assert source.told == ["Stream name already in use"]
+    stream.end("again")  # once
+    assert source.told == ["Stream name already in use"]
+
+
+def test_a_source_that_ends_its_own_stream_is_not_told() -> None:
+    # A publisher that stops releases with no info (or detached first): nothing to tell.
+    stream, _, _ = new_stream()
+    source = StoppingSource()
+    stream.attach_source(source, "test")
+    stream.end(None)
+    assert source.told == []
+    detached = Stream("other")
+    other = StoppingSource()
+    detached.attach_source(other, "test")
+    detached.detach_source(other)
+    detached.end("the device's push was given up")
+    assert other.told == []
+
+
+def test_a_source_attached_to_a_stream_already_ended_is_told_at_once() -> None:
+    # The name was lost to another worker while the publisher was still negotiating.
+    stream = Stream("late")
+    stream.end("Stream name already in use")
+    source = StoppingSource()
+    stream.attach_source(source, "test")
+    assert source.told == ["Stream name already in use"]

@@ -216,6 +216,11 @@ class RtmpIngestServer:
                     log.info("rtmp_connection_timed_out", peer=peer, reason=deadline()[1])
                     break
                 last_data = loop.time()
+                if push is not None and push.stream.ended:
+                    # Ended under this push (its name lost to another worker's claim, the
+                    # device's push given up): no one sees what it sends.
+                    log.info("rtmp_push_stopped", stream=push.stream.name, info=push.stream.end_info)
+                    break
                 for event in rtmp.receive_data(data):
                     if isinstance(event, PublishRequested):
                         push = await self._publish(rtmp, event, peer)

@@ -144,6 +144,11 @@ class WebRtcPublisher:
                 self._media_deadline = None
             self._on_started()
 
+    def stream_ended(self, info: str) -> None:
+        """The stream was ended under this publisher (`StoppableSource`): it fails with
+        ``info`` (told from the loop, not from inside the ending)."""
+        asyncio.get_running_loop().call_soon(self._on_failed, info)
+
     def request_keyframe(self) -> None:
         receiver = self._video_receiver
         ssrc = passthrough.media_ssrc(receiver) if receiver is not None else None
