@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
+from gateway.media.whip_client import WhipClient
 from gateway.wcs.client import WcsClient
 from tests.conftest import GatewayProcess
 from tests.integration.test_workers import TRIES, play_on, worker_of, worker_pids
@@ -191,6 +192,73 @@ async def test_requests_about_a_stream_are_answered_by_its_worker(
                 break
     else:
         raise AssertionError("no SSE request landed on the worker not holding the stream")
+
+
+async def test_calls_by_id_and_lists_answer_for_the_machine(
+    workers: GatewayProcess, ask: Asker, published: tuple[str, int], video_track: Callable[[], object]
+) -> None:
+    name, owner = published
+    # A list: every worker's WebSocket connections (the publisher on one, the player on the
+    # other), whichever worker answers; the same for the RTMP republishes (none: an empty list).
+    for worker, (status, _, body) in (await ask.on_both("GET", "/rest-api/connection/find_all")).items():
+        connections = json.loads(body)
+        assert status == 200 and len(connections) == 2, (worker, connections)
+        assert all(len(c["mediaSessions"]) == 1 for c in connections)
+    for status, _, body in (await ask.on_both("POST", "/rest-api/push/find_all", json={})).values():
+        assert (status, json.loads(body)) == (200, [])
+
+    # By id: a WHIP session deleted by a DELETE that landed on the worker without it.
+    for attempt in range(TRIES):
+        whip = WhipClient(f"{workers.http_url}/whip/{name}-whip-{attempt}", video_track())
+        await whip.start()
+        assert whip.resource is not None
+        holder = await stream_worker(ask, f"{name}-whip-{attempt}")
+        landed, (status, headers, body) = await ask.once("DELETE", urllib.parse.urlparse(whip.resource).path)
+        await whip.pc.close()
+        assert status == 200, body
+        if landed != holder:
+            assert headers["X-Skyrelay-Forwarded-To"] == str(holder)
+            break
+    else:
+        raise AssertionError(f"no DELETE landed on the worker not holding the session in {TRIES} tries")
+
+    # By id: a WCS media session terminated through a worker that does not have it.
+    client = await WcsClient.connect(workers.ws_url)
+    try:
+        for attempt in range(TRIES):
+            publisher = await client.publish(f"{name}-term-{attempt}", [video_track()])
+            await publisher.wait_status("PUBLISHING")
+            holder = worker_of(publisher, workers)
+            landed, (status, headers, body) = await ask.once(
+                "POST", "/rest-api/stream/terminate", json={"mediaSessionId": publisher.media_session_id}
+            )
+            assert status == 200 and json.loads(body)["status"] == "terminated", body
+            await publisher.wait_status("UNPUBLISHED", "FAILED")
+            if landed != holder:
+                assert headers["X-Skyrelay-Forwarded-To"] == str(holder)
+                break
+        else:
+            raise AssertionError(
+                f"no terminate landed on the worker not holding the session in {TRIES} tries"
+            )
+    finally:
+        await client.close()
+    # An id no worker knows: 404 from the worker it landed on.
+    for status, _, body in (
+        await ask.on_both("POST", "/rest-api/stream/terminate", json={"mediaSessionId": "no-such-session"})
+    ).values():
+        assert status == 404 and b"no-such-session" in body
+
+
+async def stream_worker(ask: Asker, name: str) -> int:
+    """The worker holding ``name`` (from the machine's /api/streams, once it is listed)."""
+    for _ in range(TRIES):
+        _, (_, _, body) = await ask.once("GET", "/api/streams")
+        held = [s["worker"] for s in json.loads(body)["streams"] if s["name"] == name]
+        if held:
+            return int(held[0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name!r} never listed")
 
 
 async def test_a_killed_worker_shows_then_comes_back(workers: GatewayProcess, ask: Asker) -> None:

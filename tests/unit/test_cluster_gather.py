@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.cluster import gather
-from gateway.cluster.forward import stream_named
+from gateway.cluster.forward import MachineCall, json_list, machine_call, stream_named
 from gateway.cluster.machine import worker_health
 from gateway.http.metrics import Family, _streams
 from gateway.http.server import stream_list
@@ -186,6 +186,32 @@ def test_which_requests_are_about_one_stream_by_name() -> None:
     assert stream_named("/rest-api/stream/startRecording", {}, {"mediaSessionId": "m"}) is None
     assert stream_named("/rest-api/push/startup", {}, {"streamName": "cam"}) == "cam"
     assert stream_named("/rest-api/stream/find_all", {}, {"name": "cam"}) is None
+
+
+def test_which_requests_the_machine_answers_by_id_or_as_one_list() -> None:
+    assert machine_call("DELETE", "/whip/{key}/{resource}") is MachineCall.BY_ID
+    assert machine_call("DELETE", "/whep/sessions/{resource}") is MachineCall.BY_ID
+    assert machine_call("POST", "/rest-api/stream/terminate") is MachineCall.BY_ID
+    assert machine_call("POST", "/rest-api/push/terminate") is MachineCall.BY_ID
+    assert machine_call("POST", "/rest-api/rtsp/terminate") is MachineCall.BY_ID
+    assert machine_call("GET", "/rest-api/connection/find_all") is MachineCall.LIST
+    assert machine_call("POST", "/rest-api/push/find") is MachineCall.LIST
+    assert machine_call("POST", "/rest-api/recorder/find_all") is MachineCall.LIST
+    # Not these: a stream by name (`stream_named`), the machine's own lists, new sessions.
+    assert machine_call("POST", "/rest-api/stream/find_all") is None
+    assert machine_call("POST", "/whip/{key}") is None
+    assert machine_call("PATCH", "/whep/sessions/{resource}") is None
+    assert machine_call("DELETE", "/rest-api/connection/find_all") is None
+    assert machine_call("GET", None) is None
+
+
+def test_a_list_answer_and_what_is_not_one() -> None:
+    assert json_list(200, b'[{"a": 1}]') == [{"a": 1}]
+    assert json_list(404, b'{"error": "not found"}') == []  # none here
+    assert json_list(200, b'{"a": 1}') is None  # not a list
+    assert json_list(200, b"not json") is None
+    assert json_list(500, b"[]") is None
+    assert json_list(403, b"[]") is None
 
 
 def test_a_workers_own_figures_leave_out_its_mirrors() -> None:
