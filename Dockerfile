@@ -14,8 +14,9 @@ ENV SKYRELAY_DEVICE_STATE_FILE=/var/lib/skyrelay/devices.json \
 # What outlives the container: the DJI devices learned and the recordings.
 VOLUME /var/lib/skyrelay
 
-# WebSocket API, HTTP, RTMP ingest, RTSP, and WebRTC: every session on one UDP port and one ICE-TCP
-# port. Publish them with -p (same numbers) and announce the host's address with --public-ip.
+# WebSocket API, HTTP, RTMP ingest, RTSP, and WebRTC: one UDP and one ICE-TCP port per worker,
+# 8189 up (one worker per usable core: `--cpus 2` gives 8189-8190). Publish them with -p (same
+# numbers), or fix the count with SKYRELAY_WORKERS, and announce the host's address with --public-ip.
 EXPOSE 8080 8081 1935 8554 8189/udp 8189/tcp
 ENTRYPOINT ["skyrelay"]
 CMD ["serve"]
