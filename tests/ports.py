@@ -20,7 +20,22 @@ def _ephemeral_start() -> int:
 # once per run: a port the kernel picked (bind to 0) could be taken by some client socket's
 # ephemeral port before the server binds it, and once was (RTMP, "address already in use").
 _EPHEMERAL = _ephemeral_start()
-_PORTS = iter(range(max(1024, _EPHEMERAL - 12000) + (os.getpid() * 7919) % 6000, _EPHEMERAL))
+
+
+def _ports() -> range:
+    """This test process's ports: with pytest-xdist, each worker (PYTEST_XDIST_WORKER gwN of
+    PYTEST_XDIST_WORKER_COUNT) its own slice, so two never hand out the same port; alone,
+    the whole range from a place that depends on the pid (two runs at once rarely meet)."""
+    low = max(1024, _EPHEMERAL - 12000)
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0:
+        size = (_EPHEMERAL - low) // int(count)
+        start = low + size * int(worker[2:])
+        return range(start, start + size)
+    return range(low + (os.getpid() * 7919) % 6000, _EPHEMERAL)
+
+
+_PORTS = iter(_ports())
 
 
 def free_port() -> int:

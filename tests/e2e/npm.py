@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import fcntl
 import json
 import os
 import shutil
@@ -53,9 +54,15 @@ class NpmBundle:
         return root / self.cache_name / self.version
 
     def fetch(self) -> Path:
-        """Path of the verified file; fetches the package on first use."""
+        """Path of the verified file; fetches the package on first use. One test process
+        at a time (pytest-xdist runs several, sharing the cache)."""
         dest = self.cache_dir()
         dest.mkdir(parents=True, exist_ok=True)
+        with (dest / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._fetch(dest)
+
+    def _fetch(self, dest: Path) -> Path:
         integrity = self.published_integrity(dest)
         tarball = next((t for t in dest.glob("*.tgz") if sri_sha512(t) == integrity), None)
         if tarball is None:
