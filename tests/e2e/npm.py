@@ -11,8 +11,8 @@ failure, never a skip.
 from __future__ import annotations
 
 import base64
-import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
