@@ -402,9 +402,6 @@ def pairs(entries: tuple[str, ...]) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (e.partition("=") for e in entries)}
 
 
-__all__ = ["Config", "ConfigError", "load", "pairs"]
-
-
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -433,3 +430,6 @@ def cores_of_quota(cpu_max: str) -> int | None:
     if quota <= 0 or period <= 0:
         return None
     return max(1, -(-quota // period))
+
+
+__all__ = ["Config", "ConfigError", "load", "pairs", "usable_cores"]
