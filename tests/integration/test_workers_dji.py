@@ -29,10 +29,11 @@ from tests.integration.test_workers import TRIES, Connect, play_on, worker_of, w
 async def machine(
     mosquitto: MosquittoProcess, clip: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
-    workers = getattr(request, "param", 2)
+    # ``param``: the number of workers, and how the dock pushes.
+    workers, push = getattr(request, "param", (2, "rtmp"))
     gw = GatewayProcess(
         workers=workers,
-        extra_args=["--mqtt", mosquitto.url, "--live-linger", "1"],
+        extra_args=["--mqtt", mosquitto.url, "--live-linger", "1", "--live-url-type", push],
         # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
         extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
     )
@@ -165,40 +166,45 @@ async def test_a_killed_workers_camera_viewers_let_the_push_stop(
             await asyncio.sleep(0.1)
 
 
-def holder(gw: GatewayProcess) -> int:
-    """The worker the camera's latest push landed on."""
-    return int(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)[-1]["worker"])
+def pushes_of(gw: GatewayProcess, push: str) -> list[dict[str, Any]]:
+    """The camera's pushes so far (``push``: "rtmp" or "whip"), each with its worker."""
+    return gw.log_events(f"{push}_publishing", stream=AIRCRAFT_VIDEO)
 
 
-@pytest.mark.parametrize("machine", [2, 3], indirect=True, ids=["2-workers", "3-workers"])
+@pytest.mark.parametrize(
+    "machine", [(2, "rtmp"), (3, "rtmp"), (2, "whip")], indirect=True, ids=["2-workers", "3-workers", "whip"]
+)
 async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
     machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
     """The dock's push drops and returns until it lands on another worker: that worker
     takes the name over; the viewers of every worker go on without playing again (with
-    three, the third worker's mirror follows the name to the new worker)."""
+    three, the third worker's mirror follows the name to the new worker). Over WHIP the
+    drop DELETEs the session (passed to the worker holding it: a key keeping its stream
+    leaves it without a source) and each return is a new offer."""
     gw, sim = machine
     workers = len(worker_pids(gw))
     await publish_probe(connect, video_track())
     pinned, players, counters = await camera_on_each_worker(connect, gw, workers, frames=20)
+    push = "whip" if str(sim.starts[0]["url"]).startswith("http") else "rtmp"
     answers = [len(client.received("setRemoteSDP")) for client in pinned]
-    first = holder(gw)
+    first = int(pushes_of(gw, push)[-1]["worker"])
 
     # Each return is a new connection, on the worker the kernel picks (a coin toss each).
     for _ in range(TRIES):
-        pushes = len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO))
+        pushes = len(pushes_of(gw, push))
         await sim.drop_push(0.1)
         try:
             async with asyncio.timeout(10):
-                while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
+                while len(pushes_of(gw, push)) == pushes:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError("the returning push was not accepted (refused?)") from None
-        if holder(gw) != first:
+        if int(pushes_of(gw, push)[-1]["worker"]) != first:
             break
     else:
         raise AssertionError(f"the push came back on worker {first} {TRIES} times in a row")
-    taker = holder(gw)
+    taker = int(pushes_of(gw, push)[-1]["worker"])
     assert gw.log_events("stream_handed_over", stream=AIRCRAFT_VIDEO, worker=first, to=taker)
     assert gw.log_events("stream_taken_over", stream=AIRCRAFT_VIDEO, worker=taker, owner=first)
     assert not gw.log_events("stream_takeover_refused")
