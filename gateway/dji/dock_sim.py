@@ -335,8 +335,10 @@ class DockSimulator:
 
     async def drop_push(self, seconds: float) -> None:
         """Stop pushing for ``seconds``, then push again to the same URL."""
-        pushing = self._pushing
+        pushing, push = self._pushing, self._push
         self._stop_push()
+        if isinstance(push, WhipCameraPush):
+            await push.closed()  # its DELETE answered: the key is free again where it pushed
         await asyncio.sleep(seconds)
         if pushing is not None and self._pushing is None:
             await self._start_push(pushing)

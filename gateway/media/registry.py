@@ -222,7 +222,9 @@ class StreamRegistry:
     async def claim_push(self, name: str, *, resume: bool, on_demand: bool) -> Stream:
         """A push's `claim` (RTMP, WHIP). A returning push (``resume``) whose name another
         worker holds takes it over from there if that worker's stream has no source (its
-        viewers go on, fed from here); StreamNameInUse if it has one."""
+        viewers go on, fed from here); StreamNameInUse if it has one. The caller attaches its
+        source before it waits for anything (a WHIP answer: `WebRtcPublisher.accept`), so
+        that a push still connecting is not `resumable` by another one."""
         directory = self.directory
         try:
             return self.claim(name, resume=resume, on_demand=on_demand)

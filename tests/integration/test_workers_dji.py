@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiortc import RTCConfiguration, RTCPeerConnection
 
+from gateway.cluster.forward import FORWARDED_HEADER, WORKER_HEADER
 from gateway.dji.dock_sim import DockBehaviour, DockSimulator, run_forever
+from gateway.media.webrtc.sdp import capabilities
 from gateway.mqtt_link import BrokerAddress
 from gateway.wcs.client import ClientStream, WcsClient, WcsError
 from tests.conftest import GatewayProcess, MosquittoProcess
@@ -29,23 +33,30 @@ from tests.integration.test_workers import TRIES, Connect, play_on, worker_of, w
 async def machine(
     mosquitto: MosquittoProcess, clip: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[GatewayProcess, DockSimulator]]:
-    workers = getattr(request, "param", 2)
-    gw = GatewayProcess(
-        workers=workers,
-        extra_args=["--mqtt", mosquitto.url, "--live-linger", "1"],
-        # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
-        extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
-    )
-    gw.start(tmp_path)
-    sim = DockSimulator(BrokerAddress.parse(mosquitto.url), clip, behaviour=DockBehaviour(osd_rate=10))
-    task = asyncio.create_task(run_forever(sim, retry=0.5))
-    try:
-        yield gw, sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        gw.stop()
+    # ``param``: the number of workers, how the dock pushes, and whether the gateway's
+    # STUN server never answers (each WebRTC answer then waits out aioice's 5 s gathering).
+    workers, push, silent_stun = getattr(request, "param", (2, "rtmp", False))
+    extra_args = ["--mqtt", mosquitto.url, "--live-linger", "1", "--live-url-type", push]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound (no ICMP refusal) and never read
+        if silent_stun:
+            extra_args += ["--stun-server", f"127.0.0.1:{silent.getsockname()[1]}"]
+        gw = GatewayProcess(
+            workers=workers,
+            extra_args=extra_args,
+            # Longer than the tests wait: only the linger (not a lost push) may stop a push here.
+            extra_env={"SKYRELAY_LIVE_PUSH_TIMEOUT": "120"},
+        )
+        gw.start(tmp_path)
+        sim = DockSimulator(BrokerAddress.parse(mosquitto.url), clip, behaviour=DockBehaviour(osd_rate=10))
+        task = asyncio.create_task(run_forever(sim, retry=0.5))
+        try:
+            yield gw, sim
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            gw.stop()
 
 
 @pytest.fixture
@@ -165,40 +176,48 @@ async def test_a_killed_workers_camera_viewers_let_the_push_stop(
             await asyncio.sleep(0.1)
 
 
-def holder(gw: GatewayProcess) -> int:
-    """The worker the camera's latest push landed on."""
-    return int(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)[-1]["worker"])
+def pushes_of(gw: GatewayProcess, push: str) -> list[dict[str, Any]]:
+    """The camera's pushes so far (``push``: "rtmp" or "whip"), each with its worker."""
+    return gw.log_events(f"{push}_publishing", stream=AIRCRAFT_VIDEO)
 
 
-@pytest.mark.parametrize("machine", [2, 3], indirect=True, ids=["2-workers", "3-workers"])
+@pytest.mark.parametrize(
+    "machine",
+    [(2, "rtmp", False), (3, "rtmp", False), (2, "whip", False)],
+    indirect=True,
+    ids=["2-workers", "3-workers", "whip"],
+)
 async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
     machine: tuple[GatewayProcess, DockSimulator], connect: Connect, video_track: Callable[[], Any]
 ) -> None:
     """The dock's push drops and returns until it lands on another worker: that worker
     takes the name over; the viewers of every worker go on without playing again (with
-    three, the third worker's mirror follows the name to the new worker)."""
+    three, the third worker's mirror follows the name to the new worker). Over WHIP the
+    drop DELETEs the session (passed to the worker holding it: a key keeping its stream
+    leaves it without a source) and each return is a new offer."""
     gw, sim = machine
     workers = len(worker_pids(gw))
     await publish_probe(connect, video_track())
     pinned, players, counters = await camera_on_each_worker(connect, gw, workers, frames=20)
+    push = "whip" if str(sim.starts[0]["url"]).startswith("http") else "rtmp"
     answers = [len(client.received("setRemoteSDP")) for client in pinned]
-    first = holder(gw)
+    first = int(pushes_of(gw, push)[-1]["worker"])
 
     # Each return is a new connection, on the worker the kernel picks (a coin toss each).
     for _ in range(TRIES):
-        pushes = len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO))
+        pushes = len(pushes_of(gw, push))
         await sim.drop_push(0.1)
         try:
             async with asyncio.timeout(10):
-                while len(gw.log_events("rtmp_publishing", stream=AIRCRAFT_VIDEO)) == pushes:
+                while len(pushes_of(gw, push)) == pushes:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError("the returning push was not accepted (refused?)") from None
-        if holder(gw) != first:
+        if int(pushes_of(gw, push)[-1]["worker"]) != first:
             break
     else:
         raise AssertionError(f"the push came back on worker {first} {TRIES} times in a row")
-    taker = holder(gw)
+    taker = int(pushes_of(gw, push)[-1]["worker"])
     assert gw.log_events("stream_handed_over", stream=AIRCRAFT_VIDEO, worker=first, to=taker)
     assert gw.log_events("stream_taken_over", stream=AIRCRAFT_VIDEO, worker=taker, owner=first)
     assert not gw.log_events("stream_takeover_refused")
@@ -218,3 +237,62 @@ async def test_a_push_that_comes_back_on_another_worker_takes_its_stream_over(
     assert len(opened) == workers - 1
     for counter in counters:
         await counter.stop()
+
+
+async def h264_offer() -> str:
+    """A WHIP client's offer (H.264, sendonly), for a push by hand."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    transceiver.setCodecPreferences(capabilities(("video/H264",), "video"))
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+@pytest.mark.parametrize("machine", [(2, "whip", True)], indirect=True, ids=["whip-slow-answers"])
+async def test_a_second_whip_push_cannot_take_the_stream_from_one_still_negotiating(
+    machine: tuple[GatewayProcess, DockSimulator], connect: Connect
+) -> None:
+    """The dock's WHIP push lands on one worker, whose answer takes 5 s (its STUN server
+    never answers); a push with the same key meanwhile on the other worker is refused (409),
+    not handed the stream, and the dock's push then streams where it landed."""
+    gw, sim = machine
+    client = await connect()
+    playing = asyncio.ensure_future(play_camera(client))  # wanting the camera starts its push
+    try:
+        async with asyncio.timeout(15):
+            while not (claims := gw.log_events("stream_claimed", stream=AIRCRAFT_VIDEO, mirror=False)):
+                await asyncio.sleep(0.05)
+        first = int(claims[0]["worker"])
+        url = str(sim.starts[0]["url"])
+        offer = await h264_offer()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            # The other worker knows who holds the name once a request there is passed on.
+            for _ in range(TRIES):
+                async with http.get(f"{gw.http_url}/api/streams/{AIRCRAFT_VIDEO}") as reply:
+                    if reply.headers.get(FORWARDED_HEADER) == str(first):
+                        break
+            else:
+                raise AssertionError(f"no request reached the other worker in {TRIES} tries")
+            # The same key again until it lands on the other worker (its own keys: free there).
+            for _ in range(TRIES):
+                async with http.post(url, data=offer, headers={"Content-Type": "application/sdp"}) as reply:
+                    landed, status, text = int(reply.headers[WORKER_HEADER]), reply.status, await reply.text()
+                if landed != first:
+                    break
+                assert status == 403, text  # the key is in use on the first worker
+            else:
+                raise AssertionError(f"no offer reached the other worker in {TRIES} tries")
+        assert status == 409, text
+        assert not gw.log_events("whip_offer_accepted"), "the other push was answered first"
+        async with asyncio.timeout(30):
+            while not (pushes := pushes_of(gw, "whip")):
+                await asyncio.sleep(0.05)
+        assert [int(p["worker"]) for p in pushes] == [first]
+        assert gw.log_events("stream_takeover_refused", stream=AIRCRAFT_VIDEO, worker=landed)
+        assert not gw.log_events("stream_handed_over")
+    finally:
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WcsError):
+            await playing

@@ -56,7 +56,11 @@ class WebRtcPublisher:
         self.pli_sent = 0
 
     async def accept(self, offer_sdp: str, tcp_only: bool = False) -> str:
-        """Answer the publisher's offer. Raises OfferError for an offer we cannot relay."""
+        """Answer the publisher's offer. Raises OfferError for an offer we cannot relay.
+        The stream is this publisher's from the first line on, before any wait: while it
+        negotiates, a push returning with the same key on another worker finds the stream
+        not `resumable` there and is refused, as if this one already streamed."""
+        self.stream.attach_source(self, self.ingest)  # a stream taken over keeps its viewers
         offered = parse_offer(offer_sdp)
         check_publish_offer(offered)
         pc = self.peer.pc
@@ -80,7 +84,6 @@ class WebRtcPublisher:
                 video = codec
             else:
                 audio = codec
-        self.stream.attach_source(self, self.ingest)  # a stream taken over keeps its viewers
         self.stream.set_codecs(video, audio)
         return answer
 
