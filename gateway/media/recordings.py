@@ -16,6 +16,7 @@ deleted with its recording.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
@@ -140,7 +141,9 @@ class RecordingStore:
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes
         self._clock = clock
-        # Files a Recorder is writing: retention leaves them alone.
+        # Files a Recorder of this process is writing: retention leaves them alone. Those of
+        # another process (with several workers every worker records into this directory)
+        # are known by the lock their writer holds (`hold_while_writing`).
         self._writing: set[Path] = set()
 
     # --- recorders tell the store -----------------------------------------------------------
@@ -242,10 +245,12 @@ class RecordingStore:
         removed: list[Recording] = []
         now = self._clock()
         for recording in recordings:  # oldest first
-            empty = recording.size == 0
+            # An empty file is left over from a failed recording, or one another process
+            # created an instant ago and is about to lock and write.
+            empty = recording.size == 0 and now - recording.end > EMPTY_GRACE_S
             too_old = self.max_age_s is not None and now - recording.end > self.max_age_s
             too_big = self.max_total_bytes is not None and total > self.max_total_bytes
-            if not (empty or too_old or too_big):
+            if not (empty or too_old or too_big) or being_written(recording.path):
                 continue
             if not _delete(recording.path, recording.id):
                 continue
@@ -262,6 +267,33 @@ class RecordingStore:
             except OSError:
                 pass
         return removed
+
+
+# An empty recording younger than this may be one a writer has just created.
+EMPTY_GRACE_S = 30.0
+
+
+def hold_while_writing(fd: int) -> None:
+    """Mark the recording open on ``fd`` as being written, for every process's retention
+    (a shared flock, released when the file is closed or its writer dies)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a retention probe holds its lock only for an instant
+
+
+def being_written(path: Path) -> bool:
+    """Whether some process (this one too) holds ``path`` open for writing (its lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone already
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # a file system without flock: this process's own list only
+    finally:
+        os.close(fd)  # (releases the probe's lock)
+    return False
 
 
 def _delete(path: Path, recording_id: str) -> bool:

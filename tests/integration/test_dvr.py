@@ -24,7 +24,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from gateway.http.recordings import recording_routes
-from gateway.media.recordings import RecordingStore, stream_dirname
+from gateway.media.recordings import RecordingStore, being_written, stream_dirname
 from gateway.media.sinks import recorder as recorder_module
 from gateway.media.sinks.recorder import Recorder
 from gateway.media.stream import Stream
@@ -102,9 +102,14 @@ async def test_recorder_writes_segments_ffprobe_decodes(clip_units: AccessUnits,
     recorder.start()
     try:
         await until(lambda: len(recorder.files) >= 3)
+        # The file being written is locked for every process's retention (several workers
+        # share the directory); the closed ones are not.
+        current, *closed = reversed(recorder.files)
+        assert being_written(current) and not any(being_written(path) for path in closed)
     finally:
         await recorder.stop()
         await feed.stop()
+    assert not any(being_written(path) for path in recorder.files)
     assert recorder.done.is_set() and not feed.stream.subscriptions
     assert recorder.directory == tmp_path / stream_dirname(NAME)
     for path in recorder.files:
@@ -372,7 +377,7 @@ async def test_a_disk_falling_behind_closes_the_file_and_recording_resumes(
 async def test_a_full_disk_fails_a_file_and_recording_goes_on(
     clip_units: AccessUnits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC on the first write: that file is given up (empty, so retention removes it)
+    """ENOSPC on the first write: that file is given up (empty, so its writer removes it)
     and the next keyframe starts a file that plays."""
     disk = StallingDisk(failures=1)
     disk.moving.set()
@@ -387,7 +392,7 @@ async def test_a_full_disk_fails_a_file_and_recording_goes_on(
         await recorder.stop()
         await feed.stop()
     failed, *written = recorder.files
-    assert not failed.exists()  # empty: removed by retention when it was closed
+    assert not failed.exists()  # empty: removed by its writer when it was closed
     for path in written:
         assert_playable(path)
     assert [r.path for r in store.recordings()] == written

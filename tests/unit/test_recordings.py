@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,10 @@ import pytest
 from gateway.media.recorders import Recorders
 from gateway.media.recordings import (
     DIRNAME_RE,
+    EMPTY_GRACE_S,
     RecordingStore,
     UnsafeStreamName,
+    being_written,
     format_stamp,
     parse_stamp,
     stream_dirname,
@@ -196,13 +200,46 @@ def test_recorder_refuses_names_that_cannot_be_directories(tmp_path: Path) -> No
 
 def test_an_empty_file_is_not_a_recording_and_retention_removes_it(tmp_path: Path) -> None:
     """A gateway killed between creating a file and its first write leaves an empty file:
-    it is neither listed nor served, and retention removes it unless it is being written."""
+    it is neither listed nor served, and retention removes it unless it is being written,
+    or so young that its writer (another worker) may be about to lock and write it."""
     kept = make_recording(tmp_path, "cam/a", T0, 10)
-    empty = make_recording(tmp_path, "cam/a", T0 + 60, 0)
-    being_written = make_recording(tmp_path, "cam/b", T0 + 60, 0)
+    empty = make_recording(tmp_path, "cam/a", T0 + 60, 0, end=T0 + 60)
+    writing_here = make_recording(tmp_path, "cam/b", T0 + 60, 0, end=T0 + 60)
+    young = make_recording(tmp_path, "cam/c", T0 + 100, 0, end=T0 + 120 - EMPTY_GRACE_S + 1)
     store = RecordingStore(tmp_path, clock=lambda: T0 + 120)
-    store.writing(being_written)
+    store.writing(writing_here)
     assert [r.path for r in store.recordings()] == [kept]
     assert store.resolve(f"{stream_dirname('cam/a')}.{format_stamp(T0 + 60)}") is None
     assert [r.path for r in store.apply_retention()] == [empty]
-    assert not empty.exists() and kept.exists() and being_written.exists()
+    assert not empty.exists() and kept.exists() and writing_here.exists() and young.exists()
+
+
+WRITER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_retention_leaves_what_another_process_is_writing(tmp_path: Path) -> None:
+    """With several workers each has its own store on one directory: a file another process
+    writes (its writer's lock, `hold_while_writing`) is kept, whatever its age, size or the
+    total; once that writer is gone it is removed like any other."""
+    old = make_recording(tmp_path, "cam/a", T0, 10)
+    writing = make_recording(tmp_path, "cam/b", T0 + 10, 0, end=T0 + 10)
+    store = RecordingStore(tmp_path, max_age_s=30, max_total_bytes=1, clock=lambda: T0 + 600)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(writing)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"locked\n"
+        assert being_written(writing) and not being_written(old)
+        assert [r.path for r in store.apply_retention()] == [old]
+        assert writing.exists()
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    assert not being_written(writing)  # the lock went with its process
+    assert [r.path for r in store.apply_retention()] == [writing]

@@ -36,7 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.log import get_logger
-from gateway.media.recordings import SUFFIX, RecordingStore, format_stamp, sidecar_path, stream_dirname
+from gateway.media.recordings import (
+    SUFFIX,
+    RecordingStore,
+    format_stamp,
+    hold_while_writing,
+    sidecar_path,
+    stream_dirname,
+)
 from gateway.media.sinks.fmp4 import Fmp4Muxer, Fragment
 from gateway.media.sinks.remux import REMUX_ERRORS, Remuxer
 from gateway.media.sinks.telemetry import TelemetryTrack
@@ -126,6 +133,7 @@ class SegmentFiles:
                 self.store.writing(path)
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                hold_while_writing(self._fd)  # for the retention of every worker
                 break
             except FileExistsError:
                 if self.store is not None:
@@ -184,7 +192,13 @@ class SegmentFiles:
         if fd is None or path is None:
             return
         try:
+            empty = os.fstat(fd).st_size == 0
             os.close(fd)
+            if empty:
+                # Nothing was written (its first write failed): no recording to keep. Another
+                # process's retention would wait EMPTY_GRACE_S before taking it for litter.
+                path.unlink(missing_ok=True)
+                log.info("recording_file_removed", stream=self.stream, path=str(path), reason="empty")
         finally:
             if self.store is not None:
                 self.store.written(path)
