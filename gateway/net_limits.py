@@ -22,6 +22,11 @@ from gateway.log import get_logger
 log = get_logger(__name__)
 
 DEFAULT_MAX_PER_IP = 256
+# The accept queue of every TCP listener (the kernel caps it at net.core.somaxconn).
+# asyncio's default, 100, overflows when hundreds of clients connect at once (a fleet
+# reconnecting after a restart; the tests' floods): the kernel then drops the handshake's
+# last ACK, and a client that connected but says nothing is never accepted nor told.
+LISTEN_BACKLOG = 1024
 # Refusals closer together than this are one burst (one log line). A burst that goes on
 # gets one more line per REMIND seconds, with the number refused since the last one.
 BURST_GAP = 10.0

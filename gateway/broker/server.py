@@ -13,7 +13,7 @@ import contextlib
 from gateway.broker import codec
 from gateway.broker.core import Action, BrokerCore, Close, Credentials
 from gateway.log import get_logger
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
@@ -46,7 +46,7 @@ class Broker:
     async def start(self) -> None:
         limits = self.connection_limits
         handler = self._connection if limits is None else limits.guard_streams("mqtt", self._connection)
-        self._server = await asyncio.start_server(handler, self.host, self.port)
+        self._server = await asyncio.start_server(handler, self.host, self.port, backlog=LISTEN_BACKLOG)
         self._timer = asyncio.create_task(self._run_timer())
         login = self.core.credentials is not None
         log.info("mqtt_broker_listening", host=self.host, port=self.port, login=login)

@@ -36,7 +36,7 @@ from gateway.cluster.directory import Directory, Notice
 from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
 from gateway.config import Config
 from gateway.log import get_logger
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.reconnect import ReconnectDelay
 from gateway.tasks import TaskSet
 
@@ -127,7 +127,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         sock.set_inheritable(True)
     except BaseException:

@@ -27,7 +27,7 @@ from gateway.media.offers import OfferRefused
 from gateway.media.registry import ControlRefusal, StreamControlError, StreamRegistry
 from gateway.media.sinks.whep import WhepEgress
 from gateway.media.sources.whip import WhipIngest
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -146,10 +146,12 @@ class HttpServer:
         )
         loop = asyncio.get_running_loop()
         if self.sock is not None:
-            self._listener = await loop.create_server(factory, sock=self.sock, ssl=self.tls)
+            self._listener = await loop.create_server(
+                factory, sock=self.sock, ssl=self.tls, backlog=LISTEN_BACKLOG
+            )
         else:
             self._listener = await loop.create_server(
-                factory, self.host, self.port, ssl=self.tls, backlog=128
+                factory, self.host, self.port, ssl=self.tls, backlog=LISTEN_BACKLOG
             )
         if self.private_path is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -38,7 +38,7 @@ from gateway.media.stream import Stream
 from gateway.media.thumbnails import ThumbnailUnavailable
 from gateway.media.webrtc.peer import RtcSettings
 from gateway.media.webrtc.sdp import OfferError
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.tasks import TaskSet
 from gateway.wcs import messages as m
 from gateway.wcs.session import (
@@ -121,6 +121,7 @@ class WcsServer:
             # The WCS protocol has its own ping/pong messages; no WebSocket-level pings.
             ping_interval=None,
             compression=None,
+            backlog=LISTEN_BACKLOG,  # passed on to loop.create_server
         )
         log.info("wcs_listening", host=self.host, port=self.port)
 

@@ -59,7 +59,7 @@ from gateway.media.sinks.rtsp import (
 from gateway.media.sources.rtsp import open_udp_pair
 from gateway.media.sources.rtsp_push import AuthorizePublish, RtspPush
 from gateway.media.stream import Stream
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.tasks import TaskSet
 from gateway.watchdog import ReadWatchdog
 
@@ -173,9 +173,9 @@ class RtspServer:
         limits = self.connection_limits
         handler = self._connection if limits is None else limits.guard_streams("rtsp", self._connection)
         if self.sock is not None:
-            self._server = await asyncio.start_server(handler, sock=self.sock)
+            self._server = await asyncio.start_server(handler, sock=self.sock, backlog=LISTEN_BACKLOG)
         else:
-            self._server = await asyncio.start_server(handler, self.host, self.port)
+            self._server = await asyncio.start_server(handler, self.host, self.port, backlog=LISTEN_BACKLOG)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.udp is not None:

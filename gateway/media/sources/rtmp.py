@@ -40,7 +40,7 @@ from gateway.media.rtmp.protocol import (
     RtmpServerConnection,
 )
 from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.watchdog import ReadWatchdog
 
 log = get_logger(__name__)
@@ -188,9 +188,9 @@ class RtmpIngestServer:
             self._connection if self.limits is None else self.limits.guard_streams("rtmp", self._connection)
         )
         if self.sock is not None:
-            self._server = await asyncio.start_server(handler, sock=self.sock)
+            self._server = await asyncio.start_server(handler, sock=self.sock, backlog=LISTEN_BACKLOG)
         else:
-            self._server = await asyncio.start_server(handler, self.host, self.port)
+            self._server = await asyncio.start_server(handler, self.host, self.port, backlog=LISTEN_BACKLOG)
         log.info("rtmp_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:

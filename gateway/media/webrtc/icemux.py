@@ -42,7 +42,7 @@ from aiortc import RTCPeerConnection
 from gateway.log import get_logger
 from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.demux import Demux, Drop, FrameError, FrameReader, frame
-from gateway.net_limits import ConnectionLimits
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 
 log = get_logger(__name__)
 
@@ -494,7 +494,11 @@ class IceMux:
                 for address in addresses:
                     try:
                         server = await loop.create_server(
-                            self._link_factory(), address, self.tcp_port, reuse_address=True
+                            self._link_factory(),
+                            address,
+                            self.tcp_port,
+                            reuse_address=True,
+                            backlog=LISTEN_BACKLOG,
                         )
                     except OSError as exc:
                         if _family(address) == socket.AF_INET6 and len(addresses) > 1 and _no_ipv6(exc):
