@@ -54,15 +54,26 @@ G711_TIME_BASE = Fraction(1, G711_RATE)
 class RtmpPush:
     """One publishing RTMP connection as the source of a Stream."""
 
-    def __init__(self, stream: Stream, grant: IngestKey) -> None:
+    def __init__(
+        self, stream: Stream, grant: IngestKey, transport: asyncio.BaseTransport | None = None
+    ) -> None:
         self.stream = stream
         self.grant = grant
+        self._transport = transport  # its connection's, closed if the stream ends under it
         self.video = AvcTagReader()
         self.bad_tags = 0
         self.audio: AacToOpus | None = None
         self.bad_audio = 0
         self._g711_pending = b""  # samples short of a 20 ms frame, from _g711_pts on
         self._g711_pts = 0
+
+    def stream_ended(self, info: str) -> None:
+        """The stream was ended under this push (`StoppableSource`: its name lost to another
+        worker's claim, the device's push given up): no one would see what it sends, so its
+        connection is closed (the read loop then ends the push)."""
+        log.info("rtmp_push_stopped", stream=self.stream.name, info=info)
+        if self._transport is not None:
+            self._transport.close()
 
     def metadata(self, values: dict[str, object]) -> None:
         """An AAC push announces itself before its first frame: offer Opus to viewers now,
@@ -216,14 +227,9 @@ class RtmpIngestServer:
                     log.info("rtmp_connection_timed_out", peer=peer, reason=deadline()[1])
                     break
                 last_data = loop.time()
-                if push is not None and push.stream.ended:
-                    # Ended under this push (its name lost to another worker's claim, the
-                    # device's push given up): no one sees what it sends.
-                    log.info("rtmp_push_stopped", stream=push.stream.name, info=push.stream.end_info)
-                    break
                 for event in rtmp.receive_data(data):
                     if isinstance(event, PublishRequested):
-                        push = await self._publish(rtmp, event, peer)
+                        push = await self._publish(rtmp, event, peer, writer.transport)
                     elif isinstance(event, MediaMessage) and push is not None and event.kind == VIDEO:
                         push.video_tag(event)
                     elif isinstance(event, MediaMessage) and push is not None and event.kind == AUDIO:
@@ -263,7 +269,11 @@ class RtmpIngestServer:
                 writer.transport.abort()
 
     async def _publish(
-        self, rtmp: RtmpServerConnection, request: PublishRequested, peer: str
+        self,
+        rtmp: RtmpServerConnection,
+        request: PublishRequested,
+        peer: str,
+        transport: asyncio.BaseTransport,
     ) -> RtmpPush | None:
         grant = issued = self.keys.claim(request.key)
         if grant is None:
@@ -285,7 +295,7 @@ class RtmpIngestServer:
             self.keys.release(grant.key)
             rtmp.reject_publish(request, "stream already has a source")
             return None
-        push = RtmpPush(stream, grant)
+        push = RtmpPush(stream, grant, transport)
         stream.set_codecs(H264, None)
         stream.attach_source(push, "rtmp")
         self.pushes.add(push)
