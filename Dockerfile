@@ -9,6 +9,15 @@ COPY pyproject.toml README.md ./
 # The demo page (gateway/static/) is package data: installed with the package.
 COPY gateway ./gateway
 RUN pip install --no-cache-dir .
+# The fan-out floor's C burst (gateway/media/webrtc/burst.c), built while the image has a
+# compiler, which goes again in the same layer: the gateway finds the object in
+# SKYRELAY_NATIVE_DIR (without it the floor runs in Python; the start log says which).
+ENV SKYRELAY_NATIVE_DIR=/opt/skyrelay/native
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m gateway.media.webrtc.native \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 ENV SKYRELAY_DEVICE_STATE_FILE=/var/lib/skyrelay/devices.json \
     SKYRELAY_RECORDINGS_DIR=/var/lib/skyrelay/recordings
 # What outlives the container: the DJI devices learned and the recordings.

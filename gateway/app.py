@@ -137,6 +137,7 @@ class Gateway:
             fast_receive=config.fast_receive,
         )
         floor.want_gso(config.fanout_gso)
+        floor.want_native(config.fanout_native)
         self.wcs = WcsServer(
             self.registry,
             settings,

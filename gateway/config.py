@@ -126,6 +126,9 @@ class Config:
     fanout_floor: bool = True
     # The floor sends runs of packets of one size (but a shorter last) as UDP GSO messages.
     fanout_gso: bool = True
+    # The floor's bursts written by its C part (burst.c, built with the machine's C compiler
+    # at first start); false, or no compiler: the same work in Python.
+    fanout_native: bool = True
     # A publisher's SRTP packets handled as they arrive, synchronously (aiortc_compat's fast
     # receive path); false: through aiortc's receive task, packet by packet.
     fast_receive: bool = True
@@ -245,7 +248,9 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def unknown_environment(environ: Mapping[str, str]) -> list[str]:
     """SKYRELAY_* variables that name no setting (likely typos), for a warning."""
-    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | {"SKYRELAY_CONFIG"}
+    # Not settings but read by the gateway: the config file, and where the floor's C burst is
+    # built (media/webrtc/native.py, read before any configuration is).
+    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | {"SKYRELAY_CONFIG", "SKYRELAY_NATIVE_DIR"}
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 

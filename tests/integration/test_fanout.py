@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import RelayTrack, WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.media.webrtc import aiortc_compat, burst, fanout, floor
+from gateway.media.webrtc import aiortc_compat, burst, fanout, floor, native
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.integration.conftest import FrameCounter, capture_rtp, local_config
 from tests.integration.ice_tcp import IceTcpPath
@@ -71,6 +71,8 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             assert writer.floor is not None and writer.floor.bursts > 0
             if floor.gso_available():  # fanout_gso is on by default: FU-A runs went as GSO
                 assert writer.floor.gso_bursts > 0
+            if native.compiler() is not None:  # and by the C burst, which the start built
+                assert floor.STATE.use_native, floor.native_reason()
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # aiortc's RTCP loop reports what the writer sent.
             reported = aiortc_compat.sender_counters(viewer._video_sender)
@@ -256,6 +258,19 @@ async def test_floor_off_by_setting_keeps_the_per_packet_path(video_track: Track
         assert writer.floor is None and writer.packets > 30
     finally:
         await gateway.stop()
+
+
+async def test_c_burst_off_by_setting_keeps_the_floor_in_python(video_track: TrackFactory) -> None:
+    gateway = Gateway(local_config(fanout_native=False))
+    await gateway.start()
+    try:
+        (viewer,) = await play_decoded(gateway, video_track())
+        writer = viewer.writers["video"]
+        assert writer.floor is not None and writer.floor.bursts > 30
+        assert not floor.STATE.use_native
+    finally:
+        await gateway.stop()
+        floor.want_native(True)  # the process's setting, for the tests after this one
 
 
 async def test_floor_off_when_its_start_check_fails(

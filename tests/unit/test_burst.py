@@ -1,7 +1,8 @@
 """The fan-out floor's buffers and bursts (gateway/media/webrtc/burst.py, floor.py): the C
 layouts against cffi's own, socket addresses, the GSO rule, RFC 4571 framing of a burst,
 and whole bursts protected by libsrtp in place and sent with sendmmsg (or GSO) to a real
-local socket, checked by decrypting them with pylibsrtp."""
+local socket, checked by decrypting them with pylibsrtp: each written by the floor in
+Python and by its C burst (burst.c)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.media.webrtc import aiortc_compat, burst, floor
+from gateway.media.webrtc import aiortc_compat, burst, floor, native
 from gateway.media.webrtc.demux import FrameReader
 
 KEY = bytes(range(1, 31))
@@ -174,6 +175,33 @@ def floor_checked() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(params=["python", "c"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The floor in Python, then its C burst (built by the start check where there is a C
+    compiler: the test setup installs gcc, so there it must have built). Yields the count of
+    bursts the C burst wrote, checked at the end: all of them with "c", none with "python"."""
+    if request.param == "c":
+        if native.compiler() is None:
+            pytest.skip("no C compiler here: the C burst cannot be built")
+        assert floor.native_available(), floor.native_reason()
+    calls = [0]
+    through_c = floor.FloorPath._send_native
+
+    def counted(self: floor.FloorPath, *args: Any) -> None:
+        calls[0] += 1
+        through_c(self, *args)
+
+    monkeypatch.setattr(floor.FloorPath, "_send_native", counted)
+    before = floor.STATE.want_native
+    floor.want_native(request.param == "c")
+    try:
+        yield calls
+    finally:
+        floor.want_native(before)
+    if request.param == "python":
+        assert calls[0] == 0
+
+
 def inbound() -> pylibsrtp.Session:
     return pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
 
@@ -254,6 +282,7 @@ def gso_wanted(enabled: bool) -> Iterator[None]:
         floor.want_gso(before)
 
 
+@pytest.mark.usefixtures("implementation")
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(payloads=bursts, sequence=st.integers(0, 0xFFFF), timestamp=st.integers(0, 2**32 - 1))
 def test_a_sendmmsg_burst_arrives_as_its_packets(
@@ -270,6 +299,7 @@ def test_a_sendmmsg_burst_arrives_as_its_packets(
     assert transport.sendto_calls == 0 and path.bursts == 1 and path.gso_bursts == 0
 
 
+@pytest.mark.usefixtures("implementation")
 @settings(max_examples=30, deadline=None)
 @given(payloads=bursts, sequence=st.integers(0, 0xFFFF), timestamp=st.integers(0, 2**32 - 1))
 def test_a_framed_burst_is_one_write_of_rfc4571_frames(
@@ -284,14 +314,18 @@ def test_a_framed_burst_is_one_write_of_rfc4571_frames(
     assert [session.unprotect(p) for p in packets] == plain(payloads, sequence, timestamp)
 
 
-def test_protected_bytes_equal_session_protect() -> None:
+def test_protected_bytes_equal_session_protect(
+    implementation: list[int], request: pytest.FixtureRequest
+) -> None:
     payloads = [bytes(range(256)) * 4, b"\x01\x02\x03"]
     link = Framed()
     floor.FloorPath(outbound(), link, ("127.0.0.1", 9)).send(HEADER, 102, payloads, 65535, 7, 1027)
     reference = outbound()
     assert burst.split_framed(link.writes[0]) == [reference.protect(p) for p in plain(payloads, 65535, 7)]
+    assert implementation[0] == (1 if request.node.callspec.params["implementation"] == "c" else 0)
 
 
+@pytest.mark.usefixtures("implementation")
 def test_gso_burst_when_enabled(sockets: tuple[socket.socket, socket.socket]) -> None:
     if not floor.gso_available():
         pytest.skip("this kernel took no UDP GSO send in the floor's start check")
@@ -312,6 +346,7 @@ def test_gso_burst_when_enabled(sockets: tuple[socket.socket, socket.socket]) ->
     assert got == plain(payloads, 10, 20) + plain(uneven, 16, 21) + plain(single, 19, 22)
 
 
+@pytest.mark.usefixtures("implementation")
 def test_asyncio_keeps_the_order_while_it_holds_unsent_packets(
     sockets: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -328,6 +363,7 @@ def test_asyncio_keeps_the_order_while_it_holds_unsent_packets(
     assert [session.unprotect(receiver.recv(2048)) for _ in payloads] == plain(payloads, 1, 2)
 
 
+@pytest.mark.usefixtures("implementation")
 def test_a_closed_transport_raises(sockets: tuple[socket.socket, socket.socket]) -> None:
     receiver, sender = sockets
     path = floor.FloorPath(outbound(), Transport(sender), receiver.getsockname())
@@ -384,3 +420,21 @@ def test_a_libc_without_sendmmsg_turns_the_floor_off_naming_it(monkeypatch: pyte
     assert reason is not None and "sendmmsg" in reason and not floor.available()
     monkeypatch.undo()
     assert floor.self_test() is None and floor.available()
+
+
+@pytest.mark.usefixtures("implementation")
+def test_a_packet_libsrtp_refuses_stops_the_burst_before_anything_is_sent(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """A session keyed for another SSRC than the header's: srtp_protect refuses the first
+    packet, the floor raises FloorError naming libsrtp's status, and nothing was sent."""
+    receiver, sender = sockets
+    policy = pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_SPECIFIC, ssrc_value=1)
+    transport = Transport(sender)
+    path = floor.FloorPath(pylibsrtp.Session(policy), transport, receiver.getsockname())
+    with pytest.raises(floor.FloorError, match="srtp_protect"):
+        path.send(HEADER, 102, [b"a" * 100, b"b" * 100], 1, 2, 200)
+    receiver.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        receiver.recv(2048)
+    assert transport.sendto_calls == 0 and path.bursts == 0

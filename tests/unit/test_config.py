@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from gateway.config import STATIC_DIR, Config, ConfigError, cores_of_quota, load, usable_cores
+from gateway.config import (
+    STATIC_DIR,
+    Config,
+    ConfigError,
+    cores_of_quota,
+    load,
+    unknown_environment,
+    usable_cores,
+)
 from gateway.dji.protocol import UrlType
 
 
@@ -432,3 +440,8 @@ def test_the_default_workers_are_the_usable_cores(tmp_path: Path) -> None:
     assert usable_cores(quota) == 1
     quota.write_text(f"{(affinity + 3) * 100000} 100000\n")  # a quota above the cores: the cores
     assert usable_cores(quota) == affinity
+
+
+def test_environment_variables_the_gateway_reads_are_not_called_typos() -> None:
+    environ = {"SKYRELAY_WORKERS": "2", "SKYRELAY_NATIVE_DIR": "/opt/native", "SKYRELAY_WORKRES": "2"}
+    assert unknown_environment(environ) == ["SKYRELAY_WORKRES"]

@@ -639,6 +639,8 @@ async def check(port_mux: bool) -> Report:
         fast_receive=report.available("fast_receive"),
         early_frames=report.available("early_frames"),
         floor_gso=floor.gso_available(),
+        floor_native=floor.native_available(),
+        floor_native_off=floor.native_reason(),
         missing=report.all_missing() or None,
     )
     if port_mux and not report.available("port_mux"):

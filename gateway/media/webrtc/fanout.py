@@ -74,6 +74,17 @@ def payload_bytes(frame: MediaFrame, payloads: Sequence[bytes]) -> int:
     return size
 
 
+def packed_payloads(frame: MediaFrame, payloads: Sequence[bytes]) -> floor.Packed | None:
+    """``frame``'s RTP payloads as the floor's C burst reads them (made once for all viewers),
+    or None when the C burst is not in use."""
+    derived = frame.derived
+    if "rtp-packed" in derived:
+        packed: floor.Packed | None = derived["rtp-packed"]
+        return packed
+    packed = derived["rtp-packed"] = floor.packed(payloads)
+    return packed
+
+
 class DirectRtpWriter:
     """One viewer's RTP for one media kind, written straight to its SRTP session and socket."""
 
@@ -177,7 +188,15 @@ class DirectRtpWriter:
             burst = self.floor
             if burst is not None and len(payloads) <= floor.MAX_MESSAGES:
                 try:
-                    burst.send(self._header, self._payload_type, payloads, self._sequence, timestamp, size)
+                    burst.send(
+                        self._header,
+                        self._payload_type,
+                        payloads,
+                        self._sequence,
+                        timestamp,
+                        size,
+                        packed_payloads(frame, payloads),
+                    )
                 except floor.FloorError as exc:
                     # libsrtp refused a packet: the rest of this unit is lost (its indexes
                     # may be used), the next ones go packet by packet.

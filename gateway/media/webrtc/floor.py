@@ -40,7 +40,7 @@ import cffi  # type: ignore[import-untyped]  # no stubs (types-cffi is not a dep
 import pylibsrtp
 
 from gateway.log import get_logger
-from gateway.media.webrtc import aiortc_compat, burst
+from gateway.media.webrtc import aiortc_compat, burst, native
 
 log = get_logger(__name__)
 
@@ -77,6 +77,10 @@ class _State:
     want_gso: bool = False  # the gateway's setting (fanout_gso)
     use_gso: bool = False  # both
     reason: str | None = None
+    native: bool = False  # the C burst (burst.c) passed the self-test
+    want_native: bool = True  # the gateway's setting (fanout_native)
+    use_native: bool = False  # both
+    native_reason: str | None = None  # why the C burst is not used
 
 
 STATE = _State()
@@ -98,8 +102,21 @@ def want_gso(enabled: bool) -> None:
     STATE.use_gso = enabled and STATE.gso
 
 
+def want_native(enabled: bool) -> None:
+    """Write bursts with the C burst (`native`) if it builds and passes the self-test."""
+    STATE.want_native = enabled
+    STATE.use_native = enabled and STATE.native
+
+
+def native_available() -> bool:
+    return STATE.native
+
+
 def disable(reason: str) -> None:
     STATE.checked, STATE.available, STATE.gso, STATE.reason = True, False, False, reason
+    STATE.native = STATE.use_native = False
+    if _scratch is not None:
+        _scratch.detach_native()
 
 
 def log_once(event: str, reason: str, **fields: Any) -> None:
@@ -125,6 +142,8 @@ class Scratch:
         self.srtp_ffi, self.srtp_lib = aiortc_compat.srtp_binding()
         self.protect = self.srtp_lib.srtp_protect
         self.len_p = self.srtp_ffi.new("int *")
+        self.native: Any = None  # the C burst's library, once attached
+        self.native_scratch: Any = None
         self.capacity = 0
         self.buf: Any = None
         self.view = memoryview(b"")
@@ -145,6 +164,26 @@ class Scratch:
         # mmsghdr array naming it.
         self._names: dict[tuple[int, bool], tuple[Any, memoryview, Any]] = {}
 
+    def attach_native(self, lib: native.Native) -> None:
+        """Give the C burst this scratch's memory: the buffer and per-packet iovecs (which
+        `FloorPath._to_asyncio` reads), the run iovecs and GSO control messages, and its own
+        mmsghdr arrays (it names the viewer's address in each message itself)."""
+        f, libc = lib.ffi, self.libc.ffi
+        s = f.new("struct sky_scratch *")
+        self._native_msgs = f.new("struct mmsghdr[]", MAX_MESSAGES)
+        self._native_run_msgs = f.new("struct mmsghdr[]", MAX_MESSAGES)
+        s.iov = f.cast("struct iovec *", _address(libc, self._iov))
+        s.run_iov = f.cast("struct iovec *", _address(libc, self._run_iov))
+        s.controls = f.cast("unsigned char *", _address(libc, self._controls))
+        s.msgs, s.run_msgs = self._native_msgs, self._native_run_msgs
+        protect = self.srtp_ffi.addressof(self.srtp_lib, "srtp_protect")
+        s.protect = f.cast("sky_protect_fn", _address(self.srtp_ffi, protect))
+        s.buf = f.cast("unsigned char *", self.address)
+        self.native, self.native_scratch = lib, s
+
+    def detach_native(self) -> None:
+        self.native = self.native_scratch = None
+
     def grow(self, capacity: int) -> None:
         """Room for a burst of ``capacity`` bytes (a new buffer: bases are written per burst)."""
         if capacity <= self.capacity:
@@ -154,6 +193,8 @@ class Scratch:
         self.view = memoryview(self.srtp_ffi.buffer(self.buf))
         self.address = _address(self.srtp_ffi, self.buf)
         self.capacity = capacity
+        if self.native_scratch is not None:
+            self.native_scratch.buf = self.native.ffi.cast("unsigned char *", self.address)
 
     def messages(self, name: bytes, gso: bool = False) -> Any:
         """The mmsghdr array whose entries all name ``name`` (a sockaddr), written into it:
@@ -180,6 +221,25 @@ class Scratch:
     def errno(self) -> int:
         value: int = self.libc.ffi.errno
         return value
+
+
+class Packed:
+    """An access unit's payloads as the C burst reads them: back to back in one ``bytes``,
+    with their lengths in a C array. Made once per access unit for all its viewers."""
+
+    __slots__ = ("data", "lengths")
+
+    def __init__(self, lib: native.Native, payloads: Sequence[bytes]) -> None:
+        self.data = b"".join(payloads)
+        self.lengths = lib.ffi.new("int[]", [len(p) for p in payloads])
+
+
+def packed(payloads: Sequence[bytes]) -> Packed | None:
+    """``payloads`` for the C burst, or None when it is not in use."""
+    s = _scratch
+    if s is None or s.native is None or not STATE.use_native:
+        return None
+    return Packed(s.native, payloads)
 
 
 def _srtp_error(status: int) -> str:
@@ -222,6 +282,7 @@ class FloorPath:
             if family != sock.family:
                 raise AttributeError("the viewer's address is not of its socket's family")
             self.fd = sock.fileno()
+        self._native_context: Any = None  # the srtp_t as the C burst's ffi sees it
         self.bursts = 0
         self.gso_bursts = 0
         self.handed_to_asyncio = 0  # packets the kernel did not take at once
@@ -234,10 +295,12 @@ class FloorPath:
         sequence: int,
         timestamp: int,
         size: int,
+        packed: Packed | None = None,
     ) -> None:
         """Protect and send one access unit's packets (``size``: their payloads' bytes),
-        numbered from ``sequence``, the marker on the last. Raises OSError when the
-        transport is gone, FloorError when libsrtp refuses a packet."""
+        numbered from ``sequence``, the marker on the last; ``packed``: the same payloads
+        for the C burst, if the caller shares them between viewers (`packed`). Raises
+        OSError when the transport is gone, FloorError when libsrtp refuses a packet."""
         transport = self.transport
         if transport.is_closing():
             raise OSError("the viewer's transport is closed")
@@ -250,6 +313,9 @@ class FloorPath:
         s = self.scratch
         header_length = len(header)
         s.grow(size + count * (header_length + PER_PACKET_GROWTH) + TRAILER)
+        if STATE.use_native and s.native is not None and count <= MAX_MESSAGES:
+            self._send_native(s, header, payload_type, payloads, sequence, timestamp, packed)
+            return
         view, buf, len_p, protect, context = s.view, s.buf, s.len_p, s.protect, self._context
         patch, iov_pack, iov_view, base = (
             burst.RTP_PATCH.pack_into,
@@ -313,6 +379,63 @@ class FloorPath:
             sent = s.libc.sendmmsg(self.fd, s.messages(self.name), count, 0)
         if sent < count:
             self._to_asyncio(max(sent, 0), count)
+
+    def _send_native(
+        self,
+        s: Scratch,
+        header: bytes,
+        payload_type: int,
+        payloads: Sequence[bytes],
+        sequence: int,
+        timestamp: int,
+        packed: Packed | None,
+    ) -> None:
+        """`send` through the C burst: the same layout, protect and sends in one call."""
+        lib, state = s.native, s.native_scratch
+        if packed is None:
+            packed = Packed(lib, payloads)
+        if self._native_context is None:
+            self._native_context = lib.ffi.cast("void *", _address(s.srtp_ffi, self._context))
+        count = len(payloads)
+        write_framed = self._write_framed
+        if write_framed is not None:
+            mode = native.FRAMED
+        elif self.transport.get_write_buffer_size():
+            mode = native.LAY_OUT  # asyncio holds unsent packets: keep the order
+        else:
+            mode = native.SEND_GSO if STATE.use_gso else native.SEND
+        sent = lib.lib.sky_burst(
+            state,
+            self._native_context,
+            header,
+            len(header),
+            payload_type,
+            sequence,
+            timestamp,
+            packed.data,
+            packed.lengths,
+            count,
+            mode,
+            self.fd,
+            self.name,
+            len(self.name),
+        )
+        if sent < 0:
+            raise FloorError(f"srtp_protect: {_srtp_error(state.status)}")
+        self.bursts += 1
+        if write_framed is not None:
+            write_framed(bytes(s.view[: state.length]))
+        elif mode == native.LAY_OUT:
+            self._to_asyncio(0, count)
+        elif state.gso:
+            self.gso_bursts += 1
+        else:
+            if state.gso_errno:
+                STATE.use_gso = False
+                code = state.gso_errno
+                log_once("fanout_floor_gso_off", f"GSO send failed: {errno.errorcode.get(code, code)}")
+            if sent < count:
+                self._to_asyncio(sent, count)
 
     def _to_asyncio(self, first: int, count: int) -> None:
         """Packets ``first``.. of the burst through the asyncio transport (it queues them
@@ -382,10 +505,41 @@ def self_test() -> str | None:
         return problem
     STATE.checked, STATE.available, STATE.reason = True, True, None
     STATE.use_gso = STATE.want_gso and STATE.gso
+    _check_native()
     return None
 
 
-def _self_test() -> str | None:
+def _check_native() -> None:
+    """Build, open and check the C burst once the Python floor passed: it is used only if
+    its bytes are the Python floor's (the same checks) and its sends arrive."""
+    s = scratch()
+    s.detach_native()
+    STATE.native = STATE.use_native = False
+    if not STATE.want_native:
+        STATE.native_reason = "off (fanout_native = false)"
+        return
+    try:
+        s.attach_native(native.load())
+        problem = _self_test(check_native=True)
+    except native.NativeUnavailable as exc:
+        problem = str(exc)
+    except (AttributeError, OSError, FloorError, TypeError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        s.detach_native()
+        STATE.native_reason = problem
+        log_once("fanout_native_unavailable", problem)  # the floor runs in Python: slower
+        return
+    STATE.native, STATE.native_reason = True, None
+    STATE.use_native = STATE.want_native
+
+
+def native_reason() -> str | None:
+    """Why the C burst is not in use (None when it is)."""
+    return STATE.native_reason
+
+
+def _self_test(check_native: bool = False) -> str | None:
     # A header as aiortc serialises it (with a one-byte extension), payloads of three GSO
     # runs (a single packet; equal sizes, the last shorter; equal sizes); an FU-A-like
     # wrap of the sequence number.
@@ -396,6 +550,7 @@ def _self_test() -> str | None:
         + [b"\x05" * 300, b"\x04" * 900, b"\x03" * 900]
     )
     sequence, timestamp = 0xFFFE, 0x01020304
+    who = "the C burst" if check_native else "the floor"
     expected_plain = _test_packets(header, payloads, sequence, timestamp)
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -412,6 +567,8 @@ def _self_test() -> str | None:
             # sendmmsg, then the same packets framed for TCP, then GSO; each on a fresh
             # session pair (a session protects each index once).
             for mode in ("mmsg", "framed", "gso"):
+                if check_native and mode == "gso" and not STATE.gso:
+                    continue  # the kernel refused the Python floor's GSO burst already
                 reference = _session(key, profile)
                 expected = [reference.protect(p) for p in expected_plain]
                 transport = _TestTransport(sender)
@@ -419,20 +576,23 @@ def _self_test() -> str | None:
                 framed: list[bytes] = []
                 if mode == "framed":
                     path._write_framed = framed.append
-                saved = STATE.use_gso
-                STATE.use_gso = mode == "gso"
+                saved = STATE.use_gso, STATE.use_native
+                STATE.use_gso, STATE.use_native = mode == "gso", check_native
                 try:
                     path.send(header, 96, payloads, sequence, timestamp, sum(map(len, payloads)))
                 finally:
-                    STATE.use_gso = saved
+                    STATE.use_gso, STATE.use_native = saved
                 if mode == "framed":
                     if burst.split_framed(framed[0]) != expected:
-                        return "the floor's framed bytes differ from Session.protect's"
+                        return f"{who}'s framed bytes differ from Session.protect's"
                     continue
                 got = [receiver.recv(2048) for _ in expected]
                 if got != expected:
-                    return f"the floor's bytes ({mode}) differ from Session.protect's"
-                if mode == "gso":
+                    return f"{who}'s bytes ({mode}) differ from Session.protect's"
+                if mode == "gso" and check_native:
+                    if path.gso_bursts != 1:
+                        return "the C burst did not send GSO messages the kernel takes"
+                elif mode == "gso":
                     STATE.gso = path.gso_bursts == 1
                 elif path.handed_to_asyncio:
                     return "sendmmsg did not take a burst to 127.0.0.1"

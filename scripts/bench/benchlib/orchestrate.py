@@ -39,6 +39,8 @@ GSO_PHASES = {"gateway-gso": "true", "gateway-nogso": "false"}
 # Nor this (--only): the gateway with two workers (the default on a 2-core machine); the
 # viewers spread over both as the kernel hands out their connections.
 WORKERS_PHASES = {"gateway-w2": 2}
+# Nor this (--only): the floor in Python, without its C burst (SKYRELAY_FANOUT_NATIVE=false).
+PYTHON_FLOOR = "gateway-py"
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -102,10 +104,11 @@ def log_notes(path: Path) -> str:
         return f"{path} unreadable"
     unavailable = sum("fast_fanout_unavailable" in line for line in lines)
     floor_off = sum("fanout_floor" in line and "unavailable" in line for line in lines)
+    native_off = sum("fanout_native_unavailable" in line for line in lines)
     bad = sum(any(w in line.lower() for w in ("warning", "error", "traceback")) for line in lines)
     return (
         f"{unavailable} fast_fanout_unavailable, {floor_off} fanout_floor_unavailable, "
-        f"{bad} warning/error lines ({path.name})"
+        f"{native_off} fanout_native_unavailable, {bad} warning/error lines ({path.name})"
     )
 
 
@@ -344,6 +347,8 @@ class Bench:
         }
         if label in GSO_PHASES:
             env["SKYRELAY_FANOUT_GSO"] = GSO_PHASES[label]
+        if label == PYTHON_FLOOR:
+            env["SKYRELAY_FANOUT_NATIVE"] = "false"
         root = ROOT
         if label == BASELINE:
             # The gateway of --baseline COMMIT, as configured by default there.
@@ -503,6 +508,7 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
         ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
         ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
         ("gateway-w2", "gateway", "gateway-w2 (--workers 2) / gateway (one process)"),
+        ("gateway", PYTHON_FLOOR, "gateway (the floor's C burst) / gateway-py (the floor in Python)"),
     ):
         out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
@@ -600,7 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.baseline:
         order.append(BASELINE)
-    extra = [BASELINE, *GSO_PHASES, *WORKERS_PHASES]
+    extra = [BASELINE, *GSO_PHASES, *WORKERS_PHASES, PYTHON_FLOOR]
     if args.only and not set(args.only) <= {*PHASES, *extra}:
         parser.error(f"--only: choose from {', '.join([*PHASES, *extra])}")
     if args.only and BASELINE in args.only and not args.baseline:

@@ -1,0 +1,178 @@
+/* The floor's burst in C: one viewer's access unit laid out, protected and sent in one call.
+ *
+ * `floor.py` does the same in Python (and falls back to it when this file cannot be
+ * compiled or its start check fails); what is left of a viewer's cost there is the Python
+ * around each packet (header copy, patch, payload copy, iovec, GSO runs). Here that is a
+ * loop of memcpy and stores. libsrtp is called through the srtp_protect pointer taken from
+ * pylibsrtp's cffi binding, on the viewer's own srtp_t, as the Python path does, so the
+ * protected bytes are libsrtp's own (checked against Session.protect at start).
+ *
+ * No Python API: compiled as a plain shared object and called through cffi's ABI mode
+ * (which releases the GIL around the call). Linux only (sendmmsg, UDP_SEGMENT).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+/* The kernel's limits for one GSO send (as burst.py's GSO_MAX_SEGMENTS / GSO_MAX_BYTES). */
+#define GSO_MAX_SEGMENTS 64
+#define GSO_MAX_BYTES 65000
+#define CONTROL_SPACE CMSG_SPACE(sizeof(uint16_t))
+/* The arrays' size (floor.MAX_MESSAGES). */
+#define SKY_MAX_PACKETS 1024
+
+typedef int (*sky_protect_fn)(void *ctx, void *rtp, int *len);
+
+/* The process's reused memory (owned by floor.Scratch) and what a call reports back. */
+struct sky_scratch {
+    unsigned char *buf;          /* packets are laid out here */
+    struct iovec *iov;           /* one per packet: floor.py reads them for asyncio's fallback */
+    struct mmsghdr *msgs;        /* one message per packet */
+    struct iovec *run_iov;       /* GSO: one per run of packets */
+    struct mmsghdr *run_msgs;    /* GSO: one message per run */
+    unsigned char *controls;     /* GSO: one UDP_SEGMENT control message per run */
+    sky_protect_fn protect;
+    int status;                  /* out: libsrtp's status when it refused a packet */
+    int gso_errno;               /* out: errno of a GSO send the kernel refused (not EAGAIN) */
+    int gso;                     /* out: 1 if the burst went as GSO messages */
+    long length;                 /* out: bytes laid out (ICE-TCP: with the length prefixes) */
+};
+
+enum { SKY_LAY_OUT = 0, SKY_FRAMED = 1, SKY_SEND = 2, SKY_SEND_GSO = 3 };
+
+static void fill_message(struct mmsghdr *m, const void *name, unsigned int namelen, struct iovec *iov,
+                         unsigned char *control) {
+    m->msg_hdr.msg_name = (void *)name;
+    m->msg_hdr.msg_namelen = namelen;
+    m->msg_hdr.msg_iov = iov;
+    m->msg_hdr.msg_iovlen = 1;
+    m->msg_hdr.msg_control = control;
+    m->msg_hdr.msg_controllen = control ? CONTROL_SPACE : 0;
+    m->msg_hdr.msg_flags = 0;
+    m->msg_len = 0;
+}
+
+/* Runs of packets one GSO send each can carry (burst.gso_runs): every packet of a run of one
+ * size but a shorter last. Writes the run messages; returns how many, first packets in firsts. */
+static int gso_runs(struct sky_scratch *s, int count, const void *name, unsigned int namelen, int *firsts) {
+    int runs = 0, run_count = 0, closed = 1;
+    size_t segment = 0, size = 0;
+    unsigned char *start = NULL;
+    for (int i = 0; i < count; i++) {
+        size_t length = s->iov[i].iov_len;
+        if (closed || length > segment || run_count == GSO_MAX_SEGMENTS || size + length > GSO_MAX_BYTES) {
+            if (run_count) {
+                s->run_iov[runs].iov_base = start;
+                s->run_iov[runs].iov_len = size;
+                *(uint16_t *)CMSG_DATA((struct cmsghdr *)(s->controls + runs * CONTROL_SPACE)) = (uint16_t)segment;
+                runs++;
+            }
+            firsts[runs] = i;
+            start = s->iov[i].iov_base;
+            run_count = 0;
+            segment = length;
+            size = 0;
+        }
+        run_count++;
+        size += length;
+        closed = length < segment;
+    }
+    if (run_count) {
+        s->run_iov[runs].iov_base = start;
+        s->run_iov[runs].iov_len = size;
+        *(uint16_t *)CMSG_DATA((struct cmsghdr *)(s->controls + runs * CONTROL_SPACE)) = (uint16_t)segment;
+        runs++;
+    }
+    for (int r = 0; r < runs; r++) {
+        struct cmsghdr *c = (struct cmsghdr *)(s->controls + r * CONTROL_SPACE);
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        fill_message(&s->run_msgs[r], name, namelen, &s->run_iov[r], (unsigned char *)c);
+    }
+    return runs;
+}
+
+/* Lay out ``count`` packets (``header`` with marker|payload type, sequence numbers from
+ * ``sequence`` and ``timestamp`` patched in; payloads back to back in ``payloads`` with their
+ * ``lengths``), protect each in place, and in mode SKY_SEND(_GSO) send them to ``name`` on
+ * ``fd`` with one sendmmsg. The caller made room: every packet may grow by 16 + 2 bytes and
+ * libsrtp's trailer after the last. ``count`` is at most the arrays' size (floor.MAX_MESSAGES).
+ *
+ * Returns the packets the kernel took (SKY_SEND*: 0..count; the caller sends the rest another
+ * way), ``count`` in the lay-out modes, or -1 - i when libsrtp refused packet i (status in
+ * s->status; nothing was sent). */
+long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, int header_length,
+               int payload_type, unsigned int sequence, uint32_t timestamp, const unsigned char *payloads,
+               const int *lengths, int count, int mode, int fd, const void *name, unsigned int namelen) {
+    int prefix = mode == SKY_FRAMED ? 2 : 0;
+    long offset = 0;
+    const unsigned char *payload = payloads;
+    s->status = 0;
+    s->gso = 0;
+    s->gso_errno = 0;
+    if (count > SKY_MAX_PACKETS) {
+        s->status = -1; /* not libsrtp's: the caller keeps bursts within the arrays */
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        unsigned char *p = s->buf + offset + prefix;
+        unsigned int seq = (sequence + (unsigned int)i) & 0xFFFF;
+        memcpy(p, header, (size_t)header_length);
+        p[1] = (unsigned char)((i == count - 1 ? 0x80 : 0) | (payload_type & 0x7F));
+        p[2] = (unsigned char)(seq >> 8);
+        p[3] = (unsigned char)seq;
+        p[4] = (unsigned char)(timestamp >> 24);
+        p[5] = (unsigned char)(timestamp >> 16);
+        p[6] = (unsigned char)(timestamp >> 8);
+        p[7] = (unsigned char)timestamp;
+        memcpy(p + header_length, payload, (size_t)lengths[i]);
+        payload += lengths[i];
+        int length = header_length + lengths[i];
+        int status = s->protect(ctx, p, &length);
+        if (status) {
+            s->status = status;
+            return -1 - (long)i;
+        }
+        if (prefix) {
+            s->buf[offset] = (unsigned char)(length >> 8);
+            s->buf[offset + 1] = (unsigned char)length;
+        }
+        s->iov[i].iov_base = p;
+        s->iov[i].iov_len = (size_t)length;
+        offset += prefix + length;
+    }
+    s->length = offset;
+    if (mode == SKY_LAY_OUT || mode == SKY_FRAMED)
+        return count;
+    if (mode == SKY_SEND_GSO) {
+        int firsts[SKY_MAX_PACKETS];
+        int runs = gso_runs(s, count, name, namelen, firsts);
+        if (runs < count) { /* fewer messages than packets: GSO pays */
+            int sent = sendmmsg(fd, s->run_msgs, (unsigned int)runs, 0);
+            if (sent == runs) {
+                s->gso = 1;
+                return count;
+            }
+            if (sent >= 0)
+                return firsts[sent]; /* the socket's buffer is full from this run on */
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+                return 0;
+            s->gso_errno = errno; /* the kernel refuses GSO: plain messages, and the caller stops GSO */
+        }
+    }
+    for (int i = 0; i < count; i++)
+        fill_message(&s->msgs[i], name, namelen, &s->iov[i], NULL);
+    int sent = sendmmsg(fd, s->msgs, (unsigned int)count, 0);
+    return sent < 0 ? 0 : sent;
+}
