@@ -2,7 +2,9 @@
 
 Each viewer gets aiortc senders fed with the Stream's encoded frames (``encoder.pack``, no
 encoding) from its own bounded queues. Its PLI/FIR become (rate-limited) keyframe requests
-to the Stream's source; its NACKs are answered by aiortc from the sender's history.
+to the Stream's source; its NACKs are answered from the fast path's writer (else by aiortc
+from the sender's history). On the fast path its SRTCP is handled in each datagram's own
+callback (`aiortc_compat.install_fast_rtcp`), not by aiortc's receive task.
 
 A player whose offer has an ``m=application`` section also gets a data channel labelled
 ``telemetry`` (ordered, no retransmissions: a late sample is worth nothing), which carries
@@ -96,6 +98,7 @@ class WebRtcViewer:
         self.writers: dict[MediaKind, DirectRtpWriter] = {}
         self.nack_received = 0
         self.pli_received = 0
+        self.fast_rtcp = False  # its SRTCP handled without aiortc's receive task
         self.data_channel: RTCDataChannel | None = None
         self.telemetry: RateLimitedTelemetry | None = None
         self._telemetry_hub: TelemetryHub | None = None
@@ -209,6 +212,8 @@ class WebRtcViewer:
                 sender.replaceTrack(RelayTrack(kind, queue))
                 return
             self.writers[kind] = writer
+            # Its RTCP handled in each datagram's callback too (once per transport).
+            self.fast_rtcp = aiortc_compat.install_fast_rtcp(sender.transport)
             queue.attach(writer.write)
             if kind == "video" and self._join_when_writing:
                 self._join_when_writing = False
