@@ -1,8 +1,9 @@
-"""A fast fan-out viewer's SRTCP handled in the datagram's own callback
-(`aiortc_compat.install_fast_rtcp`), in a gateway running in this process: what aiortc's
-receive task did still happens (NACK answered as RTX, PLI forwarded upstream, receiver
-reports in getStats), none of it through the DTLS transport's queue; bad SRTCP is dropped
-without disturbing the viewer; and a missing private name leaves aiortc's path in place."""
+"""A fast fan-out viewer's RTCP, in a gateway running in this process: its SRTCP handled in
+the datagram's own callback (`aiortc_compat.install_fast_rtcp`) and its sender reports sent
+from one timer (`sender_reports.py`). What aiortc did still happens (NACK answered as RTX,
+PLI forwarded upstream, receiver reports and round trip in getStats, BYE at close), none
+of the SRTCP through the DTLS transport's queue; bad SRTCP is dropped without disturbing
+the viewer; and a missing private name leaves aiortc's paths in place."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from typing import Any
 
 import pytest
 from aiortc import RTCRtpReceiver
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, is_rtcp
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpByePacket, RtcpPsfbPacket, RtcpSrPacket, is_rtcp
 
 from gateway.app import Gateway
 from gateway.media.sinks.webrtc import WebRtcViewer
 from gateway.media.synthetic import EncodedVideoTrack
-from gateway.media.webrtc import aiortc_compat
+from gateway.media.webrtc import aiortc_compat, sender_reports
 from gateway.wcs.client import ClientStream, WcsClient
 from tests.integration.conftest import FrameCounter
 from tests.integration.rtp_faults import drop_received_video_packets
@@ -151,6 +152,43 @@ async def test_viewer_rtcp_is_handled_in_the_datagram_callback(
         assert got.queued_rtcp == []
 
 
+async def test_sender_reports_come_from_one_timer_and_the_bye_at_close(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    async with played(local_gateway, video_track()) as got:
+        writer = got.viewer.writers["video"]
+        assert writer._sdes, "the timer sends its reports"
+        heard: list[Any] = []
+        handle = got.receiver._handle_rtcp_packet
+
+        async def recorded(packet: Any) -> None:
+            heard.append(packet)
+            await handle(packet)
+
+        got.receiver._handle_rtcp_packet = recorded  # type: ignore[method-assign]
+        reports = sender_reports.sender_reports()
+        async with asyncio.timeout(TIMEOUT):
+            while not any(isinstance(p, RtcpSrPacket) for p in heard):
+                await asyncio.sleep(0.02)
+        sr = next(p for p in heard if isinstance(p, RtcpSrPacket))
+        assert sr.ssrc == aiortc_compat.sender_ssrcs(writer.sender)[0]
+        assert 0 < sr.sender_info.packet_count <= writer.packets and reports.sent >= 1
+        # The round trip from the player's answer to it (our SR noted as aiortc notes it).
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                stats = await writer.sender.getStats()
+                remote = [s for s in stats.values() if s.type == "remote-inbound-rtp"]
+                if remote and remote[0].roundTripTime is not None:
+                    break
+                await asyncio.sleep(0.05)
+        await got.counter.stop()
+        await got.viewer.close()  # aiortc's held RTCP loop still says goodbye
+        async with asyncio.timeout(TIMEOUT):
+            while not any(isinstance(p, RtcpByePacket) for p in heard):
+                await asyncio.sleep(0.02)
+        assert writer.closed and not writer.send_sender_report()
+
+
 async def test_bad_srtcp_is_dropped_and_the_viewer_goes_on(
     local_gateway: Gateway, video_track: TrackFactory
 ) -> None:
@@ -192,10 +230,20 @@ async def test_stock_path_when_a_name_is_missing(
     local_gateway: Gateway, video_track: TrackFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(aiortc_compat, "_RX_COUNTS", (*aiortc_compat._RX_COUNTS, "_RTCDtlsTransport__gone"))
+    monkeypatch.setattr(aiortc_compat, "_SENDER_RTCP_LOOP", ("_RTCRtpSender__gone",) * 4)
     async with played(local_gateway, video_track()) as got:
         assert not got.viewer.fast_rtcp
+        assert got.viewer.writers["video"]._sdes == b"", "aiortc's RTCP loop sends its reports"
         connection = aiortc_compat.ice_connection(got.viewer.writers["video"].sender.transport.transport)
         assert "data_received" not in vars(connection)  # aioice's own method
         await nack_is_answered_as_rtx(got)
         await pli_reaches_publisher(got)
         assert got.queued_rtcp, "aiortc's receive task took the SRTCP"
+        sender = got.viewer.writers["video"].sender
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                stats = await sender.getStats()
+                remote = [s for s in stats.values() if s.type == "remote-inbound-rtp"]
+                if remote and remote[0].roundTripTime is not None:
+                    break
+                await asyncio.sleep(0.05)

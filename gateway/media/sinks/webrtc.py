@@ -35,6 +35,7 @@ from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.fanout import DirectRtpWriter
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import capabilities, check_play_offer, data_channel_offered, parse_offer
+from gateway.media.webrtc.sender_reports import sender_reports
 from gateway.telemetry.delivery import RateLimitedTelemetry
 from gateway.telemetry.hub import TelemetryHub, TelemetryMessage
 
@@ -206,12 +207,24 @@ class WebRtcViewer:
         start = sender.send
 
         async def send(parameters: RTCRtpSendParameters) -> None:
-            await start(parameters)
-            writer = DirectRtpWriter.attach(self.stream, sender, parameters, self.settings.fanout_floor)
-            if writer is None:
-                sender.replaceTrack(RelayTrack(kind, queue))
-                return
-            self.writers[kind] = writer
+            # aiortc's RTCP loop for this sender waits to hear who sends its reports.
+            decide = aiortc_compat.hold_sender_reports(sender)
+            reports_here = False
+            try:
+                await start(parameters)
+                writer = DirectRtpWriter.attach(self.stream, sender, parameters, self.settings.fanout_floor)
+                if writer is None:
+                    sender.replaceTrack(RelayTrack(kind, queue))
+                    return
+                self.writers[kind] = writer
+                if decide is not None:
+                    # Sent with every other viewer's from one timer, not a task each.
+                    writer.start_sender_reports(parameters.rtcp.cname or "")
+                    sender_reports().add(writer)
+                    reports_here = True
+            finally:
+                if decide is not None:
+                    decide(not reports_here)
             # Its RTCP handled in each datagram's callback too (once per transport).
             self.fast_rtcp = aiortc_compat.install_fast_rtcp(sender.transport)
             queue.attach(writer.write)

@@ -24,6 +24,9 @@ What each feature falls back to when its internals are missing:
 - ``fast_rtcp`` (a fast fan-out viewer's SRTCP unprotected, parsed, routed and handled in
   the datagram's own callback, `install_fast_rtcp`): aiortc's receive task, datagram by
   datagram;
+- ``sender_reports`` (a fast fan-out viewer's RTCP sender reports sent by one timer of the
+  process, `sender_reports.py`, instead of a task per sender): aiortc's RTCP loop per
+  sender (`hold_sender_reports` returns None);
 - ``fanout_floor`` (each viewer's access unit protected in place by libsrtp and written with
   one ``sendmmsg``/GSO ``sendmsg``/TCP write, `floor.py`): the fast fan-out's per-packet
   ``Session.protect`` and ``sendto``. Besides the names, `check()` runs the floor once on a
@@ -33,6 +36,7 @@ What each feature falls back to when its internals are missing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.metadata
 import struct
@@ -55,7 +59,7 @@ from aiortc import (
 from aiortc import clock as _clock
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as _DtlsState
-from aiortc.rtp import RtcpPacket, RtpPacket
+from aiortc.rtp import RtcpByePacket, RtcpPacket, RtpPacket
 from aiortc.rtp import is_rtcp as _is_rtcp
 from aiortc.utils import uint16_add
 
@@ -121,6 +125,57 @@ def sender_rtcp_handler(sender: RTCRtpSender) -> RtcpHandler:
 
 def set_sender_rtcp_handler(sender: RTCRtpSender, handler: RtcpHandler) -> None:
     sender._handle_rtcp_packet = handler  # type: ignore[method-assign,assignment]
+
+
+# What aiortc's RTCP loop keeps for a sender: the events its stop() waits on, and the last
+# sender report's middle NTP bits and time, from which receiver reports give the round trip.
+_SENDER_RTCP_LOOP = (
+    "_RTCRtpSender__rtcp_started",
+    "_RTCRtpSender__rtcp_exited",
+    "_RTCRtpSender__lsr",
+    "_RTCRtpSender__lsr_time",
+)
+
+
+def hold_sender_reports(sender: RTCRtpSender) -> Callable[[bool], None] | None:
+    """Call before ``sender.send()``: its RTCP loop (``_run_rtcp``, replaced on the instance)
+    waits for a decision, ``decide(True)``: aiortc's own loop (sender reports and SDES every
+    0.5 to 1.5 s, BYE at stop); ``decide(False)``: the caller sends the reports (and calls
+    `sender_report_sent` for each), and the loop only waits for stop to send the BYE, as
+    aiortc's does. Decide right after ``send()`` returns (stop() waits for the loop to have
+    begun). None (nothing changed) if this aiortc lacks a name."""
+    try:
+        stock_loop = sender._run_rtcp
+        send_rtcp = sender._send_rtcp
+        started, exited, _, _ = (getattr(sender, name) for name in _SENDER_RTCP_LOOP)
+        ssrc = sender._ssrc
+    except AttributeError:
+        return None
+    decided: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def run_rtcp() -> None:
+        if await decided:
+            await stock_loop()
+            return
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()  # until stop() cancels
+        await send_rtcp([RtcpByePacket(sources=[ssrc])])
+        exited.set()
+
+    def decide(stock: bool) -> None:
+        if not decided.done():
+            decided.set_result(stock)
+
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+    return decide
+
+
+def sender_report_sent(sender: RTCRtpSender, ntp_timestamp: int, sent_at: float) -> None:
+    """Tell the sender a report with ``ntp_timestamp`` went out at ``sent_at`` (time.time()):
+    what its RTCP loop notes, so that the receiver's next report gives the round trip."""
+    sender._RTCRtpSender__lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
+    sender._RTCRtpSender__lsr_time = sent_at  # type: ignore[attr-defined]
 
 
 # --- RTCDtlsTransport, RTCIceTransport, aioice Connection -------------------------------------
@@ -607,6 +662,7 @@ FEATURES = (
     "fast_receive",
     "early_frames",
     "fast_rtcp",
+    "sender_reports",
 )
 
 
@@ -653,6 +709,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fast_fanout", "sender", "_rtx_ssrc", int),
     *(Internal("fast_fanout", "sender", name, int) for name in SENDER_COUNTERS),
     Internal("fast_fanout", "sender", "send"),
+    Internal("sender_reports", "sender", "_run_rtcp"),
+    Internal("sender_reports", "sender", "_send_rtcp"),
+    Internal("sender_reports", "sender", "_ssrc", int),
+    *(Internal("sender_reports", "sender", name, asyncio.Event) for name in _SENDER_RTCP_LOOP[:2]),
+    *(Internal("sender_reports", "sender", name) for name in _SENDER_RTCP_LOOP[2:]),
+    Internal("sender_reports", "srtp", "protect_rtcp"),
     Internal("fast_fanout", "dtls", "_tx_srtp"),
     Internal("fast_fanout", "ice", "_connection", aioice.ice.Connection),
     Internal("fast_fanout", "connection", "_nominated", dict),
@@ -806,6 +868,7 @@ async def check(port_mux: bool) -> Report:
         fast_receive=report.available("fast_receive"),
         early_frames=report.available("early_frames"),
         fast_rtcp=report.available("fast_rtcp"),
+        sender_reports=report.available("sender_reports"),
         floor_gso=floor.gso_available(),
         missing=report.all_missing() or None,
     )
