@@ -138,9 +138,8 @@ async def test_fanout_floor_accessors_protect_in_place_as_session_protect_does(p
     assert rx.unprotect(protected) == packet
 
 
-async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
-    sender = pair.transceiver(pair.offerer, "video").sender
-    receiver = pair.transceiver(pair.answerer, "video").receiver
+def heard_by(sender: Any) -> list[Any]:
+    """The RTCP packets aiortc hands ``sender`` from now on (through the gateway's hook)."""
     seen: list[Any] = []
     handle = aiortc_compat.sender_rtcp_handler(sender)
 
@@ -149,6 +148,13 @@ async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
         await handle(packet)
 
     aiortc_compat.set_sender_rtcp_handler(sender, counted)
+    return seen
+
+
+async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
+    sender = pair.transceiver(pair.offerer, "video").sender
+    receiver = pair.transceiver(pair.answerer, "video").receiver
+    seen = heard_by(sender)
     feedback = aiortc_compat.receiver_feedback(receiver)
     assert feedback is not None
     send_nack, send_pli = feedback
@@ -431,14 +437,7 @@ async def test_fast_rtcp_hands_a_pli_to_the_sender_in_the_datagram_callback(pair
     receiver = pair.transceiver(pair.answerer, "video").receiver
     dtls = sender.transport
     connection = aiortc_compat.ice_connection(dtls.transport)
-    seen: list[Any] = []
-    handle = aiortc_compat.sender_rtcp_handler(sender)
-
-    async def counted(packet: Any) -> None:
-        seen.append(packet)
-        await handle(packet)
-
-    aiortc_compat.set_sender_rtcp_handler(sender, counted)
+    seen = heard_by(sender)
     assert aiortc_compat.install_fast_rtcp(dtls) and aiortc_compat.install_fast_rtcp(dtls)  # once
     hooked = connection.data_received
     assert "data_received" in vars(connection)

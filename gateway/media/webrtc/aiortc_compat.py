@@ -702,6 +702,19 @@ class Internal:
         return f"{_OWNERS[self.owner]}.{shown}"
 
 
+# What the datagram callback of both fast receive paths (`_FastPath`) reads or replaces:
+# (owner, attribute, kind).
+_FAST_PATH_NAMES: tuple[tuple[str, str, type | None], ...] = (
+    ("dtls", "_rx_srtp", None),
+    ("dtls", "_state", None),
+    ("dtls", "_rtp_router", None),
+    ("dtls", "_rtp_header_extensions_map", None),
+    *(("dtls", name, int) for name in _RX_COUNTS),
+    ("ice", "_connection", aioice.ice.Connection),
+    ("connection", "data_received", None),
+    ("connection", "_queue", asyncio.Queue),
+)
+
 # Every internal accessed above or patched elsewhere in gateway/media/webrtc (public names
 # too, where the gateway replaces them or relies on what aiortc does with them).
 INTERNALS: tuple[Internal, ...] = (
@@ -750,28 +763,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fast_receive", "receiver", "_enabled", bool),
     Internal("fast_receive", "receiver", "_send_rtcp"),
     Internal("fast_receive", "receiver", "_handle_rtp_packet"),
-    Internal("fast_receive", "dtls", "_rx_srtp"),
-    Internal("fast_receive", "dtls", "_state"),
-    Internal("fast_receive", "dtls", "_rtp_router"),
     Internal("fast_receive", "router", "route_rtp"),
-    Internal("fast_receive", "dtls", "_rtp_header_extensions_map"),
-    Internal("fast_receive", "ice", "_connection", aioice.ice.Connection),
-    Internal("fast_receive", "connection", "data_received"),
-    Internal("fast_receive", "connection", "_queue", asyncio.Queue),
-    *(Internal("fast_receive", "dtls", name, int) for name in _RX_COUNTS),
+    *(Internal("fast_receive", *name) for name in _FAST_PATH_NAMES),
     Internal("early_frames", "receiver", _JITTER_BUFFER, JitterBuffer),
     *(Internal("early_frames", "jitter", name) for name in ("_capacity", "_origin", "_packets", "_is_video")),
     Internal("early_frames", "jitter", "_remove_frame"),
     Internal("fast_rtcp", "sender", "_handle_rtcp_packet"),
-    Internal("fast_rtcp", "dtls", "_rx_srtp"),
-    Internal("fast_rtcp", "dtls", "_state"),
-    Internal("fast_rtcp", "dtls", "_rtp_router"),
     Internal("fast_rtcp", "router", "route_rtcp"),
-    Internal("fast_rtcp", "dtls", "_rtp_header_extensions_map"),
-    *(Internal("fast_rtcp", "dtls", name, int) for name in _RX_COUNTS),
-    Internal("fast_rtcp", "ice", "_connection", aioice.ice.Connection),
-    Internal("fast_rtcp", "connection", "data_received"),
-    Internal("fast_rtcp", "connection", "_queue", asyncio.Queue),
+    *(Internal("fast_rtcp", *name) for name in _FAST_PATH_NAMES),
 )
 
 
