@@ -138,9 +138,8 @@ async def test_fanout_floor_accessors_protect_in_place_as_session_protect_does(p
     assert rx.unprotect(protected) == packet
 
 
-async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
-    sender = pair.transceiver(pair.offerer, "video").sender
-    receiver = pair.transceiver(pair.answerer, "video").receiver
+def heard_by(sender: Any) -> list[Any]:
+    """The RTCP packets aiortc hands ``sender`` from now on (through the gateway's hook)."""
     seen: list[Any] = []
     handle = aiortc_compat.sender_rtcp_handler(sender)
 
@@ -149,6 +148,13 @@ async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
         await handle(packet)
 
     aiortc_compat.set_sender_rtcp_handler(sender, counted)
+    return seen
+
+
+async def test_rtcp_feedback_hooks_see_a_pli_both_ways(pair: Pair) -> None:
+    sender = pair.transceiver(pair.offerer, "video").sender
+    receiver = pair.transceiver(pair.answerer, "video").receiver
+    seen = heard_by(sender)
     feedback = aiortc_compat.receiver_feedback(receiver)
     assert feedback is not None
     send_nack, send_pli = feedback
@@ -421,3 +427,89 @@ async def test_a_tapped_receiver_completes_frames_early(pair: Pair) -> None:
         jitter = transceiver.receiver._RTCRtpReceiver__jitter_buffer
         assert isinstance(jitter, aiortc_compat.PassthroughJitterBuffer)
         assert jitter._is_video == (transceiver.kind == "video")
+
+
+# --- the fast RTCP path -------------------------------------------------------------------------
+
+
+async def test_fast_rtcp_hands_a_pli_to_the_sender_in_the_datagram_callback(pair: Pair) -> None:
+    sender = pair.transceiver(pair.offerer, "video").sender
+    receiver = pair.transceiver(pair.answerer, "video").receiver
+    dtls = sender.transport
+    connection = aiortc_compat.ice_connection(dtls.transport)
+    seen = heard_by(sender)
+    assert aiortc_compat.install_fast_rtcp(dtls) and aiortc_compat.install_fast_rtcp(dtls)  # once
+    hooked = connection.data_received
+    assert "data_received" in vars(connection)
+    calls: list[int] = []
+
+    def watched(data: bytes, component: int) -> None:
+        before = len(seen)
+        hooked(data, component)
+        if len(seen) > before:
+            calls.append(len(seen) - before)  # handled before the callback returned
+
+    connection.data_received = watched  # type: ignore[method-assign]
+    stats = await sender.getStats()
+    received = next(s for s in stats.values() if s.type == "transport").packetsReceived
+    await aiortc_compat.send_pli(receiver, aiortc_compat.sender_ssrcs(sender)[0])
+    async with asyncio.timeout(TIMEOUT):
+        while not any(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in seen):
+            await asyncio.sleep(0.02)
+    assert calls and connection._queue.qsize() == 0
+    stats = await sender.getStats()
+    assert next(s for s in stats.values() if s.type == "transport").packetsReceived > received
+
+
+async def test_fast_rtcp_is_not_installed_when_a_name_is_missing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aiortc_compat, "_RX_COUNTS", ("_RTCDtlsTransport__gone",))
+    dtls = pair.transceiver(pair.offerer, "video").sender.transport
+    assert not aiortc_compat.install_fast_rtcp(dtls)
+    assert "data_received" not in vars(aiortc_compat.ice_connection(dtls.transport))
+
+
+async def test_in_order_runs_at_once_and_keeps_order_behind_a_handler_that_waits() -> None:
+    runner = aiortc_compat._InOrder()
+    done: list[str] = []
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def at_once(name: str) -> None:
+        done.append(name)
+
+    async def waiting(name: str) -> str:
+        await gate
+        done.append(name)
+        return name
+
+    runner.run(at_once("a"))
+    assert done == ["a"] and not runner.pending  # no task: it ran in this call
+    runner.run(waiting("b"))
+    runner.run(at_once("c"))  # after b, though it would not wait
+    assert done == ["a"] and runner.pending
+    gate.set_result(None)
+    async with asyncio.timeout(TIMEOUT):
+        while runner.pending:
+            await asyncio.sleep(0)
+    assert done == ["a", "b", "c"]
+    runner.run(at_once("d"))
+    assert done[-1] == "d"
+
+
+async def test_in_order_logs_a_failing_handler_once_and_goes_on() -> None:
+    runner = aiortc_compat._InOrder()
+    done: list[int] = []
+
+    async def failing(number: int) -> None:
+        raise ValueError(number)
+
+    async def fine(number: int) -> None:
+        done.append(number)
+
+    with structlog.testing.capture_logs() as logs:
+        for number in range(3):
+            runner.run(failing(number))
+            runner.run(fine(number))
+    assert done == [0, 1, 2] and runner.failures == 3
+    assert [e["event"] for e in logs] == ["rtcp_handler_failed"]

@@ -2,7 +2,9 @@
 
 Each viewer gets aiortc senders fed with the Stream's encoded frames (``encoder.pack``, no
 encoding) from its own bounded queues. Its PLI/FIR become (rate-limited) keyframe requests
-to the Stream's source; its NACKs are answered by aiortc from the sender's history.
+to the Stream's source; its NACKs are answered from the fast path's writer (else by aiortc
+from the sender's history). On the fast path its SRTCP is handled in each datagram's own
+callback (`aiortc_compat.install_fast_rtcp`), not by aiortc's receive task.
 
 A player whose offer has an ``m=application`` section also gets a data channel labelled
 ``telemetry`` (ordered, no retransmissions: a late sample is worth nothing), which carries
@@ -33,6 +35,7 @@ from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.fanout import DirectRtpWriter
 from gateway.media.webrtc.peer import Peer, RtcSettings
 from gateway.media.webrtc.sdp import capabilities, check_play_offer, data_channel_offered, parse_offer
+from gateway.media.webrtc.sender_reports import sender_reports
 from gateway.telemetry.delivery import RateLimitedTelemetry
 from gateway.telemetry.hub import TelemetryHub, TelemetryMessage
 
@@ -96,6 +99,7 @@ class WebRtcViewer:
         self.writers: dict[MediaKind, DirectRtpWriter] = {}
         self.nack_received = 0
         self.pli_received = 0
+        self.fast_rtcp = False  # its SRTCP handled without aiortc's receive task
         self.data_channel: RTCDataChannel | None = None
         self.telemetry: RateLimitedTelemetry | None = None
         self._telemetry_hub: TelemetryHub | None = None
@@ -203,12 +207,26 @@ class WebRtcViewer:
         start = sender.send
 
         async def send(parameters: RTCRtpSendParameters) -> None:
-            await start(parameters)
-            writer = DirectRtpWriter.attach(self.stream, sender, parameters, self.settings.fanout_floor)
-            if writer is None:
-                sender.replaceTrack(RelayTrack(kind, queue))
-                return
-            self.writers[kind] = writer
+            # aiortc's RTCP loop for this sender waits to hear who sends its reports.
+            decide = aiortc_compat.hold_sender_reports(sender)
+            reports_here = False
+            try:
+                await start(parameters)
+                writer = DirectRtpWriter.attach(self.stream, sender, parameters, self.settings.fanout_floor)
+                if writer is None:
+                    sender.replaceTrack(RelayTrack(kind, queue))
+                    return
+                self.writers[kind] = writer
+                if decide is not None:
+                    # Sent with every other viewer's from one timer, not a task each.
+                    writer.start_sender_reports(parameters.rtcp.cname or "")
+                    sender_reports().add(writer)
+                    reports_here = True
+            finally:
+                if decide is not None:
+                    decide(not reports_here)
+            # Its RTCP handled in each datagram's callback too (once per transport).
+            self.fast_rtcp = aiortc_compat.install_fast_rtcp(sender.transport)
             queue.attach(writer.write)
             if kind == "video" and self._join_when_writing:
                 self._join_when_writing = False

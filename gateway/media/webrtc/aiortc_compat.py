@@ -21,6 +21,12 @@ What each feature falls back to when its internals are missing:
   configured the start fails naming what is missing;
 - ``fast_receive`` (a publisher's SRTP unprotected, parsed and handled in the datagram's
   own callback, `install_fast_receive`): aiortc's receive task, packet by packet;
+- ``fast_rtcp`` (a fast fan-out viewer's SRTCP unprotected, parsed, routed and handled in
+  the datagram's own callback, `install_fast_rtcp`): aiortc's receive task, datagram by
+  datagram;
+- ``sender_reports`` (a fast fan-out viewer's RTCP sender reports sent by one timer of the
+  process, `sender_reports.py`, instead of a task per sender): aiortc's RTCP loop per
+  sender (`hold_sender_reports` returns None);
 - ``fanout_floor`` (each viewer's access unit protected in place by libsrtp and written with
   one ``sendmmsg``/GSO ``sendmsg``/TCP write, `floor.py`): the fast fan-out's per-packet
   ``Session.protect`` and ``sendto``. Besides the names, `check()` runs the floor once on a
@@ -30,9 +36,13 @@ What each feature falls back to when its internals are missing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.metadata
-from collections.abc import Awaitable, Callable, Iterator
+import struct
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -46,7 +56,11 @@ from aiortc import (
     RTCRtpReceiver,
     RTCRtpSender,
 )
+from aiortc import clock as _clock
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcdtlstransport import State as _DtlsState
+from aiortc.rtp import RtcpByePacket, RtcpPacket, RtpPacket
+from aiortc.rtp import is_rtcp as _is_rtcp
 from aiortc.utils import uint16_add
 
 from gateway.log import get_logger
@@ -111,6 +125,57 @@ def sender_rtcp_handler(sender: RTCRtpSender) -> RtcpHandler:
 
 def set_sender_rtcp_handler(sender: RTCRtpSender, handler: RtcpHandler) -> None:
     sender._handle_rtcp_packet = handler  # type: ignore[method-assign,assignment]
+
+
+# What aiortc's RTCP loop keeps for a sender: the events its stop() waits on, and the last
+# sender report's middle NTP bits and time, from which receiver reports give the round trip.
+_SENDER_RTCP_LOOP = (
+    "_RTCRtpSender__rtcp_started",
+    "_RTCRtpSender__rtcp_exited",
+    "_RTCRtpSender__lsr",
+    "_RTCRtpSender__lsr_time",
+)
+
+
+def hold_sender_reports(sender: RTCRtpSender) -> Callable[[bool], None] | None:
+    """Call before ``sender.send()``: its RTCP loop (``_run_rtcp``, replaced on the instance)
+    waits for a decision, ``decide(True)``: aiortc's own loop (sender reports and SDES every
+    0.5 to 1.5 s, BYE at stop); ``decide(False)``: the caller sends the reports (and calls
+    `sender_report_sent` for each), and the loop only waits for stop to send the BYE, as
+    aiortc's does. Decide right after ``send()`` returns (stop() waits for the loop to have
+    begun). None (nothing changed) if this aiortc lacks a name."""
+    try:
+        stock_loop = sender._run_rtcp
+        send_rtcp = sender._send_rtcp
+        started, exited, _, _ = (getattr(sender, name) for name in _SENDER_RTCP_LOOP)
+        ssrc = sender._ssrc
+    except AttributeError:
+        return None
+    decided: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def run_rtcp() -> None:
+        if await decided:
+            await stock_loop()
+            return
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()  # until stop() cancels
+        await send_rtcp([RtcpByePacket(sources=[ssrc])])
+        exited.set()
+
+    def decide(stock: bool) -> None:
+        if not decided.done():
+            decided.set_result(stock)
+
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+    return decide
+
+
+def sender_report_sent(sender: RTCRtpSender, ntp_timestamp: int, sent_at: float) -> None:
+    """Tell the sender a report with ``ntp_timestamp`` went out at ``sent_at`` (time.time()):
+    what its RTCP loop notes, so that the receiver's next report gives the round trip."""
+    sender._RTCRtpSender__lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
+    sender._RTCRtpSender__lsr_time = sent_at  # type: ignore[attr-defined]
 
 
 # --- RTCDtlsTransport, RTCIceTransport, aioice Connection -------------------------------------
@@ -296,7 +361,10 @@ _RECEIVER_STATE = (
     "_RTCRtpReceiver__jitter_buffer",
     "_RTCRtpReceiver__timestamp_mapper",
 )
-_FAST_HANDLERS = "_skyrelay_fast_rtp"  # on the DTLS transport: receiver -> its handler
+_CONNECTED = _DtlsState.CONNECTED
+_now_ms = _clock.current_ms
+_parse_rtp = RtpPacket.parse
+_parse_rtcp = RtcpPacket.parse
 
 RtpHandler = Callable[[Any, int], None]
 
@@ -382,65 +450,204 @@ def install_fast_receive(receiver: RTCRtpReceiver, handler: RtpHandler) -> bool:
     """Have SRTP packets for ``receiver`` taken off its ICE connection as they arrive
     (``Connection.data_received``, on the instance): unprotected, parsed, routed and handed
     to ``handler`` synchronously, instead of queued for the DTLS transport's receive task
-    (one task wake-up and a coroutine chain per packet). DTLS, SRTCP and anything before
-    SRTP is keyed still take aiortc's path; so do packets routed to a receiver without a
-    handler, and any datagram while earlier ones still wait in the connection's queue (so
-    order is kept across the switch). Call once the receiver has started (DTLS connected).
-    False (nothing changed) if this aiortc lacks a name."""
-    from aiortc import clock
-    from aiortc.rtcdtlstransport import State
-    from aiortc.rtp import RtpPacket, is_rtcp
-
-    dtls = receiver.transport
-    try:
-        connection = dtls.transport._connection
-        backlog: asyncio.Queue[Any] = connection._queue
-        router, extensions = dtls._rtp_router, dtls._rtp_header_extensions_map
-        if dtls._rx_srtp is None or not callable(connection.data_received):
-            return False
-    except AttributeError:
+    (one task wake-up and a coroutine chain per packet). DTLS, and anything before SRTP is
+    keyed, still take aiortc's path; so do packets routed to a receiver without a handler,
+    and any datagram while earlier ones still wait in the connection's queue (so order is
+    kept across the switch). SRTCP too, unless `install_fast_rtcp` was called. Call once
+    the receiver has started (DTLS connected). False (nothing changed) if this aiortc lacks
+    a name."""
+    fast = _FastPath.of(receiver.transport)
+    if fast is None:
         return False
-    handlers: dict[Any, RtpHandler] | None = getattr(dtls, _FAST_HANDLERS, None)
-    if handlers is not None:
-        handlers[receiver] = handler
-        return True
-    handlers = {receiver: handler}
-    setattr(dtls, _FAST_HANDLERS, handlers)
-    stock = connection.data_received
-    now_ms = clock.current_ms
-    connected = State.CONNECTED
-    parse = RtpPacket.parse
+    fast.rtp_handlers[receiver] = handler
+    return True
 
-    def data_received(data: bytes, component: int) -> None:
-        srtp = dtls._rx_srtp
-        # While datagrams wait for the receive task (DTLS, SRTCP, RTP from before the switch),
-        # this one queues behind them: the jitter buffer must see RTP in arrival order.
-        if (
-            not (127 < data[0] < 192)
-            or is_rtcp(data)
-            or backlog.qsize()
-            or srtp is None
-            or dtls._state != connected
-        ):
-            stock(data, component)
-            return
-        arrival_ms = now_ms()
+
+def install_fast_rtcp(dtls: RTCDtlsTransport) -> bool:
+    """Have SRTCP for ``dtls`` (a viewer's receiver reports, NACK, PLI/FIR, BYE) taken off
+    its ICE connection as it arrives: unprotected, parsed, routed as aiortc routes it
+    (``RtpRouter.route_rtcp``) and handed to each recipient's ``_handle_rtcp_packet`` in the
+    datagram's own callback, instead of one wake-up of the DTLS transport's receive task and
+    a coroutine chain per datagram. Those handlers are coroutines; each is run at once to
+    its end when it never really awaits (aiortc's for a fast fan-out sender: statistics and
+    round-trip time, a keyframe flag; the viewer's hook: counts, NACK answered from the
+    writer, PLI forwarded), else finished in a task (`_InOrder`), the packets after it
+    waiting their turn. The same fall-backs as `install_fast_receive` (DTLS, a backlog,
+    SRTP not yet keyed). Call once DTLS is connected; again is harmless. False (nothing
+    changed) if this aiortc lacks a name."""
+    fast = _FastPath.of(dtls)
+    if fast is None:
+        return False
+    fast.rtcp = True
+    return True
+
+
+# Read by the fast path (besides the DTLS transport's receive state): the transport's counts
+# of datagrams received, which its getStats() reports ("transport" packetsReceived/bytesReceived).
+_RX_COUNTS = ("_RTCDtlsTransport__rx_packets", "_RTCDtlsTransport__rx_bytes")
+_FAST_PATH = "_skyrelay_fast_path"  # on the DTLS transport
+
+
+class _FastPath:
+    """The datagram callback that replaces aioice's ``Connection.data_received`` on one DTLS
+    transport's connection (installed once): fast RTP for the receivers with a handler,
+    fast SRTCP once `rtcp` is set, aiortc's own queue for everything else."""
+
+    def __init__(self, dtls: RTCDtlsTransport, connection: aioice.ice.Connection) -> None:
+        self.dtls = dtls
+        self.rtp_handlers: dict[Any, RtpHandler] = {}
+        self.rtcp = False
+        self.rtcp_runner = _InOrder()
+        self._stock = connection.data_received
+        self._backlog: asyncio.Queue[Any] = connection._queue
+        self._router = dtls._rtp_router
+        self._extensions = dtls._rtp_header_extensions_map
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> _FastPath | None:
+        """The transport's fast path, installed now if need be (None if a name is missing)."""
+        fast: _FastPath | None = getattr(dtls, _FAST_PATH, None)
+        if fast is not None:
+            return fast
         try:
-            packet = parse(srtp.unprotect(data), extensions)
+            connection = dtls.transport._connection
+            for name in _RX_COUNTS:
+                if not isinstance(getattr(dtls, name), int):
+                    return None
+            if dtls._rx_srtp is None or dtls._state is None or not callable(connection.data_received):
+                return None
+            fast = cls(dtls, connection)
+        except AttributeError:
+            return None
+        setattr(dtls, _FAST_PATH, fast)
+        connection.data_received = fast.data_received  # type: ignore[method-assign]
+        return fast
+
+    def data_received(self, data: bytes, component: int) -> None:
+        dtls = self.dtls
+        srtp = dtls._rx_srtp
+        # While datagrams wait for the receive task (DTLS, and what came before the switch),
+        # this one queues behind them: handlers see packets in arrival order.
+        if not (127 < data[0] < 192) or self._backlog.qsize() or srtp is None or dtls._state != _CONNECTED:
+            self._stock(data, component)
+            return
+        if _is_rtcp(data):
+            if not self.rtcp:
+                self._stock(data, component)
+                return
+            self._count(data)
+            self._rtcp_received(srtp, data)
+        elif self.rtp_handlers:
+            self._count(data)
+            self._rtp_received(srtp, data)
+        else:
+            self._stock(data, component)
+
+    def _count(self, data: bytes) -> None:
+        # What aiortc's receive task counts for every datagram.
+        dtls: Any = self.dtls
+        dtls._RTCDtlsTransport__rx_packets += 1
+        dtls._RTCDtlsTransport__rx_bytes += len(data)
+
+    def _rtcp_received(self, srtp: Any, data: bytes) -> None:
+        try:
+            packets = _parse_rtcp(srtp.unprotect_rtcp(data))
+        except (pylibsrtp.Error, ValueError, struct.error):
+            return  # what aiortc does: dropped (replayed, forged, malformed)
+        route, run = self._router.route_rtcp, self.rtcp_runner.run
+        for packet in packets:
+            for recipient in route(packet):
+                run(recipient._handle_rtcp_packet(packet))
+
+    def _rtp_received(self, srtp: Any, data: bytes) -> None:
+        arrival_ms = _now_ms()
+        try:
+            packet = _parse_rtp(srtp.unprotect(data), self._extensions)
         except (pylibsrtp.Error, ValueError):
             return  # what aiortc does: dropped (replayed, forged, truncated)
-        target = router.route_rtp(packet)
+        target = self._router.route_rtp(packet)
         if target is None:
             return
-        fast = handlers.get(target)
+        fast = self.rtp_handlers.get(target)
         if fast is not None:
             fast(packet, arrival_ms)
         else:
             # Not ours: aiortc's own handling, as a task in arrival order.
             asyncio.ensure_future(target._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
 
-    connection.data_received = data_received  # type: ignore[method-assign]
-    return True
+
+class _InOrder:
+    """Runs coroutines one after another, each at once in the caller's callback while none
+    is pending: one that really suspends is finished by a task, and those that come while
+    it is pending run after it in that task. aiortc's receive task awaits each RTCP handler
+    before the next datagram; this keeps that order with no task for a handler that never
+    waits. A handler that raises is logged (aiortc's receive task would end the transport)."""
+
+    __slots__ = ("_waiting", "_task", "failures")
+
+    def __init__(self) -> None:
+        self._waiting: deque[Coroutine[Any, Any, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    @property
+    def pending(self) -> bool:
+        return self._waiting is not None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._waiting is not None:
+            self._waiting.append(coro)
+            return
+        try:
+            suspended = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._waiting = deque()
+        self._task = asyncio.ensure_future(self._finish(coro, suspended))
+
+    async def _finish(self, coro: Coroutine[Any, Any, Any], suspended: Any) -> None:
+        try:
+            try:
+                await _resumed(coro, suspended)
+            except Exception as exc:
+                self._failed(exc)
+            while self._waiting:
+                try:
+                    await self._waiting.popleft()
+                except Exception as exc:
+                    self._failed(exc)
+        finally:
+            for left in self._waiting or ():
+                left.close()  # cancelled with the loop: never run
+            self._waiting = self._task = None
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1:  # one event per connection, not per packet
+            log.warning("rtcp_handler_failed", error=repr(exc))
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, Any], suspended: Any) -> Generator[Any, Any, Any]:
+    """The rest of ``coro``, which was started outside a task and suspended yielding
+    ``suspended``: awaited by a task, it hands what ``coro`` yields to that task and what
+    the task sends or throws back to ``coro`` (``await`` of a started coroutine)."""
+    while True:
+        try:
+            sent = yield suspended
+        except BaseException as exc:
+            try:
+                suspended = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                suspended = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 # --- the start-up check ------------------------------------------------------------------------
@@ -454,6 +661,8 @@ FEATURES = (
     "fanout_floor",
     "fast_receive",
     "early_frames",
+    "fast_rtcp",
+    "sender_reports",
 )
 
 
@@ -470,6 +679,7 @@ _OWNERS = {
     "srtp_binding": "pylibsrtp _binding",
     "srtp_lib": "pylibsrtp _binding.lib",
     "jitter": "aiortc JitterBuffer",
+    "router": "aiortc RtpRouter",
 }
 
 
@@ -492,6 +702,19 @@ class Internal:
         return f"{_OWNERS[self.owner]}.{shown}"
 
 
+# What the datagram callback of both fast receive paths (`_FastPath`) reads or replaces:
+# (owner, attribute, kind).
+_FAST_PATH_NAMES: tuple[tuple[str, str, type | None], ...] = (
+    ("dtls", "_rx_srtp", None),
+    ("dtls", "_state", None),
+    ("dtls", "_rtp_router", None),
+    ("dtls", "_rtp_header_extensions_map", None),
+    *(("dtls", name, int) for name in _RX_COUNTS),
+    ("ice", "_connection", aioice.ice.Connection),
+    ("connection", "data_received", None),
+    ("connection", "_queue", asyncio.Queue),
+)
+
 # Every internal accessed above or patched elsewhere in gateway/media/webrtc (public names
 # too, where the gateway replaces them or relies on what aiortc does with them).
 INTERNALS: tuple[Internal, ...] = (
@@ -499,6 +722,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fast_fanout", "sender", "_rtx_ssrc", int),
     *(Internal("fast_fanout", "sender", name, int) for name in SENDER_COUNTERS),
     Internal("fast_fanout", "sender", "send"),
+    Internal("sender_reports", "sender", "_run_rtcp"),
+    Internal("sender_reports", "sender", "_send_rtcp"),
+    Internal("sender_reports", "sender", "_ssrc", int),
+    *(Internal("sender_reports", "sender", name, asyncio.Event) for name in _SENDER_RTCP_LOOP[:2]),
+    *(Internal("sender_reports", "sender", name) for name in _SENDER_RTCP_LOOP[2:]),
+    Internal("sender_reports", "srtp", "protect_rtcp"),
     Internal("fast_fanout", "dtls", "_tx_srtp"),
     Internal("fast_fanout", "ice", "_connection", aioice.ice.Connection),
     Internal("fast_fanout", "connection", "_nominated", dict),
@@ -534,16 +763,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("fast_receive", "receiver", "_enabled", bool),
     Internal("fast_receive", "receiver", "_send_rtcp"),
     Internal("fast_receive", "receiver", "_handle_rtp_packet"),
-    Internal("fast_receive", "dtls", "_rx_srtp"),
-    Internal("fast_receive", "dtls", "_state"),
-    Internal("fast_receive", "dtls", "_rtp_router"),
-    Internal("fast_receive", "dtls", "_rtp_header_extensions_map"),
-    Internal("fast_receive", "ice", "_connection", aioice.ice.Connection),
-    Internal("fast_receive", "connection", "data_received"),
-    Internal("fast_receive", "connection", "_queue", asyncio.Queue),
+    Internal("fast_receive", "router", "route_rtp"),
+    *(Internal("fast_receive", *name) for name in _FAST_PATH_NAMES),
     Internal("early_frames", "receiver", _JITTER_BUFFER, JitterBuffer),
     *(Internal("early_frames", "jitter", name) for name in ("_capacity", "_origin", "_packets", "_is_video")),
     Internal("early_frames", "jitter", "_remove_frame"),
+    Internal("fast_rtcp", "sender", "_handle_rtcp_packet"),
+    Internal("fast_rtcp", "router", "route_rtcp"),
+    *(Internal("fast_rtcp", *name) for name in _FAST_PATH_NAMES),
 )
 
 
@@ -603,6 +830,7 @@ def probed_objects(pc: RTCPeerConnection) -> dict[str, Any]:
         "srtp_binding": binding,
         "srtp_lib": getattr(binding, "lib", None),
         "jitter": JitterBuffer(capacity=16, is_video=True),
+        "router": getattr(dtls, "_rtp_router", None),
     }
 
 
@@ -638,6 +866,8 @@ async def check(port_mux: bool) -> Report:
         fanout_floor=report.available("fanout_floor"),
         fast_receive=report.available("fast_receive"),
         early_frames=report.available("early_frames"),
+        fast_rtcp=report.available("fast_rtcp"),
+        sender_reports=report.available("sender_reports"),
         floor_gso=floor.gso_available(),
         floor_native=floor.native_available(),
         floor_native_off=floor.native_reason(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from aiortc import RTCRtpSender
 from aiortc import clock as rtc_clock
 from aiortc.codecs import get_encoder, is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RTCP_SR, HeaderExtensionsMap, RtcpSdesPacket, RtcpSourceInfo, RtpPacket
 
 from gateway.log import get_logger
 from gateway.media.rtp_frames import frame_packets, h264_payloads, sequence_after
@@ -107,6 +108,7 @@ class DirectRtpWriter:
         self._payload_type = codec.payloadType
         self._header = header
         self._protect = srtp.protect
+        self._srtp = srtp
         self._socket = socket
         self._address = address
         self.floor = burst  # None: per-packet protect and sendto
@@ -124,6 +126,9 @@ class DirectRtpWriter:
         self.last_timestamp = 0
         self.retransmitted = 0
         self.closed = False
+        self.ntp_timestamp = 0  # of the last frame written: what sender reports carry
+        self._report_ssrc = 0
+        self._sdes = b""  # the SDES packet that follows each sender report
 
     @classmethod
     def attach(
@@ -265,7 +270,9 @@ class DirectRtpWriter:
             self.retransmitted += 1
 
     def _update_sender_report(self, ntp: int) -> None:
-        # aiortc's RTCP loop builds sender reports from these; keep them true.
+        # aiortc's RTCP loop (or `send_sender_report`) builds sender reports from these, and
+        # its getStats() reports them; keep them true.
+        self.ntp_timestamp = ntp
         aiortc_compat.set_sender_counters(
             self.sender,
             ntp_timestamp=ntp,
@@ -273,6 +280,42 @@ class DirectRtpWriter:
             octets=self.octets,
             packets=self.packets,
         )
+
+    def start_sender_reports(self, cname: str) -> None:
+        """Have `send_sender_report` send what aiortc's RTCP loop would for this sender."""
+        self._report_ssrc = aiortc_compat.sender_ssrcs(self.sender)[0]
+        sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._report_ssrc, items=[(1, cname.encode())])])
+        self._sdes = bytes(sdes)
+
+    def send_sender_report(self) -> bool:
+        """Send this viewer's RTCP sender report and SDES now, the bytes aiortc's RTCP loop
+        would send (`sender_reports.py` calls it on aiortc's interval). False once the
+        writer is closed (the viewer left or its transport went away)."""
+        if self.closed:
+            return False
+        ntp = self.ntp_timestamp
+        report = _SENDER_REPORT.pack(
+            0x80,  # version 2, no reception report blocks
+            RTCP_SR,
+            6,  # length in 32-bit words, less one
+            self._report_ssrc,
+            ntp,
+            self.last_timestamp,
+            self.packets & 0xFFFFFFFF,
+            self.octets & 0xFFFFFFFF,
+        )
+        try:
+            self._socket.sendto(self._srtp.protect_rtcp(report + self._sdes), self._address)
+        except (OSError, RuntimeError, AttributeError):
+            self.closed = True
+            return False
+        # What aiortc's loop notes, for the round trip the next receiver report gives.
+        aiortc_compat.sender_report_sent(self.sender, ntp, time.time())
+        return True
+
+
+# An RTCP sender report without report blocks (RFC 3550 section 6.4.1).
+_SENDER_REPORT = struct.Struct("!BBHLQLLL")
 
 
 def _patched(header: bytes, payload_type: int, marker: bool, sequence: int, timestamp: int) -> bytearray:
