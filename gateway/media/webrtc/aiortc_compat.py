@@ -36,7 +36,6 @@ What each feature falls back to when its internals are missing:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import importlib.metadata
 import struct
@@ -158,10 +157,16 @@ def hold_sender_reports(sender: RTCRtpSender) -> Callable[[bool], None] | None:
             await stock_loop()
             return
         started.set()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.get_running_loop().create_future()  # until stop() cancels
-        await send_rtcp([RtcpByePacket(sources=[ssrc])])
-        exited.set()
+        except asyncio.CancelledError:
+            # As aiortc's loop: the BYE, then exited (which stop() waits for); the
+            # cancellation goes on (stop() does not await this task).
+            try:
+                await send_rtcp([RtcpByePacket(sources=[ssrc])])
+            finally:
+                exited.set()
+            raise
 
     def decide(stock: bool) -> None:
         if not decided.done():
