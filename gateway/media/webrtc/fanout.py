@@ -184,7 +184,8 @@ class DirectRtpWriter:
         if self.closed:
             return False
         try:
-            if self._socket.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            unsent = self._socket.get_write_buffer_size()
+            if unsent > MAX_UNSENT_BYTES:
                 return False
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
             timestamp = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
@@ -201,6 +202,7 @@ class DirectRtpWriter:
                         timestamp,
                         size,
                         packed_payloads(frame, payloads),
+                        unsent,
                     )
                 except floor.FloorError as exc:
                     # libsrtp refused a packet: the rest of this unit is lost (its indexes

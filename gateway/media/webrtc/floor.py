@@ -296,11 +296,13 @@ class FloorPath:
         timestamp: int,
         size: int,
         packed: Packed | None = None,
+        unsent: int | None = None,
     ) -> None:
         """Protect and send one access unit's packets (``size``: their payloads' bytes),
         numbered from ``sequence``, the marker on the last; ``packed``: the same payloads
-        for the C burst, if the caller shares them between viewers (`packed`). Raises
-        OSError when the transport is gone, FloorError when libsrtp refuses a packet."""
+        for the C burst, if the caller shares them between viewers (`packed`); ``unsent``:
+        the transport's write-buffer size, if the caller just read it. Raises OSError when
+        the transport is gone, FloorError when libsrtp refuses a packet."""
         transport = self.transport
         if transport.is_closing():
             raise OSError("the viewer's transport is closed")
@@ -312,9 +314,13 @@ class FloorPath:
             raise FloorError("too many packets for one burst")
         s = self.scratch
         header_length = len(header)
-        s.grow(size + count * (header_length + PER_PACKET_GROWTH) + TRAILER)
+        need = size + count * (header_length + PER_PACKET_GROWTH) + TRAILER
+        if need > s.capacity:
+            s.grow(need)
+        if unsent is None:
+            unsent = 0 if framed else transport.get_write_buffer_size()  # a framed write queues
         if STATE.use_native and s.native is not None and count <= MAX_MESSAGES:
-            self._send_native(s, header, payload_type, payloads, sequence, timestamp, packed)
+            self._send_native(s, header, payload_type, payloads, sequence, timestamp, packed, unsent)
             return
         view, buf, len_p, protect, context = s.view, s.buf, s.len_p, s.protect, self._context
         patch, iov_pack, iov_view, base = (
@@ -353,7 +359,7 @@ class FloorPath:
         if self._write_framed is not None:
             self._write_framed(bytes(view[:offset]))
             return
-        if transport.get_write_buffer_size():
+        if unsent:
             self._to_asyncio(0, count)  # asyncio holds unsent packets: keep the order
             return
         sent = -1
@@ -389,6 +395,7 @@ class FloorPath:
         sequence: int,
         timestamp: int,
         packed: Packed | None,
+        unsent: int,
     ) -> None:
         """`send` through the C burst: the same layout, protect and sends in one call."""
         lib, state = s.native, s.native_scratch
@@ -400,7 +407,7 @@ class FloorPath:
         write_framed = self._write_framed
         if write_framed is not None:
             mode = native.FRAMED
-        elif self.transport.get_write_buffer_size():
+        elif unsent:
             mode = native.LAY_OUT  # asyncio holds unsent packets: keep the order
         else:
             mode = native.SEND_GSO if STATE.use_gso else native.SEND
