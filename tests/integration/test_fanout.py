@@ -74,10 +74,15 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             if native.compiler() is not None:  # and by the C burst, which the start built
                 assert floor.STATE.use_native, floor.native_reason()
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
-            # aiortc's RTCP loop reports what the writer sent.
+            # The 1 Hz rates bring getStats() up to what the writer sent (its own sender
+            # reports carry it at once), and read the loss without calling getStats().
+            rates = await viewer.rates()
             reported = aiortc_compat.sender_counters(viewer._video_sender)
             assert (reported.packets, reported.octets) == (writer.packets, writer.octets)
             assert reported.rtp_timestamp == writer.last_timestamp
+            stats = await viewer._video_sender.getStats()
+            lost = sum(s.packetsLost for s in stats.values() if s.type == "remote-inbound-rtp")
+            assert rates.lost_packets == lost
         # The players' receiver reports reach the gateway: they saw the sender reports.
         for player in players:
             await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)

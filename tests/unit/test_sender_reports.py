@@ -99,7 +99,7 @@ def test_a_writers_report_is_what_aiortcs_rtcp_loop_sends() -> None:
     )
     writer.start_sender_reports("cname-1")
     writer.packets, writer.octets, writer.last_timestamp = (1 << 32) + 5, 123456, 90000
-    writer._update_sender_report(0x0123456789ABCDEF)
+    writer.ntp_timestamp = 0x0123456789ABCDEF
     assert writer.send_sender_report()
     expected = bytes(
         RtcpSrPacket(

@@ -261,9 +261,16 @@ class WebRtcViewer:
         bits = fps = lost = 0
         if self.subscription is not None:
             bits, fps = self.subscription.video.meter.sample()
-        if self._video_sender is not None:
-            report = await self._video_sender.getStats()
-            lost = sum(s.packetsLost for s in report.values() if s.type == "remote-inbound-rtp")
+        sender = self._video_sender
+        if sender is not None:
+            writer = self.writers.get("video")
+            if writer is not None:
+                writer.sync_sender_counters()  # getStats() tells the true counts, to the second
+            try:
+                lost = aiortc_compat.remote_packets_lost(sender)
+            except AttributeError:
+                report = await sender.getStats()
+                lost = sum(s.packetsLost for s in report.values() if s.type == "remote-inbound-rtp")
         stream = self.stream
         return VideoRates(bits, fps, self.nack_received, self.pli_received, lost, stream.width, stream.height)
 

@@ -116,6 +116,18 @@ def set_sender_counters(
     sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
 
 
+_SENDER_STATS = "_RTCRtpSender__stats"
+
+
+def remote_packets_lost(sender: RTCRtpSender) -> int:
+    """The packets lost that the viewer's receiver reports gave (aiortc files them as
+    remote-inbound-rtp when a report arrives), read without ``getStats()``, which builds the
+    sender's and its transports' statistics anew on every call. Raises AttributeError when
+    this aiortc keeps them elsewhere (the caller then uses ``getStats()``)."""
+    stats = getattr(sender, _SENDER_STATS)
+    return sum(s.packetsLost for s in stats.values() if s.type == "remote-inbound-rtp")
+
+
 def sender_rtcp_handler(sender: RTCRtpSender) -> RtcpHandler:
     """The coroutine aiortc hands each RTCP packet for this sender (RR, NACK, PLI, FIR...)."""
     handler: RtcpHandler = sender._handle_rtcp_packet
@@ -739,6 +751,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("decoder_tap", "receiver", _DECODER_QUEUE),
     Internal("decoder_tap", "receiver", "receive"),
     Internal("rtcp_feedback", "sender", "_handle_rtcp_packet"),
+    Internal("rtcp_feedback", "sender", _SENDER_STATS, dict),
     Internal("rtcp_feedback", "receiver", "_send_rtcp_nack"),
     Internal("rtcp_feedback", "receiver", "_send_rtcp_pli"),
     Internal("rtcp_feedback", "receiver", "_RTCRtpReceiver__remote_streams", dict),

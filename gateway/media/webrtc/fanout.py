@@ -127,6 +127,7 @@ class DirectRtpWriter:
         self.retransmitted = 0
         self.closed = False
         self.ntp_timestamp = 0  # of the last frame written: what sender reports carry
+        self.own_reports = False  # this writer sends the sender reports (`send_sender_report`)
         self._report_ssrc = 0
         self._sdes = b""  # the SDES packet that follows each sender report
 
@@ -227,7 +228,9 @@ class DirectRtpWriter:
             # When the frame was first sent, once for all viewers: the wall clock that
             # goes with its RTP timestamp in every viewer's sender reports.
             ntp = frame.derived["ntp"] = rtc_clock.current_ntp_time()
-        self._update_sender_report(ntp)
+        self.ntp_timestamp = ntp
+        if not self.own_reports:
+            self.sync_sender_counters()  # aiortc's RTCP loop builds this viewer's reports
         return True
 
     def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
@@ -271,13 +274,13 @@ class DirectRtpWriter:
                 return
             self.retransmitted += 1
 
-    def _update_sender_report(self, ntp: int) -> None:
-        # aiortc's RTCP loop (or `send_sender_report`) builds sender reports from these, and
-        # its getStats() reports them; keep them true.
-        self.ntp_timestamp = ntp
+    def sync_sender_counters(self) -> None:
+        """Write this writer's counters into aiortc's sender: its RTCP loop's sender reports
+        (when this writer does not send them: per access unit) and its getStats() (the
+        viewer's 1 Hz rates) report them."""
         aiortc_compat.set_sender_counters(
             self.sender,
-            ntp_timestamp=ntp,
+            ntp_timestamp=self.ntp_timestamp,
             rtp_timestamp=self.last_timestamp,
             octets=self.octets,
             packets=self.packets,
@@ -288,6 +291,7 @@ class DirectRtpWriter:
         self._report_ssrc = aiortc_compat.sender_ssrcs(self.sender)[0]
         sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._report_ssrc, items=[(1, cname.encode())])])
         self._sdes = bytes(sdes)
+        self.own_reports = True
 
     def send_sender_report(self) -> bool:
         """Send this viewer's RTCP sender report and SDES now, the bytes aiortc's RTCP loop
