@@ -513,3 +513,50 @@ async def test_in_order_logs_a_failing_handler_once_and_goes_on() -> None:
             runner.run(fine(number))
     assert done == [0, 1, 2] and runner.failures == 3
     assert [e["event"] for e in logs] == ["rtcp_handler_failed"]
+
+
+def test_fast_rtcp_routes_each_packet_as_aiortc_does() -> None:
+    """`_route_rtcp` against aiortc's own ``RtpRouter.route_rtcp``, on one router with two
+    senders and two receivers, for every kind of RTCP packet a peer sends."""
+    from aiortc.rtcdtlstransport import RtpRouter
+    from aiortc.rtp import (
+        RTCP_PSFB_APP,
+        RTCP_RTPFB_NACK,
+        RtcpByePacket,
+        RtcpReceiverInfo,
+        RtcpRrPacket,
+        RtcpRtpfbPacket,
+        RtcpSenderInfo,
+        RtcpSrPacket,
+        pack_remb_fci,
+    )
+
+    router = RtpRouter()
+    senders, receivers = [object(), object()], [object(), object()]
+    router.register_sender(senders[0], 1)
+    router.register_sender(senders[1], 2)
+    router.ssrc_table[10] = receivers[0]
+    router.ssrc_table[20] = receivers[1]
+
+    def report(ssrc: int) -> RtcpReceiverInfo:
+        return RtcpReceiverInfo(
+            ssrc=ssrc, fraction_lost=0, packets_lost=0, highest_sequence=0, jitter=0, lsr=0, dlsr=0
+        )
+
+    info = RtcpSenderInfo(ntp_timestamp=0, rtp_timestamp=0, packet_count=0, octet_count=0)
+    packets = [
+        RtcpRrPacket(ssrc=10, reports=[report(1), report(2), report(1), report(99)]),
+        RtcpRrPacket(ssrc=10, reports=[]),
+        RtcpSrPacket(ssrc=20, sender_info=info, reports=[report(2)]),
+        RtcpSrPacket(ssrc=77, sender_info=info),
+        RtcpByePacket(sources=[10, 20, 99]),
+        RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=10, media_ssrc=1, lost=[5]),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=10, media_ssrc=2),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=10, media_ssrc=99),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=10, media_ssrc=0, fci=pack_remb_fci(100000, [1, 2, 1])),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=10, media_ssrc=0, fci=b"not remb"),
+    ]
+    for packet in packets:
+        routed = aiortc_compat._route_rtcp(router, packet)
+        assert len(routed) == len(set(map(id, routed)))
+        assert set(map(id, routed)) == set(map(id, router.route_rtcp(packet))), packet

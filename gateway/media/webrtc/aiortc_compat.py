@@ -58,7 +58,17 @@ from aiortc import (
 from aiortc import clock as _clock
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as _DtlsState
-from aiortc.rtp import RtcpByePacket, RtcpPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
 from aiortc.rtp import is_rtcp as _is_rtcp
 from aiortc.utils import uint16_add
 
@@ -397,7 +407,7 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
     a name (the caller keeps the stock path)."""
     import aiortc.rtcrtpreceiver as rr
     from aiortc.codecs import depayload, is_rtx
-    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unwrap_rtx
+    from aiortc.rtp import pack_remb_fci, unwrap_rtx
 
     (estimator, _, active, codecs, streams, rtx_ssrcs, nacks, jitter, mapper) = (
         getattr(receiver, name) for name in _RECEIVER_STATE
@@ -406,6 +416,8 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
     send_rtcp = receiver._send_rtcp
     rtcp_ssrc_name = _RECEIVER_STATE[1]
     pending: set[asyncio.Future[None]] = set()  # the RTCP sends in flight, held until done
+    # Whether a codec is RTX, by its MIME type (``is_rtx`` splits and lowers it per call).
+    rtx_by_mime: dict[str, bool] = {}
 
     def spawn(work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -434,7 +446,10 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
         if stats is None:
             stats = streams[packet.ssrc] = stream_statistics(codec.clockRate)
         stats.add(packet)
-        if is_rtx(codec):
+        rtx = rtx_by_mime.get(codec.mimeType)
+        if rtx is None:
+            rtx = rtx_by_mime[codec.mimeType] = is_rtx(codec)
+        if rtx:
             original_ssrc = rtx_ssrcs.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if (
@@ -571,9 +586,9 @@ class _FastPath:
             packets = _parse_rtcp(srtp.unprotect_rtcp(data))
         except (pylibsrtp.Error, ValueError, struct.error):
             return  # what aiortc does: dropped (replayed, forged, malformed)
-        route, run = self._router.route_rtcp, self.rtcp_runner.run
+        router, run = self._router, self.rtcp_runner.run
         for packet in packets:
-            for recipient in route(packet):
+            for recipient in _route_rtcp(router, packet):
                 run(recipient._handle_rtcp_packet(packet))
 
     def _rtp_received(self, srtp: Any, data: bytes) -> None:
@@ -591,6 +606,37 @@ class _FastPath:
         else:
             # Not ours: aiortc's own handling, as a task in arrival order.
             asyncio.ensure_future(target._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
+
+
+def _route_rtcp(router: Any, packet: Any) -> list[Any]:
+    """``RtpRouter.route_rtcp`` of aiortc 1.16, the same recipients (each once): a sender
+    report or BYE to the receiver of its source, reports to the senders they are about,
+    feedback to the sender of its media SSRC, REMB to those its FCI names. aiortc's builds a
+    typing ``Union`` for a nested function's annotations on every call: most of its cost."""
+    recipients: list[Any] = []
+
+    def add(recipient: Any) -> None:
+        if recipient is not None and recipient not in recipients:
+            recipients.append(recipient)
+
+    ssrc_table, senders = router.ssrc_table, router.senders
+    if isinstance(packet, RtcpSrPacket):
+        add(ssrc_table.get(packet.ssrc))
+    elif isinstance(packet, RtcpByePacket):
+        for source in packet.sources:
+            add(ssrc_table.get(source))
+    if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+        for report in packet.reports:
+            add(senders.get(report.ssrc))
+    elif isinstance(packet, (RtcpPsfbPacket, RtcpRtpfbPacket)):
+        add(senders.get(packet.media_ssrc))
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                for ssrc in unpack_remb_fci(packet.fci)[1]:
+                    add(senders.get(ssrc))
+            except ValueError:
+                pass
+    return recipients
 
 
 class _InOrder:
