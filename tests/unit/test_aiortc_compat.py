@@ -215,6 +215,34 @@ async def test_port_mux_accessors_on_an_aioice_connection() -> None:
     await connection.close()
 
 
+async def test_the_mux_protocol_hands_media_to_the_connection_without_a_stun_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DTLS and SRTP (first byte above 3, RFC 7983) go straight to the protocol's ``receiver``,
+    as aioice hands what does not parse as STUN; STUN still goes through aioice's parse."""
+    connection = aioice.ice.Connection(ice_controlling=False)
+    local = Candidate("2", 1, "udp", 200, "127.0.0.1", 7, "host")
+    protocol = _MuxProtocol(connection, object(), local)
+    assert protocol.receiver is connection
+    got: list[tuple[bytes, int]] = []
+    monkeypatch.setattr(connection, "data_received", lambda data, component: got.append((data, component)))
+    parsed: list[bytes] = []
+    parse = aioice.stun.parse_message
+
+    def counted_parse(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(data)
+        return parse(data, *args, **kwargs)
+
+    monkeypatch.setattr(aioice.stun, "parse_message", counted_parse)
+    for data in (b"\x80\x60" + bytes(30), b"\x16\xfe\xfd" + bytes(20), b"\x04" + bytes(25)):
+        protocol.datagram_received(data, ("127.0.0.1", 9))
+    assert got == [(b"\x80\x60" + bytes(30), 1), (b"\x16\xfe\xfd" + bytes(20), 1), (b"\x04" + bytes(25), 1)]
+    assert parsed == []
+    protocol.datagram_received(b"\x00\x01" + bytes(30), ("127.0.0.1", 9))  # not valid STUN
+    assert len(parsed) == 1 and got[-1] == (b"\x00\x01" + bytes(30), 1)  # aioice's hand-on
+    await connection.close()
+
+
 async def test_negotiated_codecs_from_the_local_description_are_aiortcs_choice(pair: Pair) -> None:
     """What replaced reading ``transceiver._codecs`` gives the same codecs, in order."""
     for pc in (pair.offerer, pair.answerer):

@@ -20,7 +20,8 @@ failing per session):
   ``local_password``, ``stun_server``;
 - ``aioice.ice.StunProtocol``: subclassed; aioice calls its ``datagram_received``,
   ``request``, ``send_stun``, ``send_data``, ``close`` and reads ``transport`` and
-  ``local_candidate``; ``connection_lost`` tells the Connection a protocol is gone.
+  ``local_candidate``; ``connection_lost`` tells the Connection a protocol is gone; a
+  datagram that is not STUN goes straight to its ``receiver`` (the Connection).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class _MuxProtocol(aioice.ice.StunProtocol):
         super().__init__(connection)
         self.transport = transport
         self.local_candidate = candidate
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        # RFC 7983: a first byte above 3 is not STUN (DTLS 20-63, SRTP/SRTCP 128-191). aioice
+        # parses every datagram as STUN and hands it to the connection when that raises: an
+        # exception per media packet. Hand it on directly, as aioice then does.
+        if data and isinstance(data, bytes) and data[0] > 3:
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        super().datagram_received(data, addr)
 
     async def close(self) -> None:
         # The base close waits for a datagram transport's connection_lost: there is none.
