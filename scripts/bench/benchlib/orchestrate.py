@@ -72,6 +72,7 @@ class Step:
 @dataclass
 class Phase:
     label: str
+    round: int = 1  # with --rounds K: which of the K
     rss0_kib: int = 0
     idle_ms_per_s: float = 0.0
     steps: list[Step] = field(default_factory=list)
@@ -425,8 +426,16 @@ class Bench:
         viewer_args = ["--full-viewers"] if args.full_viewers else []
         self.workers = [self.child(f"viewers{i}", "viewers", *viewer_args) for i in range(args.viewer_procs)]
         phases: list[Phase] = []
-        for which in args.order:
-            phases.append(self.run_reference() if which == "reference" else self.run_gateway(which))
+        for number in range(1, args.rounds + 1):
+            # Every other round in the reverse order: what the machine does over time (its
+            # load, its caches, the viewers' processes growing) falls on each phase alike.
+            order = args.order if number % 2 else list(reversed(args.order))
+            if args.rounds > 1:
+                log(f"round {number} of {args.rounds}: {', '.join(order)}")
+            for which in order:
+                phase = self.run_reference() if which == "reference" else self.run_gateway(which)
+                phase.round = number
+                phases.append(phase)
         return phases
 
 
@@ -494,22 +503,7 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 f"{kg:13.0f} {kr:5.0f} {kratio:6.2f} | "
                 f"{100 * g.delivered(packets_per_s):11.1f}% {100 * r.delivered(packets_per_s):5.1f}%"
             )
-    for first, second, title in (
-        (
-            "gateway",
-            "gateway-direct",
-            "gateway (floor: one burst per access unit) / gateway-direct (per packet)",
-        ),
-        (
-            "gateway",
-            "gateway-sockets",
-            "gateway (one UDP port) / gateway-sockets (sockets per peer connection)",
-        ),
-        ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
-        ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
-        ("gateway-w2", "gateway", "gateway-w2 (--workers 2) / gateway (one process)"),
-        ("gateway", PYTHON_FLOOR, "gateway (the floor's C burst) / gateway-py (the floor in Python)"),
-    ):
+    for first, second, title in _pairs(args):
         out.extend(_pair_table(by_label.get(first), by_label.get(second), title, packets_per_s))
     if any(len(p.steps) > 1 for p in phases):
         out.append("")
@@ -520,6 +514,51 @@ def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) 
                 ms = (b.cpu_ms / b.window_s - a.cpu_ms / a.window_s) / (b.viewers - a.viewers)
                 parts.append(f"{a.viewers}->{b.viewers}: {ms:.2f}")
             out.append(f"  {phase.label:13s} " + ", ".join(parts))
+    return "\n".join(out)
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """The phases compared side by side when both ran: (first, second, title)."""
+    return [
+        ("gateway", "gateway-direct", "gateway (floor: burst per access unit) / gateway-direct (per packet)"),
+        ("gateway", "gateway-sockets", "gateway (one UDP port) / gateway-sockets (sockets per connection)"),
+        ("gateway", BASELINE, f"gateway (this checkout) / baseline (commit {args.baseline})"),
+        ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
+        ("gateway-w2", "gateway", "gateway-w2 (--workers 2) / gateway (one process)"),
+        ("gateway", PYTHON_FLOOR, "gateway (the floor's C burst) / gateway-py (the floor in Python)"),
+    ]
+
+
+def report_rounds(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) -> str:
+    """Each round's report, then per compared pair and N the ratio of every round and their
+    median (what the machine did in between moves one round's ratio; the median less)."""
+    rounds = sorted({p.round for p in phases})
+    out: list[str] = []
+    for number in rounds:
+        out.append(f"######## round {number} of {len(rounds)}")
+        out.append(report([p for p in phases if p.round == number], args, packets_per_s))
+        out.append("")
+    out.append(f"######## {len(rounds)} rounds (every other one in the reverse order)")
+    for first, second, title in _pairs(args):
+        table: dict[int, list[float]] = {}
+        for number in rounds:
+            by_label = {p.label: p for p in phases if p.round == number}
+            a, b = by_label.get(first), by_label.get(second)
+            if not (a and b):
+                continue
+            other = {s.viewers: s for s in b.steps}
+            for step in a.steps:
+                if step.viewers in other:
+                    table.setdefault(step.viewers, []).append(
+                        step.ms_per_viewer_s / other[step.viewers].ms_per_viewer_s
+                    )
+        if not table:
+            continue
+        out.append("")
+        out.append(f"== {title}: ms per viewer-second, ratio per round ==")
+        for viewers, ratios in sorted(table.items()):
+            each = " ".join(f"{r:.2f}" for r in ratios)
+            out.append(f"  N={viewers:<4d} {each}   median {statistics.median(ratios):.2f}")
     return "\n".join(out)
 
 
@@ -593,6 +632,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the phases this many times, every other round in the reverse order, and "
+        "report each compared pair's median ratio (1)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="COMMIT",
         help="also measure the gateway of COMMIT (a temporary git worktree) as phase 'baseline', "
@@ -601,8 +647,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.viewers or min(args.viewers) <= 0:
         parser.error("--viewers needs positive counts")
-    if args.seconds <= 0 or args.viewer_procs <= 0:
-        parser.error("--seconds and --viewer-procs must be positive")
+    if args.seconds <= 0 or args.viewer_procs <= 0 or args.rounds <= 0:
+        parser.error("--seconds, --viewer-procs and --rounds must be positive")
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.baseline:
         order.append(BASELINE)
@@ -628,7 +674,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         bench.stop_all()
-    print(report(phases, args, bench.packets_per_s))
+    if args.rounds > 1:
+        print(report_rounds(phases, args, bench.packets_per_s))
+    else:
+        print(report(phases, args, bench.packets_per_s))
     log(f"total {time.monotonic() - started:.0f} s")
     if args.json:
         data = {
