@@ -27,12 +27,23 @@ DEFAULT_MAX_PER_IP = 256
 # reconnecting after a restart; the tests' floods): the kernel then drops the handshake's
 # last ACK, and a client that connected but says nothing is never accepted nor told.
 LISTEN_BACKLOG = 1024
+# What asyncio's datagram transport asks recvfrom for on every read. Its default, 256 KiB,
+# is above glibc's mmap threshold: each datagram then costs an mmap and munmap of 256 KiB
+# (about 16 us of CPU here, against 1.8 us with 64 KiB). 65536 holds any UDP datagram.
+DATAGRAM_READ_SIZE = 65536
 # Refusals closer together than this are one burst (one log line). A burst that goes on
 # gets one more line per REMIND seconds, with the number refused since the last one.
 BURST_GAP = 10.0
 REMIND = 60.0
 
 StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def bound_datagram_reads(transport: asyncio.BaseTransport) -> None:
+    """Have a datagram transport read into buffers of `DATAGRAM_READ_SIZE` (asyncio's
+    selector transport keeps the size in ``max_size``; another transport is left as it is)."""
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = DATAGRAM_READ_SIZE  # type: ignore[attr-defined]
 
 
 def peer_ip(transport: asyncio.BaseTransport) -> str:

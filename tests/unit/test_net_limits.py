@@ -208,3 +208,44 @@ def test_peer_ip_of_a_socket_without_an_address() -> None:
             return None
 
     assert peer_ip(NoPeer()) == "?"  # the real addresses: the hooks above
+
+
+async def test_bounded_datagram_reads_still_take_any_udp_datagram_whole() -> None:
+    """`bound_datagram_reads` (asyncio's 256 KiB read costs an mmap per datagram): the
+    largest IPv4 UDP datagram and a small one arrive whole."""
+    from gateway.net_limits import DATAGRAM_READ_SIZE, bound_datagram_reads
+
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Receiver(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            bound_datagram_reads(transport)
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            got.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+    sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        assert transport.max_size == DATAGRAM_READ_SIZE  # type: ignore[attr-defined]
+        address = transport.get_extra_info("sockname")
+        for data in (bytes(range(256)) * 255 + b"\x01" * 227, b"\x80" * 1200):  # 65507 bytes, 1200
+            sender.sendto(data, address)
+            assert await asyncio.wait_for(got.get(), 5) == data
+    finally:
+        transport.close()
+        sender.close()
+
+
+async def test_the_webrtc_port_reads_datagrams_into_bounded_buffers() -> None:
+    from gateway.media.webrtc.icemux import IceMux
+    from gateway.net_limits import DATAGRAM_READ_SIZE
+    from tests.ports import free_port
+
+    mux = IceMux("127.0.0.1", udp_port=free_port(), tcp_port=0, ice_timeout=5.0)
+    await mux.start()
+    try:
+        assert [p.transport.max_size for p in mux.udp_ports.values()] == [DATAGRAM_READ_SIZE]
+    finally:
+        await mux.stop()
