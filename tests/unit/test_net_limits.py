@@ -211,16 +211,16 @@ def test_peer_ip_of_a_socket_without_an_address() -> None:
 
 
 async def test_bounded_datagram_reads_still_take_any_udp_datagram_whole() -> None:
-    """`bound_datagram_reads` (asyncio's 256 KiB read costs an mmap per datagram): the
+    """`bound_reads` (asyncio's 256 KiB read costs an mmap per datagram): the
     largest IPv4 UDP datagram and a small one arrive whole."""
-    from gateway.net_limits import DATAGRAM_READ_SIZE, bound_datagram_reads
+    from gateway.net_limits import READ_SIZE, bound_reads
 
     loop = asyncio.get_running_loop()
     got: asyncio.Queue[bytes] = asyncio.Queue()
 
     class Receiver(asyncio.DatagramProtocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            bound_datagram_reads(transport)
+            bound_reads(transport)
 
         def datagram_received(self, data: bytes, addr: Any) -> None:
             got.put_nowait(data)
@@ -228,7 +228,7 @@ async def test_bounded_datagram_reads_still_take_any_udp_datagram_whole() -> Non
     transport, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
     sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     try:
-        assert transport.max_size == DATAGRAM_READ_SIZE  # type: ignore[attr-defined]
+        assert transport.max_size == READ_SIZE  # type: ignore[attr-defined]
         address = transport.get_extra_info("sockname")
         for data in (bytes(range(256)) * 255 + b"\x01" * 227, b"\x80" * 1200):  # 65507 bytes, 1200
             sender.sendto(data, address)
@@ -240,12 +240,55 @@ async def test_bounded_datagram_reads_still_take_any_udp_datagram_whole() -> Non
 
 async def test_the_webrtc_port_reads_datagrams_into_bounded_buffers() -> None:
     from gateway.media.webrtc.icemux import IceMux
-    from gateway.net_limits import DATAGRAM_READ_SIZE
+    from gateway.net_limits import READ_SIZE
     from tests.ports import free_port
 
     mux = IceMux("127.0.0.1", udp_port=free_port(), tcp_port=0, ice_timeout=5.0)
     await mux.start()
     try:
-        assert [p.transport.max_size for p in mux.udp_ports.values()] == [DATAGRAM_READ_SIZE]
+        assert [p.transport.max_size for p in mux.udp_ports.values()] == [READ_SIZE]
     finally:
         await mux.stop()
+
+
+@pytest.mark.parametrize("streams", [True, False], ids=["start_server", "protocol"])
+async def test_admitted_connections_read_in_bounded_pieces_and_lose_nothing(streams: bool) -> None:
+    """Both hooks bound an admitted connection's reads (`bound_reads`); 1 MB still echoes
+    whole, in reads of at most READ_SIZE."""
+    from gateway.net_limits import READ_SIZE
+
+    sizes: list[int] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sizes.append(writer.transport.max_size)  # type: ignore[attr-defined]
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+        writer.close()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            sizes.append(transport.max_size)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            assert len(data) <= READ_SIZE
+            self.transport.write(data)
+
+    limits = ConnectionLimits(3)
+    if streams:
+        server = await asyncio.start_server(limits.guard_streams("echo", echo), "127.0.0.1", 0)
+    else:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(limits.guard_factory("echo", Echo), "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        data = bytes(range(256)) * 4096
+        writer.write(data)
+        async with asyncio.timeout(10):
+            assert await reader.readexactly(len(data)) == data
+        assert sizes == [READ_SIZE]
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()

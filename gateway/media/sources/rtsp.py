@@ -27,7 +27,7 @@ from gateway.media.rtsp.record import AudioUnit
 from gateway.media.rtsp.rtp import AccessUnit
 from gateway.media.sources.rtsp_audio import RtspAudioFeed
 from gateway.media.stream import Codec, MediaFrame, SourceFeedback, Stream
-from gateway.net_limits import bound_datagram_reads
+from gateway.net_limits import bound_reads
 from gateway.reconnect import ReconnectDelay
 
 log = get_logger(__name__)
@@ -47,7 +47,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self._received = received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        bound_datagram_reads(transport)
+        bound_reads(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self._received(data, (str(addr[0]), int(addr[1])))

@@ -43,7 +43,7 @@ from aiortc import RTCPeerConnection
 from gateway.log import get_logger
 from gateway.media.webrtc import aiortc_compat
 from gateway.media.webrtc.demux import Demux, Drop, FrameError, FrameReader, frame
-from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits, bound_datagram_reads
+from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits, bound_reads
 
 log = get_logger(__name__)
 
@@ -141,7 +141,7 @@ class _UdpPort(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        bound_datagram_reads(transport)  # every session's media comes through this read
+        bound_reads(transport)  # every session's media comes through this read
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         address = (addr[0], addr[1])
