@@ -40,6 +40,7 @@ from gateway.media.registry import (
 )
 from gateway.media.sources.rtsp import RtspPull
 from gateway.media.stream import NO_FEEDBACK, Codec, MediaFrame, SourceFeedback, Stream
+from gateway.net_limits import bound_reads
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
@@ -521,6 +522,7 @@ class ClusterStreams:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(path)
+            bound_reads(writer.transport)  # every frame of the stream comes through it
             writer.write(wire.json_frame(wire.Kind.SUBSCRIBE, {"name": name}))
             frames = wire.FrameReader(wire.MEDIA_MAX_BYTES)
             source = _LinkSource(writer)
