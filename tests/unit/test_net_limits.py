@@ -138,11 +138,16 @@ def test_open_connections_never_exceed_the_limit(limit: int, steps: list[tuple[b
 
 
 @contextlib.asynccontextmanager
-async def echo_server(limits: ConnectionLimits, *, streams: bool) -> AsyncIterator[int]:
-    """An echo server on 127.0.0.1 behind ``limits``: asyncio streams or a bare protocol."""
+async def echo_server(
+    limits: ConnectionLimits, *, streams: bool, read_sizes: list[int] | None = None
+) -> AsyncIterator[int]:
+    """An echo server on 127.0.0.1 behind ``limits``: asyncio streams or a bare protocol.
+    ``read_sizes`` gets each admitted connection's transport read size."""
+    sizes = [] if read_sizes is None else read_sizes
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
+        sizes.append(writer.transport.max_size)  # type: ignore[attr-defined]
+        while data := await reader.read(1 << 20):
             writer.write(data)
         writer.close()
 
@@ -150,6 +155,7 @@ async def echo_server(limits: ConnectionLimits, *, streams: bool) -> AsyncIterat
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             self.transport = transport
+            sizes.append(transport.max_size)  # type: ignore[attr-defined]
 
         def data_received(self, data: bytes) -> None:
             self.transport.write(data)
@@ -254,41 +260,15 @@ async def test_the_webrtc_port_reads_datagrams_into_bounded_buffers() -> None:
 @pytest.mark.parametrize("streams", [True, False], ids=["start_server", "protocol"])
 async def test_admitted_connections_read_in_bounded_pieces_and_lose_nothing(streams: bool) -> None:
     """Both hooks bound an admitted connection's reads (`bound_reads`); 1 MB still echoes
-    whole, in reads of at most READ_SIZE."""
+    whole."""
     from gateway.net_limits import READ_SIZE
 
     sizes: list[int] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sizes.append(writer.transport.max_size)  # type: ignore[attr-defined]
-        while data := await reader.read(1 << 20):
-            writer.write(data)
-        writer.close()
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
-            sizes.append(transport.max_size)  # type: ignore[attr-defined]
-
-        def data_received(self, data: bytes) -> None:
-            assert len(data) <= READ_SIZE
-            self.transport.write(data)
-
-    limits = ConnectionLimits(3)
-    if streams:
-        server = await asyncio.start_server(limits.guard_streams("echo", echo), "127.0.0.1", 0)
-    else:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(limits.guard_factory("echo", Echo), "127.0.0.1", 0)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    async with echo_server(ConnectionLimits(3), streams=streams, read_sizes=sizes) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         data = bytes(range(256)) * 4096
         writer.write(data)
         async with asyncio.timeout(10):
             assert await reader.readexactly(len(data)) == data
         assert sizes == [READ_SIZE]
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()

@@ -16,6 +16,16 @@ import socket
 import struct
 from collections.abc import Sequence
 
+# The same structures for cffi (`floor.py` declares sendmmsg with them, `native.py` the C burst).
+CDEF_STRUCTS = """
+struct iovec { void *iov_base; size_t iov_len; };
+struct msghdr {
+    void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
+    void *msg_control; size_t msg_controllen; int msg_flags;
+};
+struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
+"""
+
 # struct iovec { void *iov_base; size_t iov_len; }
 IOVEC = struct.Struct("@PN")
 # struct msghdr { void *msg_name; socklen_t msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;

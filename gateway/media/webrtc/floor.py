@@ -54,15 +54,7 @@ PER_PACKET_GROWTH = 16 + 2
 INITIAL_CAPACITY = 256 * 1024
 GSO_AT = burst.CMSGHDR.size  # where a UDP_SEGMENT message holds its segment size
 
-_CDEF = """
-struct iovec { void *iov_base; size_t iov_len; };
-struct msghdr {
-    void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
-    void *msg_control; size_t msg_controllen; int msg_flags;
-};
-struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
-int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
-"""
+_CDEF = burst.CDEF_STRUCTS + "int sendmmsg(int fd, struct mmsghdr *msgvec, unsigned int vlen, int flags);\n"
 
 
 class FloorError(RuntimeError):

@@ -24,17 +24,15 @@ from typing import Any
 
 import cffi  # type: ignore[import-untyped]  # no stubs (types-cffi is not a dependency)
 
+from gateway.media.webrtc import burst
+
 SOURCE = Path(__file__).with_name("burst.c")
 COMPILE_TIMEOUT_S = 120.0
 FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror")
 
-CDEF = """
-struct iovec { void *iov_base; size_t iov_len; };
-struct msghdr {
-    void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
-    void *msg_control; size_t msg_controllen; int msg_flags;
-};
-struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
+CDEF = (
+    burst.CDEF_STRUCTS
+    + """
 typedef int (*sky_protect_fn)(void *ctx, void *rtp, int *len);
 struct sky_scratch {
     unsigned char *buf;
@@ -53,6 +51,7 @@ long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, in
                int payload_type, unsigned int sequence, uint32_t timestamp, const unsigned char *payloads,
                const int *lengths, int count, int mode, int fd, const void *name, unsigned int namelen);
 """
+)
 
 # sky_burst's modes
 LAY_OUT, FRAMED, SEND, SEND_GSO = 0, 1, 2, 3
