@@ -28,7 +28,8 @@ from gateway.media.webrtc import burst
 
 SOURCE = Path(__file__).with_name("burst.c")
 COMPILE_TIMEOUT_S = 120.0
-FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror")
+# No -Werror: a newer compiler's new warning must not turn the C burst off.
+FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall")
 
 CDEF = (
     burst.CDEF_STRUCTS
