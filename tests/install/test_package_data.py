@@ -39,6 +39,8 @@ def test_installed_skyrelay_serves_its_page_from_anywhere(tmp_path: Path) -> Non
     module, static_dir = where.stdout.split()
     assert Path(module).is_relative_to(site_packages)
     assert Path(static_dir) == site_packages / "gateway" / "static"
+    # The floor's C burst is built from its source at the first start: it ships too.
+    assert (site_packages / "gateway" / "media" / "webrtc" / "burst.c").is_file()
 
     http_port = free_port()
     cmd = [

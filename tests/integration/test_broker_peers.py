@@ -404,13 +404,15 @@ async def test_the_same_client_id_twice_the_older_is_taken_over(
 
 def test_the_demo_dock_logs_in_to_the_embedded_broker(tmp_path: Path) -> None:
     """`skyrelay demo` with a broker log-in: its simulated dock uses it, so the gateway lists it."""
-    http_port, broker_port = free_port(), free_port()
+    http_port, broker_port, webrtc_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "gateway", "demo", "--host", "127.0.0.1",
         "--ws-port", str(free_port()), "--http-port", str(http_port),
         "--rtmp-port", str(free_port()), "--rtsp-port", str(free_port()),
         "--mqtt-broker", f"127.0.0.1:{broker_port}", "--ice-address", "127.0.0.1",
         "--mqtt-broker-user", "demo", "--mqtt-broker-password", "d3mo",
+        # Not the default 8189: a gateway running on this machine must not fail the test.
+        "--webrtc-udp-port", str(webrtc_port), "--webrtc-tcp-port", str(webrtc_port),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
