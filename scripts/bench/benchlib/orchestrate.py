@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from typing import Any, NoReturn
 import orjson
 
 from gateway.media.synthetic import make_h264_clip
+from tests import ports
 
 from .baseline import Baseline
 from .latency import LatencyMeter, LatencyStep, report_lines
@@ -113,50 +112,10 @@ def log_notes(path: Path) -> str:
     )
 
 
-def _ephemeral_start() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            return int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A loopback port free for TCP and UDP now, from below the kernel's ephemeral range: a
-    port bound to 0 and let go is an ephemeral one, which a client socket (of this bench or
-    of tests running beside it) may take before the server binds it."""
-    high = _ephemeral_start()
-    low = max(1024, high - 12000)
-    for _ in range(200):
-        port = random.randrange(low, high)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind(("127.0.0.1", port))
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise ChildError("no free port found below the ephemeral range")
-
-
-def free_port_run(count: int) -> int:
-    """A port P such that P .. P+count-1 are free for UDP and TCP on 127.0.0.1 (each worker
-    has its own WebRTC port, the configured one + its index)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise ChildError(f"no run of {count} free ports found")
+# Ports below the kernel's ephemeral range, checked free for TCP and UDP: the tests' allocator
+# (one rule for both; a port bound to 0 and let go could be taken by a client socket first).
+free_port = ports.free_port
+free_port_run = ports.free_port_block
 
 
 def log(msg: str) -> None:
