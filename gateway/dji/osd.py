@@ -451,8 +451,7 @@ class _Reader:
         if link is None:
             return None
         qualities = [
-            self.integer(link, name, 0, 5, key, no_value=_NO_VALUE)
-            for name in ("sdr_quality", "4g_quality")
+            self.integer(link, name, 0, 5, key, no_value=_NO_VALUE) for name in ("sdr_quality", "4g_quality")
         ]
         found = [q for q in qualities if q is not None]
         return max(found) if found else None

@@ -101,6 +101,17 @@ class StoppableSource(Protocol):
     def stream_ended(self, info: str) -> None: ...
 
 
+class FrameBatch(Protocol):
+    """A sink type's writes of one frame to many subscribers, gathered while the stream hands
+    the frame to each and done in one go after (`fanout.ViewerBatch`). A frame handed to a
+    subscriber outside `Stream.push` (a queue's backlog, a joining viewer's keyframe) is
+    never opened: the subscriber writes it alone."""
+
+    def open(self, frame: MediaFrame) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Source(Protocol):
     def request_keyframe(self) -> None: ...
 
@@ -284,6 +295,7 @@ class Stream:
         self.subscriptions: list[Subscription] = []
         # State shared by all sinks of one type on this stream (e.g. one RTP packetizer).
         self.shared: dict[str, Any] = {}
+        self.batches: list[FrameBatch] = []  # opened and closed around every pushed frame
         self.keyframe_requests = 0  # forwarded to the source
         self._keyframe_interval = keyframe_interval
         self._last_keyframe_request = float("-inf")
@@ -346,8 +358,15 @@ class Stream:
                 self._gop.append(frame)
             else:
                 self._gop = []
-        for sub in self.subscriptions:
-            sub.queue(frame.kind).put(frame)
+        batches = self.batches
+        for batch in batches:
+            batch.open(frame)
+        try:
+            for sub in self.subscriptions:
+                sub.queue(frame.kind).put(frame)
+        finally:
+            for batch in batches:
+                batch.close()
 
     def figures(self) -> dict[str, Any]:
         """What the stream receives, like WCS's inboundVideoRate (for the HTTP API)."""

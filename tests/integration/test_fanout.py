@@ -73,6 +73,12 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
                 assert writer.floor.gso_bursts > 0
             if native.compiler() is not None:  # and by the C burst, which the start built
                 assert floor.STATE.use_native, floor.native_reason()
+                # in one call per access unit for both viewers (`ViewerBatch`)
+                assert writer.floor.slot is not None and writer.floor.slot.bursts > 30
+        if native.compiler() is not None:
+            batch = fanout.ViewerBatch.of(viewers(local_gateway)[0].stream, "video")
+            batched = [v.writers["video"].floor.slot.bursts for v in viewers(local_gateway)]
+            assert sum(batched) > batch.calls > 0, "some calls wrote to both viewers"
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # The 1 Hz rates bring getStats() up to what the writer sent (its own sender
             # reports carry it at once), and read the loss without calling getStats().

@@ -438,3 +438,122 @@ def test_a_packet_libsrtp_refuses_stops_the_burst_before_anything_is_sent(
     with pytest.raises(TimeoutError):
         receiver.recv(2048)
     assert transport.sendto_calls == 0 and path.bursts == 0
+
+
+# --- the C burst's batch: one call per access unit for many viewers ----------------------------
+
+
+@pytest.fixture
+def c_burst() -> Iterator[None]:
+    if native.compiler() is None:
+        pytest.skip("no C compiler here: the C burst cannot be built")
+    assert floor.native_available(), floor.native_reason()
+    before = floor.STATE.want_native
+    floor.want_native(True)
+    try:
+        yield
+    finally:
+        floor.want_native(before)
+
+
+def batch_viewers(
+    sender: socket.socket, count: int, refusing: int = -1, unreachable: int = -1
+) -> tuple[list[floor.FloorPath], list[socket.socket], list[tuple[int, int]]]:
+    """``count`` viewers on one sending socket (as on the shared UDP port), each with its own
+    receiver, SRTP session, sequence number and timestamp; viewer ``refusing`` has a session
+    libsrtp refuses the header's SSRC for, viewer ``unreachable`` an address the kernel
+    refuses (port 0)."""
+    paths, receivers, numbering = [], [], []
+    for index in range(count):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        receiver.settimeout(2.0)
+        receivers.append(receiver)
+        session = outbound()
+        if index == refusing:
+            policy = pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_SPECIFIC, ssrc_value=1)
+            session = pylibsrtp.Session(policy)
+        address = ("127.0.0.1", 0) if index == unreachable else receiver.getsockname()
+        path = floor.FloorPath(session, Transport(sender), address)
+        slot = path.batch_slot(HEADER, 102)
+        assert slot is not None
+        sequence, timestamp = (0xFFF0 + 7 * index) & 0xFFFF, (0xFFFFFF00 + 1000 * index) & 0xFFFFFFFF
+        slot.sequence, slot.timestamp = sequence, timestamp
+        paths.append(path)
+        numbering.append((sequence, timestamp))
+    return paths, receivers, numbering
+
+
+@pytest.mark.usefixtures("c_burst")
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(payloads=bursts, viewers=st.integers(1, 5), gso=st.booleans())
+def test_a_batch_gives_each_viewer_its_own_packets(
+    sockets: tuple[socket.socket, socket.socket], payloads: list[bytes], viewers: int, gso: bool
+) -> None:
+    _, sender = sockets
+    paths, receivers, numbering = batch_viewers(sender, viewers)
+    try:
+        with gso_wanted(gso):
+            packed = floor.Packed(floor.scratch().native, payloads)
+            failures = floor.send_batch(paths, packed, sum(map(len, payloads)))
+        assert failures == []
+        for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
+            got = [receiver.recv(2048) for _ in payloads]
+            session = inbound()
+            assert [session.unprotect(p) for p in got] == plain(payloads, sequence, timestamp)
+            assert path.bursts == 1 and path.handed_to_asyncio == 0
+            if not gso:
+                assert path.gso_bursts == 0
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+@pytest.mark.usefixtures("c_burst")
+@pytest.mark.parametrize("bad", ["refusing", "unreachable"])
+def test_a_viewer_that_fails_in_a_batch_is_named_and_the_others_get_theirs(
+    sockets: tuple[socket.socket, socket.socket], bad: str
+) -> None:
+    """The second of three viewers fails (libsrtp refuses its packets, or the kernel its
+    address): the batch names it with the error, and the first and third get their packets."""
+    _, sender = sockets
+    paths, receivers, numbering = batch_viewers(sender, 3, **{bad: 1})
+    payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]
+    try:
+        with gso_wanted(False):
+            failures = floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300)
+        ((index, error),) = failures
+        assert index == 1
+        assert isinstance(error, floor.FloorError if bad == "refusing" else OSError)
+        for viewer in (0, 2):
+            session = inbound()
+            got = [receivers[viewer].recv(2048) for _ in payloads]
+            assert [session.unprotect(p) for p in got] == plain(payloads, *numbering[viewer])
+            assert paths[viewer].bursts == 1
+        receivers[1].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            receivers[1].recv(2048)
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+@pytest.mark.usefixtures("c_burst")
+def test_a_batch_sends_gso_runs_when_enabled(sockets: tuple[socket.socket, socket.socket]) -> None:
+    if not floor.gso_available():
+        pytest.skip("this kernel refused UDP GSO at the start check")
+    _, sender = sockets
+    paths, receivers, numbering = batch_viewers(sender, 2)
+    payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]  # one GSO run: equal sizes, a shorter last
+    try:
+        with gso_wanted(True):
+            assert floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300) == []
+        for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
+            session = inbound()
+            got = [session.unprotect(receiver.recv(2048)) for _ in payloads]
+            assert got == plain(payloads, sequence, timestamp)
+            assert path.bursts == path.gso_bursts == 1
+    finally:
+        for receiver in receivers:
+            receiver.close()

@@ -50,6 +50,23 @@ struct sky_scratch {
 
 enum { SKY_LAY_OUT = 0, SKY_FRAMED = 1, SKY_SEND = 2, SKY_SEND_GSO = 3 };
 
+/* One viewer as sky_fanout writes to it (owned by floor.FloorPath; the caller fills in the
+ * unit's sequence and timestamp per call). */
+struct sky_viewer {
+    void *ctx;                   /* its srtp_t */
+    const unsigned char *header; /* its RTP header template */
+    int header_length;
+    int payload_type;
+    int fd;
+    unsigned int namelen;
+    const void *name;            /* its socket address */
+    unsigned int sequence;       /* in: the unit's first sequence number */
+    uint32_t timestamp;          /* in: the unit's RTP timestamp */
+    long sent;                   /* out: what sky_burst returned for it */
+    long bursts;                 /* out, counted up: bursts that went whole */
+    long gso_bursts;             /* out, counted up: of them, as GSO messages */
+};
+
 static void fill_message(struct mmsghdr *m, const void *name, unsigned int namelen, struct iovec *iov,
                          unsigned char *control) {
     m->msg_hdr.msg_name = (void *)name;
@@ -175,4 +192,24 @@ long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, in
         fill_message(&s->msgs[i], name, namelen, &s->iov[i], NULL);
     int sent = sendmmsg(fd, s->msgs, (unsigned int)count, 0);
     return sent < 0 ? 0 : sent;
+}
+
+/* One access unit to several viewers, each one's burst in turn (mode SKY_SEND or
+ * SKY_SEND_GSO): the fan-out's per-viewer work without a Python call per viewer. Stops at
+ * the first viewer whose burst did not go whole (the kernel took only part of it, libsrtp
+ * refused a packet, or the kernel refused GSO) and returns its index, its packets still laid
+ * out in the scratch for the caller to finish (v->sent says how); returns n when all went. */
+int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
+               const int *lengths, int count, int mode) {
+    for (int i = 0; i < n; i++) {
+        struct sky_viewer *v = viewers[i];
+        long sent = sky_burst(s, v->ctx, v->header, v->header_length, v->payload_type, v->sequence, v->timestamp,
+                              payloads, lengths, count, mode, v->fd, v->name, v->namelen);
+        v->sent = sent;
+        if (sent != count || s->gso_errno)
+            return i;
+        v->bursts++;
+        v->gso_bursts += s->gso;
+    }
+    return n;
 }

@@ -112,6 +112,10 @@ class DirectRtpWriter:
         self._socket = socket
         self._address = address
         self.floor = burst  # None: per-packet protect and sendto
+        # Written with the stream's other viewers in one C call per access unit
+        # (`ViewerBatch`) where the C burst and the socket allow it.
+        self._slot = burst.batch_slot(header, self._payload_type) if burst is not None else None
+        self._batch = ViewerBatch.of(stream, sender.kind) if self._slot is not None else None
         # Retransmissions go as RTX (RFC 4588): a plain resend repeats an SRTP index, which
         # the receiver's replay protection drops.
         self._rtx = rtx
@@ -193,7 +197,15 @@ class DirectRtpWriter:
             size = payload_bytes(frame, payloads)
             self._remember(self._sequence, timestamp, payloads)
             burst = self.floor
-            if burst is not None and len(payloads) <= floor.MAX_MESSAGES:
+            batch = self._batch
+            if batch is not None and batch.frame is frame and not unsent and self._slot is not None:
+                # Sent with the other viewers once the stream has handed the frame to all.
+                if self._socket.is_closing():
+                    raise OSError("the viewer's transport is closed")
+                slot = self._slot
+                slot.sequence, slot.timestamp = self._sequence, timestamp
+                batch.add(self, payloads, size)
+            elif burst is not None and len(payloads) <= floor.MAX_MESSAGES:
                 try:
                     burst.send(
                         self._header,
@@ -206,10 +218,7 @@ class DirectRtpWriter:
                         unsent,
                     )
                 except floor.FloorError as exc:
-                    # libsrtp refused a packet: the rest of this unit is lost (its indexes
-                    # may be used), the next ones go packet by packet.
-                    self.floor = None
-                    floor.log_once("fanout_floor_stopped", str(exc), stream=self.stream.name)
+                    self.floor_failed(exc)
             else:
                 for sequence, marker, payload in frame_packets(payloads, self._sequence):
                     self._send(sequence, timestamp, marker, payload)
@@ -217,10 +226,7 @@ class DirectRtpWriter:
             self._sequence = sequence_after(self._sequence, len(payloads))
             self.packets += len(payloads)
         except (OSError, RuntimeError, AttributeError) as exc:
-            # The transport closed under us (peer gone): stop writing, the peer's own
-            # state change ends the viewer.
-            self.closed = True
-            log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
+            self.transport_failed(exc)
             return False
         self.last_timestamp = timestamp
         ntp = frame.derived.get("ntp")
@@ -232,6 +238,19 @@ class DirectRtpWriter:
         if not self.own_reports:
             self.sync_sender_counters()  # aiortc's RTCP loop builds this viewer's reports
         return True
+
+    def floor_failed(self, exc: floor.FloorError) -> None:
+        """libsrtp refused a packet of a burst: the rest of that unit is lost (its indexes
+        may be used), the next ones go packet by packet."""
+        self.floor = self._slot = self._batch = None
+        floor.log_once("fanout_floor_stopped", str(exc), stream=self.stream.name)
+
+    def transport_failed(self, exc: Exception) -> None:
+        """The transport closed under us (peer gone): stop writing, the peer's own state
+        change ends the viewer."""
+        if not self.closed:
+            self.closed = True
+            log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
 
     def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
         history = self._history
@@ -318,6 +337,60 @@ class DirectRtpWriter:
         # What aiortc's loop notes, for the round trip the next receiver report gives.
         aiortc_compat.sender_report_sent(self.sender, ntp, time.time())
         return True
+
+
+class ViewerBatch:
+    """A stream's viewers of one media kind on the C burst, written in one call per access
+    unit (`floor.send_batch`) instead of one each: while `Stream.push` hands a frame to the
+    subscribers, each viewer's `DirectRtpWriter.write` does its own bookkeeping (sequence
+    numbers, history, counters) and adds itself here; when the stream has handed the frame
+    to all, `close` writes it to them. One per stream and kind (`of`), in `Stream.batches`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.frame: MediaFrame | None = None  # the frame the stream is handing out
+        self._writers: list[DirectRtpWriter] = []
+        self._unit: tuple[Sequence[bytes], int] = ((), 0)  # its payloads and their bytes
+        self.calls = 0  # access units written in a batch (of one or more viewers)
+
+    @classmethod
+    def of(cls, stream: Stream, kind: str) -> ViewerBatch:
+        key = f"fanout-batch-{kind}"
+        batch: ViewerBatch | None = stream.shared.get(key)
+        if batch is None:
+            batch = stream.shared[key] = cls(kind)
+            stream.batches.append(batch)
+        return batch
+
+    def open(self, frame: MediaFrame) -> None:
+        if frame.kind == self.kind:
+            self.frame = frame
+
+    def add(self, writer: DirectRtpWriter, payloads: Sequence[bytes], size: int) -> None:
+        if not self._writers:
+            self._unit = (payloads, size)
+        self._writers.append(writer)
+
+    def close(self) -> None:
+        frame, self.frame = self.frame, None
+        writers = self._writers
+        if frame is None or not writers:
+            return
+        self._writers = []
+        payloads, size = self._unit
+        packed = packed_payloads(frame, payloads)
+        if packed is None:  # the C burst was turned off since the viewers were set up
+            failures: list[tuple[int, Exception]] = [
+                (index, floor.FloorError("the C burst is off")) for index in range(len(writers))
+            ]
+        else:
+            self.calls += 1
+            failures = floor.send_batch([writer.floor for writer in writers], packed, size)  # type: ignore[misc]
+        for index, exc in failures:
+            if isinstance(exc, floor.FloorError):
+                writers[index].floor_failed(exc)
+            else:
+                writers[index].transport_failed(exc)
 
 
 # An RTCP sender report without report blocks (RFC 3550 section 6.4.1).

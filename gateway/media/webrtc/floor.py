@@ -53,6 +53,9 @@ TRAILER = 16 + 128
 PER_PACKET_GROWTH = 16 + 2
 INITIAL_CAPACITY = 256 * 1024
 GSO_AT = burst.CMSGHDR.size  # where a UDP_SEGMENT message holds its segment size
+# The longest RTP header a batch (`send_batch`) lays out: aiortc's with a few extensions is
+# 20-40 bytes; a viewer whose header is longer is written alone.
+MAX_HEADER = 128
 
 _CDEF = burst.CDEF_STRUCTS + "int sendmmsg(int fd, struct mmsghdr *msgvec, unsigned int vlen, int flags);\n"
 
@@ -275,9 +278,44 @@ class FloorPath:
                 raise AttributeError("the viewer's address is not of its socket's family")
             self.fd = sock.fileno()
         self._native_context: Any = None  # the srtp_t as the C burst's ffi sees it
-        self.bursts = 0
-        self.gso_bursts = 0
+        self._bursts = 0
+        self._gso_bursts = 0
         self.handed_to_asyncio = 0  # packets the kernel did not take at once
+        # This viewer as the C burst's batch (`send_batch`) sees it: made by `batch_slot`.
+        self.slot: Any = None
+        self._slot_memory: tuple[Any, ...] = ()  # what the slot points to, kept alive
+
+    @property
+    def bursts(self) -> int:
+        """Bursts written (alone or in a batch)."""
+        slot = self.slot
+        return self._bursts + (int(slot.bursts) if slot is not None else 0)
+
+    @property
+    def gso_bursts(self) -> int:
+        slot = self.slot
+        return self._gso_bursts + (int(slot.gso_bursts) if slot is not None else 0)
+
+    def batch_slot(self, header: bytes, payload_type: int) -> Any:
+        """This viewer's entry for `send_batch` (its RTP header template and payload type
+        fixed), or None where a batch cannot write to it: the C burst is not in use, the
+        viewer is on ICE-TCP (framed writes), or the header is longer than a burst has room
+        for."""
+        s = self.scratch
+        if s.native is None or not STATE.use_native or self._write_framed is not None:
+            return None
+        if len(header) > MAX_HEADER:
+            return None
+        if self.slot is None:
+            f = s.native.ffi
+            slot = f.new("struct sky_viewer *")
+            header_memory = f.new("unsigned char[]", header)
+            name_memory = f.new("char[]", self.name)
+            slot.ctx = f.cast("void *", _address(s.srtp_ffi, self._context))
+            slot.header, slot.header_length, slot.payload_type = header_memory, len(header), payload_type
+            slot.fd, slot.name, slot.namelen = self.fd, name_memory, len(self.name)
+            self.slot, self._slot_memory = slot, (header_memory, name_memory)
+        return self.slot
 
     def send(
         self,
@@ -347,7 +385,7 @@ class FloorPath:
                 if gso:
                     lengths.append(length)
             offset = start + length
-        self.bursts += 1
+        self._bursts += 1
         if self._write_framed is not None:
             self._write_framed(bytes(view[:offset]))
             return
@@ -364,7 +402,7 @@ class FloorPath:
                 start += length
             messages = s.libc.sendmmsg(self.fd, s.messages(self.name, gso=True), len(runs), 0)
             if messages == len(runs):
-                self.gso_bursts += 1
+                self._gso_bursts += 1
                 return
             if messages >= 0:
                 sent = runs[messages][0]  # the kernel's buffer is full from this run on
@@ -419,15 +457,23 @@ class FloorPath:
             self.name,
             len(self.name),
         )
+        self._after_native(s, sent, count, mode)
+
+    def _after_native(self, s: Scratch, sent: int, count: int, mode: int) -> None:
+        """What the C burst left to Python for this viewer's burst, still laid out in the
+        scratch: a framed write, packets for asyncio, libsrtp's refusal (FloorError), GSO
+        the kernel refused."""
+        state = s.native_scratch
         if sent < 0:
             raise FloorError(f"srtp_protect: {_srtp_error(state.status)}")
-        self.bursts += 1
+        self._bursts += 1
+        write_framed = self._write_framed
         if write_framed is not None:
             write_framed(bytes(s.view[: state.length]))
         elif mode == native.LAY_OUT:
             self._to_asyncio(0, count)
         elif state.gso:
-            self.gso_bursts += 1
+            self._gso_bursts += 1
         else:
             if state.gso_errno:
                 STATE.use_gso = False
@@ -447,6 +493,43 @@ class FloorPath:
             start = address - base
             sendto(bytes(view[start : start + length]), self.address)
         self.handed_to_asyncio += count - first
+
+
+def send_batch(paths: Sequence[FloorPath], packed: Packed, size: int) -> list[tuple[int, Exception]]:
+    """Write one access unit to several viewers' sockets (UDP) in as few calls into the C
+    burst as the kernel allows: one when every viewer's burst goes whole. Each path has its
+    `batch_slot`, with the unit's first sequence number and RTP timestamp for that viewer
+    written into it; ``packed``: the unit's payloads (`packed`), ``size`` their bytes.
+
+    A viewer whose burst did not go whole is finished as `FloorPath.send` would (the rest of
+    its packets through asyncio), then the batch goes on with the next. Returns the viewers
+    whose burst failed, by index, with the error: FloorError (libsrtp refused a packet) or
+    the transport's (it closed)."""
+    s = scratch()
+    lib = s.native
+    n = len(paths)
+    if lib is None or n == 0:
+        raise FloorError("the C burst is not in use")
+    count = len(packed.lengths)
+    need = size + count * (MAX_HEADER + PER_PACKET_GROWTH) + TRAILER
+    if need > s.capacity:
+        s.grow(need)
+    slots = lib.ffi.new("struct sky_viewer *[]", [path.slot for path in paths])
+    fanout, state, data, lengths = lib.lib.sky_fanout, s.native_scratch, packed.data, packed.lengths
+    failures: list[tuple[int, Exception]] = []
+    start = 0
+    while start < n:
+        mode = native.SEND_GSO if STATE.use_gso else native.SEND
+        stopped = start + fanout(state, slots + start, n - start, data, lengths, count, mode)
+        if stopped >= n:
+            break
+        path = paths[stopped]
+        try:
+            path._after_native(s, path.slot.sent, count, mode)
+        except (FloorError, OSError, RuntimeError, AttributeError) as exc:
+            failures.append((stopped, exc))
+        start = stopped + 1
+    return failures
 
 
 # --- the start check ---------------------------------------------------------------------
@@ -519,13 +602,15 @@ def _check_native() -> None:
         return
     try:
         s.attach_native(native.load())
-        problem = _self_test(check_native=True)
+        STATE.use_native = True  # for the checks; settled below
+        problem = _self_test(check_native=True) or _self_test_batch()
     except native.NativeUnavailable as exc:
         problem = str(exc)
     except (AttributeError, OSError, FloorError, TypeError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if problem is not None:
         s.detach_native()
+        STATE.use_native = False
         STATE.native_reason = problem
         log_once("fanout_native_unavailable", problem)  # the floor runs in Python: slower
         return
@@ -598,4 +683,55 @@ def _self_test(check_native: bool = False) -> str | None:
     finally:
         receiver.close()
         sender.close()
+    return None
+
+
+def _self_test_batch() -> str | None:
+    """The C burst's batch (`send_batch`) on two viewers with their own keys (AES-CM, GCM),
+    SSRCs, sequence numbers and timestamps: each must get its own packets, byte for byte
+    what ``Session.protect`` makes of them."""
+    payloads = [bytes((i * 5 + j) & 0xFF for j in range(1000)) for i in range(3)] + [b"\x02" * 400]
+    viewers = (
+        (_TEST_KEY, pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "11223344", 0xFFFF, 0x01020304),
+        (_TEST_KEY_GCM, pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM, "55667788", 7, 0xFFFFFFF0),
+    )
+    receivers: list[socket.socket] = []
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.bind(("127.0.0.1", 0))
+        sender.setblocking(False)
+        paths, expected = [], []
+        for key, profile, ssrc, sequence, timestamp in viewers:
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receivers.append(receiver)
+            receiver.bind(("127.0.0.1", 0))
+            receiver.settimeout(1.0)
+            header = bytes.fromhex(f"9060000000000000{ssrc}bede000110300000")
+            reference = _session(key, profile)
+            plain = _test_packets(header, payloads, sequence, timestamp)
+            expected.append([reference.protect(p) for p in plain])
+            path = FloorPath(_session(key, profile), _TestTransport(sender), receiver.getsockname())
+            slot = path.batch_slot(header, 96)
+            if slot is None:
+                return "the C burst's batch has no slot for a UDP viewer"
+            slot.sequence, slot.timestamp = sequence, timestamp
+            paths.append(path)
+        packed = Packed(scratch().native, payloads)
+        saved = STATE.use_gso
+        STATE.use_gso = STATE.gso
+        try:
+            failures = send_batch(paths, packed, sum(map(len, payloads)))
+        finally:
+            STATE.use_gso = saved
+        if failures:
+            return f"the C burst's batch failed: {failures[0][1]}"
+        for receiver, want, path in zip(receivers, expected, paths, strict=True):
+            if [receiver.recv(2048) for _ in want] != want:
+                return "the C burst's batch bytes differ from Session.protect's"
+            if path.bursts != 1 or path.handed_to_asyncio:
+                return "the C burst's batch did not send each viewer's burst whole"
+    finally:
+        sender.close()
+        for receiver in receivers:
+            receiver.close()
     return None

@@ -51,6 +51,22 @@ struct sky_scratch {
 long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, int header_length,
                int payload_type, unsigned int sequence, uint32_t timestamp, const unsigned char *payloads,
                const int *lengths, int count, int mode, int fd, const void *name, unsigned int namelen);
+struct sky_viewer {
+    void *ctx;
+    const unsigned char *header;
+    int header_length;
+    int payload_type;
+    int fd;
+    unsigned int namelen;
+    const void *name;
+    unsigned int sequence;
+    uint32_t timestamp;
+    long sent;
+    long bursts;
+    long gso_bursts;
+};
+int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
+               const int *lengths, int count, int mode);
 """
 )
 
@@ -137,7 +153,8 @@ def load() -> Native:
     ffi.cdef(CDEF)
     try:
         lib = ffi.dlopen(str(path))
-        lib.sky_burst  # noqa: B018  # an object without the symbol is refused here
+        lib.sky_burst  # noqa: B018  # an object without the symbols is refused here
+        lib.sky_fanout  # noqa: B018
     except (OSError, AttributeError) as exc:
         raise NativeUnavailable(f"cannot open {path}: {exc}") from exc
     return Native(ffi, lib, path)
