@@ -138,6 +138,7 @@ class Gateway:
         )
         floor.want_gso(config.fanout_gso)
         floor.want_native(config.fanout_native)
+        floor.want_threads(config.fanout_thread_count)
         self.wcs = WcsServer(
             self.registry,
             settings,

@@ -129,6 +129,10 @@ class Config:
     # The floor's bursts written by its C part (burst.c, built with the machine's C compiler
     # at first start); false, or no compiler: the same work in Python.
     fanout_native: bool = True
+    # Threads writing one access unit to a stream's viewers with the C burst: 2 splits a batch
+    # of 8 or more between the event loop's thread and a helper; 0: 2 when this process is the
+    # only worker on a machine of 2 or more cores, else 1 (the workers use the cores).
+    fanout_threads: int = 0
     # A publisher's SRTP packets handled as they arrive, synchronously (aiortc_compat's fast
     # receive path); false: through aiortc's receive task, packet by packet.
     fast_receive: bool = True
@@ -175,6 +179,13 @@ class Config:
         """How many worker processes `workers` means on this machine (0: one per usable
         core, at most `MAX_WORKERS`)."""
         return self.workers or min(usable_cores(), MAX_WORKERS)
+
+    @property
+    def fanout_thread_count(self) -> int:
+        """How many threads `fanout_threads` means in each worker on this machine."""
+        if self.fanout_threads:
+            return self.fanout_threads
+        return 2 if self.worker_count == 1 and usable_cores() >= 2 else 1
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         values = {k: v for k, v in overrides.items() if v is not None}
@@ -286,6 +297,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"setting {name!r}: port {port} out of range")
     if not 0 <= config.workers <= MAX_WORKERS:
         raise ConfigError(f"setting 'workers': from 0 (one per core) to {MAX_WORKERS}, not {config.workers}")
+    if not 0 <= config.fanout_threads <= 2:
+        raise ConfigError(f"setting 'fanout_threads': 0 (by the machine), 1 or 2, not {config.fanout_threads}")
     last = config.worker_count - 1  # each worker's own ports come after the configured ones
     for name, step in (("webrtc_udp_port", 1), ("webrtc_tcp_port", 1), ("rtsp_udp_port", 2)):
         port = getattr(config, name)

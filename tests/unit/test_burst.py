@@ -557,3 +557,64 @@ def test_a_batch_sends_gso_runs_when_enabled(sockets: tuple[socket.socket, socke
     finally:
         for receiver in receivers:
             receiver.close()
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    before = floor.STATE.threads
+    floor.want_threads(count)
+    try:
+        yield
+    finally:
+        floor.want_threads(before)
+
+
+@pytest.mark.usefixtures("c_burst")
+@pytest.mark.parametrize("gso", [False, True])
+def test_a_batch_split_with_the_helper_thread_gives_each_viewer_its_own_packets(
+    sockets: tuple[socket.socket, socket.socket], gso: bool
+) -> None:
+    _, sender = sockets
+    paths, receivers, numbering = batch_viewers(sender, floor.SPLIT_AT + 3)
+    payloads = [bytes((i + j) & 0xFF for j in range(1100)) for i in range(5)] + [b"z" * 77]
+    try:
+        with threads(2), gso_wanted(gso):
+            packed = floor.Packed(floor.scratch().native, payloads)
+            assert floor.send_batch(paths, packed, sum(map(len, payloads))) == []
+        assert not floor.STATE.helper_failed
+        for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
+            session = inbound()
+            got = [session.unprotect(receiver.recv(2048)) for _ in payloads]
+            assert got == plain(payloads, sequence, timestamp)
+            assert path.bursts == 1 and path.handed_to_asyncio == 0
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+@pytest.mark.usefixtures("c_burst")
+def test_failures_in_both_halves_of_a_split_batch_are_named_and_the_rest_is_sent(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """One viewer fails in the event loop's half (libsrtp refuses it), one in the helper's
+    (the kernel refuses its address): both are named, every other viewer gets its packets,
+    those after each failure too."""
+    _, sender = sockets
+    count = floor.SPLIT_AT + 2
+    split = count // 2
+    paths, receivers, numbering = batch_viewers(sender, count, refusing=1, unreachable=split + 1)
+    payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]
+    try:
+        with threads(2), gso_wanted(False):
+            failures = floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300)
+        assert sorted((index, type(error)) for index, error in failures) == [
+            (1, floor.FloorError),
+            (split + 1, OSError),
+        ]
+        for viewer in set(range(count)) - {1, split + 1}:
+            session = inbound()
+            got = [session.unprotect(receivers[viewer].recv(2048)) for _ in payloads]
+            assert got == plain(payloads, *numbering[viewer])
+    finally:
+        for receiver in receivers:
+            receiver.close()

@@ -445,3 +445,15 @@ def test_the_default_workers_are_the_usable_cores(tmp_path: Path) -> None:
 def test_environment_variables_the_gateway_reads_are_not_called_typos() -> None:
     environ = {"SKYRELAY_WORKERS": "2", "SKYRELAY_NATIVE_DIR": "/opt/native", "SKYRELAY_WORKRES": "2"}
     assert unknown_environment(environ) == ["SKYRELAY_WORKRES"]
+
+
+def test_fanout_threads_by_the_machine_or_as_set() -> None:
+    cores = usable_cores()
+    assert Config(workers=1).fanout_thread_count == (2 if cores >= 2 else 1)
+    assert Config(workers=2).fanout_thread_count == 1  # one worker per core: no helper thread
+    assert Config(workers=2, fanout_threads=2).fanout_thread_count == 2
+    assert Config(workers=1, fanout_threads=1).fanout_thread_count == 1
+    assert load({}, environ={"SKYRELAY_FANOUT_THREADS": "2"}).fanout_threads == 2
+    for bad in ("3", "-1"):
+        with pytest.raises(ConfigError, match="fanout_threads"):
+            load({}, environ={"SKYRELAY_FANOUT_THREADS": bad})

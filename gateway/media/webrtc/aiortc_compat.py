@@ -935,6 +935,7 @@ async def check(port_mux: bool) -> Report:
         floor_gso=floor.gso_available(),
         floor_native=floor.native_available(),
         floor_native_off=floor.native_reason(),
+        floor_threads=floor.STATE.threads if floor.STATE.use_native else 1,
         missing=report.all_missing() or None,
     )
     if port_mux and not report.available("port_mux"):

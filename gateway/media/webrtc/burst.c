@@ -9,13 +9,19 @@
  *
  * No Python API: compiled as a plain shared object and called through cffi's ABI mode
  * (which releases the GIL around the call). Linux only (sendmmsg, UDP_SEGMENT).
+ *
+ * sky_fanout writes one access unit to many viewers; sky_fanout2 splits them with one helper
+ * thread of this library's own (the GIL is not needed: nothing here touches Python).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -212,4 +218,89 @@ int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const 
         v->gso_bursts += s->gso;
     }
     return n;
+}
+
+/* --- the helper thread: the second half of a fan-out on another core ---------------------- */
+
+struct sky_half {
+    struct sky_scratch *s;
+    struct sky_viewer **viewers;
+    int n;
+    const unsigned char *payloads;
+    const int *lengths;
+    int count;
+    int mode;
+    int stopped; /* out: sky_fanout's result */
+};
+
+static pthread_mutex_t helper_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t helper_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t helper_done = PTHREAD_COND_INITIALIZER;
+static struct sky_half *helper_job; /* set by the caller, cleared by the helper when done */
+static pid_t helper_pid;            /* the process whose helper runs (a forked child has none) */
+
+static void *helper_main(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&helper_lock);
+    for (;;) {
+        while (!helper_job)
+            pthread_cond_wait(&helper_wake, &helper_lock);
+        struct sky_half *h = helper_job;
+        pthread_mutex_unlock(&helper_lock);
+        h->stopped = sky_fanout(h->s, h->viewers, h->n, h->payloads, h->lengths, h->count, h->mode);
+        pthread_mutex_lock(&helper_lock);
+        helper_job = NULL;
+        pthread_cond_signal(&helper_done);
+    }
+    return NULL;
+}
+
+static int helper_start(void) {
+    pid_t pid = getpid();
+    if (helper_pid == pid)
+        return 0;
+    /* First use in this process (or a child forked with the parent's state): fresh sync
+     * objects, and a thread that blocks every signal (Python handles them on its own). */
+    pthread_mutex_init(&helper_lock, NULL);
+    pthread_cond_init(&helper_wake, NULL);
+    pthread_cond_init(&helper_done, NULL);
+    helper_job = NULL;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024); /* sky_burst needs about 4 KiB */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t thread;
+    int failed = pthread_create(&thread, &attr, helper_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (failed)
+        return -1;
+    helper_pid = pid;
+    return 0;
+}
+
+/* sky_fanout over viewers[0, split) on this thread (scratch s) and viewers[split, n) on the
+ * helper thread (scratch s2), at the same time. stops[0] and stops[1]: where each half
+ * stopped, as indexes into viewers (split and n when every burst went whole); each stopped
+ * viewer's packets are still laid out in its half's scratch. Returns 0, or -1 when the helper
+ * thread cannot be started (then nothing was sent). */
+int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n, int split,
+                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops) {
+    if (helper_start())
+        return -1;
+    struct sky_half half = {s2, viewers + split, n - split, payloads, lengths, count, mode, 0};
+    pthread_mutex_lock(&helper_lock);
+    helper_job = &half;
+    pthread_cond_signal(&helper_wake);
+    pthread_mutex_unlock(&helper_lock);
+    stops[0] = sky_fanout(s, viewers, split, payloads, lengths, count, mode);
+    pthread_mutex_lock(&helper_lock);
+    while (helper_job)
+        pthread_cond_wait(&helper_done, &helper_lock);
+    pthread_mutex_unlock(&helper_lock);
+    stops[1] = split + half.stopped;
+    return 0;
 }

@@ -53,6 +53,10 @@ TRAILER = 16 + 128
 PER_PACKET_GROWTH = 16 + 2
 INITIAL_CAPACITY = 256 * 1024
 GSO_AT = burst.CMSGHDR.size  # where a UDP_SEGMENT message holds its segment size
+# A batch of at least this many viewers is split between the event loop's thread and the C
+# burst's helper thread (``fanout_threads = 2``): below it, waking the helper costs more
+# than the half it would write.
+SPLIT_AT = 8
 # The longest RTP header a batch (`send_batch`) lays out: aiortc's with a few extensions is
 # 20-40 bytes; a viewer whose header is longer is written alone.
 MAX_HEADER = 128
@@ -76,6 +80,8 @@ class _State:
     want_native: bool = True  # the gateway's setting (fanout_native)
     use_native: bool = False  # both
     native_reason: str | None = None  # why the C burst is not used
+    threads: int = 1  # the gateway's setting (fanout_threads): a batch's threads at most
+    helper_failed: bool = False  # the C burst's helper thread could not be started
 
 
 STATE = _State()
@@ -101,6 +107,11 @@ def want_native(enabled: bool) -> None:
     """Write bursts with the C burst (`native`) if it builds and passes the self-test."""
     STATE.want_native = enabled
     STATE.use_native = enabled and STATE.native
+
+
+def want_threads(count: int) -> None:
+    """Split a batch of at least `SPLIT_AT` viewers over this many threads (1 or 2)."""
+    STATE.threads = max(1, min(2, count))
 
 
 def native_available() -> bool:
@@ -247,6 +258,7 @@ def _address(ffi: Any, cdata: Any) -> int:
 
 
 _scratch: Scratch | None = None
+_helper_scratch: Scratch | None = None  # the C burst's helper thread's
 
 
 def scratch() -> Scratch:
@@ -254,6 +266,18 @@ def scratch() -> Scratch:
     if _scratch is None:
         _scratch = Scratch(_Libc())
     return _scratch
+
+
+def helper_scratch() -> Scratch | None:
+    """The helper thread's own buffers (made on first use), or None without the C burst."""
+    global _helper_scratch
+    main = scratch()
+    if main.native is None:
+        return None
+    if _helper_scratch is None or _helper_scratch.native is not main.native:
+        _helper_scratch = Scratch(main.libc)
+        _helper_scratch.attach_native(main.native)
+    return _helper_scratch
 
 
 class FloorPath:
@@ -471,7 +495,7 @@ class FloorPath:
         if write_framed is not None:
             write_framed(bytes(s.view[: state.length]))
         elif mode == native.LAY_OUT:
-            self._to_asyncio(0, count)
+            self._to_asyncio(0, count, s)
         elif state.gso:
             self._gso_bursts += 1
         else:
@@ -480,12 +504,13 @@ class FloorPath:
                 code = state.gso_errno
                 log_once("fanout_floor_gso_off", f"GSO send failed: {errno.errorcode.get(code, code)}")
             if sent < count:
-                self._to_asyncio(sent, count)
+                self._to_asyncio(sent, count, s)
 
-    def _to_asyncio(self, first: int, count: int) -> None:
-        """Packets ``first``.. of the burst through the asyncio transport (it queues them
-        when the socket is full, and handles errors as for any datagram)."""
-        s = self.scratch
+    def _to_asyncio(self, first: int, count: int, s: Scratch | None = None) -> None:
+        """Packets ``first``.. of the burst laid out in ``s`` (the process's scratch unless
+        a helper thread's) through the asyncio transport (it queues them when the socket is
+        full, and handles errors as for any datagram)."""
+        s = s or self.scratch
         view, iov_view, base = s.view, s.iov_view, s.address
         sendto = self.transport.sendto
         for index in range(first, count):
@@ -495,11 +520,15 @@ class FloorPath:
         self.handed_to_asyncio += count - first
 
 
-def send_batch(paths: Sequence[FloorPath], packed: Packed, size: int) -> list[tuple[int, Exception]]:
+def send_batch(
+    paths: Sequence[FloorPath], packed: Packed, size: int, split_at: int = SPLIT_AT
+) -> list[tuple[int, Exception]]:
     """Write one access unit to several viewers' sockets (UDP) in as few calls into the C
     burst as the kernel allows: one when every viewer's burst goes whole. Each path has its
     `batch_slot`, with the unit's first sequence number and RTP timestamp for that viewer
-    written into it; ``packed``: the unit's payloads (`packed`), ``size`` their bytes.
+    written into it; ``packed``: the unit's payloads (`packed`), ``size`` their bytes. With
+    ``fanout_threads = 2`` and at least ``split_at`` viewers, the second half is written by
+    the C burst's helper thread meanwhile.
 
     A viewer whose burst did not go whole is finished as `FloorPath.send` would (the rest of
     its packets through asyncio), then the batch goes on with the next. Returns the viewers
@@ -517,18 +546,40 @@ def send_batch(paths: Sequence[FloorPath], packed: Packed, size: int) -> list[tu
     slots = lib.ffi.new("struct sky_viewer *[]", [path.slot for path in paths])
     fanout, state, data, lengths = lib.lib.sky_fanout, s.native_scratch, packed.data, packed.lengths
     failures: list[tuple[int, Exception]] = []
-    start = 0
-    while start < n:
-        mode = native.SEND_GSO if STATE.use_gso else native.SEND
-        stopped = start + fanout(state, slots + start, n - start, data, lengths, count, mode)
-        if stopped >= n:
-            break
-        path = paths[stopped]
+
+    def finish(index: int, scratch: Scratch, mode: int) -> None:
+        path = paths[index]
         try:
-            path._after_native(s, path.slot.sent, count, mode)
+            path._after_native(scratch, path.slot.sent, count, mode)
         except (FloorError, OSError, RuntimeError, AttributeError) as exc:
-            failures.append((stopped, exc))
-        start = stopped + 1
+            failures.append((index, exc))
+
+    pending = [(0, n)]
+    split_up = STATE.threads > 1 and not STATE.helper_failed and n >= split_at
+    helper = helper_scratch() if split_up else None
+    if helper is not None:
+        if need > helper.capacity:
+            helper.grow(need)
+        split, stops = n // 2, lib.ffi.new("int[2]")
+        mode = native.SEND_GSO if STATE.use_gso else native.SEND
+        fanout2 = lib.lib.sky_fanout2
+        if fanout2(state, helper.native_scratch, slots, n, split, data, lengths, count, mode, stops):
+            STATE.helper_failed = True  # one thread from now on
+            log_once("fanout_threads_unavailable", "the C burst's helper thread could not be started")
+        else:
+            pending = []
+            for stopped, end, where in ((stops[0], split, s), (stops[1], n, helper)):
+                if stopped < end:
+                    finish(stopped, where, mode)
+                    pending.append((stopped + 1, end))
+    for start, end in pending:
+        while start < end:
+            mode = native.SEND_GSO if STATE.use_gso else native.SEND
+            stopped = start + fanout(state, slots + start, end - start, data, lengths, count, mode)
+            if stopped >= end:
+                break
+            finish(stopped, s, mode)
+            start = stopped + 1
     return failures
 
 
@@ -603,7 +654,8 @@ def _check_native() -> None:
     try:
         s.attach_native(native.load())
         STATE.use_native = True  # for the checks; settled below
-        problem = _self_test(check_native=True) or _self_test_batch()
+        problem = _self_test(check_native=True) or _self_test_batch(split=False)
+        problem = problem or _self_test_batch(split=True)
     except native.NativeUnavailable as exc:
         problem = str(exc)
     except (AttributeError, OSError, FloorError, TypeError, ValueError) as exc:
@@ -686,10 +738,11 @@ def _self_test(check_native: bool = False) -> str | None:
     return None
 
 
-def _self_test_batch() -> str | None:
+def _self_test_batch(split: bool) -> str | None:
     """The C burst's batch (`send_batch`) on two viewers with their own keys (AES-CM, GCM),
     SSRCs, sequence numbers and timestamps: each must get its own packets, byte for byte
-    what ``Session.protect`` makes of them."""
+    what ``Session.protect`` makes of them. ``split``: the second viewer written by the
+    helper thread."""
     payloads = [bytes((i * 5 + j) & 0xFF for j in range(1000)) for i in range(3)] + [b"\x02" * 400]
     viewers = (
         (_TEST_KEY, pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "11223344", 0xFFFF, 0x01020304),
@@ -717,12 +770,13 @@ def _self_test_batch() -> str | None:
             slot.sequence, slot.timestamp = sequence, timestamp
             paths.append(path)
         packed = Packed(scratch().native, payloads)
-        saved = STATE.use_gso
-        STATE.use_gso = STATE.gso
+        saved = STATE.use_gso, STATE.threads
+        STATE.use_gso, STATE.threads = STATE.gso, 2 if split else 1
         try:
-            failures = send_batch(paths, packed, sum(map(len, payloads)))
+            # A helper thread that cannot start leaves one thread (logged), not a failure.
+            failures = send_batch(paths, packed, sum(map(len, payloads)), split_at=2)
         finally:
-            STATE.use_gso = saved
+            STATE.use_gso, STATE.threads = saved
         if failures:
             return f"the C burst's batch failed: {failures[0][1]}"
         for receiver, want, path in zip(receivers, expected, paths, strict=True):

@@ -29,7 +29,7 @@ from gateway.media.webrtc import burst
 SOURCE = Path(__file__).with_name("burst.c")
 COMPILE_TIMEOUT_S = 120.0
 # No -Werror: a newer compiler's new warning must not turn the C burst off.
-FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall")
+FLAGS = ("-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-pthread")
 
 CDEF = (
     burst.CDEF_STRUCTS
@@ -67,6 +67,8 @@ struct sky_viewer {
 };
 int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
                const int *lengths, int count, int mode);
+int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n, int split,
+                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops);
 """
 )
 
@@ -155,6 +157,7 @@ def load() -> Native:
         lib = ffi.dlopen(str(path))
         lib.sky_burst  # noqa: B018  # an object without the symbols is refused here
         lib.sky_fanout  # noqa: B018
+        lib.sky_fanout2  # noqa: B018
     except (OSError, AttributeError) as exc:
         raise NativeUnavailable(f"cannot open {path}: {exc}") from exc
     return Native(ffi, lib, path)

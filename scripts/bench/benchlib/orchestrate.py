@@ -40,6 +40,9 @@ GSO_PHASES = {"gateway-gso": "true", "gateway-nogso": "false"}
 WORKERS_PHASES = {"gateway-w2": 2}
 # Nor this (--only): the floor in Python, without its C burst (SKYRELAY_FANOUT_NATIVE=false).
 PYTHON_FLOOR = "gateway-py"
+# Nor this (--only): one thread writing the fan-out (SKYRELAY_FANOUT_THREADS=1); `gateway`
+# has the default, two on a machine of two cores or more (the C burst's helper thread).
+ONE_THREAD = "gateway-t1"
 CLIP = {"width": 1280, "height": 720, "fps": 30, "seconds": 10, "bitrate": 2_000_000, "gop": 30}
 
 
@@ -309,6 +312,8 @@ class Bench:
             env["SKYRELAY_FANOUT_GSO"] = GSO_PHASES[label]
         if label == PYTHON_FLOOR:
             env["SKYRELAY_FANOUT_NATIVE"] = "false"
+        if label == ONE_THREAD:
+            env["SKYRELAY_FANOUT_THREADS"] = "1"
         root = ROOT
         if label == BASELINE:
             # The gateway of --baseline COMMIT, as configured by default there.
@@ -485,6 +490,7 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         ("gateway-gso", "gateway-nogso", "gateway-gso (UDP GSO runs) / gateway-nogso (sendmmsg of packets)"),
         ("gateway-w2", "gateway", "gateway-w2 (--workers 2) / gateway (one process)"),
         ("gateway", PYTHON_FLOOR, "gateway (the floor's C burst) / gateway-py (the floor in Python)"),
+        ("gateway", ONE_THREAD, "gateway (fan-out on two threads) / gateway-t1 (one thread)"),
     ]
 
 
@@ -611,7 +617,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     order = ["reference", *PHASES[:-1]] if args.reference_first else list(PHASES)
     if args.baseline:
         order.append(BASELINE)
-    extra = [BASELINE, *GSO_PHASES, *WORKERS_PHASES, PYTHON_FLOOR]
+    extra = [BASELINE, *GSO_PHASES, *WORKERS_PHASES, PYTHON_FLOOR, ONE_THREAD]
     if args.only and not set(args.only) <= {*PHASES, *extra}:
         parser.error(f"--only: choose from {', '.join([*PHASES, *extra])}")
     if args.only and BASELINE in args.only and not args.baseline:
