@@ -103,6 +103,23 @@ def test_compute_reports_latency_and_joins() -> None:
     assert step.before_next == 39 and step.hold_ms["p50"] == (FRAME_NS - 1000) / 1e6
     assert step.released_ms["p50"] == (1_000_000 - FRAME_NS + 1000 - 5000) / 1e6
     assert meter.compute(published, workers).last_sampled == 0  # seen in an earlier step
+    assert step.large_units == 0 and step.small_units_ms == step.relay_ms
+
+
+def test_large_units_are_reported_apart() -> None:
+    """Units of more than LARGE_UNIT_PACKETS packets (keyframes) have their own figures,
+    and the publisher's span over their packets."""
+    meter = LatencyMeter.__new__(LatencyMeter)
+    meter._seen = set()
+    sent = [[3000 * k, 1000 + k * FRAME_NS, 2000 + k * FRAME_NS, 40 if k % 10 == 0 else 6] for k in range(40)]
+    late = {u[0] for u in sent if u[3] == 40}
+    viewer = [[u[0], u[2], u[2] + (4_000_000 if u[0] in late else 1_000_000), u[3]] for u in sent]
+    workers = [{"viewers": [{"id": 0, "playing": 1, "units": viewer, "fallbacks": 0}], "joins": []}]
+    step = meter.compute({"units": sent, "loopback_ns": [0]}, workers)
+    assert step.large_units == 4
+    assert step.large_units_ms["p50"] == step.large_units_ms["max"] == 4.0
+    assert step.small_units_ms["max"] == 1.0 and step.relay_ms["max"] == 4.0
+    assert step.large_sent_ms["p50"] == 1000 / 1e6
 
 
 def test_rtp_and_h264_helpers() -> None:

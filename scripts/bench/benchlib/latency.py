@@ -43,6 +43,9 @@ def summary(values: Sequence[float], qs: Iterable[tuple[str, float]]) -> dict[st
 
 
 RELAY_QS = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+# Units of more packets than this are reported apart (the clip's keyframes: 30-50 packets,
+# one unit in 30; its other units: 3-12).
+LARGE_UNIT_PACKETS = 20
 JOIN_QS = (("p50", 0.50), ("p95", 0.95), ("max", 1.0))
 
 
@@ -97,6 +100,11 @@ class LatencyStep:
     unmatched: int = 0  # units a sampled viewer got that matched none the publisher sent
     loopback_us: dict[str, float] = field(default_factory=dict)  # p50, p95, max
     relay_ms: dict[str, float] = field(default_factory=dict)  # p50, p95, p99, max
+    # the same for the units of at most / more than LARGE_UNIT_PACKETS packets
+    small_units_ms: dict[str, float] = field(default_factory=dict)
+    large_units_ms: dict[str, float] = field(default_factory=dict)
+    large_units: int = 0
+    large_sent_ms: dict[str, float] = field(default_factory=dict)  # publisher's 1st -> last packet
     # the same from the next unit's first packet (once aiortc's jitter buffer gives the unit up)
     released_ms: dict[str, float] = field(default_factory=dict)
     hold_ms: dict[str, float] = field(default_factory=dict)  # that wait: next first - last sent
@@ -140,6 +148,8 @@ class LatencyMeter:
         sent = {int(u[0]): u for u in published.get("units", [])}
         released_at = next_first_stamps(sent)
         relay: list[float] = []
+        small: list[float] = []
+        large: list[float] = []
         released: list[float] = []
         hold: list[float] = []
         last: list[float] = []
@@ -155,6 +165,8 @@ class LatencyMeter:
                 step.unmatched += len(units) - len(pairs)
                 ms = [(r[2] - s[2] - base) / 1e6 for s, r in pairs]
                 relay.extend(ms)
+                for (s, _), value in zip(pairs, ms, strict=True):
+                    (large if s[3] > LARGE_UNIT_PACKETS else small).append(value)
                 for s, r in pairs:
                     at = released_at.get(s[0])
                     if at is None:
@@ -171,6 +183,11 @@ class LatencyMeter:
                 if ms:
                     per_viewer.append((int(viewer.get("playing") or 0), statistics.median(ms)))
         step.relay_ms = summary(relay, RELAY_QS)
+        step.small_units_ms = summary(small, RELAY_QS)
+        step.large_units_ms = summary(large, RELAY_QS)
+        step.large_units = len(large)
+        spans = [(u[2] - u[1]) / 1e6 for u in sent.values() if u[3] > LARGE_UNIT_PACKETS]
+        step.large_sent_ms = summary(spans, JOIN_QS)
         step.released_ms = summary(released, RELAY_QS)
         step.hold_ms = summary(hold, JOIN_QS)
         step.last_ms = summary(last, RELAY_QS)
@@ -210,6 +227,9 @@ def report_lines(step: LatencyStep | None) -> list[str]:
         f"unit; {step.sampled} sampled viewers, {step.units} units, loopback "
         f"{step.loopback_us.get('p50', 0):.0f} us subtracted): {_fmt(step.relay_ms)}",
         f"         the {step.last_sampled} sampled viewers attached last: {_fmt(step.last_ms)}",
+        f"         units of <= {LARGE_UNIT_PACKETS} packets: {_fmt(step.small_units_ms)}; larger "
+        f"({step.large_units}, the keyframes): {_fmt(step.large_units_ms)} (the publisher sent "
+        f"their packets over {_fmt(step.large_sent_ms)})",
         *(
             # A gateway whose jitter buffer completes a frame only on the next frame's first
             # packet (aiortc's own, before early_frames): the delay apart from that wait.
