@@ -298,7 +298,8 @@ def validate(config: Config) -> None:
     if not 0 <= config.workers <= MAX_WORKERS:
         raise ConfigError(f"setting 'workers': from 0 (one per core) to {MAX_WORKERS}, not {config.workers}")
     if not 0 <= config.fanout_threads <= 2:
-        raise ConfigError(f"setting 'fanout_threads': 0 (by the machine), 1 or 2, not {config.fanout_threads}")
+        threads = config.fanout_threads
+        raise ConfigError(f"setting 'fanout_threads': 0 (by the machine), 1 or 2, not {threads}")
     last = config.worker_count - 1  # each worker's own ports come after the configured ones
     for name, step in (("webrtc_udp_port", 1), ("webrtc_tcp_port", 1), ("rtsp_udp_port", 2)):
         port = getattr(config, name)

@@ -251,6 +251,38 @@ async def play_decoded(gateway: Gateway, track: EncodedVideoTrack, **play: Any) 
             await client.close()
 
 
+async def test_viewers_batched_when_the_c_burst_is_turned_off_keep_playing(
+    local_gateway: Gateway, video_track: TrackFactory
+) -> None:
+    """Viewers that joined their stream's batch while the C burst was on: once it is off
+    (`floor.want_native(False)`), each unit they added to the batch goes by itself, written
+    by the floor in Python, and they keep playing."""
+    if native.compiler() is None:
+        pytest.skip("no C compiler here: the C burst cannot be built")
+    clients, players = await publish_and_play(local_gateway, video_track(), players=2)
+    try:
+        counters = [FrameCounter(p).start() for p in players]
+        for counter in counters:
+            await counter.wait_frames(20)
+        batch = fanout.ViewerBatch.of(viewers(local_gateway)[0].stream, "video")
+        calls = batch.calls
+        floor.want_native(False)
+        try:
+            for counter in counters:
+                await counter.wait_frames(len(counter.pts) + 20)
+        finally:
+            floor.want_native(True)
+        assert batch.calls == calls, "no batch call once the C burst is off"
+        for viewer in viewers(local_gateway):
+            writer = viewer.writers["video"]
+            assert writer.floor is not None and writer.floor._bursts >= 20 and not writer.closed
+        for counter in counters:
+            await counter.stop()
+    finally:
+        for client in clients:
+            await client.close()
+
+
 async def test_an_ice_tcp_viewer_gets_one_framed_write_per_access_unit(
     local_gateway: Gateway, video_track: TrackFactory
 ) -> None:

@@ -197,28 +197,25 @@ class DirectRtpWriter:
             size = payload_bytes(frame, payloads)
             self._remember(self._sequence, timestamp, payloads)
             burst = self.floor
-            batch = self._batch
-            if batch is not None and batch.frame is frame and not unsent and self._slot is not None:
+            batch, slot = self._batch, self._slot
+            fits = len(payloads) <= floor.MAX_MESSAGES
+            if (
+                batch is not None
+                and slot is not None
+                and burst is not None
+                and batch.frame is frame
+                and not unsent
+                and fits
+            ):
                 # Sent with the other viewers once the stream has handed the frame to all.
                 if self._socket.is_closing():
                     raise OSError("the viewer's transport is closed")
-                slot = self._slot
                 slot.sequence, slot.timestamp = self._sequence, timestamp
-                batch.add(self, payloads, size)
-            elif burst is not None and len(payloads) <= floor.MAX_MESSAGES:
-                try:
-                    burst.send(
-                        self._header,
-                        self._payload_type,
-                        payloads,
-                        self._sequence,
-                        timestamp,
-                        size,
-                        packed_payloads(frame, payloads),
-                        unsent,
-                    )
-                except floor.FloorError as exc:
-                    self.floor_failed(exc)
+                batch.add(self, burst, payloads, size)
+            elif burst is not None and fits:
+                self._send_burst(
+                    burst, payloads, self._sequence, timestamp, size, packed_payloads(frame, payloads), unsent
+                )
             else:
                 for sequence, marker, payload in frame_packets(payloads, self._sequence):
                     self._send(sequence, timestamp, marker, payload)
@@ -238,6 +235,34 @@ class DirectRtpWriter:
         if not self.own_reports:
             self.sync_sender_counters()  # aiortc's RTCP loop builds this viewer's reports
         return True
+
+    def _send_burst(
+        self,
+        burst: floor.FloorPath,
+        payloads: Sequence[bytes],
+        sequence: int,
+        timestamp: int,
+        size: int,
+        packed: floor.Packed | None,
+        unsent: int | None = None,
+    ) -> None:
+        """One access unit to this viewer alone, by the floor. Raises what the transport
+        raises when it is gone."""
+        try:
+            burst.send(self._header, self._payload_type, payloads, sequence, timestamp, size, packed, unsent)
+        except floor.FloorError as exc:
+            self.floor_failed(exc)
+
+    def write_alone(self, payloads: Sequence[bytes], size: int) -> None:
+        """The unit this writer added to its batch (numbered in its slot), sent by itself:
+        the batch could not send it."""
+        burst, slot = self.floor, self._slot
+        if burst is None or slot is None or self.closed:
+            return
+        try:
+            self._send_burst(burst, payloads, int(slot.sequence), int(slot.timestamp), size, None)
+        except (OSError, RuntimeError, AttributeError) as exc:
+            self.transport_failed(exc)
 
     def floor_failed(self, exc: floor.FloorError) -> None:
         """libsrtp refused a packet of a burst: the rest of that unit is lost (its indexes
@@ -350,6 +375,7 @@ class ViewerBatch:
         self.kind = kind
         self.frame: MediaFrame | None = None  # the frame the stream is handing out
         self._writers: list[DirectRtpWriter] = []
+        self._paths: list[floor.FloorPath] = []  # their floors
         self._unit: tuple[Sequence[bytes], int] = ((), 0)  # its payloads and their bytes
         self.calls = 0  # access units written in a batch (of one or more viewers)
 
@@ -366,27 +392,28 @@ class ViewerBatch:
         if frame.kind == self.kind:
             self.frame = frame
 
-    def add(self, writer: DirectRtpWriter, payloads: Sequence[bytes], size: int) -> None:
+    def add(
+        self, writer: DirectRtpWriter, path: floor.FloorPath, payloads: Sequence[bytes], size: int
+    ) -> None:
         if not self._writers:
             self._unit = (payloads, size)
         self._writers.append(writer)
+        self._paths.append(path)
 
     def close(self) -> None:
         frame, self.frame = self.frame, None
-        writers = self._writers
+        writers, paths = self._writers, self._paths
         if frame is None or not writers:
             return
-        self._writers = []
+        self._writers, self._paths = [], []
         payloads, size = self._unit
         packed = packed_payloads(frame, payloads)
-        if packed is None:  # the C burst was turned off since the viewers were set up
-            failures: list[tuple[int, Exception]] = [
-                (index, floor.FloorError("the C burst is off")) for index in range(len(writers))
-            ]
-        else:
-            self.calls += 1
-            failures = floor.send_batch([writer.floor for writer in writers], packed, size)  # type: ignore[misc]
-        for index, exc in failures:
+        if packed is None:  # the C burst was turned off (`floor.want_native`) since they joined
+            for writer in writers:
+                writer.write_alone(payloads, size)
+            return
+        self.calls += 1
+        for index, exc in floor.send_batch(paths, packed, size):
             if isinstance(exc, floor.FloorError):
                 writers[index].floor_failed(exc)
             else:
