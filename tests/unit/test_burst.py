@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cffi
@@ -271,15 +271,25 @@ bursts = st.lists(st.binary(min_size=1, max_size=1300), min_size=1, max_size=30)
 
 
 @contextlib.contextmanager
-def gso_wanted(enabled: bool) -> Iterator[None]:
-    """GSO runs on or off for one test: the setting is the process's (a gateway started in
-    this process earlier set it from its configuration), so it is put back after."""
-    before = floor.STATE.want_gso
-    floor.want_gso(enabled)
+def floor_setting(want: Callable[[Any], None], state: str, value: object) -> Iterator[None]:
+    """One of the floor's settings for one test: they are the process's (a gateway started in
+    this process earlier set them from its configuration), so each is put back after."""
+    before = getattr(floor.STATE, state)
+    want(value)
     try:
         yield
     finally:
-        floor.want_gso(before)
+        want(before)
+
+
+def gso_wanted(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """GSO runs on or off."""
+    return floor_setting(floor.want_gso, "want_gso", enabled)
+
+
+def threads(count: int) -> contextlib.AbstractContextManager[None]:
+    """A batch split over ``count`` threads (from `floor.SPLIT_AT` viewers)."""
+    return floor_setting(floor.want_threads, "threads", count)
 
 
 @pytest.mark.usefixtures("implementation")
@@ -448,12 +458,8 @@ def c_burst() -> Iterator[None]:
     if native.compiler() is None:
         pytest.skip("no C compiler here: the C burst cannot be built")
     assert floor.native_available(), floor.native_reason()
-    before = floor.STATE.want_native
-    floor.want_native(True)
-    try:
+    with floor_setting(floor.want_native, "want_native", True):
         yield
-    finally:
-        floor.want_native(before)
 
 
 def batch_viewers(
@@ -557,16 +563,6 @@ def test_a_batch_sends_gso_runs_when_enabled(sockets: tuple[socket.socket, socke
     finally:
         for receiver in receivers:
             receiver.close()
-
-
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    before = floor.STATE.threads
-    floor.want_threads(count)
-    try:
-        yield
-    finally:
-        floor.want_threads(before)
 
 
 @pytest.mark.usefixtures("c_burst")
