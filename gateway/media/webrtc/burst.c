@@ -10,13 +10,14 @@
  * No Python API: compiled as a plain shared object and called through cffi's ABI mode
  * (which releases the GIL around the call). Linux only (sendmmsg, UDP_SEGMENT).
  *
- * sky_fanout writes one access unit to many viewers; sky_fanout2 splits them with one helper
+ * sky_fanout writes one access unit to many viewers; sky_fanout2 shares them with one helper
  * thread of this library's own (the GIL is not needed: nothing here touches Python).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -52,6 +53,7 @@ struct sky_scratch {
     int gso_errno;               /* out: errno of a GSO send the kernel refused (not EAGAIN) */
     int gso;                     /* out: 1 if the burst went as GSO messages */
     long length;                 /* out: bytes laid out (ICE-TCP: with the length prefixes) */
+    long taken;                  /* out, counted up: viewers a shared fan-out took with this scratch */
 };
 
 enum { SKY_LAY_OUT = 0, SKY_FRAMED = 1, SKY_SEND = 2, SKY_SEND_GSO = 3 };
@@ -220,24 +222,44 @@ int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const 
     return n;
 }
 
-/* --- the helper thread: the second half of a fan-out on another core ---------------------- */
+/* --- the helper thread: a fan-out shared with another core --------------------------------- */
 
-struct sky_half {
-    struct sky_scratch *s;
+/* One fan-out both threads take viewers from, in order, one at a time: a helper that is
+ * late to wake (its core busy) takes fewer, never holds the caller up with a fixed half. */
+struct sky_shared {
     struct sky_viewer **viewers;
     int n;
+    atomic_int next; /* the next viewer to take */
     const unsigned char *payloads;
     const int *lengths;
     int count;
     int mode;
-    int stopped; /* out: sky_fanout's result */
+};
+
+/* Take and write viewers until none is left (returns -1) or one's burst does not go whole
+ * (returns its index; its packets are still laid out in s, and this thread takes no more). */
+static int take(struct sky_scratch *s, struct sky_shared *w) {
+    for (;;) {
+        int i = atomic_fetch_add(&w->next, 1);
+        if (i >= w->n)
+            return -1;
+        s->taken++;
+        if (sky_fanout(s, w->viewers + i, 1, w->payloads, w->lengths, w->count, w->mode) != 1)
+            return i;
+    }
+}
+
+struct sky_job {
+    struct sky_scratch *s;
+    struct sky_shared *w;
+    int stopped; /* out: take's result */
 };
 
 static pthread_mutex_t helper_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t helper_wake = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t helper_done = PTHREAD_COND_INITIALIZER;
-static struct sky_half *helper_job; /* set by the caller, cleared by the helper when done */
-static pid_t helper_pid;            /* the process whose helper runs (a forked child has none) */
+static struct sky_job *helper_job; /* set by the caller, cleared by the helper when done */
+static pid_t helper_pid;           /* the process whose helper runs (a forked child has none) */
 
 static void *helper_main(void *unused) {
     (void)unused;
@@ -245,9 +267,9 @@ static void *helper_main(void *unused) {
     for (;;) {
         while (!helper_job)
             pthread_cond_wait(&helper_wake, &helper_lock);
-        struct sky_half *h = helper_job;
+        struct sky_job *job = helper_job;
         pthread_mutex_unlock(&helper_lock);
-        h->stopped = sky_fanout(h->s, h->viewers, h->n, h->payloads, h->lengths, h->count, h->mode);
+        job->stopped = take(job->s, job->w);
         pthread_mutex_lock(&helper_lock);
         helper_job = NULL;
         pthread_cond_signal(&helper_done);
@@ -282,25 +304,28 @@ static int helper_start(void) {
     return 0;
 }
 
-/* sky_fanout over viewers[0, split) on this thread (scratch s) and viewers[split, n) on the
- * helper thread (scratch s2), at the same time. stops[0] and stops[1]: where each half
- * stopped, as indexes into viewers (split and n when every burst went whole); each stopped
- * viewer's packets are still laid out in its half's scratch. Returns 0, or -1 when the helper
- * thread cannot be started (then nothing was sent). */
-int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n, int split,
+/* sky_fanout over viewers[0, n) by this thread (scratch s) and the helper thread (scratch
+ * s2) together, each taking the next viewer in turn. stops[0] and stops[1]: the viewer at
+ * which this thread and the helper stopped (-1: none), its packets still laid out in that
+ * thread's scratch; returns the first viewer neither took (n when all were): the caller
+ * finishes the stopped ones and writes the rest. Returns -1 when the helper thread cannot
+ * be started (then nothing was sent). */
+int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n,
                 const unsigned char *payloads, const int *lengths, int count, int mode, int *stops) {
     if (helper_start())
         return -1;
-    struct sky_half half = {s2, viewers + split, n - split, payloads, lengths, count, mode, 0};
+    struct sky_shared w = {viewers, n, 0, payloads, lengths, count, mode};
+    struct sky_job job = {s2, &w, -1};
     pthread_mutex_lock(&helper_lock);
-    helper_job = &half;
+    helper_job = &job;
     pthread_cond_signal(&helper_wake);
     pthread_mutex_unlock(&helper_lock);
-    stops[0] = sky_fanout(s, viewers, split, payloads, lengths, count, mode);
+    stops[0] = take(s, &w);
     pthread_mutex_lock(&helper_lock);
     while (helper_job)
         pthread_cond_wait(&helper_done, &helper_lock);
     pthread_mutex_unlock(&helper_lock);
-    stops[1] = split + half.stopped;
-    return 0;
+    stops[1] = job.stopped;
+    int next = atomic_load(&w.next);
+    return next < n ? next : n;
 }

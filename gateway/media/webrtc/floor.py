@@ -53,9 +53,9 @@ TRAILER = 16 + 128
 PER_PACKET_GROWTH = 16 + 2
 INITIAL_CAPACITY = 256 * 1024
 GSO_AT = burst.CMSGHDR.size  # where a UDP_SEGMENT message holds its segment size
-# A batch of at least this many viewers is split between the event loop's thread and the C
+# A batch of at least this many viewers is shared between the event loop's thread and the C
 # burst's helper thread (``fanout_threads = 2``): below it, waking the helper costs more
-# than the half it would write.
+# than what it would write.
 SPLIT_AT = 8
 # The longest RTP header a batch (`send_batch`) lays out: aiortc's with a few extensions is
 # 20-40 bytes; a viewer whose header is longer is written alone.
@@ -527,8 +527,8 @@ def send_batch(
     burst as the kernel allows: one when every viewer's burst goes whole. Each path has its
     `batch_slot`, with the unit's first sequence number and RTP timestamp for that viewer
     written into it; ``packed``: the unit's payloads (`packed`), ``size`` their bytes. With
-    ``fanout_threads = 2`` and at least ``split_at`` viewers, the second half is written by
-    the C burst's helper thread meanwhile.
+    ``fanout_threads = 2`` and at least ``split_at`` viewers, the C burst's helper thread
+    writes with this one, each taking the next viewer in turn.
 
     A viewer whose burst did not go whole is finished as `FloorPath.send` would (the rest of
     its packets through asyncio), then the batch goes on with the next. Returns the viewers
@@ -554,32 +554,33 @@ def send_batch(
         except (FloorError, OSError, RuntimeError, AttributeError) as exc:
             failures.append((index, exc))
 
-    pending = [(0, n)]
-    split_up = STATE.threads > 1 and not STATE.helper_failed and n >= split_at
-    helper = helper_scratch() if split_up else None
-    if helper is not None:
-        if need > helper.capacity:
-            helper.grow(need)
-        split, stops = n // 2, lib.ffi.new("int[2]")
+    helper = helper_scratch() if STATE.threads > 1 and not STATE.helper_failed and n >= split_at else None
+    if helper is not None and need > helper.capacity:
+        helper.grow(need)
+    stops = lib.ffi.new("int[2]")
+    start = 0
+    while start < n:
         mode = native.SEND_GSO if STATE.use_gso else native.SEND
-        fanout2 = lib.lib.sky_fanout2
-        if fanout2(state, helper.native_scratch, slots, n, split, data, lengths, count, mode, stops):
-            STATE.helper_failed = True  # one thread from now on
-            log_once("fanout_threads_unavailable", "the C burst's helper thread could not be started")
-        else:
-            pending = []
-            for stopped, end, where in ((stops[0], split, s), (stops[1], n, helper)):
-                if stopped < end:
-                    finish(stopped, where, mode)
-                    pending.append((stopped + 1, end))
-    for start, end in pending:
-        while start < end:
-            mode = native.SEND_GSO if STATE.use_gso else native.SEND
-            stopped = start + fanout(state, slots + start, end - start, data, lengths, count, mode)
-            if stopped >= end:
-                break
-            finish(stopped, s, mode)
-            start = stopped + 1
+        if helper is not None and n - start >= split_at:
+            # Both threads take the next viewer in turn until none is left or each stops.
+            taken = lib.lib.sky_fanout2(
+                state, helper.native_scratch, slots + start, n - start, data, lengths, count, mode, stops
+            )
+            if taken < 0:
+                STATE.helper_failed = True  # one thread from now on
+                log_once("fanout_threads_unavailable", "the C burst's helper thread could not be started")
+                helper = None
+                continue
+            for stopped, where in ((stops[0], s), (stops[1], helper)):
+                if stopped >= 0:
+                    finish(start + stopped, where, mode)
+            start += taken
+            continue
+        stopped = start + fanout(state, slots + start, n - start, data, lengths, count, mode)
+        if stopped >= n:
+            break
+        finish(stopped, s, mode)
+        start = stopped + 1
     return failures
 
 
@@ -741,8 +742,7 @@ def _self_test(check_native: bool = False) -> str | None:
 def _self_test_batch(split: bool) -> str | None:
     """The C burst's batch (`send_batch`) on two viewers with their own keys (AES-CM, GCM),
     SSRCs, sequence numbers and timestamps: each must get its own packets, byte for byte
-    what ``Session.protect`` makes of them. ``split``: the second viewer written by the
-    helper thread."""
+    what ``Session.protect`` makes of them. ``split``: shared with the helper thread."""
     payloads = [bytes((i * 5 + j) & 0xFF for j in range(1000)) for i in range(3)] + [b"\x02" * 400]
     viewers = (
         (_TEST_KEY, pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "11223344", 0xFFFF, 0x01020304),

@@ -47,6 +47,7 @@ struct sky_scratch {
     int gso_errno;
     int gso;
     long length;
+    long taken;
 };
 long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, int header_length,
                int payload_type, unsigned int sequence, uint32_t timestamp, const unsigned char *payloads,
@@ -67,7 +68,7 @@ struct sky_viewer {
 };
 int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
                const int *lengths, int count, int mode);
-int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n, int split,
+int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n,
                 const unsigned char *payloads, const int *lengths, int count, int mode, int *stops);
 """
 )
