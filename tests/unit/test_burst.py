@@ -624,3 +624,44 @@ def test_failures_in_a_shared_batch_are_named_and_the_rest_is_sent(
     finally:
         for receiver in receivers:
             receiver.close()
+
+
+@pytest.mark.usefixtures("c_burst")
+def test_a_helper_thread_that_cannot_start_leaves_one_thread(
+    sockets: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sky_fanout2 refusing (its pthread_create failed): the batch is written by the event
+    loop's thread alone, the reason logged once, and later batches do not ask again."""
+    lib = floor.scratch().native
+    assert lib is not None
+    original = lib.lib
+
+    class Refusing:
+        calls = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(original, name)
+
+        def sky_fanout2(self, *args: Any) -> int:
+            Refusing.calls += 1
+            return -1
+
+    monkeypatch.setattr(lib, "lib", Refusing())
+    monkeypatch.setattr(floor.STATE, "helper_failed", False)
+    monkeypatch.setattr(floor, "_logged", set())
+    _, sender = sockets
+    payloads = [b"a" * 1000, b"b" * 200]
+    with threads(2), structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            paths, receivers, numbering = batch_viewers(sender, floor.SPLIT_AT)
+            try:
+                assert floor.send_batch(paths, floor.Packed(lib, payloads), 1200) == []
+                for receiver, (sequence, timestamp) in zip(receivers, numbering, strict=True):
+                    session = inbound()
+                    got = [session.unprotect(receiver.recv(2048)) for _ in payloads]
+                    assert got == plain(payloads, sequence, timestamp)
+            finally:
+                for receiver in receivers:
+                    receiver.close()
+    assert Refusing.calls == 1 and floor.STATE.helper_failed
+    assert [e["event"] for e in logs].count("fanout_threads_unavailable") == 1
