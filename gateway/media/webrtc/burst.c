@@ -252,6 +252,7 @@ static int take(struct sky_scratch *s, struct sky_shared *w) {
 struct sky_job {
     struct sky_scratch *s;
     struct sky_shared *w;
+    int started; /* the helper picked it up (under helper_lock) */
     int stopped; /* out: take's result */
 };
 
@@ -268,6 +269,7 @@ static void *helper_main(void *unused) {
         while (!helper_job)
             pthread_cond_wait(&helper_wake, &helper_lock);
         struct sky_job *job = helper_job;
+        job->started = 1;
         pthread_mutex_unlock(&helper_lock);
         job->stopped = take(job->s, job->w);
         pthread_mutex_lock(&helper_lock);
@@ -308,20 +310,23 @@ static int helper_start(void) {
  * s2) together, each taking the next viewer in turn. stops[0] and stops[1]: the viewer at
  * which this thread and the helper stopped (-1: none), its packets still laid out in that
  * thread's scratch; returns the first viewer neither took (n when all were): the caller
- * finishes the stopped ones and writes the rest. Returns -1 when the helper thread cannot
- * be started (then nothing was sent). */
+ * finishes the stopped ones and writes the rest. A helper that has not woken by the time
+ * this thread is done is not waited for (it then took none). Returns -1 when the helper
+ * thread cannot be started (then nothing was sent). */
 int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n,
                 const unsigned char *payloads, const int *lengths, int count, int mode, int *stops) {
     if (helper_start())
         return -1;
     struct sky_shared w = {viewers, n, 0, payloads, lengths, count, mode};
-    struct sky_job job = {s2, &w, -1};
+    struct sky_job job = {s2, &w, 0, -1};
     pthread_mutex_lock(&helper_lock);
     helper_job = &job;
     pthread_cond_signal(&helper_wake);
     pthread_mutex_unlock(&helper_lock);
     stops[0] = take(s, &w);
     pthread_mutex_lock(&helper_lock);
+    if (!job.started)
+        helper_job = NULL; /* this thread took every viewer before the helper woke: no wait */
     while (helper_job)
         pthread_cond_wait(&helper_done, &helper_lock);
     pthread_mutex_unlock(&helper_lock);
