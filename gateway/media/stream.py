@@ -102,10 +102,11 @@ class StoppableSource(Protocol):
 
 
 class FrameBatch(Protocol):
-    """A sink type's writes of one frame to many subscribers, gathered while the stream hands
-    the frame to each and done in one go after (`fanout.ViewerBatch`). A frame handed to a
-    subscriber outside `Stream.push` (a queue's backlog, a joining viewer's keyframe) is
-    never opened: the subscriber writes it alone."""
+    """A sink type's writes of one frame to many subscribers in one go: opened before the
+    stream hands the frame to each subscriber (it may write to those it knows are in step
+    already) and closed after (it writes to those that joined meanwhile); `fanout.ViewerBatch`.
+    A frame handed to a subscriber outside `Stream.push` (a queue's backlog, a joining
+    viewer's keyframe) is never opened: the subscriber writes it alone."""
 
     def open(self, frame: MediaFrame) -> None: ...
 
@@ -180,6 +181,12 @@ class FrameQueue:
             if not self._hand(frame):
                 self.dropped += len(pending) - index - 1
                 break
+
+    @property
+    def in_step(self) -> bool:
+        """Whether every frame put from now on goes straight to the attached consumer: open,
+        attached, and not waiting for a keyframe."""
+        return self._deliver is not None and not self._need_keyframe and not self._closed
 
     def _hand(self, frame: MediaFrame) -> bool:
         assert self._deliver is not None

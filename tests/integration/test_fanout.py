@@ -75,10 +75,6 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
                 assert floor.STATE.use_native, floor.native_reason()
                 # in one call per access unit for both viewers (`ViewerBatch`)
                 assert writer.floor.slot is not None and writer.floor.slot.bursts > 30
-        if native.compiler() is not None:
-            batch = fanout.ViewerBatch.of(viewers(local_gateway)[0].stream, "video")
-            batched = [v.writers["video"].floor.slot.bursts for v in viewers(local_gateway)]
-            assert sum(batched) > batch.calls > 0, "some calls wrote to both viewers"
             assert isinstance(viewer._video_sender.track, fanout_idle_track_type())
             # The 1 Hz rates bring getStats() up to what the writer sent (its own sender
             # reports carry it at once), and read the loss without calling getStats().
@@ -89,6 +85,18 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             stats = await viewer._video_sender.getStats()
             lost = sum(s.packetsLost for s in stats.values() if s.type == "remote-inbound-rtp")
             assert rates.lost_packets == lost
+        if native.compiler() is not None:
+            batch = fanout.ViewerBatch.of(viewers(local_gateway)[0].stream, "video")
+            batched = [v.writers["video"].floor.slot.bursts for v in viewers(local_gateway)]
+            assert sum(batched) > batch.calls > 0, "some calls wrote to both viewers"
+            # after its first frame each is a member, written before the subscribers' loop
+            assert batch.early > 0 and len(batch.members) == 2
+            # a viewer whose queue waits for a keyframe (a new source) is not written ahead
+            first = viewers(local_gateway)[0]
+            assert first.subscription is not None
+            first.subscription.video.resync()
+            await asyncio.sleep(0.2)  # a few frames
+            assert first.writers["video"] not in batch.members or first.subscription.video.in_step
         # The players' receiver reports reach the gateway: they saw the sender reports.
         for player in players:
             await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)

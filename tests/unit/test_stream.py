@@ -694,3 +694,35 @@ def test_a_source_attached_to_a_stream_already_ended_is_told_at_once() -> None:
     source = StoppingSource()
     stream.attach_source(source, "test")
     assert source.told == ["Stream name already in use"]
+
+
+def test_a_queue_is_in_step_while_it_hands_on_every_frame() -> None:
+    """`FrameQueue.in_step`: attached, not waiting for a keyframe, open; what lets a batch
+    write a viewer ahead of its queue (`fanout.ViewerBatch`)."""
+    delivered: list[int] = []
+    ok = [True]
+
+    def deliver(frame: MediaFrame) -> bool:
+        delivered.append(frame.pts)
+        return ok[0]
+
+    queue = FrameQueue("video", 10, lambda: None)
+    assert not queue.in_step  # not attached
+    queue.attach(deliver)
+    assert not queue.in_step  # waiting for the first keyframe
+    queue.put(video(0, True))
+    assert queue.in_step
+    ok[0] = False
+    queue.put(video(1))  # the consumer could not take it: a gap
+    assert not queue.in_step
+    ok[0] = True
+    queue.put(video(2, True))
+    assert queue.in_step
+    queue.resync()  # another source: wait for its keyframe
+    assert not queue.in_step
+    queue.put(video(3, True))
+    queue.close()
+    assert not queue.in_step and delivered == [0, 1, 2, 3]
+    audio = FrameQueue("audio", 10, lambda: None)
+    audio.attach(deliver)
+    assert audio.in_step  # audio never waits for a keyframe

@@ -228,6 +228,7 @@ class WebRtcViewer:
             # Its RTCP handled in each datagram's callback too (once per transport).
             self.fast_rtcp = aiortc_compat.install_fast_rtcp(sender.transport)
             queue.attach(writer.write)
+            writer.queue = queue  # in step with it, its batch may write it ahead of the queue
             if kind == "video" and self._join_when_writing:
                 self._join_when_writing = False
                 self.telemetry_joined()

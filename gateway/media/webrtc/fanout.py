@@ -36,7 +36,7 @@ from aiortc.rtp import RTCP_SR, HeaderExtensionsMap, RtcpSdesPacket, RtcpSourceI
 
 from gateway.log import get_logger
 from gateway.media.rtp_frames import frame_packets, h264_payloads, sequence_after
-from gateway.media.stream import MediaFrame, Stream, to_90khz
+from gateway.media.stream import FrameQueue, MediaFrame, Stream, to_90khz
 from gateway.media.webrtc import aiortc_compat, floor
 
 log = get_logger(__name__)
@@ -116,6 +116,8 @@ class DirectRtpWriter:
         # (`ViewerBatch`) where the C burst and the socket allow it.
         self._slot = burst.batch_slot(header, self._payload_type) if burst is not None else None
         self._batch = ViewerBatch.of(stream, sender.kind) if self._slot is not None else None
+        self.queue: FrameQueue | None = None  # the viewer's queue that hands it frames (`in_step`)
+        self._sent: MediaFrame | None = None  # the frame its batch wrote ahead (`ViewerBatch.open`)
         # Retransmissions go as RTX (RFC 4588): a plain resend repeats an SRTP index, which
         # the receiver's replay protection drops.
         self._rtx = rtx
@@ -188,6 +190,11 @@ class DirectRtpWriter:
         frame was not sent) or gone."""
         if self.closed:
             return False
+        if self._sent is frame:
+            # Its batch wrote it before the stream handed it to the subscribers (`ViewerBatch.open`).
+            payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
+            self._account(frame, payloads, (self.timestamp_origin + timestamp) & 0xFFFFFFFF)
+            return True
         try:
             unsent = self._socket.get_write_buffer_size()
             if unsent > MAX_UNSENT_BYTES:
@@ -195,7 +202,6 @@ class DirectRtpWriter:
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
             timestamp = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
             size = payload_bytes(frame, payloads)
-            self._remember(self._sequence, timestamp, payloads)
             burst = self.floor
             batch, slot = self._batch, self._slot
             fits = len(payloads) <= floor.MAX_MESSAGES
@@ -207,7 +213,8 @@ class DirectRtpWriter:
                 and not unsent
                 and fits
             ):
-                # Sent with the other viewers once the stream has handed the frame to all.
+                # Sent with the other viewers once the stream has handed the frame to all;
+                # from the next frame on, before (a member of the batch).
                 if self._socket.is_closing():
                     raise OSError("the viewer's transport is closed")
                 slot.sequence, slot.timestamp = self._sequence, timestamp
@@ -219,12 +226,19 @@ class DirectRtpWriter:
             else:
                 for sequence, marker, payload in frame_packets(payloads, self._sequence):
                     self._send(sequence, timestamp, marker, payload)
-            self.octets += size
-            self._sequence = sequence_after(self._sequence, len(payloads))
-            self.packets += len(payloads)
         except (OSError, RuntimeError, AttributeError) as exc:
             self.transport_failed(exc)
             return False
+        self._account(frame, payloads, timestamp)
+        return True
+
+    def _account(self, frame: MediaFrame, payloads: Sequence[bytes], timestamp: int) -> None:
+        """What a unit written to this viewer changes: its history, counters, next sequence
+        number, and what its sender reports say."""
+        self._remember(self._sequence, timestamp, payloads)
+        self.octets += payload_bytes(frame, payloads)
+        self._sequence = sequence_after(self._sequence, len(payloads))
+        self.packets += len(payloads)
         self.last_timestamp = timestamp
         ntp = frame.derived.get("ntp")
         if ntp is None:
@@ -234,7 +248,19 @@ class DirectRtpWriter:
         self.ntp_timestamp = ntp
         if not self.own_reports:
             self.sync_sender_counters()  # aiortc's RTCP loop builds this viewer's reports
-        return True
+
+    def in_step(self) -> bool:
+        """Whether its batch may write it the next frame before the stream hands that frame
+        to the subscribers: its queue hands on every frame (attached, not waiting for a
+        keyframe, open), its floor and transport are up and hold nothing unsent."""
+        queue = self.queue
+        if self.closed or self._slot is None or self.floor is None or queue is None or not queue.in_step:
+            return False
+        try:
+            socket = self._socket
+            return not socket.get_write_buffer_size() and not socket.is_closing()
+        except (OSError, RuntimeError, AttributeError):
+            return False
 
     def _send_burst(
         self,
@@ -366,18 +392,26 @@ class DirectRtpWriter:
 
 class ViewerBatch:
     """A stream's viewers of one media kind on the C burst, written in one call per access
-    unit (`floor.send_batch`) instead of one each: while `Stream.push` hands a frame to the
-    subscribers, each viewer's `DirectRtpWriter.write` does its own bookkeeping (sequence
-    numbers, history, counters) and adds itself here; when the stream has handed the frame
-    to all, `close` writes it to them. One per stream and kind (`of`), in `Stream.batches`."""
+    unit (`floor.send_batch`) instead of one each.
+
+    A viewer's first frame here (after it joined, or a keyframe after a gap): while
+    `Stream.push` hands the frame to the subscribers, its `DirectRtpWriter.write` does its
+    bookkeeping and adds itself; `close`, once the stream has handed the frame to all,
+    writes it. From then on the viewer is a member: `open` writes it each frame *before*
+    the stream hands the frame to anyone (so no viewer waits for the others' Python), and
+    its `write` only does the bookkeeping. A member that is no longer `in_step` (its queue
+    waits for a keyframe or closed, its transport holds unsent data or closed) is dropped
+    and goes back to the first way. One per stream and kind (`of`), in `Stream.batches`."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.frame: MediaFrame | None = None  # the frame the stream is handing out
+        self.members: list[DirectRtpWriter] = []
         self._writers: list[DirectRtpWriter] = []
         self._paths: list[floor.FloorPath] = []  # their floors
         self._unit: tuple[Sequence[bytes], int] = ((), 0)  # its payloads and their bytes
         self.calls = 0  # access units written in a batch (of one or more viewers)
+        self.early = 0  # of them, written to members before the subscribers' loop
 
     @classmethod
     def of(cls, stream: Stream, kind: str) -> ViewerBatch:
@@ -389,8 +423,35 @@ class ViewerBatch:
         return batch
 
     def open(self, frame: MediaFrame) -> None:
-        if frame.kind == self.kind:
-            self.frame = frame
+        if frame.kind != self.kind:
+            return
+        self.frame = frame
+        if not self.members:
+            return
+        members = self.members = [writer for writer in self.members if writer.in_step()]
+        if not members:
+            return
+        first = members[0]
+        payloads, timestamp = rtp_payloads(first.stream, frame, first.codec)
+        packed = packed_payloads(frame, payloads)
+        if packed is None or len(payloads) > floor.MAX_MESSAGES:
+            self.members = []  # each writes alone, and joins again
+            return
+        written: list[DirectRtpWriter] = []
+        paths: list[floor.FloorPath] = []
+        for writer in members:
+            slot: Any = writer._slot
+            burst = writer.floor
+            if burst is None:  # in step (checked above): never
+                continue
+            slot.sequence = writer._sequence
+            slot.timestamp = (writer.timestamp_origin + timestamp) & 0xFFFFFFFF
+            writer._sent = frame
+            written.append(writer)
+            paths.append(burst)
+        self.calls += 1
+        self.early += 1
+        self._failed(written, floor.send_batch(paths, packed, payload_bytes(frame, payloads)))
 
     def add(
         self, writer: DirectRtpWriter, path: floor.FloorPath, payloads: Sequence[bytes], size: int
@@ -413,7 +474,12 @@ class ViewerBatch:
                 writer.write_alone(payloads, size)
             return
         self.calls += 1
-        for index, exc in floor.send_batch(paths, packed, size):
+        self._failed(writers, floor.send_batch(paths, packed, size))
+        self.members.extend(writer for writer in writers if not writer.closed and writer.floor is not None)
+
+    @staticmethod
+    def _failed(writers: Sequence[DirectRtpWriter], failures: list[tuple[int, Exception]]) -> None:
+        for index, exc in failures:
             if isinstance(exc, floor.FloorError):
                 writers[index].floor_failed(exc)
             else:
