@@ -190,7 +190,7 @@ class WebRtcViewer:
         starts at a random origin, so a stamp means something only to its own viewer."""
         writer = self.writers.get("video")
         if writer is not None:
-            return (writer.timestamp_origin + stream_pts) & 0xFFFFFFFF
+            return writer.rtp_timestamp(stream_pts)
         track, sender = self._video_track, self._video_sender
         if track is None or track.last_pts is None or sender is None:
             return None

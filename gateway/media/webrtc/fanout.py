@@ -193,14 +193,14 @@ class DirectRtpWriter:
         if self._sent is frame:
             # Its batch wrote it before the stream handed it to the subscribers (`ViewerBatch.open`).
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
-            self._account(frame, payloads, (self.timestamp_origin + timestamp) & 0xFFFFFFFF)
+            self._account(frame, payloads, self.rtp_timestamp(timestamp))
             return True
         try:
             unsent = self._socket.get_write_buffer_size()
             if unsent > MAX_UNSENT_BYTES:
                 return False
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
-            timestamp = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
+            timestamp = self.rtp_timestamp(timestamp)
             size = payload_bytes(frame, payloads)
             burst = self.floor
             batch, slot = self._batch, self._slot
@@ -231,6 +231,11 @@ class DirectRtpWriter:
             return False
         self._account(frame, payloads, timestamp)
         return True
+
+    def rtp_timestamp(self, stream_timestamp: int) -> int:
+        """This viewer's RTP timestamp for a stream timestamp (codec clock): each viewer's
+        timeline starts at its own random origin."""
+        return (self.timestamp_origin + stream_timestamp) & 0xFFFFFFFF
 
     def _account(self, frame: MediaFrame, payloads: Sequence[bytes], timestamp: int) -> None:
         """What a unit written to this viewer changes: its history, counters, next sequence
@@ -445,7 +450,7 @@ class ViewerBatch:
             if burst is None:  # in step (checked above): never
                 continue
             slot.sequence = writer._sequence
-            slot.timestamp = (writer.timestamp_origin + timestamp) & 0xFFFFFFFF
+            slot.timestamp = writer.rtp_timestamp(timestamp)
             writer._sent = frame
             written.append(writer)
             paths.append(burst)
