@@ -5,6 +5,7 @@ Python."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,21 @@ def test_built_once_into_the_cache_then_reused(own_cache: Path) -> None:
     assert [p.name for p in own_cache.iterdir()] == [path.name]  # no temporary file left
     lib = native.load()
     assert lib.path == path
+
+
+def test_an_object_is_opened_once_and_kept_with_its_helper_thread(own_cache: Path) -> None:
+    """Reopened after being closed, an object whose helper thread was waiting would set up
+    its lock and condition under that thread (a fan-out that never returned, seen in the
+    suite): each object file is opened once and never closed."""
+    threads = floor.STATE.threads
+    floor.want_threads(2)
+    first = native.load()
+    assert native.load() is first
+    for _ in range(3):  # the start check, with the helper, again and again
+        assert floor.self_test() is None and floor.native_available(), floor.native_reason()
+        gc.collect()
+        assert native.load() is first
+    floor.want_threads(threads)
 
 
 def test_another_source_is_another_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,9 +149,20 @@ def build() -> Path:
     return target
 
 
+# Every object opened, kept for the life of the process: one that started its helper thread
+# must never be closed (unmapped under the thread, then opened again at the same address,
+# it would set up its lock and condition anew under the old thread still waiting there:
+# a fan-out that never returns). The same path is opened once.
+_OPENED: dict[Path, Native] = {}
+
+
 def load() -> Native:
-    """Build (if needed) and open the C burst. Raises NativeUnavailable."""
+    """Build (if needed) and open the C burst (once per object file: `_OPENED`). Raises
+    NativeUnavailable."""
     path = build()
+    opened = _OPENED.get(path)
+    if opened is not None:
+        return opened
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     try:
@@ -161,7 +172,8 @@ def load() -> Native:
         lib.sky_fanout2  # noqa: B018
     except (OSError, AttributeError) as exc:
         raise NativeUnavailable(f"cannot open {path}: {exc}") from exc
-    return Native(ffi, lib, path)
+    opened = _OPENED[path] = Native(ffi, lib, path)
+    return opened
 
 
 def main() -> int:
