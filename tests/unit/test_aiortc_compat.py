@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +323,15 @@ async def test_missing_decoder_queue_refuses_the_tap_by_name() -> None:
 
 # --- the fast receive path ----------------------------------------------------------------------
 
+PUBLISH_CLIP: dict[str, Any] = {
+    "width": 320,
+    "height": 240,
+    "fps": 30,
+    "seconds": 4,
+    "bitrate": 300_000,
+    "gop": 30,
+}
+
 
 @dataclass
 class Publish:
@@ -332,6 +341,7 @@ class Publish:
     answerer: RTCPeerConnection
     frames: list[bytes]
     nacks: list[list[int]]
+    plis: list[tuple[int, int]] = field(default_factory=list)  # (media SSRC, frames by then)
 
     @property
     def receiver(self) -> Any:
@@ -339,17 +349,21 @@ class Publish:
 
 
 @contextlib.asynccontextmanager
-async def publish(fast: bool, drop: int | None = None) -> AsyncIterator[Publish]:
+async def publish(fast: bool, drop: int | None = None, drop_rtx: bool = False) -> AsyncIterator[Publish]:
     """The clip from an aiortc sender to a receiver tapped as the gateway's publisher is
     (``fast``: with the fast receive path); ``drop``: the index of one SRTP RTP datagram
-    the answerer never sees (after the fast path took over)."""
-    clip = make_h264_clip(CLIP_CACHE, width=320, height=240, fps=30, seconds=4, bitrate=300_000, gop=30)
+    the answerer never sees (after the fast path took over); ``drop_rtx``: nor any
+    retransmission of it (RTX, or the packet resent on the media SSRC)."""
+    clip = make_h264_clip(CLIP_CACHE, **PUBLISH_CLIP)
     track = EncodedVideoTrack(read_access_units(clip))
     offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     got = Publish(offerer, answerer, [], [])
     try:
-        offerer.addTransceiver(track, direction="sendonly")
+        # H.264 only, as a browser publishing H.264 offers it (else aiortc sends VP8).
+        offerer.addTransceiver(track, direction="sendonly").setCodecPreferences(
+            capabilities(("video/H264",), "video")
+        )
         await offerer.setLocalDescription(await offerer.createOffer())
         await answerer.setRemoteDescription(offerer.localDescription)
         (transceiver,) = answerer.getTransceivers()
@@ -364,7 +378,11 @@ async def publish(fast: bool, drop: int | None = None) -> AsyncIterator[Publish]
             got.nacks.append(lost)
             await send_nack(ssrc, lost)
 
-        aiortc_compat.set_receiver_feedback(receiver, counted_nack, send_pli)
+        async def counted_pli(ssrc: int) -> None:
+            got.plis.append((ssrc, len(got.frames)))
+            await send_pli(ssrc)
+
+        aiortc_compat.set_receiver_feedback(receiver, counted_nack, counted_pli)
         await answerer.setLocalDescription(await answerer.createAnswer())
         await offerer.setRemoteDescription(answerer.localDescription)
         async with asyncio.timeout(TIMEOUT):
@@ -373,11 +391,17 @@ async def publish(fast: bool, drop: int | None = None) -> AsyncIterator[Publish]
         if drop is not None:
             connection = aiortc_compat.ice_connection(receiver.transport.transport)
             hooked, count = connection.data_received, [0]
+            media, lost = passthrough.media_ssrc(receiver), set()
 
             def dropping(data: bytes, component: int) -> None:
                 if 127 < data[0] < 192 and not 192 <= data[1] <= 208:
                     count[0] += 1
+                    sequence, ssrc = int.from_bytes(data[2:4], "big"), int.from_bytes(data[8:12], "big")
                     if count[0] == drop:
+                        lost.add(sequence)
+                        return
+                    # Never again: neither as RTX nor resent as it was (without RTX).
+                    if drop_rtx and (ssrc != media or sequence in lost):
                         return
                 hooked(data, component)
 
@@ -390,7 +414,15 @@ async def publish(fast: bool, drop: int | None = None) -> AsyncIterator[Publish]
 
 
 async def test_fast_receive_delivers_the_frames_the_stock_path_does() -> None:
-    runs = []
+    """Both paths hand on the publisher's access units, their NAL units byte for byte and in
+    order (a run of the looping clip from a keyframe; start codes may be longer): H.264 by
+    the gateway's own receive on one, aiortc's stock path on the other."""
+
+    def nal_units(unit: bytes) -> list[bytes]:
+        return list(h264.iter_nal_units(unit))
+
+    clip = [nal_units(data) for data, _ in read_access_units(make_h264_clip(CLIP_CACHE, **PUBLISH_CLIP))]
+    looped = clip + clip
     for fast in (True, False):
         async with publish(fast) as got:
             connection = aiortc_compat.ice_connection(got.receiver.transport.transport)
@@ -400,15 +432,17 @@ async def test_fast_receive_delivers_the_frames_the_stock_path_does() -> None:
                 while len(got.frames) < 60:
                     await asyncio.sleep(0.02)
             # The first frame may have begun before the receiver started (its head dropped,
-            # either way): compare from the first keyframe.
+            # or the units before a keyframe): compare from the first keyframe.
             first = next(i for i, frame in enumerate(got.frames) if h264.is_keyframe(frame))
-            runs.append(got.frames[first : first + 45])
+            run = [nal_units(frame) for frame in got.frames[first : first + 45]]
+            assert len(run) == 45
+            assert any(looped[k : k + 45] == run for k in range(len(clip)))
             stats = aiortc_compat.receiver_stream_statistics(got.receiver)
             assert sum(s.packets_received for s in stats.values()) > 45  # receiver reports' figures
             assert passthrough.media_ssrc(got.receiver) is not None  # active SSRCs are stamped
-    fast_frames, stock_frames = runs
-    assert len(fast_frames) == 45
-    assert fast_frames == stock_frames
+            # H.264 by the gateway's own receive (`rtp_in`), its SSRC routed once by aiortc.
+            own = aiortc_compat.own_receive_ssrcs(got.receiver)
+            assert (own == [passthrough.media_ssrc(got.receiver)]) is fast
 
 
 async def test_fast_receive_nacks_a_lost_packet_and_counts_it() -> None:
@@ -420,6 +454,25 @@ async def test_fast_receive_nacks_a_lost_packet_and_counts_it() -> None:
             while len(got.frames) < before + 30:  # frames still come after the loss
                 await asyncio.sleep(0.02)
         assert len(got.nacks[0]) == 1
+
+
+async def test_own_receive_asks_for_a_keyframe_after_a_loss_for_good_and_goes_on() -> None:
+    """H.264 by the gateway's own receive: a packet whose retransmission never comes is
+    given up (half a second of stream later), the units up to the next keyframe dropped, a
+    keyframe asked for (PLI to the media SSRC), and whole frames come again from the next
+    keyframe. The loss is early in the clip's second-long GOP, so no keyframe comes first."""
+    async with publish(fast=True, drop=5, drop_rtx=True) as got:
+        media = passthrough.media_ssrc(got.receiver)
+        assert aiortc_compat.own_receive_ssrcs(got.receiver) == [media]
+        async with asyncio.timeout(TIMEOUT):
+            while not got.nacks:  # the loss (a PLI before it: the stream began mid-GOP)
+                await asyncio.sleep(0.01)
+            asked = len(got.plis)
+            while len(got.plis) == asked or len(got.frames) < got.plis[asked][1] + 10:
+                await asyncio.sleep(0.02)
+        ssrc, before = got.plis[asked]
+        assert ssrc == media and len(got.nacks[0]) == 1
+        assert h264.is_keyframe(got.frames[before])  # resumed at a keyframe
 
 
 def rtp(seq: int, timestamp: int, marker: bool = False, data: bytes = b"") -> RtpPacket:

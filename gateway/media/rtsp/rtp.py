@@ -1,5 +1,9 @@
 """RTP (RFC 3550 5.1) packets, and H.264 depacketizing (RFC 6184) into Annex-B access units.
 
+`parse_header` reads a header where it lies (offsets, no copy) and, when asked, the
+abs-send-time header extension (RFC 8285); `parse_rtp` makes a packet of it. Both the RTSP
+ingests and a WebRTC publisher's H.264 (`webrtc/rtp_in.py`) read RTP with them.
+
 `H264Depacketizer` reassembles single NAL unit packets, STAP-A aggregates and FU-A
 fragments. An access unit ends at the marker bit or when the timestamp changes. A gap in
 sequence numbers breaks the unit being built: it is dropped, and so is everything up to the
@@ -16,9 +20,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.media.h264 import START_CODE, ParameterSetCache
 
+_HEADER = struct.Struct("!BBHII")
+_CSRC = [struct.Struct(f"!{count}I") for count in range(16)]
+_EXTENSION = struct.Struct("!HH")
+_ABS_SEND_TIME = struct.Struct("!I")
+ONE_BYTE_PROFILE = 0xBEDE  # RFC 8285 4.2
+TWO_BYTE_PROFILE = 0x1000  # RFC 8285 4.3: 0x100 in the top 12 bits, 4 "appbits" below
 NAL_STAP_A = 24
 NAL_FU_A = 28
 # An access unit bigger than this is an attack or a broken stream, not video.
@@ -43,35 +54,92 @@ class RtspRtpPacket:
 
 
 def parse_rtp(data: bytes) -> RtspRtpPacket:
+    header = parse_header(data)
+    csrc = _CSRC[data[0] & 0x0F].unpack_from(data, 12)
+    return RtspRtpPacket(
+        header.payload_type,
+        header.marker,
+        header.sequence,
+        header.timestamp,
+        header.ssrc,
+        data[header.start : header.end],
+        csrc,
+    )
+
+
+class RtpHeader(NamedTuple):
+    """The fixed header of an RTP packet (RFC 3550 5.1), where its payload lies in the
+    datagram, and the abs-send-time extension's value when asked for and present."""
+
+    payload_type: int
+    marker: bool
+    sequence: int
+    timestamp: int
+    ssrc: int
+    start: int  # the payload: data[start:end]
+    end: int  # before the padding
+    abs_send_time: int | None
+
+
+def parse_header(data: bytes, abs_send_time_id: int = 0) -> RtpHeader:
+    """Read ``data``'s RTP header. ``abs_send_time_id``: the negotiated id of the
+    abs-send-time extension (0: not read). Raises RtpError for what is not RTP."""
     if len(data) < 12:
         raise RtpError("RTP packet shorter than its header")
-    first, second, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", data)
+    first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
     if first >> 6 != 2:
         raise RtpError(f"RTP version {first >> 6}")
-    csrc_count = first & 0x0F
-    pos = 12 + 4 * csrc_count
+    pos = 12 + 4 * (first & 0x0F)
     if len(data) < pos:
         raise RtpError("RTP packet shorter than its CSRC list")
-    csrc = struct.unpack_from(f"!{csrc_count}I", data, 12)
-    if first & 0x10:  # header extension: 16-bit profile, 16-bit length in 32-bit words
+    abs_send_time = None
+    if first & 0x10:
         if len(data) < pos + 4:
             raise RtpError("RTP packet shorter than its header extension")
-        (words,) = struct.unpack_from("!H", data, pos + 2)
-        pos += 4 + 4 * words
+        profile, words = _EXTENSION.unpack_from(data, pos)
+        start, pos = pos + 4, pos + 4 + 4 * words
         if len(data) < pos:
             raise RtpError("RTP packet shorter than its header extension")
+        if abs_send_time_id:
+            abs_send_time = _abs_send_time(data, start, pos, profile, abs_send_time_id)
     end = len(data)
     if first & 0x20:  # padding: the last octet counts the padding octets, itself included
         padding = data[-1]
         if padding == 0 or end - padding < pos:
             raise RtpError("bad RTP padding")
         end -= padding
-    return RtspRtpPacket(second & 0x7F, bool(second & 0x80), sequence, timestamp, ssrc, data[pos:end], csrc)
+    return RtpHeader(second & 0x7F, bool(second & 0x80), sequence, timestamp, ssrc, pos, end, abs_send_time)
+
+
+def _abs_send_time(data: bytes, pos: int, end: int, profile: int, wanted: int) -> int | None:
+    """The 24-bit abs-send-time (6.18 fixed-point seconds) among the header extension's
+    elements (RFC 8285), or None. A malformed element list ends the search."""
+    if profile == ONE_BYTE_PROFILE:
+        while pos < end:
+            byte = data[pos]
+            ident, size = byte >> 4, (byte & 0x0F) + 1
+            if ident == 0:  # padding
+                pos += 1
+                continue
+            if ident == 15:  # reserved: stop
+                return None
+            if ident == wanted and size == 3 and pos + 4 <= end:
+                return int(_ABS_SEND_TIME.unpack_from(data, pos)[0] & 0xFFFFFF)
+            pos += 1 + size
+    elif profile & 0xFFF0 == TWO_BYTE_PROFILE:
+        while pos + 1 < end:
+            ident, size = data[pos], data[pos + 1]
+            if ident == 0:  # padding
+                pos += 1
+                continue
+            if ident == wanted and size == 3 and pos + 5 <= end:
+                return int.from_bytes(data[pos + 2 : pos + 5], "big")
+            pos += 2 + size
+    return None
 
 
 def rtp_header(*, payload_type: int, marker: bool, sequence: int, timestamp: int, ssrc: int) -> bytes:
-    return struct.pack(
-        "!BBHII",
+    return _HEADER.pack(
         0x80,
         (0x80 if marker else 0) | payload_type,
         sequence & 0xFFFF,
@@ -164,12 +232,14 @@ class AccessUnit:
 
 
 class H264Depacketizer:
-    def __init__(self, *, sps: bytes | None = None, pps: bytes | None = None) -> None:
+    def __init__(
+        self, *, sps: bytes | None = None, pps: bytes | None = None, reorder: RtpReorder | None = None
+    ) -> None:
         self.parameter_sets = ParameterSetCache()
         # The SDP's parameter sets serve until the stream sends its own.
         self.parameter_sets.sps, self.parameter_sets.pps = sps, pps
         self.packets = 0
-        self.reorder = RtpReorder()
+        self.reorder = reorder or RtpReorder()
         self.lost_packets = 0
         self.dropped_units = 0  # broken, or waiting for an IDR
         self.bad_packets = 0  # malformed or unsupported payloads
@@ -194,6 +264,11 @@ class H264Depacketizer:
             "dropped_units": self.dropped_units,
             "bad_packets": self.bad_packets,
         }
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        """Whether units are dropped until the next IDR (the start, or after a loss)."""
+        return self._need_idr
 
     def receive(self, packet: RtspRtpPacket) -> list[AccessUnit]:
         self.packets += 1

@@ -16,6 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from gateway.log import get_logger
 from gateway.media import h264, vp8
 from gateway.media.rates import VideoRates
+from gateway.media.rtsp.rtp import AccessUnit
 from gateway.media.stream import Codec, MediaFrame, SourceFeedback, Stream
 from gateway.media.webrtc import aiortc_compat, passthrough
 from gateway.media.webrtc.peer import Peer, RtcSettings
@@ -30,6 +31,8 @@ from gateway.media.webrtc.sdp import (
 from gateway.tasks import TaskSet
 
 log = get_logger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)  # H.264 and VP8 over RTP (RFC 6184, 7741)
 
 
 class WebRtcPublisher:
@@ -92,7 +95,8 @@ class WebRtcPublisher:
             self._video_receiver = receiver
             self._count_feedback(receiver)
         deliver = self._on_video_frame if kind == "video" else self._on_audio_frame
-        passthrough.install(receiver, deliver, fast=self.peer.settings.fast_receive)
+        on_unit = self._on_video_unit if kind == "video" else None
+        passthrough.install(receiver, deliver, fast=self.peer.settings.fast_receive, on_unit=on_unit)
 
     def _count_feedback(self, receiver: RTCRtpReceiver) -> None:
         feedback = aiortc_compat.receiver_feedback(receiver)
@@ -118,10 +122,19 @@ class WebRtcPublisher:
         else:
             keyframe = vp8.is_keyframe(data)
             dims = vp8.keyframe_dimensions(data) if keyframe else None
+        self._push_video(name, data, timestamp, keyframe, dims)
+
+    def _on_video_unit(self, codec: RTCRtpCodecParameters, unit: AccessUnit) -> None:
+        """An H.264 access unit from the gateway's own receive (`rtp_in`): its parameter sets
+        already put before a keyframe that lacked them."""
+        self._push_video("H264", unit.data, unit.timestamp, unit.keyframe, unit.dimensions)
+
+    def _push_video(
+        self, name: str, data: bytes, timestamp: int, keyframe: bool, dims: tuple[int, int] | None
+    ) -> None:
         if dims is not None:
             self.stream.set_dimensions(*dims)
-        frame = MediaFrame("video", name, data, timestamp, Fraction(1, codec.clockRate), keyframe)
-        self.stream.push(frame)
+        self.stream.push(MediaFrame("video", name, data, timestamp, VIDEO_TIME_BASE, keyframe))
         self._mark_started()
 
     def _on_audio_frame(self, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> None:

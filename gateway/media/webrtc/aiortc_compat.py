@@ -20,7 +20,8 @@ What each feature falls back to when its internals are missing:
 - ``port_mux`` (all sessions on one UDP and one TCP port): none; when the ports are
   configured the start fails naming what is missing;
 - ``fast_receive`` (a publisher's SRTP unprotected, parsed and handled in the datagram's
-  own callback, `install_fast_receive`): aiortc's receive task, packet by packet;
+  own callback, `install_fast_receive`; its H.264 by the gateway's own RTP receive,
+  `OwnH264Receive`): aiortc's receive task, packet by packet;
 - ``fast_rtcp`` (a fast fan-out viewer's SRTCP unprotected, parsed, routed and handled in
   the datagram's own callback, `install_fast_rtcp`): aiortc's receive task, datagram by
   datagram;
@@ -58,6 +59,7 @@ from aiortc import (
 from aiortc import clock as _clock
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import State as _DtlsState
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
@@ -67,12 +69,15 @@ from aiortc.rtp import (
     RtcpRtpfbPacket,
     RtcpSrPacket,
     RtpPacket,
+    pack_remb_fci,
     unpack_remb_fci,
 )
 from aiortc.rtp import is_rtcp as _is_rtcp
 from aiortc.utils import uint16_add
 
 from gateway.log import get_logger
+from gateway.media.rtsp.rtp import AccessUnit
+from gateway.media.webrtc import rtp_in
 
 log = get_logger(__name__)
 
@@ -396,6 +401,20 @@ _parse_rtcp = RtcpPacket.parse
 RtpHandler = Callable[[Any, int], None]
 
 
+def _remb(
+    receiver: RTCRtpReceiver, estimator: Any, abs_send_time: int, arrival_ms: int, size: int, ssrc: int
+) -> RtcpPsfbPacket | None:
+    """One packet into the receiver's bitrate estimator; the REMB to send when it has a new
+    estimate and the receiver knows its RTCP SSRC (set late, by the first RTCP)."""
+    remb = estimator.add(
+        abs_send_time=abs_send_time, arrival_time_ms=arrival_ms, payload_size=size, ssrc=ssrc
+    )
+    rtcp_ssrc = getattr(receiver, _RECEIVER_STATE[1])
+    if rtcp_ssrc is None or remb is None:
+        return None
+    return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
+
+
 def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -> RtpHandler:
     """A synchronous stand-in for ``RTCRtpReceiver._handle_rtp_packet`` (aiortc 1.16) that
     hands each complete ``(codec, JitterFrame)`` to ``deliver`` instead of the decoder
@@ -407,14 +426,13 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
     a name (the caller keeps the stock path)."""
     import aiortc.rtcrtpreceiver as rr
     from aiortc.codecs import depayload, is_rtx
-    from aiortc.rtp import pack_remb_fci, unwrap_rtx
+    from aiortc.rtp import unwrap_rtx
 
     (estimator, _, active, codecs, streams, rtx_ssrcs, nacks, jitter, mapper) = (
         getattr(receiver, name) for name in _RECEIVER_STATE
     )
     stream_statistics, current_datetime = rr.StreamStatistics, rr.clock.current_datetime
     send_rtcp = receiver._send_rtcp
-    rtcp_ssrc_name = _RECEIVER_STATE[1]
     pending: set[asyncio.Future[None]] = set()  # the RTCP sends in flight, held until done
     # Whether a codec is RTX, by its MIME type (``is_rtx`` splits and lowers it per call).
     rtx_by_mime: dict[str, bool] = {}
@@ -428,16 +446,12 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
         if not receiver._enabled:
             return
         if estimator is not None and packet.extensions.abs_send_time is not None:
-            remb = estimator.add(
-                abs_send_time=packet.extensions.abs_send_time,
-                arrival_time_ms=arrival_time_ms,
-                payload_size=len(packet.payload) + packet.padding_size,
-                ssrc=packet.ssrc,
+            size = len(packet.payload) + packet.padding_size
+            remb = _remb(
+                receiver, estimator, packet.extensions.abs_send_time, arrival_time_ms, size, packet.ssrc
             )
-            rtcp_ssrc = getattr(receiver, rtcp_ssrc_name)  # set late, by the first RTCP
-            if rtcp_ssrc is not None and remb is not None:
-                fci = pack_remb_fci(*remb)
-                spawn(send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci)))
+            if remb is not None:
+                spawn(send_rtcp(remb))
         active[packet.ssrc] = current_datetime()
         codec = codecs.get(packet.payload_type)
         if codec is None:
@@ -476,6 +490,167 @@ def fast_rtp_handler(receiver: RTCRtpReceiver, deliver: Callable[[Any], None]) -
             deliver((codec, frame))
 
     return handle
+
+
+RawRtpHandler = Callable[[bytes, int], bool]  # (decrypted RTP packet, arrival in ms): taken
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+class OwnH264Receive:
+    """A receiver's H.264 video by the gateway's own RTP receive (`rtp_in.H264Receive`)
+    instead of aiortc's per-packet objects: each decrypted packet's header read once, REMB
+    from aiortc's bitrate estimator, the per-SSRC statistics its receiver reports read, the
+    active-SSRC stamp (per access unit), NACK and PLI sent as aiortc's receiver sends them,
+    access units to ``deliver`` (parameter sets put before keyframes, as `h264`'s cache
+    does). `raw` takes a decrypted datagram, `parsed` a packet aiortc parsed (those that
+    came before the switch, through aiortc's receive task); both return False for another
+    payload type (VP8, audio: left to aiortc's handling). Make it with `of`."""
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        codec: RTCRtpCodecParameters,
+        video: rtp_in.H264Receive,
+        abs_send_time_id: int,
+        deliver: Callable[[RTCRtpCodecParameters, AccessUnit], None],
+    ) -> None:
+        import aiortc.rtcrtpreceiver as rr
+
+        self.receiver = receiver
+        self.codec = codec
+        self.video = video
+        self.abs_send_time_id = abs_send_time_id
+        self.deliver = deliver
+        self._estimator, self._active, self._streams, self._rtx_ssrcs = (
+            getattr(receiver, _RECEIVER_STATE[k]) for k in (0, 2, 4, 5)
+        )
+        self._send_rtcp = receiver._send_rtcp
+        self._statistics, self._now = rr.StreamStatistics, rr.clock.current_datetime
+        self._pending: set[asyncio.Future[None]] = set()  # the RTCP sends in flight, held until done
+        self._seen = types.SimpleNamespace(sequence_number=0, timestamp=0)  # what StreamStatistics reads
+
+    @classmethod
+    def of(
+        cls,
+        receiver: RTCRtpReceiver,
+        parameters: RTCRtpReceiveParameters,
+        deliver: Callable[[RTCRtpCodecParameters, AccessUnit], None],
+    ) -> OwnH264Receive | None:
+        """None if no H.264 was negotiated, or this aiortc lacks a name (the caller keeps
+        aiortc's handling for all)."""
+        from aiortc.codecs import is_rtx
+
+        h264 = [
+            c for c in parameters.codecs if c.mimeType.lower() == "video/h264" and c.payloadType is not None
+        ]
+        if not h264:
+            return None
+        h264_types = frozenset(c.payloadType for c in h264 if c.payloadType is not None)
+        rtx_types = frozenset(
+            c.payloadType
+            for c in parameters.codecs
+            if is_rtx(c) and c.parameters.get("apt") in h264_types and c.payloadType is not None
+        )
+        abs_send_time_id = next((x.id for x in parameters.headerExtensions if x.uri == ABS_SEND_TIME_URI), 0)
+        try:
+            return cls(
+                receiver, h264[0], rtp_in.H264Receive(h264_types, rtx_types), abs_send_time_id, deliver
+            )
+        except AttributeError:
+            return None
+
+    def raw(self, data: bytes, arrival_ms: int) -> bool:
+        try:
+            header = rtp_in.parse_header(data, self.abs_send_time_id)
+        except rtp_in.RtpError:
+            return True  # what aiortc does: dropped
+        return self._packet(header, data, arrival_ms)
+
+    def parsed(self, packet: RtpPacket, arrival_ms: int) -> bool:
+        payload = packet.payload
+        header = rtp_in.RtpHeader(
+            packet.payload_type,
+            bool(packet.marker),
+            packet.sequence_number,
+            packet.timestamp,
+            packet.ssrc,
+            0,
+            len(payload),
+            packet.extensions.abs_send_time,
+        )
+        return self._packet(header, payload, arrival_ms)
+
+    def _packet(self, header: rtp_in.RtpHeader, data: bytes, arrival_ms: int) -> bool:
+        receiver, video = self.receiver, self.video
+        if not receiver._enabled:
+            return True
+        if not video.takes(header.payload_type):
+            return False
+        ssrc = header.ssrc
+        if self._estimator is not None and header.abs_send_time is not None:
+            remb = _remb(
+                receiver, self._estimator, header.abs_send_time, arrival_ms, len(data) - header.start, ssrc
+            )
+            if remb is not None:
+                self._spawn(self._send_rtcp(remb))
+        stats = self._streams.get(ssrc)
+        if stats is None:
+            stats = self._streams[ssrc] = self._statistics(self.codec.clockRate)
+        seen = self._seen
+        seen.sequence_number, seen.timestamp = header.sequence, header.timestamp
+        stats.add(seen)
+        if header.payload_type in video.rtx_payload_types:
+            media_ssrc = self._rtx_ssrcs.get(ssrc)
+            if media_ssrc is None:
+                return True  # as aiortc: an RTX stream it cannot tie to its media stream
+        else:
+            media_ssrc = ssrc
+        received = video.packet(header, data)
+        if received is rtp_in.NOTHING:
+            return True
+        if received.nack:
+            # Looked up per call: the publisher counts them by wrapping this name.
+            self._spawn(receiver._send_rtcp_nack(media_ssrc, received.nack))
+        if received.keyframe_wanted:
+            self._spawn(receiver._send_rtcp_pli(media_ssrc))
+        for unit in received.units:
+            self._active[media_ssrc] = self._now()
+            self.deliver(self.codec, unit)
+        return True
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+def install_own_receive(receiver: RTCRtpReceiver, own: OwnH264Receive) -> bool:
+    """Have decrypted SRTP packets routed to ``receiver`` go to ``own`` unparsed (the first
+    packet of each SSRC is still parsed by aiortc, to route it), and those aiortc's receive
+    task still hands the receiver (queued before the switch) go to it parsed: it sees the
+    stream from its first packet. False (nothing changed) if this aiortc lacks a name."""
+    fast = _FastPath.of(receiver.transport)
+    if fast is None:
+        return False
+    fast.raw_handlers[receiver] = own.raw
+    stock = receiver._handle_rtp_packet
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not own.parsed(packet, arrival_time_ms):
+            await stock(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+    return True
+
+
+def own_receive_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
+    """The SSRCs whose packets go to ``receiver``'s own-receive handler unparsed (for tests
+    and logs: empty when aiortc's handling has them all)."""
+    fast: _FastPath | None = getattr(receiver.transport, _FAST_PATH, None)
+    handler = fast.raw_handlers.get(receiver) if fast is not None else None
+    if fast is None or handler is None:
+        return []
+    return [ssrc for ssrc, raw in fast.raw_by_ssrc.items() if raw == handler]
 
 
 def install_fast_receive(receiver: RTCRtpReceiver, handler: RtpHandler) -> bool:
@@ -528,6 +703,8 @@ class _FastPath:
     def __init__(self, dtls: RTCDtlsTransport, connection: aioice.ice.Connection) -> None:
         self.dtls = dtls
         self.rtp_handlers: dict[Any, RtpHandler] = {}
+        self.raw_handlers: dict[Any, RawRtpHandler] = {}  # by receiver (`install_own_receive`)
+        self.raw_by_ssrc: dict[int, RawRtpHandler] = {}  # by SSRC, once routed
         self.rtcp = False
         self.rtcp_runner = _InOrder()
         self._stock = connection.data_received
@@ -594,12 +771,26 @@ class _FastPath:
     def _rtp_received(self, srtp: Any, data: bytes) -> None:
         arrival_ms = _now_ms()
         try:
-            packet = _parse_rtp(srtp.unprotect(data), self._extensions)
-        except (pylibsrtp.Error, ValueError):
-            return  # what aiortc does: dropped (replayed, forged, truncated)
+            data = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return  # what aiortc does: dropped (replayed, forged)
+        raw = self.raw_by_ssrc.get(int.from_bytes(data[8:12], "big")) if self.raw_by_ssrc else None
+        if raw is not None and raw(data, arrival_ms):
+            return
+        try:
+            packet = _parse_rtp(data, self._extensions)
+        except ValueError:
+            return  # what aiortc does: dropped (truncated)
         target = self._router.route_rtp(packet)
         if target is None:
             return
+        if raw is None:
+            raw = self.raw_handlers.get(target)
+            if raw is not None:
+                # Routed once by aiortc: this SSRC's next packets go to the receiver unparsed.
+                self.raw_by_ssrc[packet.ssrc] = raw
+                if raw(data, arrival_ms):
+                    return
         fast = self.rtp_handlers.get(target)
         if fast is not None:
             fast(packet, arrival_ms)
