@@ -24,20 +24,25 @@ def ordered(figures: dict[str, float], names: tuple[str, ...]) -> bool:
     return list(figures) == list(names) and [figures[n] for n in names] == sorted(figures.values())
 
 
-def test_tiny_run_reports_latency(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["counting", "lean"])
+def test_tiny_run_reports_latency(tmp_path: Path, lean: bool) -> None:
+    """With ``--lean-viewers`` the viewers the latency samples stay counting ones, the others
+    count headers off the socket: the same figures come out, every viewer counted."""
     marker = f"bench-test-{uuid.uuid4().hex}"
     out = tmp_path / "result.json"
     args = ["--only", "gateway", "--viewers", "2,6", "--seconds", "2", "--settle", "0.5"]
-    args += ["--viewer-procs", "2", "--json", str(out)]
+    args += ["--viewer-procs", "2", "--json", str(out), *(["--lean-viewers"] if lean else [])]
     done = run_tiny(SCRIPT, args, marker)
     try:
         assert done.returncode == 0, done.stdout + done.stderr
+        assert ("lean (latency-sampled ones counting) viewer processes" in done.stdout) is lean
         assert "relay-added latency" in done.stdout and "first keyframe after PLAYING" in done.stdout
         (phase,) = json.loads(out.read_text())["phases"]
         assert phase["label"] == "gateway" and phase["error"] is None
         assert [s["viewers"] for s in phase["steps"]] == [2, 6]
         for step, joined in zip(phase["steps"], (2, 4), strict=True):
             assert step["cpu_ms"] > 0 and len(step["received"]) == step["viewers"]  # still there
+            assert min(step["received"]) > 0
             latency = step["latency"]
             assert latency["error"] is None
             assert latency["units"] > 0

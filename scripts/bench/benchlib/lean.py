@@ -27,7 +27,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from .common import disable_decoding, run_role
+from .common import disable_decoding, lighten_receivers, run_role
 from .viewers import Viewer, ViewerWorker
 
 BUFFER = 2048  # the gateway sends RTP packets of at most ~1200 bytes
@@ -140,22 +140,33 @@ class LeanViewer:
 
 
 class LeanViewerWorker(ViewerWorker):
-    """`ViewerWorker` whose viewers count with `RtpCounter` once PLAYING."""
+    """`ViewerWorker` whose viewers count with `RtpCounter` once PLAYING; with
+    ``keep_sampled`` in an ``add``, those the latency probe samples stay counting viewers
+    (the probe stamps each packet as aiortc's transport reads it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lean: list[LeanViewer] = []
+        self.counting: list[Viewer] = []
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         if cmd == "add":
+            seen = len(self.lean) + len(self.counting)
             try:
                 return await self.add(request)
             finally:  # viewers that connected before a failure count too
-                for viewer in self.viewers[len(self.lean) :]:
-                    self.lean.append(LeanViewer(viewer))
+                added = self.viewers[seen:]
+                if request.get("keep_sampled"):
+                    await _first_keyframes(added)
+                for viewer in added:
+                    if request.get("keep_sampled") and viewer.sampled:
+                        self.counting.append(viewer)
+                    else:
+                        self.lean.append(LeanViewer(viewer))
         if cmd == "stats":
             results = [v.stats() for v in self.lean]
+            results += await asyncio.gather(*(v.stats() for v in self.counting))
             return {"received": [r for r, _ in results], "lost": [lo for _, lo in results]}
         if cmd == "close":
             closed = len(self.lean)
@@ -165,10 +176,24 @@ class LeanViewerWorker(ViewerWorker):
 
     async def close(self) -> None:
         lean, self.lean = self.lean, []
+        counting, self.counting = self.counting, []
         self.viewers = []
-        await asyncio.gather(*(v.close() for v in lean), return_exceptions=True)
+        self.latency.clear()
+        closing = [v.close() for v in lean] + [v.close() for v in counting]
+        await asyncio.gather(*closing, return_exceptions=True)
+
+
+async def _first_keyframes(viewers: list[Viewer], timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout``) until each viewer's probe has its first keyframe after
+    PLAYING whole: a lean viewer's packets no longer pass the probe."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(v.probe is not None and v.probe.key_last is None for v in viewers):
+        if asyncio.get_running_loop().time() > deadline:
+            return  # reported as missing joins
+        await asyncio.sleep(0.02)
 
 
 def run() -> None:
     disable_decoding()
+    lighten_receivers()  # the viewers kept counting, and every viewer until it is made lean
     run_role("viewers", LeanViewerWorker)

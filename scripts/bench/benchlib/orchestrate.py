@@ -181,7 +181,10 @@ class Bench:
         timeout = 30.0 + 1.0 * max(shares)
         for worker, share in zip(self.workers, shares, strict=True):
             if share:
-                pending.append((worker, worker.send("add", count=share, timeout=timeout, **target)))
+                # Lean viewer processes keep the latency-sampled viewers counting (their
+                # packets are stamped as they are read); the others only count headers.
+                keep = {"keep_sampled": True} if getattr(self.args, "lean_viewers", False) else {}
+                pending.append((worker, worker.send("add", count=share, timeout=timeout, **target, **keep)))
         for worker, rid in pending:
             worker.wait_reply(rid, timeout + 15.0)
         for i, share in enumerate(shares):
@@ -387,7 +390,7 @@ class Bench:
         if BASELINE in args.order:
             self.baseline = Baseline(ROOT, args.baseline, self.run_dir).__enter__()
             log(f"baseline: {self.baseline.describe()} checked out in {self.baseline.path}")
-        viewer_args = ["--full-viewers"] if args.full_viewers else []
+        viewer_args = {"full": ["--full-viewers"], "counting": []}.get(viewer_kind(args), ["--lean-viewers"])
         self.workers = [self.child(f"viewers{i}", "viewers", *viewer_args) for i in range(args.viewer_procs)]
         phases: list[Phase] = []
         for number in range(1, args.rounds + 1):
@@ -406,12 +409,18 @@ class Bench:
 # --- report ---------------------------------------------------------------------
 
 
+def viewer_kind(args: argparse.Namespace) -> str:
+    if args.full_viewers:
+        return "full"
+    return "lean (latency-sampled ones counting)" if args.lean_viewers else "counting"
+
+
 def report(phases: list[Phase], args: argparse.Namespace, packets_per_s: float) -> str:
     out: list[str] = []
     by_label = {p.label: p for p in phases}
     out.append(
         f"fan-out of one 720p30 H.264 2 Mbit/s stream; window {args.seconds:.0f} s; "
-        f"{args.viewer_procs} {'full' if args.full_viewers else 'counting'} viewer processes; "
+        f"{args.viewer_procs} {viewer_kind(args)} viewer processes; "
         f"{os.cpu_count()} CPUs"
     )
     for phase in phases:
@@ -578,6 +587,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="viewers run aiortc's whole receive path (NACK, REMB, jitter buffer), decoding "
         "off; default: they only decrypt, parse and count (see docs/performance.md)",
+    )
+    parser.add_argument(
+        "--lean-viewers",
+        action="store_true",
+        help="viewers not sampled for latency count RTP headers off the socket, undecrypted "
+        "(benchlib/lean.py): the load generator takes about a fifth of the CPU, so less of the "
+        "gateway's latency is the machine's two cores being shared (see docs/performance.md)",
     )
     parser.add_argument(
         "--only",

@@ -38,7 +38,13 @@ class Viewer:
         self.pc = pc
         self._closer = closer
         self._stream = stream
+        self.probe: ViewerProbe | None = None  # its latency stamps (WCS viewers)
         self._telemetry = 0
+
+    @property
+    def sampled(self) -> bool:
+        """Whether its access units are stamped for the latency figures."""
+        return self.probe is not None and self.probe.sampled
 
     def telemetry(self) -> int:
         """Telemetry messages received so far (``notifyStreamEvent`` type ``telemetry`` or on
@@ -167,7 +173,9 @@ class ViewerWorker:
             async with gate:
                 if mode == "wcs":
                     probe = self.latency.probe(index, count)
-                    return await _connect_wcs(url, name, custom, data_channel, probe)
+                    viewer = await _connect_wcs(url, name, custom, data_channel, probe)
+                    viewer.probe = probe
+                    return viewer
                 return await _connect_ref(url)
 
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
