@@ -3,8 +3,10 @@
 aiortc's RTCRtpReceiver hands every complete frame from its jitter buffer to a decoder
 thread through a queue, and offers no public way to get encoded frames. `EncodedFrameTap`
 stands in for that queue: frames go straight to a callback on the event loop, and the
-decoder thread is let go as soon as the receiver has started it. NACK, PLI and jitter-buffer
-logic stay aiortc's. The receiver's private state is reached through `aiortc_compat`.
+decoder thread is let go as soon as the receiver has started it. With fast receive, H.264
+video skips aiortc's receive logic for the gateway's own (`rtp_in`: NACK, RTX, reordering,
+depacketizing, PLI after a loss for good); VP8 and audio keep aiortc's NACK, PLI and jitter
+buffer. The receiver's private state is reached through `aiortc_compat`.
 """
 
 from __future__ import annotations
