@@ -251,6 +251,29 @@ def test_a_keyframe_is_asked_again_while_none_comes() -> None:
     assert out == [idr] and wanted == 3  # at the first dropped unit, then every 30
 
 
+def test_padding_on_the_media_ssrc_breaks_nothing(encoded: dict[str, bytes]) -> None:
+    """Without RTX a browser probes the bandwidth with padding-only packets on the media
+    SSRC, numbered with the stream (RFC 3550 padding: P bit, the count in the last octet)."""
+    units = [annexb(nals) for nals in access_units(encoded["gop"])]
+    datagrams = rtp_packets(units)
+    padded: list[bytes] = []
+    sequence = 0
+    for data in datagrams:
+        header = parse_header(data)
+        padded.append(
+            struct.pack("!BBHII", 0x80, data[1], sequence, header.timestamp, MEDIA_SSRC) + data[12:]
+        )
+        sequence += 1
+        if header.marker:  # a probe after each unit: 200 bytes of padding, the unit's timestamp
+            probe = struct.pack("!BBHII", 0xA0, H264_PT, sequence, header.timestamp, MEDIA_SSRC)
+            padded.append(probe + bytes(199) + bytes([200]))
+            sequence += 1
+    receive = new_receive()
+    out, nacks, wanted = run(receive, padded)
+    assert out == units and nacks == [] and wanted == 0
+    assert receive.depacketizer.bad_packets == receive.depacketizer.dropped_units == 0
+
+
 def test_other_payload_types_are_not_taken() -> None:
     receive = new_receive()
     assert receive.takes(H264_PT) and receive.takes(RTX_PT) and not receive.takes(96)

@@ -209,7 +209,6 @@ def test_sequence_and_timestamp_wrap_around() -> None:
         bytes([NAL_STAP_A]) + b"\x00\x00",  # zero length
         bytes([NAL_FU_A]),  # no FU header
         bytes([25]) + b"stap-b",  # interleaved-mode types are not served
-        b"",
     ],
 )
 def test_malformed_payloads_break_the_unit(payload: bytes) -> None:
@@ -218,6 +217,24 @@ def test_malformed_payloads_break_the_unit(payload: bytes) -> None:
     units += feed(depacketizer, [packet(SLICE, 3, 6000), packet(stap_a(SPS, PPS, IDR), 4, 9000)])
     assert [u.timestamp for u in units] == [0, 9000]
     assert depacketizer.bad_packets == 1
+
+
+def test_padding_only_packets_break_nothing() -> None:
+    """A sender probing the bandwidth without RTX sends packets of padding alone, numbered
+    with the stream: between units and after a unit's marker, with its timestamp."""
+    depacketizer = H264Depacketizer()
+    packets = [
+        packet(stap_a(SPS, PPS, IDR), 1, 0),
+        packet(b"", 2, 0, marker=False),
+        packet(b"", 3, 0, marker=False),
+        packet(SLICE, 4, 3000, marker=False),
+        packet(SLICE, 5, 3000),
+        packet(b"", 6, 3000, marker=False),
+        packet(SLICE, 7, 6000),
+    ]
+    units = feed(depacketizer, packets)
+    assert [u.timestamp for u in units] == [0, 3000, 6000]
+    assert depacketizer.bad_packets == depacketizer.lost_packets == depacketizer.dropped_units == 0
 
 
 # --- round trip through the sinks' packetizer -----------------------------------------------------

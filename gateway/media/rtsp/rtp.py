@@ -291,6 +291,11 @@ class H264Depacketizer:
                 units += self._finish()
                 self._need_idr = True
         self._expected_sequence = (packet.sequence + 1) & 0xFFFF
+        if not packet.payload:
+            # Padding only (RFC 3550 5.1): a WebRTC sender probing the bandwidth without RTX
+            # numbers these with the stream. No NAL unit in it, none broken by it.
+            self._broken |= gap
+            return units
         timestamp = self._extend(packet.timestamp)
         # Lost packets may be the tail of the unit being built or the head of this one:
         # both are broken.
