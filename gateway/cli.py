@@ -259,11 +259,13 @@ async def _serve(gateway: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
     from gateway.app import StartError
     from gateway.cluster.supervisor import ListenError, WorkersFailed
+    from gateway.heap import freeze_startup
     from gateway.media.webrtc.icemux import IceMuxError
 
     try:
         # A part that fails to start has stopped those started before it (nothing listens).
         await gateway.start()
+        freeze_startup()
         await stop.wait()
     except (StartError, IceMuxError, ListenError, WorkersFailed) as exc:
         print(f"skyrelay: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ from gateway.cluster.channel import CALL_TIMEOUT_S, CallFailed, Channel, Handler
 from gateway.cluster.directory import Directory, Notice
 from gateway.cluster.shared_counts import COUNTS_FILE, SharedCounts
 from gateway.config import Config
+from gateway.heap import freeze_startup
 from gateway.log import get_logger
 from gateway.net_limits import LISTEN_BACKLOG, ConnectionLimits
 from gateway.reconnect import ReconnectDelay
@@ -490,6 +491,7 @@ async def run_worker(control_fd: int) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the control process decides
     try:
         await gateway.start()
+        freeze_startup()
         assert gateway.cluster is not None
         lost = asyncio.ensure_future(gateway.cluster.lost.wait())
         stopping = asyncio.ensure_future(stop.wait())
