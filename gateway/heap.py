@@ -6,7 +6,8 @@ walk on the 2-core machines of docs/performance.md) and live as long as the proc
 pause stops the event loop, so every viewer's next packets wait for it. `freeze_startup`,
 called once a server has started, moves what exists then out of the collector's sight
 (``gc.freeze``): later full collections walk only what came after (sessions, peers,
-frames), and what was frozen is never freed, as it never would be anyway.
+frames). What was frozen is never freed: nearly all of it lives as long as the process
+anyway, and what start made and drops later is a bounded, one-time amount.
 """
 
 from __future__ import annotations
