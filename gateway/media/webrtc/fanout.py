@@ -433,30 +433,31 @@ class ViewerBatch:
         self.frame = frame
         if not self.members:
             return
-        members = self.members = [writer for writer in self.members if writer.in_step()]
-        if not members:
-            return
-        first = members[0]
+        first = self.members[0]  # all of one stream and codec: the unit's payloads are theirs
         payloads, timestamp = rtp_payloads(first.stream, frame, first.codec)
         packed = packed_payloads(frame, payloads)
         if packed is None or len(payloads) > floor.MAX_MESSAGES:
             self.members = []  # each writes alone, and joins again
             return
-        written: list[DirectRtpWriter] = []
+        # One pass: those no longer in step leave, the others get the unit's numbers.
+        members: list[DirectRtpWriter] = []
         paths: list[floor.FloorPath] = []
-        for writer in members:
-            slot: Any = writer._slot
+        for writer in self.members:
             burst = writer.floor
-            if burst is None:  # in step (checked above): never
+            if burst is None or not writer.in_step():
                 continue
+            slot: Any = writer._slot
             slot.sequence = writer._sequence
             slot.timestamp = writer.rtp_timestamp(timestamp)
             writer._sent = frame
-            written.append(writer)
+            members.append(writer)
             paths.append(burst)
+        self.members = members
+        if not members:
+            return
         self.calls += 1
         self.early += 1
-        self._failed(written, floor.send_batch(paths, packed, payload_bytes(frame, payloads)))
+        self._failed(members, floor.send_batch(paths, packed, payload_bytes(frame, payloads)))
 
     def add(
         self, writer: DirectRtpWriter, path: floor.FloorPath, payloads: Sequence[bytes], size: int
