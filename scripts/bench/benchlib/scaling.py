@@ -9,6 +9,11 @@ did. Each step records the CPU of the gateway (the control process and every wor
 each apart), of the viewer processes, of the publisher, and of the whole machine (from
 /proc/stat: what the machine did that none of these did is someone else's), so the report
 can say whether the limit was the gateway or the machine.
+
+With ``--cores-per-worker C`` each worker runs in a cgroup of its own capped at C cores
+(`cpucap.py`), so that K workers have K slices of the machine and the load generator the
+rest: on two cores that is how "a core per worker" can be measured with the viewers on the
+same machine.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import orjson
 
 from gateway.media.synthetic import make_h264_clip
 
+from .cpucap import CapError, CpuCaps
 from .orchestrate import (
     CLIP,
     ROOT,
@@ -57,6 +63,7 @@ class ScaleStep:
     publisher_cores: float = 0.0
     machine_cores: float = 0.0  # all CPUs busy (from /proc/stat), in cores
     kernel_cores: float = 0.0  # of which irq + softirq (charged to no process) and steal
+    throttled: dict[str, float] = field(default_factory=dict)  # share of the window held by the cap
     received: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     error: str | None = None  # the step could not be measured (viewers did not start, ...)
@@ -94,6 +101,7 @@ class ScalePhase:
     steps: list[ScaleStep] = field(default_factory=list)
     error: str | None = None
     log_notes: str = ""
+    cap: float | None = None  # each worker's CPU cap, in cores (--cores-per-worker)
 
     def held(self, packets_per_s: float) -> ScaleStep | None:
         """The largest step held before the first one that was not."""
@@ -108,16 +116,16 @@ class ScalePhase:
         return next((s for s in self.steps if not s.held(packets_per_s)), None)
 
     def projected(self, packets_per_s: float) -> float | None:
-        """Viewers at which the busiest worker would reach one full core, linear through the
-        origin from the largest held step (an extrapolation: what the gateway could hold with
-        a core per worker to itself and the viewers elsewhere)."""
+        """Viewers at which the busiest worker would reach one full core (its cap, if capped),
+        linear through the origin from the largest held step (an extrapolation: what the
+        gateway could hold with a core per worker to itself and the viewers elsewhere)."""
         best = self.held(packets_per_s)
         if best is None:
             return None
         busiest = max(
             v for k, v in best.process_cores.items() if k != "control" or len(best.process_cores) == 1
         )
-        return best.viewers / busiest if busiest > 0 else None
+        return best.viewers * (self.cap or 1.0) / busiest if busiest > 0 else None
 
 
 def machine_busy_s() -> tuple[float, float]:
@@ -137,6 +145,9 @@ def process_cpu_s(pid: int) -> float:
 
 
 class ScalingBench(Bench):
+    caps: CpuCaps | None = None
+    phase_workers = 0
+
     def start_gateway(self, workers: int) -> tuple[Process, str]:
         ws_port, http_port = free_port(), free_port()
         webrtc_port = str(free_port_run(workers))
@@ -149,20 +160,45 @@ class ScalingBench(Bench):
             "--log-level", "warning",
         ]  # fmt: skip
         env = {**self.env, "SKYRELAY_MAX_CONNECTIONS_PER_IP": str(4 * self.args.max_viewers + 100)}
+        if self.args.cores_per_worker:
+            # One process on two cores would split each batch with the C burst's helper
+            # thread; a worker with a slice of one core would not (what K > 1 does anyway).
+            env["SKYRELAY_FANOUT_THREADS"] = "1"
         label = f"gateway-w{workers}"
         gateway = Process(label, cmd, self.run_dir / f"{label}.log", cwd=ROOT, env=env)
         self.processes.append(gateway)
         self.wait_healthy(gateway, f"http://127.0.0.1:{http_port}/healthz")
         return gateway, f"ws://127.0.0.1:{ws_port}"
 
+    def cap_workers(self, gateway: Process, workers: int, *, first: bool) -> None:
+        """Each worker (the one process with K = 1) into its capped group; a worker the
+        control process restarted since is capped too (and said)."""
+        if self.caps is None:
+            return
+        deadline = time.monotonic() + 30.0
+        while True:
+            pids = [gateway.pid] if workers == 1 else sorted(descendants(gateway.pid))
+            if len(pids) >= workers or not first or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for i, pid in enumerate(pids):
+            if pid not in self.caps.pids:
+                if not first:
+                    log(f"workers={workers}: a new worker process {pid} (restarted?), capped too")
+                self.caps.cap(pid, "control" if workers == 1 else f"w{i}-{pid}")
+
     def run_workers(self, workers: int) -> ScalePhase:
         args = self.args
-        phase = ScalePhase(workers)
+        phase = ScalePhase(workers, cap=args.cores_per_worker)
+        self.phase_workers = workers
         publisher: Child | None = None
         gateway: Process | None = None
         current = [0] * len(self.workers)
         try:
+            if args.cores_per_worker:
+                self.caps = CpuCaps.create(args.cores_per_worker)
             gateway, url = self.start_gateway(workers)
+            self.cap_workers(gateway, workers, first=True)
             publisher = self.child(f"publisher-w{workers}", "publisher")
             publisher.request(
                 "publish", timeout=45.0, url=url, name=STREAM, clip=str(self.clip), fps=CLIP["fps"]
@@ -181,7 +217,7 @@ class ScalingBench(Bench):
                 if not step.held(self.packets_per_s):
                     break
                 n += args.step
-        except (ChildError, OSError) as exc:
+        except (ChildError, OSError, CapError) as exc:
             tail = gateway.log_tail() if gateway is not None else ""
             phase.error = f"{exc}\n--- gateway log ---\n{tail}"
             log(f"workers={workers} failed: {exc}")
@@ -195,6 +231,9 @@ class ScalingBench(Bench):
             if gateway is not None:
                 self.stop(gateway)
                 phase.log_notes = log_notes(gateway.log_path)
+            if self.caps is not None:
+                self.caps.close()
+                self.caps = None
         return phase
 
     def step(self, gateway: Process, publisher: Child, url: str, n: int, current: list[int]) -> ScaleStep:
@@ -210,6 +249,7 @@ class ScalingBench(Bench):
             step.error = str(exc).splitlines()[0][:300]
             return step
         time.sleep(self.args.settle)
+        self.cap_workers(gateway, self.phase_workers, first=False)
         self.measure_window(step, gateway, publisher)
         return step
 
@@ -221,7 +261,9 @@ class ScalingBench(Bench):
         p0 = {pid: process_cpu_s(pid) for pid in tree}
         v0 = sum(process_cpu_s(pid) for pid in viewer_pids)
         u0 = process_cpu_s(publisher.pid)
+        t0 = self.caps.throttled_s() if self.caps else {}
         time.sleep(self.args.seconds)
+        t1 = self.caps.throttled_s() if self.caps else {}
         m1, c1 = machine_busy_s(), cpu_sample(gateway.pid)
         p1 = {pid: process_cpu_s(pid) for pid in tree}
         v1 = sum(process_cpu_s(pid) for pid in viewer_pids)
@@ -236,6 +278,7 @@ class ScalingBench(Bench):
         step.publisher_cores = (u1 - u0) / span
         step.machine_cores = (m1[0] - m0[0]) / span
         step.kernel_cores = (m1[1] - m0[1]) / span
+        step.throttled = {name.split("-")[0]: (t1[name] - t0.get(name, 0.0)) / span for name in t1}
         if len(r0) != step.viewers or len(r1) != step.viewers:
             step.error = f"expected {step.viewers} viewers, viewer processes report {len(r0)} then {len(r1)}"
             return
@@ -267,20 +310,22 @@ class ScalingBench(Bench):
 # --- report ---------------------------------------------------------------------
 
 
-def verdict(step: ScaleStep | None, workers: int, cpus: int) -> str:
+def verdict(step: ScaleStep | None, workers: int, cpus: int, cap: float | None = None) -> str:
     """What ran out at a step that was not held: the gateway's workers or the machine."""
     if step is None:
         return "no step failed (raise --max-viewers)"
     if step.error:
         return f"the step failed: {step.error}"
+    workers_busy = [v for k, v in step.process_cores.items() if k != "control" or workers == 1]
+    if cap and workers_busy and min(workers_busy) >= 0.9 * cap and step.machine_cores < 0.95 * cpus:
+        return f"the gateway (every worker at its cap of {cap:g} core)"
     if step.machine_cores >= 0.9 * cpus:
-        busiest = max((v for k, v in step.process_cores.items() if k != "control"), default=0.0)
-        if busiest >= 0.9:
-            return "the machine (all CPUs busy, and a gateway worker at a full core)"
-        return "the machine (all CPUs busy; no gateway worker had a full core)"
-    workers_busy = [v for k, v in step.process_cores.items() if k != "control"]
-    if workers_busy and min(workers_busy) >= 0.9:
-        return "the gateway (every worker at a full core)"
+        full = f"its cap of {cap:g} core" if cap else "a full core"
+        if max(workers_busy, default=0.0) >= 0.9 * (cap or 1.0):
+            return f"the machine (all CPUs busy, and a gateway worker at {full})"
+        return f"the machine (all CPUs busy; no gateway worker had {full})"
+    if workers_busy and min(workers_busy) >= 0.9 * (cap or 1.0):
+        return "the gateway (every worker at " + (f"its cap of {cap:g} core)" if cap else "a full core)")
     return "neither clearly (CPUs not all busy): latency or scheduling"
 
 
@@ -292,6 +337,12 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
         f"and >= 95 % of viewers at >= 99 %); window {args.seconds:g} s; {args.viewer_procs} "
         f"{args.viewer_kind} viewer processes; {cpus} CPUs; cores = CPU seconds per second",
     ]
+    if args.cores_per_worker:
+        out.append(
+            f"each worker (the one process with --workers 1) capped at {args.cores_per_worker:g} core "
+            "by a cgroup CPU quota (20 ms period), the C burst on one thread; "
+            "throttled: the share of the window a worker waited for its quota"
+        )
     for phase in phases:
         failed = [f"FAILED: {phase.error}"] if phase.error else []
         out += ["", f"== --workers {phase.workers} ==", *failed, f"log: {phase.log_notes}"]
@@ -305,6 +356,8 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
                 out.append(f"{s.viewers:5d} | not measured: {s.error}")
                 continue
             per = " ".join(f"{k} {v:.2f}" for k, v in s.process_cores.items())
+            if s.throttled:
+                per += "; throttled " + " ".join(f"{k} {100 * v:.0f}%" for k, v in s.throttled.items())
             lossy = sum(1 for x in s.lost if x)
             out.append(
                 f"{s.viewers:5d} | {100 * s.median_delivery(pps):5.1f}% {100 * s.share_held(pps):5.1f}% | "
@@ -320,7 +373,7 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
         best = phase.held(pps)
         held[phase.workers] = best.viewers if best else 0
         fail = phase.first_failed(pps)
-        where = verdict(fail, phase.workers, cpus)
+        where = verdict(fail, phase.workers, cpus, phase.cap)
         if best is not None:
             gw_per_viewer = 1000 * best.gateway_cores / best.viewers
             out.append(
@@ -342,8 +395,9 @@ def report(phases: list[ScalePhase], args: argparse.Namespace, pps: float) -> st
     first = projected.get(min(projected)) if projected else None
     if first:
         out.append(
-            "extrapolated, not measured: viewers at which the busiest worker would reach a full core "
-            "(linear from the largest held step): "
+            "extrapolated, not measured: viewers at which the busiest worker would reach "
+            + (f"its cap of {args.cores_per_worker:g} core " if args.cores_per_worker else "a full core ")
+            + "(linear from the largest held step): "
             + ", ".join(f"--workers {k}: {v:.0f}" for k, v in projected.items() if v)
             + "; ratio "
             + ", ".join(
@@ -381,6 +435,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="lean",
         help="lean (default): count RTP headers off the socket (benchlib/lean.py); counting: "
         "decrypt and count (the fan-out phases' default); full: aiortc's whole receive path",
+    )
+    parser.add_argument(
+        "--cores-per-worker",
+        type=float,
+        help="cap each worker at this many cores with a cgroup CPU quota (root; see cpucap.py), "
+        "so that the viewers have the rest of the machine",
     )
     clips = Path(tempfile.gettempdir()) / "skyrelay-clips"
     parser.add_argument("--clip-dir", type=Path, default=clips, help="the test clip's cache")
