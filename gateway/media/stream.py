@@ -142,6 +142,8 @@ class FrameQueue:
         self._need_keyframe = kind == "video"
         self._on_gap = on_gap
         self._deliver: Callable[[MediaFrame], bool] | None = None
+        # Told when `in_step` may have turned false (a batch writing its consumer ahead).
+        self.on_out_of_step: Callable[[], None] | None = None
 
     def put(self, frame: MediaFrame) -> None:
         if self._closed:
@@ -197,8 +199,13 @@ class FrameQueue:
         self.dropped += 1
         if frame.kind == "video":
             self._need_keyframe = True
+            self._left_step()
             self._on_gap()
         return False
+
+    def _left_step(self) -> None:
+        if self.on_out_of_step is not None:
+            self.on_out_of_step()
 
     def resync(self) -> None:
         """The source changed: what is queued belongs to the old one; wait for a keyframe."""
@@ -206,12 +213,14 @@ class FrameQueue:
             self.dropped += len(self._frames)
             self._frames.clear()
             self._need_keyframe = True
+            self._left_step()
 
     def start_with(self, keyframe: MediaFrame) -> None:
         """Queue a cached keyframe, then skip to the next live keyframe: the deltas that
         follow the cached one reference frames this subscriber never received."""
         self.put(keyframe)
         self._need_keyframe = True
+        self._left_step()
 
     async def get(self) -> MediaFrame | None:
         """The next frame, or None once the queue is closed and drained."""
@@ -233,6 +242,7 @@ class FrameQueue:
 
     def close(self) -> None:
         self._closed = True
+        self._left_step()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -91,12 +91,22 @@ async def test_viewers_get_directly_written_rtp_and_true_sender_reports(
             assert sum(batched) > batch.calls > 0, "some calls wrote to both viewers"
             # after its first frame each is a member, written before the subscribers' loop
             assert batch.early > 0 and len(batch.members) == 2
+            # without asking each member every unit: only after a join or a member's change
+            assert 0 < batch.checks and 4 * batch.checks < batch.early, (batch.checks, batch.early)
             # a viewer whose queue waits for a keyframe (a new source) is not written ahead
             first = viewers(local_gateway)[0]
             assert first.subscription is not None
             first.subscription.video.resync()
             await asyncio.sleep(0.2)  # a few frames
             assert first.writers["video"] not in batch.members or first.subscription.video.in_step
+            # ... and joins again at its keyframe, its numbering running on: the slot the C
+            # burst numbers units in and the writer's own count agree, and both keep playing
+            for counter in counters:
+                await counter.wait_frames(len(counter.pts) + 35)
+            for viewer in viewers(local_gateway):
+                writer = viewer.writers["video"]
+                assert writer in batch.members and writer.member_of is batch
+                assert int(writer.floor.slot.sequence) == writer._sequence
         # The players' receiver reports reach the gateway: they saw the sender reports.
         for player in players:
             await player.wait_for(lambda p=player: bool(p.rates) and p.rates[-1]["videoRate"] > 0)

@@ -24,6 +24,7 @@ from gateway.media.webrtc.demux import FrameReader
 
 KEY = bytes(range(1, 31))
 HEADER = bytes.fromhex("906000000000000011223344bede000110300000")  # as aiortc, mid "0"
+UNIT_TIMESTAMP = 0x1234  # the stream's RTP timestamp of the units the batch tests write
 
 ffi = cffi.FFI()
 ffi.cdef(
@@ -482,10 +483,11 @@ def batch_viewers(
             session = pylibsrtp.Session(policy)
         address = ("127.0.0.1", 0) if index == unreachable else receiver.getsockname()
         path = floor.FloorPath(session, Transport(sender), address)
-        slot = path.batch_slot(HEADER, 102)
-        assert slot is not None
         sequence, timestamp = (0xFFF0 + 7 * index) & 0xFFFF, (0xFFFFFF00 + 1000 * index) & 0xFFFFFFFF
-        slot.sequence, slot.timestamp = sequence, timestamp
+        # Each viewer's own origin: its timestamps are origin + the stream's (UNIT_TIMESTAMP).
+        slot = path.batch_slot(HEADER, 102, timestamp - UNIT_TIMESTAMP)
+        assert slot is not None
+        slot.sequence = sequence
         paths.append(path)
         numbering.append((sequence, timestamp))
     return paths, receivers, numbering
@@ -502,13 +504,15 @@ def test_a_batch_gives_each_viewer_its_own_packets(
     try:
         with gso_wanted(gso):
             packed = floor.Packed(floor.scratch().native, payloads)
-            failures = floor.send_batch(paths, packed, sum(map(len, payloads)))
+            failures = floor.send_batch(paths, packed, sum(map(len, payloads)), UNIT_TIMESTAMP)
         assert failures == []
         for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
             got = [receiver.recv(2048) for _ in payloads]
             session = inbound()
             assert [session.unprotect(p) for p in got] == plain(payloads, sequence, timestamp)
             assert path.bursts == 1 and path.handed_to_asyncio == 0
+            assert path.slot.sequence == (sequence + len(payloads)) & 0xFFFF  # the next unit's
+            assert path.slot.timestamp == timestamp
             if not gso:
                 assert path.gso_bursts == 0
     finally:
@@ -528,7 +532,9 @@ def test_a_viewer_that_fails_in_a_batch_is_named_and_the_others_get_theirs(
     payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]
     try:
         with gso_wanted(False):
-            failures = floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300)
+            failures = floor.send_batch(
+                paths, floor.Packed(floor.scratch().native, payloads), 2300, UNIT_TIMESTAMP
+            )
         ((index, error),) = failures
         assert index == 1
         assert isinstance(error, floor.FloorError if bad == "refusing" else OSError)
@@ -540,6 +546,35 @@ def test_a_viewer_that_fails_in_a_batch_is_named_and_the_others_get_theirs(
         receivers[1].settimeout(0.2)
         with pytest.raises(TimeoutError):
             receivers[1].recv(2048)
+        # Every slot moves on, the failed one's too: its unit's numbers were used.
+        assert [p.slot.sequence for p in paths] == [(seq + 3) & 0xFFFF for seq, _ in numbering]
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+@pytest.mark.usefixtures("c_burst")
+@pytest.mark.parametrize("helper", [False, True], ids=["one-thread", "helper"])
+def test_units_in_a_row_are_numbered_by_the_slots(
+    sockets: tuple[socket.socket, socket.socket], helper: bool
+) -> None:
+    """Three units written with nothing set between them: each viewer's sequence numbers
+    run on from unit to unit (across the wrap), and its timestamps are its origin plus
+    each unit's."""
+    _, sender = sockets
+    paths, receivers, numbering = batch_viewers(sender, 2 * floor.SPLIT_AT)
+    units = [([b"a" * 1000, b"b" * 500], 0), ([b"c" * 700], 3000), ([b"d" * 900] * 3 + [b"e"], 6000)]
+    try:
+        with threads(2 if helper else 1), gso_wanted(False):
+            for payloads, step in units:
+                packed = floor.Packed(floor.scratch().native, payloads)
+                assert floor.send_batch(paths, packed, sum(map(len, payloads)), UNIT_TIMESTAMP + step) == []
+        for receiver, (sequence, timestamp) in zip(receivers, numbering, strict=True):
+            session = inbound()
+            for payloads, step in units:
+                got = [session.unprotect(receiver.recv(2048)) for _ in payloads]
+                assert got == plain(payloads, sequence, (timestamp + step) & 0xFFFFFFFF)
+                sequence = (sequence + len(payloads)) & 0xFFFF
     finally:
         for receiver in receivers:
             receiver.close()
@@ -554,7 +589,10 @@ def test_a_batch_sends_gso_runs_when_enabled(sockets: tuple[socket.socket, socke
     payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]  # one GSO run: equal sizes, a shorter last
     try:
         with gso_wanted(True):
-            assert floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300) == []
+            assert (
+                floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300, UNIT_TIMESTAMP)
+                == []
+            )
         for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
             session = inbound()
             got = [session.unprotect(receiver.recv(2048)) for _ in payloads]
@@ -583,7 +621,7 @@ def test_a_batch_shared_with_the_helper_thread_gives_each_viewer_its_own_packets
         try:
             with threads(2), gso_wanted(gso):
                 packed = floor.Packed(floor.scratch().native, payloads)
-                assert floor.send_batch(paths, packed, sum(map(len, payloads))) == []
+                assert floor.send_batch(paths, packed, sum(map(len, payloads)), UNIT_TIMESTAMP) == []
             assert not floor.STATE.helper_failed
             for path, receiver, (sequence, timestamp) in zip(paths, receivers, numbering, strict=True):
                 session = inbound()
@@ -612,7 +650,9 @@ def test_failures_in_a_shared_batch_are_named_and_the_rest_is_sent(
     payloads = [b"a" * 1000, b"b" * 1000, b"c" * 300]
     try:
         with threads(2), gso_wanted(False):
-            failures = floor.send_batch(paths, floor.Packed(floor.scratch().native, payloads), 2300)
+            failures = floor.send_batch(
+                paths, floor.Packed(floor.scratch().native, payloads), 2300, UNIT_TIMESTAMP
+            )
         assert sorted((index, type(error)) for index, error in failures) == [
             (1, floor.FloorError),
             (split + 1, OSError),
@@ -655,7 +695,7 @@ def test_a_helper_thread_that_cannot_start_leaves_one_thread(
         for _ in range(2):
             paths, receivers, numbering = batch_viewers(sender, floor.SPLIT_AT)
             try:
-                assert floor.send_batch(paths, floor.Packed(lib, payloads), 1200) == []
+                assert floor.send_batch(paths, floor.Packed(lib, payloads), 1200, UNIT_TIMESTAMP) == []
                 for receiver, (sequence, timestamp) in zip(receivers, numbering, strict=True):
                     session = inbound()
                     got = [session.unprotect(receiver.recv(2048)) for _ in payloads]

@@ -698,31 +698,38 @@ def test_a_source_attached_to_a_stream_already_ended_is_told_at_once() -> None:
 
 def test_a_queue_is_in_step_while_it_hands_on_every_frame() -> None:
     """`FrameQueue.in_step`: attached, not waiting for a keyframe, open; what lets a batch
-    write a viewer ahead of its queue (`fanout.ViewerBatch`)."""
+    write a viewer ahead of its queue (`fanout.ViewerBatch`). Each time it turns false the
+    queue says so (`on_out_of_step`), so the batch need not ask it every frame."""
     delivered: list[int] = []
     ok = [True]
+    told: list[bool] = []
 
     def deliver(frame: MediaFrame) -> bool:
         delivered.append(frame.pts)
         return ok[0]
 
     queue = FrameQueue("video", 10, lambda: None)
+    queue.on_out_of_step = lambda: told.append(queue.in_step)
     assert not queue.in_step  # not attached
     queue.attach(deliver)
     assert not queue.in_step  # waiting for the first keyframe
     queue.put(video(0, True))
-    assert queue.in_step
+    assert queue.in_step and told == []
     ok[0] = False
     queue.put(video(1))  # the consumer could not take it: a gap
-    assert not queue.in_step
+    assert not queue.in_step and told == [False]
     ok[0] = True
     queue.put(video(2, True))
     assert queue.in_step
     queue.resync()  # another source: wait for its keyframe
-    assert not queue.in_step
+    assert not queue.in_step and told == [False, False]
     queue.put(video(3, True))
+    queue.start_with(video(4, True))  # a cached keyframe, then the next live one
+    assert not queue.in_step and told == [False] * 3
+    queue.put(video(5, True))
+    assert queue.in_step
     queue.close()
-    assert not queue.in_step and delivered == [0, 1, 2, 3]
+    assert not queue.in_step and told == [False] * 4 and delivered == [0, 1, 2, 3, 4, 5]
     audio = FrameQueue("audio", 10, lambda: None)
     audio.attach(deliver)
     assert audio.in_step  # audio never waits for a keyframe

@@ -228,7 +228,7 @@ class WebRtcViewer:
             # Its RTCP handled in each datagram's callback too (once per transport).
             self.fast_rtcp = aiortc_compat.install_fast_rtcp(sender.transport)
             queue.attach(writer.write)
-            writer.queue = queue  # in step with it, its batch may write it ahead of the queue
+            writer.follow(queue)  # in step with it, its batch may write it ahead of the queue
             if kind == "video" and self._join_when_writing:
                 self._join_when_writing = False
                 self.telemetry_joined()
@@ -293,7 +293,7 @@ class WebRtcViewer:
         if self.telemetry is not None:
             self.telemetry.close()
         for writer in self.writers.values():
-            writer.closed = True
+            writer.close()
         if self.subscription is not None:
             self.stream.unsubscribe(self.subscription)
         await self.peer.close()

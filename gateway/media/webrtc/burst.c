@@ -58,8 +58,9 @@ struct sky_scratch {
 
 enum { SKY_LAY_OUT = 0, SKY_FRAMED = 1, SKY_SEND = 2, SKY_SEND_GSO = 3 };
 
-/* One viewer as sky_fanout writes to it (owned by floor.FloorPath; the caller fills in the
- * unit's sequence and timestamp per call). */
+/* One viewer as sky_fanout writes to it (owned by floor.FloorPath). Its numbering is kept
+ * here, so that the caller sets nothing per viewer and unit: the caller sets `sequence` when
+ * the viewer joins a fan-out, and each unit written moves it on. */
 struct sky_viewer {
     void *ctx;                   /* its srtp_t */
     const unsigned char *header; /* its RTP header template */
@@ -68,8 +69,9 @@ struct sky_viewer {
     int fd;
     unsigned int namelen;
     const void *name;            /* its socket address */
-    unsigned int sequence;       /* in: the unit's first sequence number */
-    uint32_t timestamp;          /* in: the unit's RTP timestamp */
+    unsigned int sequence;       /* in: the next unit's first sequence number; moved on per unit */
+    uint32_t origin;             /* its RTP timestamps' origin: a unit's is origin + the stream's */
+    uint32_t timestamp;          /* out: the last unit's RTP timestamp */
     long sent;                   /* out: what sky_burst returned for it */
     long bursts;                 /* out, counted up: bursts that went whole */
     long gso_bursts;             /* out, counted up: of them, as GSO messages */
@@ -202,16 +204,22 @@ long sky_burst(struct sky_scratch *s, void *ctx, const unsigned char *header, in
     return sent < 0 ? 0 : sent;
 }
 
-/* One access unit to several viewers, each one's burst in turn (mode SKY_SEND or
- * SKY_SEND_GSO): the fan-out's per-viewer work without a Python call per viewer. Stops at
- * the first viewer whose burst did not go whole (the kernel took only part of it, libsrtp
- * refused a packet, or the kernel refused GSO) and returns its index, its packets still laid
- * out in the scratch for the caller to finish (v->sent says how); returns n when all went. */
+/* One access unit (its stream's RTP timestamp: `timestamp`) to several viewers, each one's
+ * burst in turn (mode SKY_SEND or SKY_SEND_GSO): the fan-out's per-viewer work without a
+ * Python call per viewer. Each viewer's unit starts at its `sequence`, which then moves on by
+ * the unit's packets, whether the burst went whole or not (the caller finishes one that did
+ * not with the packets laid out). Stops at the first viewer whose burst did not go whole (the
+ * kernel took only part of it, libsrtp refused a packet, or the kernel refused GSO) and
+ * returns its index, its packets still laid out in the scratch for the caller to finish
+ * (v->sent says how); returns n when all went. */
 int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
-               const int *lengths, int count, int mode) {
+               const int *lengths, int count, int mode, uint32_t timestamp) {
     for (int i = 0; i < n; i++) {
         struct sky_viewer *v = viewers[i];
-        long sent = sky_burst(s, v->ctx, v->header, v->header_length, v->payload_type, v->sequence, v->timestamp,
+        unsigned int sequence = v->sequence;
+        v->timestamp = v->origin + timestamp;
+        v->sequence = (sequence + (unsigned int)count) & 0xFFFF;
+        long sent = sky_burst(s, v->ctx, v->header, v->header_length, v->payload_type, sequence, v->timestamp,
                               payloads, lengths, count, mode, v->fd, v->name, v->namelen);
         v->sent = sent;
         if (sent != count || s->gso_errno)
@@ -234,6 +242,7 @@ struct sky_shared {
     const int *lengths;
     int count;
     int mode;
+    uint32_t timestamp;
 };
 
 /* Take and write viewers until none is left (returns -1) or one's burst does not go whole
@@ -244,7 +253,7 @@ static int take(struct sky_scratch *s, struct sky_shared *w) {
         if (i >= w->n)
             return -1;
         s->taken++;
-        if (sky_fanout(s, w->viewers + i, 1, w->payloads, w->lengths, w->count, w->mode) != 1)
+        if (sky_fanout(s, w->viewers + i, 1, w->payloads, w->lengths, w->count, w->mode, w->timestamp) != 1)
             return i;
     }
 }
@@ -314,10 +323,11 @@ static int helper_start(void) {
  * this thread is done is not waited for (it then took none). Returns -1 when the helper
  * thread cannot be started (then nothing was sent). */
 int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n,
-                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops) {
+                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops,
+                uint32_t timestamp) {
     if (helper_start())
         return -1;
-    struct sky_shared w = {viewers, n, 0, payloads, lengths, count, mode};
+    struct sky_shared w = {viewers, n, 0, payloads, lengths, count, mode, timestamp};
     struct sky_job job = {s2, &w, 0, -1};
     pthread_mutex_lock(&helper_lock);
     helper_job = &job;

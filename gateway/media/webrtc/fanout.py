@@ -112,18 +112,23 @@ class DirectRtpWriter:
         self._socket = socket
         self._address = address
         self.floor = burst  # None: per-packet protect and sendto
-        # Written with the stream's other viewers in one C call per access unit
-        # (`ViewerBatch`) where the C burst and the socket allow it.
-        self._slot = burst.batch_slot(header, self._payload_type) if burst is not None else None
-        self._batch = ViewerBatch.of(stream, sender.kind) if self._slot is not None else None
-        self.queue: FrameQueue | None = None  # the viewer's queue that hands it frames (`in_step`)
-        self._sent: MediaFrame | None = None  # the frame its batch wrote ahead (`ViewerBatch.open`)
         # Retransmissions go as RTX (RFC 4588): a plain resend repeats an SRTP index, which
         # the receiver's replay protection drops.
         self._rtx = rtx
         self._rtx_sequence = random.randint(0, 0xFFFF)
         self._sequence = random.randint(0, 0xFFFF)
         self.timestamp_origin = random.getrandbits(32)
+        # Written with the stream's other viewers in one C call per access unit
+        # (`ViewerBatch`) where the C burst and the socket allow it. The slot numbers the
+        # units a batch writes (the C call moves its sequence number on); `_sequence`
+        # follows it, and sets it when this writer joins a batch or writes alone.
+        slot = (
+            burst.batch_slot(header, self._payload_type, self.timestamp_origin) if burst is not None else None
+        )
+        self._slot = slot
+        self._batch = ViewerBatch.of(stream, sender.kind) if slot is not None else None
+        self.member_of: ViewerBatch | None = None  # the batch that writes it ahead, once a member
+        self.queue: FrameQueue | None = None  # the viewer's queue that hands it frames (`in_step`)
         # (first sequence number, RTP timestamp, payloads) per access unit, oldest first.
         self._history: deque[tuple[int, int, Sequence[bytes]]] = deque()
         self._history_packets = 0
@@ -185,12 +190,32 @@ class DirectRtpWriter:
                 floor.log_once("fanout_floor_unavailable", str(exc), stream=stream.name)
         return cls(stream, sender, codec, header, rtx, srtp, socket, address, burst)
 
+    def follow(self, queue: FrameQueue) -> None:
+        """Take frames from ``queue`` (attached to `write`): while it hands on every frame,
+        a batch may write them ahead; when it stops (a gap, a new source, closed), the
+        batch hears at once."""
+        self.queue = queue
+        queue.on_out_of_step = self.out_of_step
+
+    def out_of_step(self) -> None:
+        """Something `in_step` checks changed: its batch looks at its members again before
+        the next unit."""
+        batch = self.member_of
+        if batch is not None:
+            batch.invalidate()
+
+    def close(self) -> None:
+        """Write nothing more (the viewer left, or its transport went away)."""
+        self.closed = True
+        self.out_of_step()
+
     def write(self, frame: MediaFrame) -> bool:
         """Send ``frame`` to this viewer. False when the viewer's socket is congested (the
         frame was not sent) or gone."""
         if self.closed:
             return False
-        if self._sent is frame:
+        member_of = self.member_of
+        if member_of is not None and member_of.written is frame:
             # Its batch wrote it before the stream handed it to the subscribers (`ViewerBatch.open`).
             payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
             self._account(frame, payloads, self.rtp_timestamp(timestamp))
@@ -199,8 +224,8 @@ class DirectRtpWriter:
             unsent = self._socket.get_write_buffer_size()
             if unsent > MAX_UNSENT_BYTES:
                 return False
-            payloads, timestamp = rtp_payloads(self.stream, frame, self.codec)
-            timestamp = self.rtp_timestamp(timestamp)
+            payloads, stream_timestamp = rtp_payloads(self.stream, frame, self.codec)
+            timestamp = self.rtp_timestamp(stream_timestamp)
             size = payload_bytes(frame, payloads)
             burst = self.floor
             batch, slot = self._batch, self._slot
@@ -217,15 +242,17 @@ class DirectRtpWriter:
                 # from the next frame on, before (a member of the batch).
                 if self._socket.is_closing():
                     raise OSError("the viewer's transport is closed")
-                slot.sequence, slot.timestamp = self._sequence, timestamp
-                batch.add(self, burst, payloads, size)
-            elif burst is not None and fits:
-                self._send_burst(
-                    burst, payloads, self._sequence, timestamp, size, packed_payloads(frame, payloads), unsent
-                )
+                slot.sequence = self._sequence  # the batch's C call moves it on
+                batch.add(self, burst, payloads, size, stream_timestamp)
             else:
-                for sequence, marker, payload in frame_packets(payloads, self._sequence):
-                    self._send(sequence, timestamp, marker, payload)
+                if burst is not None and fits:
+                    packed = packed_payloads(frame, payloads)
+                    self._send_burst(burst, payloads, self._sequence, timestamp, size, packed, unsent)
+                else:
+                    for sequence, marker, payload in frame_packets(payloads, self._sequence):
+                        self._send(sequence, timestamp, marker, payload)
+                if slot is not None:
+                    slot.sequence = sequence_after(self._sequence, len(payloads))
         except (OSError, RuntimeError, AttributeError) as exc:
             self.transport_failed(exc)
             return False
@@ -257,7 +284,8 @@ class DirectRtpWriter:
     def in_step(self) -> bool:
         """Whether its batch may write it the next frame before the stream hands that frame
         to the subscribers: its queue hands on every frame (attached, not waiting for a
-        keyframe, open), its floor and transport are up and hold nothing unsent."""
+        keyframe, open), its floor and transport are up and hold nothing unsent. What turns
+        it false calls `out_of_step`, but for the transport (`transport_owner`)."""
         queue = self.queue
         if self.closed or self._slot is None or self.floor is None or queue is None or not queue.in_step:
             return False
@@ -266,6 +294,12 @@ class DirectRtpWriter:
             return not socket.get_write_buffer_size() and not socket.is_closing()
         except (OSError, RuntimeError, AttributeError):
             return False
+
+    def transport_owner(self) -> Any:
+        """The transport whose unsent bytes and closing `in_step` reads: the shared port's
+        for a viewer on the UDP mux (one for all its viewers), else its own."""
+        socket = self._socket
+        return getattr(socket, "shared_transport", socket)
 
     def _send_burst(
         self,
@@ -284,20 +318,23 @@ class DirectRtpWriter:
         except floor.FloorError as exc:
             self.floor_failed(exc)
 
-    def write_alone(self, payloads: Sequence[bytes], size: int) -> None:
-        """The unit this writer added to its batch (numbered in its slot), sent by itself:
-        the batch could not send it."""
+    def write_alone(self, payloads: Sequence[bytes], size: int, stream_timestamp: int) -> None:
+        """The unit this writer added to its batch (its first sequence number in its slot),
+        sent by itself: the batch could not send it."""
         burst, slot = self.floor, self._slot
         if burst is None or slot is None or self.closed:
             return
+        sequence = int(slot.sequence)
+        slot.sequence = sequence_after(sequence, len(payloads))
         try:
-            self._send_burst(burst, payloads, int(slot.sequence), int(slot.timestamp), size, None)
+            self._send_burst(burst, payloads, sequence, self.rtp_timestamp(stream_timestamp), size, None)
         except (OSError, RuntimeError, AttributeError) as exc:
             self.transport_failed(exc)
 
     def floor_failed(self, exc: floor.FloorError) -> None:
         """libsrtp refused a packet of a burst: the rest of that unit is lost (its indexes
         may be used), the next ones go packet by packet."""
+        self.out_of_step()
         self.floor = self._slot = self._batch = None
         floor.log_once("fanout_floor_stopped", str(exc), stream=self.stream.name)
 
@@ -305,7 +342,7 @@ class DirectRtpWriter:
         """The transport closed under us (peer gone): stop writing, the peer's own state
         change ends the viewer."""
         if not self.closed:
-            self.closed = True
+            self.close()
             log.info("fast_fanout_stopped", stream=self.stream.name, reason=str(exc))
 
     def _remember(self, sequence: int, timestamp: int, payloads: Sequence[bytes]) -> None:
@@ -345,7 +382,7 @@ class DirectRtpWriter:
             try:
                 self._socket.sendto(self._protect(bytes(packet)), self._address)
             except (OSError, RuntimeError, AttributeError):
-                self.closed = True
+                self.close()
                 return
             self.retransmitted += 1
 
@@ -388,7 +425,7 @@ class DirectRtpWriter:
         try:
             self._socket.sendto(self._srtp.protect_rtcp(report + self._sdes), self._address)
         except (OSError, RuntimeError, AttributeError):
-            self.closed = True
+            self.close()
             return False
         # What aiortc's loop notes, for the round trip the next receiver report gives.
         aiortc_compat.sender_report_sent(self.sender, ntp, time.time())
@@ -404,19 +441,31 @@ class ViewerBatch:
     bookkeeping and adds itself; `close`, once the stream has handed the frame to all,
     writes it. From then on the viewer is a member: `open` writes it each frame *before*
     the stream hands the frame to anyone (so no viewer waits for the others' Python), and
-    its `write` only does the bookkeeping. A member that is no longer `in_step` (its queue
-    waits for a keyframe or closed, its transport holds unsent data or closed) is dropped
-    and goes back to the first way. One per stream and kind (`of`), in `Stream.batches`."""
+    its `write` only does the bookkeeping.
+
+    `open` does nothing per member: the members' slots number their units in C, and the
+    members are looked at again (`in_step`) only when something changed. A member that
+    stops being in step says so (`invalidate`: its queue waits for a keyframe or closed,
+    the writer closed or lost its floor), and the few transports the members write through
+    are asked each unit whether they hold unsent bytes or are closing. A member no longer
+    in step leaves, and goes back to the first way. One per stream and kind (`of`), in
+    `Stream.batches`."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.frame: MediaFrame | None = None  # the frame the stream is handing out
+        self.written: MediaFrame | None = None  # of it, what `open` wrote to the members
         self.members: list[DirectRtpWriter] = []
-        self._writers: list[DirectRtpWriter] = []
+        self._valid = False  # `members` and what goes with them are as `in_step` says
+        self._member_paths: list[floor.FloorPath] = []  # the members' floors
+        self._slots: Any = None  # their slots as the C call takes them (`floor.slot_array`)
+        self._owners: list[Any] = []  # the transports they write through (`transport_owner`)
+        self._writers: list[DirectRtpWriter] = []  # joining with this frame
         self._paths: list[floor.FloorPath] = []  # their floors
-        self._unit: tuple[Sequence[bytes], int] = ((), 0)  # its payloads and their bytes
+        self._unit: tuple[Sequence[bytes], int, int] = ((), 0, 0)  # its payloads, bytes, timestamp
         self.calls = 0  # access units written in a batch (of one or more viewers)
         self.early = 0  # of them, written to members before the subscribers' loop
+        self.checks = 0  # times the members were looked at again
 
     @classmethod
     def of(cls, stream: Stream, kind: str) -> ViewerBatch:
@@ -426,6 +475,10 @@ class ViewerBatch:
             batch = stream.shared[key] = cls(kind)
             stream.batches.append(batch)
         return batch
+
+    def invalidate(self) -> None:
+        """A member may no longer be in step: look at them all before the next unit."""
+        self._valid = False
 
     def open(self, frame: MediaFrame) -> None:
         if frame.kind != self.kind:
@@ -437,51 +490,81 @@ class ViewerBatch:
         payloads, timestamp = rtp_payloads(first.stream, frame, first.codec)
         packed = packed_payloads(frame, payloads)
         if packed is None or len(payloads) > floor.MAX_MESSAGES:
-            self.members = []  # each writes alone, and joins again
+            self._set_members([])  # each writes alone, and joins again
             return
-        # One pass: those no longer in step leave, the others get the unit's numbers.
-        members: list[DirectRtpWriter] = []
-        paths: list[floor.FloorPath] = []
-        for writer in self.members:
-            burst = writer.floor
-            if burst is None or not writer.in_step():
-                continue
-            slot: Any = writer._slot
-            slot.sequence = writer._sequence
-            slot.timestamp = writer.rtp_timestamp(timestamp)
-            writer._sent = frame
-            members.append(writer)
-            paths.append(burst)
-        self.members = members
-        if not members:
-            return
+        if not self._valid or self._owners_busy():
+            self._check_members()
+            if not self.members:
+                return
+        self.written = frame
         self.calls += 1
         self.early += 1
-        self._failed(members, floor.send_batch(paths, packed, payload_bytes(frame, payloads)))
+        size = payload_bytes(frame, payloads)
+        self._failed(self.members, floor.send_batch(self._member_paths, packed, size, timestamp, self._slots))
+
+    def _owners_busy(self) -> bool:
+        for transport in self._owners:
+            if transport is None or transport.get_write_buffer_size() or transport.is_closing():
+                return True
+        return False
+
+    def _check_members(self) -> None:
+        """Those no longer in step leave; the slot array and transports are made again."""
+        self.checks += 1
+        self._set_members([w for w in self.members if w.floor is not None and w.in_step()])
+
+    def _set_members(self, members: list[DirectRtpWriter]) -> None:
+        for writer in self.members:
+            writer.member_of = None
+        for writer in members:
+            writer.member_of = self
+        self.members = members
+        paths: list[floor.FloorPath] = []
+        for writer in members:
+            assert writer.floor is not None  # members have their floor (`_check_members`)
+            paths.append(writer.floor)
+        self._member_paths = paths
+        self._slots = floor.slot_array(paths) if paths else None
+        owners: dict[int, Any] = {}
+        for writer in members:
+            owner = writer.transport_owner()
+            owners.setdefault(id(owner), owner)
+        self._owners = list(owners.values())
+        self._valid = True
 
     def add(
-        self, writer: DirectRtpWriter, path: floor.FloorPath, payloads: Sequence[bytes], size: int
+        self,
+        writer: DirectRtpWriter,
+        path: floor.FloorPath,
+        payloads: Sequence[bytes],
+        size: int,
+        timestamp: int,
     ) -> None:
+        """``writer`` joins with this unit (``timestamp``: the stream's), its first sequence
+        number in its slot."""
         if not self._writers:
-            self._unit = (payloads, size)
+            self._unit = (payloads, size, timestamp)
         self._writers.append(writer)
         self._paths.append(path)
 
     def close(self) -> None:
-        frame, self.frame = self.frame, None
+        frame, self.frame, self.written = self.frame, None, None
         writers, paths = self._writers, self._paths
         if frame is None or not writers:
             return
         self._writers, self._paths = [], []
-        payloads, size = self._unit
+        payloads, size, timestamp = self._unit
         packed = packed_payloads(frame, payloads)
         if packed is None:  # the C burst was turned off (`floor.want_native`) since they joined
             for writer in writers:
-                writer.write_alone(payloads, size)
+                writer.write_alone(payloads, size, timestamp)
             return
         self.calls += 1
-        self._failed(writers, floor.send_batch(paths, packed, size))
-        self.members.extend(writer for writer in writers if not writer.closed and writer.floor is not None)
+        self._failed(writers, floor.send_batch(paths, packed, size, timestamp))
+        joined = [w for w in writers if not w.closed and w.floor is not None and w.member_of is None]
+        if joined:
+            self._set_members([*self.members, *joined])
+            self._valid = False  # members that left meanwhile leave at the next unit
 
     @staticmethod
     def _failed(writers: Sequence[DirectRtpWriter], failures: list[tuple[int, Exception]]) -> None:

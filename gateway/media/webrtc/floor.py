@@ -320,11 +320,12 @@ class FloorPath:
         slot = self.slot
         return self._gso_bursts + (int(slot.gso_bursts) if slot is not None else 0)
 
-    def batch_slot(self, header: bytes, payload_type: int) -> Any:
-        """This viewer's entry for `send_batch` (its RTP header template and payload type
-        fixed), or None where a batch cannot write to it: the C burst is not in use, the
-        viewer is on ICE-TCP (framed writes), or the header is longer than a burst has room
-        for."""
+    def batch_slot(self, header: bytes, payload_type: int, origin: int = 0) -> Any:
+        """This viewer's entry for `send_batch` (its RTP header template, payload type and
+        timestamp origin fixed; its ``sequence`` set by the caller when it joins a batch, and
+        moved on by each unit written), or None where a batch cannot write to it: the C burst
+        is not in use, the viewer is on ICE-TCP (framed writes), or the header is longer than
+        a burst has room for."""
         s = self.scratch
         if s.native is None or not STATE.use_native or self._write_framed is not None:
             return None
@@ -337,6 +338,7 @@ class FloorPath:
             name_memory = f.new("char[]", self.name)
             slot.ctx = f.cast("void *", _address(s.srtp_ffi, self._context))
             slot.header, slot.header_length, slot.payload_type = header_memory, len(header), payload_type
+            slot.origin = origin & 0xFFFFFFFF
             slot.fd, slot.name, slot.namelen = self.fd, name_memory, len(self.name)
             self.slot, self._slot_memory = slot, (header_memory, name_memory)
         return self.slot
@@ -520,13 +522,27 @@ class FloorPath:
         self.handed_to_asyncio += count - first
 
 
+def slot_array(paths: Sequence[FloorPath]) -> Any:
+    """The paths' batch slots as the C burst's fan-out takes them, for `send_batch` to
+    reuse while the viewers are the same."""
+    lib = scratch().native
+    return None if lib is None else lib.ffi.new("struct sky_viewer *[]", [path.slot for path in paths])
+
+
 def send_batch(
-    paths: Sequence[FloorPath], packed: Packed, size: int, split_at: int = SPLIT_AT
+    paths: Sequence[FloorPath],
+    packed: Packed,
+    size: int,
+    timestamp: int,
+    slots: Any = None,
+    split_at: int = SPLIT_AT,
 ) -> list[tuple[int, Exception]]:
     """Write one access unit to several viewers' sockets (UDP) in as few calls into the C
     burst as the kernel allows: one when every viewer's burst goes whole. Each path has its
-    `batch_slot`, with the unit's first sequence number and RTP timestamp for that viewer
-    written into it; ``packed``: the unit's payloads (`packed`), ``size`` their bytes. With
+    `batch_slot`: the unit starts at the slot's sequence number (which then moves on by the
+    unit's packets) with the RTP timestamp origin + ``timestamp`` (the stream's, in the
+    codec's clock); ``packed``: the unit's payloads (`packed`), ``size`` their bytes. With
+    ``slots``: `slot_array` of these paths, if made before. With
     ``fanout_threads = 2`` and at least ``split_at`` viewers, the C burst's helper thread
     writes with this one, each taking the next viewer in turn.
 
@@ -543,7 +559,8 @@ def send_batch(
     need = size + count * (MAX_HEADER + PER_PACKET_GROWTH) + TRAILER
     if need > s.capacity:
         s.grow(need)
-    slots = lib.ffi.new("struct sky_viewer *[]", [path.slot for path in paths])
+    if slots is None:
+        slots = lib.ffi.new("struct sky_viewer *[]", [path.slot for path in paths])
     fanout, state, data, lengths = lib.lib.sky_fanout, s.native_scratch, packed.data, packed.lengths
     failures: list[tuple[int, Exception]] = []
 
@@ -564,7 +581,16 @@ def send_batch(
         if helper is not None and n - start >= split_at:
             # Both threads take the next viewer in turn until none is left or each stops.
             taken = lib.lib.sky_fanout2(
-                state, helper.native_scratch, slots + start, n - start, data, lengths, count, mode, stops
+                state,
+                helper.native_scratch,
+                slots + start,
+                n - start,
+                data,
+                lengths,
+                count,
+                mode,
+                stops,
+                timestamp,
             )
             if taken < 0:
                 STATE.helper_failed = True  # one thread from now on
@@ -576,7 +602,7 @@ def send_batch(
                     finish(start + stopped, where, mode)
             start += taken
             continue
-        stopped = start + fanout(state, slots + start, n - start, data, lengths, count, mode)
+        stopped = start + fanout(state, slots + start, n - start, data, lengths, count, mode, timestamp)
         if stopped >= n:
             break
         finish(stopped, s, mode)
@@ -741,13 +767,15 @@ def _self_test(check_native: bool = False) -> str | None:
 
 def _self_test_batch(split: bool) -> str | None:
     """The C burst's batch (`send_batch`) on two viewers with their own keys (AES-CM, GCM),
-    SSRCs, sequence numbers and timestamps: each must get its own packets, byte for byte
-    what ``Session.protect`` makes of them. ``split``: shared with the helper thread."""
+    SSRCs, sequence numbers and timestamp origins (both wrapping): each must get its own
+    packets, byte for byte what ``Session.protect`` makes of them, and its slot the next
+    unit's sequence number. ``split``: shared with the helper thread."""
     payloads = [bytes((i * 5 + j) & 0xFF for j in range(1000)) for i in range(3)] + [b"\x02" * 400]
     viewers = (
         (_TEST_KEY, pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "11223344", 0xFFFF, 0x01020304),
-        (_TEST_KEY_GCM, pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM, "55667788", 7, 0xFFFFFFF0),
+        (_TEST_KEY_GCM, pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM, "55667788", 7, 0x10),
     )
+    unit_timestamp = 0x20  # the stream's: viewer 2's origin + it wraps
     receivers: list[socket.socket] = []
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -764,24 +792,26 @@ def _self_test_batch(split: bool) -> str | None:
             plain = _test_packets(header, payloads, sequence, timestamp)
             expected.append([reference.protect(p) for p in plain])
             path = FloorPath(_session(key, profile), _TestTransport(sender), receiver.getsockname())
-            slot = path.batch_slot(header, 96)
+            slot = path.batch_slot(header, 96, timestamp - unit_timestamp)
             if slot is None:
                 return "the C burst's batch has no slot for a UDP viewer"
-            slot.sequence, slot.timestamp = sequence, timestamp
+            slot.sequence = sequence
             paths.append(path)
         packed = Packed(scratch().native, payloads)
         saved = STATE.use_gso, STATE.threads
         STATE.use_gso, STATE.threads = STATE.gso, 2 if split else 1
         try:
             # A helper thread that cannot start leaves one thread (logged), not a failure.
-            failures = send_batch(paths, packed, sum(map(len, payloads)), split_at=2)
+            failures = send_batch(paths, packed, sum(map(len, payloads)), unit_timestamp, split_at=2)
         finally:
             STATE.use_gso, STATE.threads = saved
         if failures:
             return f"the C burst's batch failed: {failures[0][1]}"
-        for receiver, want, path in zip(receivers, expected, paths, strict=True):
+        for receiver, want, path, viewer in zip(receivers, expected, paths, viewers, strict=True):
             if [receiver.recv(2048) for _ in want] != want:
                 return "the C burst's batch bytes differ from Session.protect's"
+            if int(path.slot.sequence) != (viewer[3] + len(payloads)) & 0xFFFF:
+                return "the C burst's batch did not move a viewer's sequence number on"
             if path.bursts != 1 or path.handed_to_asyncio:
                 return "the C burst's batch did not send each viewer's burst whole"
     finally:

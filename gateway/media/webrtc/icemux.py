@@ -116,6 +116,12 @@ class _UdpShare:
         transport = self._port.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
+    @property
+    def shared_transport(self) -> asyncio.DatagramTransport | None:
+        """The port's transport, whose unsent bytes and closing are this share's (None once
+        the port is closed): what the fan-out asks once for all the port's viewers."""
+        return self._port.transport
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":  # the fan-out floor sends its bursts on it (sendmmsg)
             transport = self._port.transport

@@ -61,15 +61,17 @@ struct sky_viewer {
     unsigned int namelen;
     const void *name;
     unsigned int sequence;
+    uint32_t origin;
     uint32_t timestamp;
     long sent;
     long bursts;
     long gso_bursts;
 };
 int sky_fanout(struct sky_scratch *s, struct sky_viewer **viewers, int n, const unsigned char *payloads,
-               const int *lengths, int count, int mode);
+               const int *lengths, int count, int mode, uint32_t timestamp);
 int sky_fanout2(struct sky_scratch *s, struct sky_scratch *s2, struct sky_viewer **viewers, int n,
-                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops);
+                const unsigned char *payloads, const int *lengths, int count, int mode, int *stops,
+                uint32_t timestamp);
 """
 )
 
