@@ -541,8 +541,8 @@ def send_batch(
     burst as the kernel allows: one when every viewer's burst goes whole. Each path has its
     `batch_slot`: the unit starts at the slot's sequence number (which then moves on by the
     unit's packets) with the RTP timestamp origin + ``timestamp`` (the stream's, in the
-    codec's clock); ``packed``: the unit's payloads (`packed`), ``size`` their bytes. With
-    ``slots``: `slot_array` of these paths, if made before. With
+    codec's clock); ``packed``: the unit's payloads (`packed`), ``size`` their bytes;
+    ``slots``: `slot_array` of these paths, if the caller keeps one. With
     ``fanout_threads = 2`` and at least ``split_at`` viewers, the C burst's helper thread
     writes with this one, each taking the next viewer in turn.
 
