@@ -389,3 +389,27 @@ def test_history_keeps_the_last_packets_per_access_unit(units: list[int], first:
     assert writer._history_packets < fanout.HISTORY + max(units) + 1
     for seq, timestamp, marker, payload in sent[-fanout.HISTORY :]:
         assert writer._find(seq) == (timestamp, marker, payload)
+
+
+def test_a_batch_keeps_no_member_without_its_floor() -> None:
+    """A member that lost its floor to a failure in the unit being written is not kept
+    when the batch's members are made again (others joining with that unit, or a check):
+    without a floor it has no slot for the C call."""
+
+    class Writer:
+        def __init__(self) -> None:
+            self.floor: Any = None
+            self.member_of: Any = None
+
+        def in_step(self) -> bool:
+            return True  # as a writer whose queue and transport are still up
+
+    batch = fanout.ViewerBatch("video")
+    lost = Writer()
+    batch.members = [lost]  # type: ignore[list-item]
+    lost.member_of = batch
+    batch._set_members([lost])  # type: ignore[list-item]
+    assert batch.members == [] and lost.member_of is None and batch._slots is None
+    batch.members = [lost]  # type: ignore[list-item]
+    batch._check_members()
+    assert batch.members == [] and batch.checks == 1

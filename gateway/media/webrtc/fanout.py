@@ -511,18 +511,21 @@ class ViewerBatch:
     def _check_members(self) -> None:
         """Those no longer in step leave; the slot array and transports are made again."""
         self.checks += 1
-        self._set_members([w for w in self.members if w.floor is not None and w.in_step()])
+        self._set_members([w for w in self.members if w.in_step()])
 
-    def _set_members(self, members: list[DirectRtpWriter]) -> None:
+    def _set_members(self, candidates: list[DirectRtpWriter]) -> None:
+        """The members from now on: those of ``candidates`` that still have their floor (one
+        may have lost it to a failure in this very unit)."""
         for writer in self.members:
             writer.member_of = None
-        for writer in members:
-            writer.member_of = self
-        self.members = members
+        members: list[DirectRtpWriter] = []
         paths: list[floor.FloorPath] = []
-        for writer in members:
-            assert writer.floor is not None  # members have their floor (`_check_members`)
-            paths.append(writer.floor)
+        for writer in candidates:
+            if writer.floor is not None:
+                writer.member_of = self
+                members.append(writer)
+                paths.append(writer.floor)
+        self.members = members
         self._member_paths = paths
         self._slots = floor.slot_array(paths) if paths else None
         owners: dict[int, Any] = {}
