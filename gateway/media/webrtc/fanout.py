@@ -285,7 +285,9 @@ class DirectRtpWriter:
         """Whether its batch may write it the next frame before the stream hands that frame
         to the subscribers: its queue hands on every frame (attached, not waiting for a
         keyframe, open), its floor and transport are up and hold nothing unsent. What turns
-        it false calls `out_of_step`, but for the transport (`transport_owner`)."""
+        it false calls `out_of_step`, but for the transport (`transport_owner`, asked by the
+        batch each unit). A mux share closed on its own is seen when the writer closes (the
+        viewer's teardown closes both)."""
         queue = self.queue
         if self.closed or self._slot is None or self.floor is None or queue is None or not queue.in_step:
             return False

@@ -450,6 +450,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--scaling needs positive worker counts")
     if min(args.start, args.step, args.max_viewers, args.viewer_procs) <= 0 or args.seconds <= 0:
         parser.error("--start, --step, --max-viewers, --viewer-procs and --seconds must be positive")
+    cpus = os.cpu_count() or 1
+    if args.cores_per_worker is not None and not 0 < args.cores_per_worker <= cpus:
+        parser.error(f"--cores-per-worker must be above 0 and at most the machine's {cpus} CPUs")
     return args
 
 
